@@ -1,0 +1,501 @@
+//! Configuration of every `ioc` stage: one typed tree, loaded in a documented order.
+//!
+//! 1. `default.toml` (this crate's folder), compiled into the binary;
+//! 2. the user's file (`--config FILE`), overlaid key by key;
+//! 3. environment variables `IOC_<SECTION>__<KEY>=value` (for example
+//!    `IOC_KAFKA__BROKERS=10.0.0.5:9092`), and `IOC_ADMIN_TOKEN` for `api.admin_token`.
+//!
+//! [`load`] reports every problem at once, each with its path (`ingest.receive_maximum: ...`):
+//! unknown keys, wrong types, unparsable durations, and values out of range.
+//! Stages receive only their own section plus the connection sections they use; there is no
+//! global configuration.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The compiled-in defaults.
+pub const DEFAULT_TOML: &str = include_str!("../default.toml");
+
+/// The broker configuration the project ships for Mosquitto.
+pub const MOSQUITTO_CONF: &str = include_str!("../mosquitto.conf");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub mqtt: MqttConfig,
+    pub kafka: KafkaConfig,
+    pub clickhouse: ClickHouseConfig,
+    pub ingest: IngestConfig,
+    pub stream: StreamConfig,
+    pub api: ApiConfig,
+    pub sim: SimConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topic_prefix: String,
+    pub partitions: i32,
+    pub replication: i32,
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    pub url: String,
+    pub database: String,
+    pub user: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AckMode {
+    AfterKafka,
+    OnReceipt,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    pub client_id: String,
+    pub share_group: String,
+    #[serde(with = "humantime_serde")]
+    pub session_expiry: Duration,
+    pub receive_maximum: u16,
+    pub max_payload_bytes: usize,
+    pub max_packet_bytes: u32,
+    pub ack_mode: AckMode,
+    #[serde(with = "humantime_serde")]
+    pub producer_linger: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    pub metrics_listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    pub group_id: String,
+    #[serde(with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    pub batch_max_records: usize,
+    #[serde(with = "humantime_serde")]
+    pub batch_linger: Duration,
+    pub metrics_listen: SocketAddr,
+    pub pm25_alert: Pm25AlertConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pm25AlertConfig {
+    pub limit: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    pub admin_token: String,
+    pub query_limit: usize,
+    pub ws_buffer: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimConfig {
+    pub air_quality: u32,
+    pub wastewater: u32,
+    pub traffic_counters: u32,
+    pub rate: f64,
+    pub seed: u64,
+}
+
+/// One problem found in a configuration, with the path of the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Everything wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{origin} is not valid TOML: {message}")]
+    Syntax { origin: String, message: String },
+    #[error("{} problem(s) in the configuration:\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    pub fn problems(&self) -> Vec<Problem> {
+        match self {
+            ConfigError::Invalid(problems) => problems.clone(),
+            other => vec![Problem { path: "-".into(), message: other.to_string() }],
+        }
+    }
+}
+
+/// Loads the configuration: defaults, then the optional file, then the given environment
+/// (pass `std::env::vars()`; tests pass their own).
+pub fn load(
+    file: Option<&std::path::Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let user = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            Some((path.display().to_string(), text))
+        }
+        None => None,
+    };
+    load_str(user.as_ref().map(|(o, t)| (o.as_str(), t.as_str())), env)
+}
+
+/// Like [`load`], with the user's file given as `(origin, text)`.
+pub fn load_str(
+    user: Option<(&str, &str)>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let defaults: toml::Table = DEFAULT_TOML.parse().expect("default.toml is valid TOML");
+    let mut merged = defaults.clone();
+    let mut problems = Vec::new();
+
+    if let Some((origin, text)) = user {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+            origin: origin.to_string(),
+            message: e.message().to_string(),
+        })?;
+        overlay(&defaults, &mut merged, table, "", &mut problems);
+    }
+    apply_env(&defaults, &mut merged, env, &mut problems);
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid(problems));
+    }
+
+    let config: Config = toml::Value::Table(merged)
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError::Invalid(vec![Problem {
+            path: "-".into(),
+            message: e.message().to_string(),
+        }]))?;
+    let problems = validate(&config);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid(problems))
+    }
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+/// Overlays `user` onto `merged`, checking every key and type against `defaults`.
+fn overlay(
+    defaults: &toml::Table,
+    merged: &mut toml::Table,
+    user: toml::Table,
+    prefix: &str,
+    problems: &mut Vec<Problem>,
+) {
+    for (key, value) in user {
+        let path = join(prefix, &key);
+        let Some(default) = defaults.get(&key) else {
+            let known: Vec<&str> = defaults.keys().map(String::as_str).collect();
+            problems.push(Problem {
+                path,
+                message: format!("unknown key (known here: {})", known.join(", ")),
+            });
+            continue;
+        };
+        match (default, value) {
+            (toml::Value::Table(d), toml::Value::Table(u)) => {
+                let Some(toml::Value::Table(m)) = merged.get_mut(&key) else { unreachable!() };
+                overlay(d, m, u, &path, problems);
+            }
+            (default, value) => {
+                if let Some(message) = type_problem(default, &value) {
+                    problems.push(Problem { path, message });
+                } else {
+                    merged.insert(key, coerce(default, value));
+                }
+            }
+        }
+    }
+}
+
+fn type_name(v: &toml::Value) -> &'static str {
+    match v {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Float(_) => "a number",
+        toml::Value::Boolean(_) => "true or false",
+        toml::Value::Datetime(_) => "a date-time",
+        toml::Value::Array(_) => "an array",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
+fn is_duration_default(default: &toml::Value) -> bool {
+    matches!(default, toml::Value::String(s) if humantime::parse_duration(s).is_ok())
+}
+
+fn type_problem(default: &toml::Value, value: &toml::Value) -> Option<String> {
+    let same = std::mem::discriminant(default) == std::mem::discriminant(value)
+        || matches!((default, value), (toml::Value::Float(_), toml::Value::Integer(_)));
+    if !same {
+        return Some(format!("expected {}, found {}", type_name(default), type_name(value)));
+    }
+    if is_duration_default(default) {
+        if let toml::Value::String(s) = value {
+            if let Err(e) = humantime::parse_duration(s) {
+                return Some(format!("{s:?} is not a duration like \"250ms\" or \"2m\": {e}"));
+            }
+        }
+    }
+    None
+}
+
+/// Integers are accepted where the default is a float (`limit = 50`).
+fn coerce(default: &toml::Value, value: toml::Value) -> toml::Value {
+    match (default, value) {
+        (toml::Value::Float(_), toml::Value::Integer(i)) => toml::Value::Float(i as f64),
+        (_, v) => v,
+    }
+}
+
+const ENV_PREFIX: &str = "IOC_";
+
+fn apply_env(
+    defaults: &toml::Table,
+    merged: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+    problems: &mut Vec<Problem>,
+) {
+    // Sorted so that problems come out in a stable order.
+    let vars: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+    for (name, raw) in vars {
+        let path: Vec<String> = if name == "IOC_ADMIN_TOKEN" {
+            vec!["api".into(), "admin_token".into()]
+        } else {
+            name[ENV_PREFIX.len()..].split("__").map(|s| s.to_ascii_lowercase()).collect()
+        };
+        if path.len() != 2 {
+            // IOC_* variables that are not settings (IOC_LOG, say) are none of our business.
+            continue;
+        }
+        let shown = format!("{} (from {name})", path.join("."));
+        let Some(toml::Value::Table(section)) = defaults.get(&path[0]) else {
+            problems.push(Problem { path: shown, message: "unknown section".into() });
+            continue;
+        };
+        let Some(default) = section.get(&path[1]) else {
+            problems.push(Problem { path: shown, message: "unknown key".into() });
+            continue;
+        };
+        let value = match default {
+            toml::Value::String(_) => toml::Value::String(raw),
+            _ => match format!("v = {raw}").parse::<toml::Table>() {
+                Ok(mut t) => t.remove("v").expect("parsed key"),
+                Err(_) => toml::Value::String(raw),
+            },
+        };
+        if let Some(message) = type_problem(default, &value) {
+            problems.push(Problem { path: shown, message });
+            continue;
+        }
+        if let Some(toml::Value::Table(m)) = merged.get_mut(&path[0]) {
+            m.insert(path[1].clone(), coerce(default, value));
+        }
+    }
+}
+
+/// Semantic checks that types alone cannot express. Returns every problem found.
+pub fn validate(c: &Config) -> Vec<Problem> {
+    let mut p = Vec::new();
+    let mut bad = |path: &str, message: String| p.push(Problem { path: path.into(), message });
+
+    if c.mqtt.host.trim().is_empty() {
+        bad("mqtt.host", "must not be empty".into());
+    }
+    if c.mqtt.port == 0 {
+        bad("mqtt.port", "must be a port number from 1 to 65535".into());
+    }
+    if c.kafka.brokers.trim().is_empty() {
+        bad("kafka.brokers", "must list at least one host:port".into());
+    }
+    if !c.kafka.topic_prefix.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch)) {
+        bad("kafka.topic_prefix", "may contain only letters, digits, '.', '_' and '-'".into());
+    }
+    if !(1..=1024).contains(&c.kafka.partitions) {
+        bad("kafka.partitions", format!("must be from 1 to 1024, is {}", c.kafka.partitions));
+    }
+    if c.kafka.replication < 1 {
+        bad("kafka.replication", "must be at least 1".into());
+    }
+    if !(c.clickhouse.url.starts_with("http://") || c.clickhouse.url.starts_with("https://")) {
+        bad("clickhouse.url", format!("must start with http:// or https://, is {:?}", c.clickhouse.url));
+    }
+    if c.clickhouse.database.is_empty()
+        || !c.clickhouse.database.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+    {
+        bad("clickhouse.database", "must be letters, digits and '_'".into());
+    }
+    if c.ingest.client_id.is_empty() {
+        bad("ingest.client_id", "must not be empty: a stable id keeps the persistent session".into());
+    }
+    if c.ingest.share_group.is_empty() || c.ingest.share_group.contains(['/', '+', '#']) {
+        bad("ingest.share_group", "must be non-empty and contain no '/', '+' or '#'".into());
+    }
+    if c.ingest.receive_maximum == 0 {
+        bad("ingest.receive_maximum", "must be at least 1".into());
+    }
+    if c.ingest.max_payload_bytes == 0 || c.ingest.max_payload_bytes as u64 >= c.ingest.max_packet_bytes as u64 {
+        bad(
+            "ingest.max_payload_bytes",
+            format!(
+                "must be above 0 and below ingest.max_packet_bytes ({}), so an oversized payload reaches ingest and is dead-lettered",
+                c.ingest.max_packet_bytes
+            ),
+        );
+    }
+    if c.ingest.session_expiry.as_secs() == 0 {
+        bad("ingest.session_expiry", "must be at least 1s, or the broker forgets in-flight messages on disconnect".into());
+    }
+    if c.stream.group_id.is_empty() {
+        bad("stream.group_id", "must not be empty".into());
+    }
+    if c.stream.batch_max_records == 0 {
+        bad("stream.batch_max_records", "must be at least 1".into());
+    }
+    if c.stream.idle_timeout.is_zero() {
+        bad("stream.idle_timeout", "must be above 0".into());
+    }
+    if !(c.stream.pm25_alert.limit.is_finite() && c.stream.pm25_alert.limit > 0.0) {
+        bad("stream.pm25_alert.limit", "must be a positive number of µg/m³".into());
+    }
+    if c.api.query_limit == 0 {
+        bad("api.query_limit", "must be at least 1".into());
+    }
+    if c.api.ws_buffer == 0 {
+        bad("api.ws_buffer", "must be at least 1".into());
+    }
+    if !(c.sim.rate.is_finite() && c.sim.rate > 0.0) {
+        bad("sim.rate", "must be a positive number of messages per second".into());
+    }
+    if c.sim.air_quality + c.sim.wastewater + c.sim.traffic_counters == 0 {
+        bad("sim", "the fleet needs at least one device".into());
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c = load_str(None, no_env()).unwrap();
+        assert_eq!(c.mqtt.port, 1883);
+        assert_eq!(c.ingest.ack_mode, AckMode::AfterKafka);
+        assert_eq!(c.stream.allowed_lateness, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn file_then_env_override_in_that_order() {
+        let file = "[kafka]\nbrokers = \"file:9092\"\n[stream.pm25_alert]\nlimit = 80\n";
+        let env = vec![
+            ("IOC_KAFKA__BROKERS".to_string(), "env:9092".to_string()),
+            ("IOC_ADMIN_TOKEN".to_string(), "s3cret".to_string()),
+            ("IOC_INGEST__RECEIVE_MAXIMUM".to_string(), "64".to_string()),
+            ("IOC_LOG".to_string(), "debug".to_string()),
+        ];
+        let c = load_str(Some(("f.toml", file)), env).unwrap();
+        assert_eq!(c.kafka.brokers, "env:9092");
+        assert_eq!(c.api.admin_token, "s3cret");
+        assert_eq!(c.ingest.receive_maximum, 64);
+        assert_eq!(c.stream.pm25_alert.limit, 80.0);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let file = r#"
+[kafka]
+brokers = 9092
+bogus = 1
+[ingest]
+drain_timeout = "soon"
+receive_maximum = 0
+[stream.pm25_alert]
+limit = -1.0
+[nonsense]
+"#;
+        let err = load_str(Some(("f.toml", file)), no_env()).unwrap_err();
+        let paths: Vec<String> = err.problems().into_iter().map(|p| p.path).collect();
+        assert!(paths.contains(&"kafka.brokers".to_string()), "{paths:?}");
+        assert!(paths.contains(&"kafka.bogus".to_string()), "{paths:?}");
+        assert!(paths.contains(&"ingest.drain_timeout".to_string()), "{paths:?}");
+        assert!(paths.contains(&"nonsense".to_string()), "{paths:?}");
+        // Type problems stop before semantic checks, so fix those and look again.
+        let file = "[ingest]\nreceive_maximum = 0\nmax_payload_bytes = 4000000\n[stream.pm25_alert]\nlimit = -1.0\n";
+        let err = load_str(Some(("f.toml", file)), no_env()).unwrap_err();
+        let paths: Vec<String> = err.problems().into_iter().map(|p| p.path).collect();
+        assert_eq!(
+            paths,
+            vec!["ingest.receive_maximum", "ingest.max_payload_bytes", "stream.pm25_alert.limit"]
+        );
+    }
+
+    #[test]
+    fn bad_env_values_name_the_variable() {
+        let env = vec![("IOC_INGEST__RECEIVE_MAXIMUM".to_string(), "lots".to_string())];
+        let err = load_str(None, env).unwrap_err();
+        let p = &err.problems()[0];
+        assert_eq!(p.path, "ingest.receive_maximum (from IOC_INGEST__RECEIVE_MAXIMUM)");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file() {
+        let err = load_str(Some(("my.toml", "[kafka\n")), no_env()).unwrap_err();
+        assert!(err.to_string().starts_with("my.toml is not valid TOML"), "{err}");
+    }
+}

@@ -1,0 +1,87 @@
+//! The canonical metric catalogue (DOMAIN.md §1): one name and one unit per quantity, and the
+//! physical range outside which a value is kept but flagged `bad`.
+
+/// One entry of the catalogue.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricSpec {
+    pub name: &'static str,
+    /// Canonical unit, written exactly as DOMAIN.md writes it.
+    pub unit: &'static str,
+    /// Inclusive physical range. Wide on purpose: it catches broken sensors, not pollution.
+    pub min: f64,
+    pub max: f64,
+}
+
+const fn m(name: &'static str, unit: &'static str, min: f64, max: f64) -> MetricSpec {
+    MetricSpec { name, unit, min, max }
+}
+
+/// Every metric the pipeline accepts.
+pub const CATALOGUE: &[MetricSpec] = &[
+    m("pm1", "µg/m³", 0.0, 2_000.0),
+    m("pm25", "µg/m³", 0.0, 2_000.0),
+    m("pm10", "µg/m³", 0.0, 5_000.0),
+    m("tsp", "µg/m³", 0.0, 10_000.0),
+    m("no2", "µg/m³", 0.0, 20_000.0),
+    m("so2", "µg/m³", 0.0, 20_000.0),
+    m("o3", "µg/m³", 0.0, 5_000.0),
+    m("co", "µg/m³", 0.0, 200_000.0),
+    m("no", "µg/m³", 0.0, 20_000.0),
+    m("nox", "µg/m³", 0.0, 40_000.0),
+    m("temperature", "°C", -40.0, 100.0),
+    m("humidity", "%", 0.0, 100.0),
+    m("pressure", "hPa", 300.0, 1_100.0),
+    m("wind_speed", "m/s", 0.0, 100.0),
+    m("wind_dir", "degrees", 0.0, 360.0),
+    m("noise", "dBA", 0.0, 150.0),
+    m("ph", "pH", 0.0, 14.0),
+    m("cod", "mg/L", 0.0, 100_000.0),
+    m("bod5", "mg/L", 0.0, 50_000.0),
+    m("tss", "mg/L", 0.0, 100_000.0),
+    m("nh4", "mg/L", 0.0, 10_000.0),
+    m("total_n", "mg/L", 0.0, 10_000.0),
+    m("total_p", "mg/L", 0.0, 5_000.0),
+    m("do", "mg/L", 0.0, 50.0),
+    m("color", "Pt-Co", 0.0, 10_000.0),
+    m("turbidity", "NTU", 0.0, 10_000.0),
+    m("conductivity", "µS/cm", 0.0, 200_000.0),
+    m("flow", "m³/h", 0.0, 100_000.0),
+    m("vehicle_count", "vehicles", 0.0, 100_000.0),
+    m("avg_speed", "km/h", 0.0, 300.0),
+    m("occupancy", "%", 0.0, 100.0),
+];
+
+/// The catalogue entry for a metric name, if the name is canonical.
+pub fn lookup(name: &str) -> Option<&'static MetricSpec> {
+    CATALOGUE.iter().find(|spec| spec.name == name)
+}
+
+impl MetricSpec {
+    pub fn in_range(&self, value: f64) -> bool {
+        value >= self.min && value <= self.max
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_ranges_ordered() {
+        for (i, a) in CATALOGUE.iter().enumerate() {
+            assert!(a.min < a.max, "{}", a.name);
+            for b in &CATALOGUE[i + 1..] {
+                assert_ne!(a.name, b.name);
+            }
+        }
+    }
+
+    #[test]
+    fn units_are_written_as_the_domain_reference_writes_them() {
+        assert_eq!(lookup("pm25").unwrap().unit, "µg/m³");
+        assert_eq!(lookup("cod").unwrap().unit, "mg/L");
+        assert_eq!(lookup("temperature").unwrap().unit, "°C");
+        assert_eq!(lookup("flow").unwrap().unit, "m³/h");
+        assert!(lookup("PM2.5").is_none());
+    }
+}

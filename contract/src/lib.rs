@@ -1,0 +1,360 @@
+//! The data contract every stage of the IOC pipeline shares.
+//!
+//! - [`catalogue`]: the canonical metric names, units and physical ranges (DOMAIN.md §1).
+//! - [`Reading`], [`ReadingBatch`]: one value from one device, and the Kafka record that carries
+//!   the readings made from one MQTT message.
+//! - [`DeadLetter`]: a rejected message or value, with its raw bytes, reason and provenance.
+//! - [`Aggregate`], [`Alert`], [`Event`]: what the stream layer emits.
+//! - [`Device`], [`RegistryEvent`]: the device registry, shared through the bus.
+//! - [`Topics`]: the bus topic names.
+//! - [`time`]: the one way times are parsed and written.
+//!
+//! Nothing here does I/O. Every stage depends on this crate; no stage depends on another stage.
+
+pub mod catalogue;
+pub mod time;
+
+use serde::{Deserialize, Serialize};
+
+/// Readings' quality flag. Aggregates use only `Good` readings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quality {
+    Good,
+    Suspect,
+    Bad,
+}
+
+impl Quality {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quality::Good => "good",
+            Quality::Suspect => "suspect",
+            Quality::Bad => "bad",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Quality> {
+        match s {
+            "good" => Some(Quality::Good),
+            "suspect" => Some(Quality::Suspect),
+            "bad" => Some(Quality::Bad),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Quality {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One value from one device. Its unique key is `(device_id, channel, metric, ts)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reading {
+    pub device_id: String,
+    /// Empty, or the sub-source on a device: a lane, `inlet`/`outlet`, ...
+    #[serde(default)]
+    pub channel: String,
+    pub metric: String,
+    /// Event time, UTC epoch milliseconds.
+    pub ts: i64,
+    /// In the catalogue's canonical unit for `metric`.
+    pub value: f64,
+    pub unit: String,
+    /// For counts over an interval (vehicle_count): the interval's length in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_s: Option<f64>,
+    pub quality: Quality,
+    /// Why the reading is not `good`; empty when it is.
+    #[serde(default)]
+    pub quality_reason: String,
+    /// When ingest received the source message, UTC epoch milliseconds.
+    pub received_at: i64,
+    /// Id of the source message: a hash of its topic and bytes, so a redelivered message keeps it.
+    pub message_id: String,
+}
+
+impl Reading {
+    /// The reading's unique key, as a tuple of borrowed parts.
+    pub fn key(&self) -> (&str, &str, &str, i64) {
+        (&self.device_id, &self.channel, &self.metric, self.ts)
+    }
+}
+
+/// The value of one record on the readings topic: every reading made from one MQTT message.
+/// One record per message keeps the ingest acknowledgement to one Kafka confirmation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadingBatch {
+    pub readings: Vec<Reading>,
+}
+
+/// Why a message, or one value in it, was rejected. The code is the metric label and the
+/// dead-letter record's `code`; the text in [`DeadLetter::reason`] gives the detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectCode {
+    PayloadTooLarge,
+    BadTopic,
+    Malformed,
+    MissingTs,
+    InvalidTs,
+    InvalidField,
+    NoValues,
+    UnknownDevice,
+    UnknownMetric,
+    NotANumber,
+}
+
+impl RejectCode {
+    pub const ALL: [RejectCode; 10] = [
+        RejectCode::PayloadTooLarge,
+        RejectCode::BadTopic,
+        RejectCode::Malformed,
+        RejectCode::MissingTs,
+        RejectCode::InvalidTs,
+        RejectCode::InvalidField,
+        RejectCode::NoValues,
+        RejectCode::UnknownDevice,
+        RejectCode::UnknownMetric,
+        RejectCode::NotANumber,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectCode::PayloadTooLarge => "payload_too_large",
+            RejectCode::BadTopic => "bad_topic",
+            RejectCode::Malformed => "malformed",
+            RejectCode::MissingTs => "missing_ts",
+            RejectCode::InvalidTs => "invalid_ts",
+            RejectCode::InvalidField => "invalid_field",
+            RejectCode::NoValues => "no_values",
+            RejectCode::UnknownDevice => "unknown_device",
+            RejectCode::UnknownMetric => "unknown_metric",
+            RejectCode::NotANumber => "not_a_number",
+        }
+    }
+
+    /// Whether the whole message was rejected (as opposed to one value in it).
+    pub fn is_whole_message(self) -> bool {
+        !matches!(self, RejectCode::UnknownMetric | RejectCode::NotANumber)
+    }
+}
+
+/// A record on the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub code: RejectCode,
+    /// Human-readable detail: which field, what was expected, what was found.
+    pub reason: String,
+    /// The MQTT topic the message arrived on.
+    pub topic: String,
+    pub received_at: i64,
+    pub message_id: String,
+    /// The device the topic names, when it names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// For a rejected value: the metric it was sent as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// The message's bytes exactly as received, base64 (standard alphabet, padded).
+    pub raw_base64: String,
+}
+
+/// A closed 1-minute event-time window over one device, channel and metric (good readings only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Aggregate {
+    pub device_id: String,
+    pub channel: String,
+    pub metric: String,
+    pub window_start: i64,
+    pub window_end: i64,
+    pub count: u64,
+    pub min: f64,
+    pub max: f64,
+    pub mean: f64,
+    pub unit: String,
+    /// Higher versions replace lower ones: a late reading re-emits its window with a new version.
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertStatus {
+    Active,
+    Cleared,
+}
+
+impl AlertStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertStatus::Active => "active",
+            AlertStatus::Cleared => "cleared",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AlertStatus> {
+        match s {
+            "active" => Some(AlertStatus::Active),
+            "cleared" => Some(AlertStatus::Cleared),
+            _ => None,
+        }
+    }
+}
+
+/// One alert episode: raised when a rule's condition starts holding, updated (same `alert_id`,
+/// higher `version`) when it clears.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Idempotency key: `{rule}:{device_id}:{channel}:{raised_at}`. A replay makes the same id.
+    pub alert_id: String,
+    pub rule: String,
+    pub device_id: String,
+    pub channel: String,
+    pub metric: String,
+    pub status: AlertStatus,
+    /// Start of the first window in which the condition held (UTC epoch ms).
+    pub raised_at: i64,
+    /// Start of the first window in which it no longer held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleared_at: Option<i64>,
+    /// The window mean that raised the alert.
+    pub value: f64,
+    /// Highest window mean seen while the alert was active.
+    pub peak: f64,
+    pub limit: f64,
+    pub unit: String,
+    pub message: String,
+    pub version: u64,
+}
+
+/// A discrete event (AI camera detections come later); keyed by `event_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub event_id: String,
+    pub device_id: String,
+    pub ts: i64,
+    pub kind: String,
+    #[serde(default)]
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+    pub received_at: i64,
+}
+
+/// Kinds of device the product knows.
+pub const DEVICE_KINDS: [&str; 4] = ["air_quality", "wastewater", "traffic_counter", "traffic_camera"];
+
+/// A registered device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Device {
+    pub device_id: String,
+    pub kind: String,
+    pub name: String,
+    pub lat: f64,
+    pub lon: f64,
+    pub expected_interval_s: f64,
+    pub registered_at: i64,
+}
+
+/// A record on the registry topic (keyed by device id). The registry is the fold of these events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum RegistryEvent {
+    Registered { device: Device },
+}
+
+/// Checks a device id: 1 to 64 characters of `A-Z a-z 0-9 _ - .`; it appears in MQTT topics,
+/// so no `/`, `+` or `#`.
+pub fn valid_device_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// The bus topic names, all under one configurable prefix (several deployments can share a
+/// Kafka cluster, and tests isolate themselves this way).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    pub readings: String,
+    pub deadletter: String,
+    pub aggregates: String,
+    pub alerts: String,
+    pub events: String,
+    pub registry: String,
+}
+
+impl Topics {
+    pub fn with_prefix(prefix: &str) -> Topics {
+        Topics {
+            readings: format!("{prefix}readings"),
+            deadletter: format!("{prefix}deadletter"),
+            aggregates: format!("{prefix}aggregates"),
+            alerts: format!("{prefix}alerts"),
+            events: format!("{prefix}events"),
+            registry: format!("{prefix}registry"),
+        }
+    }
+
+    pub fn all(&self) -> [&str; 6] {
+        [
+            &self.readings,
+            &self.deadletter,
+            &self.aggregates,
+            &self.alerts,
+            &self.events,
+            &self.registry,
+        ]
+    }
+}
+
+/// The device protocol v1 MQTT topic of a device's telemetry.
+pub fn telemetry_topic(device_id: &str) -> String {
+    format!("ioc/v1/devices/{device_id}/telemetry")
+}
+
+/// The device id in a v1 telemetry topic, if the topic is one.
+pub fn device_of_telemetry_topic(topic: &str) -> Option<&str> {
+    let rest = topic.strip_prefix("ioc/v1/devices/")?;
+    let id = rest.strip_suffix("/telemetry")?;
+    valid_device_id(id).then_some(id)
+}
+
+/// Length of the tumbling aggregation window.
+pub const WINDOW_MS: i64 = 60_000;
+
+/// Start of the window that contains `ts`.
+pub fn window_start(ts: i64) -> i64 {
+    ts - ts.rem_euclid(WINDOW_MS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn telemetry_topic_round_trips() {
+        assert_eq!(device_of_telemetry_topic(&telemetry_topic("aq-001")), Some("aq-001"));
+        assert_eq!(device_of_telemetry_topic("ioc/v1/devices/a/b/telemetry"), None);
+        assert_eq!(device_of_telemetry_topic("ioc/v1/devices//telemetry"), None);
+        assert_eq!(device_of_telemetry_topic("other/aq-001/telemetry"), None);
+    }
+
+    #[test]
+    fn windows_are_minute_aligned_for_negative_times_too() {
+        assert_eq!(window_start(60_000), 60_000);
+        assert_eq!(window_start(119_999), 60_000);
+        assert_eq!(window_start(-1), -60_000);
+    }
+
+    #[test]
+    fn reject_codes_have_distinct_names() {
+        let mut names: Vec<_> = RejectCode::ALL.iter().map(|c| c.as_str()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), RejectCode::ALL.len());
+        for code in RejectCode::ALL {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+    }
+}

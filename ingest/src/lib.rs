@@ -1,0 +1,397 @@
+//! `ioc ingest`: MQTT in, Kafka out.
+//!
+//! - [`decode`]: device protocol v1, a pure function of the bytes.
+//! - [`ack`]: in-order release of MQTT acknowledgements.
+//! - [`metrics`]: what ingest counts.
+//! - [`run`]: the service. It joins the shared subscription with a stable client id and a
+//!   persistent session, turns every message into one readings record and/or one dead-letter
+//!   record, and acknowledges the message to the broker only after Kafka confirmed all of them,
+//!   in receive order. A crash therefore loses nothing: what was not acknowledged is redelivered
+//!   to the restarted session, and the stream stage absorbs the duplicates by reading key.
+
+pub mod ack;
+pub mod decode;
+pub mod metrics;
+
+use std::time::Duration;
+
+use base64::Engine;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use ioc_bus::registry::RegistryView;
+use ioc_bus::KafkaBus;
+use ioc_config::{AckMode, IngestConfig, MqttConfig};
+use ioc_contract::{device_of_telemetry_topic, DeadLetter, ReadingBatch, RejectCode};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::ack::InOrderAcks;
+use crate::decode::{decode_v1, message_id, DecodeContext};
+pub use crate::metrics::IngestMetrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("kafka: {0}")]
+    Bus(#[from] ioc_bus::BusError),
+}
+
+/// The MQTT filter ingest subscribes to: the v1 telemetry topics, shared by the group.
+pub fn subscription_filter(share_group: &str) -> String {
+    format!("$share/{share_group}/ioc/v1/devices/+/telemetry")
+}
+
+/// One Kafka record to produce for a message.
+#[derive(Debug, Clone)]
+pub struct OutRecord {
+    pub topic: String,
+    pub key: String,
+    pub payload: Vec<u8>,
+    /// Readings it carries (0 for a dead-letter record), for counting.
+    pub readings: usize,
+}
+
+/// What one MQTT message became.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub records: Vec<OutRecord>,
+    pub rejections: Vec<RejectCode>,
+}
+
+/// Turns one MQTT message into the records to produce. Pure apart from the registry look-up.
+pub fn process_message(
+    topic: &str,
+    payload: &[u8],
+    registry: &RegistryView,
+    bus: &KafkaBus,
+    ctx: &DecodeContext,
+) -> Outcome {
+    let id = message_id(topic, payload);
+    let mut outcome = Outcome::default();
+    let device = device_of_telemetry_topic(topic);
+    let dead_letter = |code: RejectCode, reason: String, metric: Option<String>| -> OutRecord {
+        let letter = DeadLetter {
+            code,
+            reason,
+            topic: topic.to_string(),
+            received_at: ctx.received_at,
+            message_id: id.clone(),
+            device_id: device.map(str::to_string),
+            metric,
+            raw_base64: base64::engine::general_purpose::STANDARD.encode(payload),
+        };
+        OutRecord {
+            topic: bus.topics.deadletter.clone(),
+            key: device.unwrap_or("").to_string(),
+            payload: serde_json::to_vec(&letter).expect("dead letters serialize"),
+            readings: 0,
+        }
+    };
+
+    let Some(device_id) = device else {
+        outcome.rejections.push(RejectCode::BadTopic);
+        outcome.records.push(dead_letter(
+            RejectCode::BadTopic,
+            format!("topic {topic:?} is not ioc/v1/devices/{{device_id}}/telemetry with a valid device id"),
+            None,
+        ));
+        return outcome;
+    };
+    if !registry.contains(device_id) {
+        outcome.rejections.push(RejectCode::UnknownDevice);
+        outcome.records.push(dead_letter(
+            RejectCode::UnknownDevice,
+            format!("device {device_id:?} is not registered"),
+            None,
+        ));
+        return outcome;
+    }
+    match decode_v1(device_id, payload, &id, ctx) {
+        Err(rejection) => {
+            outcome.rejections.push(rejection.code);
+            outcome.records.push(dead_letter(rejection.code, rejection.reason, None));
+        }
+        Ok(decoded) => {
+            if !decoded.readings.is_empty() {
+                let n = decoded.readings.len();
+                let batch = ReadingBatch { readings: decoded.readings };
+                outcome.records.push(OutRecord {
+                    topic: bus.topics.readings.clone(),
+                    key: device_id.to_string(),
+                    payload: serde_json::to_vec(&batch).expect("readings serialize"),
+                    readings: n,
+                });
+            }
+            for rejected in decoded.rejected_values {
+                outcome.rejections.push(rejected.code);
+                outcome.records.push(dead_letter(rejected.code, rejected.reason, Some(rejected.metric)));
+            }
+        }
+    }
+    outcome
+}
+
+/// Totals of one run, for the caller's log line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IngestReport {
+    pub messages: u64,
+    pub acked: u64,
+    pub left_unacked: u64,
+}
+
+/// Runs ingest until `shutdown`, then drains: stops taking new messages, waits up to
+/// `drain_timeout` for Kafka to confirm what is in flight, acknowledges it, and disconnects.
+/// Messages received during the drain are not acknowledged; the broker redelivers them to this
+/// client id's session when it returns (or to nobody, if the session expires first).
+pub async fn run(
+    mqtt: &MqttConfig,
+    config: &IngestConfig,
+    bus: &KafkaBus,
+    registry: RegistryView,
+    metrics: IngestMetrics,
+    shutdown: CancellationToken,
+) -> Result<IngestReport, IngestError> {
+    let producer = bus.producer(config.producer_linger)?;
+
+    let mut options = MqttOptions::new(&config.client_id, &mqtt.host, mqtt.port);
+    options
+        .set_clean_start(false)
+        .set_session_expiry_interval(Some(config.session_expiry.as_secs().min(u32::MAX as u64) as u32))
+        .set_receive_maximum(Some(config.receive_maximum))
+        .set_max_packet_size(Some(config.max_packet_bytes))
+        .set_manual_acks(true)
+        .set_keep_alive(Duration::from_secs(30));
+    if !mqtt.username.is_empty() {
+        options.set_credentials(&mqtt.username, &mqtt.password);
+    }
+    // Room for an ack per in-flight message plus control requests, so try_ack never fails.
+    let (client, mut eventloop) = AsyncClient::new(options, config.receive_maximum as usize * 2 + 64);
+    let filter = subscription_filter(&config.share_group);
+
+    // Each entry: the connection generation it arrived on, and the publish to acknowledge
+    // (None when it was acknowledged on receipt).
+    let mut pending: InOrderAcks<(u64, Option<Publish>)> = InOrderAcks::default();
+    let mut inflight = FuturesUnordered::new();
+    let mut generation = 0u64;
+    let mut report = IngestReport::default();
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let mut backoff = Duration::from_millis(100);
+
+    loop {
+        if drain_deadline.is_some() && pending.is_empty() {
+            break;
+        }
+        let deadline = drain_deadline;
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled(), if drain_deadline.is_none() => {
+                tracing::info!(inflight = pending.len(), "ingest draining");
+                drain_deadline = Some(tokio::time::Instant::now() + config.drain_timeout);
+            }
+            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
+                tracing::error!(unconfirmed = pending.len(), "drain timed out; unconfirmed messages stay unacknowledged and will be redelivered");
+                break;
+            }
+            Some(seq) = inflight.next() => {
+                pending.confirm(seq);
+                while let Some((gen, publish)) = pending.pop_ready() {
+                    if let Some(publish) = publish {
+                        // A message from an earlier connection is redelivered by the broker with
+                        // the same content; acking its old packet id could ack something else.
+                        if gen == generation {
+                            if let Err(e) = client.try_ack(&publish) {
+                                tracing::warn!(error = %e, "ack not sent; the broker will redeliver");
+                            } else {
+                                report.acked += 1;
+                                metrics.messages_acked.inc();
+                            }
+                        }
+                    }
+                }
+                metrics.inflight_messages.set(pending.len() as i64);
+            }
+            event = eventloop.poll() => match event {
+                Ok(Event::Incoming(Packet::ConnAck(connack))) => {
+                    generation += 1;
+                    backoff = Duration::from_millis(100);
+                    metrics.mqtt_connects.inc();
+                    tracing::info!(session_present = connack.session_present, client_id = %config.client_id, "connected to MQTT broker");
+                    if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                        tracing::error!(error = %e, "subscribe request failed");
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    if drain_deadline.is_some() {
+                        continue;
+                    }
+                    report.messages += 1;
+                    metrics.messages_received.inc();
+                    let ctx = DecodeContext {
+                        received_at: ioc_contract::time::now_ms(),
+                        max_future_skew_ms: config.max_future_skew.as_millis() as i64,
+                        max_payload_bytes: config.max_payload_bytes,
+                    };
+                    let topic = String::from_utf8_lossy(&publish.topic);
+                    let outcome = process_message(&topic, &publish.payload, &registry, bus, &ctx);
+                    for code in &outcome.rejections {
+                        metrics.rejections.with_label_values(&[code.as_str()]).inc();
+                    }
+                    let ack_later = match config.ack_mode {
+                        AckMode::AfterKafka => Some(publish),
+                        AckMode::OnReceipt => {
+                            if client.try_ack(&publish).is_ok() {
+                                report.acked += 1;
+                                metrics.messages_acked.inc();
+                            }
+                            None
+                        }
+                    };
+                    let seq = pending.push((generation, ack_later));
+                    inflight.push(deliver(producer.clone(), outcome.records, seq, metrics.clone()));
+                    metrics.inflight_messages.set(pending.len() as i64);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "MQTT connection error");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled(), if drain_deadline.is_none() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            },
+        }
+    }
+
+    report.left_unacked = pending.len() as u64;
+    // Let the eventloop send the acks queued above, then leave cleanly.
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    Ok(report)
+}
+
+/// Produces every record of one message, retrying each until Kafka confirms it; resolves to the
+/// message's sequence number.
+async fn deliver(producer: FutureProducer, records: Vec<OutRecord>, seq: u64, metrics: IngestMetrics) -> u64 {
+    futures::future::join_all(records.iter().map(|r| send_until_confirmed(&producer, r, &metrics))).await;
+    seq
+}
+
+async fn send_until_confirmed(producer: &FutureProducer, record: &OutRecord, metrics: &IngestMetrics) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let attempt = FutureRecord::to(&record.topic).key(&record.key).payload(&record.payload);
+        match producer.send(attempt, Duration::from_secs(5)).await {
+            Ok(_) => {
+                if record.readings > 0 {
+                    metrics.readings_produced.inc_by(record.readings as u64);
+                } else {
+                    metrics.deadletters_produced.inc();
+                }
+                return;
+            }
+            Err((e, _)) => {
+                metrics.produce_errors.inc();
+                tracing::error!(error = %e, topic = %record.topic, retry_in = ?backoff, "Kafka did not confirm a record; retrying (the message stays unacknowledged)");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ioc_contract::{Device, RegistryEvent};
+
+    fn bus() -> KafkaBus {
+        KafkaBus::new(ioc_config::KafkaConfig {
+            brokers: "127.0.0.1:1".into(),
+            topic_prefix: "t.".into(),
+            partitions: 1,
+            replication: 1,
+            session_timeout: Duration::from_secs(6),
+        })
+    }
+
+    fn registry() -> RegistryView {
+        let view = RegistryView::default();
+        view.apply(RegistryEvent::Registered {
+            device: Device {
+                device_id: "aq-1".into(),
+                kind: "air_quality".into(),
+                name: "a".into(),
+                lat: 12.6,
+                lon: 108.0,
+                expected_interval_s: 60.0,
+                registered_at: 0,
+            },
+        });
+        view
+    }
+
+    fn ctx() -> DecodeContext {
+        DecodeContext { received_at: 1_795_680_300_000, max_future_skew_ms: 300_000, max_payload_bytes: 1024 }
+    }
+
+    fn letters(outcome: &Outcome) -> Vec<DeadLetter> {
+        outcome
+            .records
+            .iter()
+            .filter(|r| r.topic == "t.deadletter")
+            .map(|r| serde_json::from_slice(&r.payload).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_good_message_is_one_readings_record_keyed_by_device() {
+        let body = br#"{"ts":1795680240000,"values":{"pm25":12,"no2":20}}"#;
+        let out = process_message("ioc/v1/devices/aq-1/telemetry", body, &registry(), &bus(), &ctx());
+        assert_eq!(out.records.len(), 1);
+        assert_eq!((out.records[0].topic.as_str(), out.records[0].key.as_str()), ("t.readings", "aq-1"));
+        let batch: ReadingBatch = serde_json::from_slice(&out.records[0].payload).unwrap();
+        assert_eq!(batch.readings.len(), 2);
+        assert!(out.rejections.is_empty());
+    }
+
+    #[test]
+    fn unknown_devices_are_rejected_whole_with_provenance_and_raw_bytes() {
+        let body = br#"{"ts":1795680240000,"values":{"pm25":12}}"#;
+        let out = process_message("ioc/v1/devices/ghost/telemetry", body, &registry(), &bus(), &ctx());
+        assert_eq!(out.rejections, vec![RejectCode::UnknownDevice]);
+        let letter = &letters(&out)[0];
+        assert_eq!(letter.topic, "ioc/v1/devices/ghost/telemetry");
+        assert_eq!(letter.device_id.as_deref(), Some("ghost"));
+        assert_eq!(letter.received_at, ctx().received_at);
+        let raw = base64::engine::general_purpose::STANDARD.decode(&letter.raw_base64).unwrap();
+        assert_eq!(raw, body);
+    }
+
+    #[test]
+    fn a_partly_bad_message_gives_readings_and_one_letter_per_bad_value() {
+        let body = br#"{"ts":1795680240000,"values":{"pm25":12,"radon":1,"no2":"x"}}"#;
+        let out = process_message("ioc/v1/devices/aq-1/telemetry", body, &registry(), &bus(), &ctx());
+        assert_eq!(out.records.len(), 3);
+        let mut metrics: Vec<String> = letters(&out).into_iter().filter_map(|l| l.metric).collect();
+        metrics.sort();
+        assert_eq!(metrics, vec!["no2", "radon"]);
+    }
+
+    #[test]
+    fn invalid_device_ids_in_topics_are_bad_topics() {
+        let out = process_message("ioc/v1/devices/a+b/telemetry", b"{}", &registry(), &bus(), &ctx());
+        assert_eq!(out.rejections, vec![RejectCode::BadTopic]);
+        assert_eq!(letters(&out)[0].device_id, None);
+    }
+}

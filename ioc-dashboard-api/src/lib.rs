@@ -1,0 +1,107 @@
+//! `ioc api`: the IOC dashboards' HTTP and websocket API on one port.
+//!
+//! - [`routes`]: the router, authentication, device registry and history routes.
+//! - [`live`]: tails the readings, aggregates and alerts topics and fans them out.
+//! - [`ws`]: one websocket session, generic over its sink and stream so tests can drive it.
+//! - [`run`]: binds and serves until shutdown.
+//!
+//! `/`, `/healthz` and `/metrics` are open; everything under `/api/v1/` needs the admin token
+//! (`Authorization: Bearer ...`, or `?token=` on the websocket route, since browsers cannot
+//! set headers on a websocket).
+
+pub mod live;
+pub mod routes;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ioc_bus::registry::RegistryView;
+use ioc_bus::KafkaBus;
+use ioc_config::ApiConfig;
+use ioc_history::History;
+use prometheus::{IntCounter, IntGauge, Registry};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("kafka: {0}")]
+    Bus(#[from] ioc_bus::BusError),
+    #[error("serving HTTP: {0}")]
+    Serve(std::io::Error),
+}
+
+/// The API's Prometheus metrics (`ioc_api_*`).
+#[derive(Clone)]
+pub struct ApiMetrics {
+    pub ws_clients: IntGauge,
+    pub ws_sent: IntCounter,
+    pub ws_lagged: IntCounter,
+    pub requests_unauthorized: IntCounter,
+}
+
+impl ApiMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<ApiMetrics> {
+        let ws_clients = IntGauge::new("ioc_api_ws_clients", "Connected websocket clients")?;
+        registry.register(Box::new(ws_clients.clone()))?;
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        Ok(ApiMetrics {
+            ws_clients,
+            ws_sent: counter("ioc_api_ws_messages_sent_total", "Messages sent to websocket clients")?,
+            ws_lagged: counter("ioc_api_ws_lagged_messages_total", "Messages slow websocket clients missed (they are told)")?,
+            requests_unauthorized: counter("ioc_api_unauthorized_requests_total", "Requests refused for a missing or wrong token")?,
+        })
+    }
+}
+
+/// Shared state of every request.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<ApiConfig>,
+    pub bus: KafkaBus,
+    pub producer: rdkafka::producer::FutureProducer,
+    pub registry: RegistryView,
+    pub history: History,
+    pub live: live::LiveHub,
+    pub metrics: ApiMetrics,
+    pub prometheus: Registry,
+}
+
+/// Serves the API on `listener` until `shutdown`. The caller has bound the listener (so it can
+/// report a busy port clearly) and started the registry follower.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: ApiConfig,
+    bus: KafkaBus,
+    registry: RegistryView,
+    history: History,
+    prometheus: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), ApiError> {
+    let metrics = ApiMetrics::register(&prometheus).expect("api metrics register once");
+    let live = live::LiveHub::new(config.ws_buffer);
+    let tail = live::tail(&bus, live.clone(), shutdown.clone())?;
+    let state = AppState {
+        config: Arc::new(config),
+        producer: bus.producer(std::time::Duration::from_millis(1))?,
+        bus,
+        registry,
+        history,
+        live,
+        metrics,
+        prometheus,
+    };
+    let app = routes::router(state);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .map_err(ApiError::Serve);
+    tail.abort();
+    result
+}

@@ -1,0 +1,188 @@
+//! One websocket session. Generic over its outgoing sink and incoming stream so unit tests
+//! drive it with channels; the route wires it to a real socket.
+//!
+//! Client → server: `{"op":"subscribe","stream":"readings"|"aggregates"|"alerts","device_ids":[...]}`
+//! (device_ids optional: all devices) and `{"op":"unsubscribe","stream":...}`.
+//! Server → client: `{"stream":...,"data":{...}}` for data; `{"op":"subscribed",...}`,
+//! `{"op":"error","message":...}`, and `{"op":"lagged","missed":N}` when the client was too slow
+//! and missed N messages (it stays connected).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast;
+
+use crate::live::{LiveMessage, StreamName};
+use crate::ApiMetrics;
+
+/// What a client sent, reduced to what the session cares about.
+#[derive(Debug)]
+pub enum ClientFrame {
+    Text(String),
+    Close,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Request {
+    op: String,
+    stream: StreamName,
+    #[serde(default)]
+    device_ids: Option<Vec<String>>,
+}
+
+/// Runs one session until the client leaves or the hub closes.
+pub async fn session<Out, In>(
+    mut out: Out,
+    mut incoming: In,
+    mut live: broadcast::Receiver<Arc<LiveMessage>>,
+    metrics: ApiMetrics,
+) where
+    Out: Sink<String> + Unpin,
+    In: Stream<Item = ClientFrame> + Unpin,
+{
+    // Stream → device filter (None: every device).
+    let mut subscriptions: HashMap<StreamName, Option<HashSet<String>>> = HashMap::new();
+    loop {
+        tokio::select! {
+            frame = incoming.next() => match frame {
+                None | Some(ClientFrame::Close) => return,
+                Some(ClientFrame::Text(text)) => {
+                    let reply = match serde_json::from_str::<Request>(&text) {
+                        Ok(r) if r.op == "subscribe" => {
+                            let filter = r.device_ids.map(|ids| ids.into_iter().collect::<HashSet<_>>());
+                            subscriptions.insert(r.stream, filter);
+                            json!({"op": "subscribed", "stream": r.stream})
+                        }
+                        Ok(r) if r.op == "unsubscribe" => {
+                            subscriptions.remove(&r.stream);
+                            json!({"op": "unsubscribed", "stream": r.stream})
+                        }
+                        Ok(r) => json!({"op": "error", "message": format!("unknown op {:?}; use subscribe or unsubscribe", r.op)}),
+                        Err(e) => json!({"op": "error", "message": format!("bad request: {e}")}),
+                    };
+                    if out.send(reply.to_string()).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            message = live.recv() => match message {
+                Ok(m) => {
+                    let wanted = match subscriptions.get(&m.stream) {
+                        Some(None) => true,
+                        Some(Some(ids)) => ids.contains(&m.device_id),
+                        None => false,
+                    };
+                    if wanted {
+                        if out.send(m.json.clone()).await.is_err() {
+                            return;
+                        }
+                        metrics.ws_sent.inc();
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    metrics.ws_lagged.inc_by(missed);
+                    if out.send(json!({"op": "lagged", "missed": missed}).to_string()).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::live::LiveHub;
+    use futures::channel::mpsc;
+
+    fn metrics() -> ApiMetrics {
+        ApiMetrics::register(&prometheus::Registry::new()).unwrap()
+    }
+
+    struct Client {
+        to_server: mpsc::UnboundedSender<ClientFrame>,
+        from_server: mpsc::UnboundedReceiver<String>,
+    }
+
+    impl Client {
+        async fn send(&self, text: &str) {
+            self.to_server.unbounded_send(ClientFrame::Text(text.into())).unwrap();
+        }
+        async fn next(&mut self) -> serde_json::Value {
+            let text = tokio::time::timeout(std::time::Duration::from_secs(5), self.from_server.next())
+                .await
+                .expect("a message within 5 s")
+                .expect("session open");
+            serde_json::from_str(&text).unwrap()
+        }
+    }
+
+    fn start(hub: &LiveHub, metrics: ApiMetrics) -> (Client, tokio::task::JoinHandle<()>) {
+        let (to_server, incoming) = mpsc::unbounded();
+        let (out, from_server) = mpsc::unbounded::<String>();
+        let task = tokio::spawn(session(out, incoming, hub.subscribe(), metrics));
+        (Client { to_server, from_server }, task)
+    }
+
+    #[tokio::test]
+    async fn delivers_only_subscribed_streams_and_devices() {
+        let hub = LiveHub::new(16);
+        let (mut client, _task) = start(&hub, metrics());
+        client.send(r#"{"op":"subscribe","stream":"alerts","device_ids":["aq-2"]}"#).await;
+        assert_eq!(client.next().await["op"], "subscribed");
+        hub.publish(LiveMessage::new(StreamName::Readings, "aq-2", &json!({"n": 1})));
+        hub.publish(LiveMessage::new(StreamName::Alerts, "aq-1", &json!({"n": 2})));
+        hub.publish(LiveMessage::new(StreamName::Alerts, "aq-2", &json!({"n": 3})));
+        let m = client.next().await;
+        assert_eq!((m["stream"].as_str(), m["data"]["n"].as_i64()), (Some("alerts"), Some(3)));
+    }
+
+    #[tokio::test]
+    async fn bad_requests_get_an_error_and_the_session_goes_on() {
+        let hub = LiveHub::new(16);
+        let (mut client, _task) = start(&hub, metrics());
+        client.send("nonsense").await;
+        assert_eq!(client.next().await["op"], "error");
+        client.send(r#"{"op":"subscribe","stream":"weather"}"#).await;
+        assert_eq!(client.next().await["op"], "error");
+        client.send(r#"{"op":"subscribe","stream":"readings"}"#).await;
+        assert_eq!(client.next().await["op"], "subscribed");
+    }
+
+    #[tokio::test]
+    async fn a_slow_client_is_told_what_it_missed_and_kept() {
+        let hub = LiveHub::new(4);
+        let m = metrics();
+        let (to_server, incoming) = mpsc::unbounded();
+        let (out, mut from_server) = mpsc::unbounded::<String>();
+        let rx = hub.subscribe();
+        // Overflow the receiver before the session reads anything.
+        for n in 0..10 {
+            hub.publish(LiveMessage::new(StreamName::Readings, "d", &json!({ "n": n })));
+        }
+        to_server.unbounded_send(ClientFrame::Text(r#"{"op":"subscribe","stream":"readings"}"#.into())).unwrap();
+        let _task = tokio::spawn(session(out, incoming, rx, m.clone()));
+        let lagged = loop {
+            let text = tokio::time::timeout(std::time::Duration::from_secs(5), from_server.next()).await.unwrap().unwrap();
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if v["op"] == "lagged" {
+                break v;
+            }
+        };
+        assert_eq!(lagged["missed"], 6);
+        assert_eq!(m.ws_lagged.get(), 6);
+        hub.publish(LiveMessage::new(StreamName::Readings, "d", &json!({"n": 99})));
+        loop {
+            let text = tokio::time::timeout(std::time::Duration::from_secs(5), from_server.next()).await.unwrap().unwrap();
+            if text.contains("99") {
+                break;
+            }
+        }
+    }
+}

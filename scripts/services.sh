@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Installs and starts the real services the tests need, idempotently:
+#   - Mosquitto (Debian package; tests start their own instances from config/mosquitto.conf)
+#   - ClickHouse server (Debian package, 18.16 on bookworm) on 127.0.0.1:8123
+#   - tansu, a Kafka-protocol broker (cargo install, binary cached in ~/.cargo/bin) on 127.0.0.1:9092
+# Safe to run again: it installs only what is missing and starts only what is not answering.
+set -euo pipefail
+
+log() { printf '[services] %s\n' "$*" >&2; }
+
+need_apt=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+command -v clickhouse-server >/dev/null 2>&1 || [ -x /usr/sbin/clickhouse-server ] || need_apt+=(clickhouse-server clickhouse-client)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v make >/dev/null 2>&1 || need_apt+=(make)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# tansu's default features include no storage engine; `dynostore` brings memory://.
+# Installed under its own root (not ~/.cargo/bin) so the check below finds exactly this build.
+TANSU_VERSION=0.6.0
+TANSU_ROOT="${TANSU_ROOT:-$HOME/.cache/ioc/tansu}"
+TANSU="$TANSU_ROOT/bin/tansu"
+if [ ! -x "$TANSU" ]; then
+  log "building tansu $TANSU_VERSION (about 14 minutes on 2 cores the first time; cached in $TANSU_ROOT)"
+  CARGO_TARGET_DIR="${TANSU_TARGET_DIR:-/var/tmp/tansu-target}" \
+    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore --root "$TANSU_ROOT" >&2
+fi
+
+# ClickHouse
+if ! curl -fsS 'http://127.0.0.1:8123/ping' >/dev/null 2>&1; then
+  log "starting clickhouse-server"
+  mkdir -p /var/lib/clickhouse /var/log/clickhouse-server
+  chown -R clickhouse:clickhouse /var/lib/clickhouse /var/log/clickhouse-server 2>/dev/null || true
+  if id clickhouse >/dev/null 2>&1; then
+    su -s /bin/sh clickhouse -c 'cd /var/lib/clickhouse && clickhouse-server --config-file=/etc/clickhouse-server/config.xml --daemon --pid-file=/var/lib/clickhouse/clickhouse-server.pid'
+  else
+    (cd /var/lib/clickhouse && clickhouse-server --config-file=/etc/clickhouse-server/config.xml --daemon)
+  fi
+  for _ in $(seq 1 60); do
+    curl -fsS 'http://127.0.0.1:8123/ping' >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  curl -fsS 'http://127.0.0.1:8123/ping' >/dev/null || { log "clickhouse did not start; see /var/log/clickhouse-server/"; exit 1; }
+fi
+log "clickhouse $(curl -fsS 'http://127.0.0.1:8123/?query=SELECT%20version()') on 127.0.0.1:8123"
+
+# tansu, in-memory storage: tests isolate themselves with their own topic prefixes.
+if ! (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; then
+  log "starting tansu on 127.0.0.1:9092"
+  mkdir -p /var/log/tansu
+  nohup "$TANSU" broker \
+    --listener-url tcp://127.0.0.1:9092 \
+    --advertised-listener-url tcp://127.0.0.1:9092 \
+    --storage-engine memory://tansu/ \
+    >/var/log/tansu/tansu.log 2>&1 &
+  for _ in $(seq 1 60); do
+    (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null && break
+    sleep 0.5
+  done
+  (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null || { log "tansu did not start; see /var/log/tansu/tansu.log"; exit 1; }
+fi
+log "tansu on 127.0.0.1:9092"

@@ -1,0 +1,239 @@
+//! `ioc`: the one binary, and the composition root. Only this file knows every stage; it parses
+//! flags, loads the configuration, wires the bus, history and registry into the stage it runs,
+//! and turns Ctrl-C/SIGTERM into an orderly shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use ioc_bus::registry::{self, RegistryView};
+use ioc_bus::KafkaBus;
+use ioc_config::Config;
+use ioc_history::History;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "ioc", version, about = "Real-time telemetry pipeline of a provincial Intelligent Operations Center")]
+struct Cli {
+    /// Configuration file (TOML), overlaid on the built-in defaults; IOC_* variables overlay it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// MQTT → decode and validate → Kafka (readings and dead letters).
+    Ingest,
+    /// Kafka readings → ClickHouse history, 1-minute aggregates and alerts.
+    Stream,
+    /// HTTP and websocket API for the dashboards.
+    Api {
+        /// Address to listen on (default: api.listen).
+        #[arg(long, value_name = "ADDR")]
+        http_listen: Option<SocketAddr>,
+        /// Admin bearer token for /api/v1/ (default: api.admin_token or IOC_ADMIN_TOKEN).
+        #[arg(long, env = "IOC_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+    },
+    /// Simulated fleet publishing device protocol v1 over MQTT.
+    Sim {
+        /// Send exactly this many messages, then wait for the broker's acknowledgements and exit.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Messages per second across the fleet (default: sim.rate).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Random seed (default: sim.seed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Register the fleet through this API first (for example http://127.0.0.1:8080).
+        #[arg(long, value_name = "URL")]
+        register_with: Option<String>,
+        /// Admin token for --register-with.
+        #[arg(long, env = "IOC_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// MQTT client id of the simulator.
+        #[arg(long, default_value = "ioc-sim")]
+        client_id: String,
+    },
+    /// Check a configuration file and report every problem with its path.
+    CheckConfig {
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IOC_LOG").unwrap_or_else(|_| "info,rdkafka=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    if let Command::CheckConfig { file } = &cli.command {
+        return match ioc_config::load(Some(file), std::env::vars()) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                ExitCode::from(2)
+            }
+        };
+    }
+    let config = match ioc_config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ioc: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ioc: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancels the token on Ctrl-C or SIGTERM.
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        t.cancel();
+    });
+    token
+}
+
+/// Binds a TCP listener, explaining a busy port.
+async fn bind(addr: SocketAddr, what: &str, flag: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!(
+                "cannot listen for {what} on {addr}: port {} is already in use (another ioc, or another service, is listening there); choose another address with {flag}",
+                addr.port()
+            )
+        } else {
+            anyhow::anyhow!("cannot listen for {what} on {addr}: {e}")
+        }
+    })
+}
+
+/// Serves /metrics and /healthz for stages that have no API of their own.
+async fn serve_metrics(addr: SocketAddr, flag: &str, registry: prometheus::Registry, shutdown: CancellationToken) -> Result<()> {
+    use axum::routing::get;
+    let listener = bind(addr, "metrics", flag).await?;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move { prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap_or_default() }
+            }),
+        )
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+    });
+    Ok(())
+}
+
+/// Starts following the registry topic; returns once caught up.
+async fn follow_registry(bus: &KafkaBus, shutdown: &CancellationToken) -> Result<RegistryView> {
+    let view = RegistryView::default();
+    registry::follow(bus, view.clone(), shutdown.clone()).await.context("reading the device registry")?;
+    Ok(view)
+}
+
+async fn run(command: Command, config: Config) -> Result<()> {
+    let shutdown = shutdown_on_signals();
+    let bus = KafkaBus::new(config.kafka.clone());
+    match command {
+        Command::Ingest => {
+            bus.ensure_topics().await.context("creating Kafka topics")?;
+            let prometheus = prometheus::Registry::new();
+            let metrics = ioc_ingest::IngestMetrics::register(&prometheus)?;
+            serve_metrics(config.ingest.metrics_listen, "IOC_INGEST__METRICS_LISTEN", prometheus.clone(), shutdown.clone()).await?;
+            let registry = follow_registry(&bus, &shutdown).await?;
+            let gauge = prometheus::IntGauge::new("ioc_ingest_registry_devices", "Devices in this instance's registry view")?;
+            prometheus.register(Box::new(gauge.clone()))?;
+            let (view, g) = (registry.clone(), gauge.clone());
+            tokio::spawn(async move {
+                loop {
+                    g.set(view.len() as i64);
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            });
+            tracing::info!(devices = registry.len(), broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port), "ingest starting");
+            let report = ioc_ingest::run(&config.mqtt, &config.ingest, &bus, registry, metrics, shutdown).await?;
+            tracing::info!(messages = report.messages, acked = report.acked, left_unacked = report.left_unacked, "ingest stopped");
+        }
+        Command::Stream => {
+            bus.ensure_topics().await.context("creating Kafka topics")?;
+            let prometheus = prometheus::Registry::new();
+            let metrics = ioc_stream::StreamMetrics::register(&prometheus)?;
+            serve_metrics(config.stream.metrics_listen, "IOC_STREAM__METRICS_LISTEN", prometheus, shutdown.clone()).await?;
+            let history = History::new(&config.clickhouse);
+            tracing::info!(clickhouse = %config.clickhouse.url, database = %config.clickhouse.database, "stream starting");
+            ioc_stream::run(&config.stream, &bus, history, metrics, shutdown).await?;
+            tracing::info!("stream stopped");
+        }
+        Command::Api { http_listen, admin_token } => {
+            let mut api = config.api.clone();
+            if let Some(addr) = http_listen {
+                api.listen = addr;
+            }
+            if let Some(token) = admin_token {
+                api.admin_token = token;
+            }
+            let listener = bind(api.listen, "HTTP", "--http-listen").await?;
+            bus.ensure_topics().await.context("creating Kafka topics")?;
+            let history = History::new(&config.clickhouse);
+            history.ensure_schema().await.context("creating the ClickHouse schema")?;
+            let registry = follow_registry(&bus, &shutdown).await?;
+            if api.admin_token.is_empty() {
+                tracing::warn!("no admin token set: every /api/v1/ request will be refused (use --admin-token or IOC_ADMIN_TOKEN)");
+            }
+            tracing::info!(listen = %listener.local_addr()?, "api listening");
+            ioc_dashboard_api::run(listener, api, bus, registry, history, prometheus::Registry::new(), shutdown).await?;
+        }
+        Command::Sim { count, rate, seed, register_with, admin_token, client_id } => {
+            let mut sim = config.sim.clone();
+            if let Some(seed) = seed {
+                sim.seed = seed;
+            }
+            let rate = rate.unwrap_or(sim.rate);
+            anyhow::ensure!(rate.is_finite() && rate > 0.0, "--rate must be a positive number of messages per second");
+            let mut fleet = sensor_sim::Fleet::new(&sim);
+            if let Some(url) = register_with {
+                let token = admin_token.unwrap_or_default();
+                let n = sensor_sim::register_fleet(&fleet, &url, &token).await?;
+                eprintln!("sim: registered {n} devices with {url}");
+            }
+            let options = sensor_sim::RunOptions { count, rate, client_id, progress: true };
+            let report = sensor_sim::run(&config.mqtt, &mut fleet, &options, shutdown).await?;
+            eprintln!(
+                "sim: done: {} messages ({} readings) in {:.1} s, {:.0} msg/s, {} acknowledged by the broker",
+                report.messages, report.readings, report.seconds, report.messages_per_second, report.acknowledged
+            );
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        Command::CheckConfig { .. } => unreachable!("handled before the runtime starts"),
+    }
+    Ok(())
+}

@@ -1,0 +1,421 @@
+//! `ioc stream`: readings in from Kafka; raw history, 1-minute window aggregates and alerts out
+//! to ClickHouse and Kafka.
+//!
+//! - [`windows`]: event-time windows, watermarks, lateness and the commit rule (pure).
+//! - [`aggregate`]: the DataFusion query over Arrow batches that computes aggregates.
+//! - [`alerts`]: the PM2.5 threshold rule (pure).
+//! - [`run`]: the service loop. Per batch of Kafka records, in this order: store raw readings;
+//!   feed the window engine; aggregate closed windows (from memory) and late windows (from
+//!   stored rows); evaluate alerts; store aggregates and alerts; publish them; checkpoint each
+//!   moved device's `closed_until`; commit offsets up to what stored rows and closed windows
+//!   cover. A crash between any two steps repeats work idempotently and loses none.
+
+pub mod aggregate;
+pub mod alerts;
+pub mod windows;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ioc_bus::KafkaBus;
+use ioc_config::StreamConfig;
+use ioc_contract::{Aggregate, Alert, ReadingBatch, WINDOW_MS};
+use ioc_history::{History, WatermarkRow};
+use prometheus::{IntCounter, IntGauge, Registry};
+use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::aggregate::ClosingRows;
+use crate::alerts::Pm25Rule;
+use crate::windows::{Observed, WindowEngine, WindowKey};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("kafka: {0}")]
+    Bus(#[from] ioc_bus::BusError),
+    #[error("kafka client: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("history: {0}")]
+    History(#[from] ioc_history::HistoryError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// The stream's Prometheus metrics (`ioc_stream_*`).
+#[derive(Clone)]
+pub struct StreamMetrics {
+    pub readings_consumed: IntCounter,
+    pub duplicates: IntCounter,
+    pub late_readings: IntCounter,
+    pub unreadable_records: IntCounter,
+    pub windows_closed: IntCounter,
+    pub aggregates_emitted: IntCounter,
+    pub alerts_emitted: IntCounter,
+    pub store_retries: IntCounter,
+    pub commits: IntCounter,
+    pub open_windows: IntGauge,
+}
+
+impl StreamMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<StreamMetrics> {
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let open_windows = IntGauge::new("ioc_stream_open_windows", "Windows open in memory")?;
+        registry.register(Box::new(open_windows.clone()))?;
+        Ok(StreamMetrics {
+            readings_consumed: counter("ioc_stream_readings_consumed_total", "Readings consumed from Kafka")?,
+            duplicates: counter("ioc_stream_duplicate_readings_total", "Readings whose key was already in their open window")?,
+            late_readings: counter("ioc_stream_late_readings_total", "Good readings for windows already closed (re-emitted)")?,
+            unreadable_records: counter("ioc_stream_unreadable_records_total", "Kafka records that were not a readings batch")?,
+            windows_closed: counter("ioc_stream_windows_closed_total", "Windows closed in event-time order")?,
+            aggregates_emitted: counter("ioc_stream_aggregates_emitted_total", "Aggregates stored and published (re-emissions included)")?,
+            alerts_emitted: counter("ioc_stream_alerts_emitted_total", "Alert raises and clears stored and published")?,
+            store_retries: counter("ioc_stream_store_retries_total", "ClickHouse or Kafka writes that failed and were retried")?,
+            commits: counter("ioc_stream_offset_commits_total", "Offset commits")?,
+            open_windows,
+        })
+    }
+}
+
+/// Notes rebalances so the loop can reload checkpoints and forget lost partitions.
+struct RebalanceFlag(Arc<AtomicBool>);
+
+impl ClientContext for RebalanceFlag {}
+
+impl ConsumerContext for RebalanceFlag {
+    fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if matches!(rebalance, Rebalance::Assign(_) | Rebalance::Revoke(_)) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// One consumed Kafka record's readings.
+struct Consumed {
+    partition: i32,
+    offset: i64,
+    batch: Option<ReadingBatch>,
+}
+
+/// Monotonic versions for re-emitted aggregates and alerts: wall-clock microseconds, strictly
+/// increasing within the process.
+struct VersionClock(u64);
+
+impl VersionClock {
+    fn next(&mut self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        self.0 = now.max(self.0 + 1);
+        self.0
+    }
+}
+
+/// Runs the stream stage until `shutdown`. It finishes the batch in hand, and leaves open
+/// windows to be rebuilt from the committed offsets by the next run.
+pub async fn run(
+    config: &StreamConfig,
+    bus: &KafkaBus,
+    history: History,
+    metrics: StreamMetrics,
+    shutdown: CancellationToken,
+) -> Result<(), StreamError> {
+    history.ensure_schema().await?;
+    let producer = bus.producer(Duration::from_millis(5))?;
+    let rebalanced = Arc::new(AtomicBool::new(false));
+    let consumer: StreamConsumer<RebalanceFlag> =
+        bus.group_consumer_config(&config.group_id).create_with_context(RebalanceFlag(rebalanced.clone()))?;
+    consumer.subscribe(&[&bus.topics.readings])?;
+
+    let mut engine = WindowEngine::new(
+        config.allowed_lateness.as_millis() as i64,
+        config.idle_timeout.as_millis() as i64,
+    );
+    let mut rule = Pm25Rule::new(config.pm25_alert.limit);
+    restore(&history, &mut engine, &mut rule).await?;
+    let mut versions = VersionClock(0);
+    let mut committed: HashMap<i32, i64> = HashMap::new();
+
+    while !shutdown.is_cancelled() {
+        let records = collect_batch(&consumer, config, &metrics, &shutdown).await;
+        if rebalanced.swap(false, Ordering::SeqCst) {
+            let owned: Vec<i32> = consumer
+                .assignment()
+                .map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect())
+                .unwrap_or_default();
+            tracing::info!(?owned, "partitions assigned; reloading checkpoints");
+            engine.retain_partitions(&owned);
+            committed.retain(|p, _| owned.contains(p));
+            restore(&history, &mut engine, &mut rule).await?;
+        }
+        let step = Step { bus, history: &history, producer: &producer, metrics: &metrics, shutdown: &shutdown };
+        if !step.process(records, &mut engine, &mut rule, &mut versions).await {
+            break; // shut down while a write was being retried; nothing was committed for it
+        }
+        metrics.open_windows.set(engine.open_windows() as i64);
+        commit(&consumer, &bus.topics.readings, &engine, &mut committed, &metrics);
+    }
+    Ok(())
+}
+
+async fn restore(history: &History, engine: &mut WindowEngine, rule: &mut Pm25Rule) -> Result<(), StreamError> {
+    for (device, until) in history.closed_until().await? {
+        engine.restore_closed_until(&device, until);
+    }
+    for alert in history.latest_alerts().await? {
+        rule.restore(alert);
+    }
+    Ok(())
+}
+
+/// Waits up to `batch_linger` for records, taking at most `batch_max_records`.
+async fn collect_batch<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    config: &StreamConfig,
+    metrics: &StreamMetrics,
+    shutdown: &CancellationToken,
+) -> Vec<Consumed> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + config.batch_linger;
+    while out.len() < config.batch_max_records {
+        let message = tokio::select! {
+            m = consumer.recv() => m,
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = shutdown.cancelled() => break,
+        };
+        match message {
+            Ok(m) => {
+                let batch = m.payload().and_then(|p| serde_json::from_slice::<ReadingBatch>(p).ok());
+                if batch.is_none() {
+                    metrics.unreadable_records.inc();
+                    tracing::error!(partition = m.partition(), offset = m.offset(), "readings record is not a readings batch; skipped");
+                }
+                out.push(Consumed { partition: m.partition(), offset: m.offset(), batch });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka consume error");
+                break;
+            }
+        }
+    }
+    out
+}
+
+struct Step<'a> {
+    bus: &'a KafkaBus,
+    history: &'a History,
+    producer: &'a FutureProducer,
+    metrics: &'a StreamMetrics,
+    shutdown: &'a CancellationToken,
+}
+
+impl Step<'_> {
+    /// Retries `op` until it succeeds; false if shutdown came first.
+    async fn retry<T, E: std::fmt::Display, F, Fut>(&self, what: &str, mut op: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match op().await {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    self.metrics.store_retries.inc();
+                    tracing::error!(error = %e, retry_in = ?backoff, "{what} failed; retrying (offsets stay uncommitted)");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.shutdown.cancelled() => return None,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// One pass of the loop described in the crate docs. Returns false on shutdown mid-way.
+    async fn process(
+        &self,
+        records: Vec<Consumed>,
+        engine: &mut WindowEngine,
+        rule: &mut Pm25Rule,
+        versions: &mut VersionClock,
+    ) -> bool {
+        let readings = records.iter().filter_map(|c| c.batch.as_ref()).flat_map(|b| b.readings.iter());
+        let n = readings.clone().count();
+        if n > 0 {
+            let Some(_) = self.retry("storing readings", || self.history.insert_readings(readings.clone())).await else {
+                return false;
+            };
+            self.metrics.readings_consumed.inc_by(n as u64);
+        }
+
+        let now = ioc_contract::time::now_ms();
+        let mut late: BTreeSet<WindowKey> = BTreeSet::new();
+        for c in &records {
+            engine.mark_consumed(c.partition, c.offset);
+            for r in c.batch.iter().flat_map(|b| b.readings.iter()) {
+                match engine.observe(r, c.partition, c.offset, now) {
+                    Observed::Duplicate => self.metrics.duplicates.inc(),
+                    Observed::Late(key) => {
+                        self.metrics.late_readings.inc();
+                        late.insert(key);
+                    }
+                    Observed::Added | Observed::NotAggregated => {}
+                }
+            }
+        }
+        let closed = engine.advance(now);
+        if closed.windows.is_empty() && late.is_empty() && closed.devices.is_empty() {
+            return true;
+        }
+
+        // Closed windows from memory; late windows from the stored rows (which now include the
+        // late readings), so a re-emitted aggregate equals a recomputation from the raw rows.
+        let mut in_order = ClosingRows::default();
+        for (key, window) in &closed.windows {
+            for (ts, value) in &window.values {
+                in_order.push(&key.device_id, &key.channel, &key.metric, &window.unit, *ts, *value);
+            }
+        }
+        let mut reemit = ClosingRows::default();
+        let mut late_by_device: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+        for key in &late {
+            let range = late_by_device.entry(&key.device_id).or_insert((key.start, key.start + WINDOW_MS));
+            range.0 = range.0.min(key.start);
+            range.1 = range.1.max(key.start + WINDOW_MS);
+        }
+        for (device, (from, to)) in late_by_device {
+            let Some(rows) = self.retry("reading stored rows of late windows", || self.history.good_values(device, from, to)).await
+            else {
+                return false;
+            };
+            for row in rows {
+                let key = WindowKey {
+                    device_id: row.device_id.clone(),
+                    channel: row.channel.clone(),
+                    metric: row.metric.clone(),
+                    start: ioc_contract::window_start(row.ts),
+                };
+                if late.contains(&key) {
+                    reemit.push(&row.device_id, &row.channel, &row.metric, &row.unit, row.ts, row.value);
+                }
+            }
+        }
+
+        let version = versions.next();
+        let (Ok(in_order), Ok(reemitted)) = (
+            aggregate::aggregate(in_order, version).await,
+            aggregate::aggregate(reemit, version).await,
+        ) else {
+            tracing::error!("DataFusion aggregation failed; the batch will be retried from Kafka");
+            return false;
+        };
+        self.metrics.windows_closed.inc_by(closed.windows.len() as u64);
+
+        let mut alerts: Vec<Alert> = Vec::new();
+        for agg in &in_order {
+            if let Some(alert) = rule.evaluate(agg, versions.next()) {
+                alerts.push(alert);
+            }
+        }
+        let aggregates: Vec<Aggregate> = in_order.into_iter().chain(reemitted).collect();
+
+        if !aggregates.is_empty() && self.retry("storing aggregates", || self.history.insert_aggregates(&aggregates)).await.is_none() {
+            return false;
+        }
+        if !alerts.is_empty() && self.retry("storing alerts", || self.history.insert_alerts(&alerts)).await.is_none() {
+            return false;
+        }
+        let published = self.publish(&self.bus.topics.aggregates, aggregates.iter().map(|a| (&a.device_id, serde_json::to_vec(a))));
+        if !published.await {
+            return false;
+        }
+        if !self.publish(&self.bus.topics.alerts, alerts.iter().map(|a| (&a.device_id, serde_json::to_vec(a)))).await {
+            return false;
+        }
+        self.metrics.aggregates_emitted.inc_by(aggregates.len() as u64);
+        self.metrics.alerts_emitted.inc_by(alerts.len() as u64);
+        for alert in &alerts {
+            tracing::info!(alert_id = %alert.alert_id, status = alert.status.as_str(), "{}", alert.message);
+        }
+
+        if !closed.devices.is_empty() {
+            let checkpoint_version = versions.next();
+            let rows: Vec<WatermarkRow> = closed
+                .devices
+                .iter()
+                .map(|(device_id, closed_until)| WatermarkRow {
+                    device_id: device_id.clone(),
+                    closed_until: *closed_until,
+                    version: checkpoint_version,
+                })
+                .collect();
+            if self.retry("checkpointing watermarks", || self.history.insert_watermarks(rows.clone())).await.is_none() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Publishes JSON records keyed by device id and waits for every confirmation.
+    async fn publish<'r>(
+        &self,
+        topic: &str,
+        records: impl Iterator<Item = (&'r String, Result<Vec<u8>, serde_json::Error>)>,
+    ) -> bool {
+        let records: Vec<(&String, Vec<u8>)> =
+            records.filter_map(|(k, v)| v.ok().map(|v| (k, v))).collect();
+        let sends = records.iter().map(|(key, payload)| {
+            self.retry("publishing to Kafka", move || async move {
+                self.producer
+                    .send(FutureRecord::to(topic).key(key.as_str()).payload(payload), Duration::from_secs(5))
+                    .await
+                    .map_err(|(e, _)| e)
+            })
+        });
+        futures::future::join_all(sends).await.iter().all(Option::is_some)
+    }
+}
+
+/// Commits, per owned partition, the offset the window engine says is covered.
+fn commit<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    topic: &str,
+    engine: &WindowEngine,
+    committed: &mut HashMap<i32, i64>,
+    metrics: &StreamMetrics,
+) {
+    let owned: BTreeSet<i32> = consumer
+        .assignment()
+        .map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect())
+        .unwrap_or_default();
+    let mut tpl = TopicPartitionList::new();
+    let mut advanced = Vec::new();
+    for (partition, offset) in engine.committable() {
+        if owned.contains(&partition) && committed.get(&partition).is_none_or(|c| offset > *c) {
+            if tpl.add_partition_offset(topic, partition, Offset::Offset(offset)).is_ok() {
+                advanced.push((partition, offset));
+            }
+        }
+    }
+    if advanced.is_empty() {
+        return;
+    }
+    match tokio::task::block_in_place(|| consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync)) {
+        Ok(()) => {
+            metrics.commits.inc();
+            committed.extend(advanced);
+        }
+        Err(e) => tracing::warn!(error = %e, "offset commit failed; it will be retried with the next batch"),
+    }
+}

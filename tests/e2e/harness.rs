@@ -1,0 +1,378 @@
+//! Test harness: a private Mosquitto on a free port (the project's shipped config), the real
+//! `ioc` binary for every stage, and the shared tansu and ClickHouse that `scripts/services.sh`
+//! starts. Each test isolates itself with its own topic prefix, ClickHouse database, consumer
+//! group and MQTT client ids.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+pub const KAFKA: &str = "127.0.0.1:9092";
+pub const CLICKHOUSE: &str = "http://127.0.0.1:8123";
+pub const TOKEN: &str = "test-admin-token";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then wait up to `timeout` for a clean exit; returns the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill(2) with a pid we spawned and own.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One isolated deployment of the pipeline.
+pub struct Env {
+    pub id: String,
+    pub dir: PathBuf,
+    pub mqtt_port: u16,
+    pub api_port: u16,
+    pub ingest_metrics_port: u16,
+    pub stream_metrics_port: u16,
+    pub config_path: PathBuf,
+    pub mosquitto: Option<Proc>,
+    pub http: reqwest::Client,
+}
+
+impl Env {
+    /// Creates the deployment's folder and config and starts its Mosquitto. `extra` is appended
+    /// to the generated config file.
+    pub fn new(name: &str, extra: &str) -> Result<Env> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
+        let id = format!("t_{name}_{}_{nanos}", std::process::id());
+        let dir = std::env::temp_dir().join(&id);
+        std::fs::create_dir_all(&dir)?;
+        let mqtt_port = free_port();
+        let (api_port, ingest_metrics_port, stream_metrics_port) = (free_port(), free_port(), free_port());
+
+        let conf = ioc_config_text(&id, mqtt_port, api_port, ingest_metrics_port, stream_metrics_port, extra);
+        let config_path = dir.join("ioc.toml");
+        std::fs::write(&config_path, conf)?;
+
+        let mut env = Env {
+            id,
+            dir,
+            mqtt_port,
+            api_port,
+            ingest_metrics_port,
+            stream_metrics_port,
+            config_path,
+            mosquitto: None,
+            http: reqwest::Client::new(),
+        };
+        env.start_mosquitto()?;
+        Ok(env)
+    }
+
+    fn start_mosquitto(&mut self) -> Result<()> {
+        let shipped = std::fs::read_to_string(repo_root().join("config/mosquitto.conf"))?;
+        let data = self.dir.join("mosquitto");
+        std::fs::create_dir_all(&data)?;
+        let conf: String = shipped
+            .lines()
+            .map(|l| {
+                if l.starts_with("listener ") {
+                    format!("listener {} 127.0.0.1", self.mqtt_port)
+                } else if l.starts_with("persistence_location") {
+                    format!("persistence_location {}/", data.display())
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let path = self.dir.join("mosquitto.conf");
+        std::fs::write(&path, conf)?;
+        let log = std::fs::File::create(self.dir.join("mosquitto.log"))?;
+        let child = Command::new(mosquitto_binary())
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting mosquitto")?;
+        self.mosquitto = Some(Proc { child, name: "mosquitto".into() });
+        wait_port(self.mqtt_port, Duration::from_secs(10))
+    }
+
+    /// Starts `ioc <args>` with this deployment's config; output goes to `<dir>/<log>.log`.
+    pub fn ioc(&self, log: &str, args: &[&str]) -> Result<Proc> {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{log}.log")))?;
+        let err = out.try_clone()?;
+        let child = Command::new(env!("CARGO_BIN_EXE_ioc"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .env("IOC_LOG", "info,rdkafka=warn")
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting ioc {args:?}"))?;
+        Ok(Proc { child, name: log.into() })
+    }
+
+    /// Runs `ioc <args>` to completion; returns stdout, failing on a non-zero exit.
+    pub fn ioc_output(&self, args: &[&str]) -> Result<String> {
+        let output = Command::new(env!("CARGO_BIN_EXE_ioc"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .output()?;
+        if !output.status.success() {
+            bail!("ioc {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(String::from_utf8(output.stdout)?)
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.api_port)
+    }
+
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value> {
+        let r = self.http.get(self.api(path)).bearer_auth(TOKEN).send().await?;
+        let status = r.status();
+        let body = r.text().await?;
+        if !status.is_success() {
+            bail!("GET {path}: {status}: {body}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Waits until an HTTP endpoint answers 200.
+    pub async fn wait_http(&self, url: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(r) = self.http.get(url).send().await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("{url} did not answer within {timeout:?} (logs in {})", self.dir.display());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Value of a Prometheus sample (`name` or `name{labels}`) at `port`.
+    pub async fn metric(&self, port: u16, sample: &str) -> Result<f64> {
+        let text = self.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await?.text().await?;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix(sample) {
+                if let Some(v) = rest.strip_prefix(' ') {
+                    return Ok(v.trim().parse()?);
+                }
+            }
+        }
+        Ok(0.0)
+    }
+
+    /// Runs a ClickHouse query in this deployment's database; returns TSV rows.
+    pub async fn clickhouse(&self, sql: &str) -> Result<Vec<Vec<String>>> {
+        clickhouse_query(&self.http, &self.id, sql).await
+    }
+
+    /// Waits until `probe` returns Some.
+    pub async fn eventually<T, F, Fut>(&self, what: &str, timeout: Duration, mut probe: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>>>,
+    {
+        let deadline = Instant::now() + timeout;
+        let mut last_error = String::new();
+        loop {
+            match probe().await {
+                Ok(Some(v)) => return Ok(v),
+                Ok(None) => {}
+                Err(e) => last_error = format!("{e:#}"),
+            }
+            if Instant::now() > deadline {
+                bail!("timed out after {timeout:?} waiting for {what} (last error: {last_error}; logs in {})", self.dir.display());
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Registers a device through the API.
+    pub async fn register(&self, device_id: &str, kind: &str) -> Result<()> {
+        let body = serde_json::json!({
+            "device_id": device_id, "kind": kind, "name": format!("test {device_id}"),
+            "lat": 12.68, "lon": 108.05, "expected_interval_s": 60
+        });
+        let r = self.http.post(self.api("/api/v1/devices")).bearer_auth(TOKEN).json(&body).send().await?;
+        if !r.status().is_success() {
+            bail!("registering {device_id}: {} {}", r.status(), r.text().await?);
+        }
+        Ok(())
+    }
+
+    /// Waits until ingest's registry view has at least `n` devices.
+    pub async fn wait_ingest_knows(&self, n: usize) -> Result<()> {
+        self.eventually("ingest to see the registered devices", Duration::from_secs(30), || async {
+            let seen = self.metric(self.ingest_metrics_port, "ioc_ingest_registry_devices").await?;
+            Ok((seen as usize >= n).then_some(()))
+        })
+        .await
+    }
+
+    pub fn mqtt_client(&self, client_id: &str) -> (rumqttc::AsyncClient, tokio::task::JoinHandle<()>) {
+        let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", self.mqtt_port);
+        options.set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024).set_inflight(100);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 100);
+        let task = tokio::spawn(async move {
+            loop {
+                if eventloop.poll().await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        });
+        (client, task)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Leave the folder (logs) for a failed test; drop the database to keep ClickHouse small.
+        let id = self.id.clone();
+        let _ = std::thread::spawn(move || {
+            let _ = std::process::Command::new("curl")
+                .args(["-sS", "--max-time", "10", CLICKHOUSE, "--data-binary", &format!("DROP DATABASE IF EXISTS {id}")])
+                .output();
+        })
+        .join();
+    }
+}
+
+pub async fn clickhouse_query(http: &reqwest::Client, database: &str, sql: &str) -> Result<Vec<Vec<String>>> {
+    let r = http
+        .post(format!("{CLICKHOUSE}/?database={database}"))
+        .body(format!("{sql} FORMAT TabSeparated"))
+        .send()
+        .await?;
+    let status = r.status();
+    let text = r.text().await?;
+    if !status.is_success() {
+        bail!("clickhouse: {status}: {text}");
+    }
+    Ok(text.lines().filter(|l| !l.is_empty()).map(|l| l.split('\t').map(str::to_string).collect()).collect())
+}
+
+fn ioc_config_text(id: &str, mqtt: u16, api: u16, ingest_metrics: u16, stream_metrics: u16, extra: &str) -> String {
+    format!(
+        r#"[mqtt]
+port = {mqtt}
+
+[kafka]
+brokers = "{KAFKA}"
+topic_prefix = "{id}."
+partitions = 3
+
+[clickhouse]
+url = "{CLICKHOUSE}"
+database = "{id}"
+
+[ingest]
+client_id = "{id}-ingest-1"
+share_group = "{id}-ingest"
+metrics_listen = "127.0.0.1:{ingest_metrics}"
+drain_timeout = "10s"
+
+[stream]
+group_id = "{id}-stream"
+allowed_lateness = "2s"
+idle_timeout = "4s"
+batch_linger = "100ms"
+metrics_listen = "127.0.0.1:{stream_metrics}"
+
+[api]
+listen = "127.0.0.1:{api}"
+admin_token = "{TOKEN}"
+{extra}"#
+    )
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+fn mosquitto_binary() -> &'static str {
+    if Path::new("/usr/sbin/mosquitto").exists() {
+        "/usr/sbin/mosquitto"
+    } else {
+        "mosquitto"
+    }
+}
+
+pub fn wait_port(port: u16, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("nothing listening on port {port} after {timeout:?}")
+}
+
+/// The simulator's final JSON line.
+#[derive(Debug, serde::Deserialize)]
+pub struct SimReport {
+    pub messages: u64,
+    pub readings: u64,
+    pub acknowledged: u64,
+}
+
+/// Aggregates as stored, and as recomputed from the stored raw rows; both sorted.
+pub async fn aggregates_vs_recomputation(env: &Env) -> Result<(Vec<String>, Vec<String>)> {
+    let stored = env
+        .clickhouse(
+            "SELECT device_id, channel, metric, window_start, value_count, round(value_min, 6), round(value_max, 6), round(value_mean, 6) \
+             FROM aggregates FINAL ORDER BY device_id, channel, metric, window_start",
+        )
+        .await?;
+    let recomputed = env
+        .clickhouse(
+            "SELECT device_id, channel, metric, intDiv(ts, 60000) * 60000 AS ws, count(), round(min(value), 6), round(max(value), 6), round(avg(value), 6) \
+             FROM readings FINAL WHERE quality = 'good' GROUP BY device_id, channel, metric, ws ORDER BY device_id, channel, metric, ws",
+        )
+        .await?;
+    Ok((stored.into_iter().map(|r| r.join(" ")).collect(), recomputed.into_iter().map(|r| r.join(" ")).collect()))
+}
