@@ -90,29 +90,10 @@ impl KafkaBus {
         Ok(c.create()?)
     }
 
-    /// Settings of a consumer-group member that commits only when told to; create it with
-    /// `create_with_context` to watch rebalances.
-    pub fn group_consumer_config(&self, group_id: &str) -> ClientConfig {
-        let mut c = self.base();
-        c.set("group.id", group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", self.config.session_timeout.as_millis().to_string())
-            .set("heartbeat.interval.ms", (self.config.session_timeout.as_millis() / 3).max(100).to_string())
-            .set("partition.assignment.strategy", "range");
-        c
-    }
-
     /// A consumer outside any group that reads every partition of `topics` from `offset`
     /// (`Offset::Beginning` to fold a log, `Offset::End` to tail it live).
     pub fn assigned_consumer(&self, topics: &[&str], offset: Offset) -> Result<StreamConsumer, BusError> {
-        let mut c = self.base();
-        // A group id is required by librdkafka even when nothing is ever committed.
-        c.set("group.id", "ioc-unused")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false");
-        let consumer: StreamConsumer = c.create()?;
+        let consumer = self.ungrouped_consumer()?;
         let mut tpl = TopicPartitionList::new();
         for topic in topics {
             for partition in 0..partition_count(&consumer, topic)? {
@@ -121,6 +102,34 @@ impl KafkaBus {
         }
         consumer.assign(&tpl)?;
         Ok(consumer)
+    }
+
+    /// A consumer outside any group reading the given partitions of `topic`, each from its own
+    /// offset. The stream uses it with offsets from its own checkpoint.
+    pub fn assigned_consumer_at(
+        &self,
+        topic: &str,
+        partitions: impl IntoIterator<Item = (i32, Offset)>,
+    ) -> Result<StreamConsumer, BusError> {
+        let consumer = self.ungrouped_consumer()?;
+        let mut tpl = TopicPartitionList::new();
+        for (partition, offset) in partitions {
+            tpl.add_partition_offset(topic, partition, offset)?;
+        }
+        consumer.assign(&tpl)?;
+        Ok(consumer)
+    }
+
+    /// A consumer that is in no group and commits nothing: partitions are assigned explicitly and
+    /// positions kept by the caller. (librdkafka wants a group id all the same.) The pipeline
+    /// uses no broker-side consumer groups: their failure handling differs between Kafka-protocol
+    /// brokers, and the stream's checkpoint lives with its window state instead.
+    fn ungrouped_consumer(&self) -> Result<StreamConsumer, BusError> {
+        let mut c = self.base();
+        c.set("group.id", "ioc-ungrouped")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        Ok(c.create()?)
     }
 
     /// Partition count of a topic, from broker metadata.

@@ -50,8 +50,6 @@ pub struct KafkaConfig {
     pub topic_prefix: String,
     pub partitions: i32,
     pub replication: i32,
-    #[serde(with = "humantime_serde")]
-    pub session_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -94,6 +92,7 @@ pub struct IngestConfig {
 #[serde(deny_unknown_fields)]
 pub struct StreamConfig {
     pub group_id: String,
+    pub partitions: Vec<i32>,
     #[serde(with = "humantime_serde")]
     pub allowed_lateness: Duration,
     #[serde(with = "humantime_serde")]
@@ -399,6 +398,9 @@ pub fn validate(c: &Config) -> Vec<Problem> {
     }
     if c.stream.group_id.is_empty() {
         bad("stream.group_id", "must not be empty".into());
+    }
+    if c.stream.partitions.iter().any(|p| *p < 0) {
+        bad("stream.partitions", "partition numbers start at 0".into());
     }
     if c.stream.batch_max_records == 0 {
         bad("stream.batch_max_records", "must be at least 1".into());

@@ -49,6 +49,12 @@ const SCHEMA: &[&str] = &[
     ) ENGINE = ReplacingMergeTree(version)
     PARTITION BY toYYYYMM(toDateTime(intDiv(ts, 1000)))
     ORDER BY event_id",
+    // The stream's consumed position: per partition, everything below next_offset is stored
+    // and, where it belongs to a window, that window is emitted. Written after the watermarks.
+    "CREATE TABLE IF NOT EXISTS {db}.stream_offsets (
+        group_id String, topic String, partition Int32, next_offset Int64, version UInt64
+    ) ENGINE = ReplacingMergeTree(version)
+    ORDER BY (group_id, topic, partition)",
     // The stream's checkpoint of window state: per device, every window ending at or before
     // closed_until has been closed and emitted. Tiny; read with max().
     "CREATE TABLE IF NOT EXISTS {db}.stream_watermarks (
@@ -229,6 +235,15 @@ pub struct WatermarkRow {
     pub version: u64,
 }
 
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct OffsetRow {
+    pub group_id: String,
+    pub topic: String,
+    pub partition: i32,
+    pub next_offset: i64,
+    pub version: u64,
+}
+
 /// One good reading's value, as the stream needs it to recompute a window.
 #[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
 pub struct GoodValueRow {
@@ -307,6 +322,30 @@ impl History {
 
     pub async fn insert_watermarks(&self, rows: Vec<WatermarkRow>) -> Result<usize, HistoryError> {
         self.insert_rows("stream_watermarks", rows.into_iter()).await
+    }
+
+    pub async fn insert_offsets(&self, rows: Vec<OffsetRow>) -> Result<usize, HistoryError> {
+        self.insert_rows("stream_offsets", rows.into_iter()).await
+    }
+
+    /// Per partition, the checkpointed next offset of `group_id` on `topic`.
+    pub async fn offsets(&self, group_id: &str, topic: &str) -> Result<Vec<(i32, i64)>, HistoryError> {
+        #[derive(Row, Deserialize)]
+        struct R {
+            partition: i32,
+            next_offset: i64,
+        }
+        let rows = self
+            .client
+            .query(
+                "SELECT partition, max(next_offset) AS next_offset FROM stream_offsets \
+                 WHERE group_id = ? AND topic = ? GROUP BY partition",
+            )
+            .bind(group_id)
+            .bind(topic)
+            .fetch_all::<R>()
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.partition, r.next_offset)).collect())
     }
 
     /// Per device, the end of the last window the stream closed.

@@ -321,7 +321,6 @@ mod tests {
             topic_prefix: "t.".into(),
             partitions: 1,
             replication: 1,
-            session_timeout: Duration::from_secs(6),
         })
     }
 

@@ -15,19 +15,17 @@ pub mod alerts;
 pub mod windows;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use ioc_bus::KafkaBus;
 use ioc_config::StreamConfig;
 use ioc_contract::{Aggregate, Alert, ReadingBatch, WINDOW_MS};
-use ioc_history::{History, WatermarkRow};
+use ioc_history::{History, OffsetRow, WatermarkRow};
 use prometheus::{IntCounter, IntGauge, Registry};
-use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{ConsumerContext, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::Offset;
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::ClosingRows;
@@ -79,22 +77,9 @@ impl StreamMetrics {
             aggregates_emitted: counter("ioc_stream_aggregates_emitted_total", "Aggregates stored and published (re-emissions included)")?,
             alerts_emitted: counter("ioc_stream_alerts_emitted_total", "Alert raises and clears stored and published")?,
             store_retries: counter("ioc_stream_store_retries_total", "ClickHouse or Kafka writes that failed and were retried")?,
-            commits: counter("ioc_stream_offset_commits_total", "Offset commits")?,
+            commits: counter("ioc_stream_offset_checkpoints_total", "Offset checkpoints written")?,
             open_windows,
         })
-    }
-}
-
-/// Notes rebalances so the loop can reload checkpoints and forget lost partitions.
-struct RebalanceFlag(Arc<AtomicBool>);
-
-impl ClientContext for RebalanceFlag {}
-
-impl ConsumerContext for RebalanceFlag {
-    fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if matches!(rebalance, Rebalance::Assign(_) | Rebalance::Revoke(_)) {
-            self.0.store(true, Ordering::SeqCst);
-        }
     }
 }
 
@@ -131,10 +116,17 @@ pub async fn run(
 ) -> Result<(), StreamError> {
     history.ensure_schema().await?;
     let producer = bus.producer(Duration::from_millis(5))?;
-    let rebalanced = Arc::new(AtomicBool::new(false));
-    let consumer: StreamConsumer<RebalanceFlag> =
-        bus.group_consumer_config(&config.group_id).create_with_context(RebalanceFlag(rebalanced.clone()))?;
-    consumer.subscribe(&[&bus.topics.readings])?;
+    let topic = bus.topics.readings.clone();
+    let partitions: Vec<i32> = if config.partitions.is_empty() {
+        (0..bus.partitions_of(&topic)?).collect()
+    } else {
+        config.partitions.clone()
+    };
+    let checkpoint: HashMap<i32, i64> = history.offsets(&config.group_id, &topic).await?.into_iter().collect();
+    let consumer: StreamConsumer = bus.assigned_consumer_at(&topic, partitions.iter().map(|p| {
+        (*p, checkpoint.get(p).map_or(Offset::Beginning, |o| Offset::Offset(*o)))
+    }))?;
+    tracing::info!(?partitions, ?checkpoint, "stream consuming from its checkpoint");
 
     let mut engine = WindowEngine::new(
         config.allowed_lateness.as_millis() as i64,
@@ -143,26 +135,18 @@ pub async fn run(
     let mut rule = Pm25Rule::new(config.pm25_alert.limit);
     restore(&history, &mut engine, &mut rule).await?;
     let mut versions = VersionClock(0);
-    let mut committed: HashMap<i32, i64> = HashMap::new();
+    let mut committed = checkpoint;
 
     while !shutdown.is_cancelled() {
         let records = collect_batch(&consumer, config, &metrics, &shutdown).await;
-        if rebalanced.swap(false, Ordering::SeqCst) {
-            let owned: Vec<i32> = consumer
-                .assignment()
-                .map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect())
-                .unwrap_or_default();
-            tracing::info!(?owned, "partitions assigned; reloading checkpoints");
-            engine.retain_partitions(&owned);
-            committed.retain(|p, _| owned.contains(p));
-            restore(&history, &mut engine, &mut rule).await?;
-        }
         let step = Step { bus, history: &history, producer: &producer, metrics: &metrics, shutdown: &shutdown };
         if !step.process(records, &mut engine, &mut rule, &mut versions).await {
-            break; // shut down while a write was being retried; nothing was committed for it
+            break; // shut down while a write was being retried; nothing was checkpointed for it
         }
         metrics.open_windows.set(engine.open_windows() as i64);
-        commit(&consumer, &bus.topics.readings, &engine, &mut committed, &metrics);
+        if !step.checkpoint_offsets(&config.group_id, &topic, &engine, &mut committed, &mut versions).await {
+            break;
+        }
     }
     Ok(())
 }
@@ -367,6 +351,40 @@ impl Step<'_> {
         true
     }
 
+    /// Checkpoints, per partition, the offset the window engine says is covered (after the
+    /// window state it depends on was checkpointed in `process`).
+    async fn checkpoint_offsets(
+        &self,
+        group_id: &str,
+        topic: &str,
+        engine: &WindowEngine,
+        committed: &mut HashMap<i32, i64>,
+        versions: &mut VersionClock,
+    ) -> bool {
+        let version = versions.next();
+        let rows: Vec<OffsetRow> = engine
+            .committable()
+            .into_iter()
+            .filter(|(partition, offset)| committed.get(partition).is_none_or(|c| offset > c))
+            .map(|(partition, next_offset)| OffsetRow {
+                group_id: group_id.to_string(),
+                topic: topic.to_string(),
+                partition,
+                next_offset,
+                version,
+            })
+            .collect();
+        if rows.is_empty() {
+            return true;
+        }
+        if self.retry("checkpointing offsets", || self.history.insert_offsets(rows.clone())).await.is_none() {
+            return false;
+        }
+        self.metrics.commits.inc();
+        committed.extend(rows.iter().map(|r| (r.partition, r.next_offset)));
+        true
+    }
+
     /// Publishes JSON records keyed by device id and waits for every confirmation.
     async fn publish<'r>(
         &self,
@@ -387,35 +405,3 @@ impl Step<'_> {
     }
 }
 
-/// Commits, per owned partition, the offset the window engine says is covered.
-fn commit<C: ConsumerContext + 'static>(
-    consumer: &StreamConsumer<C>,
-    topic: &str,
-    engine: &WindowEngine,
-    committed: &mut HashMap<i32, i64>,
-    metrics: &StreamMetrics,
-) {
-    let owned: BTreeSet<i32> = consumer
-        .assignment()
-        .map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect())
-        .unwrap_or_default();
-    let mut tpl = TopicPartitionList::new();
-    let mut advanced = Vec::new();
-    for (partition, offset) in engine.committable() {
-        if owned.contains(&partition) && committed.get(&partition).is_none_or(|c| offset > *c) {
-            if tpl.add_partition_offset(topic, partition, Offset::Offset(offset)).is_ok() {
-                advanced.push((partition, offset));
-            }
-        }
-    }
-    if advanced.is_empty() {
-        return;
-    }
-    match tokio::task::block_in_place(|| consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync)) {
-        Ok(()) => {
-            metrics.commits.inc();
-            committed.extend(advanced);
-        }
-        Err(e) => tracing::warn!(error = %e, "offset commit failed; it will be retried with the next batch"),
-    }
-}

@@ -183,20 +183,6 @@ impl WindowEngine {
         }
         out
     }
-
-    /// Forgets partitions this instance no longer owns (after a rebalance) and the windows
-    /// built from them; their new owner rebuilds them from the committed offsets.
-    pub fn retain_partitions(&mut self, owned: &[i32]) {
-        self.consumed.retain(|p, _| owned.contains(p));
-        let dropped: Vec<WindowKey> =
-            self.windows.iter().filter(|(_, w)| !owned.contains(&w.partition)).map(|(k, _)| k.clone()).collect();
-        for key in dropped {
-            self.windows.remove(&key);
-            if let Some(d) = self.devices.get_mut(&key.device_id) {
-                d.open.remove(&(key.start, key.channel.clone(), key.metric.clone()));
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -315,15 +301,5 @@ mod tests {
         e.restore_closed_until("a", T0 + 60_000);
         assert!(matches!(e.observe(&reading("a", "pm25", T0 + 1_000, 1.0), 0, 0, 0), Observed::Late(_)));
         assert_eq!(e.observe(&reading("a", "pm25", T0 + 61_000, 1.0), 0, 1, 0), Observed::Added);
-    }
-
-    #[test]
-    fn rebalance_forgets_windows_of_lost_partitions() {
-        let mut e = engine();
-        e.observe(&reading("a", "pm25", T0, 1.0), 0, 0, 0);
-        e.observe(&reading("b", "pm25", T0, 1.0), 1, 0, 0);
-        e.retain_partitions(&[1]);
-        assert_eq!(e.open_windows(), 1);
-        assert_eq!(e.committable(), HashMap::from([(1, 0)]));
     }
 }

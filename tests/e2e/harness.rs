@@ -110,6 +110,10 @@ impl Env {
             .map(|l| {
                 if l.starts_with("listener ") {
                     format!("listener {} 127.0.0.1", self.mqtt_port)
+                } else if l.starts_with("persistence ") {
+                    // Tests never restart their broker; Mosquitto (root drops to its own user)
+                    // could not write into the test's folder anyway.
+                    "persistence false".to_string()
                 } else if l.starts_with("persistence_location") {
                     format!("persistence_location {}/", data.display())
                 } else {
