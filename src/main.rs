@@ -15,7 +15,11 @@ use ioc_history::History;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "ioc", version, about = "Real-time telemetry pipeline of a provincial Intelligent Operations Center")]
+#[command(
+    name = "ioc",
+    version,
+    about = "Real-time telemetry pipeline of a provincial Intelligent Operations Center"
+)]
 struct Cli {
     /// Configuration file (TOML), overlaid on the built-in defaults; IOC_* variables overlay it.
     #[arg(long, global = true, value_name = "FILE")]
@@ -61,18 +65,19 @@ enum Command {
         client_id: String,
     },
     /// Check a configuration file and report every problem with its path.
-    CheckConfig {
-        file: PathBuf,
-    },
+    CheckConfig { file: PathBuf },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IOC_LOG").unwrap_or_else(|_| "info,rdkafka=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("IOC_LOG")
+                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal; log files and collectors get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     if let Command::CheckConfig { file } = &cli.command {
@@ -94,7 +99,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match runtime.block_on(run(cli.command, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -109,7 +117,8 @@ fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -135,7 +144,12 @@ async fn bind(addr: SocketAddr, what: &str, flag: &str) -> Result<tokio::net::Tc
 }
 
 /// Serves /metrics and /healthz for stages that have no API of their own.
-async fn serve_metrics(addr: SocketAddr, flag: &str, registry: prometheus::Registry, shutdown: CancellationToken) -> Result<()> {
+async fn serve_metrics(
+    addr: SocketAddr,
+    flag: &str,
+    registry: prometheus::Registry,
+    shutdown: CancellationToken,
+) -> Result<()> {
     use axum::routing::get;
     let listener = bind(addr, "metrics", flag).await?;
     let app = axum::Router::new()
@@ -143,12 +157,21 @@ async fn serve_metrics(addr: SocketAddr, flag: &str, registry: prometheus::Regis
             "/metrics",
             get(move || {
                 let registry = registry.clone();
-                async move { prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap_or_default() }
+                async move {
+                    prometheus::TextEncoder::new()
+                        .encode_to_string(&registry.gather())
+                        .unwrap_or_default()
+                }
             }),
         )
-        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }));
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        );
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
     });
     Ok(())
 }
@@ -156,7 +179,9 @@ async fn serve_metrics(addr: SocketAddr, flag: &str, registry: prometheus::Regis
 /// Starts following the registry topic; returns once caught up.
 async fn follow_registry(bus: &KafkaBus, shutdown: &CancellationToken) -> Result<RegistryView> {
     let view = RegistryView::default();
-    registry::follow(bus, view.clone(), shutdown.clone()).await.context("reading the device registry")?;
+    registry::follow(bus, view.clone(), shutdown.clone())
+        .await
+        .context("reading the device registry")?;
     Ok(view)
 }
 
@@ -168,9 +193,18 @@ async fn run(command: Command, config: Config) -> Result<()> {
             bus.ensure_topics().await.context("creating Kafka topics")?;
             let prometheus = prometheus::Registry::new();
             let metrics = ioc_ingest::IngestMetrics::register(&prometheus)?;
-            serve_metrics(config.ingest.metrics_listen, "IOC_INGEST__METRICS_LISTEN", prometheus.clone(), shutdown.clone()).await?;
+            serve_metrics(
+                config.ingest.metrics_listen,
+                "IOC_INGEST__METRICS_LISTEN",
+                prometheus.clone(),
+                shutdown.clone(),
+            )
+            .await?;
             let registry = follow_registry(&bus, &shutdown).await?;
-            let gauge = prometheus::IntGauge::new("ioc_ingest_registry_devices", "Devices in this instance's registry view")?;
+            let gauge = prometheus::IntGauge::new(
+                "ioc_ingest_registry_devices",
+                "Devices in this instance's registry view",
+            )?;
             prometheus.register(Box::new(gauge.clone()))?;
             let (view, g) = (registry.clone(), gauge.clone());
             tokio::spawn(async move {
@@ -180,20 +214,42 @@ async fn run(command: Command, config: Config) -> Result<()> {
                 }
             });
             tracing::info!(devices = registry.len(), broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port), "ingest starting");
-            let report = ioc_ingest::run(&config.mqtt, &config.ingest, &bus, registry, metrics, shutdown).await?;
-            tracing::info!(messages = report.messages, acked = report.acked, left_unacked = report.left_unacked, "ingest stopped");
+            let report = ioc_ingest::run(
+                &config.mqtt,
+                &config.ingest,
+                &bus,
+                registry,
+                metrics,
+                shutdown,
+            )
+            .await?;
+            tracing::info!(
+                messages = report.messages,
+                acked = report.acked,
+                left_unacked = report.left_unacked,
+                "ingest stopped"
+            );
         }
         Command::Stream => {
             bus.ensure_topics().await.context("creating Kafka topics")?;
             let prometheus = prometheus::Registry::new();
             let metrics = ioc_stream::StreamMetrics::register(&prometheus)?;
-            serve_metrics(config.stream.metrics_listen, "IOC_STREAM__METRICS_LISTEN", prometheus, shutdown.clone()).await?;
+            serve_metrics(
+                config.stream.metrics_listen,
+                "IOC_STREAM__METRICS_LISTEN",
+                prometheus,
+                shutdown.clone(),
+            )
+            .await?;
             let history = History::new(&config.clickhouse);
             tracing::info!(clickhouse = %config.clickhouse.url, database = %config.clickhouse.database, "stream starting");
             ioc_stream::run(&config.stream, &bus, history, metrics, shutdown).await?;
             tracing::info!("stream stopped");
         }
-        Command::Api { http_listen, admin_token } => {
+        Command::Api {
+            http_listen,
+            admin_token,
+        } => {
             let mut api = config.api.clone();
             if let Some(addr) = http_listen {
                 api.listen = addr;
@@ -204,28 +260,55 @@ async fn run(command: Command, config: Config) -> Result<()> {
             let listener = bind(api.listen, "HTTP", "--http-listen").await?;
             bus.ensure_topics().await.context("creating Kafka topics")?;
             let history = History::new(&config.clickhouse);
-            history.ensure_schema().await.context("creating the ClickHouse schema")?;
+            history
+                .ensure_schema()
+                .await
+                .context("creating the ClickHouse schema")?;
             let registry = follow_registry(&bus, &shutdown).await?;
             if api.admin_token.is_empty() {
                 tracing::warn!("no admin token set: every /api/v1/ request will be refused (use --admin-token or IOC_ADMIN_TOKEN)");
             }
             tracing::info!(listen = %listener.local_addr()?, "api listening");
-            ioc_dashboard_api::run(listener, api, bus, registry, history, prometheus::Registry::new(), shutdown).await?;
+            ioc_dashboard_api::run(
+                listener,
+                api,
+                bus,
+                registry,
+                history,
+                prometheus::Registry::new(),
+                shutdown,
+            )
+            .await?;
         }
-        Command::Sim { count, rate, seed, register_with, admin_token, client_id } => {
+        Command::Sim {
+            count,
+            rate,
+            seed,
+            register_with,
+            admin_token,
+            client_id,
+        } => {
             let mut sim = config.sim.clone();
             if let Some(seed) = seed {
                 sim.seed = seed;
             }
             let rate = rate.unwrap_or(sim.rate);
-            anyhow::ensure!(rate.is_finite() && rate > 0.0, "--rate must be a positive number of messages per second");
+            anyhow::ensure!(
+                rate.is_finite() && rate > 0.0,
+                "--rate must be a positive number of messages per second"
+            );
             let mut fleet = sensor_sim::Fleet::new(&sim);
             if let Some(url) = register_with {
                 let token = admin_token.unwrap_or_default();
                 let n = sensor_sim::register_fleet(&fleet, &url, &token).await?;
                 eprintln!("sim: registered {n} devices with {url}");
             }
-            let options = sensor_sim::RunOptions { count, rate, client_id, progress: true };
+            let options = sensor_sim::RunOptions {
+                count,
+                rate,
+                client_id,
+                progress: true,
+            };
             let report = sensor_sim::run(&config.mqtt, &mut fleet, &options, shutdown).await?;
             eprintln!(
                 "sim: done: {} messages ({} readings) in {:.1} s, {:.0} msg/s, {} acknowledged by the broker",

@@ -26,7 +26,10 @@ pub enum BusError {
     #[error("kafka client error: {0}")]
     Kafka(#[from] KafkaError),
     #[error("creating topic {topic}: {code}")]
-    CreateTopic { topic: String, code: RDKafkaErrorCode },
+    CreateTopic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
     #[error("topic {0} not found in broker metadata")]
     NoSuchTopic(String),
 }
@@ -60,12 +63,23 @@ impl KafkaBus {
             .all()
             .into_iter()
             .map(|name| {
-                let partitions = if name == self.topics.registry { 1 } else { self.config.partitions };
-                NewTopic::new(name, partitions, TopicReplication::Fixed(self.config.replication))
+                let partitions = if name == self.topics.registry {
+                    1
+                } else {
+                    self.config.partitions
+                };
+                NewTopic::new(
+                    name,
+                    partitions,
+                    TopicReplication::Fixed(self.config.replication),
+                )
             })
             .collect();
         let results = admin
-            .create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+            .create_topics(
+                &new,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
             .await?;
         for result in results {
             match result {
@@ -92,7 +106,11 @@ impl KafkaBus {
 
     /// A consumer outside any group that reads every partition of `topics` from `offset`
     /// (`Offset::Beginning` to fold a log, `Offset::End` to tail it live).
-    pub fn assigned_consumer(&self, topics: &[&str], offset: Offset) -> Result<StreamConsumer, BusError> {
+    pub fn assigned_consumer(
+        &self,
+        topics: &[&str],
+        offset: Offset,
+    ) -> Result<StreamConsumer, BusError> {
         let consumer = self.ungrouped_consumer()?;
         let mut tpl = TopicPartitionList::new();
         for topic in topics {

@@ -37,11 +37,18 @@ impl RegistryView {
     }
 
     pub fn get(&self, device_id: &str) -> Option<Device> {
-        self.devices.read().unwrap_or_else(|e| e.into_inner()).get(device_id).cloned()
+        self.devices
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(device_id)
+            .cloned()
     }
 
     pub fn contains(&self, device_id: &str) -> bool {
-        self.devices.read().unwrap_or_else(|e| e.into_inner()).contains_key(device_id)
+        self.devices
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(device_id)
     }
 
     pub fn len(&self) -> usize {
@@ -54,20 +61,31 @@ impl RegistryView {
 
     /// Every device, ordered by id.
     pub fn list(&self) -> Vec<Device> {
-        let mut all: Vec<Device> =
-            self.devices.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let mut all: Vec<Device> = self
+            .devices
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
         all.sort_by(|a, b| a.device_id.cmp(&b.device_id));
         all
     }
 }
 
 /// Publishes a registry event and waits until Kafka has it.
-pub async fn publish(producer: &FutureProducer, bus: &KafkaBus, event: &RegistryEvent) -> Result<(), BusError> {
+pub async fn publish(
+    producer: &FutureProducer,
+    bus: &KafkaBus,
+    event: &RegistryEvent,
+) -> Result<(), BusError> {
     let RegistryEvent::Registered { device } = event;
     let payload = serde_json::to_vec(event).expect("registry events serialize");
     producer
         .send(
-            FutureRecord::to(&bus.topics.registry).key(&device.device_id).payload(&payload),
+            FutureRecord::to(&bus.topics.registry)
+                .key(&device.device_id)
+                .payload(&payload),
             Duration::from_secs(10),
         )
         .await
@@ -100,7 +118,9 @@ pub async fn follow(
             }
         }
     }
-    Ok(tokio::spawn(async move { keep_following(consumer, view, shutdown).await }))
+    Ok(tokio::spawn(async move {
+        keep_following(consumer, view, shutdown).await
+    }))
 }
 
 async fn keep_following(consumer: StreamConsumer, view: RegistryView, shutdown: CancellationToken) {

@@ -146,7 +146,10 @@ impl std::fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{origin} is not valid TOML: {message}")]
     Syntax { origin: String, message: String },
     #[error("{} problem(s) in the configuration:\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
@@ -157,7 +160,10 @@ impl ConfigError {
     pub fn problems(&self) -> Vec<Problem> {
         match self {
             ConfigError::Invalid(problems) => problems.clone(),
-            other => vec![Problem { path: "-".into(), message: other.to_string() }],
+            other => vec![Problem {
+                path: "-".into(),
+                message: other.to_string(),
+            }],
         }
     }
 }
@@ -191,10 +197,12 @@ pub fn load_str(
     let mut problems = Vec::new();
 
     if let Some((origin, text)) = user {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-            origin: origin.to_string(),
-            message: e.message().to_string(),
-        })?;
+        let table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    origin: origin.to_string(),
+                    message: e.message().to_string(),
+                })?;
         overlay(&defaults, &mut merged, table, "", &mut problems);
     }
     apply_env(&defaults, &mut merged, env, &mut problems);
@@ -204,10 +212,12 @@ pub fn load_str(
 
     let config: Config = toml::Value::Table(merged)
         .try_into()
-        .map_err(|e: toml::de::Error| ConfigError::Invalid(vec![Problem {
-            path: "-".into(),
-            message: e.message().to_string(),
-        }]))?;
+        .map_err(|e: toml::de::Error| {
+            ConfigError::Invalid(vec![Problem {
+                path: "-".into(),
+                message: e.message().to_string(),
+            }])
+        })?;
     let problems = validate(&config);
     if problems.is_empty() {
         Ok(config)
@@ -244,7 +254,9 @@ fn overlay(
         };
         match (default, value) {
             (toml::Value::Table(d), toml::Value::Table(u)) => {
-                let Some(toml::Value::Table(m)) = merged.get_mut(&key) else { unreachable!() };
+                let Some(toml::Value::Table(m)) = merged.get_mut(&key) else {
+                    unreachable!()
+                };
                 overlay(d, m, u, &path, problems);
             }
             (default, value) => {
@@ -276,14 +288,23 @@ fn is_duration_default(default: &toml::Value) -> bool {
 
 fn type_problem(default: &toml::Value, value: &toml::Value) -> Option<String> {
     let same = std::mem::discriminant(default) == std::mem::discriminant(value)
-        || matches!((default, value), (toml::Value::Float(_), toml::Value::Integer(_)));
+        || matches!(
+            (default, value),
+            (toml::Value::Float(_), toml::Value::Integer(_))
+        );
     if !same {
-        return Some(format!("expected {}, found {}", type_name(default), type_name(value)));
+        return Some(format!(
+            "expected {}, found {}",
+            type_name(default),
+            type_name(value)
+        ));
     }
     if is_duration_default(default) {
         if let toml::Value::String(s) = value {
             if let Err(e) = humantime::parse_duration(s) {
-                return Some(format!("{s:?} is not a duration like \"250ms\" or \"2m\": {e}"));
+                return Some(format!(
+                    "{s:?} is not a duration like \"250ms\" or \"2m\": {e}"
+                ));
             }
         }
     }
@@ -307,12 +328,18 @@ fn apply_env(
     problems: &mut Vec<Problem>,
 ) {
     // Sorted so that problems come out in a stable order.
-    let vars: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+    let vars: BTreeMap<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
     for (name, raw) in vars {
         let path: Vec<String> = if name == "IOC_ADMIN_TOKEN" {
             vec!["api".into(), "admin_token".into()]
         } else {
-            name[ENV_PREFIX.len()..].split("__").map(|s| s.to_ascii_lowercase()).collect()
+            name[ENV_PREFIX.len()..]
+                .split("__")
+                .map(|s| s.to_ascii_lowercase())
+                .collect()
         };
         if path.len() != 2 {
             // IOC_* variables that are not settings (IOC_LOG, say) are none of our business.
@@ -320,11 +347,17 @@ fn apply_env(
         }
         let shown = format!("{} (from {name})", path.join("."));
         let Some(toml::Value::Table(section)) = defaults.get(&path[0]) else {
-            problems.push(Problem { path: shown, message: "unknown section".into() });
+            problems.push(Problem {
+                path: shown,
+                message: "unknown section".into(),
+            });
             continue;
         };
         let Some(default) = section.get(&path[1]) else {
-            problems.push(Problem { path: shown, message: "unknown key".into() });
+            problems.push(Problem {
+                path: shown,
+                message: "unknown key".into(),
+            });
             continue;
         };
         let value = match default {
@@ -335,7 +368,10 @@ fn apply_env(
             },
         };
         if let Some(message) = type_problem(default, &value) {
-            problems.push(Problem { path: shown, message });
+            problems.push(Problem {
+                path: shown,
+                message,
+            });
             continue;
         }
         if let Some(toml::Value::Table(m)) = merged.get_mut(&path[0]) {
@@ -347,7 +383,12 @@ fn apply_env(
 /// Semantic checks that types alone cannot express. Returns every problem found.
 pub fn validate(c: &Config) -> Vec<Problem> {
     let mut p = Vec::new();
-    let mut bad = |path: &str, message: String| p.push(Problem { path: path.into(), message });
+    let mut bad = |path: &str, message: String| {
+        p.push(Problem {
+            path: path.into(),
+            message,
+        })
+    };
 
     if c.mqtt.host.trim().is_empty() {
         bad("mqtt.host", "must not be empty".into());
@@ -358,33 +399,65 @@ pub fn validate(c: &Config) -> Vec<Problem> {
     if c.kafka.brokers.trim().is_empty() {
         bad("kafka.brokers", "must list at least one host:port".into());
     }
-    if !c.kafka.topic_prefix.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch)) {
-        bad("kafka.topic_prefix", "may contain only letters, digits, '.', '_' and '-'".into());
+    if !c
+        .kafka
+        .topic_prefix
+        .chars()
+        .all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch))
+    {
+        bad(
+            "kafka.topic_prefix",
+            "may contain only letters, digits, '.', '_' and '-'".into(),
+        );
     }
     if !(1..=1024).contains(&c.kafka.partitions) {
-        bad("kafka.partitions", format!("must be from 1 to 1024, is {}", c.kafka.partitions));
+        bad(
+            "kafka.partitions",
+            format!("must be from 1 to 1024, is {}", c.kafka.partitions),
+        );
     }
     if c.kafka.replication < 1 {
         bad("kafka.replication", "must be at least 1".into());
     }
     if !(c.clickhouse.url.starts_with("http://") || c.clickhouse.url.starts_with("https://")) {
-        bad("clickhouse.url", format!("must start with http:// or https://, is {:?}", c.clickhouse.url));
+        bad(
+            "clickhouse.url",
+            format!(
+                "must start with http:// or https://, is {:?}",
+                c.clickhouse.url
+            ),
+        );
     }
     if c.clickhouse.database.is_empty()
-        || !c.clickhouse.database.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+        || !c
+            .clickhouse
+            .database
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
     {
-        bad("clickhouse.database", "must be letters, digits and '_'".into());
+        bad(
+            "clickhouse.database",
+            "must be letters, digits and '_'".into(),
+        );
     }
     if c.ingest.client_id.is_empty() {
-        bad("ingest.client_id", "must not be empty: a stable id keeps the persistent session".into());
+        bad(
+            "ingest.client_id",
+            "must not be empty: a stable id keeps the persistent session".into(),
+        );
     }
     if c.ingest.share_group.is_empty() || c.ingest.share_group.contains(['/', '+', '#']) {
-        bad("ingest.share_group", "must be non-empty and contain no '/', '+' or '#'".into());
+        bad(
+            "ingest.share_group",
+            "must be non-empty and contain no '/', '+' or '#'".into(),
+        );
     }
     if c.ingest.receive_maximum == 0 {
         bad("ingest.receive_maximum", "must be at least 1".into());
     }
-    if c.ingest.max_payload_bytes == 0 || c.ingest.max_payload_bytes as u64 >= c.ingest.max_packet_bytes as u64 {
+    if c.ingest.max_payload_bytes == 0
+        || c.ingest.max_payload_bytes as u64 >= c.ingest.max_packet_bytes as u64
+    {
         bad(
             "ingest.max_payload_bytes",
             format!(
@@ -394,7 +467,10 @@ pub fn validate(c: &Config) -> Vec<Problem> {
         );
     }
     if c.ingest.session_expiry.as_secs() == 0 {
-        bad("ingest.session_expiry", "must be at least 1s, or the broker forgets in-flight messages on disconnect".into());
+        bad(
+            "ingest.session_expiry",
+            "must be at least 1s, or the broker forgets in-flight messages on disconnect".into(),
+        );
     }
     if c.stream.group_id.is_empty() {
         bad("stream.group_id", "must not be empty".into());
@@ -409,7 +485,10 @@ pub fn validate(c: &Config) -> Vec<Problem> {
         bad("stream.idle_timeout", "must be above 0".into());
     }
     if !(c.stream.pm25_alert.limit.is_finite() && c.stream.pm25_alert.limit > 0.0) {
-        bad("stream.pm25_alert.limit", "must be a positive number of µg/m³".into());
+        bad(
+            "stream.pm25_alert.limit",
+            "must be a positive number of µg/m³".into(),
+        );
     }
     if c.api.query_limit == 0 {
         bad("api.query_limit", "must be at least 1".into());
@@ -418,7 +497,10 @@ pub fn validate(c: &Config) -> Vec<Problem> {
         bad("api.ws_buffer", "must be at least 1".into());
     }
     if !(c.sim.rate.is_finite() && c.sim.rate > 0.0) {
-        bad("sim.rate", "must be a positive number of messages per second".into());
+        bad(
+            "sim.rate",
+            "must be a positive number of messages per second".into(),
+        );
     }
     if c.sim.air_quality + c.sim.wastewater + c.sim.traffic_counters == 0 {
         bad("sim", "the fleet needs at least one device".into());
@@ -475,7 +557,10 @@ limit = -1.0
         let paths: Vec<String> = err.problems().into_iter().map(|p| p.path).collect();
         assert!(paths.contains(&"kafka.brokers".to_string()), "{paths:?}");
         assert!(paths.contains(&"kafka.bogus".to_string()), "{paths:?}");
-        assert!(paths.contains(&"ingest.drain_timeout".to_string()), "{paths:?}");
+        assert!(
+            paths.contains(&"ingest.drain_timeout".to_string()),
+            "{paths:?}"
+        );
         assert!(paths.contains(&"nonsense".to_string()), "{paths:?}");
         // Type problems stop before semantic checks, so fix those and look again.
         let file = "[ingest]\nreceive_maximum = 0\nmax_payload_bytes = 4000000\n[stream.pm25_alert]\nlimit = -1.0\n";
@@ -483,21 +568,34 @@ limit = -1.0
         let paths: Vec<String> = err.problems().into_iter().map(|p| p.path).collect();
         assert_eq!(
             paths,
-            vec!["ingest.receive_maximum", "ingest.max_payload_bytes", "stream.pm25_alert.limit"]
+            vec![
+                "ingest.receive_maximum",
+                "ingest.max_payload_bytes",
+                "stream.pm25_alert.limit"
+            ]
         );
     }
 
     #[test]
     fn bad_env_values_name_the_variable() {
-        let env = vec![("IOC_INGEST__RECEIVE_MAXIMUM".to_string(), "lots".to_string())];
+        let env = vec![(
+            "IOC_INGEST__RECEIVE_MAXIMUM".to_string(),
+            "lots".to_string(),
+        )];
         let err = load_str(None, env).unwrap_err();
         let p = &err.problems()[0];
-        assert_eq!(p.path, "ingest.receive_maximum (from IOC_INGEST__RECEIVE_MAXIMUM)");
+        assert_eq!(
+            p.path,
+            "ingest.receive_maximum (from IOC_INGEST__RECEIVE_MAXIMUM)"
+        );
     }
 
     #[test]
     fn syntax_errors_name_the_file() {
         let err = load_str(Some(("my.toml", "[kafka\n")), no_env()).unwrap_err();
-        assert!(err.to_string().starts_with("my.toml is not valid TOML"), "{err}");
+        assert!(
+            err.to_string().starts_with("my.toml is not valid TOML"),
+            "{err}"
+        );
     }
 }

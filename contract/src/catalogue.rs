@@ -13,7 +13,12 @@ pub struct MetricSpec {
 }
 
 const fn m(name: &'static str, unit: &'static str, min: f64, max: f64) -> MetricSpec {
-    MetricSpec { name, unit, min, max }
+    MetricSpec {
+        name,
+        unit,
+        min,
+        max,
+    }
 }
 
 /// Every metric the pipeline accepts.

@@ -242,7 +242,12 @@ pub struct Event {
 }
 
 /// Kinds of device the product knows.
-pub const DEVICE_KINDS: [&str; 4] = ["air_quality", "wastewater", "traffic_counter", "traffic_camera"];
+pub const DEVICE_KINDS: [&str; 4] = [
+    "air_quality",
+    "wastewater",
+    "traffic_counter",
+    "traffic_camera",
+];
 
 /// A registered device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -268,7 +273,9 @@ pub enum RegistryEvent {
 pub fn valid_device_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 /// The bus topic names, all under one configurable prefix (several deployments can share a
@@ -333,8 +340,14 @@ mod tests {
 
     #[test]
     fn telemetry_topic_round_trips() {
-        assert_eq!(device_of_telemetry_topic(&telemetry_topic("aq-001")), Some("aq-001"));
-        assert_eq!(device_of_telemetry_topic("ioc/v1/devices/a/b/telemetry"), None);
+        assert_eq!(
+            device_of_telemetry_topic(&telemetry_topic("aq-001")),
+            Some("aq-001")
+        );
+        assert_eq!(
+            device_of_telemetry_topic("ioc/v1/devices/a/b/telemetry"),
+            None
+        );
         assert_eq!(device_of_telemetry_topic("ioc/v1/devices//telemetry"), None);
         assert_eq!(device_of_telemetry_topic("other/aq-001/telemetry"), None);
     }

@@ -14,7 +14,9 @@ pub fn format_ms(ms: i64) -> String {
 /// Parses an RFC 3339 time that carries an offset (`Z` or `+07:00`) into epoch milliseconds.
 /// Sub-millisecond digits are truncated.
 pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis())
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis())
 }
 
 /// Parses an API time parameter: RFC 3339 with offset, or integer epoch milliseconds.
@@ -46,7 +48,10 @@ mod tests {
         let b = parse_rfc3339_ms("2026-11-26T08:05:00Z").unwrap();
         assert_eq!(a, b);
         assert!(parse_rfc3339_ms("2026-11-26 08:05:00").is_none());
-        assert!(parse_rfc3339_ms("2026-11-26T08:05:00").is_none(), "no offset is not RFC 3339");
+        assert!(
+            parse_rfc3339_ms("2026-11-26T08:05:00").is_none(),
+            "no offset is not RFC 3339"
+        );
         assert_eq!(parse_param_ms("1000"), Some(1000));
     }
 }

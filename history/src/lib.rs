@@ -274,14 +274,19 @@ pub struct History {
 
 impl History {
     pub fn new(config: &ClickHouseConfig) -> History {
-        History { client: make_client(config).with_database(&config.database), config: config.clone() }
+        History {
+            client: make_client(config).with_database(&config.database),
+            config: config.clone(),
+        }
     }
 
     /// Creates the database and tables if they do not exist.
     pub async fn ensure_schema(&self) -> Result<(), HistoryError> {
         let root = make_client(&self.config);
         for statement in SCHEMA {
-            root.query(&statement.replace("{db}", &self.config.database)).execute().await?;
+            root.query(&statement.replace("{db}", &self.config.database))
+                .execute()
+                .await?;
         }
         Ok(())
     }
@@ -290,7 +295,11 @@ impl History {
         &self.client
     }
 
-    async fn insert_rows<T>(&self, table: &str, rows: impl Iterator<Item = T>) -> Result<usize, HistoryError>
+    async fn insert_rows<T>(
+        &self,
+        table: &str,
+        rows: impl Iterator<Item = T>,
+    ) -> Result<usize, HistoryError>
     where
         T: clickhouse::RowOwned + clickhouse::RowWrite,
     {
@@ -308,20 +317,27 @@ impl History {
         Ok(n)
     }
 
-    pub async fn insert_readings<'a>(&self, readings: impl Iterator<Item = &'a Reading>) -> Result<usize, HistoryError> {
-        self.insert_rows("readings", readings.map(ReadingRow::from)).await
+    pub async fn insert_readings<'a>(
+        &self,
+        readings: impl Iterator<Item = &'a Reading>,
+    ) -> Result<usize, HistoryError> {
+        self.insert_rows("readings", readings.map(ReadingRow::from))
+            .await
     }
 
     pub async fn insert_aggregates(&self, aggregates: &[Aggregate]) -> Result<usize, HistoryError> {
-        self.insert_rows("aggregates", aggregates.iter().map(AggregateRow::from)).await
+        self.insert_rows("aggregates", aggregates.iter().map(AggregateRow::from))
+            .await
     }
 
     pub async fn insert_alerts(&self, alerts: &[Alert]) -> Result<usize, HistoryError> {
-        self.insert_rows("alerts", alerts.iter().map(AlertRow::from)).await
+        self.insert_rows("alerts", alerts.iter().map(AlertRow::from))
+            .await
     }
 
     pub async fn insert_watermarks(&self, rows: Vec<WatermarkRow>) -> Result<usize, HistoryError> {
-        self.insert_rows("stream_watermarks", rows.into_iter()).await
+        self.insert_rows("stream_watermarks", rows.into_iter())
+            .await
     }
 
     pub async fn insert_offsets(&self, rows: Vec<OffsetRow>) -> Result<usize, HistoryError> {
@@ -329,7 +345,11 @@ impl History {
     }
 
     /// Per partition, the checkpointed next offset of `group_id` on `topic`.
-    pub async fn offsets(&self, group_id: &str, topic: &str) -> Result<Vec<(i32, i64)>, HistoryError> {
+    pub async fn offsets(
+        &self,
+        group_id: &str,
+        topic: &str,
+    ) -> Result<Vec<(i32, i64)>, HistoryError> {
         #[derive(Row, Deserialize)]
         struct R {
             partition: i32,
@@ -345,7 +365,10 @@ impl History {
             .bind(topic)
             .fetch_all::<R>()
             .await?;
-        Ok(rows.into_iter().map(|r| (r.partition, r.next_offset)).collect())
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.partition, r.next_offset))
+            .collect())
     }
 
     /// Per device, the end of the last window the stream closed.
@@ -360,7 +383,10 @@ impl History {
             .query("SELECT device_id, max(closed_until) AS closed_until FROM stream_watermarks GROUP BY device_id")
             .fetch_all::<R>()
             .await?;
-        Ok(rows.into_iter().map(|r| (r.device_id, r.closed_until)).collect())
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.device_id, r.closed_until))
+            .collect())
     }
 
     /// The latest alert of every (rule, device, channel): the state a restarted stream resumes.
@@ -377,7 +403,12 @@ impl History {
     }
 
     /// Good readings of one device in `[from, to)`, deduplicated.
-    pub async fn good_values(&self, device_id: &str, from: i64, to: i64) -> Result<Vec<GoodValueRow>, HistoryError> {
+    pub async fn good_values(
+        &self,
+        device_id: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<GoodValueRow>, HistoryError> {
         Ok(self
             .client
             .query(
@@ -394,7 +425,10 @@ impl History {
     pub async fn readings(&self, f: &HistoryFilter) -> Result<Vec<ReadingRow>, HistoryError> {
         let (clause, binds) = where_clause(f, "ts");
         let sql = format!("SELECT ?fields FROM readings FINAL WHERE {clause} ORDER BY ts, device_id, channel, metric LIMIT ?");
-        Ok(bind_all(self.client.query(&sql), &binds).bind(f.limit as u64).fetch_all::<ReadingRow>().await?)
+        Ok(bind_all(self.client.query(&sql), &binds)
+            .bind(f.limit as u64)
+            .fetch_all::<ReadingRow>()
+            .await?)
     }
 
     pub async fn aggregates(&self, f: &HistoryFilter) -> Result<Vec<Aggregate>, HistoryError> {
@@ -402,14 +436,22 @@ impl History {
         let sql = format!(
             "SELECT ?fields FROM aggregates FINAL WHERE {clause} ORDER BY window_start, device_id, channel, metric LIMIT ?"
         );
-        let rows = bind_all(self.client.query(&sql), &binds).bind(f.limit as u64).fetch_all::<AggregateRow>().await?;
+        let rows = bind_all(self.client.query(&sql), &binds)
+            .bind(f.limit as u64)
+            .fetch_all::<AggregateRow>()
+            .await?;
         Ok(rows.into_iter().map(Aggregate::from).collect())
     }
 
     pub async fn alerts(&self, f: &HistoryFilter) -> Result<Vec<Alert>, HistoryError> {
         let (clause, binds) = where_clause(f, "raised_at");
-        let sql = format!("SELECT ?fields FROM alerts FINAL WHERE {clause} ORDER BY raised_at, alert_id LIMIT ?");
-        let rows = bind_all(self.client.query(&sql), &binds).bind(f.limit as u64).fetch_all::<AlertRow>().await?;
+        let sql = format!(
+            "SELECT ?fields FROM alerts FINAL WHERE {clause} ORDER BY raised_at, alert_id LIMIT ?"
+        );
+        let rows = bind_all(self.client.query(&sql), &binds)
+            .bind(f.limit as u64)
+            .fetch_all::<AlertRow>()
+            .await?;
         Ok(rows.into_iter().map(Alert::from).collect())
     }
 }

@@ -23,7 +23,10 @@ struct Slot<T> {
 
 impl<T> Default for InOrderAcks<T> {
     fn default() -> Self {
-        InOrderAcks { front_seq: 0, slots: VecDeque::new() }
+        InOrderAcks {
+            front_seq: 0,
+            slots: VecDeque::new(),
+        }
     }
 }
 
@@ -31,7 +34,10 @@ impl<T> InOrderAcks<T> {
     /// Records an arrival; returns its sequence number.
     pub fn push(&mut self, item: T) -> u64 {
         let seq = self.front_seq + self.slots.len() as u64;
-        self.slots.push_back(Slot { item, confirmed: false });
+        self.slots.push_back(Slot {
+            item,
+            confirmed: false,
+        });
         seq
     }
 

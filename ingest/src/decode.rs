@@ -30,7 +30,10 @@ pub struct Rejection {
 
 impl Rejection {
     fn new(code: RejectCode, reason: impl Into<String>) -> Rejection {
-        Rejection { code, reason: reason.into() }
+        Rejection {
+            code,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -56,59 +59,111 @@ const MAX_TS_MS: i64 = 4_102_444_800_000;
 const MAX_CHANNEL_LEN: usize = 64;
 
 /// Decodes a v1 telemetry body from `device_id` (taken from the topic by the caller).
-pub fn decode_v1(device_id: &str, payload: &[u8], message_id: &str, ctx: &DecodeContext) -> Result<Decoded, Rejection> {
+pub fn decode_v1(
+    device_id: &str,
+    payload: &[u8],
+    message_id: &str,
+    ctx: &DecodeContext,
+) -> Result<Decoded, Rejection> {
     if payload.len() > ctx.max_payload_bytes {
         return Err(Rejection::new(
             RejectCode::PayloadTooLarge,
-            format!("payload is {} bytes; the limit is {}", payload.len(), ctx.max_payload_bytes),
+            format!(
+                "payload is {} bytes; the limit is {}",
+                payload.len(),
+                ctx.max_payload_bytes
+            ),
         ));
     }
     let body: Map<String, Value> = match serde_json::from_slice::<Value>(payload) {
         Ok(Value::Object(map)) => map,
         Ok(other) => {
-            return Err(Rejection::new(RejectCode::Malformed, format!("body must be a JSON object, found {}", kind(&other))))
+            return Err(Rejection::new(
+                RejectCode::Malformed,
+                format!("body must be a JSON object, found {}", kind(&other)),
+            ))
         }
-        Err(e) => return Err(Rejection::new(RejectCode::Malformed, format!("body is not JSON: {e}"))),
+        Err(e) => {
+            return Err(Rejection::new(
+                RejectCode::Malformed,
+                format!("body is not JSON: {e}"),
+            ))
+        }
     };
 
     let ts = parse_ts(body.get("ts"))?;
     if let Some(seq) = body.get("seq") {
         if !seq.is_u64() {
-            return Err(Rejection::new(RejectCode::InvalidField, format!("seq must be an unsigned integer, found {}", kind(seq))));
+            return Err(Rejection::new(
+                RejectCode::InvalidField,
+                format!("seq must be an unsigned integer, found {}", kind(seq)),
+            ));
         }
     }
     let channel = match body.get("channel") {
         None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) if s.len() <= MAX_CHANNEL_LEN && !s.chars().any(char::is_control) => s.clone(),
+        Some(Value::String(s))
+            if s.len() <= MAX_CHANNEL_LEN && !s.chars().any(char::is_control) =>
+        {
+            s.clone()
+        }
         Some(Value::String(_)) => {
             return Err(Rejection::new(
                 RejectCode::InvalidField,
-                format!("channel must be at most {MAX_CHANNEL_LEN} bytes with no control characters"),
+                format!(
+                    "channel must be at most {MAX_CHANNEL_LEN} bytes with no control characters"
+                ),
             ))
         }
-        Some(other) => return Err(Rejection::new(RejectCode::InvalidField, format!("channel must be a string, found {}", kind(other)))),
+        Some(other) => {
+            return Err(Rejection::new(
+                RejectCode::InvalidField,
+                format!("channel must be a string, found {}", kind(other)),
+            ))
+        }
     };
     let interval_s = match body.get("interval_s") {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => match n.as_f64() {
             Some(v) if v.is_finite() && v > 0.0 => Some(v),
-            _ => return Err(Rejection::new(RejectCode::InvalidField, format!("interval_s must be a positive number, found {n}"))),
+            _ => {
+                return Err(Rejection::new(
+                    RejectCode::InvalidField,
+                    format!("interval_s must be a positive number, found {n}"),
+                ))
+            }
         },
         Some(other) => {
-            return Err(Rejection::new(RejectCode::InvalidField, format!("interval_s must be a number, found {}", kind(other))))
+            return Err(Rejection::new(
+                RejectCode::InvalidField,
+                format!("interval_s must be a number, found {}", kind(other)),
+            ))
         }
     };
     let values = match body.get("values") {
         Some(Value::Object(values)) => values,
-        None => return Err(Rejection::new(RejectCode::InvalidField, "values is missing")),
-        Some(other) => return Err(Rejection::new(RejectCode::InvalidField, format!("values must be an object, found {}", kind(other)))),
+        None => {
+            return Err(Rejection::new(
+                RejectCode::InvalidField,
+                "values is missing",
+            ))
+        }
+        Some(other) => {
+            return Err(Rejection::new(
+                RejectCode::InvalidField,
+                format!("values must be an object, found {}", kind(other)),
+            ))
+        }
     };
     if values.is_empty() {
         return Err(Rejection::new(RejectCode::NoValues, "values is empty"));
     }
 
     let future_by = ts - ctx.received_at;
-    let mut out = Decoded { readings: Vec::with_capacity(values.len()), rejected_values: Vec::new() };
+    let mut out = Decoded {
+        readings: Vec::with_capacity(values.len()),
+        rejected_values: Vec::new(),
+    };
     for (metric, raw) in values {
         let Some(spec) = catalogue::lookup(metric) else {
             out.rejected_values.push(ValueRejection {
@@ -130,9 +185,18 @@ pub fn decode_v1(device_id: &str, payload: &[u8], message_id: &str, ctx: &Decode
             }
         };
         let (quality, quality_reason) = if !spec.in_range(value) {
-            (Quality::Bad, format!("{value} outside physical range [{}, {}] {}", spec.min, spec.max, spec.unit))
+            (
+                Quality::Bad,
+                format!(
+                    "{value} outside physical range [{}, {}] {}",
+                    spec.min, spec.max, spec.unit
+                ),
+            )
         } else if future_by > ctx.max_future_skew_ms {
-            (Quality::Suspect, format!("timestamp {} s ahead of receive time", future_by / 1000))
+            (
+                Quality::Suspect,
+                format!("timestamp {} s ahead of receive time", future_by / 1000),
+            )
         } else {
             (Quality::Good, String::new())
         };
@@ -155,15 +219,26 @@ pub fn decode_v1(device_id: &str, payload: &[u8], message_id: &str, ctx: &Decode
 
 fn parse_ts(ts: Option<&Value>) -> Result<i64, Rejection> {
     let ms = match ts {
-        None | Some(Value::Null) => return Err(Rejection::new(RejectCode::MissingTs, "ts is missing")),
+        None | Some(Value::Null) => {
+            return Err(Rejection::new(RejectCode::MissingTs, "ts is missing"))
+        }
         Some(Value::String(s)) => ioc_contract::time::parse_rfc3339_ms(s).ok_or_else(|| {
-            Rejection::new(RejectCode::InvalidTs, format!("ts {s:?} is not RFC 3339 with an offset (like 2026-11-26T08:05:00+07:00)"))
+            Rejection::new(
+                RejectCode::InvalidTs,
+                format!("ts {s:?} is not RFC 3339 with an offset (like 2026-11-26T08:05:00+07:00)"),
+            )
         })?,
         Some(Value::Number(n)) => n.as_i64().ok_or_else(|| {
-            Rejection::new(RejectCode::InvalidTs, format!("ts {n} must be integer epoch milliseconds"))
+            Rejection::new(
+                RejectCode::InvalidTs,
+                format!("ts {n} must be integer epoch milliseconds"),
+            )
         })?,
         Some(other) => {
-            return Err(Rejection::new(RejectCode::InvalidTs, format!("ts must be a string or an integer, found {}", kind(other))))
+            return Err(Rejection::new(
+                RejectCode::InvalidTs,
+                format!("ts must be a string or an integer, found {}", kind(other)),
+            ))
         }
     };
     if !(MIN_TS_MS..MAX_TS_MS).contains(&ms) {
@@ -218,7 +293,11 @@ mod tests {
     const NOW: i64 = 1_795_680_300_000; // 2026-11-26T08:05:00Z
 
     fn ctx() -> DecodeContext {
-        DecodeContext { received_at: NOW, max_future_skew_ms: 300_000, max_payload_bytes: 1024 }
+        DecodeContext {
+            received_at: NOW,
+            max_future_skew_ms: 300_000,
+            max_payload_bytes: 1024,
+        }
     }
 
     fn decode(body: &str) -> Result<Decoded, Rejection> {
@@ -227,7 +306,10 @@ mod tests {
 
     #[test]
     fn decodes_rfc3339_with_offset_to_utc_ms() {
-        let d = decode(r#"{"ts":"2026-11-26T15:04:00+07:00","values":{"pm25":35.2,"temperature":28.4}}"#).unwrap();
+        let d = decode(
+            r#"{"ts":"2026-11-26T15:04:00+07:00","values":{"pm25":35.2,"temperature":28.4}}"#,
+        )
+        .unwrap();
         assert_eq!(d.readings.len(), 2);
         let pm = d.readings.iter().find(|r| r.metric == "pm25").unwrap();
         assert_eq!(pm.ts, NOW - 60_000);
@@ -243,7 +325,10 @@ mod tests {
         let d = decode(r#"{"ts":1795680240000,"seq":7,"channel":"lane-1","interval_s":60,"values":{"vehicle_count":12}}"#)
             .unwrap();
         let r = &d.readings[0];
-        assert_eq!((r.ts, r.channel.as_str(), r.interval_s, r.value), (1_795_680_240_000, "lane-1", Some(60.0), 12.0));
+        assert_eq!(
+            (r.ts, r.channel.as_str(), r.interval_s, r.value),
+            (1_795_680_240_000, "lane-1", Some(60.0), 12.0)
+        );
     }
 
     #[test]
@@ -252,16 +337,56 @@ mod tests {
             ("not json", RejectCode::Malformed, "not JSON"),
             ("[1,2]", RejectCode::Malformed, "found an array"),
             (r#"{"values":{"pm25":1}}"#, RejectCode::MissingTs, "missing"),
-            (r#"{"ts":"yesterday","values":{"pm25":1}}"#, RejectCode::InvalidTs, "RFC 3339"),
-            (r#"{"ts":"2026-11-26T08:05:00","values":{"pm25":1}}"#, RejectCode::InvalidTs, "offset"),
-            (r#"{"ts":1795680240,"values":{"pm25":1}}"#, RejectCode::InvalidTs, "seconds sent as milliseconds"),
-            (r#"{"ts":1.5e12,"values":{"pm25":1}}"#, RejectCode::InvalidTs, "integer"),
-            (r#"{"ts":1795680240000,"seq":-1,"values":{"pm25":1}}"#, RejectCode::InvalidField, "seq"),
-            (r#"{"ts":1795680240000,"channel":3,"values":{"pm25":1}}"#, RejectCode::InvalidField, "channel"),
-            (r#"{"ts":1795680240000,"interval_s":0,"values":{"pm25":1}}"#, RejectCode::InvalidField, "interval_s"),
-            (r#"{"ts":1795680240000}"#, RejectCode::InvalidField, "values is missing"),
-            (r#"{"ts":1795680240000,"values":[]}"#, RejectCode::InvalidField, "values must be an object"),
-            (r#"{"ts":1795680240000,"values":{}}"#, RejectCode::NoValues, "empty"),
+            (
+                r#"{"ts":"yesterday","values":{"pm25":1}}"#,
+                RejectCode::InvalidTs,
+                "RFC 3339",
+            ),
+            (
+                r#"{"ts":"2026-11-26T08:05:00","values":{"pm25":1}}"#,
+                RejectCode::InvalidTs,
+                "offset",
+            ),
+            (
+                r#"{"ts":1795680240,"values":{"pm25":1}}"#,
+                RejectCode::InvalidTs,
+                "seconds sent as milliseconds",
+            ),
+            (
+                r#"{"ts":1.5e12,"values":{"pm25":1}}"#,
+                RejectCode::InvalidTs,
+                "integer",
+            ),
+            (
+                r#"{"ts":1795680240000,"seq":-1,"values":{"pm25":1}}"#,
+                RejectCode::InvalidField,
+                "seq",
+            ),
+            (
+                r#"{"ts":1795680240000,"channel":3,"values":{"pm25":1}}"#,
+                RejectCode::InvalidField,
+                "channel",
+            ),
+            (
+                r#"{"ts":1795680240000,"interval_s":0,"values":{"pm25":1}}"#,
+                RejectCode::InvalidField,
+                "interval_s",
+            ),
+            (
+                r#"{"ts":1795680240000}"#,
+                RejectCode::InvalidField,
+                "values is missing",
+            ),
+            (
+                r#"{"ts":1795680240000,"values":[]}"#,
+                RejectCode::InvalidField,
+                "values must be an object",
+            ),
+            (
+                r#"{"ts":1795680240000,"values":{}}"#,
+                RejectCode::NoValues,
+                "empty",
+            ),
         ];
         for (body, code, needle) in cases {
             let err = decode(body).expect_err(body);
@@ -272,17 +397,25 @@ mod tests {
 
     #[test]
     fn oversized_payload_is_rejected_before_parsing() {
-        let body = format!(r#"{{"ts":1795680240000,"values":{{"pm25":1}},"pad":"{}"}}"#, "x".repeat(2000));
+        let body = format!(
+            r#"{{"ts":1795680240000,"values":{{"pm25":1}},"pad":"{}"}}"#,
+            "x".repeat(2000)
+        );
         assert_eq!(decode(&body).unwrap_err().code, RejectCode::PayloadTooLarge);
     }
 
     #[test]
     fn bad_values_are_rejected_alone() {
-        let d = decode(r#"{"ts":1795680240000,"values":{"pm25":"35,2","PM10":61,"no2":21,"co":null}}"#).unwrap();
+        let d =
+            decode(r#"{"ts":1795680240000,"values":{"pm25":"35,2","PM10":61,"no2":21,"co":null}}"#)
+                .unwrap();
         assert_eq!(d.readings.len(), 1);
         assert_eq!(d.readings[0].metric, "no2");
-        let mut codes: Vec<(String, RejectCode)> =
-            d.rejected_values.iter().map(|r| (r.metric.clone(), r.code)).collect();
+        let mut codes: Vec<(String, RejectCode)> = d
+            .rejected_values
+            .iter()
+            .map(|r| (r.metric.clone(), r.code))
+            .collect();
         codes.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(
             codes,
@@ -292,7 +425,10 @@ mod tests {
                 ("pm25".into(), RejectCode::NotANumber)
             ]
         );
-        assert!(d.rejected_values.iter().any(|r| r.reason.contains("\"35,2\"")));
+        assert!(d
+            .rejected_values
+            .iter()
+            .any(|r| r.reason.contains("\"35,2\"")));
     }
 
     #[test]
@@ -300,7 +436,12 @@ mod tests {
         let d = decode(r#"{"ts":1795680240000,"values":{"humidity":140,"ph":7}}"#).unwrap();
         let h = d.readings.iter().find(|r| r.metric == "humidity").unwrap();
         assert_eq!(h.quality, Quality::Bad);
-        assert!(h.quality_reason.contains("outside physical range [0, 100] %"), "{}", h.quality_reason);
+        assert!(
+            h.quality_reason
+                .contains("outside physical range [0, 100] %"),
+            "{}",
+            h.quality_reason
+        );
         let body = format!(r#"{{"ts":{},"values":{{"pm25":10}}}}"#, NOW + 3_600_000);
         let d = decode(&body).unwrap();
         assert_eq!(d.readings[0].quality, Quality::Suspect);
@@ -321,7 +462,8 @@ mod tests {
     #[test]
     fn never_panics_on_arbitrary_bytes() {
         // A cheap deterministic fuzz: mutate a valid body byte by byte.
-        let valid = br#"{"ts":"2026-11-26T15:04:00+07:00","channel":"in","values":{"pm25":35.2,"ph":7}}"#;
+        let valid =
+            br#"{"ts":"2026-11-26T15:04:00+07:00","channel":"in","values":{"pm25":35.2,"ph":7}}"#;
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         for _ in 0..20_000 {
             state ^= state << 13;

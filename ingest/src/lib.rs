@@ -111,12 +111,16 @@ pub fn process_message(
     match decode_v1(device_id, payload, &id, ctx) {
         Err(rejection) => {
             outcome.rejections.push(rejection.code);
-            outcome.records.push(dead_letter(rejection.code, rejection.reason, None));
+            outcome
+                .records
+                .push(dead_letter(rejection.code, rejection.reason, None));
         }
         Ok(decoded) => {
             if !decoded.readings.is_empty() {
                 let n = decoded.readings.len();
-                let batch = ReadingBatch { readings: decoded.readings };
+                let batch = ReadingBatch {
+                    readings: decoded.readings,
+                };
                 outcome.records.push(OutRecord {
                     topic: bus.topics.readings.clone(),
                     key: device_id.to_string(),
@@ -126,7 +130,11 @@ pub fn process_message(
             }
             for rejected in decoded.rejected_values {
                 outcome.rejections.push(rejected.code);
-                outcome.records.push(dead_letter(rejected.code, rejected.reason, Some(rejected.metric)));
+                outcome.records.push(dead_letter(
+                    rejected.code,
+                    rejected.reason,
+                    Some(rejected.metric),
+                ));
             }
         }
     }
@@ -158,7 +166,9 @@ pub async fn run(
     let mut options = MqttOptions::new(&config.client_id, &mqtt.host, mqtt.port);
     options
         .set_clean_start(false)
-        .set_session_expiry_interval(Some(config.session_expiry.as_secs().min(u32::MAX as u64) as u32))
+        .set_session_expiry_interval(Some(
+            config.session_expiry.as_secs().min(u32::MAX as u64) as u32
+        ))
         .set_receive_maximum(Some(config.receive_maximum))
         .set_max_packet_size(Some(config.max_packet_bytes))
         .set_manual_acks(true)
@@ -166,9 +176,13 @@ pub async fn run(
     if !mqtt.username.is_empty() {
         options.set_credentials(&mqtt.username, &mqtt.password);
     }
-    // Room for an ack per in-flight message plus control requests, so try_ack never fails.
-    let (client, mut eventloop) = AsyncClient::new(options, config.receive_maximum as usize * 2 + 64);
+    let (client, eventloop) = AsyncClient::new(options, config.receive_maximum as usize + 64);
     let filter = subscription_filter(&config.share_group);
+    // The event loop runs in its own task so that awaiting an ack (a bounded request channel)
+    // can never stall it. It forwards only what this loop needs; the channel is unbounded, but
+    // the broker sends at most receive_maximum unacknowledged publishes.
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let poller = tokio::spawn(poll_mqtt(eventloop, events_tx, metrics.clone()));
 
     // Each entry: the connection generation it arrived on, and the publish to acknowledge
     // (None when it was acknowledged on receipt).
@@ -177,7 +191,6 @@ pub async fn run(
     let mut generation = 0u64;
     let mut report = IngestReport::default();
     let mut drain_deadline: Option<tokio::time::Instant> = None;
-    let mut backoff = Duration::from_millis(100);
 
     loop {
         if drain_deadline.is_some() && pending.is_empty() {
@@ -197,33 +210,28 @@ pub async fn run(
             Some(seq) = inflight.next() => {
                 pending.confirm(seq);
                 while let Some((gen, publish)) = pending.pop_ready() {
-                    if let Some(publish) = publish {
-                        // A message from an earlier connection is redelivered by the broker with
-                        // the same content; acking its old packet id could ack something else.
-                        if gen == generation {
-                            if let Err(e) = client.try_ack(&publish) {
-                                tracing::warn!(error = %e, "ack not sent; the broker will redeliver");
-                            } else {
-                                report.acked += 1;
-                                metrics.messages_acked.inc();
-                            }
+                    // A message from an earlier connection is redelivered by the broker with
+                    // the same content; acking its old packet id could ack something else.
+                    if let Some(publish) = publish.filter(|_| gen == generation) {
+                        if client.ack(&publish).await.is_ok() {
+                            report.acked += 1;
+                            metrics.messages_acked.inc();
                         }
                     }
                 }
                 metrics.inflight_messages.set(pending.len() as i64);
             }
-            event = eventloop.poll() => match event {
-                Ok(Event::Incoming(Packet::ConnAck(connack))) => {
+            event = events.recv() => match event {
+                None => break,
+                Some(MqttEvent::Connected) => {
                     generation += 1;
-                    backoff = Duration::from_millis(100);
-                    metrics.mqtt_connects.inc();
-                    tracing::info!(session_present = connack.session_present, client_id = %config.client_id, "connected to MQTT broker");
-                    if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                    if let Err(e) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
                         tracing::error!(error = %e, "subscribe request failed");
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                Some(MqttEvent::Message(publish)) => {
                     if drain_deadline.is_some() {
+                        // Not acknowledged: the broker redelivers it to this session.
                         continue;
                     }
                     report.messages += 1;
@@ -241,7 +249,7 @@ pub async fn run(
                     let ack_later = match config.ack_mode {
                         AckMode::AfterKafka => Some(publish),
                         AckMode::OnReceipt => {
-                            if client.try_ack(&publish).is_ok() {
+                            if client.ack(&publish).await.is_ok() {
                                 report.acked += 1;
                                 metrics.messages_acked.inc();
                             }
@@ -252,45 +260,91 @@ pub async fn run(
                     inflight.push(deliver(producer.clone(), outcome.records, seq, metrics.clone()));
                     metrics.inflight_messages.set(pending.len() as i64);
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "MQTT connection error");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled(), if drain_deadline.is_none() => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
             },
         }
     }
 
     report.left_unacked = pending.len() as u64;
-    // Let the eventloop send the acks queued above, then leave cleanly.
-    let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                _ => {}
+    // The event loop sends the acks queued above before the disconnect, then ends.
+    let _ = client.disconnect().await;
+    if tokio::time::timeout(Duration::from_secs(5), poller)
+        .await
+        .is_err()
+    {
+        tracing::warn!("MQTT event loop did not finish within 5 s of the disconnect");
+    }
+    Ok(report)
+}
+
+/// What the MQTT event loop task passes to the ingest loop.
+enum MqttEvent {
+    Connected,
+    Message(Publish),
+}
+
+/// Polls the MQTT event loop until the client disconnects, reconnecting with backoff.
+async fn poll_mqtt(
+    mut eventloop: rumqttc::v5::EventLoop,
+    events: tokio::sync::mpsc::UnboundedSender<MqttEvent>,
+    metrics: IngestMetrics,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let forward = match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(connack))) => {
+                backoff = Duration::from_millis(100);
+                metrics.mqtt_connects.inc();
+                tracing::info!(
+                    session_present = connack.session_present,
+                    "connected to MQTT broker"
+                );
+                Some(MqttEvent::Connected)
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => Some(MqttEvent::Message(publish)),
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "MQTT connection error");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                None
+            }
+        };
+        if let Some(event) = forward {
+            if events.send(event).is_err() {
+                return;
             }
         }
-    })
-    .await;
-    Ok(report)
+    }
 }
 
 /// Produces every record of one message, retrying each until Kafka confirms it; resolves to the
 /// message's sequence number.
-async fn deliver(producer: FutureProducer, records: Vec<OutRecord>, seq: u64, metrics: IngestMetrics) -> u64 {
-    futures::future::join_all(records.iter().map(|r| send_until_confirmed(&producer, r, &metrics))).await;
+async fn deliver(
+    producer: FutureProducer,
+    records: Vec<OutRecord>,
+    seq: u64,
+    metrics: IngestMetrics,
+) -> u64 {
+    futures::future::join_all(
+        records
+            .iter()
+            .map(|r| send_until_confirmed(&producer, r, &metrics)),
+    )
+    .await;
     seq
 }
 
-async fn send_until_confirmed(producer: &FutureProducer, record: &OutRecord, metrics: &IngestMetrics) {
+async fn send_until_confirmed(
+    producer: &FutureProducer,
+    record: &OutRecord,
+    metrics: &IngestMetrics,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let attempt = FutureRecord::to(&record.topic).key(&record.key).payload(&record.payload);
+        let attempt = FutureRecord::to(&record.topic)
+            .key(&record.key)
+            .payload(&record.payload);
         match producer.send(attempt, Duration::from_secs(5)).await {
             Ok(_) => {
                 if record.readings > 0 {
@@ -341,7 +395,11 @@ mod tests {
     }
 
     fn ctx() -> DecodeContext {
-        DecodeContext { received_at: 1_795_680_300_000, max_future_skew_ms: 300_000, max_payload_bytes: 1024 }
+        DecodeContext {
+            received_at: 1_795_680_300_000,
+            max_future_skew_ms: 300_000,
+            max_payload_bytes: 1024,
+        }
     }
 
     fn letters(outcome: &Outcome) -> Vec<DeadLetter> {
@@ -356,9 +414,18 @@ mod tests {
     #[test]
     fn a_good_message_is_one_readings_record_keyed_by_device() {
         let body = br#"{"ts":1795680240000,"values":{"pm25":12,"no2":20}}"#;
-        let out = process_message("ioc/v1/devices/aq-1/telemetry", body, &registry(), &bus(), &ctx());
+        let out = process_message(
+            "ioc/v1/devices/aq-1/telemetry",
+            body,
+            &registry(),
+            &bus(),
+            &ctx(),
+        );
         assert_eq!(out.records.len(), 1);
-        assert_eq!((out.records[0].topic.as_str(), out.records[0].key.as_str()), ("t.readings", "aq-1"));
+        assert_eq!(
+            (out.records[0].topic.as_str(), out.records[0].key.as_str()),
+            ("t.readings", "aq-1")
+        );
         let batch: ReadingBatch = serde_json::from_slice(&out.records[0].payload).unwrap();
         assert_eq!(batch.readings.len(), 2);
         assert!(out.rejections.is_empty());
@@ -367,20 +434,34 @@ mod tests {
     #[test]
     fn unknown_devices_are_rejected_whole_with_provenance_and_raw_bytes() {
         let body = br#"{"ts":1795680240000,"values":{"pm25":12}}"#;
-        let out = process_message("ioc/v1/devices/ghost/telemetry", body, &registry(), &bus(), &ctx());
+        let out = process_message(
+            "ioc/v1/devices/ghost/telemetry",
+            body,
+            &registry(),
+            &bus(),
+            &ctx(),
+        );
         assert_eq!(out.rejections, vec![RejectCode::UnknownDevice]);
         let letter = &letters(&out)[0];
         assert_eq!(letter.topic, "ioc/v1/devices/ghost/telemetry");
         assert_eq!(letter.device_id.as_deref(), Some("ghost"));
         assert_eq!(letter.received_at, ctx().received_at);
-        let raw = base64::engine::general_purpose::STANDARD.decode(&letter.raw_base64).unwrap();
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(&letter.raw_base64)
+            .unwrap();
         assert_eq!(raw, body);
     }
 
     #[test]
     fn a_partly_bad_message_gives_readings_and_one_letter_per_bad_value() {
         let body = br#"{"ts":1795680240000,"values":{"pm25":12,"radon":1,"no2":"x"}}"#;
-        let out = process_message("ioc/v1/devices/aq-1/telemetry", body, &registry(), &bus(), &ctx());
+        let out = process_message(
+            "ioc/v1/devices/aq-1/telemetry",
+            body,
+            &registry(),
+            &bus(),
+            &ctx(),
+        );
         assert_eq!(out.records.len(), 3);
         let mut metrics: Vec<String> = letters(&out).into_iter().filter_map(|l| l.metric).collect();
         metrics.sort();
@@ -389,7 +470,13 @@ mod tests {
 
     #[test]
     fn invalid_device_ids_in_topics_are_bad_topics() {
-        let out = process_message("ioc/v1/devices/a+b/telemetry", b"{}", &registry(), &bus(), &ctx());
+        let out = process_message(
+            "ioc/v1/devices/a+b/telemetry",
+            b"{}",
+            &registry(),
+            &bus(),
+            &ctx(),
+        );
         assert_eq!(out.rejections, vec![RejectCode::BadTopic]);
         assert_eq!(letters(&out)[0].device_id, None);
     }

@@ -24,24 +24,47 @@ impl IngestMetrics {
             Ok(c)
         };
         let rejections = IntCounterVec::new(
-            Opts::new("ioc_ingest_rejections_total", "Messages or values rejected, by reason code"),
+            Opts::new(
+                "ioc_ingest_rejections_total",
+                "Messages or values rejected, by reason code",
+            ),
             &["code"],
         )?;
         registry.register(Box::new(rejections.clone()))?;
         for code in RejectCode::ALL {
             rejections.with_label_values(&[code.as_str()]);
         }
-        let inflight_messages =
-            IntGauge::new("ioc_ingest_inflight_messages", "Messages received and not yet acknowledged to the broker")?;
+        let inflight_messages = IntGauge::new(
+            "ioc_ingest_inflight_messages",
+            "Messages received and not yet acknowledged to the broker",
+        )?;
         registry.register(Box::new(inflight_messages.clone()))?;
         Ok(IngestMetrics {
-            messages_received: counter("ioc_ingest_messages_received_total", "MQTT messages received")?,
-            messages_acked: counter("ioc_ingest_messages_acked_total", "MQTT messages acknowledged to the broker")?,
-            readings_produced: counter("ioc_ingest_readings_produced_total", "Readings confirmed by Kafka")?,
+            messages_received: counter(
+                "ioc_ingest_messages_received_total",
+                "MQTT messages received",
+            )?,
+            messages_acked: counter(
+                "ioc_ingest_messages_acked_total",
+                "MQTT messages acknowledged to the broker",
+            )?,
+            readings_produced: counter(
+                "ioc_ingest_readings_produced_total",
+                "Readings confirmed by Kafka",
+            )?,
             rejections,
-            deadletters_produced: counter("ioc_ingest_deadletters_produced_total", "Dead-letter records confirmed by Kafka")?,
-            produce_errors: counter("ioc_ingest_kafka_produce_errors_total", "Kafka produce attempts that failed and were retried")?,
-            mqtt_connects: counter("ioc_ingest_mqtt_connects_total", "MQTT connections established")?,
+            deadletters_produced: counter(
+                "ioc_ingest_deadletters_produced_total",
+                "Dead-letter records confirmed by Kafka",
+            )?,
+            produce_errors: counter(
+                "ioc_ingest_kafka_produce_errors_total",
+                "Kafka produce attempts that failed and were retried",
+            )?,
+            mqtt_connects: counter(
+                "ioc_ingest_mqtt_connects_total",
+                "MQTT connections established",
+            )?,
             inflight_messages,
         })
     }

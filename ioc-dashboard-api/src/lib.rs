@@ -26,7 +26,10 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("kafka: {0}")]
     Bus(#[from] ioc_bus::BusError),
     #[error("serving HTTP: {0}")]
@@ -53,9 +56,18 @@ impl ApiMetrics {
         };
         Ok(ApiMetrics {
             ws_clients,
-            ws_sent: counter("ioc_api_ws_messages_sent_total", "Messages sent to websocket clients")?,
-            ws_lagged: counter("ioc_api_ws_lagged_messages_total", "Messages slow websocket clients missed (they are told)")?,
-            requests_unauthorized: counter("ioc_api_unauthorized_requests_total", "Requests refused for a missing or wrong token")?,
+            ws_sent: counter(
+                "ioc_api_ws_messages_sent_total",
+                "Messages sent to websocket clients",
+            )?,
+            ws_lagged: counter(
+                "ioc_api_ws_lagged_messages_total",
+                "Messages slow websocket clients missed (they are told)",
+            )?,
+            requests_unauthorized: counter(
+                "ioc_api_unauthorized_requests_total",
+                "Requests refused for a missing or wrong token",
+            )?,
         })
     }
 }

@@ -38,8 +38,13 @@ impl LiveMessage {
             stream: StreamName,
             data: &'a T,
         }
-        let json = serde_json::to_string(&Envelope { stream, data }).expect("live messages serialize");
-        LiveMessage { stream, device_id: device_id.to_string(), json }
+        let json =
+            serde_json::to_string(&Envelope { stream, data }).expect("live messages serialize");
+        LiveMessage {
+            stream,
+            device_id: device_id.to_string(),
+            json,
+        }
     }
 }
 
@@ -66,29 +71,50 @@ impl LiveHub {
 }
 
 /// Starts tailing the live topics from their current end.
-pub fn tail(bus: &KafkaBus, hub: LiveHub, shutdown: CancellationToken) -> Result<tokio::task::JoinHandle<()>, ioc_bus::BusError> {
+pub fn tail(
+    bus: &KafkaBus,
+    hub: LiveHub,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, ioc_bus::BusError> {
     let topics = bus.topics.clone();
-    let consumer = bus.assigned_consumer(&[&topics.readings, &topics.aggregates, &topics.alerts], Offset::End)?;
+    let consumer = bus.assigned_consumer(
+        &[&topics.readings, &topics.aggregates, &topics.alerts],
+        Offset::End,
+    )?;
     Ok(tokio::spawn(async move {
         loop {
             let message = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 m = recv(&consumer) => m,
             };
-            let Some((topic, payload)) = message else { continue };
+            let Some((topic, payload)) = message else {
+                continue;
+            };
             if topic == topics.readings {
                 if let Ok(batch) = serde_json::from_slice::<ReadingBatch>(&payload) {
                     for r in &batch.readings {
-                        hub.publish(LiveMessage::new(StreamName::Readings, &r.device_id, &ApiReading::from(r)));
+                        hub.publish(LiveMessage::new(
+                            StreamName::Readings,
+                            &r.device_id,
+                            &ApiReading::from(r),
+                        ));
                     }
                 }
             } else if topic == topics.aggregates {
                 if let Ok(a) = serde_json::from_slice::<Aggregate>(&payload) {
-                    hub.publish(LiveMessage::new(StreamName::Aggregates, &a.device_id, &ApiAggregate::from(&a)));
+                    hub.publish(LiveMessage::new(
+                        StreamName::Aggregates,
+                        &a.device_id,
+                        &ApiAggregate::from(&a),
+                    ));
                 }
             } else if topic == topics.alerts {
                 if let Ok(a) = serde_json::from_slice::<Alert>(&payload) {
-                    hub.publish(LiveMessage::new(StreamName::Alerts, &a.device_id, &ApiAlert::from(&a)));
+                    hub.publish(LiveMessage::new(
+                        StreamName::Alerts,
+                        &a.device_id,
+                        &ApiAlert::from(&a),
+                    ));
                 }
             }
         }
@@ -97,7 +123,10 @@ pub fn tail(bus: &KafkaBus, hub: LiveHub, shutdown: CancellationToken) -> Result
 
 async fn recv(consumer: &StreamConsumer) -> Option<(String, Vec<u8>)> {
     match consumer.recv().await {
-        Ok(m) => Some((m.topic().to_string(), m.payload().unwrap_or_default().to_vec())),
+        Ok(m) => Some((
+            m.topic().to_string(),
+            m.payload().unwrap_or_default().to_vec(),
+        )),
         Err(e) => {
             tracing::warn!(error = %e, "live tail consume error");
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;

@@ -1,5 +1,5 @@
-//! HTTP routes. Errors are JSON `{"error": code, "message": text}`; internal failures are
-//! logged and answered without their internal text.
+//! HTTP routes. Errors are JSON `{"error": code, "message": text}`; a failing dependency is
+//! logged and answered 503 without its internal text.
 
 use std::collections::HashMap;
 
@@ -13,7 +13,9 @@ use axum::{Json, Router};
 use futures::{SinkExt, StreamExt};
 use ioc_bus::registry;
 use ioc_contract::time::{format_ms, now_ms, parse_param_ms};
-use ioc_contract::{valid_device_id, Aggregate, Alert, Device, Reading, RegistryEvent, DEVICE_KINDS};
+use ioc_contract::{
+    valid_device_id, Aggregate, Alert, Device, Reading, RegistryEvent, DEVICE_KINDS,
+};
 use ioc_history::HistoryFilter;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -52,17 +54,21 @@ pub struct FieldProblem {
 
 impl ApiFailure {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiFailure {
-        ApiFailure { status, code, message: message.into(), problems: Vec::new() }
-    }
-
-    fn internal(context: &str, error: impl std::fmt::Display) -> ApiFailure {
-        tracing::error!(error = %error, "{context}");
-        ApiFailure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; the server log has the details")
+        ApiFailure {
+            status,
+            code,
+            message: message.into(),
+            problems: Vec::new(),
+        }
     }
 
     fn unavailable(context: &str, error: impl std::fmt::Display) -> ApiFailure {
         tracing::error!(error = %error, "{context}");
-        ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{context}; try again shortly"))
+        ApiFailure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{context}; try again shortly"),
+        )
     }
 }
 
@@ -74,7 +80,10 @@ impl IntoResponse for ApiFailure {
         }
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static header"));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                "Bearer".parse().expect("static header"),
+            );
         }
         response
     }
@@ -87,17 +96,27 @@ fn token_matches(given: &str, expected: &str) -> bool {
     if given.len() != expected.len() {
         return false;
     }
-    given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    given
+        .bytes()
+        .zip(expected.bytes())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
 }
 
 fn authorize(state: &AppState, given: Option<&str>) -> ApiResult<()> {
     let expected = &state.config.admin_token;
     let refuse = |message: &str| {
         state.metrics.requests_unauthorized.inc();
-        Err(ApiFailure::new(StatusCode::UNAUTHORIZED, "unauthorized", message))
+        Err(ApiFailure::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            message,
+        ))
     };
     if expected.is_empty() {
-        return refuse("this server has no admin token configured (set --admin-token or IOC_ADMIN_TOKEN)");
+        return refuse(
+            "this server has no admin token configured (set --admin-token or IOC_ADMIN_TOKEN)",
+        );
     }
     match given {
         None => refuse("missing token: send Authorization: Bearer <token>"),
@@ -107,7 +126,11 @@ fn authorize(state: &AppState, given: Option<&str>) -> ApiResult<()> {
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
 }
 
 async fn index() -> Html<&'static str> {
@@ -141,20 +164,33 @@ struct Registration {
 
 /// Checks a registration, reporting every problem at once.
 fn validate_registration(body: &[u8]) -> ApiResult<Device> {
-    let reg: Registration = serde_json::from_slice(body)
-        .map_err(|e| ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", format!("body must be a JSON object: {e}")))?;
+    let reg: Registration = serde_json::from_slice(body).map_err(|e| {
+        ApiFailure::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("body must be a JSON object: {e}"),
+        )
+    })?;
     let mut problems = Vec::new();
-    let mut problem = |field: &'static str, message: String| problems.push(FieldProblem { field, message });
-    let string = |v: &Option<serde_json::Value>| v.as_ref().and_then(|v| v.as_str()).map(str::to_string);
+    let mut problem =
+        |field: &'static str, message: String| problems.push(FieldProblem { field, message });
+    let string =
+        |v: &Option<serde_json::Value>| v.as_ref().and_then(|v| v.as_str()).map(str::to_string);
     let number = |v: &Option<serde_json::Value>| v.as_ref().and_then(|v| v.as_f64());
 
     let device_id = string(&reg.device_id).unwrap_or_default();
     if !valid_device_id(&device_id) {
-        problem("device_id", "required: 1 to 64 characters of A-Z a-z 0-9 _ - .".into());
+        problem(
+            "device_id",
+            "required: 1 to 64 characters of A-Z a-z 0-9 _ - .".into(),
+        );
     }
     let kind = string(&reg.kind).unwrap_or_default();
     if !DEVICE_KINDS.contains(&kind.as_str()) {
-        problem("kind", format!("required: one of {}", DEVICE_KINDS.join(", ")));
+        problem(
+            "kind",
+            format!("required: one of {}", DEVICE_KINDS.join(", ")),
+        );
     }
     let name = string(&reg.name).unwrap_or_default();
     if name.trim().is_empty() || name.len() > 200 {
@@ -170,10 +206,17 @@ fn validate_registration(body: &[u8]) -> ApiResult<Device> {
     }
     let interval = number(&reg.expected_interval_s);
     if !interval.is_some_and(|v| v.is_finite() && v > 0.0) {
-        problem("expected_interval_s", "required: a positive number of seconds".into());
+        problem(
+            "expected_interval_s",
+            "required: a positive number of seconds".into(),
+        );
     }
     if !problems.is_empty() {
-        let mut failure = ApiFailure::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "the registration has problems");
+        let mut failure = ApiFailure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "the registration has problems",
+        );
         failure.problems = problems;
         return Err(failure);
     }
@@ -214,10 +257,15 @@ impl From<&Device> for ApiDevice {
 }
 
 fn same_registration(a: &Device, b: &Device) -> bool {
-    (&a.kind, &a.name, a.lat, a.lon, a.expected_interval_s) == (&b.kind, &b.name, b.lat, b.lon, b.expected_interval_s)
+    (&a.kind, &a.name, a.lat, a.lon, a.expected_interval_s)
+        == (&b.kind, &b.name, b.lat, b.lon, b.expected_interval_s)
 }
 
-async fn register_device(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+async fn register_device(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
     authorize(&state, bearer(&headers))?;
     let device = validate_registration(&body)?;
     if let Some(existing) = state.registry.get(&device.device_id) {
@@ -227,11 +275,16 @@ async fn register_device(State(state): State<AppState>, headers: HeaderMap, body
             Err(ApiFailure::new(
                 StatusCode::CONFLICT,
                 "conflict",
-                format!("device {} is already registered with other details", device.device_id),
+                format!(
+                    "device {} is already registered with other details",
+                    device.device_id
+                ),
             ))
         };
     }
-    let event = RegistryEvent::Registered { device: device.clone() };
+    let event = RegistryEvent::Registered {
+        device: device.clone(),
+    };
     registry::publish(&state.producer, &state.bus, &event)
         .await
         .map_err(|e| ApiFailure::unavailable("the registry could not be written", e))?;
@@ -240,19 +293,32 @@ async fn register_device(State(state): State<AppState>, headers: HeaderMap, body
     Ok((StatusCode::CREATED, Json(ApiDevice::from(&device))).into_response())
 }
 
-async fn list_devices(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
+async fn list_devices(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
     authorize(&state, bearer(&headers))?;
     let devices: Vec<ApiDevice> = state.registry.list().iter().map(ApiDevice::from).collect();
     Ok(Json(json!({ "devices": devices })))
 }
 
-async fn get_device(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<ApiDevice>> {
+async fn get_device(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ApiDevice>> {
     authorize(&state, bearer(&headers))?;
     state
         .registry
         .get(&id)
         .map(|d| Json(ApiDevice::from(&d)))
-        .ok_or_else(|| ApiFailure::new(StatusCode::NOT_FOUND, "not_found", format!("no device {id:?}")))
+        .ok_or_else(|| {
+            ApiFailure::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no device {id:?}"),
+            )
+        })
 }
 
 /// A reading as the API shows it.
@@ -361,9 +427,11 @@ fn history_filter(state: &AppState, q: &HashMap<String, String>) -> ApiResult<Hi
     let time = |name: &str| -> ApiResult<Option<i64>> {
         match q.get(name) {
             None => Ok(None),
-            Some(v) => parse_param_ms(v)
-                .map(Some)
-                .ok_or_else(|| bad(format!("{name}={v:?} is not RFC 3339 with an offset or epoch milliseconds"))),
+            Some(v) => parse_param_ms(v).map(Some).ok_or_else(|| {
+                bad(format!(
+                    "{name}={v:?} is not RFC 3339 with an offset or epoch milliseconds"
+                ))
+            }),
         }
     };
     let to = time("to")?.unwrap_or_else(|| now_ms() + 1);
@@ -400,8 +468,15 @@ async fn readings(
 ) -> ApiResult<Json<serde_json::Value>> {
     authorize(&state, bearer(&headers))?;
     let filter = history_filter(&state, &q)?;
-    let rows = state.history.readings(&filter).await.map_err(|e| ApiFailure::unavailable("history is unavailable", e))?;
-    let readings: Vec<ApiReading> = rows.into_iter().map(|r| ApiReading::from(&r.into_reading())).collect();
+    let rows = state
+        .history
+        .readings(&filter)
+        .await
+        .map_err(|e| ApiFailure::unavailable("history is unavailable", e))?;
+    let readings: Vec<ApiReading> = rows
+        .into_iter()
+        .map(|r| ApiReading::from(&r.into_reading()))
+        .collect();
     Ok(Json(json!({ "readings": readings })))
 }
 
@@ -412,7 +487,11 @@ async fn aggregates(
 ) -> ApiResult<Json<serde_json::Value>> {
     authorize(&state, bearer(&headers))?;
     let filter = history_filter(&state, &q)?;
-    let rows = state.history.aggregates(&filter).await.map_err(|e| ApiFailure::unavailable("history is unavailable", e))?;
+    let rows = state
+        .history
+        .aggregates(&filter)
+        .await
+        .map_err(|e| ApiFailure::unavailable("history is unavailable", e))?;
     let aggregates: Vec<ApiAggregate> = rows.iter().map(ApiAggregate::from).collect();
     Ok(Json(json!({ "aggregates": aggregates })))
 }
@@ -424,7 +503,11 @@ async fn alerts(
 ) -> ApiResult<Json<serde_json::Value>> {
     authorize(&state, bearer(&headers))?;
     let filter = history_filter(&state, &q)?;
-    let rows = state.history.alerts(&filter).await.map_err(|e| ApiFailure::unavailable("history is unavailable", e))?;
+    let rows = state
+        .history
+        .alerts(&filter)
+        .await
+        .map_err(|e| ApiFailure::unavailable("history is unavailable", e))?;
     let alerts: Vec<ApiAlert> = rows.iter().map(ApiAlert::from).collect();
     Ok(Json(json!({ "alerts": alerts })))
 }
@@ -440,7 +523,8 @@ async fn websocket(
 
 async fn serve_socket(socket: WebSocket, state: AppState) {
     let (sink, stream) = socket.split();
-    let out = sink.with(|text: String| async move { Ok::<_, axum::Error>(Message::Text(text.into())) });
+    let out =
+        sink.with(|text: String| async move { Ok::<_, axum::Error>(Message::Text(text.into())) });
     let incoming = stream.filter_map(|m| async move {
         match m {
             Ok(Message::Text(t)) => Some(ClientFrame::Text(t.to_string())),
@@ -449,6 +533,12 @@ async fn serve_socket(socket: WebSocket, state: AppState) {
         }
     });
     state.metrics.ws_clients.inc();
-    session(Box::pin(out), Box::pin(incoming), state.live.subscribe(), state.metrics.clone()).await;
+    session(
+        Box::pin(out),
+        Box::pin(incoming),
+        state.live.subscribe(),
+        state.metrics.clone(),
+    )
+    .await;
     state.metrics.ws_clients.dec();
 }

@@ -112,13 +112,16 @@ mod tests {
 
     impl Client {
         async fn send(&self, text: &str) {
-            self.to_server.unbounded_send(ClientFrame::Text(text.into())).unwrap();
+            self.to_server
+                .unbounded_send(ClientFrame::Text(text.into()))
+                .unwrap();
         }
         async fn next(&mut self) -> serde_json::Value {
-            let text = tokio::time::timeout(std::time::Duration::from_secs(5), self.from_server.next())
-                .await
-                .expect("a message within 5 s")
-                .expect("session open");
+            let text =
+                tokio::time::timeout(std::time::Duration::from_secs(5), self.from_server.next())
+                    .await
+                    .expect("a message within 5 s")
+                    .expect("session open");
             serde_json::from_str(&text).unwrap()
         }
     }
@@ -127,20 +130,43 @@ mod tests {
         let (to_server, incoming) = mpsc::unbounded();
         let (out, from_server) = mpsc::unbounded::<String>();
         let task = tokio::spawn(session(out, incoming, hub.subscribe(), metrics));
-        (Client { to_server, from_server }, task)
+        (
+            Client {
+                to_server,
+                from_server,
+            },
+            task,
+        )
     }
 
     #[tokio::test]
     async fn delivers_only_subscribed_streams_and_devices() {
         let hub = LiveHub::new(16);
         let (mut client, _task) = start(&hub, metrics());
-        client.send(r#"{"op":"subscribe","stream":"alerts","device_ids":["aq-2"]}"#).await;
+        client
+            .send(r#"{"op":"subscribe","stream":"alerts","device_ids":["aq-2"]}"#)
+            .await;
         assert_eq!(client.next().await["op"], "subscribed");
-        hub.publish(LiveMessage::new(StreamName::Readings, "aq-2", &json!({"n": 1})));
-        hub.publish(LiveMessage::new(StreamName::Alerts, "aq-1", &json!({"n": 2})));
-        hub.publish(LiveMessage::new(StreamName::Alerts, "aq-2", &json!({"n": 3})));
+        hub.publish(LiveMessage::new(
+            StreamName::Readings,
+            "aq-2",
+            &json!({"n": 1}),
+        ));
+        hub.publish(LiveMessage::new(
+            StreamName::Alerts,
+            "aq-1",
+            &json!({"n": 2}),
+        ));
+        hub.publish(LiveMessage::new(
+            StreamName::Alerts,
+            "aq-2",
+            &json!({"n": 3}),
+        ));
         let m = client.next().await;
-        assert_eq!((m["stream"].as_str(), m["data"]["n"].as_i64()), (Some("alerts"), Some(3)));
+        assert_eq!(
+            (m["stream"].as_str(), m["data"]["n"].as_i64()),
+            (Some("alerts"), Some(3))
+        );
     }
 
     #[tokio::test]
@@ -149,9 +175,13 @@ mod tests {
         let (mut client, _task) = start(&hub, metrics());
         client.send("nonsense").await;
         assert_eq!(client.next().await["op"], "error");
-        client.send(r#"{"op":"subscribe","stream":"weather"}"#).await;
+        client
+            .send(r#"{"op":"subscribe","stream":"weather"}"#)
+            .await;
         assert_eq!(client.next().await["op"], "error");
-        client.send(r#"{"op":"subscribe","stream":"readings"}"#).await;
+        client
+            .send(r#"{"op":"subscribe","stream":"readings"}"#)
+            .await;
         assert_eq!(client.next().await["op"], "subscribed");
     }
 
@@ -164,12 +194,23 @@ mod tests {
         let rx = hub.subscribe();
         // Overflow the receiver before the session reads anything.
         for n in 0..10 {
-            hub.publish(LiveMessage::new(StreamName::Readings, "d", &json!({ "n": n })));
+            hub.publish(LiveMessage::new(
+                StreamName::Readings,
+                "d",
+                &json!({ "n": n }),
+            ));
         }
-        to_server.unbounded_send(ClientFrame::Text(r#"{"op":"subscribe","stream":"readings"}"#.into())).unwrap();
+        to_server
+            .unbounded_send(ClientFrame::Text(
+                r#"{"op":"subscribe","stream":"readings"}"#.into(),
+            ))
+            .unwrap();
         let _task = tokio::spawn(session(out, incoming, rx, m.clone()));
         let lagged = loop {
-            let text = tokio::time::timeout(std::time::Duration::from_secs(5), from_server.next()).await.unwrap().unwrap();
+            let text = tokio::time::timeout(std::time::Duration::from_secs(5), from_server.next())
+                .await
+                .unwrap()
+                .unwrap();
             let v: serde_json::Value = serde_json::from_str(&text).unwrap();
             if v["op"] == "lagged" {
                 break v;
@@ -177,9 +218,16 @@ mod tests {
         };
         assert_eq!(lagged["missed"], 6);
         assert_eq!(m.ws_lagged.get(), 6);
-        hub.publish(LiveMessage::new(StreamName::Readings, "d", &json!({"n": 99})));
+        hub.publish(LiveMessage::new(
+            StreamName::Readings,
+            "d",
+            &json!({"n": 99}),
+        ));
         loop {
-            let text = tokio::time::timeout(std::time::Duration::from_secs(5), from_server.next()).await.unwrap().unwrap();
+            let text = tokio::time::timeout(std::time::Duration::from_secs(5), from_server.next())
+                .await
+                .unwrap()
+                .unwrap();
             if text.contains("99") {
                 break;
             }

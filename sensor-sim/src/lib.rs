@@ -75,25 +75,48 @@ impl Fleet {
     pub fn new(config: &SimConfig) -> Fleet {
         let mut rng = SmallRng::seed_from_u64(config.seed);
         let mut devices = Vec::new();
-        let mut add = |kind: Kind, prefix: &str, n: u32, channels: Vec<String>, rng: &mut SmallRng| {
-            for i in 1..=n {
-                devices.push(SimDevice {
-                    device_id: format!("{prefix}-{i:03}"),
-                    kind,
-                    lat: CENTRE.0 + rng.random_range(-0.3..0.3),
-                    lon: CENTRE.1 + rng.random_range(-0.3..0.3),
-                    channels: channels.clone(),
-                    level: rng.random_range(0.6..1.6),
-                    next_channel: 0,
-                    last_ts: 0,
-                    seq: 0,
-                });
-            }
-        };
-        add(Kind::AirQuality, "aq", config.air_quality, vec![String::new()], &mut rng);
-        add(Kind::Wastewater, "ww", config.wastewater, vec!["inlet".into(), "outlet".into()], &mut rng);
-        add(Kind::TrafficCounter, "tc", config.traffic_counters, vec!["lane-1".into(), "lane-2".into()], &mut rng);
-        Fleet { devices, rng, next_device: 0 }
+        let mut add =
+            |kind: Kind, prefix: &str, n: u32, channels: Vec<String>, rng: &mut SmallRng| {
+                for i in 1..=n {
+                    devices.push(SimDevice {
+                        device_id: format!("{prefix}-{i:03}"),
+                        kind,
+                        lat: CENTRE.0 + rng.random_range(-0.3..0.3),
+                        lon: CENTRE.1 + rng.random_range(-0.3..0.3),
+                        channels: channels.clone(),
+                        level: rng.random_range(0.6..1.6),
+                        next_channel: 0,
+                        last_ts: 0,
+                        seq: 0,
+                    });
+                }
+            };
+        add(
+            Kind::AirQuality,
+            "aq",
+            config.air_quality,
+            vec![String::new()],
+            &mut rng,
+        );
+        add(
+            Kind::Wastewater,
+            "ww",
+            config.wastewater,
+            vec!["inlet".into(), "outlet".into()],
+            &mut rng,
+        );
+        add(
+            Kind::TrafficCounter,
+            "tc",
+            config.traffic_counters,
+            vec!["lane-1".into(), "lane-2".into()],
+            &mut rng,
+        );
+        Fleet {
+            devices,
+            rng,
+            next_device: 0,
+        }
     }
 
     /// The next message, round-robin over devices: `(topic, payload, readings in it)`.
@@ -109,7 +132,11 @@ impl Fleet {
         let channel = d.channels[d.next_channel].clone();
         d.next_channel = (d.next_channel + 1) % d.channels.len();
         let hour = ((ts / 3_600_000 + 7) % 24) as f64; // local hour, UTC+7
-        let rush = if (6.5..9.0).contains(&hour) || (16.5..19.0).contains(&hour) { 1.6 } else { 1.0 };
+        let rush = if (6.5..9.0).contains(&hour) || (16.5..19.0).contains(&hour) {
+            1.6
+        } else {
+            1.0
+        };
         let diurnal = 1.0 + 0.3 * ((hour - 7.0) / 24.0 * std::f64::consts::TAU).cos();
         let mut noise = |scale: f64| rng.random_range(-scale..scale);
         let mut values = Map::new();
@@ -127,7 +154,10 @@ impl Fleet {
                 let sun = (-((hour - 13.0) / 3.5).powi(2)).exp();
                 put("o3", (25.0 + 85.0 * sun + noise(5.0)).max(0.0));
                 put("temperature", 22.0 + 7.0 * sun + noise(0.5));
-                put("humidity", (82.0 - 20.0 * sun + noise(3.0)).clamp(20.0, 100.0));
+                put(
+                    "humidity",
+                    (82.0 - 20.0 * sun + noise(3.0)).clamp(20.0, 100.0),
+                );
             }
             Kind::Wastewater => {
                 let treated = if channel == "outlet" { 0.25 } else { 1.0 };
@@ -140,9 +170,17 @@ impl Fleet {
             }
             Kind::TrafficCounter => {
                 // Counts are whole numbers: rounding to one decimal keeps them whole.
-                put("vehicle_count", (12.0 * d.level * rush * diurnal + noise(3.0)).max(0.0).round());
+                put(
+                    "vehicle_count",
+                    (12.0 * d.level * rush * diurnal + noise(3.0))
+                        .max(0.0)
+                        .round(),
+                );
                 put("avg_speed", (42.0 / rush + noise(5.0)).max(3.0));
-                put("occupancy", (8.0 * rush * d.level + noise(2.0)).clamp(0.0, 100.0));
+                put(
+                    "occupancy",
+                    (8.0 * rush * d.level + noise(2.0)).clamp(0.0, 100.0),
+                );
             }
         }
         let n = values.len();
@@ -157,7 +195,11 @@ impl Fleet {
         }
         body.insert("values".into(), Value::Object(values));
         let topic = format!("ioc/v1/devices/{}/telemetry", d.device_id);
-        (topic, serde_json::to_vec(&Value::Object(body)).expect("json"), n)
+        (
+            topic,
+            serde_json::to_vec(&Value::Object(body)).expect("json"),
+            n,
+        )
     }
 }
 
@@ -190,7 +232,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<SimReport, SimError> {
     let mut mqtt_options = MqttOptions::new(&options.client_id, &mqtt.host, mqtt.port);
-    mqtt_options.set_keep_alive(Duration::from_secs(30)).set_inflight(500).set_clean_session(true);
+    mqtt_options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_inflight(500)
+        .set_clean_session(true);
     if !mqtt.username.is_empty() {
         mqtt_options.set_credentials(&mqtt.username, &mqtt.password);
     }
@@ -222,7 +267,9 @@ pub async fn run(
     while options.count.is_none_or(|c| report.messages < c) && !shutdown.is_cancelled() {
         let due = (start.elapsed().as_secs_f64() * options.rate).floor() as u64 + 1;
         if report.messages >= due {
-            let wait = Duration::from_secs_f64(((report.messages as f64) / options.rate - start.elapsed().as_secs_f64()).max(0.0));
+            let wait = Duration::from_secs_f64(
+                ((report.messages as f64) / options.rate - start.elapsed().as_secs_f64()).max(0.0),
+            );
             tokio::select! {
                 _ = tokio::time::sleep(wait.min(Duration::from_millis(50))) => {}
                 _ = shutdown.cancelled() => break,
@@ -231,12 +278,19 @@ pub async fn run(
         }
         let now = chrono::Utc::now().timestamp_millis();
         let (topic, payload, n) = fleet.next_message(now);
-        client.publish(topic, QoS::AtLeastOnce, false, payload).await.map_err(|e| SimError::Mqtt(e.to_string()))?;
+        client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .map_err(|e| SimError::Mqtt(e.to_string()))?;
         report.messages += 1;
         report.readings += n as u64;
         if options.progress && last_progress.elapsed() >= Duration::from_secs(1) {
-            let rate = (report.messages - last_progress_count) as f64 / last_progress.elapsed().as_secs_f64();
-            eprintln!("sim: {} messages, {} readings, {:.0} msg/s", report.messages, report.readings, rate);
+            let rate = (report.messages - last_progress_count) as f64
+                / last_progress.elapsed().as_secs_f64();
+            eprintln!(
+                "sim: {} messages, {} readings, {:.0} msg/s",
+                report.messages, report.readings, rate
+            );
             last_progress = Instant::now();
             last_progress_count = report.messages;
         }
@@ -289,11 +343,17 @@ pub async fn register_fleet(fleet: &Fleet, api_url: &str, token: &str) -> Result
             .json(&body)
             .send()
             .await
-            .map_err(|e| SimError::Register { device: d.device_id.clone(), message: e.to_string() })?;
+            .map_err(|e| SimError::Register {
+                device: d.device_id.clone(),
+                message: e.to_string(),
+            })?;
         if !response.status().is_success() {
             let status = response.status();
             let text = response.text().await.unwrap_or_default();
-            return Err(SimError::Register { device: d.device_id.clone(), message: format!("{status}: {text}") });
+            return Err(SimError::Register {
+                device: d.device_id.clone(),
+                message: format!("{status}: {text}"),
+            });
         }
     }
     Ok(fleet.devices.len())
@@ -304,14 +364,23 @@ mod tests {
     use super::*;
 
     fn config(seed: u64) -> SimConfig {
-        SimConfig { air_quality: 2, wastewater: 1, traffic_counters: 1, rate: 10.0, seed }
+        SimConfig {
+            air_quality: 2,
+            wastewater: 1,
+            traffic_counters: 1,
+            rate: 10.0,
+            seed,
+        }
     }
 
     #[test]
     fn same_seed_same_messages() {
         let (mut a, mut b) = (Fleet::new(&config(7)), Fleet::new(&config(7)));
         for i in 0..50 {
-            assert_eq!(a.next_message(1_795_680_000_000 + i), b.next_message(1_795_680_000_000 + i));
+            assert_eq!(
+                a.next_message(1_795_680_000_000 + i),
+                b.next_message(1_795_680_000_000 + i)
+            );
         }
         let mut c = Fleet::new(&config(8));
         let differs = (0..50).any(|i| a.next_message(i) != c.next_message(i));
@@ -325,7 +394,11 @@ mod tests {
         for _ in 0..400 {
             let (topic, payload, _) = fleet.next_message(1_795_680_000_000);
             let body: Value = serde_json::from_slice(&payload).unwrap();
-            let key = (topic, body["channel"].as_str().unwrap_or("").to_string(), body["ts"].as_i64().unwrap());
+            let key = (
+                topic,
+                body["channel"].as_str().unwrap_or("").to_string(),
+                body["ts"].as_i64().unwrap(),
+            );
             assert!(seen.insert(key));
         }
     }
@@ -341,7 +414,16 @@ mod tests {
             let values = body["values"].as_object().unwrap();
             assert_eq!(values.len(), n);
             let expected: &[&str] = match kind {
-                Kind::AirQuality => &["pm25", "pm10", "no2", "so2", "co", "o3", "temperature", "humidity"],
+                Kind::AirQuality => &[
+                    "pm25",
+                    "pm10",
+                    "no2",
+                    "so2",
+                    "co",
+                    "o3",
+                    "temperature",
+                    "humidity",
+                ],
                 Kind::Wastewater => &["ph", "cod", "tss", "nh4", "flow", "temperature"],
                 Kind::TrafficCounter => &["vehicle_count", "avg_speed", "occupancy"],
             };

@@ -38,7 +38,15 @@ pub struct ClosingRows {
 }
 
 impl ClosingRows {
-    pub fn push(&mut self, device_id: &str, channel: &str, metric: &str, unit: &str, ts: i64, value: f64) {
+    pub fn push(
+        &mut self,
+        device_id: &str,
+        channel: &str,
+        metric: &str,
+        unit: &str,
+        ts: i64,
+        value: f64,
+    ) {
         self.device_id.push(device_id.to_string());
         self.channel.push(channel.to_string());
         self.metric.push(metric.to_string());
@@ -89,17 +97,30 @@ pub async fn aggregate(rows: ClosingRows, version: u64) -> Result<Vec<Aggregate>
     for batch in batches {
         let strings = |i: usize| -> Result<StringArray, DataFusionError> {
             let array = cast(batch.column(i), &DataType::Utf8)?;
-            Ok(array.as_any().downcast_ref::<StringArray>().expect("cast to Utf8").clone())
+            Ok(array
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("cast to Utf8")
+                .clone())
         };
         let ints = |i: usize| -> Result<Int64Array, DataFusionError> {
             let array = cast(batch.column(i), &DataType::Int64)?;
-            Ok(array.as_any().downcast_ref::<Int64Array>().expect("cast to Int64").clone())
+            Ok(array
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("cast to Int64")
+                .clone())
         };
         let floats = |i: usize| -> Result<Float64Array, DataFusionError> {
             let array = cast(batch.column(i), &DataType::Float64)?;
-            Ok(array.as_any().downcast_ref::<Float64Array>().expect("cast to Float64").clone())
+            Ok(array
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .expect("cast to Float64")
+                .clone())
         };
-        let (device, channel, metric, start, unit) = (strings(0)?, strings(1)?, strings(2)?, ints(3)?, strings(4)?);
+        let (device, channel, metric, start, unit) =
+            (strings(0)?, strings(1)?, strings(2)?, ints(3)?, strings(4)?);
         let (n, vmin, vmax, vmean) = (ints(5)?, floats(6)?, floats(7)?, floats(8)?);
         for i in 0..batch.num_rows() {
             out.push(Aggregate {
@@ -137,23 +158,60 @@ mod tests {
         let aggs = aggregate(rows, 7).await.unwrap();
         let summary: Vec<(String, String, String, i64, u64, f64, f64, f64)> = aggs
             .iter()
-            .map(|a| (a.device_id.clone(), a.channel.clone(), a.metric.clone(), a.window_start - T0, a.count, a.min, a.max, a.mean))
+            .map(|a| {
+                (
+                    a.device_id.clone(),
+                    a.channel.clone(),
+                    a.metric.clone(),
+                    a.window_start - T0,
+                    a.count,
+                    a.min,
+                    a.max,
+                    a.mean,
+                )
+            })
             .collect();
         assert_eq!(
             summary,
             vec![
                 ("a".into(), "".into(), "pm25".into(), 0, 2, 10.0, 20.0, 15.0),
-                ("a".into(), "".into(), "pm25".into(), 60_000, 1, 5.0, 5.0, 5.0),
-                ("a".into(), "outlet".into(), "cod".into(), 0, 1, 80.0, 80.0, 80.0),
+                (
+                    "a".into(),
+                    "".into(),
+                    "pm25".into(),
+                    60_000,
+                    1,
+                    5.0,
+                    5.0,
+                    5.0
+                ),
+                (
+                    "a".into(),
+                    "outlet".into(),
+                    "cod".into(),
+                    0,
+                    1,
+                    80.0,
+                    80.0,
+                    80.0
+                ),
                 ("b".into(), "".into(), "pm25".into(), 0, 1, 1.0, 1.0, 1.0),
             ]
         );
-        assert!(aggs.iter().all(|a| a.version == 7 && a.window_end == a.window_start + 60_000));
-        assert_eq!(aggs.iter().find(|a| a.metric == "cod").unwrap().unit, "mg/L");
+        assert!(aggs
+            .iter()
+            .all(|a| a.version == 7 && a.window_end == a.window_start + 60_000));
+        assert_eq!(
+            aggs.iter().find(|a| a.metric == "cod").unwrap().unit,
+            "mg/L"
+        );
     }
 
     #[tokio::test]
     async fn no_rows_no_aggregates() {
-        assert!(aggregate(ClosingRows::default(), 1).await.unwrap().is_empty());
+        assert!(aggregate(ClosingRows::default(), 1)
+            .await
+            .unwrap()
+            .is_empty());
     }
 }

@@ -27,7 +27,10 @@ pub struct Pm25Rule {
 
 impl Pm25Rule {
     pub fn new(limit: f64) -> Pm25Rule {
-        Pm25Rule { limit, state: HashMap::new() }
+        Pm25Rule {
+            limit,
+            state: HashMap::new(),
+        }
     }
 
     /// Restores the state from the latest stored alert of a device channel.
@@ -52,7 +55,10 @@ impl Pm25Rule {
         if agg.metric != "pm25" {
             return None;
         }
-        let state = self.state.entry((agg.device_id.clone(), agg.channel.clone())).or_default();
+        let state = self
+            .state
+            .entry((agg.device_id.clone(), agg.channel.clone()))
+            .or_default();
         if agg.window_start <= state.last_transition {
             return None;
         }
@@ -60,7 +66,10 @@ impl Pm25Rule {
         match (&mut state.active, above) {
             (None, true) => {
                 let alert = Alert {
-                    alert_id: format!("{PM25_RULE}:{}:{}:{}", agg.device_id, agg.channel, agg.window_start),
+                    alert_id: format!(
+                        "{PM25_RULE}:{}:{}:{}",
+                        agg.device_id, agg.channel, agg.window_start
+                    ),
                     rule: PM25_RULE.to_string(),
                     device_id: agg.device_id.clone(),
                     channel: agg.channel.clone(),
@@ -131,7 +140,12 @@ mod tests {
             .iter()
             .enumerate()
             .filter_map(|(m, mean)| rule.evaluate(&window(m as i64, *mean), m as u64 + 1))
-            .map(|a| (a.status, (a.cleared_at.unwrap_or(a.raised_at) - T0) / 60_000))
+            .map(|a| {
+                (
+                    a.status,
+                    (a.cleared_at.unwrap_or(a.raised_at) - T0) / 60_000,
+                )
+            })
             .collect()
     }
 
@@ -139,7 +153,14 @@ mod tests {
     fn one_alert_while_the_condition_holds_then_one_clear() {
         let mut rule = Pm25Rule::new(50.0);
         let events = run(&mut rule, &[10.0, 60.0, 70.0, 80.0, 50.0, 40.0, 55.0]);
-        assert_eq!(events, vec![(AlertStatus::Active, 1), (AlertStatus::Cleared, 4), (AlertStatus::Active, 6)]);
+        assert_eq!(
+            events,
+            vec![
+                (AlertStatus::Active, 1),
+                (AlertStatus::Cleared, 4),
+                (AlertStatus::Active, 6)
+            ]
+        );
     }
 
     #[test]
@@ -172,8 +193,14 @@ mod tests {
         // Restart: state restored from the stored alert, windows 2..5 replayed.
         let mut rule = Pm25Rule::new(50.0);
         rule.restore(raised.clone());
-        assert!(rule.evaluate(&window(2, 10.0), 2).is_none(), "before the raise: already decided");
-        assert!(rule.evaluate(&window(3, 60.0), 2).is_none(), "the raising window again");
+        assert!(
+            rule.evaluate(&window(2, 10.0), 2).is_none(),
+            "before the raise: already decided"
+        );
+        assert!(
+            rule.evaluate(&window(3, 60.0), 2).is_none(),
+            "the raising window again"
+        );
         assert!(rule.evaluate(&window(4, 70.0), 2).is_none());
         let cleared = rule.evaluate(&window(5, 10.0), 3).unwrap();
         assert_eq!(cleared.alert_id, raised.alert_id);

@@ -7,7 +7,7 @@
 //! - [`run`]: the service loop. Per batch of Kafka records, in this order: store raw readings;
 //!   feed the window engine; aggregate closed windows (from memory) and late windows (from
 //!   stored rows); evaluate alerts; store aggregates and alerts; publish them; checkpoint each
-//!   moved device's `closed_until`; commit offsets up to what stored rows and closed windows
+//!   moved device's `closed_until`; checkpoint offsets up to what stored rows and closed windows
 //!   cover. A crash between any two steps repeats work idempotently and loses none.
 
 pub mod aggregate;
@@ -69,15 +69,42 @@ impl StreamMetrics {
         let open_windows = IntGauge::new("ioc_stream_open_windows", "Windows open in memory")?;
         registry.register(Box::new(open_windows.clone()))?;
         Ok(StreamMetrics {
-            readings_consumed: counter("ioc_stream_readings_consumed_total", "Readings consumed from Kafka")?,
-            duplicates: counter("ioc_stream_duplicate_readings_total", "Readings whose key was already in their open window")?,
-            late_readings: counter("ioc_stream_late_readings_total", "Good readings for windows already closed (re-emitted)")?,
-            unreadable_records: counter("ioc_stream_unreadable_records_total", "Kafka records that were not a readings batch")?,
-            windows_closed: counter("ioc_stream_windows_closed_total", "Windows closed in event-time order")?,
-            aggregates_emitted: counter("ioc_stream_aggregates_emitted_total", "Aggregates stored and published (re-emissions included)")?,
-            alerts_emitted: counter("ioc_stream_alerts_emitted_total", "Alert raises and clears stored and published")?,
-            store_retries: counter("ioc_stream_store_retries_total", "ClickHouse or Kafka writes that failed and were retried")?,
-            commits: counter("ioc_stream_offset_checkpoints_total", "Offset checkpoints written")?,
+            readings_consumed: counter(
+                "ioc_stream_readings_consumed_total",
+                "Readings consumed from Kafka",
+            )?,
+            duplicates: counter(
+                "ioc_stream_duplicate_readings_total",
+                "Readings whose key was already in their open window",
+            )?,
+            late_readings: counter(
+                "ioc_stream_late_readings_total",
+                "Good readings for windows already closed (re-emitted)",
+            )?,
+            unreadable_records: counter(
+                "ioc_stream_unreadable_records_total",
+                "Kafka records that were not a readings batch",
+            )?,
+            windows_closed: counter(
+                "ioc_stream_windows_closed_total",
+                "Windows closed in event-time order",
+            )?,
+            aggregates_emitted: counter(
+                "ioc_stream_aggregates_emitted_total",
+                "Aggregates stored and published (re-emissions included)",
+            )?,
+            alerts_emitted: counter(
+                "ioc_stream_alerts_emitted_total",
+                "Alert raises and clears stored and published",
+            )?,
+            store_retries: counter(
+                "ioc_stream_store_retries_total",
+                "ClickHouse or Kafka writes that failed and were retried",
+            )?,
+            commits: counter(
+                "ioc_stream_offset_checkpoints_total",
+                "Offset checkpoints written",
+            )?,
             open_windows,
         })
     }
@@ -106,7 +133,7 @@ impl VersionClock {
 }
 
 /// Runs the stream stage until `shutdown`. It finishes the batch in hand, and leaves open
-/// windows to be rebuilt from the committed offsets by the next run.
+/// windows to be rebuilt from the checkpointed offsets by the next run.
 pub async fn run(
     config: &StreamConfig,
     bus: &KafkaBus,
@@ -122,11 +149,27 @@ pub async fn run(
     } else {
         config.partitions.clone()
     };
-    let checkpoint: HashMap<i32, i64> = history.offsets(&config.group_id, &topic).await?.into_iter().collect();
-    let consumer: StreamConsumer = bus.assigned_consumer_at(&topic, partitions.iter().map(|p| {
-        (*p, checkpoint.get(p).map_or(Offset::Beginning, |o| Offset::Offset(*o)))
-    }))?;
-    tracing::info!(?partitions, ?checkpoint, "stream consuming from its checkpoint");
+    let checkpoint: HashMap<i32, i64> = history
+        .offsets(&config.group_id, &topic)
+        .await?
+        .into_iter()
+        .collect();
+    let consumer: StreamConsumer = bus.assigned_consumer_at(
+        &topic,
+        partitions.iter().map(|p| {
+            (
+                *p,
+                checkpoint
+                    .get(p)
+                    .map_or(Offset::Beginning, |o| Offset::Offset(*o)),
+            )
+        }),
+    )?;
+    tracing::info!(
+        ?partitions,
+        ?checkpoint,
+        "stream consuming from its checkpoint"
+    );
 
     let mut engine = WindowEngine::new(
         config.allowed_lateness.as_millis() as i64,
@@ -139,19 +182,41 @@ pub async fn run(
 
     while !shutdown.is_cancelled() {
         let records = collect_batch(&consumer, config, &metrics, &shutdown).await;
-        let step = Step { bus, history: &history, producer: &producer, metrics: &metrics, shutdown: &shutdown };
-        if !step.process(records, &mut engine, &mut rule, &mut versions).await {
+        let step = Step {
+            bus,
+            history: &history,
+            producer: &producer,
+            metrics: &metrics,
+            shutdown: &shutdown,
+        };
+        if !step
+            .process(records, &mut engine, &mut rule, &mut versions)
+            .await
+        {
             break; // shut down while a write was being retried; nothing was checkpointed for it
         }
         metrics.open_windows.set(engine.open_windows() as i64);
-        if !step.checkpoint_offsets(&config.group_id, &topic, &engine, &mut committed, &mut versions).await {
+        if !step
+            .checkpoint_offsets(
+                &config.group_id,
+                &topic,
+                &engine,
+                &mut committed,
+                &mut versions,
+            )
+            .await
+        {
             break;
         }
     }
     Ok(())
 }
 
-async fn restore(history: &History, engine: &mut WindowEngine, rule: &mut Pm25Rule) -> Result<(), StreamError> {
+async fn restore(
+    history: &History,
+    engine: &mut WindowEngine,
+    rule: &mut Pm25Rule,
+) -> Result<(), StreamError> {
     for (device, until) in history.closed_until().await? {
         engine.restore_closed_until(&device, until);
     }
@@ -178,12 +243,22 @@ async fn collect_batch<C: ConsumerContext + 'static>(
         };
         match message {
             Ok(m) => {
-                let batch = m.payload().and_then(|p| serde_json::from_slice::<ReadingBatch>(p).ok());
+                let batch = m
+                    .payload()
+                    .and_then(|p| serde_json::from_slice::<ReadingBatch>(p).ok());
                 if batch.is_none() {
                     metrics.unreadable_records.inc();
-                    tracing::error!(partition = m.partition(), offset = m.offset(), "readings record is not a readings batch; skipped");
+                    tracing::error!(
+                        partition = m.partition(),
+                        offset = m.offset(),
+                        "readings record is not a readings batch; skipped"
+                    );
                 }
-                out.push(Consumed { partition: m.partition(), offset: m.offset(), batch });
+                out.push(Consumed {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    batch,
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "Kafka consume error");
@@ -215,7 +290,7 @@ impl Step<'_> {
                 Ok(v) => return Some(v),
                 Err(e) => {
                     self.metrics.store_retries.inc();
-                    tracing::error!(error = %e, retry_in = ?backoff, "{what} failed; retrying (offsets stay uncommitted)");
+                    tracing::error!(error = %e, retry_in = ?backoff, "{what} failed; retrying (offsets stay where they were checkpointed)");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = self.shutdown.cancelled() => return None,
@@ -234,10 +309,18 @@ impl Step<'_> {
         rule: &mut Pm25Rule,
         versions: &mut VersionClock,
     ) -> bool {
-        let readings = records.iter().filter_map(|c| c.batch.as_ref()).flat_map(|b| b.readings.iter());
+        let readings = records
+            .iter()
+            .filter_map(|c| c.batch.as_ref())
+            .flat_map(|b| b.readings.iter());
         let n = readings.clone().count();
         if n > 0 {
-            let Some(_) = self.retry("storing readings", || self.history.insert_readings(readings.clone())).await else {
+            let Some(_) = self
+                .retry("storing readings", || {
+                    self.history.insert_readings(readings.clone())
+                })
+                .await
+            else {
                 return false;
             };
             self.metrics.readings_consumed.inc_by(n as u64);
@@ -268,18 +351,31 @@ impl Step<'_> {
         let mut in_order = ClosingRows::default();
         for (key, window) in &closed.windows {
             for (ts, value) in &window.values {
-                in_order.push(&key.device_id, &key.channel, &key.metric, &window.unit, *ts, *value);
+                in_order.push(
+                    &key.device_id,
+                    &key.channel,
+                    &key.metric,
+                    &window.unit,
+                    *ts,
+                    *value,
+                );
             }
         }
         let mut reemit = ClosingRows::default();
         let mut late_by_device: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
         for key in &late {
-            let range = late_by_device.entry(&key.device_id).or_insert((key.start, key.start + WINDOW_MS));
+            let range = late_by_device
+                .entry(&key.device_id)
+                .or_insert((key.start, key.start + WINDOW_MS));
             range.0 = range.0.min(key.start);
             range.1 = range.1.max(key.start + WINDOW_MS);
         }
         for (device, (from, to)) in late_by_device {
-            let Some(rows) = self.retry("reading stored rows of late windows", || self.history.good_values(device, from, to)).await
+            let Some(rows) = self
+                .retry("reading stored rows of late windows", || {
+                    self.history.good_values(device, from, to)
+                })
+                .await
             else {
                 return false;
             };
@@ -291,7 +387,14 @@ impl Step<'_> {
                     start: ioc_contract::window_start(row.ts),
                 };
                 if late.contains(&key) {
-                    reemit.push(&row.device_id, &row.channel, &row.metric, &row.unit, row.ts, row.value);
+                    reemit.push(
+                        &row.device_id,
+                        &row.channel,
+                        &row.metric,
+                        &row.unit,
+                        row.ts,
+                        row.value,
+                    );
                 }
             }
         }
@@ -304,7 +407,9 @@ impl Step<'_> {
             tracing::error!("DataFusion aggregation failed; the batch will be retried from Kafka");
             return false;
         };
-        self.metrics.windows_closed.inc_by(closed.windows.len() as u64);
+        self.metrics
+            .windows_closed
+            .inc_by(closed.windows.len() as u64);
 
         let mut alerts: Vec<Alert> = Vec::new();
         for agg in &in_order {
@@ -314,20 +419,45 @@ impl Step<'_> {
         }
         let aggregates: Vec<Aggregate> = in_order.into_iter().chain(reemitted).collect();
 
-        if !aggregates.is_empty() && self.retry("storing aggregates", || self.history.insert_aggregates(&aggregates)).await.is_none() {
+        if !aggregates.is_empty()
+            && self
+                .retry("storing aggregates", || {
+                    self.history.insert_aggregates(&aggregates)
+                })
+                .await
+                .is_none()
+        {
             return false;
         }
-        if !alerts.is_empty() && self.retry("storing alerts", || self.history.insert_alerts(&alerts)).await.is_none() {
+        if !alerts.is_empty()
+            && self
+                .retry("storing alerts", || self.history.insert_alerts(&alerts))
+                .await
+                .is_none()
+        {
             return false;
         }
-        let published = self.publish(&self.bus.topics.aggregates, aggregates.iter().map(|a| (&a.device_id, serde_json::to_vec(a))));
+        let published = self.publish(
+            &self.bus.topics.aggregates,
+            aggregates
+                .iter()
+                .map(|a| (&a.device_id, serde_json::to_vec(a))),
+        );
         if !published.await {
             return false;
         }
-        if !self.publish(&self.bus.topics.alerts, alerts.iter().map(|a| (&a.device_id, serde_json::to_vec(a)))).await {
+        if !self
+            .publish(
+                &self.bus.topics.alerts,
+                alerts.iter().map(|a| (&a.device_id, serde_json::to_vec(a))),
+            )
+            .await
+        {
             return false;
         }
-        self.metrics.aggregates_emitted.inc_by(aggregates.len() as u64);
+        self.metrics
+            .aggregates_emitted
+            .inc_by(aggregates.len() as u64);
         self.metrics.alerts_emitted.inc_by(alerts.len() as u64);
         for alert in &alerts {
             tracing::info!(alert_id = %alert.alert_id, status = alert.status.as_str(), "{}", alert.message);
@@ -344,7 +474,13 @@ impl Step<'_> {
                     version: checkpoint_version,
                 })
                 .collect();
-            if self.retry("checkpointing watermarks", || self.history.insert_watermarks(rows.clone())).await.is_none() {
+            if self
+                .retry("checkpointing watermarks", || {
+                    self.history.insert_watermarks(rows.clone())
+                })
+                .await
+                .is_none()
+            {
                 return false;
             }
         }
@@ -377,7 +513,13 @@ impl Step<'_> {
         if rows.is_empty() {
             return true;
         }
-        if self.retry("checkpointing offsets", || self.history.insert_offsets(rows.clone())).await.is_none() {
+        if self
+            .retry("checkpointing offsets", || {
+                self.history.insert_offsets(rows.clone())
+            })
+            .await
+            .is_none()
+        {
             return false;
         }
         self.metrics.commits.inc();
@@ -391,17 +533,23 @@ impl Step<'_> {
         topic: &str,
         records: impl Iterator<Item = (&'r String, Result<Vec<u8>, serde_json::Error>)>,
     ) -> bool {
-        let records: Vec<(&String, Vec<u8>)> =
-            records.filter_map(|(k, v)| v.ok().map(|v| (k, v))).collect();
+        let records: Vec<(&String, Vec<u8>)> = records
+            .filter_map(|(k, v)| v.ok().map(|v| (k, v)))
+            .collect();
         let sends = records.iter().map(|(key, payload)| {
             self.retry("publishing to Kafka", move || async move {
                 self.producer
-                    .send(FutureRecord::to(topic).key(key.as_str()).payload(payload), Duration::from_secs(5))
+                    .send(
+                        FutureRecord::to(topic).key(key.as_str()).payload(payload),
+                        Duration::from_secs(5),
+                    )
                     .await
                     .map_err(|(e, _)| e)
             })
         });
-        futures::future::join_all(sends).await.iter().all(Option::is_some)
+        futures::future::join_all(sends)
+            .await
+            .iter()
+            .all(Option::is_some)
     }
 }
-

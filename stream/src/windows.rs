@@ -11,7 +11,7 @@
 //!   the caller stores it and recomputes that window from stored rows.
 //! - Open windows keep their values keyed by timestamp, so a redelivered reading (same key)
 //!   replaces itself instead of counting twice.
-//! - The committable offset of a partition is the lowest offset still held by an open window,
+//! - The committable offset of a partition (checkpointed by the caller) is the lowest offset still held by an open window,
 //!   or the next offset to consume if none: everything below it is stored and, where it belongs
 //!   to a window, that window is closed and emitted. After a crash the stream resumes there and
 //!   rebuilds every open window completely.
@@ -114,13 +114,20 @@ impl WindowEngine {
         }
         let start = window_start(r.ts);
         let device = self.devices.entry(r.device_id.clone()).or_default();
-        let key = WindowKey { device_id: r.device_id.clone(), channel: r.channel.clone(), metric: r.metric.clone(), start };
+        let key = WindowKey {
+            device_id: r.device_id.clone(),
+            channel: r.channel.clone(),
+            metric: r.metric.clone(),
+            start,
+        };
         if start + WINDOW_MS <= device.closed_until {
             return Observed::Late(key);
         }
         device.max_ts = Some(device.max_ts.map_or(r.ts, |m| m.max(r.ts)));
         device.last_seen = device.last_seen.max(now);
-        device.open.insert((start, r.channel.clone(), r.metric.clone()));
+        device
+            .open
+            .insert((start, r.channel.clone(), r.metric.clone()));
         let window = self.windows.entry(key).or_insert_with(|| OpenWindow {
             values: HashMap::new(),
             unit: r.unit.clone(),
@@ -150,7 +157,12 @@ impl WindowEngine {
                 until = until.max(window_start(max_ts - self.lateness_ms));
             }
             if !device.open.is_empty() && now - device.last_seen >= self.idle_ms {
-                let newest = device.open.iter().next_back().map(|(s, _, _)| *s).unwrap_or(i64::MIN);
+                let newest = device
+                    .open
+                    .iter()
+                    .next_back()
+                    .map(|(s, _, _)| *s)
+                    .unwrap_or(i64::MIN);
                 until = until.max(newest + WINDOW_MS);
             }
             if until == device.closed_until {
@@ -163,7 +175,12 @@ impl WindowEngine {
                     break;
                 }
                 let (start, channel, metric) = device.open.pop_first().expect("checked non-empty");
-                let key = WindowKey { device_id: device_id.clone(), channel, metric, start };
+                let key = WindowKey {
+                    device_id: device_id.clone(),
+                    channel,
+                    metric,
+                    start,
+                };
                 if let Some(window) = self.windows.remove(&key) {
                     closed.windows.push((key, window));
                 }
@@ -258,10 +275,18 @@ mod tests {
         let late = e.observe(&reading("a", "pm25", T0 + 30_000, 9.0), 0, 2, 0);
         assert_eq!(
             late,
-            Observed::Late(WindowKey { device_id: "a".into(), channel: "".into(), metric: "pm25".into(), start: T0 })
+            Observed::Late(WindowKey {
+                device_id: "a".into(),
+                channel: "".into(),
+                metric: "pm25".into(),
+                start: T0
+            })
         );
         // Days-late backfill is late too, not dropped.
-        assert!(matches!(e.observe(&reading("a", "pm25", T0 - 86_400_000, 1.0), 0, 3, 0), Observed::Late(_)));
+        assert!(matches!(
+            e.observe(&reading("a", "pm25", T0 - 86_400_000, 1.0), 0, 3, 0),
+            Observed::Late(_)
+        ));
         // A late reading does not reopen anything or hold back commits.
         assert_eq!(e.open_windows(), 1);
         assert_eq!(e.committable()[&0], 1);
@@ -270,8 +295,14 @@ mod tests {
     #[test]
     fn a_redelivered_reading_is_not_counted_twice() {
         let mut e = engine();
-        assert_eq!(e.observe(&reading("a", "pm25", T0 + 5_000, 1.0), 0, 0, 0), Observed::Added);
-        assert_eq!(e.observe(&reading("a", "pm25", T0 + 5_000, 1.0), 0, 7, 0), Observed::Duplicate);
+        assert_eq!(
+            e.observe(&reading("a", "pm25", T0 + 5_000, 1.0), 0, 0, 0),
+            Observed::Added
+        );
+        assert_eq!(
+            e.observe(&reading("a", "pm25", T0 + 5_000, 1.0), 0, 7, 0),
+            Observed::Duplicate
+        );
         e.observe(&reading("a", "pm25", T0 + 80_000, 1.0), 0, 8, 0);
         let closed = e.advance(0);
         assert_eq!(closed.windows[0].1.values.len(), 1);
@@ -299,7 +330,13 @@ mod tests {
     fn a_restored_checkpoint_makes_replayed_closed_windows_late() {
         let mut e = engine();
         e.restore_closed_until("a", T0 + 60_000);
-        assert!(matches!(e.observe(&reading("a", "pm25", T0 + 1_000, 1.0), 0, 0, 0), Observed::Late(_)));
-        assert_eq!(e.observe(&reading("a", "pm25", T0 + 61_000, 1.0), 0, 1, 0), Observed::Added);
+        assert!(matches!(
+            e.observe(&reading("a", "pm25", T0 + 1_000, 1.0), 0, 0, 0),
+            Observed::Late(_)
+        ));
+        assert_eq!(
+            e.observe(&reading("a", "pm25", T0 + 61_000, 1.0), 0, 1, 0),
+            Observed::Added
+        );
     }
 }

@@ -15,13 +15,16 @@ pub const CLICKHOUSE: &str = "http://127.0.0.1:8123";
 pub const TOKEN: &str = "test-admin-token";
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A process killed when dropped.
 pub struct Proc {
     pub child: Child,
-    pub name: String,
 }
 
 impl Proc {
@@ -75,14 +78,24 @@ impl Env {
     /// Creates the deployment's folder and config and starts its Mosquitto. `extra` is appended
     /// to the generated config file.
     pub fn new(name: &str, extra: &str) -> Result<Env> {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .subsec_nanos();
         let id = format!("t_{name}_{}_{nanos}", std::process::id());
         let dir = std::env::temp_dir().join(&id);
         std::fs::create_dir_all(&dir)?;
         let mqtt_port = free_port();
-        let (api_port, ingest_metrics_port, stream_metrics_port) = (free_port(), free_port(), free_port());
+        let (api_port, ingest_metrics_port, stream_metrics_port) =
+            (free_port(), free_port(), free_port());
 
-        let conf = ioc_config_text(&id, mqtt_port, api_port, ingest_metrics_port, stream_metrics_port, extra);
+        let conf = ioc_config_text(
+            &id,
+            mqtt_port,
+            api_port,
+            ingest_metrics_port,
+            stream_metrics_port,
+            extra,
+        );
         let config_path = dir.join("ioc.toml");
         std::fs::write(&config_path, conf)?;
 
@@ -132,13 +145,16 @@ impl Env {
             .stderr(log)
             .spawn()
             .context("starting mosquitto")?;
-        self.mosquitto = Some(Proc { child, name: "mosquitto".into() });
+        self.mosquitto = Some(Proc { child });
         wait_port(self.mqtt_port, Duration::from_secs(10))
     }
 
     /// Starts `ioc <args>` with this deployment's config; output goes to `<dir>/<log>.log`.
     pub fn ioc(&self, log: &str, args: &[&str]) -> Result<Proc> {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{log}.log")))?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{log}.log")))?;
         let err = out.try_clone()?;
         let child = Command::new(env!("CARGO_BIN_EXE_ioc"))
             .arg("--config")
@@ -149,7 +165,7 @@ impl Env {
             .stderr(err)
             .spawn()
             .with_context(|| format!("starting ioc {args:?}"))?;
-        Ok(Proc { child, name: log.into() })
+        Ok(Proc { child })
     }
 
     /// Runs `ioc <args>` to completion; returns stdout, failing on a non-zero exit.
@@ -160,7 +176,10 @@ impl Env {
             .args(args)
             .output()?;
         if !output.status.success() {
-            bail!("ioc {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+            bail!(
+                "ioc {args:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         Ok(String::from_utf8(output.stdout)?)
     }
@@ -170,7 +189,12 @@ impl Env {
     }
 
     pub async fn get_json(&self, path: &str) -> Result<serde_json::Value> {
-        let r = self.http.get(self.api(path)).bearer_auth(TOKEN).send().await?;
+        let r = self
+            .http
+            .get(self.api(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await?;
         let status = r.status();
         let body = r.text().await?;
         if !status.is_success() {
@@ -189,7 +213,10 @@ impl Env {
                 }
             }
             if Instant::now() > deadline {
-                bail!("{url} did not answer within {timeout:?} (logs in {})", self.dir.display());
+                bail!(
+                    "{url} did not answer within {timeout:?} (logs in {})",
+                    self.dir.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -197,7 +224,13 @@ impl Env {
 
     /// Value of a Prometheus sample (`name` or `name{labels}`) at `port`.
     pub async fn metric(&self, port: u16, sample: &str) -> Result<f64> {
-        let text = self.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await?.text().await?;
+        let text = self
+            .http
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix(sample) {
                 if let Some(v) = rest.strip_prefix(' ') {
@@ -214,7 +247,12 @@ impl Env {
     }
 
     /// Waits until `probe` returns Some.
-    pub async fn eventually<T, F, Fut>(&self, what: &str, timeout: Duration, mut probe: F) -> Result<T>
+    pub async fn eventually<T, F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut probe: F,
+    ) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<Option<T>>>,
@@ -240,25 +278,46 @@ impl Env {
             "device_id": device_id, "kind": kind, "name": format!("test {device_id}"),
             "lat": 12.68, "lon": 108.05, "expected_interval_s": 60
         });
-        let r = self.http.post(self.api("/api/v1/devices")).bearer_auth(TOKEN).json(&body).send().await?;
+        let r = self
+            .http
+            .post(self.api("/api/v1/devices"))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await?;
         if !r.status().is_success() {
-            bail!("registering {device_id}: {} {}", r.status(), r.text().await?);
+            bail!(
+                "registering {device_id}: {} {}",
+                r.status(),
+                r.text().await?
+            );
         }
         Ok(())
     }
 
     /// Waits until ingest's registry view has at least `n` devices.
     pub async fn wait_ingest_knows(&self, n: usize) -> Result<()> {
-        self.eventually("ingest to see the registered devices", Duration::from_secs(30), || async {
-            let seen = self.metric(self.ingest_metrics_port, "ioc_ingest_registry_devices").await?;
-            Ok((seen as usize >= n).then_some(()))
-        })
+        self.eventually(
+            "ingest to see the registered devices",
+            Duration::from_secs(30),
+            || async {
+                let seen = self
+                    .metric(self.ingest_metrics_port, "ioc_ingest_registry_devices")
+                    .await?;
+                Ok((seen as usize >= n).then_some(()))
+            },
+        )
         .await
     }
 
-    pub fn mqtt_client(&self, client_id: &str) -> (rumqttc::AsyncClient, tokio::task::JoinHandle<()>) {
+    pub fn mqtt_client(
+        &self,
+        client_id: &str,
+    ) -> (rumqttc::AsyncClient, tokio::task::JoinHandle<()>) {
         let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", self.mqtt_port);
-        options.set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024).set_inflight(100);
+        options
+            .set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024)
+            .set_inflight(100);
         let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 100);
         let task = tokio::spawn(async move {
             loop {
@@ -277,14 +336,25 @@ impl Drop for Env {
         let id = self.id.clone();
         let _ = std::thread::spawn(move || {
             let _ = std::process::Command::new("curl")
-                .args(["-sS", "--max-time", "10", CLICKHOUSE, "--data-binary", &format!("DROP DATABASE IF EXISTS {id}")])
+                .args([
+                    "-sS",
+                    "--max-time",
+                    "10",
+                    CLICKHOUSE,
+                    "--data-binary",
+                    &format!("DROP DATABASE IF EXISTS {id}"),
+                ])
                 .output();
         })
         .join();
     }
 }
 
-pub async fn clickhouse_query(http: &reqwest::Client, database: &str, sql: &str) -> Result<Vec<Vec<String>>> {
+pub async fn clickhouse_query(
+    http: &reqwest::Client,
+    database: &str,
+    sql: &str,
+) -> Result<Vec<Vec<String>>> {
     let r = http
         .post(format!("{CLICKHOUSE}/?database={database}"))
         .body(format!("{sql} FORMAT TabSeparated"))
@@ -295,10 +365,21 @@ pub async fn clickhouse_query(http: &reqwest::Client, database: &str, sql: &str)
     if !status.is_success() {
         bail!("clickhouse: {status}: {text}");
     }
-    Ok(text.lines().filter(|l| !l.is_empty()).map(|l| l.split('\t').map(str::to_string).collect()).collect())
+    Ok(text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect())
 }
 
-fn ioc_config_text(id: &str, mqtt: u16, api: u16, ingest_metrics: u16, stream_metrics: u16, extra: &str) -> String {
+fn ioc_config_text(
+    id: &str,
+    mqtt: u16,
+    api: u16,
+    ingest_metrics: u16,
+    stream_metrics: u16,
+    extra: &str,
+) -> String {
     format!(
         r#"[mqtt]
 port = {mqtt}
@@ -378,5 +459,8 @@ pub async fn aggregates_vs_recomputation(env: &Env) -> Result<(Vec<String>, Vec<
              FROM readings FINAL WHERE quality = 'good' GROUP BY device_id, channel, metric, ws ORDER BY device_id, channel, metric, ws",
         )
         .await?;
-    Ok((stored.into_iter().map(|r| r.join(" ")).collect(), recomputed.into_iter().map(|r| r.join(" ")).collect()))
+    Ok((
+        stored.into_iter().map(|r| r.join(" ")).collect(),
+        recomputed.into_iter().map(|r| r.join(" ")).collect(),
+    ))
 }

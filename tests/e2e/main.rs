@@ -12,8 +12,16 @@ fn check_config_reports_every_problem_with_its_path() {
     let dir = std::env::temp_dir().join(format!("ioc-check-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.toml");
-    std::fs::write(&bad, "[kafka]\nbrokers = 1\nbogus = true\n[stream]\nidle_timeout = \"soon\"\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ioc")).args(["check-config"]).arg(&bad).output().unwrap();
+    std::fs::write(
+        &bad,
+        "[kafka]\nbrokers = 1\nbogus = true\n[stream]\nidle_timeout = \"soon\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ioc"))
+        .args(["check-config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     for path in ["kafka.brokers", "kafka.bogus", "stream.idle_timeout"] {
@@ -21,8 +29,16 @@ fn check_config_reports_every_problem_with_its_path() {
     }
     let good = dir.join("good.toml");
     std::fs::write(&good, "[stream.pm25_alert]\nlimit = 45\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ioc")).args(["check-config"]).arg(&good).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_ioc"))
+        .args(["check-config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -36,6 +52,12 @@ fn a_busy_port_is_named_with_the_flag_to_change_it() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("already in use") && stderr.contains("--http-listen"), "{stderr}");
-    assert!(stderr.contains(&taken.local_addr().unwrap().port().to_string()), "{stderr}");
+    assert!(
+        stderr.contains("already in use") && stderr.contains("--http-listen"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&taken.local_addr().unwrap().port().to_string()),
+        "{stderr}"
+    );
 }

@@ -18,45 +18,88 @@ fn assert_same_aggregates(stored: &[String], recomputed: &[String]) {
     assert_eq!(stored.len(), recomputed.len(), "number of windows differs");
     for (s, r) in stored.iter().zip(recomputed) {
         let (s, r): (Vec<&str>, Vec<&str>) = (s.split(' ').collect(), r.split(' ').collect());
-        assert_eq!(s[..5], r[..5], "window key or count differs: {s:?} vs {r:?}");
+        assert_eq!(
+            s[..5],
+            r[..5],
+            "window key or count differs: {s:?} vs {r:?}"
+        );
         for i in 5..8 {
             let (a, b): (f64, f64) = (s[i].parse().unwrap(), r[i].parse().unwrap());
-            assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "value {i} differs: {s:?} vs {r:?}");
+            assert!(
+                (a - b).abs() <= 1e-6 * a.abs().max(1.0),
+                "value {i} differs: {s:?} vs {r:?}"
+            );
         }
     }
 }
 
-async fn start_pipeline(env: &Env) -> Result<(crate::harness::Proc, crate::harness::Proc, crate::harness::Proc)> {
+async fn start_pipeline(
+    env: &Env,
+) -> Result<(
+    crate::harness::Proc,
+    crate::harness::Proc,
+    crate::harness::Proc,
+)> {
     let api = env.ioc("api", &["api"])?;
-    env.wait_http(&env.api("/healthz"), Duration::from_secs(60)).await?;
+    env.wait_http(&env.api("/healthz"), Duration::from_secs(60))
+        .await?;
     let stream = env.ioc("stream", &["stream"])?;
     let ingest = env.ioc("ingest", &["ingest"])?;
-    env.wait_http(&format!("http://127.0.0.1:{}/healthz", env.ingest_metrics_port), Duration::from_secs(60)).await?;
-    env.wait_http(&format!("http://127.0.0.1:{}/healthz", env.stream_metrics_port), Duration::from_secs(60)).await?;
+    env.wait_http(
+        &format!("http://127.0.0.1:{}/healthz", env.ingest_metrics_port),
+        Duration::from_secs(60),
+    )
+    .await?;
+    env.wait_http(
+        &format!("http://127.0.0.1:{}/healthz", env.stream_metrics_port),
+        Duration::from_secs(60),
+    )
+    .await?;
     Ok((api, stream, ingest))
 }
 
 fn sim_report(stdout: &str) -> SimReport {
-    serde_json::from_str(stdout.lines().last().expect("sim prints its report")).expect("sim report is JSON")
+    serde_json::from_str(stdout.lines().last().expect("sim prints its report"))
+        .expect("sim report is JSON")
 }
 
 async fn stored_counts(env: &Env) -> Result<(u64, u64)> {
-    let rows = env.clickhouse("SELECT count(), uniqExact(device_id, channel, metric, ts) FROM readings FINAL").await?;
+    let rows = env
+        .clickhouse("SELECT count(), uniqExact(device_id, channel, metric, ts) FROM readings FINAL")
+        .await?;
     Ok((rows[0][0].parse()?, rows[0][1].parse()?))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Result<()> {
-    let env = Env::new("flow", "[sim]\nair_quality = 3\nwastewater = 1\ntraffic_counters = 1\n")?;
-    let (_api, _stream, _ingest) = start_pipeline(&env).await?;
+    let env = Env::new(
+        "flow",
+        "[sim]\nair_quality = 3\nwastewater = 1\ntraffic_counters = 1\n",
+    )?;
+    let (mut api, mut stream, mut ingest) = start_pipeline(&env).await?;
 
     // A websocket client subscribed before anything is published.
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/api/v1/ws?token={TOKEN}", env.api_port)).await?;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "ws://127.0.0.1:{}/api/v1/ws?token={TOKEN}",
+        env.api_port
+    ))
+    .await?;
     for stream in ["readings", "alerts", "aggregates"] {
-        ws.send(Message::Text(format!(r#"{{"op":"subscribe","stream":"{stream}"}}"#).into())).await?;
+        ws.send(Message::Text(
+            format!(r#"{{"op":"subscribe","stream":"{stream}"}}"#).into(),
+        ))
+        .await?;
     }
 
-    env.ioc_output(&["sim", "--count", "0", "--register-with", &env.api(""), "--admin-token", TOKEN])?;
+    env.ioc_output(&[
+        "sim",
+        "--count",
+        "0",
+        "--register-with",
+        &env.api(""),
+        "--admin-token",
+        TOKEN,
+    ])?;
     env.register("aq-alert", "air_quality").await?;
     env.wait_ingest_knows(6).await?;
 
@@ -69,7 +112,13 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
         for second in [5, 20, 35, 50] {
             let ts = base + minute as i64 * 60_000 + second * 1000;
             let body = format!(r#"{{"ts":{ts},"values":{{"pm25":{pm25}}}}}"#);
-            mqtt.publish("ioc/v1/devices/aq-alert/telemetry", QoS::AtLeastOnce, false, body).await?;
+            mqtt.publish(
+                "ioc/v1/devices/aq-alert/telemetry",
+                QoS::AtLeastOnce,
+                false,
+                body,
+            )
+            .await?;
         }
     }
     let alert_readings = episode.len() as u64 * 4;
@@ -80,47 +129,118 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
     let expected = report.readings + alert_readings;
 
     let (count, distinct) = env
-        .eventually("every reading in ClickHouse", Duration::from_secs(90), || async {
-            let (count, distinct) = stored_counts(&env).await?;
-            Ok((count >= expected).then_some((count, distinct)))
-        })
+        .eventually(
+            "every reading in ClickHouse",
+            Duration::from_secs(90),
+            || async {
+                let (count, distinct) = stored_counts(&env).await?;
+                Ok((count >= expected).then_some((count, distinct)))
+            },
+        )
         .await?;
     assert_eq!(count, expected, "every reading key exactly once");
     assert_eq!(distinct, expected);
 
     // Once every device has been idle for the idle timeout, all windows are closed.
     let (stored, recomputed) = env
-        .eventually("aggregates to equal a recomputation from the raw rows", Duration::from_secs(60), || async {
-            let (s, r) = aggregates_vs_recomputation(&env).await?;
-            Ok((s.len() == r.len() && !s.is_empty()).then_some((s, r)))
-        })
+        .eventually(
+            "aggregates to equal a recomputation from the raw rows",
+            Duration::from_secs(60),
+            || async {
+                let (s, r) = aggregates_vs_recomputation(&env).await?;
+                Ok((s.len() == r.len() && !s.is_empty()).then_some((s, r)))
+            },
+        )
         .await?;
     assert_same_aggregates(&stored, &recomputed);
 
-    let alerts = env.get_json(&format!("/api/v1/alerts?device_id=aq-alert&from={}", base - 60_000)).await?;
+    let alerts = env
+        .get_json(&format!(
+            "/api/v1/alerts?device_id=aq-alert&from={}",
+            base - 60_000
+        ))
+        .await?;
     let alerts = alerts["alerts"].as_array().unwrap().clone();
-    assert_eq!(alerts.len(), 1, "one alert for the episode, not one per window: {alerts:?}");
+    assert_eq!(
+        alerts.len(),
+        1,
+        "one alert for the episode, not one per window: {alerts:?}"
+    );
     assert_eq!(alerts[0]["status"], "cleared");
     assert_eq!(alerts[0]["raised_at"], ioc_contract::time::format_ms(base));
-    assert_eq!(alerts[0]["cleared_at"], ioc_contract::time::format_ms(base + 120_000));
+    assert_eq!(
+        alerts[0]["cleared_at"],
+        ioc_contract::time::format_ms(base + 120_000)
+    );
     assert_eq!(alerts[0]["peak"], 95.0);
 
     // History over HTTP, times as RFC 3339 UTC with milliseconds.
-    let readings = env.get_json(&format!("/api/v1/readings?device_id=aq-alert&from={}&metric=pm25", base)).await?;
+    let readings = env
+        .get_json(&format!(
+            "/api/v1/readings?device_id=aq-alert&from={}&metric=pm25",
+            base
+        ))
+        .await?;
     let readings = readings["readings"].as_array().unwrap();
     assert_eq!(readings.len() as u64, alert_readings);
-    assert_eq!(readings[0]["ts"], ioc_contract::time::format_ms(base + 5_000));
+    assert_eq!(
+        readings[0]["ts"],
+        ioc_contract::time::format_ms(base + 5_000)
+    );
     assert_eq!(readings[0]["unit"], "µg/m³");
-    let aggregates = env.get_json(&format!("/api/v1/aggregates?device_id=aq-alert&from={}", base)).await?;
-    let first = &aggregates["aggregates"][0];
-    assert_eq!((first["count"].as_u64(), first["mean"].as_f64()), (Some(4), Some(80.0)));
+    let aggregates = env
+        .get_json(&format!(
+            "/api/v1/aggregates?device_id=aq-alert&from={}",
+            base
+        ))
+        .await?;
+    let first = aggregates["aggregates"][0].clone();
+    assert_eq!(
+        (first["count"].as_u64(), first["mean"].as_f64()),
+        (Some(4), Some(80.0))
+    );
+
+    // A late reading (its window closed minutes ago, as with station backfill) is stored and its
+    // window re-emitted with a higher version; a redelivered copy of it changes nothing.
+    let late = format!(r#"{{"ts":{},"values":{{"pm25":20}}}}"#, base + 10_000);
+    for _ in 0..2 {
+        mqtt.publish(
+            "ioc/v1/devices/aq-alert/telemetry",
+            QoS::AtLeastOnce,
+            false,
+            late.clone(),
+        )
+        .await?;
+    }
+    let reemitted = env
+        .eventually(
+            "the late reading's window to be re-emitted",
+            Duration::from_secs(60),
+            || async {
+                let a = env
+                    .get_json(&format!(
+                        "/api/v1/aggregates?device_id=aq-alert&from={base}&to={}",
+                        base + 60_000
+                    ))
+                    .await?;
+                let a = a["aggregates"][0].clone();
+                Ok((a["count"].as_u64() == Some(5)).then_some(a))
+            },
+        )
+        .await?;
+    assert_eq!(reemitted["mean"].as_f64(), Some((80.0 * 4.0 + 20.0) / 5.0));
+    assert!(reemitted["version"].as_u64() > first["version"].as_u64());
+    let (stored, recomputed) = aggregates_vs_recomputation(&env).await?;
+    assert_same_aggregates(&stored, &recomputed);
 
     // The websocket saw live readings, and the alert raised and cleared.
     let mut seen_streams = HashSet::new();
     let mut alert_statuses = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !(seen_streams.contains("readings") && alert_statuses.contains(&"cleared".to_string())) {
-        let message = tokio::time::timeout_at(deadline, ws.next()).await?.expect("socket open")?;
+        let message = tokio::time::timeout_at(deadline, ws.next())
+            .await?
+            .expect("socket open")?;
         if let Message::Text(text) = message {
             let v: serde_json::Value = serde_json::from_str(&text)?;
             if let Some(stream) = v["stream"].as_str() {
@@ -147,20 +267,69 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
         .await?;
     assert_eq!(bad.status(), 422);
     let body: serde_json::Value = bad.json().await?;
-    let fields: HashSet<&str> = body["problems"].as_array().unwrap().iter().map(|p| p["field"].as_str().unwrap()).collect();
-    assert_eq!(fields, HashSet::from(["device_id", "kind", "name", "lat", "lon", "expected_interval_s"]));
+    let fields: HashSet<&str> = body["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        HashSet::from([
+            "device_id",
+            "kind",
+            "name",
+            "lat",
+            "lon",
+            "expected_interval_s"
+        ])
+    );
     let devices = env.get_json("/api/v1/devices").await?;
     assert_eq!(devices["devices"].as_array().unwrap().len(), 6);
-    let missing = env.http.get(env.api("/api/v1/devices/nope")).bearer_auth(TOKEN).send().await?;
+    let missing = env
+        .http
+        .get(env.api("/api/v1/devices/nope"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await?;
     assert_eq!(missing.status(), 404);
+
+    // SIGTERM: every stage drains and exits cleanly.
+    for (name, process) in [
+        ("ingest", &mut ingest),
+        ("stream", &mut stream),
+        ("api", &mut api),
+    ] {
+        let status = process.terminate(Duration::from_secs(20));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{name} exited cleanly on SIGTERM: {status:?}"
+        );
+    }
+    let log = std::fs::read_to_string(env.dir.join("ingest.log"))?;
+    assert!(
+        log.contains("left_unacked=0"),
+        "ingest drained before exiting"
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_ingest_and_stream_loses_nothing_and_doubles_nothing() -> Result<()> {
-    let env = Env::new("chaos", "[sim]\nair_quality = 4\nwastewater = 2\ntraffic_counters = 2\n")?;
+    let env = Env::new(
+        "chaos",
+        "[sim]\nair_quality = 4\nwastewater = 2\ntraffic_counters = 2\n",
+    )?;
     let (_api, mut stream, mut ingest) = start_pipeline(&env).await?;
-    env.ioc_output(&["sim", "--count", "0", "--register-with", &env.api(""), "--admin-token", TOKEN])?;
+    env.ioc_output(&[
+        "sim",
+        "--count",
+        "0",
+        "--register-with",
+        &env.api(""),
+        "--admin-token",
+        TOKEN,
+    ])?;
     env.wait_ingest_knows(8).await?;
 
     let sim = env.ioc("sim", &["sim", "--count", "3000", "--rate", "150"])?;
@@ -180,7 +349,11 @@ async fn sigkill_of_ingest_and_stream_loses_nothing_and_doubles_nothing() -> Res
             kills.1 += 1;
         }
     }
-    assert!(sim.child.wait()?.success(), "simulator failed; see {}", sim_stdout.display());
+    assert!(
+        sim.child.wait()?.success(),
+        "simulator failed; see {}",
+        sim_stdout.display()
+    );
     let log = std::fs::read_to_string(&sim_stdout)?;
     let report: SimReport = log
         .lines()
@@ -189,13 +362,20 @@ async fn sigkill_of_ingest_and_stream_loses_nothing_and_doubles_nothing() -> Res
         .expect("sim report line");
     assert_eq!((report.messages, report.acknowledged), (3000, 3000));
     eprintln!("killed ingest {} and stream {} times", kills.0, kills.1);
-    assert!(kills.0 + kills.1 >= 4, "the run was long enough to kill several times");
+    assert!(
+        kills.0 + kills.1 >= 4,
+        "the run was long enough to kill several times"
+    );
 
     let (count, distinct) = env
-        .eventually("every reading in ClickHouse after the kills", Duration::from_secs(120), || async {
-            let (count, distinct) = stored_counts(&env).await?;
-            Ok((count >= report.readings).then_some((count, distinct)))
-        })
+        .eventually(
+            "every reading in ClickHouse after the kills",
+            Duration::from_secs(120),
+            || async {
+                let (count, distinct) = stored_counts(&env).await?;
+                Ok((count >= report.readings).then_some((count, distinct)))
+            },
+        )
         .await?;
     assert_eq!(count, report.readings, "nothing lost or doubled");
     assert_eq!(distinct, report.readings);
@@ -203,10 +383,14 @@ async fn sigkill_of_ingest_and_stream_loses_nothing_and_doubles_nothing() -> Res
     // Wait for the idle timeout to close every window; on a timeout the assertion below
     // shows the difference.
     let _ = env
-        .eventually("aggregates to equal a recomputation after the kills", Duration::from_secs(90), || async {
-            let (s, r) = aggregates_vs_recomputation(&env).await?;
-            Ok((!s.is_empty() && s == r).then_some(()))
-        })
+        .eventually(
+            "aggregates to equal a recomputation after the kills",
+            Duration::from_secs(90),
+            || async {
+                let (s, r) = aggregates_vs_recomputation(&env).await?;
+                Ok((!s.is_empty() && s == r).then_some(()))
+            },
+        )
         .await;
     let (stored, recomputed) = aggregates_vs_recomputation(&env).await?;
     assert_same_aggregates(&stored, &recomputed);
