@@ -461,18 +461,36 @@ fn history_filter(state: &AppState, q: &HashMap<String, String>) -> ApiResult<Hi
     })
 }
 
+/// An authorized history request: the admin token checked and the query parsed into a filter.
+struct HistoryRequest(HistoryFilter);
+
+impl axum::extract::FromRequestParts<AppState> for HistoryRequest {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> ApiResult<Self> {
+        authorize(state, bearer(&parts.headers))?;
+        let Query(q) = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+            .map_err(|e| ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+        Ok(HistoryRequest(history_filter(state, &q)?))
+    }
+}
+
+fn history_unavailable(e: ioc_history::HistoryError) -> ApiFailure {
+    ApiFailure::unavailable("history is unavailable", e)
+}
+
 async fn readings(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
+    HistoryRequest(filter): HistoryRequest,
 ) -> ApiResult<Json<serde_json::Value>> {
-    authorize(&state, bearer(&headers))?;
-    let filter = history_filter(&state, &q)?;
     let rows = state
         .history
         .readings(&filter)
         .await
-        .map_err(|e| ApiFailure::unavailable("history is unavailable", e))?;
+        .map_err(history_unavailable)?;
     let readings: Vec<ApiReading> = rows
         .into_iter()
         .map(|r| ApiReading::from(&r.into_reading()))
@@ -482,32 +500,26 @@ async fn readings(
 
 async fn aggregates(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
+    HistoryRequest(filter): HistoryRequest,
 ) -> ApiResult<Json<serde_json::Value>> {
-    authorize(&state, bearer(&headers))?;
-    let filter = history_filter(&state, &q)?;
     let rows = state
         .history
         .aggregates(&filter)
         .await
-        .map_err(|e| ApiFailure::unavailable("history is unavailable", e))?;
+        .map_err(history_unavailable)?;
     let aggregates: Vec<ApiAggregate> = rows.iter().map(ApiAggregate::from).collect();
     Ok(Json(json!({ "aggregates": aggregates })))
 }
 
 async fn alerts(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
+    HistoryRequest(filter): HistoryRequest,
 ) -> ApiResult<Json<serde_json::Value>> {
-    authorize(&state, bearer(&headers))?;
-    let filter = history_filter(&state, &q)?;
     let rows = state
         .history
         .alerts(&filter)
         .await
-        .map_err(|e| ApiFailure::unavailable("history is unavailable", e))?;
+        .map_err(history_unavailable)?;
     let alerts: Vec<ApiAlert> = rows.iter().map(ApiAlert::from).collect();
     Ok(Json(json!({ "alerts": alerts })))
 }
