@@ -2,9 +2,11 @@
 # Installs and starts the real services the tests need, idempotently:
 #   - Mosquitto (Debian package; tests start their own instances from config/mosquitto.conf)
 #   - ClickHouse server (Debian package, 18.16 on bookworm) on 127.0.0.1:8123
-#   - tansu, a Kafka-protocol broker (cargo install, binary cached in ~/.cargo/bin) on 127.0.0.1:9092
+#   - tansu, a Kafka-protocol broker (cargo install, cached in ~/.cache/ioc/tansu) on 127.0.0.1:9092
+#   - Debian's chromium and npm's playwright-core (tests/browser) for the browser test
 # Safe to run again: it installs only what is missing and starts only what is not answering.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 log() { printf '[services] %s\n' "$*" >&2; }
 
@@ -13,6 +15,8 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 command -v clickhouse-server >/dev/null 2>&1 || [ -x /usr/sbin/clickhouse-server ] || need_apt+=(clickhouse-server clickhouse-client)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   apt-get update -qq
@@ -28,6 +32,11 @@ if [ ! -x "$TANSU" ]; then
   log "building tansu $TANSU_VERSION (about 14 minutes on 2 cores the first time; cached in $TANSU_ROOT)"
   CARGO_TARGET_DIR="${TANSU_TARGET_DIR:-/var/tmp/tansu-target}" \
     cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore --root "$TANSU_ROOT" >&2
+fi
+
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  log "installing playwright-core for the browser test (npm ci; it never downloads a browser)"
+  npm ci --prefix tests/browser --silent --no-audit --no-fund >&2
 fi
 
 # ClickHouse

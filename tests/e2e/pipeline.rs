@@ -253,7 +253,21 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
     }
     assert_eq!(alert_statuses, vec!["active", "cleared"]);
 
-    // API contract details.
+    // API contract details. The live page and health are open.
+    let page = env.http.get(env.api("/")).send().await?;
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.text().await?.contains("/api/v1/ws?token="),
+        "the page reads the websocket"
+    );
+    let health: serde_json::Value = env
+        .http
+        .get(env.api("/healthz"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(health["status"], "ok");
     let unauthorized = env.http.get(env.api("/api/v1/devices")).send().await?;
     assert_eq!(unauthorized.status(), 401);
     let body: serde_json::Value = unauthorized.json().await?;
@@ -293,6 +307,58 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
         .send()
         .await?;
     assert_eq!(missing.status(), 404);
+
+    // The live page in Debian's headless Chromium: it lists every device and its values update
+    // without a reload while a device keeps publishing.
+    let feeder = {
+        let mqtt = mqtt.clone();
+        tokio::spawn(async move {
+            for i in 0..100 {
+                let body = format!(
+                    r#"{{"ts":{},"values":{{"pm25":{}}}}}"#,
+                    ioc_contract::time::now_ms(),
+                    30 + i
+                );
+                let _ = mqtt
+                    .publish(
+                        "ioc/v1/devices/aq-alert/telemetry",
+                        QoS::AtLeastOnce,
+                        false,
+                        body,
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    let browser = tokio::process::Command::new("node")
+        .arg(crate::harness::repo_root().join("tests/browser/live-page.js"))
+        .arg(format!("{}?token={TOKEN}", env.api("/")))
+        .arg("20")
+        .output()
+        .await?;
+    feeder.abort();
+    assert!(
+        browser.status.success(),
+        "browser check failed: {}",
+        String::from_utf8_lossy(&browser.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&browser.stdout)?;
+    assert_eq!(seen["status"], "live", "{seen}");
+    assert_eq!(
+        seen["updated"], true,
+        "values updated without a reload: {seen}"
+    );
+    let listed: HashSet<&str> = seen["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d.as_str())
+        .collect();
+    assert!(
+        listed.contains("aq-alert") && listed.contains("aq-001") && listed.len() == 6,
+        "{seen}"
+    );
 
     // SIGTERM: every stage drains and exits cleanly.
     for (name, process) in [
