@@ -58,6 +58,20 @@ async fn start_pipeline(
     Ok((api, stream, ingest))
 }
 
+/// Registers the simulated fleet through the API, as an installer would.
+fn register_sim_fleet(env: &Env) -> Result<()> {
+    env.ioc_output(&[
+        "sim",
+        "--count",
+        "0",
+        "--register-with",
+        &env.api(""),
+        "--admin-token",
+        TOKEN,
+    ])?;
+    Ok(())
+}
+
 fn sim_report(stdout: &str) -> SimReport {
     serde_json::from_str(stdout.lines().last().expect("sim prints its report"))
         .expect("sim report is JSON")
@@ -91,15 +105,7 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
         .await?;
     }
 
-    env.ioc_output(&[
-        "sim",
-        "--count",
-        "0",
-        "--register-with",
-        &env.api(""),
-        "--admin-token",
-        TOKEN,
-    ])?;
+    register_sim_fleet(&env)?;
     env.register("aq-alert", "air_quality").await?;
     env.wait_ingest_knows(6).await?;
 
@@ -387,15 +393,7 @@ async fn sigkill_of_ingest_and_stream_loses_nothing_and_doubles_nothing() -> Res
         "[sim]\nair_quality = 4\nwastewater = 2\ntraffic_counters = 2\n",
     )?;
     let (_api, mut stream, mut ingest) = start_pipeline(&env).await?;
-    env.ioc_output(&[
-        "sim",
-        "--count",
-        "0",
-        "--register-with",
-        &env.api(""),
-        "--admin-token",
-        TOKEN,
-    ])?;
+    register_sim_fleet(&env)?;
     env.wait_ingest_knows(8).await?;
 
     let sim = env.ioc("sim", &["sim", "--count", "3000", "--rate", "150"])?;
