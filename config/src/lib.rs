@@ -19,9 +19,6 @@ use serde::Deserialize;
 /// The compiled-in defaults.
 pub const DEFAULT_TOML: &str = include_str!("../default.toml");
 
-/// The broker configuration the project ships for Mosquitto.
-pub const MOSQUITTO_CONF: &str = include_str!("../mosquitto.conf");
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {

@@ -76,13 +76,6 @@ pub struct Reading {
     pub message_id: String,
 }
 
-impl Reading {
-    /// The reading's unique key, as a tuple of borrowed parts.
-    pub fn key(&self) -> (&str, &str, &str, i64) {
-        (&self.device_id, &self.channel, &self.metric, self.ts)
-    }
-}
-
 /// The value of one record on the readings topic: every reading made from one MQTT message.
 /// One record per message keeps the ingest acknowledgement to one Kafka confirmation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,11 +127,6 @@ impl RejectCode {
             RejectCode::UnknownMetric => "unknown_metric",
             RejectCode::NotANumber => "not_a_number",
         }
-    }
-
-    /// Whether the whole message was rejected (as opposed to one value in it).
-    pub fn is_whole_message(self) -> bool {
-        !matches!(self, RejectCode::UnknownMetric | RejectCode::NotANumber)
     }
 }
 

@@ -291,10 +291,6 @@ impl History {
         Ok(())
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     async fn insert_rows<T>(
         &self,
         table: &str,

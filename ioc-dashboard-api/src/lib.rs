@@ -13,7 +13,6 @@ pub mod live;
 pub mod routes;
 pub mod ws;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ioc_bus::registry::RegistryView;
@@ -25,11 +24,6 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
     #[error("kafka: {0}")]
     Bus(#[from] ioc_bus::BusError),
     #[error("serving HTTP: {0}")]

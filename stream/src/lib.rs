@@ -22,7 +22,7 @@ use ioc_config::StreamConfig;
 use ioc_contract::{Aggregate, Alert, ReadingBatch, WINDOW_MS};
 use ioc_history::{History, OffsetRow, WatermarkRow};
 use prometheus::{IntCounter, IntGauge, Registry};
-use rdkafka::consumer::{ConsumerContext, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Offset;
@@ -36,12 +36,8 @@ use crate::windows::{Observed, WindowEngine, WindowKey};
 pub enum StreamError {
     #[error("kafka: {0}")]
     Bus(#[from] ioc_bus::BusError),
-    #[error("kafka client: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
     #[error("history: {0}")]
     History(#[from] ioc_history::HistoryError),
-    #[error("metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
 }
 
 /// The stream's Prometheus metrics (`ioc_stream_*`).
@@ -227,8 +223,8 @@ async fn restore(
 }
 
 /// Waits up to `batch_linger` for records, taking at most `batch_max_records`.
-async fn collect_batch<C: ConsumerContext + 'static>(
-    consumer: &StreamConsumer<C>,
+async fn collect_batch(
+    consumer: &StreamConsumer,
     config: &StreamConfig,
     metrics: &StreamMetrics,
     shutdown: &CancellationToken,
