@@ -419,36 +419,48 @@ impl History {
     }
 
     pub async fn readings(&self, f: &HistoryFilter) -> Result<Vec<ReadingRow>, HistoryError> {
-        let (clause, binds) = where_clause(f, "ts");
-        let sql = format!("SELECT ?fields FROM readings FINAL WHERE {clause} ORDER BY ts, device_id, channel, metric LIMIT ?");
-        Ok(bind_all(self.client.query(&sql), &binds)
-            .bind(f.limit as u64)
-            .fetch_all::<ReadingRow>()
-            .await?)
+        self.filtered("readings", "ts", "ts, device_id, channel, metric", f)
+            .await
     }
 
     pub async fn aggregates(&self, f: &HistoryFilter) -> Result<Vec<Aggregate>, HistoryError> {
-        let (clause, binds) = where_clause(f, "window_start");
-        let sql = format!(
-            "SELECT ?fields FROM aggregates FINAL WHERE {clause} ORDER BY window_start, device_id, channel, metric LIMIT ?"
-        );
-        let rows = bind_all(self.client.query(&sql), &binds)
-            .bind(f.limit as u64)
-            .fetch_all::<AggregateRow>()
+        let rows: Vec<AggregateRow> = self
+            .filtered(
+                "aggregates",
+                "window_start",
+                "window_start, device_id, channel, metric",
+                f,
+            )
             .await?;
         Ok(rows.into_iter().map(Aggregate::from).collect())
     }
 
     pub async fn alerts(&self, f: &HistoryFilter) -> Result<Vec<Alert>, HistoryError> {
-        let (clause, binds) = where_clause(f, "raised_at");
-        let sql = format!(
-            "SELECT ?fields FROM alerts FINAL WHERE {clause} ORDER BY raised_at, alert_id LIMIT ?"
-        );
-        let rows = bind_all(self.client.query(&sql), &binds)
-            .bind(f.limit as u64)
-            .fetch_all::<AlertRow>()
+        let rows: Vec<AlertRow> = self
+            .filtered("alerts", "raised_at", "raised_at, alert_id", f)
             .await?;
         Ok(rows.into_iter().map(Alert::from).collect())
+    }
+
+    /// Rows of `table` (deduplicated with FINAL) whose `time_column` is in the filter's range,
+    /// narrowed by device and metric when given. Table and column names are ours, never input.
+    async fn filtered<T>(
+        &self,
+        table: &str,
+        time_column: &str,
+        order_by: &str,
+        f: &HistoryFilter,
+    ) -> Result<Vec<T>, HistoryError>
+    where
+        T: clickhouse::RowOwned + clickhouse::RowRead,
+    {
+        let (clause, binds) = where_clause(f, time_column);
+        let sql =
+            format!("SELECT ?fields FROM {table} FINAL WHERE {clause} ORDER BY {order_by} LIMIT ?");
+        Ok(bind_all(self.client.query(&sql), &binds)
+            .bind(f.limit as u64)
+            .fetch_all::<T>()
+            .await?)
     }
 }
 

@@ -402,6 +402,10 @@ mod tests {
         }
     }
 
+    fn process(topic: &str, body: &[u8]) -> Outcome {
+        process_message(topic, body, &registry(), &bus(), &ctx())
+    }
+
     fn letters(outcome: &Outcome) -> Vec<DeadLetter> {
         outcome
             .records
@@ -414,13 +418,7 @@ mod tests {
     #[test]
     fn a_good_message_is_one_readings_record_keyed_by_device() {
         let body = br#"{"ts":1795680240000,"values":{"pm25":12,"no2":20}}"#;
-        let out = process_message(
-            "ioc/v1/devices/aq-1/telemetry",
-            body,
-            &registry(),
-            &bus(),
-            &ctx(),
-        );
+        let out = process("ioc/v1/devices/aq-1/telemetry", body);
         assert_eq!(out.records.len(), 1);
         assert_eq!(
             (out.records[0].topic.as_str(), out.records[0].key.as_str()),
@@ -434,13 +432,7 @@ mod tests {
     #[test]
     fn unknown_devices_are_rejected_whole_with_provenance_and_raw_bytes() {
         let body = br#"{"ts":1795680240000,"values":{"pm25":12}}"#;
-        let out = process_message(
-            "ioc/v1/devices/ghost/telemetry",
-            body,
-            &registry(),
-            &bus(),
-            &ctx(),
-        );
+        let out = process("ioc/v1/devices/ghost/telemetry", body);
         assert_eq!(out.rejections, vec![RejectCode::UnknownDevice]);
         let letter = &letters(&out)[0];
         assert_eq!(letter.topic, "ioc/v1/devices/ghost/telemetry");
@@ -455,13 +447,7 @@ mod tests {
     #[test]
     fn a_partly_bad_message_gives_readings_and_one_letter_per_bad_value() {
         let body = br#"{"ts":1795680240000,"values":{"pm25":12,"radon":1,"no2":"x"}}"#;
-        let out = process_message(
-            "ioc/v1/devices/aq-1/telemetry",
-            body,
-            &registry(),
-            &bus(),
-            &ctx(),
-        );
+        let out = process("ioc/v1/devices/aq-1/telemetry", body);
         assert_eq!(out.records.len(), 3);
         let mut metrics: Vec<String> = letters(&out).into_iter().filter_map(|l| l.metric).collect();
         metrics.sort();
@@ -470,13 +456,7 @@ mod tests {
 
     #[test]
     fn invalid_device_ids_in_topics_are_bad_topics() {
-        let out = process_message(
-            "ioc/v1/devices/a+b/telemetry",
-            b"{}",
-            &registry(),
-            &bus(),
-            &ctx(),
-        );
+        let out = process("ioc/v1/devices/a+b/telemetry", b"{}");
         assert_eq!(out.rejections, vec![RejectCode::BadTopic]);
         assert_eq!(letters(&out)[0].device_id, None);
     }
