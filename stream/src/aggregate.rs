@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, Float64Array, Int64Array, StringArray};
+use datafusion::arrow::array::{
+    Array, ArrayRef, Float64Array, Int64Array, StringArray, StringBuilder,
+};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -27,12 +29,13 @@ fn query() -> String {
 }
 
 /// Column builders for the `closing` table: one row per good reading.
+/// Strings go straight into Arrow builders (one buffer per column), not one `String` each.
 #[derive(Debug, Default)]
 pub struct ClosingRows {
-    device_id: Vec<String>,
-    channel: Vec<String>,
-    metric: Vec<String>,
-    unit: Vec<String>,
+    device_id: StringBuilder,
+    channel: StringBuilder,
+    metric: StringBuilder,
+    unit: StringBuilder,
     ts: Vec<i64>,
     value: Vec<f64>,
 }
@@ -47,10 +50,10 @@ impl ClosingRows {
         ts: i64,
         value: f64,
     ) {
-        self.device_id.push(device_id.to_string());
-        self.channel.push(channel.to_string());
-        self.metric.push(metric.to_string());
-        self.unit.push(unit.to_string());
+        self.device_id.append_value(device_id);
+        self.channel.append_value(channel);
+        self.metric.append_value(metric);
+        self.unit.append_value(unit);
         self.ts.push(ts);
         self.value.push(value);
     }
@@ -63,7 +66,7 @@ impl ClosingRows {
         self.ts.is_empty()
     }
 
-    fn into_batch(self) -> Result<RecordBatch, DataFusionError> {
+    fn into_batch(mut self) -> Result<RecordBatch, DataFusionError> {
         let schema = Arc::new(Schema::new(vec![
             Field::new("device_id", DataType::Utf8, false),
             Field::new("channel", DataType::Utf8, false),
@@ -73,10 +76,10 @@ impl ClosingRows {
             Field::new("value", DataType::Float64, false),
         ]));
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from(self.device_id)),
-            Arc::new(StringArray::from(self.channel)),
-            Arc::new(StringArray::from(self.metric)),
-            Arc::new(StringArray::from(self.unit)),
+            Arc::new(self.device_id.finish()),
+            Arc::new(self.channel.finish()),
+            Arc::new(self.metric.finish()),
+            Arc::new(self.unit.finish()),
             Arc::new(Int64Array::from(self.ts)),
             Arc::new(Float64Array::from(self.value)),
         ];
