@@ -1,13 +1,17 @@
-//! The message bus between stages: Kafka (any Kafka-protocol broker: Apache Kafka, Redpanda,
-//! tansu), through rdkafka.
+//! The message bus between stages, with two implementations behind one interface:
 //!
-//! - [`KafkaBus`]: client settings, topic creation, producers and consumers with the settings
-//!   the pipeline's guarantees rely on (idempotent producer with `acks=all`, manual commits).
+//! - [`KafkaBus`]: any Kafka-protocol broker (Apache Kafka, Redpanda, tansu) through rdkafka,
+//!   with the settings the pipeline's guarantees rely on (idempotent producer with `acks=all`,
+//!   no broker-side consumer groups).
+//! - [`embedded::EmbeddedLog`]: the durable per-topic log of `ioc up`, in a directory.
+//! - [`Bus`], [`Producer`], [`Consumer`]: what stages use; a send resolves once the record is
+//!   durable in either implementation, and a consumer reads assigned partitions from offsets.
 //! - [`registry`]: the device registry, a topic of registration events that every instance of
 //!   every stage folds into the same in-memory view.
 //!
 //! Stages reach each other only through here; none imports another.
 
+pub mod embedded;
 pub mod registry;
 
 use std::time::Duration;
@@ -16,10 +20,13 @@ use ioc_config::KafkaConfig;
 use ioc_contract::Topics;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer as _, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::FutureProducer;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::embedded::{EmbeddedLog, LogError, LogReader, LogStart};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -32,6 +39,8 @@ pub enum BusError {
     },
     #[error("topic {0} not found in broker metadata")]
     NoSuchTopic(String),
+    #[error("embedded bus: {0}")]
+    Embedded(#[from] LogError),
 }
 
 /// Connection settings and topic names of one deployment's Kafka.
@@ -158,7 +167,7 @@ impl KafkaBus {
 }
 
 fn partition_count<C: rdkafka::consumer::ConsumerContext>(
-    consumer: &impl Consumer<C>,
+    consumer: &impl rdkafka::consumer::Consumer<C>,
     topic: &str,
 ) -> Result<i32, BusError> {
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
@@ -171,4 +180,219 @@ fn partition_count<C: rdkafka::consumer::ConsumerContext>(
         return Err(BusError::NoSuchTopic(topic.to_string()));
     }
     Ok(t.partitions().len() as i32)
+}
+
+/// Where a consumer starts in a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// The oldest record the bus still holds.
+    Beginning,
+    /// The next record to arrive (tail).
+    End,
+    /// This offset.
+    Offset(i64),
+}
+
+impl From<StartAt> for Offset {
+    fn from(s: StartAt) -> Offset {
+        match s {
+            StartAt::Beginning => Offset::Beginning,
+            StartAt::End => Offset::End,
+            StartAt::Offset(o) => Offset::Offset(o),
+        }
+    }
+}
+
+impl From<StartAt> for LogStart {
+    fn from(s: StartAt) -> LogStart {
+        match s {
+            StartAt::Beginning => LogStart::Beginning,
+            StartAt::End => LogStart::End,
+            StartAt::Offset(o) => LogStart::Offset(o),
+        }
+    }
+}
+
+/// One record consumed from the bus.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub payload: Vec<u8>,
+}
+
+/// The bus of a deployment: Kafka, or the embedded log of `ioc up` (one partition per topic).
+#[derive(Debug, Clone)]
+pub enum Bus {
+    Kafka(KafkaBus),
+    Embedded { log: EmbeddedLog, topics: Topics },
+}
+
+impl Bus {
+    pub fn topics(&self) -> &Topics {
+        match self {
+            Bus::Kafka(k) => &k.topics,
+            Bus::Embedded { topics, .. } => topics,
+        }
+    }
+
+    /// Creates missing topics (the embedded log has them from the start).
+    pub async fn ensure_topics(&self) -> Result<(), BusError> {
+        match self {
+            Bus::Kafka(k) => k.ensure_topics().await,
+            Bus::Embedded { .. } => Ok(()),
+        }
+    }
+
+    pub fn partitions_of(&self, topic: &str) -> Result<i32, BusError> {
+        match self {
+            Bus::Kafka(k) => k.partitions_of(topic),
+            Bus::Embedded { .. } => Ok(1),
+        }
+    }
+
+    /// The first offset a partition holds and the offset after its last record (Kafka's low
+    /// and high watermarks). Blocking.
+    pub fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64), BusError> {
+        match self {
+            Bus::Kafka(k) => {
+                let consumer: BaseConsumer = k.base().create()?;
+                Ok(consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?)
+            }
+            Bus::Embedded { log, .. } => Ok((log.first_offset(topic)?, log.durable_end(topic)?)),
+        }
+    }
+
+    /// A producer whose sends resolve once the record is durable. `linger` batches Kafka sends.
+    pub fn producer(&self, linger: Duration) -> Result<Producer, BusError> {
+        match self {
+            Bus::Kafka(k) => Ok(Producer::Kafka(k.producer(linger)?)),
+            Bus::Embedded { log, .. } => Ok(Producer::Embedded(log.clone())),
+        }
+    }
+
+    /// A consumer reading every partition of `topics` from `start`.
+    pub fn consumer(&self, topics: &[&str], start: StartAt) -> Result<Consumer, BusError> {
+        match self {
+            Bus::Kafka(k) => Ok(Consumer::Kafka(k.assigned_consumer(topics, start.into())?)),
+            Bus::Embedded { log, .. } => Ok(Consumer::Embedded(EmbeddedConsumer {
+                readers: topics
+                    .iter()
+                    .map(|t| log.reader(t, start.into()))
+                    .collect::<Result<_, _>>()?,
+                turn: 0,
+            })),
+        }
+    }
+
+    /// A consumer reading the given partitions of `topic`, each from its own position.
+    pub fn consumer_at(
+        &self,
+        topic: &str,
+        partitions: impl IntoIterator<Item = (i32, StartAt)>,
+    ) -> Result<Consumer, BusError> {
+        match self {
+            Bus::Kafka(k) => Ok(Consumer::Kafka(k.assigned_consumer_at(
+                topic,
+                partitions.into_iter().map(|(p, s)| (p, s.into())),
+            )?)),
+            Bus::Embedded { log, .. } => Ok(Consumer::Embedded(EmbeddedConsumer {
+                readers: partitions
+                    .into_iter()
+                    .filter(|(p, _)| *p == 0)
+                    .map(|(_, s)| log.reader(topic, s.into()))
+                    .collect::<Result<_, _>>()?,
+                turn: 0,
+            })),
+        }
+    }
+}
+
+/// Sends records; clones share one connection (Kafka) or log (embedded).
+#[derive(Clone)]
+pub enum Producer {
+    Kafka(FutureProducer),
+    Embedded(EmbeddedLog),
+}
+
+impl Producer {
+    /// Sends one record and resolves once it is durable: acknowledged by all in-sync replicas
+    /// (Kafka) or fsynced (embedded). A Kafka send gives up after 5 s in the local queue.
+    pub async fn send(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), BusError> {
+        match self {
+            Producer::Kafka(p) => p
+                .send(
+                    FutureRecord::to(topic).key(key).payload(payload),
+                    Duration::from_secs(5),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| BusError::Kafka(e)),
+            Producer::Embedded(log) => log
+                .send(topic, key.as_bytes(), payload)
+                .await
+                .map(|_| ())
+                .map_err(BusError::Embedded),
+        }
+    }
+}
+
+/// Reads records from assigned partitions.
+pub enum Consumer {
+    Kafka(StreamConsumer),
+    Embedded(EmbeddedConsumer),
+}
+
+impl Consumer {
+    /// The next record, waiting for one.
+    pub async fn recv(&mut self) -> Result<Record, BusError> {
+        match self {
+            Consumer::Kafka(c) => {
+                let m = c.recv().await?;
+                Ok(Record {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                })
+            }
+            Consumer::Embedded(c) => c.recv().await,
+        }
+    }
+}
+
+/// Reads several embedded topics, taking ready records from each in turn.
+pub struct EmbeddedConsumer {
+    readers: Vec<LogReader>,
+    turn: usize,
+}
+
+impl EmbeddedConsumer {
+    async fn recv(&mut self) -> Result<Record, BusError> {
+        loop {
+            let n = self.readers.len();
+            if n == 0 {
+                return std::future::pending().await;
+            }
+            for i in 0..n {
+                let r = &mut self.readers[(self.turn + i) % n];
+                if let Some(record) = r.try_next()? {
+                    self.turn = (self.turn + i + 1) % n;
+                    return Ok(Record {
+                        topic: r.topic().to_string(),
+                        partition: 0,
+                        offset: record.offset,
+                        payload: record.payload,
+                    });
+                }
+            }
+            if self.readers.iter().any(LogReader::ready) {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let waits = self.readers.iter_mut().map(|r| Box::pin(r.wait()));
+            futures::future::select_all(waits).await.0?;
+        }
+    }
 }

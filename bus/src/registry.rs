@@ -1,7 +1,7 @@
-//! The device registry: a Kafka topic of [`RegistryEvent`]s, folded by every instance into a
+//! The device registry: a bus topic of [`RegistryEvent`]s, folded by every instance into a
 //! [`RegistryView`].
 //!
-//! Why a topic: every stage already depends on Kafka and nothing else is shared by all of them
+//! Why a topic: every stage already depends on the bus and nothing else is shared by all of them
 //! (ingest has no ClickHouse); the log survives restarts; a new instance rebuilds the view by
 //! reading from the start, and a registration reaches every running instance within
 //! milliseconds, so ingest accepts a new device's first message without polling a database.
@@ -10,15 +10,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures::StreamExt;
 use ioc_contract::{Device, RegistryEvent};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::Offset;
 use tokio_util::sync::CancellationToken;
 
-use crate::{BusError, KafkaBus};
+use crate::{Bus, BusError, Consumer, Producer, StartAt};
 
 /// The in-memory fold of the registry topic. Cheap to clone; all clones share one map.
 #[derive(Debug, Clone, Default)]
@@ -73,47 +68,41 @@ impl RegistryView {
     }
 }
 
-/// Publishes a registry event and waits until Kafka has it.
+/// Publishes a registry event and waits until the bus has it durably.
 pub async fn publish(
-    producer: &FutureProducer,
-    bus: &KafkaBus,
+    producer: &Producer,
+    bus: &Bus,
     event: &RegistryEvent,
 ) -> Result<(), BusError> {
     let RegistryEvent::Registered { device } = event;
     let payload = serde_json::to_vec(event).expect("registry events serialize");
     producer
-        .send(
-            FutureRecord::to(&bus.topics.registry)
-                .key(&device.device_id)
-                .payload(&payload),
-            Duration::from_secs(10),
-        )
+        .send(&bus.topics().registry, &device.device_id, &payload)
         .await
-        .map_err(|(e, _)| BusError::Kafka(e))?;
-    Ok(())
 }
 
 /// Reads the registry topic up to its current end into `view`, then keeps following it in a
 /// background task until `shutdown`. Returns once the view has caught up, so a caller that
 /// starts work afterwards knows every device registered before it started.
 pub async fn follow(
-    bus: &KafkaBus,
+    bus: &Bus,
     view: RegistryView,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, BusError> {
-    let topic = bus.topics.registry.clone();
-    let consumer = bus.assigned_consumer(&[&topic], Offset::Beginning)?;
+    let topic = bus.topics().registry.clone();
+    let mut consumer = bus.consumer(&[&topic], StartAt::Beginning)?;
     let (low, high) = {
-        let c = &consumer;
+        let b = bus.clone();
         let t = topic.clone();
-        tokio::task::block_in_place(|| c.fetch_watermarks(&t, 0, Duration::from_secs(10)))?
+        tokio::task::spawn_blocking(move || b.watermarks(&t, 0))
+            .await
+            .expect("watermarks task")?
     };
     if high > low {
-        let mut stream = consumer.stream();
-        while let Some(message) = stream.next().await {
-            let message = message?;
-            apply_message(&view, message.payload());
-            if message.offset() + 1 >= high {
+        loop {
+            let record = consumer.recv().await?;
+            apply_message(&view, &record.payload);
+            if record.offset + 1 >= high {
                 break;
             }
         }
@@ -123,12 +112,12 @@ pub async fn follow(
     }))
 }
 
-async fn keep_following(consumer: StreamConsumer, view: RegistryView, shutdown: CancellationToken) {
+async fn keep_following(mut consumer: Consumer, view: RegistryView, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            message = consumer.recv() => match message {
-                Ok(m) => apply_message(&view, m.payload()),
+            record = consumer.recv() => match record {
+                Ok(r) => apply_message(&view, &r.payload),
                 Err(e) => {
                     tracing::warn!(error = %e, "registry topic read failed; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -138,10 +127,12 @@ async fn keep_following(consumer: StreamConsumer, view: RegistryView, shutdown: 
     }
 }
 
-fn apply_message(view: &RegistryView, payload: Option<&[u8]>) {
-    match payload.map(serde_json::from_slice::<RegistryEvent>) {
-        Some(Ok(event)) => view.apply(event),
-        Some(Err(e)) => tracing::error!(error = %e, "unreadable registry event skipped"),
-        None => {}
+fn apply_message(view: &RegistryView, payload: &[u8]) {
+    if payload.is_empty() {
+        return;
+    }
+    match serde_json::from_slice::<RegistryEvent>(payload) {
+        Ok(event) => view.apply(event),
+        Err(e) => tracing::error!(error = %e, "unreadable registry event skipped"),
     }
 }

@@ -1,67 +1,30 @@
-//! History in ClickHouse: the schema, the row types, idempotent writes and the queries the
-//! stream and API stages run.
+//! History: the row types, idempotent writes and the queries the stream and API stages run,
+//! over one of two stores:
 //!
-//! ClickHouse 18.16 (Debian's) cannot deduplicate inserts on one node, so every table is a
-//! `ReplacingMergeTree` keyed by its record's unique key with a version column: a repeated
-//! write of the same key is harmless, and queries read with `FINAL` where a not-yet-merged
-//! duplicate would show. Tables are partitioned by event time because `FINAL` only merges within
-//! a partition. The SQL here runs on 18.16 and on current ClickHouse: no DateTime64 (times are
-//! Int64 epoch milliseconds), no TTL, no LowCardinality.
+//! - [`clickhouse_store::ClickHouseHistory`]: ClickHouse, for the distributed deployment.
+//! - [`embedded::EmbeddedHistory`]: Parquet files under a directory, for `ioc up`.
+//!
+//! Both keep one row per record key, the highest `version` winning (ClickHouse's
+//! `ReplacingMergeTree`, and the same rule applied on read in the embedded store), so a repeated
+//! write is harmless. Times are Int64 epoch milliseconds.
 
-use clickhouse::{Client, Row};
-use ioc_config::ClickHouseConfig;
+pub mod clickhouse_store;
+pub mod embedded;
+
+use clickhouse::Row;
 use ioc_contract::{Aggregate, Alert, AlertStatus, Quality, Reading};
 use serde::{Deserialize, Serialize};
+
+pub use crate::clickhouse_store::ClickHouseHistory;
+pub use crate::embedded::EmbeddedHistory;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     #[error("clickhouse: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),
+    #[error("embedded history: {0}")]
+    Embedded(#[from] embedded::StoreError),
 }
-
-/// Statements that create the schema, in order; `{db}` is the database name.
-const SCHEMA: &[&str] = &[
-    "CREATE DATABASE IF NOT EXISTS {db}",
-    "CREATE TABLE IF NOT EXISTS {db}.readings (
-        device_id String, channel String, metric String, ts Int64, value Float64, unit String,
-        interval_s Nullable(Float64), quality String, quality_reason String,
-        received_at Int64, message_id String, version UInt64
-    ) ENGINE = ReplacingMergeTree(version)
-    PARTITION BY toYYYYMM(toDateTime(intDiv(ts, 1000)))
-    ORDER BY (device_id, channel, metric, ts)",
-    "CREATE TABLE IF NOT EXISTS {db}.aggregates (
-        device_id String, channel String, metric String, window_start Int64, window_end Int64,
-        value_count UInt64, value_min Float64, value_max Float64, value_mean Float64,
-        unit String, version UInt64
-    ) ENGINE = ReplacingMergeTree(version)
-    PARTITION BY toYYYYMM(toDateTime(intDiv(window_start, 1000)))
-    ORDER BY (device_id, channel, metric, window_start)",
-    "CREATE TABLE IF NOT EXISTS {db}.alerts (
-        alert_id String, rule String, device_id String, channel String, metric String,
-        status String, raised_at Int64, cleared_at Nullable(Int64), value Float64, peak Float64,
-        limit_value Float64, unit String, message String, version UInt64
-    ) ENGINE = ReplacingMergeTree(version)
-    PARTITION BY toYYYYMM(toDateTime(intDiv(raised_at, 1000)))
-    ORDER BY alert_id",
-    "CREATE TABLE IF NOT EXISTS {db}.events (
-        event_id String, device_id String, ts Int64, kind String, attributes String,
-        received_at Int64, version UInt64
-    ) ENGINE = ReplacingMergeTree(version)
-    PARTITION BY toYYYYMM(toDateTime(intDiv(ts, 1000)))
-    ORDER BY event_id",
-    // The stream's consumed position: per partition, everything below next_offset is stored
-    // and, where it belongs to a window, that window is emitted. Written after the watermarks.
-    "CREATE TABLE IF NOT EXISTS {db}.stream_offsets (
-        group_id String, topic String, partition Int32, next_offset Int64, version UInt64
-    ) ENGINE = ReplacingMergeTree(version)
-    ORDER BY (group_id, topic, partition)",
-    // The stream's checkpoint of window state: per device, every window ending at or before
-    // closed_until has been closed and emitted. Tiny; read with max().
-    "CREATE TABLE IF NOT EXISTS {db}.stream_watermarks (
-        device_id String, closed_until Int64, version UInt64
-    ) ENGINE = ReplacingMergeTree(version)
-    ORDER BY device_id",
-];
 
 #[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
 pub struct ReadingRow {
@@ -265,79 +228,60 @@ pub struct HistoryFilter {
     pub limit: usize,
 }
 
-/// A ClickHouse history store.
+/// The history store of a deployment.
 #[derive(Clone)]
-pub struct History {
-    client: Client,
-    config: ClickHouseConfig,
+pub enum History {
+    ClickHouse(ClickHouseHistory),
+    Embedded(EmbeddedHistory),
 }
 
 impl History {
-    pub fn new(config: &ClickHouseConfig) -> History {
-        History {
-            client: make_client(config).with_database(&config.database),
-            config: config.clone(),
-        }
-    }
-
-    /// Creates the database and tables if they do not exist.
+    /// Creates the schema if it does not exist.
     pub async fn ensure_schema(&self) -> Result<(), HistoryError> {
-        let root = make_client(&self.config);
-        for statement in SCHEMA {
-            root.query(&statement.replace("{db}", &self.config.database))
-                .execute()
-                .await?;
+        match self {
+            History::ClickHouse(h) => h.ensure_schema().await,
+            History::Embedded(_) => Ok(()),
         }
-        Ok(())
-    }
-
-    async fn insert_rows<T>(
-        &self,
-        table: &str,
-        rows: impl Iterator<Item = T>,
-    ) -> Result<usize, HistoryError>
-    where
-        T: clickhouse::RowOwned + clickhouse::RowWrite,
-    {
-        let mut insert = self.client.insert::<T>(table).await?;
-        let mut n = 0;
-        for row in rows {
-            insert.write(&row).await?;
-            n += 1;
-        }
-        if n == 0 {
-            // Ending an empty insert would send an empty INSERT; dropping it aborts nothing.
-            return Ok(0);
-        }
-        insert.end().await?;
-        Ok(n)
     }
 
     pub async fn insert_readings<'a>(
         &self,
         readings: impl Iterator<Item = &'a Reading>,
     ) -> Result<usize, HistoryError> {
-        self.insert_rows("readings", readings.map(ReadingRow::from))
-            .await
+        match self {
+            History::ClickHouse(h) => h.insert_readings(readings).await,
+            History::Embedded(h) => Ok(h.insert_readings(readings.map(ReadingRow::from))),
+        }
     }
 
     pub async fn insert_aggregates(&self, aggregates: &[Aggregate]) -> Result<usize, HistoryError> {
-        self.insert_rows("aggregates", aggregates.iter().map(AggregateRow::from))
-            .await
+        match self {
+            History::ClickHouse(h) => h.insert_aggregates(aggregates).await,
+            History::Embedded(h) => {
+                Ok(h.insert_aggregates(aggregates.iter().map(AggregateRow::from)))
+            }
+        }
     }
 
     pub async fn insert_alerts(&self, alerts: &[Alert]) -> Result<usize, HistoryError> {
-        self.insert_rows("alerts", alerts.iter().map(AlertRow::from))
-            .await
+        match self {
+            History::ClickHouse(h) => h.insert_alerts(alerts).await,
+            History::Embedded(h) => Ok(h.insert_alerts(alerts.iter().map(AlertRow::from))),
+        }
     }
 
     pub async fn insert_watermarks(&self, rows: Vec<WatermarkRow>) -> Result<usize, HistoryError> {
-        self.insert_rows("stream_watermarks", rows.into_iter())
-            .await
+        match self {
+            History::ClickHouse(h) => h.insert_watermarks(rows).await,
+            History::Embedded(h) => Ok(h.insert_watermarks(rows)),
+        }
     }
 
     pub async fn insert_offsets(&self, rows: Vec<OffsetRow>) -> Result<usize, HistoryError> {
-        self.insert_rows("stream_offsets", rows.into_iter()).await
+        match self {
+            History::ClickHouse(h) => h.insert_offsets(rows).await,
+            History::Embedded(h) => Ok(h.insert_offsets(rows)),
+        }
     }
 
     /// Per partition, the checkpointed next offset of `group_id` on `topic`.
@@ -346,56 +290,26 @@ impl History {
         group_id: &str,
         topic: &str,
     ) -> Result<Vec<(i32, i64)>, HistoryError> {
-        #[derive(Row, Deserialize)]
-        struct R {
-            partition: i32,
-            next_offset: i64,
+        match self {
+            History::ClickHouse(h) => h.offsets(group_id, topic).await,
+            History::Embedded(h) => Ok(h.offsets(group_id, topic)),
         }
-        let rows = self
-            .client
-            .query(
-                "SELECT partition, max(next_offset) AS next_offset FROM stream_offsets \
-                 WHERE group_id = ? AND topic = ? GROUP BY partition",
-            )
-            .bind(group_id)
-            .bind(topic)
-            .fetch_all::<R>()
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.partition, r.next_offset))
-            .collect())
     }
 
     /// Per device, the end of the last window the stream closed.
     pub async fn closed_until(&self) -> Result<Vec<(String, i64)>, HistoryError> {
-        #[derive(Row, Deserialize)]
-        struct R {
-            device_id: String,
-            closed_until: i64,
+        match self {
+            History::ClickHouse(h) => h.closed_until().await,
+            History::Embedded(h) => Ok(h.closed_until()),
         }
-        let rows = self
-            .client
-            .query("SELECT device_id, max(closed_until) AS closed_until FROM stream_watermarks GROUP BY device_id")
-            .fetch_all::<R>()
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.device_id, r.closed_until))
-            .collect())
     }
 
     /// The latest alert of every (rule, device, channel): the state a restarted stream resumes.
     pub async fn latest_alerts(&self) -> Result<Vec<Alert>, HistoryError> {
-        let rows = self
-            .client
-            .query(
-                "SELECT ?fields FROM alerts FINAL WHERE (rule, device_id, channel, raised_at) IN \
-                 (SELECT rule, device_id, channel, max(raised_at) FROM alerts GROUP BY rule, device_id, channel)",
-            )
-            .fetch_all::<AlertRow>()
-            .await?;
-        Ok(rows.into_iter().map(Alert::from).collect())
+        match self {
+            History::ClickHouse(h) => h.latest_alerts().await,
+            History::Embedded(h) => Ok(h.latest_alerts().await?),
+        }
     }
 
     /// Good readings of one device in `[from, to)`, deduplicated.
@@ -405,100 +319,39 @@ impl History {
         from: i64,
         to: i64,
     ) -> Result<Vec<GoodValueRow>, HistoryError> {
-        Ok(self
-            .client
-            .query(
-                "SELECT device_id, channel, metric, ts, value, unit FROM readings FINAL \
-                 WHERE device_id = ? AND ts >= ? AND ts < ? AND quality = 'good'",
-            )
-            .bind(device_id)
-            .bind(from)
-            .bind(to)
-            .fetch_all::<GoodValueRow>()
-            .await?)
+        match self {
+            History::ClickHouse(h) => h.good_values(device_id, from, to).await,
+            History::Embedded(h) => Ok(h.good_values(device_id, from, to).await?),
+        }
     }
 
     pub async fn readings(&self, f: &HistoryFilter) -> Result<Vec<ReadingRow>, HistoryError> {
-        self.filtered("readings", "ts", "ts, device_id, channel, metric", f)
-            .await
+        match self {
+            History::ClickHouse(h) => h.readings(f).await,
+            History::Embedded(h) => Ok(h.readings(f).await?),
+        }
     }
 
     pub async fn aggregates(&self, f: &HistoryFilter) -> Result<Vec<Aggregate>, HistoryError> {
-        let rows: Vec<AggregateRow> = self
-            .filtered(
-                "aggregates",
-                "window_start",
-                "window_start, device_id, channel, metric",
-                f,
-            )
-            .await?;
-        Ok(rows.into_iter().map(Aggregate::from).collect())
+        match self {
+            History::ClickHouse(h) => h.aggregates(f).await,
+            History::Embedded(h) => Ok(h.aggregates(f).await?),
+        }
     }
 
     pub async fn alerts(&self, f: &HistoryFilter) -> Result<Vec<Alert>, HistoryError> {
-        let rows: Vec<AlertRow> = self
-            .filtered("alerts", "raised_at", "raised_at, alert_id", f)
-            .await?;
-        Ok(rows.into_iter().map(Alert::from).collect())
+        match self {
+            History::ClickHouse(h) => h.alerts(f).await,
+            History::Embedded(h) => Ok(h.alerts(f).await?),
+        }
     }
 
-    /// Rows of `table` (deduplicated with FINAL) whose `time_column` is in the filter's range,
-    /// narrowed by device and metric when given. Table and column names are ours, never input.
-    async fn filtered<T>(
-        &self,
-        table: &str,
-        time_column: &str,
-        order_by: &str,
-        f: &HistoryFilter,
-    ) -> Result<Vec<T>, HistoryError>
-    where
-        T: clickhouse::RowOwned + clickhouse::RowRead,
-    {
-        let (clause, binds) = where_clause(f, time_column);
-        let sql =
-            format!("SELECT ?fields FROM {table} FINAL WHERE {clause} ORDER BY {order_by} LIMIT ?");
-        Ok(bind_all(self.client.query(&sql), &binds)
-            .bind(f.limit as u64)
-            .fetch_all::<T>()
-            .await?)
+    /// Makes every write so far durable (the embedded store's commit; ClickHouse writes are
+    /// durable when they return).
+    pub async fn flush(&self) -> Result<(), HistoryError> {
+        match self {
+            History::ClickHouse(_) => Ok(()),
+            History::Embedded(h) => Ok(h.flush().await?),
+        }
     }
-}
-
-enum BindValue {
-    Str(String),
-    Int(i64),
-}
-
-fn where_clause(f: &HistoryFilter, time_column: &str) -> (String, Vec<BindValue>) {
-    let mut parts = vec![format!("{time_column} >= ?"), format!("{time_column} < ?")];
-    let mut binds = vec![BindValue::Int(f.from), BindValue::Int(f.to)];
-    if let Some(d) = &f.device_id {
-        parts.push("device_id = ?".into());
-        binds.push(BindValue::Str(d.clone()));
-    }
-    if let Some(m) = &f.metric {
-        parts.push("metric = ?".into());
-        binds.push(BindValue::Str(m.clone()));
-    }
-    (parts.join(" AND "), binds)
-}
-
-fn bind_all(mut q: clickhouse::query::Query, binds: &[BindValue]) -> clickhouse::query::Query {
-    for b in binds {
-        q = match b {
-            BindValue::Str(s) => q.bind(s.as_str()),
-            BindValue::Int(i) => q.bind(*i),
-        };
-    }
-    q
-}
-
-fn make_client(config: &ClickHouseConfig) -> Client {
-    // Validation needs RowBinaryWithNamesAndTypes and LZ4 answers come back empty on 18.16.
-    Client::default()
-        .with_url(&config.url)
-        .with_user(&config.user)
-        .with_password(&config.password)
-        .with_validation(false)
-        .with_compression(clickhouse::Compression::None)
 }

@@ -1,9 +1,11 @@
-//! `ioc ingest`: MQTT in, Kafka out.
+//! `ioc ingest`: MQTT in, bus out.
 //!
 //! - [`decode`]: device protocol v1, a pure function of the bytes.
 //! - [`ack`]: in-order release of MQTT acknowledgements.
 //! - [`metrics`]: what ingest counts.
-//! - [`run`]: the service. It joins the shared subscription with a stable client id and a
+//! - [`embedded`]: the embedded MQTT broker of `ioc up`, read through its in-process link.
+//! - [`process_message`]: what one message becomes; both sources use it.
+//! - [`run`]: the distributed service. It joins the shared subscription with a stable client id and a
 //!   persistent session, turns every message into one readings record and/or one dead-letter
 //!   record, and acknowledges the message to the broker only after Kafka confirmed all of them,
 //!   in receive order. A crash therefore loses nothing: what was not acknowledged is redelivered
@@ -11,6 +13,7 @@
 
 pub mod ack;
 pub mod decode;
+pub mod embedded;
 pub mod metrics;
 
 use std::time::Duration;
@@ -19,10 +22,9 @@ use base64::Engine;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use ioc_bus::registry::RegistryView;
-use ioc_bus::KafkaBus;
+use ioc_bus::{Bus, Producer};
 use ioc_config::{AckMode, IngestConfig, MqttConfig};
-use ioc_contract::{device_of_telemetry_topic, DeadLetter, ReadingBatch, RejectCode};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use ioc_contract::{device_of_telemetry_topic, DeadLetter, ReadingBatch, RejectCode, Topics};
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -34,8 +36,10 @@ pub use crate::metrics::IngestMetrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("kafka: {0}")]
+    #[error("bus: {0}")]
     Bus(#[from] ioc_bus::BusError),
+    #[error("embedded MQTT broker: {0}")]
+    Broker(String),
 }
 
 /// The MQTT filter ingest subscribes to: the v1 telemetry topics, shared by the group.
@@ -43,7 +47,7 @@ pub fn subscription_filter(share_group: &str) -> String {
     format!("$share/{share_group}/ioc/v1/devices/+/telemetry")
 }
 
-/// One Kafka record to produce for a message.
+/// One bus record to produce for a message.
 #[derive(Debug, Clone)]
 pub struct OutRecord {
     pub topic: String,
@@ -65,7 +69,7 @@ pub fn process_message(
     topic: &str,
     payload: &[u8],
     registry: &RegistryView,
-    bus: &KafkaBus,
+    topics: &Topics,
     ctx: &DecodeContext,
 ) -> Outcome {
     let id = message_id(topic, payload);
@@ -83,7 +87,7 @@ pub fn process_message(
             raw_base64: base64::engine::general_purpose::STANDARD.encode(payload),
         };
         OutRecord {
-            topic: bus.topics.deadletter.clone(),
+            topic: topics.deadletter.clone(),
             key: device.unwrap_or("").to_string(),
             payload: serde_json::to_vec(&letter).expect("dead letters serialize"),
             readings: 0,
@@ -122,7 +126,7 @@ pub fn process_message(
                     readings: decoded.readings,
                 };
                 outcome.records.push(OutRecord {
-                    topic: bus.topics.readings.clone(),
+                    topic: topics.readings.clone(),
                     key: device_id.to_string(),
                     payload: serde_json::to_vec(&batch).expect("readings serialize"),
                     readings: n,
@@ -156,7 +160,7 @@ pub struct IngestReport {
 pub async fn run(
     mqtt: &MqttConfig,
     config: &IngestConfig,
-    bus: &KafkaBus,
+    bus: &Bus,
     registry: RegistryView,
     metrics: IngestMetrics,
     shutdown: CancellationToken,
@@ -242,7 +246,7 @@ pub async fn run(
                         max_payload_bytes: config.max_payload_bytes,
                     };
                     let topic = String::from_utf8_lossy(&publish.topic);
-                    let outcome = process_message(&topic, &publish.payload, &registry, bus, &ctx);
+                    let outcome = process_message(&topic, &publish.payload, &registry, bus.topics(), &ctx);
                     for code in &outcome.rejections {
                         metrics.rejections.with_label_values(&[code.as_str()]).inc();
                     }
@@ -318,10 +322,10 @@ async fn poll_mqtt(
     }
 }
 
-/// Produces every record of one message, retrying each until Kafka confirms it; resolves to the
-/// message's sequence number.
-async fn deliver(
-    producer: FutureProducer,
+/// Produces every record of one message, retrying each until the bus confirms it; resolves to
+/// the message's sequence number.
+pub(crate) async fn deliver(
+    producer: Producer,
     records: Vec<OutRecord>,
     seq: u64,
     metrics: IngestMetrics,
@@ -335,17 +339,13 @@ async fn deliver(
     seq
 }
 
-async fn send_until_confirmed(
-    producer: &FutureProducer,
-    record: &OutRecord,
-    metrics: &IngestMetrics,
-) {
+async fn send_until_confirmed(producer: &Producer, record: &OutRecord, metrics: &IngestMetrics) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let attempt = FutureRecord::to(&record.topic)
-            .key(&record.key)
-            .payload(&record.payload);
-        match producer.send(attempt, Duration::from_secs(5)).await {
+        match producer
+            .send(&record.topic, &record.key, &record.payload)
+            .await
+        {
             Ok(_) => {
                 if record.readings > 0 {
                     metrics.readings_produced.inc_by(record.readings as u64);
@@ -354,9 +354,9 @@ async fn send_until_confirmed(
                 }
                 return;
             }
-            Err((e, _)) => {
+            Err(e) => {
                 metrics.produce_errors.inc();
-                tracing::error!(error = %e, topic = %record.topic, retry_in = ?backoff, "Kafka did not confirm a record; retrying (the message stays unacknowledged)");
+                tracing::error!(error = %e, topic = %record.topic, retry_in = ?backoff, "the bus did not confirm a record; retrying (the message stays unacknowledged)");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -369,13 +369,8 @@ mod tests {
     use super::*;
     use ioc_contract::{Device, RegistryEvent};
 
-    fn bus() -> KafkaBus {
-        KafkaBus::new(ioc_config::KafkaConfig {
-            brokers: "127.0.0.1:1".into(),
-            topic_prefix: "t.".into(),
-            partitions: 1,
-            replication: 1,
-        })
+    fn topics() -> Topics {
+        Topics::with_prefix("t.")
     }
 
     fn registry() -> RegistryView {
@@ -403,7 +398,7 @@ mod tests {
     }
 
     fn process(topic: &str, body: &[u8]) -> Outcome {
-        process_message(topic, body, &registry(), &bus(), &ctx())
+        process_message(topic, body, &registry(), &topics(), &ctx())
     }
 
     fn letters(outcome: &Outcome) -> Vec<DeadLetter> {

@@ -16,7 +16,7 @@ pub mod ws;
 use std::sync::Arc;
 
 use ioc_bus::registry::RegistryView;
-use ioc_bus::KafkaBus;
+use ioc_bus::{Bus, Producer};
 use ioc_config::ApiConfig;
 use ioc_history::History;
 use prometheus::{IntCounter, IntGauge, Registry};
@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("kafka: {0}")]
+    #[error("bus: {0}")]
     Bus(#[from] ioc_bus::BusError),
     #[error("serving HTTP: {0}")]
     Serve(std::io::Error),
@@ -70,8 +70,8 @@ impl ApiMetrics {
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<ApiConfig>,
-    pub bus: KafkaBus,
-    pub producer: rdkafka::producer::FutureProducer,
+    pub bus: Bus,
+    pub producer: Producer,
     pub registry: RegistryView,
     pub history: History,
     pub live: live::LiveHub,
@@ -84,7 +84,7 @@ pub struct AppState {
 pub async fn run(
     listener: tokio::net::TcpListener,
     config: ApiConfig,
-    bus: KafkaBus,
+    bus: Bus,
     registry: RegistryView,
     history: History,
     prometheus: Registry,

@@ -1,14 +1,11 @@
-//! Live data for websocket clients: one Kafka tail per API instance (outside any consumer
+//! Live data for websocket clients: one bus tail per API instance (outside any consumer
 //! group, so every instance sees everything), fanned out through a bounded broadcast channel.
 //! Each message is serialized once, whatever the number of clients.
 
 use std::sync::Arc;
 
-use ioc_bus::KafkaBus;
+use ioc_bus::{Bus, Consumer, StartAt};
 use ioc_contract::{Aggregate, Alert, ReadingBatch};
-use rdkafka::consumer::StreamConsumer;
-use rdkafka::message::Message;
-use rdkafka::Offset;
 use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -72,20 +69,20 @@ impl LiveHub {
 
 /// Starts tailing the live topics from their current end.
 pub fn tail(
-    bus: &KafkaBus,
+    bus: &Bus,
     hub: LiveHub,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, ioc_bus::BusError> {
-    let topics = bus.topics.clone();
-    let consumer = bus.assigned_consumer(
+    let topics = bus.topics().clone();
+    let mut consumer = bus.consumer(
         &[&topics.readings, &topics.aggregates, &topics.alerts],
-        Offset::End,
+        StartAt::End,
     )?;
     Ok(tokio::spawn(async move {
         loop {
             let message = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                m = recv(&consumer) => m,
+                m = recv(&mut consumer) => m,
             };
             let Some((topic, payload)) = message else {
                 continue;
@@ -121,12 +118,9 @@ pub fn tail(
     }))
 }
 
-async fn recv(consumer: &StreamConsumer) -> Option<(String, Vec<u8>)> {
+async fn recv(consumer: &mut Consumer) -> Option<(String, Vec<u8>)> {
     match consumer.recv().await {
-        Ok(m) => Some((
-            m.topic().to_string(),
-            m.payload().unwrap_or_default().to_vec(),
-        )),
+        Ok(m) => Some((m.topic, m.payload)),
         Err(e) => {
             tracing::warn!(error = %e, "live tail consume error");
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;

@@ -1,10 +1,10 @@
-//! `ioc stream`: readings in from Kafka; raw history, 1-minute window aggregates and alerts out
-//! to ClickHouse and Kafka.
+//! `ioc stream`: readings in from the bus; raw history, 1-minute window aggregates and alerts
+//! out to the history store and the bus.
 //!
 //! - [`windows`]: event-time windows, watermarks, lateness and the commit rule (pure).
 //! - [`aggregate`]: the DataFusion query over Arrow batches that computes aggregates.
 //! - [`alerts`]: the PM2.5 threshold rule (pure).
-//! - [`run`]: the service loop. Per batch of Kafka records, in this order: store raw readings;
+//! - [`run`]: the service loop. Per batch of bus records, in this order: store raw readings;
 //!   feed the window engine; aggregate closed windows (from memory) and late windows (from
 //!   stored rows); evaluate alerts; store aggregates and alerts; publish them; checkpoint each
 //!   moved device's `closed_until`; checkpoint offsets up to what stored rows and closed windows
@@ -17,15 +17,11 @@ pub mod windows;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use ioc_bus::KafkaBus;
+use ioc_bus::{Bus, Consumer, Producer, StartAt};
 use ioc_config::StreamConfig;
 use ioc_contract::{Aggregate, Alert, ReadingBatch, WINDOW_MS};
 use ioc_history::{History, OffsetRow, WatermarkRow};
 use prometheus::{IntCounter, IntGauge, Registry};
-use rdkafka::consumer::StreamConsumer;
-use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::Offset;
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::ClosingRows;
@@ -34,7 +30,7 @@ use crate::windows::{Observed, WindowEngine, WindowKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
-    #[error("kafka: {0}")]
+    #[error("bus: {0}")]
     Bus(#[from] ioc_bus::BusError),
     #[error("history: {0}")]
     History(#[from] ioc_history::HistoryError),
@@ -67,7 +63,7 @@ impl StreamMetrics {
         Ok(StreamMetrics {
             readings_consumed: counter(
                 "ioc_stream_readings_consumed_total",
-                "Readings consumed from Kafka",
+                "Readings consumed from the bus",
             )?,
             duplicates: counter(
                 "ioc_stream_duplicate_readings_total",
@@ -79,7 +75,7 @@ impl StreamMetrics {
             )?,
             unreadable_records: counter(
                 "ioc_stream_unreadable_records_total",
-                "Kafka records that were not a readings batch",
+                "Bus records that were not a readings batch",
             )?,
             windows_closed: counter(
                 "ioc_stream_windows_closed_total",
@@ -95,7 +91,7 @@ impl StreamMetrics {
             )?,
             store_retries: counter(
                 "ioc_stream_store_retries_total",
-                "ClickHouse or Kafka writes that failed and were retried",
+                "History or bus writes that failed and were retried",
             )?,
             commits: counter(
                 "ioc_stream_offset_checkpoints_total",
@@ -106,7 +102,7 @@ impl StreamMetrics {
     }
 }
 
-/// One consumed Kafka record's readings.
+/// One consumed bus record's readings.
 struct Consumed {
     partition: i32,
     offset: i64,
@@ -132,14 +128,14 @@ impl VersionClock {
 /// windows to be rebuilt from the checkpointed offsets by the next run.
 pub async fn run(
     config: &StreamConfig,
-    bus: &KafkaBus,
+    bus: &Bus,
     history: History,
     metrics: StreamMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), StreamError> {
     history.ensure_schema().await?;
     let producer = bus.producer(Duration::from_millis(5))?;
-    let topic = bus.topics.readings.clone();
+    let topic = bus.topics().readings.clone();
     let partitions: Vec<i32> = if config.partitions.is_empty() {
         (0..bus.partitions_of(&topic)?).collect()
     } else {
@@ -150,14 +146,14 @@ pub async fn run(
         .await?
         .into_iter()
         .collect();
-    let consumer: StreamConsumer = bus.assigned_consumer_at(
+    let mut consumer = bus.consumer_at(
         &topic,
         partitions.iter().map(|p| {
             (
                 *p,
                 checkpoint
                     .get(p)
-                    .map_or(Offset::Beginning, |o| Offset::Offset(*o)),
+                    .map_or(StartAt::Beginning, |o| StartAt::Offset(*o)),
             )
         }),
     )?;
@@ -177,7 +173,7 @@ pub async fn run(
     let mut committed = checkpoint;
 
     while !shutdown.is_cancelled() {
-        let records = collect_batch(&consumer, config, &metrics, &shutdown).await;
+        let records = collect_batch(&mut consumer, config, &metrics, &shutdown).await;
         let step = Step {
             bus,
             history: &history,
@@ -224,7 +220,7 @@ async fn restore(
 
 /// Waits up to `batch_linger` for records, taking at most `batch_max_records`.
 async fn collect_batch(
-    consumer: &StreamConsumer,
+    consumer: &mut Consumer,
     config: &StreamConfig,
     metrics: &StreamMetrics,
     shutdown: &CancellationToken,
@@ -239,25 +235,23 @@ async fn collect_batch(
         };
         match message {
             Ok(m) => {
-                let batch = m
-                    .payload()
-                    .and_then(|p| serde_json::from_slice::<ReadingBatch>(p).ok());
+                let batch = serde_json::from_slice::<ReadingBatch>(&m.payload).ok();
                 if batch.is_none() {
                     metrics.unreadable_records.inc();
                     tracing::error!(
-                        partition = m.partition(),
-                        offset = m.offset(),
+                        partition = m.partition,
+                        offset = m.offset,
                         "readings record is not a readings batch; skipped"
                     );
                 }
                 out.push(Consumed {
-                    partition: m.partition(),
-                    offset: m.offset(),
+                    partition: m.partition,
+                    offset: m.offset,
                     batch,
                 });
             }
             Err(e) => {
-                tracing::warn!(error = %e, "Kafka consume error");
+                tracing::warn!(error = %e, "bus consume error");
                 break;
             }
         }
@@ -266,9 +260,9 @@ async fn collect_batch(
 }
 
 struct Step<'a> {
-    bus: &'a KafkaBus,
+    bus: &'a Bus,
     history: &'a History,
-    producer: &'a FutureProducer,
+    producer: &'a Producer,
     metrics: &'a StreamMetrics,
     shutdown: &'a CancellationToken,
 }
@@ -400,7 +394,9 @@ impl Step<'_> {
             aggregate::aggregate(in_order, version).await,
             aggregate::aggregate(reemit, version).await,
         ) else {
-            tracing::error!("DataFusion aggregation failed; the batch will be retried from Kafka");
+            tracing::error!(
+                "DataFusion aggregation failed; the batch will be retried from the bus"
+            );
             return false;
         };
         self.metrics
@@ -434,7 +430,7 @@ impl Step<'_> {
             return false;
         }
         let published = self.publish(
-            &self.bus.topics.aggregates,
+            &self.bus.topics().aggregates,
             aggregates
                 .iter()
                 .map(|a| (&a.device_id, serde_json::to_vec(a))),
@@ -444,7 +440,7 @@ impl Step<'_> {
         }
         if !self
             .publish(
-                &self.bus.topics.alerts,
+                &self.bus.topics().alerts,
                 alerts.iter().map(|a| (&a.device_id, serde_json::to_vec(a))),
             )
             .await
@@ -533,14 +529,8 @@ impl Step<'_> {
             .filter_map(|(k, v)| v.ok().map(|v| (k, v)))
             .collect();
         let sends = records.iter().map(|(key, payload)| {
-            self.retry("publishing to Kafka", move || async move {
-                self.producer
-                    .send(
-                        FutureRecord::to(topic).key(key.as_str()).payload(payload),
-                        Duration::from_secs(5),
-                    )
-                    .await
-                    .map_err(|(e, _)| e)
+            self.retry("publishing to the bus", move || async move {
+                self.producer.send(topic, key.as_str(), payload).await
             })
         });
         futures::future::join_all(sends)
