@@ -9,10 +9,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use ioc_bus::registry::{self, RegistryView};
-use ioc_bus::KafkaBus;
+use ioc_bus::{Bus, KafkaBus};
 use ioc_config::Config;
-use ioc_history::History;
+use ioc_history::{ClickHouseHistory, History};
 use tokio_util::sync::CancellationToken;
+
+mod up;
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +32,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Everything in one process: embedded MQTT broker, bus and history store, and the live
+    /// dashboard. Nothing else to install.
+    Up {
+        /// Where the embedded MQTT broker listens for devices (default: up.mqtt_listen,
+        /// 127.0.0.1:1883).
+        #[arg(long, value_name = "ADDR")]
+        mqtt_listen: Option<SocketAddr>,
+        /// Where the dashboard and API listen (default: api.listen, 127.0.0.1:8080).
+        #[arg(long, value_name = "ADDR")]
+        http_listen: Option<SocketAddr>,
+        /// Where the bus log, history and admin token live (default: up.data_dir, else
+        /// $XDG_DATA_HOME/ioc or ~/.local/share/ioc).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Run the simulated fleet too (registered automatically).
+        #[arg(long)]
+        sim: bool,
+        /// Admin bearer token (default: the one stored in the data directory, generated on
+        /// first start).
+        #[arg(long, env = "IOC_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+    },
     /// MQTT → decode and validate → Kafka (readings and dead letters).
     Ingest,
     /// Kafka readings → ClickHouse history, 1-minute aggregates and alerts.
@@ -73,7 +97,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("IOC_LOG")
-                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
+                .unwrap_or_else(|_| "info,rdkafka=warn,rumqttd=warn".into()),
         )
         .with_writer(std::io::stderr)
         // Colour only for a person at a terminal; log files and collectors get plain text.
@@ -177,7 +201,7 @@ async fn serve_metrics(
 }
 
 /// Starts following the registry topic; returns once caught up.
-async fn follow_registry(bus: &KafkaBus, shutdown: &CancellationToken) -> Result<RegistryView> {
+async fn follow_registry(bus: &Bus, shutdown: &CancellationToken) -> Result<RegistryView> {
     let view = RegistryView::default();
     registry::follow(bus, view.clone(), shutdown.clone())
         .await
@@ -187,8 +211,24 @@ async fn follow_registry(bus: &KafkaBus, shutdown: &CancellationToken) -> Result
 
 async fn run(command: Command, config: Config) -> Result<()> {
     let shutdown = shutdown_on_signals();
-    let bus = KafkaBus::new(config.kafka.clone());
+    let bus = Bus::Kafka(KafkaBus::new(config.kafka.clone()));
     match command {
+        Command::Up {
+            mqtt_listen,
+            http_listen,
+            data_dir,
+            sim,
+            admin_token,
+        } => {
+            let options = up::UpOptions {
+                mqtt_listen,
+                http_listen,
+                data_dir,
+                sim,
+                admin_token,
+            };
+            up::run(options, config, shutdown).await?;
+        }
         Command::Ingest => {
             bus.ensure_topics().await.context("creating Kafka topics")?;
             let prometheus = prometheus::Registry::new();
@@ -241,7 +281,7 @@ async fn run(command: Command, config: Config) -> Result<()> {
                 shutdown.clone(),
             )
             .await?;
-            let history = History::new(&config.clickhouse);
+            let history = History::ClickHouse(ClickHouseHistory::new(&config.clickhouse));
             tracing::info!(clickhouse = %config.clickhouse.url, database = %config.clickhouse.database, "stream starting");
             ioc_stream::run(&config.stream, &bus, history, metrics, shutdown).await?;
             tracing::info!("stream stopped");
@@ -259,7 +299,7 @@ async fn run(command: Command, config: Config) -> Result<()> {
             }
             let listener = bind(api.listen, "HTTP", "--http-listen").await?;
             bus.ensure_topics().await.context("creating Kafka topics")?;
-            let history = History::new(&config.clickhouse);
+            let history = History::ClickHouse(ClickHouseHistory::new(&config.clickhouse));
             history
                 .ensure_schema()
                 .await

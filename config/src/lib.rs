@@ -29,6 +29,29 @@ pub struct Config {
     pub stream: StreamConfig,
     pub api: ApiConfig,
     pub sim: SimConfig,
+    pub up: UpConfig,
+}
+
+/// `ioc up`: the whole pipeline in one process on an embedded broker, bus and history store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpConfig {
+    /// Where the embedded MQTT broker listens for devices.
+    pub mqtt_listen: SocketAddr,
+    /// Empty: `$XDG_DATA_HOME/ioc`, or `~/.local/share/ioc`.
+    pub data_dir: String,
+    /// How often the embedded bus fsyncs what arrived: the bound of what a crash can lose.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// How often the embedded history store commits (a crash replays from the bus, losing
+    /// nothing).
+    #[serde(with = "humantime_serde")]
+    pub history_flush_interval: Duration,
+    /// Bus segments older than this are deleted (never the registry's).
+    #[serde(with = "humantime_serde")]
+    pub bus_retention: Duration,
+    /// Most device connections the embedded broker accepts.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -387,6 +410,21 @@ pub fn validate(c: &Config) -> Vec<Problem> {
         })
     };
 
+    if c.up.flush_interval.is_zero() || c.up.flush_interval > Duration::from_secs(60) {
+        bad(
+            "up.flush_interval",
+            "must be more than 0 and at most 1m (it bounds what a crash can lose)".into(),
+        );
+    }
+    if c.up.history_flush_interval.is_zero() {
+        bad("up.history_flush_interval", "must be more than 0".into());
+    }
+    if c.up.bus_retention < Duration::from_secs(3600) {
+        bad("up.bus_retention", "must be at least 1h".into());
+    }
+    if c.up.max_connections == 0 {
+        bad("up.max_connections", "must be at least 1".into());
+    }
     if c.mqtt.host.trim().is_empty() {
         bad("mqtt.host", "must not be empty".into());
     }

@@ -4,6 +4,7 @@
 mod harness;
 mod pipeline;
 mod rejections;
+mod up;
 
 use std::process::Command;
 
