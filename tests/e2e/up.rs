@@ -339,6 +339,23 @@ async fn up_runs_the_pipeline_and_a_restart_keeps_registry_and_history() -> Resu
         assert_eq!(agg["mean"], lo + 29.5, "{agg}");
     }
 
+    // The second window's mean (89.5 µg/m³) is above the PM2.5 limit (50): one alert, raised
+    // at that window, still active.
+    let alerts_path = format!("/api/v1/alerts?device_id=aq-up&from={base}&to={to}");
+    let alerts = up
+        .eventually("the PM2.5 alert", Duration::from_secs(30), || async {
+            let a = up.get(&alerts_path).await?;
+            let rows = a["alerts"].as_array().cloned().unwrap_or_default();
+            Ok((!rows.is_empty()).then_some(rows))
+        })
+        .await?;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["status"], "active");
+    assert_eq!(
+        alerts[0]["raised_at"],
+        ioc_contract::time::format_ms(window(1).0)
+    );
+
     // Ctrl-C (SIGTERM here) shuts down cleanly.
     let status = first.terminate(Duration::from_secs(30));
     assert!(
@@ -389,6 +406,11 @@ async fn up_runs_the_pipeline_and_a_restart_keeps_registry_and_history() -> Resu
         },
     )
     .await?;
+    // The alert state survived too: still one alert, still active, not raised again.
+    let after = up.get(&alerts_path).await?;
+    assert_eq!(after["alerts"].as_array().map(Vec::len), Some(1), "{after}");
+    assert_eq!(after["alerts"][0]["alert_id"], alerts[0]["alert_id"]);
+    assert_eq!(after["alerts"][0]["status"], "active");
     let status = second.terminate(Duration::from_secs(30));
     assert!(
         status.is_some_and(|s| s.success()),
