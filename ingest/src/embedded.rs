@@ -2,7 +2,7 @@
 //!
 //! rumqttd speaks MQTT 3.1.1 to devices and has no MQTT 5 shared subscriptions, so ingest does
 //! not connect to it as a client: it reads the telemetry topics through rumqttd's in-process
-//! link and hands each message to the same [`process_message`] as the distributed ingest.
+//! link and hands each message to the same [`crate::process_message`] as the distributed ingest.
 //!
 //! rumqttd acknowledges a device's QoS 1 publish on receipt. What the broker has acknowledged
 //! but the bus has not yet made durable is the loss window of this mode: bounded by the bus's
@@ -24,8 +24,7 @@ use rumqttd::local::{LinkError, LinkRx};
 use rumqttd::{Broker, Notification};
 use tokio_util::sync::CancellationToken;
 
-use crate::decode::DecodeContext;
-use crate::{deliver, process_message, IngestError, IngestMetrics, IngestReport};
+use crate::{deliver, take_message, IngestError, IngestMetrics, IngestReport};
 
 /// The telemetry filter ingest reads (v1 device topics).
 pub const TELEMETRY_FILTER: &str = "ioc/v1/devices/+/telemetry";
@@ -205,19 +204,19 @@ pub async fn run(
                     report.messages += 1;
                     // The broker acknowledged it to the device on receipt.
                     report.acked += 1;
-                    metrics.messages_received.inc();
                     metrics.messages_acked.inc();
-                    let ctx = DecodeContext {
-                        received_at: m.received_at,
-                        max_future_skew_ms: config.max_future_skew.as_millis() as i64,
-                        max_payload_bytes: config.max_payload_bytes,
-                    };
-                    let topic = String::from_utf8_lossy(&m.topic);
-                    let outcome = process_message(&topic, &m.payload, &registry, bus.topics(), &ctx);
-                    for code in &outcome.rejections {
-                        metrics.rejections.with_label_values(&[code.as_str()]).inc();
-                    }
-                    inflight.push(deliver(producer.clone(), outcome.records, 0, metrics.clone()));
+                    let records = take_message(
+                        &m.topic,
+                        &m.payload,
+                        m.received_at,
+                        config,
+                        &registry,
+                        bus.topics(),
+                        &metrics,
+                    );
+                    // Sends start in receive order (FuturesUnordered polls new futures first
+                    // come, first served), so the log keeps the broker's order.
+                    inflight.push(deliver(producer.clone(), records, 0, metrics.clone()));
                 }
             },
         }

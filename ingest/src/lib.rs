@@ -145,6 +145,31 @@ pub fn process_message(
     outcome
 }
 
+/// One received message through decoding, counted: the step both ingest loops (MQTT 5 client
+/// and embedded broker) share. Returns the records to produce.
+pub(crate) fn take_message(
+    topic: &[u8],
+    payload: &[u8],
+    received_at: i64,
+    config: &IngestConfig,
+    registry: &RegistryView,
+    topics: &Topics,
+    metrics: &IngestMetrics,
+) -> Vec<OutRecord> {
+    metrics.messages_received.inc();
+    let ctx = DecodeContext {
+        received_at,
+        max_future_skew_ms: config.max_future_skew.as_millis() as i64,
+        max_payload_bytes: config.max_payload_bytes,
+    };
+    let topic = String::from_utf8_lossy(topic);
+    let outcome = process_message(&topic, payload, registry, topics, &ctx);
+    for code in &outcome.rejections {
+        metrics.rejections.with_label_values(&[code.as_str()]).inc();
+    }
+    outcome.records
+}
+
 /// Totals of one run, for the caller's log line.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct IngestReport {
@@ -239,17 +264,15 @@ pub async fn run(
                         continue;
                     }
                     report.messages += 1;
-                    metrics.messages_received.inc();
-                    let ctx = DecodeContext {
-                        received_at: ioc_contract::time::now_ms(),
-                        max_future_skew_ms: config.max_future_skew.as_millis() as i64,
-                        max_payload_bytes: config.max_payload_bytes,
-                    };
-                    let topic = String::from_utf8_lossy(&publish.topic);
-                    let outcome = process_message(&topic, &publish.payload, &registry, bus.topics(), &ctx);
-                    for code in &outcome.rejections {
-                        metrics.rejections.with_label_values(&[code.as_str()]).inc();
-                    }
+                    let records = take_message(
+                        &publish.topic,
+                        &publish.payload,
+                        ioc_contract::time::now_ms(),
+                        config,
+                        &registry,
+                        bus.topics(),
+                        &metrics,
+                    );
                     let ack_later = match config.ack_mode {
                         AckMode::AfterKafka => Some(publish),
                         AckMode::OnReceipt => {
@@ -261,7 +284,7 @@ pub async fn run(
                         }
                     };
                     let seq = pending.push((generation, ack_later));
-                    inflight.push(deliver(producer.clone(), outcome.records, seq, metrics.clone()));
+                    inflight.push(deliver(producer.clone(), records, seq, metrics.clone()));
                     metrics.inflight_messages.set(pending.len() as i64);
                 }
             },

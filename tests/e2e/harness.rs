@@ -247,29 +247,12 @@ impl Env {
     }
 
     /// Waits until `probe` returns Some.
-    pub async fn eventually<T, F, Fut>(
-        &self,
-        what: &str,
-        timeout: Duration,
-        mut probe: F,
-    ) -> Result<T>
+    pub async fn eventually<T, F, Fut>(&self, what: &str, timeout: Duration, probe: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<Option<T>>>,
     {
-        let deadline = Instant::now() + timeout;
-        let mut last_error = String::new();
-        loop {
-            match probe().await {
-                Ok(Some(v)) => return Ok(v),
-                Ok(None) => {}
-                Err(e) => last_error = format!("{e:#}"),
-            }
-            if Instant::now() > deadline {
-                bail!("timed out after {timeout:?} waiting for {what} (last error: {last_error}; logs in {})", self.dir.display());
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        eventually(what, timeout, &self.dir, probe).await
     }
 
     /// Registers a device through the API.
@@ -332,7 +315,16 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        // Leave the folder (logs) for a failed test; drop the database to keep ClickHouse small.
+        // Leave the folder (logs) for a failed test; drop the database to keep ClickHouse small,
+        // unless an assertion failed: then its rows are the evidence.
+        if std::thread::panicking() {
+            eprintln!(
+                "kept ClickHouse database {} and logs in {}",
+                self.id,
+                self.dir.display()
+            );
+            return;
+        }
         let id = self.id.clone();
         let _ = std::thread::spawn(move || {
             let _ = std::process::Command::new("curl")
@@ -463,4 +455,52 @@ pub async fn aggregates_vs_recomputation(env: &Env) -> Result<(Vec<String>, Vec<
         stored.into_iter().map(|r| r.join(" ")).collect(),
         recomputed.into_iter().map(|r| r.join(" ")).collect(),
     ))
+}
+
+/// Polls `probe` until it returns Some, or fails after `timeout` naming `what`, the last error
+/// and where the logs are.
+pub async fn eventually<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    logs: &Path,
+    mut probe: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last_error = String::new();
+    loop {
+        match probe().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_error = format!("{e:#}"),
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "timed out after {timeout:?} waiting for {what} (last error: {last_error}; logs in {})",
+                logs.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Opens the live page at `url` in headless Chromium (tests/browser/live-page.js) while the
+/// caller keeps data flowing; returns what the page showed: `{status, devices, updated, alerts}`.
+pub async fn live_page(url: &str) -> Result<serde_json::Value> {
+    let browser = tokio::process::Command::new("node")
+        .arg(repo_root().join("tests/browser/live-page.js"))
+        .arg(url)
+        .arg("20")
+        .output()
+        .await?;
+    if !browser.status.success() {
+        bail!(
+            "browser check failed: {}",
+            String::from_utf8_lossy(&browser.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&browser.stdout)?)
 }

@@ -337,19 +337,8 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
             }
         })
     };
-    let browser = tokio::process::Command::new("node")
-        .arg(crate::harness::repo_root().join("tests/browser/live-page.js"))
-        .arg(format!("{}?token={TOKEN}", env.api("/")))
-        .arg("20")
-        .output()
-        .await?;
+    let seen = crate::harness::live_page(&format!("{}?token={TOKEN}", env.api("/"))).await?;
     feeder.abort();
-    assert!(
-        browser.status.success(),
-        "browser check failed: {}",
-        String::from_utf8_lossy(&browser.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_slice(&browser.stdout)?;
     assert_eq!(seen["status"], "live", "{seen}");
     assert_eq!(
         seen["updated"], true,

@@ -11,7 +11,7 @@ use futures::{SinkExt, StreamExt};
 use rumqttc::QoS;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::harness::{free_port, repo_root, Proc};
+use crate::harness::{eventually, free_port, live_page, Proc};
 
 /// One `ioc up` data directory and its ports; processes are started on it one after another.
 struct Up {
@@ -163,27 +163,12 @@ impl Up {
             .collect())
     }
 
-    async fn eventually<T, F, Fut>(&self, what: &str, timeout: Duration, mut probe: F) -> Result<T>
+    async fn eventually<T, F, Fut>(&self, what: &str, timeout: Duration, probe: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<Option<T>>>,
     {
-        let deadline = Instant::now() + timeout;
-        let mut last = String::new();
-        loop {
-            match probe().await {
-                Ok(Some(v)) => return Ok(v),
-                Ok(None) => {}
-                Err(e) => last = format!("{e:#}"),
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "timed out waiting for {what} ({last}; logs in {})",
-                    self.dir.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        eventually(what, timeout, &self.dir, probe).await
     }
 
     fn mqtt(&self, client_id: &str) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
@@ -605,18 +590,7 @@ async fn up_with_sim_shows_live_devices_in_a_browser() -> Result<()> {
         Ok((d["devices"].as_array().map(Vec::len) == Some(10)).then_some(()))
     })
     .await?;
-    let browser = tokio::process::Command::new("node")
-        .arg(repo_root().join("tests/browser/live-page.js"))
-        .arg(format!("{}?token={}", up.url("/"), up.token))
-        .arg("20")
-        .output()
-        .await?;
-    assert!(
-        browser.status.success(),
-        "browser check failed: {}",
-        String::from_utf8_lossy(&browser.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_slice(&browser.stdout)?;
+    let seen = live_page(&format!("{}?token={}", up.url("/"), up.token)).await?;
     assert_eq!(seen["status"], "live", "{seen}");
     assert_eq!(
         seen["updated"], true,
