@@ -146,6 +146,16 @@ async fn join(name: &str, handle: tokio::task::JoinHandle<Result<()>>) -> Result
 }
 
 pub async fn run(options: UpOptions, config: Config, shutdown: CancellationToken) -> Result<()> {
+    // Both ports before anything is created, so a busy one is the only effect and message.
+    let mqtt_listen = options.mqtt_listen.unwrap_or(config.up.mqtt_listen);
+    let mut api = config.api.clone();
+    if let Some(addr) = options.http_listen {
+        api.listen = addr;
+    }
+    let http = bind(api.listen, "HTTP (dashboard and API)", "--http-listen").await?;
+    check_port_free(mqtt_listen)?;
+    let http_addr = http.local_addr()?;
+
     let dir = data_dir(options.data_dir, &config.up.data_dir)?;
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating the data directory {}", dir.display()))?;
@@ -154,17 +164,7 @@ pub async fn run(options: UpOptions, config: Config, shutdown: CancellationToken
         .admin_token
         .or_else(|| Some(config.api.admin_token.clone()).filter(|t| !t.is_empty()));
     let (token, token_source) = admin_token(given, &dir)?;
-
-    let mqtt_listen = options.mqtt_listen.unwrap_or(config.up.mqtt_listen);
-    let mut api = config.api.clone();
-    if let Some(addr) = options.http_listen {
-        api.listen = addr;
-    }
     api.admin_token = token.clone();
-    // Both ports before anything starts, so a busy one is the only message.
-    let http = bind(api.listen, "HTTP (dashboard and API)", "--http-listen").await?;
-    check_port_free(mqtt_listen)?;
-    let http_addr = http.local_addr()?;
 
     let topics = Topics::with_prefix(&config.kafka.topic_prefix);
     let log = EmbeddedLog::open(

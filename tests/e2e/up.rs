@@ -616,25 +616,40 @@ async fn up_with_sim_shows_live_devices_in_a_browser() -> Result<()> {
     Ok(())
 }
 
+/// Runs `ioc up` with one of its ports taken; returns its exit status and stderr.
+fn up_with_busy(mqtt: u16, http: u16, dir: &Path) -> (std::process::ExitStatus, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ioc"))
+        .args(["up", "--mqtt-listen", &format!("127.0.0.1:{mqtt}")])
+        .args(["--http-listen", &format!("127.0.0.1:{http}")])
+        .arg("--data-dir")
+        .arg(dir)
+        .env_remove("IOC_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
-fn up_names_a_busy_mqtt_port_and_the_flag_to_change_it() {
+fn up_names_a_busy_port_and_the_flag_to_change_it_and_creates_nothing() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let dir = std::env::temp_dir().join(format!("ioc-e2e-up-busy-{}", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_ioc"))
-        .args(["up", "--mqtt-listen", &format!("127.0.0.1:{port}")])
-        .arg("--http-listen")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--data-dir")
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(&format!("port {port} is already in use"))
-            && stderr.contains("--mqtt-listen"),
-        "{stderr}"
-    );
-    let _ = std::fs::remove_dir_all(&dir);
+    for (mqtt, http, flag) in [
+        (port, free_port(), "--mqtt-listen"),
+        (free_port(), port, "--http-listen"),
+    ] {
+        let (status, stderr) = up_with_busy(mqtt, http, &dir);
+        assert!(!status.success());
+        assert!(
+            stderr.contains(&format!("port {port} is already in use")) && stderr.contains(flag),
+            "{stderr}"
+        );
+        assert!(
+            !dir.exists(),
+            "a refused start leaves no data directory behind"
+        );
+    }
 }
