@@ -90,6 +90,19 @@ enum Command {
     },
     /// Check a configuration file and report every problem with its path.
     CheckConfig { file: PathBuf },
+    /// Print what ingest would make of a payload (a file, or - for standard input).
+    Decode {
+        /// Payload format: ioc-json or tt10-station.
+        #[arg(long, value_name = "DECODER")]
+        format: String,
+        /// The device the payload comes from (its topic says so in the pipeline).
+        #[arg(long, value_name = "ID", default_value = "device")]
+        device: String,
+        /// One JSON object per reading or rejection instead of text.
+        #[arg(long)]
+        json: bool,
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -123,6 +136,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Decode {
+        format,
+        device,
+        json,
+        file,
+    } = &cli.command
+    {
+        return decode_command(&config, format, device, *json, file);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -132,6 +154,106 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("ioc: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `ioc decode`: exit 0 when the payload is accepted (some values may still be rejected, and
+/// are printed), 1 when it is rejected whole, 2 on a usage problem.
+fn decode_command(
+    config: &Config,
+    format: &str,
+    device: &str,
+    json: bool,
+    file: &std::path::Path,
+) -> ExitCode {
+    use std::io::Read;
+    let Some(format) = ioc_ingest::Format::parse(format) else {
+        let names: Vec<&str> = ioc_ingest::Format::ALL.iter().map(|f| f.name()).collect();
+        eprintln!(
+            "ioc decode: unknown format {format:?}; available: {}",
+            names.join(", ")
+        );
+        return ExitCode::from(2);
+    };
+    let mut payload = Vec::new();
+    let read = if file.as_os_str() == "-" {
+        std::io::stdin().read_to_end(&mut payload)
+    } else {
+        std::fs::File::open(file).and_then(|mut f| f.read_to_end(&mut payload))
+    };
+    if let Err(e) = read {
+        eprintln!("ioc decode: reading {}: {e}", file.display());
+        return ExitCode::from(2);
+    }
+    let ctx = ioc_ingest::decode::DecodeContext {
+        received_at: ioc_contract::time::now_ms(),
+        max_future_skew_ms: config.ingest.max_future_skew.as_millis() as i64,
+        max_payload_bytes: config.ingest.max_payload_bytes,
+        utc_offset_ms: config.ingest.utc_offset_ms(),
+    };
+    let id = ioc_ingest::decode::message_id(&file.display().to_string(), &payload);
+    let fmt = ioc_contract::time::format_ms;
+    match format.decode(device, &payload, &id, &ctx) {
+        Err(rejection) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"error": rejection.code.as_str(), "reason": rejection.reason})
+                );
+            } else {
+                println!(
+                    "rejected ({}): {}",
+                    rejection.code.as_str(),
+                    rejection.reason
+                );
+            }
+            ExitCode::from(1)
+        }
+        Ok(decoded) => {
+            for r in &decoded.readings {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "device_id": r.device_id, "channel": r.channel, "ts": fmt(r.ts),
+                            "metric": r.metric, "value": r.value, "unit": r.unit,
+                            "quality": r.quality.as_str(), "reason": r.quality_reason,
+                        })
+                    );
+                } else {
+                    let channel = if r.channel.is_empty() {
+                        String::new()
+                    } else {
+                        format!("/{}", r.channel)
+                    };
+                    let reason = if r.quality_reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", r.quality_reason)
+                    };
+                    println!(
+                        "{}  {}{channel}  {} = {} {}  {}{reason}",
+                        fmt(r.ts),
+                        r.device_id,
+                        r.metric,
+                        r.value,
+                        r.unit,
+                        r.quality.as_str()
+                    );
+                }
+            }
+            for v in &decoded.rejected_values {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"error": v.code.as_str(), "reason": v.reason, "metric": v.metric})
+                    );
+                } else {
+                    println!("rejected {} ({}): {}", v.metric, v.code.as_str(), v.reason);
+                }
+            }
+            ExitCode::SUCCESS
         }
     }
 }
@@ -356,7 +478,9 @@ async fn run(command: Command, config: Config) -> Result<()> {
             );
             println!("{}", serde_json::to_string(&report)?);
         }
-        Command::CheckConfig { .. } => unreachable!("handled before the runtime starts"),
+        Command::CheckConfig { .. } | Command::Decode { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
     }
     Ok(())
 }

@@ -106,6 +106,30 @@ pub struct IngestConfig {
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
     pub metrics_listen: SocketAddr,
+    /// Local time of zone-less timestamps (station files), as `+HH:MM`.
+    pub local_utc_offset: String,
+}
+
+impl IngestConfig {
+    /// `local_utc_offset` in milliseconds (0 if invalid; [`validate`] reports that).
+    pub fn utc_offset_ms(&self) -> i64 {
+        parse_utc_offset(&self.local_utc_offset).unwrap_or(0)
+    }
+}
+
+/// `+HH:MM` or `-HH:MM` (up to ±14:00) as milliseconds east of UTC.
+pub fn parse_utc_offset(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() != 6 || b[3] != b':' || !matches!(b[0], b'+' | b'-') {
+        return None;
+    }
+    let h: i64 = s[1..3].parse().ok()?;
+    let m: i64 = s[4..6].parse().ok()?;
+    if h > 14 || m > 59 || (h == 14 && m > 0) {
+        return None;
+    }
+    let ms = (h * 60 + m) * 60_000;
+    Some(if b[0] == b'-' { -ms } else { ms })
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -425,6 +449,15 @@ pub fn validate(c: &Config) -> Vec<Problem> {
     if c.up.max_connections == 0 {
         bad("up.max_connections", "must be at least 1".into());
     }
+    if parse_utc_offset(&c.ingest.local_utc_offset).is_none() {
+        bad(
+            "ingest.local_utc_offset",
+            format!(
+                "must be +HH:MM or -HH:MM (Đắk Lắk: +07:00), is {:?}",
+                c.ingest.local_utc_offset
+            ),
+        );
+    }
     if c.mqtt.host.trim().is_empty() {
         bad("mqtt.host", "must not be empty".into());
     }
@@ -608,6 +641,23 @@ limit = -1.0
                 "ingest.max_payload_bytes",
                 "stream.pm25_alert.limit"
             ]
+        );
+    }
+
+    #[test]
+    fn utc_offsets_parse_and_a_bad_one_is_reported() {
+        assert_eq!(parse_utc_offset("+07:00"), Some(25_200_000));
+        assert_eq!(parse_utc_offset("-03:30"), Some(-12_600_000));
+        for bad in ["07:00", "+7:00", "+15:00", "+07:60", "UTC+7", ""] {
+            assert_eq!(parse_utc_offset(bad), None, "{bad}");
+        }
+        let file = "[ingest]\nlocal_utc_offset = \"ICT\"\n";
+        let err = load_str(Some(("f.toml", file)), no_env()).unwrap_err();
+        assert!(
+            err.problems()
+                .iter()
+                .any(|p| p.path == "ingest.local_utc_offset"),
+            "{err}"
         );
     }
 

@@ -13,6 +13,7 @@
 
 pub mod catalogue;
 pub mod time;
+pub mod units;
 
 use serde::{Deserialize, Serialize};
 
@@ -98,10 +99,11 @@ pub enum RejectCode {
     UnknownDevice,
     UnknownMetric,
     NotANumber,
+    UnknownUnit,
 }
 
 impl RejectCode {
-    pub const ALL: [RejectCode; 10] = [
+    pub const ALL: [RejectCode; 11] = [
         RejectCode::PayloadTooLarge,
         RejectCode::BadTopic,
         RejectCode::Malformed,
@@ -112,6 +114,7 @@ impl RejectCode {
         RejectCode::UnknownDevice,
         RejectCode::UnknownMetric,
         RejectCode::NotANumber,
+        RejectCode::UnknownUnit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -126,6 +129,7 @@ impl RejectCode {
             RejectCode::UnknownDevice => "unknown_device",
             RejectCode::UnknownMetric => "unknown_metric",
             RejectCode::NotANumber => "not_a_number",
+            RejectCode::UnknownUnit => "unknown_unit",
         }
     }
 }

@@ -19,6 +19,9 @@ pub struct DecodeContext {
     pub received_at: i64,
     pub max_future_skew_ms: i64,
     pub max_payload_bytes: usize,
+    /// Offset of the deployment's local time from UTC (`ingest.local_utc_offset`), for payloads
+    /// that carry zone-less local times.
+    pub utc_offset_ms: i64,
 }
 
 /// A whole message rejected.
@@ -29,7 +32,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(code: RejectCode, reason: impl Into<String>) -> Rejection {
+    pub(crate) fn new(code: RejectCode, reason: impl Into<String>) -> Rejection {
         Rejection {
             code,
             reason: reason.into(),
@@ -297,6 +300,7 @@ mod tests {
             received_at: NOW,
             max_future_skew_ms: 300_000,
             max_payload_bytes: 1024,
+            utc_offset_ms: 7 * 3_600_000,
         }
     }
 

@@ -1,6 +1,7 @@
 //! `ioc ingest`: MQTT in, bus out.
 //!
-//! - [`decode`]: device protocol v1, a pure function of the bytes.
+//! - [`decode`]: device protocol v1, a pure function of the bytes; [`tt10`]: station files.
+//! - [`Format`]: the payload formats by name (`ioc decode --format`).
 //! - [`ack`]: in-order release of MQTT acknowledgements.
 //! - [`metrics`]: what ingest counts.
 //! - [`embedded`]: the embedded MQTT broker of `ioc up`, read through its in-process link.
@@ -15,6 +16,7 @@ pub mod ack;
 pub mod decode;
 pub mod embedded;
 pub mod metrics;
+pub mod tt10;
 
 use std::time::Duration;
 
@@ -40,6 +42,44 @@ pub enum IngestError {
     Bus(#[from] ioc_bus::BusError),
     #[error("embedded MQTT broker: {0}")]
     Broker(String),
+}
+
+/// A payload format ingest decodes, by the name `ioc decode --format` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Device protocol v1 (`ioc/v1/devices/{id}/telemetry`).
+    IocJson,
+    /// A station file (Circular 10/2021 practice).
+    Tt10Station,
+}
+
+impl Format {
+    pub const ALL: [Format; 2] = [Format::IocJson, Format::Tt10Station];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::IocJson => "ioc-json",
+            Format::Tt10Station => "tt10-station",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Format> {
+        Format::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// Decodes one payload of `device_id`: pure, no I/O.
+    pub fn decode(
+        self,
+        device_id: &str,
+        payload: &[u8],
+        message_id: &str,
+        ctx: &DecodeContext,
+    ) -> Result<decode::Decoded, decode::Rejection> {
+        match self {
+            Format::IocJson => decode_v1(device_id, payload, message_id, ctx),
+            Format::Tt10Station => tt10::decode_tt10(device_id, payload, message_id, ctx),
+        }
+    }
 }
 
 /// The MQTT filter ingest subscribes to: the v1 telemetry topics, shared by the group.
@@ -161,6 +201,7 @@ pub(crate) fn take_message(
         received_at,
         max_future_skew_ms: config.max_future_skew.as_millis() as i64,
         max_payload_bytes: config.max_payload_bytes,
+        utc_offset_ms: config.utc_offset_ms(),
     };
     let topic = String::from_utf8_lossy(topic);
     let outcome = process_message(&topic, payload, registry, topics, &ctx);
@@ -417,6 +458,7 @@ mod tests {
             received_at: 1_795_680_300_000,
             max_future_skew_ms: 300_000,
             max_payload_bytes: 1024,
+            utc_offset_ms: 7 * 3_600_000,
         }
     }
 

@@ -62,3 +62,89 @@ fn a_busy_port_is_named_with_the_flag_to_change_it() {
         "{stderr}"
     );
 }
+
+#[test]
+fn decode_shows_what_ingest_makes_of_a_payload() {
+    let dir = std::env::temp_dir().join(format!("ioc-decode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let station = dir.join("DakLak_NMBia_WW01_20261126085500.txt");
+    std::fs::write(
+        &station,
+        "pH\t7.21\tpH\t20261126085500\t00\r\nCOD\t61,5\tmg/L\t20261126085500\t01\r\nTSS\tNaN\tmg/L\t20261126085500\t00\r\n",
+    )
+    .unwrap();
+    let ioc = env!("CARGO_BIN_EXE_ioc");
+    let out = Command::new(ioc)
+        .args([
+            "decode",
+            "--format",
+            "tt10-station",
+            "--device",
+            "ww-001",
+            "--json",
+        ])
+        .arg(&station)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(
+        lines[0]["ts"], "2026-11-26T01:55:00.000Z",
+        "local +07:00 to UTC"
+    );
+    assert_eq!(
+        (
+            &lines[0]["metric"],
+            &lines[0]["value"],
+            &lines[0]["quality"]
+        ),
+        (
+            &serde_json::json!("ph"),
+            &serde_json::json!(7.21),
+            &serde_json::json!("good")
+        )
+    );
+    assert_eq!(lines[1]["value"], 61.5, "decimal comma");
+    assert_eq!(lines[1]["quality"], "suspect");
+    assert_eq!(lines[1]["reason"], "station calibrating (status 01)");
+    assert_eq!(lines[2]["error"], "not_a_number");
+    assert_eq!(lines[2]["metric"], "tss");
+
+    // A whole-message rejection: one JSON object with error and reason, exit 1.
+    let mut child = Command::new(ioc)
+        .args(["decode", "--format", "ioc-json", "--json", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"values":{"pm25":1}}"#)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let rejection: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rejection["error"], "missing_ts");
+    assert!(rejection["reason"].as_str().unwrap().contains("ts"));
+
+    let out = Command::new(ioc)
+        .args(["decode", "--format", "vendor-xyz"])
+        .arg(&station)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("available: ioc-json, tt10-station"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
