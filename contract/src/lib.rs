@@ -318,6 +318,19 @@ pub fn device_of_telemetry_topic(topic: &str) -> Option<&str> {
     valid_device_id(id).then_some(id)
 }
 
+/// The topic a monitoring station sends its files on (one file per message).
+pub fn station_file_topic(station_id: &str) -> String {
+    format!("ioc/v1/stations/{station_id}/file")
+}
+
+/// The station id in a station file topic, if the topic is one. Until devices carry external
+/// ids, a station's id is its device id.
+pub fn device_of_station_topic(topic: &str) -> Option<&str> {
+    let rest = topic.strip_prefix("ioc/v1/stations/")?;
+    let id = rest.strip_suffix("/file")?;
+    valid_device_id(id).then_some(id)
+}
+
 /// Length of the tumbling aggregation window.
 pub const WINDOW_MS: i64 = 60_000;
 
@@ -349,6 +362,19 @@ mod tests {
         assert_eq!(window_start(60_000), 60_000);
         assert_eq!(window_start(119_999), 60_000);
         assert_eq!(window_start(-1), -60_000);
+    }
+
+    #[test]
+    fn station_topics_round_trip() {
+        assert_eq!(
+            device_of_station_topic(&station_file_topic("ww-001")),
+            Some("ww-001")
+        );
+        assert_eq!(device_of_station_topic("ioc/v1/stations/a+b/file"), None);
+        assert_eq!(
+            device_of_station_topic("ioc/v1/devices/ww-001/telemetry"),
+            None
+        );
     }
 
     #[test]

@@ -26,8 +26,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{deliver, take_message, IngestError, IngestMetrics, IngestReport};
 
-/// The telemetry filter ingest reads (v1 device topics).
-pub const TELEMETRY_FILTER: &str = "ioc/v1/devices/+/telemetry";
 /// Messages between the broker's link and the ingest loop, and messages awaiting the bus.
 const CHANNEL: usize = 4096;
 const MAX_INFLIGHT: usize = 8192;
@@ -42,7 +40,7 @@ pub struct BrokerOptions {
     pub max_payload_bytes: usize,
 }
 
-/// A started broker: its in-process link, subscribed to the telemetry topics.
+/// A started broker: its in-process link, subscribed to the topics ingest reads.
 pub struct EmbeddedBroker {
     link: LinkRx,
 }
@@ -88,9 +86,11 @@ pub fn start_broker(options: &BrokerOptions) -> Result<EmbeddedBroker, IngestErr
     let (mut link_tx, link_rx) = broker
         .link("ioc-ingest")
         .map_err(|e| IngestError::Broker(e.to_string()))?;
-    link_tx
-        .subscribe(TELEMETRY_FILTER)
-        .map_err(|e| IngestError::Broker(e.to_string()))?;
+    for (filter, _) in crate::TOPIC_FILTERS {
+        link_tx
+            .subscribe(filter)
+            .map_err(|e| IngestError::Broker(e.to_string()))?;
+    }
     std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {

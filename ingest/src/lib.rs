@@ -26,7 +26,10 @@ use futures::StreamExt;
 use ioc_bus::registry::RegistryView;
 use ioc_bus::{Bus, Producer};
 use ioc_config::{AckMode, IngestConfig, MqttConfig};
-use ioc_contract::{device_of_telemetry_topic, DeadLetter, ReadingBatch, RejectCode, Topics};
+use ioc_contract::{
+    device_of_station_topic, device_of_telemetry_topic, DeadLetter, ReadingBatch, RejectCode,
+    Topics,
+};
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -82,9 +85,25 @@ impl Format {
     }
 }
 
-/// The MQTT filter ingest subscribes to: the v1 telemetry topics, shared by the group.
-pub fn subscription_filter(share_group: &str) -> String {
-    format!("$share/{share_group}/ioc/v1/devices/+/telemetry")
+/// The topics ingest reads, and the format each carries: v1 device telemetry and station files.
+pub const TOPIC_FILTERS: [(&str, Format); 2] = [
+    ("ioc/v1/devices/+/telemetry", Format::IocJson),
+    ("ioc/v1/stations/+/file", Format::Tt10Station),
+];
+
+/// The MQTT filters ingest subscribes to, shared by the group.
+pub fn subscription_filters(share_group: &str) -> Vec<String> {
+    TOPIC_FILTERS
+        .iter()
+        .map(|(filter, _)| format!("$share/{share_group}/{filter}"))
+        .collect()
+}
+
+/// The device a topic names and the format of its payload, if ingest reads that topic.
+pub fn route(topic: &str) -> Option<(&str, Format)> {
+    device_of_telemetry_topic(topic)
+        .map(|d| (d, Format::IocJson))
+        .or_else(|| device_of_station_topic(topic).map(|d| (d, Format::Tt10Station)))
 }
 
 /// One bus record to produce for a message.
@@ -114,7 +133,8 @@ pub fn process_message(
 ) -> Outcome {
     let id = message_id(topic, payload);
     let mut outcome = Outcome::default();
-    let device = device_of_telemetry_topic(topic);
+    let route = route(topic);
+    let device = route.map(|(d, _)| d);
     let dead_letter = |code: RejectCode, reason: String, metric: Option<String>| -> OutRecord {
         let letter = DeadLetter {
             code,
@@ -134,11 +154,11 @@ pub fn process_message(
         }
     };
 
-    let Some(device_id) = device else {
+    let Some((device_id, format)) = route else {
         outcome.rejections.push(RejectCode::BadTopic);
         outcome.records.push(dead_letter(
             RejectCode::BadTopic,
-            format!("topic {topic:?} is not ioc/v1/devices/{{device_id}}/telemetry with a valid device id"),
+            format!("topic {topic:?} is not ioc/v1/devices/{{device_id}}/telemetry or ioc/v1/stations/{{station_id}}/file with a valid id"),
             None,
         ));
         return outcome;
@@ -152,7 +172,7 @@ pub fn process_message(
         ));
         return outcome;
     }
-    match decode_v1(device_id, payload, &id, ctx) {
+    match format.decode(device_id, payload, &id, ctx) {
         Err(rejection) => {
             outcome.rejections.push(rejection.code);
             outcome
@@ -247,7 +267,7 @@ pub async fn run(
         options.set_credentials(&mqtt.username, &mqtt.password);
     }
     let (client, eventloop) = AsyncClient::new(options, config.receive_maximum as usize + 64);
-    let filter = subscription_filter(&config.share_group);
+    let filters = subscription_filters(&config.share_group);
     // The event loop runs in its own task so that awaiting an ack (a bounded request channel)
     // can never stall it. It forwards only what this loop needs; the channel is unbounded, but
     // the broker sends at most receive_maximum unacknowledged publishes.
@@ -295,8 +315,10 @@ pub async fn run(
                 None => break,
                 Some(MqttEvent::Connected) => {
                     generation += 1;
-                    if let Err(e) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
-                        tracing::error!(error = %e, "subscribe request failed");
+                    for filter in &filters {
+                        if let Err(e) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
+                            tracing::error!(error = %e, %filter, "subscribe request failed");
+                        }
                     }
                 }
                 Some(MqttEvent::Message(publish)) => {
@@ -512,6 +534,19 @@ mod tests {
         let mut metrics: Vec<String> = letters(&out).into_iter().filter_map(|l| l.metric).collect();
         metrics.sort();
         assert_eq!(metrics, vec!["no2", "radon"]);
+    }
+
+    #[test]
+    fn station_files_are_routed_to_the_station_decoder() {
+        let file = b"COD\t61.5\tmg/L\t20261126085500\t00\nTSS\t12\tgrains\t20261126085500\t00\n";
+        let out = process("ioc/v1/stations/aq-1/file", file);
+        let batch: ReadingBatch = serde_json::from_slice(&out.records[0].payload).unwrap();
+        assert_eq!(batch.readings.len(), 1);
+        assert_eq!(batch.readings[0].metric, "cod");
+        assert_eq!(out.rejections, vec![RejectCode::UnknownUnit]);
+        assert_eq!(letters(&out)[0].metric.as_deref(), Some("tss"));
+        let out = process("ioc/v1/stations/ghost/file", file);
+        assert_eq!(out.rejections, vec![RejectCode::UnknownDevice]);
     }
 
     #[test]

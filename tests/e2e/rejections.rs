@@ -74,6 +74,12 @@ async fn every_kind_of_bad_input_is_dead_lettered_counted_and_survived() -> Resu
             "not_a_number",
         ),
         (dev, oversized, "payload_too_large"),
+        // A station file: its unknown unit rejects that value alone.
+        (
+            "ioc/v1/stations/aq-1/file",
+            "PM2.5\t12\tgrains/ft3\t20261126085500\t00\n".into(),
+            "unknown_unit",
+        ),
     ];
     let (mqtt, _poll) = env.mqtt_client("test-bad-devices");
     for (topic, payload, _) in &cases {
@@ -118,6 +124,7 @@ async fn every_kind_of_bad_input_is_dead_lettered_counted_and_survived() -> Resu
         assert_eq!(raw, payload.as_bytes(), "{code}: raw bytes kept");
     }
     assert_eq!(letters["unknown_metric"]["metric"], "radon");
+    assert_eq!(letters["unknown_unit"]["metric"], "pm25");
     assert!(letters["not_a_number"]["reason"]
         .as_str()
         .unwrap()

@@ -616,6 +616,94 @@ async fn up_with_sim_shows_live_devices_in_a_browser() -> Result<()> {
     Ok(())
 }
 
+/// A station file published on its topic becomes readings in UTC, in catalogue units, with the
+/// station's status as quality.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn up_ingests_station_files() -> Result<()> {
+    let mut up = Up::new("station")?;
+    let (mut proc, _) = up.start(&[], &[]).await?;
+    up.register("ww-st1").await?;
+    // 08:55 local time (+07:00) yesterday.
+    let day = ioc_contract::window_start(ioc_contract::time::now_ms()) - 86_400_000;
+    let day = day - day.rem_euclid(86_400_000);
+    let local = chrono_like_local(day + 8 * 3_600_000 + 55 * 60_000 + 7 * 3_600_000);
+    let file = format!(
+        "pH\t7.21\tpH\t{local}\t00\r\nCOD\t61,5\tmg/l\t{local}\t01\r\nLuu luong\t0.01\tm3/s\t{local}\t00\r\n"
+    );
+    let (client, mut eventloop) = up.mqtt("station-ww-st1");
+    client
+        .publish("ioc/v1/stations/ww-st1/file", QoS::AtLeastOnce, false, file)
+        .await?;
+    loop {
+        if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = eventloop.poll().await? {
+            break;
+        }
+    }
+    let ts = day + 8 * 3_600_000 + 55 * 60_000;
+    let rows = up
+        .eventually(
+            "the station's readings",
+            Duration::from_secs(30),
+            || async {
+                let r = up
+                    .get(&format!(
+                        "/api/v1/readings?device_id=ww-st1&from={ts}&to={}",
+                        ts + 1
+                    ))
+                    .await?;
+                let rows = r["readings"].as_array().cloned().unwrap_or_default();
+                Ok((rows.len() == 3).then_some(rows))
+            },
+        )
+        .await?;
+    let got: Vec<(String, f64, String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["metric"].as_str().unwrap_or_default().to_string(),
+                r["value"].as_f64().unwrap_or(f64::NAN),
+                r["unit"].as_str().unwrap_or_default().to_string(),
+                r["quality"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "cod".to_string(),
+                61.5,
+                "mg/L".to_string(),
+                "suspect".to_string()
+            ),
+            (
+                "flow".to_string(),
+                36.0,
+                "m³/h".to_string(),
+                "good".to_string()
+            ),
+            ("ph".to_string(), 7.21, "pH".to_string(), "good".to_string()),
+        ]
+    );
+    assert_eq!(rows[0]["ts"], ioc_contract::time::format_ms(ts));
+    let status = proc.terminate(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "clean exit: {status:?}"
+    );
+    let _ = std::fs::remove_dir_all(&up.dir);
+    Ok(())
+}
+
+/// `yyyyMMddhhmmss` of the UTC calendar time `ms` (the caller adds the local offset).
+fn chrono_like_local(ms: i64) -> String {
+    ioc_contract::time::format_ms(ms)
+        .chars()
+        .filter(char::is_ascii_digit)
+        .take(14)
+        .collect()
+}
+
 /// Runs `ioc up` with one of its ports taken; returns its exit status and stderr.
 fn up_with_busy(mqtt: u16, http: u16, dir: &Path) -> (std::process::ExitStatus, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ioc"))
