@@ -92,7 +92,7 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Print what ingest would make of a payload (a file, or - for standard input).
     Decode {
-        /// Payload format: ioc-json or tt10-station.
+        /// Payload format: ioc-json, tt10-station, senml or traffic-counter.
         #[arg(long, value_name = "DECODER")]
         format: String,
         /// The device the payload comes from (its topic says so in the pipeline).

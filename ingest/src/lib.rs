@@ -1,6 +1,7 @@
 //! `ioc ingest`: MQTT in, bus out.
 //!
-//! - [`decode`]: device protocol v1, a pure function of the bytes; [`tt10`]: station files.
+//! - [`decode`]: device protocol v1, a pure function of the bytes; [`tt10`]: station files;
+//!   [`senml`]: RFC 8428 SenML JSON; [`counter`]: per-lane traffic counts. All pure.
 //! - [`Format`]: the payload formats by name (`ioc decode --format`).
 //! - [`ack`]: in-order release of MQTT acknowledgements.
 //! - [`metrics`]: what ingest counts.
@@ -13,9 +14,11 @@
 //!   to the restarted session, and the stream stage absorbs the duplicates by reading key.
 
 pub mod ack;
+pub mod counter;
 pub mod decode;
 pub mod embedded;
 pub mod metrics;
+pub mod senml;
 pub mod tt10;
 
 use std::time::Duration;
@@ -54,15 +57,26 @@ pub enum Format {
     IocJson,
     /// A station file (Circular 10/2021 practice).
     Tt10Station,
+    /// RFC 8428 SenML JSON (`ioc decode` only until topics are configurable).
+    Senml,
+    /// Per-lane interval counts (`ioc decode` only until topics are configurable).
+    TrafficCounter,
 }
 
 impl Format {
-    pub const ALL: [Format; 2] = [Format::IocJson, Format::Tt10Station];
+    pub const ALL: [Format; 4] = [
+        Format::IocJson,
+        Format::Tt10Station,
+        Format::Senml,
+        Format::TrafficCounter,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Format::IocJson => "ioc-json",
             Format::Tt10Station => "tt10-station",
+            Format::Senml => "senml",
+            Format::TrafficCounter => "traffic-counter",
         }
     }
 
@@ -81,6 +95,8 @@ impl Format {
         match self {
             Format::IocJson => decode_v1(device_id, payload, message_id, ctx),
             Format::Tt10Station => tt10::decode_tt10(device_id, payload, message_id, ctx),
+            Format::Senml => senml::decode_senml(device_id, payload, message_id, ctx),
+            Format::TrafficCounter => counter::decode_counter(device_id, payload, message_id, ctx),
         }
     }
 }
@@ -547,6 +563,49 @@ mod tests {
         assert_eq!(letters(&out)[0].metric.as_deref(), Some("tss"));
         let out = process("ioc/v1/stations/ghost/file", file);
         assert_eq!(out.rejections, vec![RejectCode::UnknownDevice]);
+    }
+
+    #[test]
+    fn no_format_panics_on_mutated_payloads() {
+        let samples: [(Format, &[u8]); 4] = [
+            (Format::IocJson, br#"{"ts":1795680240000,"channel":"a","values":{"pm25":12,"no2":20}}"#),
+            (Format::Tt10Station, b"COD\t61,5\tmg/L\t20261126085500\t00\npH\t7\tpH\t20261126085500\t01\n"),
+            (Format::Senml, br#"[{"bn":"x:","bt":1795658340,"bu":"ug/m3","n":"pm25","v":35.2},{"n":"co","u":"ppm","v":1,"t":-5}]"#),
+            (Format::TrafficCounter, br#"{"end":1795658340,"interval_s":60,"lanes":[{"lane":1,"count":17,"avg_speed":42.5,"occupancy":0.12}]}"#),
+        ];
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for (format, sample) in samples {
+            assert!(
+                format.decode("d", sample, "m", &ctx()).is_ok(),
+                "{format:?} sample decodes"
+            );
+            for _ in 0..3000 {
+                let mut buf = sample.to_vec();
+                for _ in 0..(next() % 4 + 1) {
+                    let i = next() as usize % buf.len();
+                    match next() % 3 {
+                        0 => buf[i] = next() as u8,
+                        1 => {
+                            buf.remove(i);
+                        }
+                        _ => {
+                            let alphabet = b"{}[]\t,:\"0-9e.";
+                            buf.insert(i, alphabet[next() as usize % alphabet.len()])
+                        }
+                    }
+                    if buf.is_empty() {
+                        buf.push(b'{');
+                    }
+                }
+                let _ = format.decode("d", &buf, "m", &ctx());
+            }
+        }
     }
 
     #[test]

@@ -145,6 +145,7 @@ fn decode_shows_what_ingest_makes_of_a_payload() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("available: ioc-json, tt10-station"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("available: ioc-json, tt10-station, senml, traffic-counter"));
     let _ = std::fs::remove_dir_all(&dir);
 }
