@@ -48,6 +48,7 @@ pub struct StreamMetrics {
     pub alerts_emitted: IntCounter,
     pub store_retries: IntCounter,
     pub commits: IntCounter,
+    pub offset_gaps: IntCounter,
     pub open_windows: IntGauge,
 }
 
@@ -96,6 +97,10 @@ impl StreamMetrics {
             commits: counter(
                 "ioc_stream_offset_checkpoints_total",
                 "Offset checkpoints written",
+            )?,
+            offset_gaps: counter(
+                "ioc_stream_offset_gaps_total",
+                "Records the bus skipped between consecutive reads of a partition",
             )?,
             open_windows,
         })
@@ -170,10 +175,26 @@ pub async fn run(
     let mut rule = Pm25Rule::new(config.pm25_alert.limit);
     restore(&history, &mut engine, &mut rule).await?;
     let mut versions = VersionClock(0);
+    // Offsets of one partition are contiguous (idempotent, non-transactional producers, no
+    // compaction): a jump means the bus skipped records, which this stream would never see.
+    let mut next_expected: HashMap<i32, i64> = checkpoint.clone();
     let mut committed = checkpoint;
 
     while !shutdown.is_cancelled() {
         let records = collect_batch(&mut consumer, config, &metrics, &shutdown).await;
+        for c in &records {
+            if let Some(expected) = next_expected.insert(c.partition, c.offset + 1) {
+                if c.offset > expected {
+                    metrics.offset_gaps.inc_by((c.offset - expected) as u64);
+                    tracing::error!(
+                        partition = c.partition,
+                        expected,
+                        got = c.offset,
+                        "the bus skipped records of the readings topic; their windows will be incomplete"
+                    );
+                }
+            }
+        }
         let step = Step {
             bus,
             history: &history,

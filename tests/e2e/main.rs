@@ -1,6 +1,7 @@
 //! End-to-end tests of the real `ioc` binary on real services: Mosquitto, a Kafka-protocol
 //! broker (tansu) and ClickHouse. `scripts/test.sh` starts the shared services first.
 
+mod bus;
 mod harness;
 mod pipeline;
 mod rejections;
