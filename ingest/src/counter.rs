@@ -11,7 +11,7 @@
 use ioc_contract::{catalogue, units, Quality, Reading, RejectCode};
 use serde_json::Value;
 
-use crate::decode::{DecodeContext, Decoded, Rejection, ValueRejection};
+use crate::decode::{judge, DecodeContext, Decoded, Rejection, ValueRejection};
 
 const MIN_S: i64 = 946_684_800;
 const MAX_S: i64 = 4_102_444_800;
@@ -83,7 +83,6 @@ pub fn decode_counter(
             ))
         }
     };
-    let future_by = ts - ctx.received_at;
     let mut out = Decoded::default();
     for (i, lane) in lanes.iter().enumerate() {
         let channel = match lane.get("lane") {
@@ -119,23 +118,14 @@ pub fn decode_counter(
                 continue;
             };
             let value = units::to_canonical(spec, value, unit).expect("counter units convert");
-            let (quality, quality_reason) =
-                if !spec.in_range(value) || (metric == "vehicle_count" && value.fract() != 0.0) {
-                    (
-                        Quality::Bad,
-                        format!(
-                            "{value} is not a plausible {metric} (range [{}, {}] {})",
-                            spec.min, spec.max, spec.unit
-                        ),
-                    )
-                } else if future_by > ctx.max_future_skew_ms {
-                    (
-                        Quality::Suspect,
-                        format!("timestamp {} s ahead of receive time", future_by / 1000),
-                    )
-                } else {
-                    (Quality::Good, String::new())
-                };
+            let (quality, quality_reason) = if metric == "vehicle_count" && value.fract() != 0.0 {
+                (
+                    Quality::Bad,
+                    format!("{value} vehicles is not a whole count"),
+                )
+            } else {
+                judge(spec, value, ts, ctx)
+            };
             out.readings.push(Reading {
                 device_id: device_id.to_string(),
                 channel: channel.clone(),

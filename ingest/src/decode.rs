@@ -162,7 +162,6 @@ pub fn decode_v1(
         return Err(Rejection::new(RejectCode::NoValues, "values is empty"));
     }
 
-    let future_by = ts - ctx.received_at;
     let mut out = Decoded {
         readings: Vec::with_capacity(values.len()),
         rejected_values: Vec::new(),
@@ -187,22 +186,7 @@ pub fn decode_v1(
                 continue;
             }
         };
-        let (quality, quality_reason) = if !spec.in_range(value) {
-            (
-                Quality::Bad,
-                format!(
-                    "{value} outside physical range [{}, {}] {}",
-                    spec.min, spec.max, spec.unit
-                ),
-            )
-        } else if future_by > ctx.max_future_skew_ms {
-            (
-                Quality::Suspect,
-                format!("timestamp {} s ahead of receive time", future_by / 1000),
-            )
-        } else {
-            (Quality::Good, String::new())
-        };
+        let (quality, quality_reason) = judge(spec, value, ts, ctx);
         out.readings.push(Reading {
             device_id: device_id.to_string(),
             channel: channel.clone(),
@@ -218,6 +202,33 @@ pub fn decode_v1(
         });
     }
     Ok(out)
+}
+
+/// The quality every decoder gives a value at `ts`: outside the metric's physical range it is
+/// `bad`, more than `max_future_skew` ahead of receipt `suspect`, else `good`; with the reason.
+pub(crate) fn judge(
+    spec: &catalogue::MetricSpec,
+    value: f64,
+    ts: i64,
+    ctx: &DecodeContext,
+) -> (Quality, String) {
+    let future_by = ts - ctx.received_at;
+    if !spec.in_range(value) {
+        (
+            Quality::Bad,
+            format!(
+                "{value} outside physical range [{}, {}] {}",
+                spec.min, spec.max, spec.unit
+            ),
+        )
+    } else if future_by > ctx.max_future_skew_ms {
+        (
+            Quality::Suspect,
+            format!("timestamp {} s ahead of receive time", future_by / 1000),
+        )
+    } else {
+        (Quality::Good, String::new())
+    }
 }
 
 fn parse_ts(ts: Option<&Value>) -> Result<i64, Rejection> {

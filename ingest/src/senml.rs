@@ -8,10 +8,10 @@
 //! numeric values (`v`) become readings; a record with a string, boolean or data value, an
 //! unknown name or an unknown unit is rejected alone.
 
-use ioc_contract::{catalogue, units, Quality, Reading, RejectCode};
+use ioc_contract::{catalogue, units, Reading, RejectCode};
 use serde_json::Value;
 
-use crate::decode::{DecodeContext, Decoded, Rejection, ValueRejection};
+use crate::decode::{judge, DecodeContext, Decoded, Rejection, ValueRejection};
 
 /// RFC 8428 §4.5.3: times below 2^28 seconds are relative to the current time.
 const RELATIVE_LIMIT_S: f64 = 268_435_456.0;
@@ -172,23 +172,7 @@ pub fn decode_senml(
             );
             continue;
         }
-        let future_by = ts - ctx.received_at;
-        let (quality, quality_reason) = if !spec.in_range(value) {
-            (
-                Quality::Bad,
-                format!(
-                    "{value} outside physical range [{}, {}] {}",
-                    spec.min, spec.max, spec.unit
-                ),
-            )
-        } else if future_by > ctx.max_future_skew_ms {
-            (
-                Quality::Suspect,
-                format!("timestamp {} s ahead of receive time", future_by / 1000),
-            )
-        } else {
-            (Quality::Good, String::new())
-        };
+        let (quality, quality_reason) = judge(spec, value, ts, ctx);
         out.readings.push(Reading {
             device_id: device_id.to_string(),
             channel: String::new(),

@@ -19,7 +19,7 @@
 
 use ioc_contract::{catalogue, units, Quality, Reading, RejectCode};
 
-use crate::decode::{DecodeContext, Decoded, Rejection, ValueRejection};
+use crate::decode::{judge, DecodeContext, Decoded, Rejection, ValueRejection};
 
 /// The catalogue metric a station parameter name means, if any.
 pub fn metric_of(parameter: &str) -> Option<&'static str> {
@@ -179,20 +179,8 @@ pub fn decode_tt10(
                 continue;
             }
         };
-        let future_by = ts - ctx.received_at;
         let (quality, quality_reason) = match status {
-            "00" if !spec.in_range(value) => (
-                Quality::Bad,
-                format!(
-                    "{value} outside physical range [{}, {}] {}",
-                    spec.min, spec.max, spec.unit
-                ),
-            ),
-            "00" if future_by > ctx.max_future_skew_ms => (
-                Quality::Suspect,
-                format!("timestamp {} s ahead of receive time", future_by / 1000),
-            ),
-            "00" => (Quality::Good, String::new()),
+            "00" => judge(spec, value, ts, ctx),
             "01" => (Quality::Suspect, "station calibrating (status 01)".into()),
             "02" => (Quality::Bad, "station device error (status 02)".into()),
             other => (Quality::Bad, format!("unknown station status {other:?}")),
