@@ -11,7 +11,7 @@
 use ioc_contract::{catalogue, units, Quality, Reading, RejectCode};
 use serde_json::Value;
 
-use crate::decode::{judge, DecodeContext, Decoded, Rejection, ValueRejection};
+use crate::decode::{check_size, judge, DecodeContext, Decoded, Rejection, ValueRejection};
 
 const MIN_S: i64 = 946_684_800;
 const MAX_S: i64 = 4_102_444_800;
@@ -22,16 +22,7 @@ pub fn decode_counter(
     message_id: &str,
     ctx: &DecodeContext,
 ) -> Result<Decoded, Rejection> {
-    if payload.len() > ctx.max_payload_bytes {
-        return Err(Rejection::new(
-            RejectCode::PayloadTooLarge,
-            format!(
-                "{} bytes is above the {} byte limit",
-                payload.len(),
-                ctx.max_payload_bytes
-            ),
-        ));
-    }
+    check_size(payload, ctx)?;
     let body: Value = serde_json::from_slice(payload)
         .map_err(|e| Rejection::new(RejectCode::Malformed, format!("not JSON: {e}")))?;
     let Value::Object(body) = body else {

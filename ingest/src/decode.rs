@@ -68,16 +68,7 @@ pub fn decode_v1(
     message_id: &str,
     ctx: &DecodeContext,
 ) -> Result<Decoded, Rejection> {
-    if payload.len() > ctx.max_payload_bytes {
-        return Err(Rejection::new(
-            RejectCode::PayloadTooLarge,
-            format!(
-                "payload is {} bytes; the limit is {}",
-                payload.len(),
-                ctx.max_payload_bytes
-            ),
-        ));
-    }
+    check_size(payload, ctx)?;
     let body: Map<String, Value> = match serde_json::from_slice::<Value>(payload) {
         Ok(Value::Object(map)) => map,
         Ok(other) => {
@@ -202,6 +193,21 @@ pub fn decode_v1(
         });
     }
     Ok(out)
+}
+
+/// The size limit every decoder applies first (`ingest.max_payload_bytes`).
+pub(crate) fn check_size(payload: &[u8], ctx: &DecodeContext) -> Result<(), Rejection> {
+    if payload.len() > ctx.max_payload_bytes {
+        return Err(Rejection::new(
+            RejectCode::PayloadTooLarge,
+            format!(
+                "payload is {} bytes; the limit is {}",
+                payload.len(),
+                ctx.max_payload_bytes
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The quality every decoder gives a value at `ts`: outside the metric's physical range it is

@@ -11,7 +11,7 @@
 use ioc_contract::{catalogue, units, Reading, RejectCode};
 use serde_json::Value;
 
-use crate::decode::{judge, DecodeContext, Decoded, Rejection, ValueRejection};
+use crate::decode::{check_size, judge, DecodeContext, Decoded, Rejection, ValueRejection};
 
 /// RFC 8428 §4.5.3: times below 2^28 seconds are relative to the current time.
 const RELATIVE_LIMIT_S: f64 = 268_435_456.0;
@@ -34,16 +34,7 @@ pub fn decode_senml(
     message_id: &str,
     ctx: &DecodeContext,
 ) -> Result<Decoded, Rejection> {
-    if payload.len() > ctx.max_payload_bytes {
-        return Err(Rejection::new(
-            RejectCode::PayloadTooLarge,
-            format!(
-                "{} bytes is above the {} byte limit",
-                payload.len(),
-                ctx.max_payload_bytes
-            ),
-        ));
-    }
+    check_size(payload, ctx)?;
     let pack: Value = serde_json::from_slice(payload)
         .map_err(|e| Rejection::new(RejectCode::Malformed, format!("not JSON: {e}")))?;
     let Value::Array(records) = pack else {

@@ -19,7 +19,7 @@
 
 use ioc_contract::{catalogue, units, Quality, Reading, RejectCode};
 
-use crate::decode::{judge, DecodeContext, Decoded, Rejection, ValueRejection};
+use crate::decode::{check_size, judge, DecodeContext, Decoded, Rejection, ValueRejection};
 
 /// The catalogue metric a station parameter name means, if any.
 pub fn metric_of(parameter: &str) -> Option<&'static str> {
@@ -104,16 +104,7 @@ pub fn decode_tt10(
     message_id: &str,
     ctx: &DecodeContext,
 ) -> Result<Decoded, Rejection> {
-    if payload.len() > ctx.max_payload_bytes {
-        return Err(Rejection {
-            code: RejectCode::PayloadTooLarge,
-            reason: format!(
-                "{} bytes is above the {} byte limit",
-                payload.len(),
-                ctx.max_payload_bytes
-            ),
-        });
-    }
+    check_size(payload, ctx)?;
     let text = std::str::from_utf8(payload).map_err(|e| Rejection {
         code: RejectCode::Malformed,
         reason: format!("a station file must be UTF-8 text: {e}"),
