@@ -114,7 +114,7 @@ struct Manifest {
     checkpoint: Checkpoint,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Checkpoint {
     offsets: Vec<OffsetRow>,
     closed_until: BTreeMap<String, i64>,
@@ -283,10 +283,7 @@ impl EmbeddedHistory {
         let _commit = self.shared.commit.lock().await;
         let (rows, checkpoint, base) = {
             let mut s = self.state();
-            if s.pending.is_empty()
-                && s.checkpoint.offsets.len() == s.manifest.checkpoint.offsets.len()
-                && same_checkpoint(&s.checkpoint, &s.manifest.checkpoint)
-            {
+            if s.pending.is_empty() && s.checkpoint == s.manifest.checkpoint {
                 drop(s);
                 self.collect_garbage();
                 return Ok(());
@@ -571,18 +568,6 @@ impl EmbeddedHistory {
         }
         Ok(latest.into_values().map(Alert::from).collect())
     }
-}
-
-fn same_checkpoint(a: &Checkpoint, b: &Checkpoint) -> bool {
-    a.closed_until == b.closed_until
-        && a.offsets.iter().all(|o| {
-            b.offsets.iter().any(|p| {
-                p.group_id == o.group_id
-                    && p.topic == o.topic
-                    && p.partition == o.partition
-                    && p.next_offset == o.next_offset
-            })
-        })
 }
 
 /// Keeps one row per key, the highest version winning (the later one on a tie).

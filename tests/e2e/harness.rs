@@ -257,25 +257,7 @@ impl Env {
 
     /// Registers a device through the API.
     pub async fn register(&self, device_id: &str, kind: &str) -> Result<()> {
-        let body = serde_json::json!({
-            "device_id": device_id, "kind": kind, "name": format!("test {device_id}"),
-            "lat": 12.68, "lon": 108.05, "expected_interval_s": 60
-        });
-        let r = self
-            .http
-            .post(self.api("/api/v1/devices"))
-            .bearer_auth(TOKEN)
-            .json(&body)
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            bail!(
-                "registering {device_id}: {} {}",
-                r.status(),
-                r.text().await?
-            );
-        }
-        Ok(())
+        register_device(&self.http, &self.api(""), TOKEN, device_id, kind).await
     }
 
     /// Waits until ingest's registry view has at least `n` devices.
@@ -503,4 +485,32 @@ pub async fn live_page(url: &str) -> Result<serde_json::Value> {
         );
     }
     Ok(serde_json::from_slice(&browser.stdout)?)
+}
+
+/// Registers a device through the API at `base` (`http://host:port`).
+pub async fn register_device(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    device_id: &str,
+    kind: &str,
+) -> Result<()> {
+    let body = serde_json::json!({
+        "device_id": device_id, "kind": kind, "name": format!("test {device_id}"),
+        "lat": 12.68, "lon": 108.05, "expected_interval_s": 60
+    });
+    let r = http
+        .post(format!("{base}/api/v1/devices"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!(
+            "registering {device_id}: {} {}",
+            r.status(),
+            r.text().await?
+        );
+    }
+    Ok(())
 }

@@ -11,7 +11,7 @@ use futures::{SinkExt, StreamExt};
 use rumqttc::QoS;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::harness::{eventually, free_port, live_page, Proc};
+use crate::harness::{eventually, free_port, live_page, register_device, Proc};
 
 /// One `ioc up` data directory and its ports; processes are started on it one after another.
 struct Up {
@@ -127,24 +127,14 @@ impl Up {
     }
 
     async fn register(&self, device_id: &str) -> Result<()> {
-        let r = self
-            .http
-            .post(self.url("/api/v1/devices"))
-            .bearer_auth(&self.token)
-            .json(&serde_json::json!({
-                "device_id": device_id, "kind": "air_quality", "name": device_id,
-                "lat": 12.68, "lon": 108.05, "expected_interval_s": 60
-            }))
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            bail!(
-                "registering {device_id}: {} {}",
-                r.status(),
-                r.text().await?
-            );
-        }
-        Ok(())
+        register_device(
+            &self.http,
+            &self.url(""),
+            &self.token,
+            device_id,
+            "air_quality",
+        )
+        .await
     }
 
     /// Values (as integers) of the stored pm25 readings of `device` in `[from, to)`.
