@@ -92,9 +92,13 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Print what ingest would make of a payload (a file, or - for standard input).
     Decode {
-        /// Payload format: ioc-json, tt10-station, senml or traffic-counter.
+        /// Payload format: ioc-json, senml, vendor-flat, tt10-station, traffic-counter or
+        /// camera-event.
         #[arg(long, value_name = "DECODER")]
         format: String,
+        /// Vendor profile of a vendor-flat payload.
+        #[arg(long, value_name = "NAME", default_value = "flat-gateway")]
+        profile: String,
         /// The device the payload comes from (its topic says so in the pipeline).
         #[arg(long, value_name = "ID", default_value = "device")]
         device: String,
@@ -138,12 +142,13 @@ fn main() -> ExitCode {
     };
     if let Command::Decode {
         format,
+        profile,
         device,
         json,
         file,
     } = &cli.command
     {
-        return decode_command(&config, format, device, *json, file);
+        return decode_command(&config, format, profile, device, *json, file);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -163,6 +168,7 @@ fn main() -> ExitCode {
 fn decode_command(
     config: &Config,
     format: &str,
+    profile: &str,
     device: &str,
     json: bool,
     file: &std::path::Path,
@@ -192,24 +198,70 @@ fn decode_command(
         max_payload_bytes: config.ingest.max_payload_bytes,
         utc_offset_ms: config.ingest.utc_offset_ms(),
     };
+    let profiles = match ioc_ingest::flat::Profiles::new(&config.ingest.vendor_profiles) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("ioc decode: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(profile) = profiles.get(profile) else {
+        let names: Vec<&str> = profiles.all().map(|p| p.name.as_str()).collect();
+        eprintln!(
+            "ioc decode: unknown vendor profile {profile:?}; available: {}",
+            names.join(", ")
+        );
+        return ExitCode::from(2);
+    };
     let id = ioc_ingest::decode::message_id(&file.display().to_string(), &payload);
     let fmt = ioc_contract::time::format_ms;
-    match format.decode(device, &payload, &id, &ctx) {
-        Err(rejection) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"error": rejection.code.as_str(), "reason": rejection.reason})
-                );
-            } else {
-                println!(
-                    "rejected ({}): {}",
-                    rejection.code.as_str(),
-                    rejection.reason
-                );
+    if format == ioc_ingest::Format::CameraEvent {
+        return match ioc_ingest::camera::decode_camera(&payload, &ctx) {
+            Err(rejection) => print_rejection(&rejection, json),
+            Ok(e) => {
+                // The plate itself is never printed: only its pseudonym under this deployment's
+                // key, as the pipeline would store it.
+                let key = ioc_ingest::camera::PlateKey::new(&config.ingest.plate_secret);
+                let pseudonym = key.as_ref().map(|k| k.pseudonym(&e.plate));
+                let quality = if e.suspect_reason.is_empty() {
+                    "good"
+                } else {
+                    "suspect"
+                };
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "event_id": e.event_id, "device_id": device, "camera_id": e.camera_id,
+                            "ts": fmt(e.ts), "type": e.kind, "plate_pseudonym": pseudonym,
+                            "speed_kmh": e.speed_kmh, "lane": e.lane,
+                            "quality": quality, "reason": e.suspect_reason,
+                        })
+                    );
+                } else {
+                    println!(
+                        "{}  {}  event {} {}  plate {}  {}{}",
+                        fmt(e.ts),
+                        e.camera_id,
+                        e.event_id,
+                        e.kind,
+                        pseudonym
+                            .as_deref()
+                            .unwrap_or("(not pseudonymized: ingest.plate_secret is not set)"),
+                        quality,
+                        if e.suspect_reason.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", e.suspect_reason)
+                        }
+                    );
+                }
+                ExitCode::SUCCESS
             }
-            ExitCode::from(1)
-        }
+        };
+    }
+    match format.decode(device, &payload, &id, &ctx, profile) {
+        Err(rejection) => print_rejection(&rejection, json),
         Ok(decoded) => {
             for r in &decoded.readings {
                 if json {
@@ -256,6 +308,23 @@ fn decode_command(
             ExitCode::SUCCESS
         }
     }
+}
+
+/// Prints a whole-message rejection; exit code 1.
+fn print_rejection(rejection: &ioc_ingest::decode::Rejection, json: bool) -> ExitCode {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"error": rejection.code.as_str(), "reason": rejection.reason})
+        );
+    } else {
+        println!(
+            "rejected ({}): {}",
+            rejection.code.as_str(),
+            rejection.reason
+        );
+    }
+    ExitCode::from(1)
 }
 
 /// Cancels the token on Ctrl-C or SIGTERM.

@@ -71,13 +71,14 @@ enum TokenSource {
     Generated(PathBuf),
 }
 
-/// The flag or `IOC_ADMIN_TOKEN` (or `api.admin_token`), else the token stored in the data
-/// directory, else a new random one stored there with owner-only permissions.
-fn admin_token(given: Option<String>, dir: &Path) -> Result<(String, TokenSource)> {
+/// A secret given by flag or configuration, else the one stored in the data directory under
+/// `name`, else a new random one stored there with owner-only permissions: the admin token
+/// (`admin-token`) and the plate pseudonym key (`plate-secret`).
+fn stored_secret(given: Option<String>, dir: &Path, name: &str) -> Result<(String, TokenSource)> {
     if let Some(token) = given.filter(|t| !t.is_empty()) {
         return Ok((token, TokenSource::Given));
     }
-    let path = dir.join("admin-token");
+    let path = dir.join(name);
     match std::fs::read_to_string(&path) {
         Ok(token) if !token.trim().is_empty() => {
             return Ok((token.trim().to_string(), TokenSource::Stored(path)))
@@ -145,7 +146,11 @@ async fn join(name: &str, handle: tokio::task::JoinHandle<Result<()>>) -> Result
         .with_context(|| format!("{name} failed"))
 }
 
-pub async fn run(options: UpOptions, config: Config, shutdown: CancellationToken) -> Result<()> {
+pub async fn run(
+    options: UpOptions,
+    mut config: Config,
+    shutdown: CancellationToken,
+) -> Result<()> {
     // Both ports before anything is created, so a busy one is the only effect and message.
     let mqtt_listen = options.mqtt_listen.unwrap_or(config.up.mqtt_listen);
     let mut api = config.api.clone();
@@ -163,7 +168,15 @@ pub async fn run(options: UpOptions, config: Config, shutdown: CancellationToken
     let given = options
         .admin_token
         .or_else(|| Some(config.api.admin_token.clone()).filter(|t| !t.is_empty()));
-    let (token, token_source) = admin_token(given, &dir)?;
+    let (token, token_source) = stored_secret(given, &dir, "admin-token")?;
+    // Plate pseudonyms must stay stable across restarts (repeat-offender counts), so the key is
+    // kept beside the data it keys.
+    let (plate_secret, _) = stored_secret(
+        Some(config.ingest.plate_secret.clone()),
+        &dir,
+        "plate-secret",
+    )?;
+    config.ingest.plate_secret = plate_secret;
     api.admin_token = token.clone();
 
     let topics = Topics::with_prefix(&config.kafka.topic_prefix);
@@ -197,6 +210,7 @@ pub async fn run(options: UpOptions, config: Config, shutdown: CancellationToken
         listen: mqtt_listen,
         max_connections: config.up.max_connections,
         max_payload_bytes: config.ingest.max_payload_bytes,
+        filters: ioc_ingest::route::Router::new(&config.ingest.routes).filters(),
     })?;
 
     let ingest_stop = CancellationToken::new();

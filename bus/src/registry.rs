@@ -18,36 +18,66 @@ use crate::{Bus, BusError, Consumer, Producer, StartAt};
 /// The in-memory fold of the registry topic. Cheap to clone; all clones share one map.
 #[derive(Debug, Clone, Default)]
 pub struct RegistryView {
-    devices: Arc<RwLock<HashMap<String, Device>>>,
+    inner: Arc<RwLock<Fold>>,
+}
+
+#[derive(Debug, Default)]
+struct Fold {
+    devices: HashMap<String, Arc<Device>>,
+    /// The unique index of external ids: (kind, value) → device id.
+    external: HashMap<(String, String), String>,
 }
 
 impl RegistryView {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Fold> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Folds one event in. An external id already held by another device stays with the device
+    /// that registered it first (every instance folds the same log in the same order, so they all
+    /// agree); the API refuses such a registration before it is written, so this only settles a
+    /// race between two API instances.
     pub fn apply(&self, event: RegistryEvent) {
-        let mut devices = self.devices.write().unwrap_or_else(|e| e.into_inner());
+        let mut fold = self.inner.write().unwrap_or_else(|e| e.into_inner());
         match event {
-            RegistryEvent::Registered { device } => {
-                devices.insert(device.device_id.clone(), device);
+            RegistryEvent::Registered { mut device } => {
+                device.external_ids.retain(|kind, value| {
+                    let key = (kind.clone(), value.clone());
+                    match fold.external.get(&key) {
+                        Some(owner) if *owner != device.device_id => {
+                            tracing::error!(device = %device.device_id, %kind, owner = %owner, "external id already belongs to another device; ignored for this one");
+                            false
+                        }
+                        _ => true,
+                    }
+                });
+                for (kind, value) in &device.external_ids {
+                    fold.external
+                        .insert((kind.clone(), value.clone()), device.device_id.clone());
+                }
+                fold.devices
+                    .insert(device.device_id.clone(), Arc::new(device));
             }
         }
     }
 
-    pub fn get(&self, device_id: &str) -> Option<Device> {
-        self.devices
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(device_id)
-            .cloned()
+    pub fn get(&self, device_id: &str) -> Option<Arc<Device>> {
+        self.read().devices.get(device_id).cloned()
     }
 
     pub fn contains(&self, device_id: &str) -> bool {
-        self.devices
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(device_id)
+        self.read().devices.contains_key(device_id)
+    }
+
+    /// The device an external id (`imei`, `station_code`, `camera_id`) belongs to.
+    pub fn by_external_id(&self, kind: &str, value: &str) -> Option<Arc<Device>> {
+        let fold = self.read();
+        let id = fold.external.get(&(kind.to_string(), value.to_string()))?;
+        fold.devices.get(id).cloned()
     }
 
     pub fn len(&self) -> usize {
-        self.devices.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.read().devices.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -55,14 +85,8 @@ impl RegistryView {
     }
 
     /// Every device, ordered by id.
-    pub fn list(&self) -> Vec<Device> {
-        let mut all: Vec<Device> = self
-            .devices
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+    pub fn list(&self) -> Vec<Arc<Device>> {
+        let mut all: Vec<Arc<Device>> = self.read().devices.values().cloned().collect();
         all.sort_by(|a, b| a.device_id.cmp(&b.device_id));
         all
     }
@@ -134,5 +158,34 @@ fn apply_message(view: &RegistryView, payload: &[u8]) {
     match serde_json::from_slice::<RegistryEvent>(payload) {
         Ok(event) => view.apply(event),
         Err(e) => tracing::error!(error = %e, "unreadable registry event skipped"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registered(id: &str, imei: &str) -> RegistryEvent {
+        RegistryEvent::Registered {
+            device: Device {
+                device_id: id.into(),
+                external_ids: [("imei".to_string(), imei.to_string())].into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn external_ids_resolve_and_the_first_holder_keeps_a_contested_one() {
+        let view = RegistryView::default();
+        view.apply(registered("a", "861"));
+        view.apply(registered("b", "861"));
+        view.apply(registered("c", "862"));
+        assert_eq!(view.by_external_id("imei", "861").unwrap().device_id, "a");
+        assert_eq!(view.by_external_id("imei", "862").unwrap().device_id, "c");
+        assert!(view.by_external_id("station_code", "861").is_none());
+        // b is registered, without the id it could not have.
+        assert!(view.get("b").unwrap().external_ids.is_empty());
+        assert_eq!(view.len(), 3);
     }
 }

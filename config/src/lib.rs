@@ -108,6 +108,101 @@ pub struct IngestConfig {
     pub metrics_listen: SocketAddr,
     /// Local time of zone-less timestamps (station files), as `+HH:MM`.
     pub local_utc_offset: String,
+    /// Key of the licence-plate pseudonyms (HMAC-SHA256). Empty: camera events are quarantined
+    /// (`ioc up` generates one under its data dir).
+    pub plate_secret: String,
+    /// Which decoder reads which MQTT topics.
+    pub routes: Vec<Route>,
+    /// Vendor profiles besides the built-in `flat-gateway`.
+    pub vendor_profiles: Vec<VendorProfile>,
+}
+
+/// One topic pattern and the format of the payloads on it. A pattern is MQTT topic levels; a
+/// level `{name}` matches any one level and captures it: `{device_id}` names the device,
+/// `{imei}`, `{station_code}`, `{camera_id}` an external id the registry resolves, any other
+/// name nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub topic: String,
+    pub format: String,
+}
+
+impl Route {
+    /// The topic levels: `Ok(literal)` or `Err(capture name)`.
+    pub fn levels(&self) -> impl Iterator<Item = Result<&str, &str>> {
+        self.topic.split('/').map(|level| {
+            match level.strip_prefix('{').and_then(|l| l.strip_suffix('}')) {
+                Some(name) => Err(name),
+                None => Ok(level),
+            }
+        })
+    }
+
+    /// The MQTT subscription filter: every capture becomes `+`.
+    pub fn filter(&self) -> String {
+        self.levels()
+            .map(|l| l.unwrap_or("+"))
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    fn problem(&self) -> Option<String> {
+        if !ioc_contract::FORMAT_NAMES.contains(&self.format.as_str()) {
+            return Some(format!(
+                "format {:?} is not one of {}",
+                self.format,
+                ioc_contract::FORMAT_NAMES.join(", ")
+            ));
+        }
+        let mut names = Vec::new();
+        for level in self.levels() {
+            match level {
+                Ok(l) if l.is_empty() || l.contains(['+', '#', '{', '}']) => {
+                    return Some(format!(
+                        "topic {:?}: level {l:?} must be a non-empty literal without + # {{ }}, or {{name}}",
+                        self.topic
+                    ))
+                }
+                Err(name) if name.is_empty() || names.contains(&name) => {
+                    return Some(format!(
+                        "topic {:?}: captures need distinct non-empty names",
+                        self.topic
+                    ))
+                }
+                Err(name) => names.push(name),
+                Ok(_) => {}
+            }
+        }
+        None
+    }
+}
+
+/// How one vendor's flat JSON names its fields (`vendor-flat`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VendorProfile {
+    pub name: String,
+    /// The key holding the sensor's external id, and the kind of that id.
+    pub id_key: String,
+    pub id_kind: String,
+    /// The key holding the time, and its format: a pattern of `dd`, `MM`, `yyyy`, `HH`, `mm`,
+    /// `ss` and literal characters (local time, `ingest.local_utc_offset`), or `epoch_s`,
+    /// `epoch_ms`, `rfc3339`.
+    pub time_key: String,
+    pub time_format: String,
+    /// Numbers may be strings, with a decimal comma.
+    pub decimal_comma: bool,
+    pub fields: Vec<ProfileField>,
+}
+
+/// One vendor key: the catalogue metric it carries and the unit the vendor sends it in.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileField {
+    pub key: String,
+    pub metric: String,
+    pub unit: String,
 }
 
 impl IngestConfig {
@@ -448,6 +543,35 @@ pub fn validate(c: &Config) -> Vec<Problem> {
     }
     if c.up.max_connections == 0 {
         bad("up.max_connections", "must be at least 1".into());
+    }
+    for (i, route) in c.ingest.routes.iter().enumerate() {
+        if let Some(message) = route.problem() {
+            bad(&format!("ingest.routes[{i}]"), message);
+        }
+    }
+    for (i, profile) in c.ingest.vendor_profiles.iter().enumerate() {
+        let path = format!("ingest.vendor_profiles[{i}]");
+        if !ioc_contract::EXTERNAL_ID_KINDS.contains(&profile.id_kind.as_str()) {
+            bad(
+                &path,
+                format!(
+                    "id_kind {:?} is not one of {}",
+                    profile.id_kind,
+                    ioc_contract::EXTERNAL_ID_KINDS.join(", ")
+                ),
+            );
+        }
+        for field in &profile.fields {
+            if ioc_contract::catalogue::lookup(&field.metric).is_none() {
+                bad(
+                    &path,
+                    format!(
+                        "field {:?}: metric {:?} is not in the catalogue",
+                        field.key, field.metric
+                    ),
+                );
+            }
+        }
     }
     if parse_utc_offset(&c.ingest.local_utc_offset).is_none() {
         bad(

@@ -15,6 +15,8 @@ pub mod catalogue;
 pub mod time;
 pub mod units;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Readings' quality flag. Aggregates use only `Good` readings.
@@ -100,10 +102,14 @@ pub enum RejectCode {
     UnknownMetric,
     NotANumber,
     UnknownUnit,
+    /// The device is registered as speaking another format than the topic carries.
+    WrongFormat,
+    /// Something the message needs is not configured (a vendor profile, the plate secret).
+    NotConfigured,
 }
 
 impl RejectCode {
-    pub const ALL: [RejectCode; 11] = [
+    pub const ALL: [RejectCode; 13] = [
         RejectCode::PayloadTooLarge,
         RejectCode::BadTopic,
         RejectCode::Malformed,
@@ -115,6 +121,8 @@ impl RejectCode {
         RejectCode::UnknownMetric,
         RejectCode::NotANumber,
         RejectCode::UnknownUnit,
+        RejectCode::WrongFormat,
+        RejectCode::NotConfigured,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -130,6 +138,8 @@ impl RejectCode {
             RejectCode::UnknownMetric => "unknown_metric",
             RejectCode::NotANumber => "not_a_number",
             RejectCode::UnknownUnit => "unknown_unit",
+            RejectCode::WrongFormat => "wrong_format",
+            RejectCode::NotConfigured => "not_configured",
         }
     }
 }
@@ -147,6 +157,10 @@ pub struct DeadLetter {
     /// The device the topic names, when it names one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
+    /// For a message whose device was not found by an external id: `kind:value`
+    /// (`imei:861234567890123`), so it can be replayed once that device is registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
     /// For a rejected value: the metric it was sent as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric: Option<String>,
@@ -221,17 +235,51 @@ pub struct Alert {
     pub version: u64,
 }
 
-/// A discrete event (AI camera detections come later); keyed by `event_id`.
+/// A discrete event, keyed by `event_id` (today: AI camera violations). Carries no personal
+/// data in clear: a camera event's plate is only its keyed pseudonym (see [`Evidence`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub event_id: String,
     pub device_id: String,
+    /// Event time, UTC epoch milliseconds.
     pub ts: i64,
+    /// What happened: `red_light`, `no_helmet`, `speeding`, ...
     pub kind: String,
+    /// Event details (`plate_pseudonym`, `speed_kmh`, `lane`, `camera_id`).
     #[serde(default)]
     pub attributes: serde_json::Map<String, serde_json::Value>,
     pub received_at: i64,
+    #[serde(default)]
+    pub message_id: String,
 }
+
+/// The personal data of a camera event, kept apart from everything else (DOMAIN.md §7): it goes
+/// only to the evidence topic and table, never to logs, metrics or the general topics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub event_id: String,
+    pub device_id: String,
+    pub camera_id: String,
+    pub ts: i64,
+    pub kind: String,
+    /// The licence plate as the camera read it.
+    pub plate: String,
+    /// The keyed pseudonym the event carries (HMAC of the normalized plate).
+    pub plate_pseudonym: String,
+    pub image_ref: String,
+    pub received_at: i64,
+    pub message_id: String,
+}
+
+/// Violation types an AI traffic camera reports.
+pub const CAMERA_EVENT_TYPES: [&str; 6] = [
+    "red_light",
+    "no_helmet",
+    "wrong_lane",
+    "wrong_way",
+    "speeding",
+    "no_seatbelt",
+];
 
 /// Kinds of device the product knows.
 pub const DEVICE_KINDS: [&str; 4] = [
@@ -241,8 +289,22 @@ pub const DEVICE_KINDS: [&str; 4] = [
     "traffic_camera",
 ];
 
+/// Kinds of external id a device can be found by: what its payloads or topics name it with.
+pub const EXTERNAL_ID_KINDS: [&str; 3] = ["imei", "station_code", "camera_id"];
+
+/// The payload formats ingest decodes, by name (`ingest.routes`, `ioc decode --format`, a
+/// device's `decoder`).
+pub const FORMAT_NAMES: [&str; 6] = [
+    "ioc-json",
+    "senml",
+    "vendor-flat",
+    "tt10-station",
+    "traffic-counter",
+    "camera-event",
+];
+
 /// A registered device.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Device {
     pub device_id: String,
     pub kind: String,
@@ -251,6 +313,28 @@ pub struct Device {
     pub lon: f64,
     pub expected_interval_s: f64,
     pub registered_at: i64,
+    /// Ids the device is known by outside the registry (kind in [`EXTERNAL_ID_KINDS`] → value),
+    /// each unique across devices.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub external_ids: BTreeMap<String, String>,
+    /// The format the device speaks (one of [`FORMAT_NAMES`]); when set, ingest refuses other
+    /// formats from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder: Option<String>,
+    /// The vendor profile (key names, units, time format) its payloads follow, for formats that
+    /// have profiles (`vendor-flat`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor_profile: Option<String>,
+}
+
+/// Checks an external id value: 1 to 64 printable ASCII characters, no `/`, `+`, `#` (it may
+/// appear in an MQTT topic).
+pub fn valid_external_id(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b'+' | b'#'))
 }
 
 /// A record on the registry topic (keyed by device id). The registry is the fold of these events.
@@ -279,6 +363,10 @@ pub struct Topics {
     pub aggregates: String,
     pub alerts: String,
     pub events: String,
+    /// Camera events' personal data (plates, image references), apart from everything else.
+    pub evidence: String,
+    /// Rejected camera messages: they may hold plates, so not the general dead-letter topic.
+    pub quarantine: String,
     pub registry: String,
 }
 
@@ -290,17 +378,21 @@ impl Topics {
             aggregates: format!("{prefix}aggregates"),
             alerts: format!("{prefix}alerts"),
             events: format!("{prefix}events"),
+            evidence: format!("{prefix}evidence"),
+            quarantine: format!("{prefix}quarantine"),
             registry: format!("{prefix}registry"),
         }
     }
 
-    pub fn all(&self) -> [&str; 6] {
+    pub fn all(&self) -> [&str; 8] {
         [
             &self.readings,
             &self.deadletter,
             &self.aggregates,
             &self.alerts,
             &self.events,
+            &self.evidence,
+            &self.quarantine,
             &self.registry,
         ]
     }

@@ -2,14 +2,18 @@
 //!
 //! Topic `ioc/v1/devices/{device_id}/telemetry`, body
 //! `{"ts": RFC 3339 with offset | epoch ms, "seq"?: u64, "channel"?: string, "interval_s"?: number,
-//!   "values": {"<metric>": number, ...}}`.
+//!   "values": {"<metric>": number, ...}, "units"?: {"<metric>": "<unit>", ...}}`.
+//!
+//! A value without an entry in `units` is in the catalogue's unit; one with an entry is converted
+//! from that unit (`contract::units`), or rejected alone if the unit is unknown or cannot be
+//! converted.
 //!
 //! A message that does not parse, lacks a valid `ts`, or has an invalid field is rejected
 //! whole. A value that is not a number or names an unknown metric is rejected alone. A value
 //! outside its physical range is kept with quality `bad`; a time too far in the future is kept
 //! with quality `suspect`.
 
-use ioc_contract::catalogue;
+use ioc_contract::{catalogue, units};
 use ioc_contract::{Quality, Reading, RejectCode};
 use serde_json::{Map, Value};
 
@@ -152,6 +156,24 @@ pub fn decode_v1(
     if values.is_empty() {
         return Err(Rejection::new(RejectCode::NoValues, "values is empty"));
     }
+    let units = match body.get("units") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(units)) => {
+            if let Some((metric, unit)) = units.iter().find(|(_, u)| !u.is_string()) {
+                return Err(Rejection::new(
+                    RejectCode::InvalidField,
+                    format!("units.{metric} must be a string, found {}", kind(unit)),
+                ));
+            }
+            Some(units)
+        }
+        Some(other) => {
+            return Err(Rejection::new(
+                RejectCode::InvalidField,
+                format!("units must be an object, found {}", kind(other)),
+            ))
+        }
+    };
 
     let mut out = Decoded {
         readings: Vec::with_capacity(values.len()),
@@ -176,6 +198,20 @@ pub fn decode_v1(
                 });
                 continue;
             }
+        };
+        let value = match units.and_then(|u| u.get(metric)).and_then(Value::as_str) {
+            None => value,
+            Some(unit) => match units::to_canonical(spec, value, unit) {
+                Ok(v) => v,
+                Err(e) => {
+                    out.rejected_values.push(ValueRejection {
+                        metric: metric.clone(),
+                        code: RejectCode::UnknownUnit,
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+            },
         };
         let (quality, quality_reason) = judge(spec, value, ts, ctx);
         out.readings.push(Reading {
@@ -470,6 +506,33 @@ mod tests {
         // Old readings are not suspect for being old: backfill is good data.
         let d = decode(r#"{"ts":"2026-10-01T00:00:00Z","values":{"pm25":10}}"#).unwrap();
         assert_eq!(d.readings[0].quality, Quality::Good);
+    }
+
+    #[test]
+    fn a_units_map_converts_its_values_and_rejects_unknown_units_alone() {
+        let d = decode(
+            r#"{"ts":1795680240000,"values":{"co":1.2,"temperature":82.4,"pm25":9,"no2":21},
+                "units":{"co":"mg/m3","temperature":"°F","no2":"furlongs","o3":"ppb"}}"#,
+        )
+        .unwrap();
+        let v = |m: &str| d.readings.iter().find(|r| r.metric == m).map(|r| r.value);
+        assert!((v("co").unwrap() - 1200.0).abs() < 1e-9);
+        assert!((v("temperature").unwrap() - 28.0).abs() < 1e-9);
+        assert_eq!(v("pm25"), Some(9.0));
+        assert_eq!(v("no2"), None);
+        assert_eq!(d.rejected_values.len(), 1);
+        assert_eq!(d.rejected_values[0].code, RejectCode::UnknownUnit);
+        assert!(d.rejected_values[0].reason.contains("furlongs"));
+        for bad in [
+            r#"{"ts":1795680240000,"values":{"co":1},"units":"mg/m3"}"#,
+            r#"{"ts":1795680240000,"values":{"co":1},"units":{"co":1}}"#,
+        ] {
+            assert_eq!(
+                decode(bad).unwrap_err().code,
+                RejectCode::InvalidField,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct BrokerOptions {
     pub listen: SocketAddr,
     pub max_connections: usize,
     pub max_payload_bytes: usize,
+    /// The topics ingest reads ([`crate::Ingestor::filters`]).
+    pub filters: Vec<String>,
 }
 
 /// A started broker: its in-process link, subscribed to the topics ingest reads.
@@ -86,9 +88,9 @@ pub fn start_broker(options: &BrokerOptions) -> Result<EmbeddedBroker, IngestErr
     let (mut link_tx, link_rx) = broker
         .link("ioc-ingest")
         .map_err(|e| IngestError::Broker(e.to_string()))?;
-    for (filter, _) in crate::TOPIC_FILTERS {
+    for filter in &options.filters {
         link_tx
-            .subscribe(filter)
+            .subscribe(filter.as_str())
             .map_err(|e| IngestError::Broker(e.to_string()))?;
     }
     std::thread::Builder::new()
@@ -175,6 +177,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<IngestReport, IngestError> {
     let producer = bus.producer(config.producer_linger)?;
+    let ingestor = crate::Ingestor::new(config, registry, bus.topics().clone())?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(CHANNEL);
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {
@@ -210,8 +213,7 @@ pub async fn run(
                         &m.payload,
                         m.received_at,
                         config,
-                        &registry,
-                        bus.topics(),
+                        &ingestor,
                         &metrics,
                     );
                     // Sends start in receive order (FuturesUnordered polls new futures first

@@ -1,12 +1,16 @@
 //! `ioc ingest`: MQTT in, bus out.
 //!
-//! - [`decode`]: device protocol v1, a pure function of the bytes; [`tt10`]: station files;
-//!   [`senml`]: RFC 8428 SenML JSON; [`counter`]: per-lane traffic counts. All pure.
-//! - [`Format`]: the payload formats by name (`ioc decode --format`).
+//! - Decoders, pure functions of the bytes and a context: [`decode`] (device protocol v1),
+//!   [`senml`] (RFC 8428), [`flat`] (vendor flat JSON and its profiles), [`tt10`] (station
+//!   files), [`counter`] (per-lane traffic counts), [`camera`] (AI camera violations, and the
+//!   plate pseudonyms).
+//! - [`Format`]: the payload formats by name; [`route`]: which topic carries which format and
+//!   names which device (`ingest.routes`).
+//! - [`Ingestor`]: what one message becomes (route, registry look-up, decode, pseudonymize);
+//!   both sources use it.
 //! - [`ack`]: in-order release of MQTT acknowledgements.
 //! - [`metrics`]: what ingest counts.
 //! - [`embedded`]: the embedded MQTT broker of `ioc up`, read through its in-process link.
-//! - [`process_message`]: what one message becomes; both sources use it.
 //! - [`run`]: the distributed service. It joins the shared subscription with a stable client id and a
 //!   persistent session, turns every message into one readings record and/or one dead-letter
 //!   record, and acknowledges the message to the broker only after Kafka confirmed all of them,
@@ -14,13 +18,17 @@
 //!   to the restarted session, and the stream stage absorbs the duplicates by reading key.
 
 pub mod ack;
+pub mod camera;
 pub mod counter;
 pub mod decode;
 pub mod embedded;
+pub mod flat;
 pub mod metrics;
+pub mod route;
 pub mod senml;
 pub mod tt10;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -29,18 +37,18 @@ use futures::StreamExt;
 use ioc_bus::registry::RegistryView;
 use ioc_bus::{Bus, Producer};
 use ioc_config::{AckMode, IngestConfig, MqttConfig};
-use ioc_contract::{
-    device_of_station_topic, device_of_telemetry_topic, DeadLetter, ReadingBatch, RejectCode,
-    Topics,
-};
+use ioc_contract::{DeadLetter, Device, ReadingBatch, RejectCode, Topics};
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::InOrderAcks;
-use crate::decode::{decode_v1, message_id, DecodeContext};
+use crate::camera::PlateKey;
+use crate::decode::{decode_v1, message_id, DecodeContext, Rejection};
+use crate::flat::Profiles;
 pub use crate::metrics::IngestMetrics;
+use crate::route::{DeviceRef, Router};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -48,35 +56,46 @@ pub enum IngestError {
     Bus(#[from] ioc_bus::BusError),
     #[error("embedded MQTT broker: {0}")]
     Broker(String),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
-/// A payload format ingest decodes, by the name `ioc decode --format` takes.
+/// A payload format ingest decodes, by the name `ingest.routes`, a device's `decoder` and
+/// `ioc decode --format` use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    /// Device protocol v1 (`ioc/v1/devices/{id}/telemetry`).
+    /// Device protocol v1.
     IocJson,
+    /// RFC 8428 SenML JSON.
+    Senml,
+    /// Flat JSON of cheap gateways, device found by an id in the payload ([`flat`]).
+    VendorFlat,
     /// A station file (Circular 10/2021 practice).
     Tt10Station,
-    /// RFC 8428 SenML JSON (`ioc decode` only until topics are configurable).
-    Senml,
-    /// Per-lane interval counts (`ioc decode` only until topics are configurable).
+    /// Per-lane interval counts.
     TrafficCounter,
+    /// AI camera violations ([`camera`]): events, not readings.
+    CameraEvent,
 }
 
 impl Format {
-    pub const ALL: [Format; 4] = [
+    pub const ALL: [Format; 6] = [
         Format::IocJson,
-        Format::Tt10Station,
         Format::Senml,
+        Format::VendorFlat,
+        Format::Tt10Station,
         Format::TrafficCounter,
+        Format::CameraEvent,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
             Format::IocJson => "ioc-json",
-            Format::Tt10Station => "tt10-station",
             Format::Senml => "senml",
+            Format::VendorFlat => "vendor-flat",
+            Format::Tt10Station => "tt10-station",
             Format::TrafficCounter => "traffic-counter",
+            Format::CameraEvent => "camera-event",
         }
     }
 
@@ -84,42 +103,27 @@ impl Format {
         Format::ALL.into_iter().find(|f| f.name() == name)
     }
 
-    /// Decodes one payload of `device_id`: pure, no I/O.
+    /// Decodes one payload of `device_id` into readings: pure, no I/O. `profile` is used by
+    /// `vendor-flat` only. Camera events are not readings: see [`camera::decode_camera`].
     pub fn decode(
         self,
         device_id: &str,
         payload: &[u8],
         message_id: &str,
         ctx: &DecodeContext,
+        profile: &flat::Profile,
     ) -> Result<decode::Decoded, decode::Rejection> {
         match self {
             Format::IocJson => decode_v1(device_id, payload, message_id, ctx),
-            Format::Tt10Station => tt10::decode_tt10(device_id, payload, message_id, ctx),
             Format::Senml => senml::decode_senml(device_id, payload, message_id, ctx),
+            Format::VendorFlat => flat::decode_flat(device_id, payload, message_id, ctx, profile),
+            Format::Tt10Station => tt10::decode_tt10(device_id, payload, message_id, ctx),
             Format::TrafficCounter => counter::decode_counter(device_id, payload, message_id, ctx),
+            Format::CameraEvent => {
+                camera::decode_camera(payload, ctx).map(|_| decode::Decoded::default())
+            }
         }
     }
-}
-
-/// The topics ingest reads, and the format each carries: v1 device telemetry and station files.
-pub const TOPIC_FILTERS: [(&str, Format); 2] = [
-    ("ioc/v1/devices/+/telemetry", Format::IocJson),
-    ("ioc/v1/stations/+/file", Format::Tt10Station),
-];
-
-/// The MQTT filters ingest subscribes to, shared by the group.
-pub fn subscription_filters(share_group: &str) -> Vec<String> {
-    TOPIC_FILTERS
-        .iter()
-        .map(|(filter, _)| format!("$share/{share_group}/{filter}"))
-        .collect()
-}
-
-/// The device a topic names and the format of its payload, if ingest reads that topic.
-pub fn route(topic: &str) -> Option<(&str, Format)> {
-    device_of_telemetry_topic(topic)
-        .map(|d| (d, Format::IocJson))
-        .or_else(|| device_of_station_topic(topic).map(|d| (d, Format::Tt10Station)))
 }
 
 /// One bus record to produce for a message.
@@ -128,7 +132,7 @@ pub struct OutRecord {
     pub topic: String,
     pub key: String,
     pub payload: Vec<u8>,
-    /// Readings it carries (0 for a dead-letter record), for counting.
+    /// Readings it carries (0 for any other record), for counting.
     pub readings: usize,
 }
 
@@ -139,86 +143,328 @@ pub struct Outcome {
     pub rejections: Vec<RejectCode>,
 }
 
-/// Turns one MQTT message into the records to produce. Pure apart from the registry look-up.
-pub fn process_message(
-    topic: &str,
-    payload: &[u8],
-    registry: &RegistryView,
-    topics: &Topics,
-    ctx: &DecodeContext,
-) -> Outcome {
-    let id = message_id(topic, payload);
-    let mut outcome = Outcome::default();
-    let route = route(topic);
-    let device = route.map(|(d, _)| d);
-    let dead_letter = |code: RejectCode, reason: String, metric: Option<String>| -> OutRecord {
-        let letter = DeadLetter {
-            code,
-            reason,
-            topic: topic.to_string(),
-            received_at: ctx.received_at,
-            message_id: id.clone(),
-            device_id: device.map(str::to_string),
-            metric,
-            raw_base64: base64::engine::general_purpose::STANDARD.encode(payload),
-        };
-        OutRecord {
-            topic: topics.deadletter.clone(),
-            key: device.unwrap_or("").to_string(),
-            payload: serde_json::to_vec(&letter).expect("dead letters serialize"),
-            readings: 0,
-        }
-    };
+/// Everything between an MQTT message and the records it becomes: routing, the registry
+/// look-up, decoding, pseudonymization. Pure apart from reading the registry.
+#[derive(Debug, Clone)]
+pub struct Ingestor {
+    router: Router,
+    profiles: Profiles,
+    plates: Option<PlateKey>,
+    registry: RegistryView,
+    topics: Topics,
+}
 
-    let Some((device_id, format)) = route else {
-        outcome.rejections.push(RejectCode::BadTopic);
-        outcome.records.push(dead_letter(
-            RejectCode::BadTopic,
-            format!("topic {topic:?} is not ioc/v1/devices/{{device_id}}/telemetry or ioc/v1/stations/{{station_id}}/file with a valid id"),
-            None,
-        ));
-        return outcome;
-    };
-    if !registry.contains(device_id) {
-        outcome.rejections.push(RejectCode::UnknownDevice);
-        outcome.records.push(dead_letter(
-            RejectCode::UnknownDevice,
-            format!("device {device_id:?} is not registered"),
-            None,
-        ));
-        return outcome;
+impl Ingestor {
+    pub fn new(
+        config: &IngestConfig,
+        registry: RegistryView,
+        topics: Topics,
+    ) -> Result<Ingestor, IngestError> {
+        Ok(Ingestor {
+            router: Router::new(&config.routes),
+            profiles: Profiles::new(&config.vendor_profiles).map_err(IngestError::Config)?,
+            plates: PlateKey::new(&config.plate_secret),
+            registry,
+            topics,
+        })
     }
-    match format.decode(device_id, payload, &id, ctx) {
-        Err(rejection) => {
-            outcome.rejections.push(rejection.code);
-            outcome
-                .records
-                .push(dead_letter(rejection.code, rejection.reason, None));
-        }
-        Ok(decoded) => {
-            if !decoded.readings.is_empty() {
-                let n = decoded.readings.len();
-                let batch = ReadingBatch {
-                    readings: decoded.readings,
+
+    /// The MQTT filters ingest subscribes to.
+    pub fn filters(&self) -> Vec<String> {
+        self.router.filters()
+    }
+
+    /// Turns one MQTT message into the records to produce.
+    pub fn process(&self, topic: &str, payload: &[u8], ctx: &DecodeContext) -> Outcome {
+        let id = message_id(topic, payload);
+        let mut outcome = Outcome::default();
+        let route = self.router.route(topic);
+        // A camera message may hold a plate: whatever is wrong with it, it goes to quarantine.
+        let reject_to = match route {
+            Some((Format::CameraEvent, _)) => &self.topics.quarantine,
+            _ => &self.topics.deadletter,
+        };
+        let named = route.and_then(|(_, d)| d.named());
+        let letter = |outcome: &mut Outcome,
+                      code: RejectCode,
+                      reason: String,
+                      device: Option<&str>,
+                      external_id: Option<String>,
+                      metric: Option<String>| {
+            outcome.rejections.push(code);
+            let letter = DeadLetter {
+                code,
+                reason,
+                topic: topic.to_string(),
+                received_at: ctx.received_at,
+                message_id: id.clone(),
+                device_id: device.map(str::to_string),
+                external_id,
+                metric,
+                raw_base64: base64::engine::general_purpose::STANDARD.encode(payload),
+            };
+            outcome.records.push(OutRecord {
+                topic: reject_to.clone(),
+                key: device.unwrap_or("").to_string(),
+                payload: serde_json::to_vec(&letter).expect("dead letters serialize"),
+                readings: 0,
+            });
+        };
+
+        let Some((format, device_ref)) = route else {
+            letter(
+                &mut outcome,
+                RejectCode::BadTopic,
+                format!(
+                    "topic {topic:?} matches none of ingest.routes ({}) with a valid id",
+                    self.router.patterns().join(", ")
+                ),
+                None,
+                None,
+                None,
+            );
+            return outcome;
+        };
+        let device = match self.resolve(format, device_ref, payload, ctx) {
+            Ok(device) => device,
+            Err(Unresolved::Rejected(r)) => {
+                letter(&mut outcome, r.code, r.reason, named, None, None);
+                return outcome;
+            }
+            Err(Unresolved::Unknown { kind, value }) => {
+                let reason = match &kind {
+                    Some(kind) => format!("no registered device has {kind} {value:?}"),
+                    None => format!("device {value:?} is not registered"),
                 };
-                outcome.records.push(OutRecord {
-                    topic: topics.readings.clone(),
-                    key: device_id.to_string(),
-                    payload: serde_json::to_vec(&batch).expect("readings serialize"),
-                    readings: n,
-                });
+                let external = kind.as_ref().map(|k| format!("{k}:{value}"));
+                let device = kind.is_none().then_some(value.as_str());
+                letter(
+                    &mut outcome,
+                    RejectCode::UnknownDevice,
+                    reason,
+                    device,
+                    external,
+                    None,
+                );
+                return outcome;
             }
-            for rejected in decoded.rejected_values {
-                outcome.rejections.push(rejected.code);
-                outcome.records.push(dead_letter(
-                    rejected.code,
-                    rejected.reason,
-                    Some(rejected.metric),
-                ));
+        };
+        let device_id = device.device_id.as_str();
+        if let Some(expected) = device.decoder.as_deref().filter(|d| *d != format.name()) {
+            letter(
+                &mut outcome,
+                RejectCode::WrongFormat,
+                format!(
+                    "device {device_id} is registered as speaking {expected}, but this topic carries {}",
+                    format.name()
+                ),
+                Some(device_id),
+                None,
+                None,
+            );
+            return outcome;
+        }
+        let profile = match device.vendor_profile.as_deref() {
+            None => self.profiles.default_profile(),
+            Some(name) => match self.profiles.get(name) {
+                Some(p) => p,
+                None => {
+                    letter(
+                        &mut outcome,
+                        RejectCode::NotConfigured,
+                        format!("device {device_id} names vendor profile {name:?}, which ingest.vendor_profiles does not define"),
+                        Some(device_id),
+                        None,
+                        None,
+                    );
+                    return outcome;
+                }
+            },
+        };
+        if format == Format::CameraEvent {
+            match self.camera_records(&device, device_ref, payload, &id, ctx) {
+                Ok(records) => outcome.records.extend(records),
+                Err(r) => letter(&mut outcome, r.code, r.reason, Some(device_id), None, None),
+            }
+            return outcome;
+        }
+        match format.decode(device_id, payload, &id, ctx, profile) {
+            Err(r) => letter(&mut outcome, r.code, r.reason, Some(device_id), None, None),
+            Ok(decoded) => {
+                if !decoded.readings.is_empty() {
+                    let n = decoded.readings.len();
+                    let batch = ReadingBatch {
+                        readings: decoded.readings,
+                    };
+                    outcome.records.push(OutRecord {
+                        topic: self.topics.readings.clone(),
+                        key: device_id.to_string(),
+                        payload: serde_json::to_vec(&batch).expect("readings serialize"),
+                        readings: n,
+                    });
+                }
+                for r in decoded.rejected_values {
+                    letter(
+                        &mut outcome,
+                        r.code,
+                        r.reason,
+                        Some(device_id),
+                        None,
+                        Some(r.metric),
+                    );
+                }
             }
         }
+        outcome
     }
-    outcome
+
+    /// Finds the registered device a message comes from.
+    fn resolve(
+        &self,
+        format: Format,
+        device_ref: DeviceRef<'_>,
+        payload: &[u8],
+        ctx: &DecodeContext,
+    ) -> Result<Arc<Device>, Unresolved> {
+        let unknown = |kind: Option<&str>, value: &str| Unresolved::Unknown {
+            kind: kind.map(str::to_string),
+            value: value.to_string(),
+        };
+        match device_ref {
+            DeviceRef::Id(id) => self.registry.get(id).ok_or_else(|| unknown(None, id)),
+            DeviceRef::External { kind, value } => self
+                .registry
+                .by_external_id(kind, value)
+                .or_else(|| self.registry.get(value))
+                .ok_or_else(|| unknown(Some(kind), value)),
+            DeviceRef::InPayload if format == Format::VendorFlat => {
+                // The default profile first (one parse in the common case), then the others.
+                let default = self.profiles.default_profile();
+                let mut first_error = None;
+                let mut first_id = None;
+                for p in
+                    std::iter::once(default).chain(self.profiles.all().filter(|p| *p != default))
+                {
+                    match flat::external_id(payload, p, ctx) {
+                        Ok(value) => {
+                            if let Some(d) = self.registry.by_external_id(&p.id_kind, &value) {
+                                return Ok(d);
+                            }
+                            first_id.get_or_insert((p.id_kind.clone(), value));
+                        }
+                        Err(r) => {
+                            first_error.get_or_insert(r);
+                        }
+                    }
+                }
+                match (first_id, first_error) {
+                    (Some((kind, value)), _) => Err(Unresolved::Unknown {
+                        kind: Some(kind),
+                        value,
+                    }),
+                    (None, Some(r)) => Err(Unresolved::Rejected(r)),
+                    (None, None) => unreachable!("at least the default profile was tried"),
+                }
+            }
+            DeviceRef::InPayload => Err(Unresolved::Rejected(Rejection::new(
+                RejectCode::BadTopic,
+                format!(
+                    "the route of this topic names no device, and {} payloads do not either",
+                    format.name()
+                ),
+            ))),
+        }
+    }
+
+    /// A camera message's event (plate pseudonymized) and evidence records.
+    fn camera_records(
+        &self,
+        device: &Device,
+        device_ref: DeviceRef<'_>,
+        payload: &[u8],
+        message_id: &str,
+        ctx: &DecodeContext,
+    ) -> Result<[OutRecord; 2], Rejection> {
+        let Some(plates) = &self.plates else {
+            return Err(Rejection::new(
+                RejectCode::NotConfigured,
+                "ingest.plate_secret is not set, so plates cannot be pseudonymized; camera events are quarantined",
+            ));
+        };
+        let e = camera::decode_camera(payload, ctx)?;
+        let topic_camera = match device_ref {
+            DeviceRef::External { value, .. } => Some(value),
+            _ => device.external_ids.get("camera_id").map(String::as_str),
+        };
+        if topic_camera.is_some_and(|c| c != e.camera_id) {
+            return Err(Rejection::new(
+                RejectCode::InvalidField,
+                format!(
+                    "camera_id differs from the camera this topic and device {} name",
+                    device.device_id
+                ),
+            ));
+        }
+        let pseudonym = plates.pseudonym(&e.plate);
+        let mut attributes = serde_json::Map::new();
+        attributes.insert("camera_id".into(), e.camera_id.clone().into());
+        attributes.insert("plate_pseudonym".into(), pseudonym.clone().into());
+        if let Some(s) = e.speed_kmh {
+            attributes.insert("speed_kmh".into(), s.into());
+        }
+        if let Some(l) = e.lane {
+            attributes.insert("lane".into(), l.into());
+        }
+        if !e.suspect_reason.is_empty() {
+            attributes.insert("quality".into(), "suspect".into());
+            attributes.insert("quality_reason".into(), e.suspect_reason.clone().into());
+        }
+        let event = ioc_contract::Event {
+            event_id: e.event_id.clone(),
+            device_id: device.device_id.clone(),
+            ts: e.ts,
+            kind: e.kind.clone(),
+            attributes,
+            received_at: ctx.received_at,
+            message_id: message_id.to_string(),
+        };
+        let evidence = ioc_contract::Evidence {
+            event_id: e.event_id,
+            device_id: device.device_id.clone(),
+            camera_id: e.camera_id,
+            ts: e.ts,
+            kind: e.kind,
+            plate: e.plate,
+            plate_pseudonym: pseudonym,
+            image_ref: e.image_ref,
+            received_at: ctx.received_at,
+            message_id: message_id.to_string(),
+        };
+        let record = |topic: &str, payload: Vec<u8>| OutRecord {
+            topic: topic.to_string(),
+            key: device.device_id.clone(),
+            payload,
+            readings: 0,
+        };
+        Ok([
+            record(
+                &self.topics.events,
+                serde_json::to_vec(&event).expect("events serialize"),
+            ),
+            record(
+                &self.topics.evidence,
+                serde_json::to_vec(&evidence).expect("evidence serializes"),
+            ),
+        ])
+    }
+}
+
+/// Why a message's device was not found.
+enum Unresolved {
+    /// The payload could not even say which device it is from.
+    Rejected(Rejection),
+    /// It names a device (by id, or by an external id of `kind`) that is not registered.
+    Unknown { kind: Option<String>, value: String },
 }
 
 /// One received message through decoding, counted: the step both ingest loops (MQTT 5 client
@@ -228,8 +474,7 @@ pub(crate) fn take_message(
     payload: &[u8],
     received_at: i64,
     config: &IngestConfig,
-    registry: &RegistryView,
-    topics: &Topics,
+    ingestor: &Ingestor,
     metrics: &IngestMetrics,
 ) -> Vec<OutRecord> {
     metrics.messages_received.inc();
@@ -240,7 +485,7 @@ pub(crate) fn take_message(
         utc_offset_ms: config.utc_offset_ms(),
     };
     let topic = String::from_utf8_lossy(topic);
-    let outcome = process_message(&topic, payload, registry, topics, &ctx);
+    let outcome = ingestor.process(&topic, payload, &ctx);
     for code in &outcome.rejections {
         metrics.rejections.with_label_values(&[code.as_str()]).inc();
     }
@@ -268,6 +513,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<IngestReport, IngestError> {
     let producer = bus.producer(config.producer_linger)?;
+    let ingestor = Ingestor::new(config, registry, bus.topics().clone())?;
 
     let mut options = MqttOptions::new(&config.client_id, &mqtt.host, mqtt.port);
     options
@@ -283,7 +529,11 @@ pub async fn run(
         options.set_credentials(&mqtt.username, &mqtt.password);
     }
     let (client, eventloop) = AsyncClient::new(options, config.receive_maximum as usize + 64);
-    let filters = subscription_filters(&config.share_group);
+    let filters: Vec<String> = ingestor
+        .filters()
+        .iter()
+        .map(|f| format!("$share/{}/{f}", config.share_group))
+        .collect();
     // The event loop runs in its own task so that awaiting an ack (a bounded request channel)
     // can never stall it. It forwards only what this loop needs; the channel is unbounded, but
     // the broker sends at most receive_maximum unacknowledged publishes.
@@ -348,8 +598,7 @@ pub async fn run(
                         &publish.payload,
                         ioc_contract::time::now_ms(),
                         config,
-                        &registry,
-                        bus.topics(),
+                        &ingestor,
                         &metrics,
                     );
                     let ack_later = match config.ack_mode {
@@ -475,20 +724,45 @@ mod tests {
         Topics::with_prefix("t.")
     }
 
-    fn registry() -> RegistryView {
-        let view = RegistryView::default();
-        view.apply(RegistryEvent::Registered {
+    fn device(id: &str, external: Option<(&str, &str)>, decoder: Option<&str>) -> RegistryEvent {
+        RegistryEvent::Registered {
             device: Device {
-                device_id: "aq-1".into(),
+                device_id: id.into(),
                 kind: "air_quality".into(),
                 name: "a".into(),
                 lat: 12.6,
                 lon: 108.0,
                 expected_interval_s: 60.0,
-                registered_at: 0,
+                external_ids: external
+                    .map(|(k, v)| [(k.to_string(), v.to_string())].into())
+                    .unwrap_or_default(),
+                decoder: decoder.map(str::to_string),
+                ..Default::default()
             },
-        });
+        }
+    }
+
+    fn registry() -> RegistryView {
+        let view = RegistryView::default();
+        view.apply(device("aq-1", None, None));
+        view.apply(device(
+            "aqf-1",
+            Some(("imei", "861234567890123")),
+            Some("vendor-flat"),
+        ));
+        view.apply(device("ww-1", Some(("station_code", "DLK_NT_001")), None));
+        view.apply(device(
+            "cam-1",
+            Some(("camera_id", "CAM-1")),
+            Some("camera-event"),
+        ));
         view
+    }
+
+    fn ingestor(plate_secret: &str) -> Ingestor {
+        let mut config = ioc_config::load_str(None, Vec::new()).unwrap().ingest;
+        config.plate_secret = plate_secret.into();
+        Ingestor::new(&config, registry(), topics()).unwrap()
     }
 
     fn ctx() -> DecodeContext {
@@ -501,16 +775,124 @@ mod tests {
     }
 
     fn process(topic: &str, body: &[u8]) -> Outcome {
-        process_message(topic, body, &registry(), &topics(), &ctx())
+        ingestor("k").process(topic, body, &ctx())
     }
 
-    fn letters(outcome: &Outcome) -> Vec<DeadLetter> {
+    fn on(outcome: &Outcome, topic: &str) -> Vec<serde_json::Value> {
         outcome
             .records
             .iter()
-            .filter(|r| r.topic == "t.deadletter")
+            .filter(|r| r.topic == topic)
             .map(|r| serde_json::from_slice(&r.payload).unwrap())
             .collect()
+    }
+
+    fn letters(outcome: &Outcome) -> Vec<DeadLetter> {
+        on(outcome, "t.deadletter")
+            .into_iter()
+            .map(|v| serde_json::from_value(v).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn vendor_flat_finds_its_device_by_imei_and_unknown_imeis_keep_the_id() {
+        let body =
+            br#"{"imei":"861234567890123","time":"26/11/2026 08:05:00","PM2_5":"35,2","CO":"1,2"}"#;
+        let out = process("ioc/v1/gateways/gw-1/flat", body);
+        let batch: ReadingBatch = serde_json::from_slice(&out.records[0].payload).unwrap();
+        assert_eq!(batch.readings.len(), 2);
+        assert!(batch.readings.iter().all(|r| r.device_id == "aqf-1"));
+        let body = br#"{"imei":"869999999999999","time":"26/11/2026 08:05:00","PM2_5":"35,2"}"#;
+        let out = process("ioc/v1/gateways/gw-1/flat", body);
+        assert_eq!(out.rejections, vec![RejectCode::UnknownDevice]);
+        let letter = &letters(&out)[0];
+        assert_eq!(letter.external_id.as_deref(), Some("imei:869999999999999"));
+        assert_eq!(letter.device_id, None);
+    }
+
+    #[test]
+    fn a_device_registered_for_one_format_is_refused_on_another() {
+        let out = process(
+            "ioc/v1/devices/aqf-1/telemetry",
+            br#"{"ts":1795680240000,"values":{"pm25":12}}"#,
+        );
+        assert_eq!(out.rejections, vec![RejectCode::WrongFormat]);
+    }
+
+    #[test]
+    fn stations_are_found_by_station_code() {
+        let file = b"COD\t61.5\tmg/L\t20261126085500\t00\n";
+        let out = process("ioc/v1/stations/DLK_NT_001/file", file);
+        let batch: ReadingBatch = serde_json::from_slice(&out.records[0].payload).unwrap();
+        assert_eq!(batch.readings[0].device_id, "ww-1");
+        let out = process("ioc/v1/stations/DLK_NT_999/file", file);
+        assert_eq!(
+            letters(&out)[0].external_id.as_deref(),
+            Some("station_code:DLK_NT_999")
+        );
+    }
+
+    const CAMERA: &str = r#"{"camera_id":"CAM-1","event_id":"CAM-1-42","event_time":"2026-11-26T15:04:00+07:00","type":"speeding","plate":"47A-123.45","speed_kmh":71.5,"lane":2,"image_ref":"s3://e/42.jpg"}"#;
+
+    #[test]
+    fn camera_plates_reach_only_the_evidence_topic() {
+        let out = process("ioc/v1/cameras/CAM-1/events", CAMERA.as_bytes());
+        assert!(out.rejections.is_empty());
+        let events = on(&out, "t.events");
+        let evidence = on(&out, "t.evidence");
+        assert_eq!((events.len(), evidence.len(), out.records.len()), (1, 1, 2));
+        let pseudonym = camera::PlateKey::new("k").unwrap().pseudonym("47A-123.45");
+        assert_eq!(
+            events[0]["attributes"]["plate_pseudonym"],
+            pseudonym.as_str()
+        );
+        assert_eq!(events[0]["device_id"], "cam-1");
+        assert_eq!(evidence[0]["plate"], "47A-123.45");
+        assert_eq!(evidence[0]["image_ref"], "s3://e/42.jpg");
+        for r in out.records.iter().filter(|r| r.topic != "t.evidence") {
+            let text = String::from_utf8_lossy(&r.payload);
+            assert!(!text.contains("123") && !text.contains("s3://"), "{text}");
+        }
+    }
+
+    #[test]
+    fn rejected_camera_messages_go_to_quarantine_not_the_dead_letter_topic() {
+        let wrong_camera = CAMERA.replace(r#""camera_id":"CAM-1""#, r#""camera_id":"CAM-2""#);
+        let bad_type = CAMERA.replace("speeding", "littering");
+        for (topic, body, code) in [
+            (
+                "ioc/v1/cameras/CAM-1/events",
+                wrong_camera.as_str(),
+                RejectCode::InvalidField,
+            ),
+            (
+                "ioc/v1/cameras/CAM-1/events",
+                bad_type.as_str(),
+                RejectCode::InvalidField,
+            ),
+            (
+                "ioc/v1/cameras/CAM-1/events",
+                "{not json",
+                RejectCode::Malformed,
+            ),
+            (
+                "ioc/v1/cameras/CAM-9/events",
+                CAMERA,
+                RejectCode::UnknownDevice,
+            ),
+        ] {
+            let out = process(topic, body.as_bytes());
+            assert_eq!(out.rejections, vec![code], "{body}");
+            assert!(on(&out, "t.deadletter").is_empty());
+            let q = on(&out, "t.quarantine");
+            assert_eq!(q.len(), 1);
+            assert!(!q[0]["reason"].as_str().unwrap().contains("123"));
+        }
+        // No key, no pseudonyms: quarantined, never stored in clear.
+        let out = ingestor("").process("ioc/v1/cameras/CAM-1/events", CAMERA.as_bytes(), &ctx());
+        assert_eq!(out.rejections, vec![RejectCode::NotConfigured]);
+        assert_eq!(on(&out, "t.quarantine").len(), 1);
+        assert_eq!(out.records.len(), 1);
     }
 
     #[test]
@@ -567,8 +949,10 @@ mod tests {
 
     #[test]
     fn no_format_panics_on_mutated_payloads() {
-        let samples: [(Format, &[u8]); 4] = [
-            (Format::IocJson, br#"{"ts":1795680240000,"channel":"a","values":{"pm25":12,"no2":20}}"#),
+        let samples: [(Format, &[u8]); 6] = [
+            (Format::IocJson, br#"{"ts":1795680240000,"channel":"a","values":{"pm25":12,"no2":20},"units":{"no2":"ppb"}}"#),
+            (Format::VendorFlat, br#"{"imei":"861234567890123","time":"26/11/2026 08:05:00","PM2_5":"35,2","NO2":"21"}"#),
+            (Format::CameraEvent, CAMERA.as_bytes()),
             (Format::Tt10Station, b"COD\t61,5\tmg/L\t20261126085500\t00\npH\t7\tpH\t20261126085500\t01\n"),
             (Format::Senml, br#"[{"bn":"x:","bt":1795658340,"bu":"ug/m3","n":"pm25","v":35.2},{"n":"co","u":"ppm","v":1,"t":-5}]"#),
             (Format::TrafficCounter, br#"{"end":1795658340,"interval_s":60,"lanes":[{"lane":1,"count":17,"avg_speed":42.5,"occupancy":0.12}]}"#),
@@ -580,9 +964,10 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
+        let profile = flat::Profile::flat_gateway();
         for (format, sample) in samples {
             assert!(
-                format.decode("d", sample, "m", &ctx()).is_ok(),
+                format.decode("d", sample, "m", &ctx(), &profile).is_ok(),
                 "{format:?} sample decodes"
             );
             for _ in 0..3000 {
@@ -603,7 +988,7 @@ mod tests {
                         buf.push(b'{');
                     }
                 }
-                let _ = format.decode("d", &buf, "m", &ctx());
+                let _ = format.decode("d", &buf, "m", &ctx(), &profile);
             }
         }
     }

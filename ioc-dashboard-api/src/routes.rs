@@ -1,7 +1,7 @@
 //! HTTP routes. Errors are JSON `{"error": code, "message": text}`; a failing dependency is
 //! logged and answered 503 without its internal text.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -14,7 +14,8 @@ use futures::{SinkExt, StreamExt};
 use ioc_bus::registry;
 use ioc_contract::time::{format_ms, now_ms, parse_param_ms};
 use ioc_contract::{
-    valid_device_id, Aggregate, Alert, Device, Reading, RegistryEvent, DEVICE_KINDS,
+    valid_device_id, valid_external_id, Aggregate, Alert, Device, Reading, RegistryEvent,
+    DEVICE_KINDS, EXTERNAL_ID_KINDS, FORMAT_NAMES,
 };
 use ioc_history::HistoryFilter;
 use serde::{Deserialize, Serialize};
@@ -160,6 +161,9 @@ struct Registration {
     lat: Option<serde_json::Value>,
     lon: Option<serde_json::Value>,
     expected_interval_s: Option<serde_json::Value>,
+    external_ids: Option<serde_json::Value>,
+    decoder: Option<serde_json::Value>,
+    vendor_profile: Option<serde_json::Value>,
 }
 
 /// Checks a registration, reporting every problem at once.
@@ -211,6 +215,56 @@ fn validate_registration(body: &[u8]) -> ApiResult<Device> {
             "required: a positive number of seconds".into(),
         );
     }
+    let mut external_ids = BTreeMap::new();
+    match &reg.external_ids {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::Object(ids)) => {
+            for (kind, value) in ids {
+                match value.as_str() {
+                    Some(v) if EXTERNAL_ID_KINDS.contains(&kind.as_str()) && valid_external_id(v) => {
+                        external_ids.insert(kind.clone(), v.to_string());
+                    }
+                    _ if !EXTERNAL_ID_KINDS.contains(&kind.as_str()) => problem(
+                        "external_ids",
+                        format!(
+                            "unknown kind {kind:?}: one of {}",
+                            EXTERNAL_ID_KINDS.join(", ")
+                        ),
+                    ),
+                    _ => problem(
+                        "external_ids",
+                        format!("{kind} must be a string of 1 to 64 printable ASCII characters without / + #"),
+                    ),
+                }
+            }
+        }
+        Some(_) => problem(
+            "external_ids",
+            "must be an object like {\"imei\": \"861234567890123\"}".into(),
+        ),
+    }
+    let decoder = match &reg.decoder {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(d)) if FORMAT_NAMES.contains(&d.as_str()) => Some(d.clone()),
+        Some(_) => {
+            problem(
+                "decoder",
+                format!("must be one of {}", FORMAT_NAMES.join(", ")),
+            );
+            None
+        }
+    };
+    let vendor_profile = match &reg.vendor_profile {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(p)) if valid_device_id(p) => Some(p.clone()),
+        Some(_) => {
+            problem(
+                "vendor_profile",
+                "must be a profile name: 1 to 64 characters of A-Z a-z 0-9 _ - .".into(),
+            );
+            None
+        }
+    };
     if !problems.is_empty() {
         let mut failure = ApiFailure::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -228,6 +282,9 @@ fn validate_registration(body: &[u8]) -> ApiResult<Device> {
         lon: lon.unwrap_or_default(),
         expected_interval_s: interval.unwrap_or_default(),
         registered_at: now_ms(),
+        external_ids,
+        decoder,
+        vendor_profile,
     })
 }
 
@@ -240,6 +297,12 @@ struct ApiDevice {
     lon: f64,
     expected_interval_s: f64,
     registered_at: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    external_ids: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decoder: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vendor_profile: Option<String>,
 }
 
 impl From<&Device> for ApiDevice {
@@ -252,13 +315,33 @@ impl From<&Device> for ApiDevice {
             lon: d.lon,
             expected_interval_s: d.expected_interval_s,
             registered_at: format_ms(d.registered_at),
+            external_ids: d.external_ids.clone(),
+            decoder: d.decoder.clone(),
+            vendor_profile: d.vendor_profile.clone(),
         }
     }
 }
 
 fn same_registration(a: &Device, b: &Device) -> bool {
-    (&a.kind, &a.name, a.lat, a.lon, a.expected_interval_s)
-        == (&b.kind, &b.name, b.lat, b.lon, b.expected_interval_s)
+    (
+        &a.kind,
+        &a.name,
+        a.lat,
+        a.lon,
+        a.expected_interval_s,
+        &a.external_ids,
+        &a.decoder,
+        &a.vendor_profile,
+    ) == (
+        &b.kind,
+        &b.name,
+        b.lat,
+        b.lon,
+        b.expected_interval_s,
+        &b.external_ids,
+        &b.decoder,
+        &b.vendor_profile,
+    )
 }
 
 async fn register_device(
@@ -270,7 +353,7 @@ async fn register_device(
     let device = validate_registration(&body)?;
     if let Some(existing) = state.registry.get(&device.device_id) {
         return if same_registration(&existing, &device) {
-            Ok((StatusCode::OK, Json(ApiDevice::from(&existing))).into_response())
+            Ok((StatusCode::OK, Json(ApiDevice::from(existing.as_ref()))).into_response())
         } else {
             Err(ApiFailure::new(
                 StatusCode::CONFLICT,
@@ -281,6 +364,19 @@ async fn register_device(
                 ),
             ))
         };
+    }
+    // External ids are unique: a station code or IMEI names exactly one device.
+    for (kind, value) in &device.external_ids {
+        if let Some(owner) = state.registry.by_external_id(kind, value) {
+            return Err(ApiFailure::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!(
+                    "{kind} {value:?} already belongs to device {}",
+                    owner.device_id
+                ),
+            ));
+        }
     }
     let event = RegistryEvent::Registered {
         device: device.clone(),
@@ -298,7 +394,12 @@ async fn list_devices(
     headers: HeaderMap,
 ) -> ApiResult<Json<serde_json::Value>> {
     authorize(&state, bearer(&headers))?;
-    let devices: Vec<ApiDevice> = state.registry.list().iter().map(ApiDevice::from).collect();
+    let devices: Vec<ApiDevice> = state
+        .registry
+        .list()
+        .iter()
+        .map(|d| ApiDevice::from(d.as_ref()))
+        .collect();
     Ok(Json(json!({ "devices": devices })))
 }
 
@@ -311,7 +412,7 @@ async fn get_device(
     state
         .registry
         .get(&id)
-        .map(|d| Json(ApiDevice::from(&d)))
+        .map(|d| Json(ApiDevice::from(d.as_ref())))
         .ok_or_else(|| {
             ApiFailure::new(
                 StatusCode::NOT_FOUND,
