@@ -13,8 +13,8 @@ use ioc_contract::{Aggregate, Alert, Reading};
 use serde::Deserialize;
 
 use crate::{
-    AggregateRow, AlertRow, GoodValueRow, HistoryError, HistoryFilter, OffsetRow, ReadingRow,
-    WatermarkRow,
+    AggregateRow, AlertRow, EventRow, GoodValueRow, HistoryError, HistoryFilter, OffsetRow,
+    ReadingRow, WatermarkRow,
 };
 
 /// Statements that create the schema, in order; `{db}` is the database name.
@@ -43,10 +43,26 @@ const SCHEMA: &[&str] = &[
     ORDER BY alert_id",
     "CREATE TABLE IF NOT EXISTS {db}.events (
         event_id String, device_id String, ts Int64, kind String, attributes String,
-        received_at Int64, version UInt64
+        received_at Int64, message_id String, version UInt64
     ) ENGINE = ReplacingMergeTree(version)
     PARTITION BY toYYYYMM(toDateTime(intDiv(ts, 1000)))
     ORDER BY event_id",
+    // Personal data (plates, image references) of camera events: nothing else reads or joins
+    // it; who may read it, and the audit of every read, come with evidence access.
+    "CREATE TABLE IF NOT EXISTS {db}.evidence (
+        event_id String, device_id String, camera_id String, ts Int64, kind String,
+        plate String, plate_pseudonym String, image_ref String, received_at Int64,
+        message_id String, version UInt64
+    ) ENGINE = ReplacingMergeTree(version)
+    PARTITION BY toYYYYMM(toDateTime(intDiv(ts, 1000)))
+    ORDER BY event_id",
+    // Rejected camera messages, kept beside the evidence (their bytes may hold plates).
+    "CREATE TABLE IF NOT EXISTS {db}.camera_quarantine (
+        message_id String, code String, reason String, topic String, device_id String,
+        received_at Int64, raw_base64 String, version UInt64
+    ) ENGINE = ReplacingMergeTree(version)
+    PARTITION BY toYYYYMM(toDateTime(intDiv(received_at, 1000)))
+    ORDER BY message_id",
     // The stream's consumed position: per partition, everything below next_offset is stored
     // and, where it belongs to a window, that window is emitted. Written after the watermarks.
     "CREATE TABLE IF NOT EXISTS {db}.stream_offsets (
@@ -87,7 +103,7 @@ impl ClickHouseHistory {
         Ok(())
     }
 
-    async fn insert_rows<T>(
+    pub(crate) async fn insert_rows<T>(
         &self,
         table: &str,
         rows: impl Iterator<Item = T>,
@@ -236,6 +252,15 @@ impl ClickHouseHistory {
             .filtered("alerts", "raised_at", "raised_at, alert_id", f)
             .await?;
         Ok(rows.into_iter().map(Alert::from).collect())
+    }
+
+    /// Events in range, newest first; the filter's metric does not apply (events have kinds).
+    pub async fn events(&self, f: &HistoryFilter) -> Result<Vec<EventRow>, HistoryError> {
+        let f = HistoryFilter {
+            metric: None,
+            ..f.clone()
+        };
+        self.filtered("events", "ts", "ts DESC, event_id", &f).await
     }
 
     /// Rows of `table` (deduplicated with FINAL) whose `time_column` is in the filter's range,

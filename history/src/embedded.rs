@@ -33,7 +33,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    AggregateRow, AlertRow, GoodValueRow, HistoryFilter, OffsetRow, ReadingRow, WatermarkRow,
+    AggregateRow, AlertRow, EventRow, EvidenceRow, GoodValueRow, HistoryFilter, OffsetRow,
+    QuarantineRow, ReadingRow, WatermarkRow,
 };
 
 /// A table compacts once it has this many files smaller than [`COMPACT_MAX_ROWS`].
@@ -84,14 +85,29 @@ enum Table {
     Readings,
     Aggregates,
     Alerts,
+    Events,
+    Evidence,
+    CameraQuarantine,
 }
 
 impl Table {
+    const ALL: [Table; 6] = [
+        Table::Readings,
+        Table::Aggregates,
+        Table::Alerts,
+        Table::Events,
+        Table::Evidence,
+        Table::CameraQuarantine,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             Table::Readings => "readings",
             Table::Aggregates => "aggregates",
             Table::Alerts => "alerts",
+            Table::Events => "events",
+            Table::Evidence => "evidence",
+            Table::CameraQuarantine => "camera_quarantine",
         }
     }
 }
@@ -141,16 +157,44 @@ impl Checkpoint {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Tables {
     readings: Vec<ReadingRow>,
     aggregates: Vec<AggregateRow>,
     alerts: Vec<AlertRow>,
+    events: Vec<EventRow>,
+    evidence: Vec<EvidenceRow>,
+    quarantine: Vec<QuarantineRow>,
 }
 
 impl Tables {
     fn is_empty(&self) -> bool {
-        self.readings.is_empty() && self.aggregates.is_empty() && self.alerts.is_empty()
+        self.readings.is_empty()
+            && self.aggregates.is_empty()
+            && self.alerts.is_empty()
+            && self.events.is_empty()
+            && self.evidence.is_empty()
+            && self.quarantine.is_empty()
+    }
+
+    /// Puts `later` after these rows.
+    fn append(&mut self, later: &mut Tables) {
+        self.readings.append(&mut later.readings);
+        self.aggregates.append(&mut later.aggregates);
+        self.alerts.append(&mut later.alerts);
+        self.events.append(&mut later.events);
+        self.evidence.append(&mut later.evidence);
+        self.quarantine.append(&mut later.quarantine);
+    }
+
+    /// Writes every table's rows as new files listed in `manifest`.
+    fn write(&self, dir: &Path, manifest: &mut Manifest) -> Result<(), StoreError> {
+        write_table(dir, manifest, &self.readings)?;
+        write_table(dir, manifest, &self.aggregates)?;
+        write_table(dir, manifest, &self.alerts)?;
+        write_table(dir, manifest, &self.events)?;
+        write_table(dir, manifest, &self.evidence)?;
+        write_table(dir, manifest, &self.quarantine)
     }
 }
 
@@ -181,7 +225,7 @@ pub struct EmbeddedHistory {
 impl EmbeddedHistory {
     /// Opens (creating if needed) the store in `dir` and deletes files no commit lists.
     pub fn open(dir: &Path) -> Result<EmbeddedHistory, StoreError> {
-        for t in [Table::Readings, Table::Aggregates, Table::Alerts] {
+        for t in Table::ALL {
             let d = dir.join(t.name());
             std::fs::create_dir_all(&d).map_err(io(&d))?;
         }
@@ -197,7 +241,7 @@ impl EmbeddedHistory {
         // Files of a commit that did not finish, or compacted away before a restart.
         let live: std::collections::HashSet<&str> =
             manifest.files.iter().map(|f| f.file.as_str()).collect();
-        for t in [Table::Readings, Table::Aggregates, Table::Alerts] {
+        for t in Table::ALL {
             let d = dir.join(t.name());
             for entry in std::fs::read_dir(&d).map_err(io(&d))?.flatten() {
                 let rel = format!("{}/{}", t.name(), entry.file_name().to_string_lossy());
@@ -245,6 +289,27 @@ impl EmbeddedHistory {
         let before = s.pending.alerts.len();
         s.pending.alerts.extend(rows);
         s.pending.alerts.len() - before
+    }
+
+    pub fn insert_events(&self, rows: impl Iterator<Item = EventRow>) -> usize {
+        let mut s = self.state();
+        let before = s.pending.events.len();
+        s.pending.events.extend(rows);
+        s.pending.events.len() - before
+    }
+
+    pub fn insert_evidence(&self, rows: impl Iterator<Item = EvidenceRow>) -> usize {
+        let mut s = self.state();
+        let before = s.pending.evidence.len();
+        s.pending.evidence.extend(rows);
+        s.pending.evidence.len() - before
+    }
+
+    pub fn insert_quarantine(&self, rows: impl Iterator<Item = QuarantineRow>) -> usize {
+        let mut s = self.state();
+        let before = s.pending.quarantine.len();
+        s.pending.quarantine.extend(rows);
+        s.pending.quarantine.len() - before
     }
 
     pub fn insert_watermarks(&self, rows: Vec<WatermarkRow>) -> usize {
@@ -295,9 +360,7 @@ impl EmbeddedHistory {
         let dir = self.shared.dir.clone();
         let written = tokio::task::spawn_blocking(move || -> Result<Manifest, StoreError> {
             let mut next = (*base).clone();
-            write_table(&dir, &mut next, &rows.readings)?;
-            write_table(&dir, &mut next, &rows.aggregates)?;
-            write_table(&dir, &mut next, &rows.alerts)?;
+            rows.write(&dir, &mut next)?;
             next.checkpoint = checkpoint;
             commit_manifest(&dir, &next)?;
             Ok(next)
@@ -313,14 +376,8 @@ impl EmbeddedHistory {
                 Err(e) => {
                     // Put the rows back in front of anything written since; the next flush
                     // retries them.
-                    let mut back = Arc::try_unwrap(flushed).unwrap_or_else(|a| Tables {
-                        readings: a.readings.clone(),
-                        aggregates: a.aggregates.clone(),
-                        alerts: a.alerts.clone(),
-                    });
-                    back.readings.append(&mut s.pending.readings);
-                    back.aggregates.append(&mut s.pending.aggregates);
-                    back.alerts.append(&mut s.pending.alerts);
+                    let mut back = Arc::try_unwrap(flushed).unwrap_or_else(|a| (*a).clone());
+                    back.append(&mut s.pending);
                     s.pending = back;
                     return Err(e);
                 }
@@ -357,7 +414,7 @@ impl EmbeddedHistory {
     /// Merges a table's small files into one once there are [`COMPACT_TRIGGER`] of them.
     /// Called with the commit lock held.
     async fn compact(&self) -> Result<(), StoreError> {
-        for table in [Table::Readings, Table::Aggregates, Table::Alerts] {
+        for table in Table::ALL {
             let base = self.state().manifest.clone();
             let small: Vec<FileEntry> = base
                 .files
@@ -374,19 +431,20 @@ impl EmbeddedHistory {
                 let mut next = (*base).clone();
                 next.files
                     .retain(|f| !merged.iter().any(|m| m.file == f.file));
+                fn merge<R: TableRow>(
+                    dir: &Path,
+                    next: &mut Manifest,
+                    files: &[FileEntry],
+                ) -> Result<(), StoreError> {
+                    write_table(dir, next, &dedup(read_files::<R>(dir, files)?))
+                }
                 match table {
-                    Table::Readings => {
-                        let rows = dedup(read_files::<ReadingRow>(&dir, &merged)?);
-                        write_table(&dir, &mut next, &rows)?;
-                    }
-                    Table::Aggregates => {
-                        let rows = dedup(read_files::<AggregateRow>(&dir, &merged)?);
-                        write_table(&dir, &mut next, &rows)?;
-                    }
-                    Table::Alerts => {
-                        let rows = dedup(read_files::<AlertRow>(&dir, &merged)?);
-                        write_table(&dir, &mut next, &rows)?;
-                    }
+                    Table::Readings => merge::<ReadingRow>(&dir, &mut next, &merged)?,
+                    Table::Aggregates => merge::<AggregateRow>(&dir, &mut next, &merged)?,
+                    Table::Alerts => merge::<AlertRow>(&dir, &mut next, &merged)?,
+                    Table::Events => merge::<EventRow>(&dir, &mut next, &merged)?,
+                    Table::Evidence => merge::<EvidenceRow>(&dir, &mut next, &merged)?,
+                    Table::CameraQuarantine => merge::<QuarantineRow>(&dir, &mut next, &merged)?,
                 }
                 commit_manifest(&dir, &next)?;
                 Ok(next)
@@ -530,6 +588,19 @@ impl EmbeddedHistory {
         Ok(rows.into_iter().map(Alert::from).collect())
     }
 
+    /// Events in range, newest first (the filter's metric does not apply).
+    pub async fn events(&self, f: &HistoryFilter) -> Result<Vec<EventRow>, StoreError> {
+        let device = f.device_id.clone();
+        let mut rows = self
+            .scan::<EventRow>(f.from, f.to, move |r| {
+                device.as_ref().is_none_or(|d| *d == r.device_id)
+            })
+            .await?;
+        rows.sort_by(|a, b| (b.ts, &a.event_id).cmp(&(a.ts, &b.event_id)));
+        rows.truncate(f.limit);
+        Ok(rows)
+    }
+
     pub async fn good_values(
         &self,
         device_id: &str,
@@ -624,7 +695,7 @@ fn write_table<R: TableRow>(
 }
 
 fn commit_manifest(dir: &Path, manifest: &Manifest) -> Result<(), StoreError> {
-    for t in [Table::Readings, Table::Aggregates, Table::Alerts] {
+    for t in Table::ALL {
         let d = dir.join(t.name());
         File::open(&d).and_then(|f| f.sync_all()).map_err(io(&d))?;
     }
@@ -986,6 +1057,224 @@ impl TableRow for AlertRow {
     }
 }
 
+impl TableRow for EventRow {
+    const TABLE: Table = Table::Events;
+    type Key = String;
+    fn key(&self) -> Self::Key {
+        self.event_id.clone()
+    }
+    fn version(&self) -> u64 {
+        self.version
+    }
+    fn time(&self) -> i64 {
+        self.ts
+    }
+    fn rows(t: &Tables) -> &[Self] {
+        &t.events
+    }
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+        use DataType::*;
+        RecordBatch::try_new(
+            schema(&[
+                ("event_id", Utf8, false),
+                ("device_id", Utf8, false),
+                ("ts", Int64, false),
+                ("kind", Utf8, false),
+                ("attributes", Utf8, false),
+                ("received_at", Int64, false),
+                ("message_id", Utf8, false),
+                ("version", UInt64, false),
+            ]),
+            vec![
+                strs(rows, |r| &r.event_id),
+                strs(rows, |r| &r.device_id),
+                i64s(rows, |r| r.ts),
+                strs(rows, |r| &r.kind),
+                strs(rows, |r| &r.attributes),
+                i64s(rows, |r| r.received_at),
+                strs(rows, |r| &r.message_id),
+                u64s(rows, |r| r.version),
+            ],
+        )
+    }
+    fn from_batch(c: &Columns) -> Result<Vec<Self>, StoreError> {
+        let (id, device, ts, kind) = (
+            c.str("event_id")?,
+            c.str("device_id")?,
+            c.i64("ts")?,
+            c.str("kind")?,
+        );
+        let (attributes, received, message, version) = (
+            c.str("attributes")?,
+            c.i64("received_at")?,
+            c.str("message_id")?,
+            c.u64("version")?,
+        );
+        Ok((0..c.len())
+            .map(|i| EventRow {
+                event_id: id.value(i).to_string(),
+                device_id: device.value(i).to_string(),
+                ts: ts.value(i),
+                kind: kind.value(i).to_string(),
+                attributes: attributes.value(i).to_string(),
+                received_at: received.value(i),
+                message_id: message.value(i).to_string(),
+                version: version.value(i),
+            })
+            .collect())
+    }
+}
+
+impl TableRow for EvidenceRow {
+    const TABLE: Table = Table::Evidence;
+    type Key = String;
+    fn key(&self) -> Self::Key {
+        self.event_id.clone()
+    }
+    fn version(&self) -> u64 {
+        self.version
+    }
+    fn time(&self) -> i64 {
+        self.ts
+    }
+    fn rows(t: &Tables) -> &[Self] {
+        &t.evidence
+    }
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+        use DataType::*;
+        RecordBatch::try_new(
+            schema(&[
+                ("event_id", Utf8, false),
+                ("device_id", Utf8, false),
+                ("camera_id", Utf8, false),
+                ("ts", Int64, false),
+                ("kind", Utf8, false),
+                ("plate", Utf8, false),
+                ("plate_pseudonym", Utf8, false),
+                ("image_ref", Utf8, false),
+                ("received_at", Int64, false),
+                ("message_id", Utf8, false),
+                ("version", UInt64, false),
+            ]),
+            vec![
+                strs(rows, |r| &r.event_id),
+                strs(rows, |r| &r.device_id),
+                strs(rows, |r| &r.camera_id),
+                i64s(rows, |r| r.ts),
+                strs(rows, |r| &r.kind),
+                strs(rows, |r| &r.plate),
+                strs(rows, |r| &r.plate_pseudonym),
+                strs(rows, |r| &r.image_ref),
+                i64s(rows, |r| r.received_at),
+                strs(rows, |r| &r.message_id),
+                u64s(rows, |r| r.version),
+            ],
+        )
+    }
+    fn from_batch(c: &Columns) -> Result<Vec<Self>, StoreError> {
+        let (id, device, camera, ts) = (
+            c.str("event_id")?,
+            c.str("device_id")?,
+            c.str("camera_id")?,
+            c.i64("ts")?,
+        );
+        let (kind, plate, pseudonym, image) = (
+            c.str("kind")?,
+            c.str("plate")?,
+            c.str("plate_pseudonym")?,
+            c.str("image_ref")?,
+        );
+        let (received, message, version) = (
+            c.i64("received_at")?,
+            c.str("message_id")?,
+            c.u64("version")?,
+        );
+        Ok((0..c.len())
+            .map(|i| EvidenceRow {
+                event_id: id.value(i).to_string(),
+                device_id: device.value(i).to_string(),
+                camera_id: camera.value(i).to_string(),
+                ts: ts.value(i),
+                kind: kind.value(i).to_string(),
+                plate: plate.value(i).to_string(),
+                plate_pseudonym: pseudonym.value(i).to_string(),
+                image_ref: image.value(i).to_string(),
+                received_at: received.value(i),
+                message_id: message.value(i).to_string(),
+                version: version.value(i),
+            })
+            .collect())
+    }
+}
+
+impl TableRow for QuarantineRow {
+    const TABLE: Table = Table::CameraQuarantine;
+    type Key = String;
+    fn key(&self) -> Self::Key {
+        self.message_id.clone()
+    }
+    fn version(&self) -> u64 {
+        self.version
+    }
+    fn time(&self) -> i64 {
+        self.received_at
+    }
+    fn rows(t: &Tables) -> &[Self] {
+        &t.quarantine
+    }
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+        use DataType::*;
+        RecordBatch::try_new(
+            schema(&[
+                ("message_id", Utf8, false),
+                ("code", Utf8, false),
+                ("reason", Utf8, false),
+                ("topic", Utf8, false),
+                ("device_id", Utf8, false),
+                ("received_at", Int64, false),
+                ("raw_base64", Utf8, false),
+                ("version", UInt64, false),
+            ]),
+            vec![
+                strs(rows, |r| &r.message_id),
+                strs(rows, |r| &r.code),
+                strs(rows, |r| &r.reason),
+                strs(rows, |r| &r.topic),
+                strs(rows, |r| &r.device_id),
+                i64s(rows, |r| r.received_at),
+                strs(rows, |r| &r.raw_base64),
+                u64s(rows, |r| r.version),
+            ],
+        )
+    }
+    fn from_batch(c: &Columns) -> Result<Vec<Self>, StoreError> {
+        let (id, code, reason, topic) = (
+            c.str("message_id")?,
+            c.str("code")?,
+            c.str("reason")?,
+            c.str("topic")?,
+        );
+        let (device, received, raw, version) = (
+            c.str("device_id")?,
+            c.i64("received_at")?,
+            c.str("raw_base64")?,
+            c.u64("version")?,
+        );
+        Ok((0..c.len())
+            .map(|i| QuarantineRow {
+                message_id: id.value(i).to_string(),
+                code: code.value(i).to_string(),
+                reason: reason.value(i).to_string(),
+                topic: topic.value(i).to_string(),
+                device_id: device.value(i).to_string(),
+                received_at: received.value(i),
+                raw_base64: raw.value(i).to_string(),
+                version: version.value(i),
+            })
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1103,5 +1392,71 @@ mod tests {
             ..f
         };
         assert!(h.readings(&none).await.unwrap().is_empty());
+    }
+
+    fn event(id: &str, ts: i64, version: u64) -> EventRow {
+        EventRow {
+            event_id: id.into(),
+            device_id: "cam-1".into(),
+            ts,
+            kind: "red_light".into(),
+            attributes: format!("{{\"v\":{version}}}"),
+            received_at: version as i64,
+            message_id: format!("m{version}"),
+            version,
+        }
+    }
+
+    #[tokio::test]
+    async fn events_are_one_row_per_id_across_commits_and_reopen_and_evidence_is_its_own_table() {
+        let dir = tmp("events");
+        let store = EmbeddedHistory::open(&dir).unwrap();
+        store.insert_events([event("e1", 1_000, 1), event("e2", 2_000, 1)].into_iter());
+        store.flush().await.unwrap();
+        // A resent event: same id, later copy.
+        store.insert_events([event("e1", 1_000, 5)].into_iter());
+        store.insert_evidence(
+            [EvidenceRow {
+                event_id: "e1".into(),
+                device_id: "cam-1".into(),
+                camera_id: "CAM-1".into(),
+                ts: 1_000,
+                kind: "red_light".into(),
+                plate: "47A-123.45".into(),
+                plate_pseudonym: "p_x".into(),
+                image_ref: "s3://x".into(),
+                received_at: 5,
+                message_id: "m5".into(),
+                version: 5,
+            }]
+            .into_iter(),
+        );
+        store.flush().await.unwrap();
+        drop(store);
+        let store = EmbeddedHistory::open(&dir).unwrap();
+        let f = HistoryFilter {
+            from: 0,
+            to: 10_000,
+            limit: 100,
+            ..Default::default()
+        };
+        let events = store.events(&f).await.unwrap();
+        let got: Vec<(&str, u64)> = events
+            .iter()
+            .map(|e| (e.event_id.as_str(), e.version))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("e2", 1), ("e1", 5)],
+            "newest first, one row per event id"
+        );
+        let evidence = std::fs::read_dir(dir.join("evidence")).unwrap().count();
+        assert_eq!(evidence, 1);
+        let in_events: Vec<u8> = std::fs::read_dir(dir.join("events"))
+            .unwrap()
+            .flat_map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .collect();
+        assert!(!String::from_utf8_lossy(&in_events).contains("47A"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -12,7 +12,7 @@ pub mod clickhouse_store;
 pub mod embedded;
 
 use clickhouse::Row;
-use ioc_contract::{Aggregate, Alert, AlertStatus, Quality, Reading};
+use ioc_contract::{Aggregate, Alert, AlertStatus, DeadLetter, Event, Evidence, Quality, Reading};
 use serde::{Deserialize, Serialize};
 
 pub use crate::clickhouse_store::ClickHouseHistory;
@@ -191,6 +191,99 @@ impl From<AlertRow> for Alert {
     }
 }
 
+/// A discrete event (camera violations), keyed by `event_id`. No personal data in clear.
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct EventRow {
+    pub event_id: String,
+    pub device_id: String,
+    pub ts: i64,
+    pub kind: String,
+    /// The event's attributes as a JSON object.
+    pub attributes: String,
+    pub received_at: i64,
+    pub message_id: String,
+    pub version: u64,
+}
+
+impl From<&Event> for EventRow {
+    fn from(e: &Event) -> Self {
+        EventRow {
+            event_id: e.event_id.clone(),
+            device_id: e.device_id.clone(),
+            ts: e.ts,
+            kind: e.kind.clone(),
+            attributes: serde_json::Value::Object(e.attributes.clone()).to_string(),
+            received_at: e.received_at,
+            message_id: e.message_id.clone(),
+            // A resent event (same id) replaces the earlier copy: one row per event.
+            version: e.received_at.max(0) as u64,
+        }
+    }
+}
+
+/// A camera event's personal data: the evidence table, apart from everything else.
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct EvidenceRow {
+    pub event_id: String,
+    pub device_id: String,
+    pub camera_id: String,
+    pub ts: i64,
+    pub kind: String,
+    pub plate: String,
+    pub plate_pseudonym: String,
+    pub image_ref: String,
+    pub received_at: i64,
+    pub message_id: String,
+    pub version: u64,
+}
+
+impl From<&Evidence> for EvidenceRow {
+    fn from(e: &Evidence) -> Self {
+        EvidenceRow {
+            event_id: e.event_id.clone(),
+            device_id: e.device_id.clone(),
+            camera_id: e.camera_id.clone(),
+            ts: e.ts,
+            kind: e.kind.clone(),
+            plate: e.plate.clone(),
+            plate_pseudonym: e.plate_pseudonym.clone(),
+            image_ref: e.image_ref.clone(),
+            received_at: e.received_at,
+            message_id: e.message_id.clone(),
+            version: e.received_at.max(0) as u64,
+        }
+    }
+}
+
+/// A rejected camera message, kept beside the evidence (its bytes may hold a plate). One row per
+/// message id: a camera message is rejected whole.
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct QuarantineRow {
+    pub message_id: String,
+    pub code: String,
+    pub reason: String,
+    pub topic: String,
+    pub device_id: String,
+    pub received_at: i64,
+    pub raw_base64: String,
+    pub version: u64,
+}
+
+impl From<&DeadLetter> for QuarantineRow {
+    fn from(d: &DeadLetter) -> Self {
+        QuarantineRow {
+            message_id: d.message_id.clone(),
+            code: d.code.as_str().to_string(),
+            reason: d.reason.clone(),
+            topic: d.topic.clone(),
+            device_id: d.device_id.clone().unwrap_or_default(),
+            received_at: d.received_at,
+            raw_base64: d.raw_base64.clone(),
+            version: d.received_at.max(0) as u64,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
 pub struct WatermarkRow {
     pub device_id: String,
@@ -267,6 +360,38 @@ impl History {
         match self {
             History::ClickHouse(h) => h.insert_alerts(alerts).await,
             History::Embedded(h) => Ok(h.insert_alerts(alerts.iter().map(AlertRow::from))),
+        }
+    }
+
+    pub async fn insert_events(&self, events: &[Event]) -> Result<usize, HistoryError> {
+        let rows = events.iter().map(EventRow::from);
+        match self {
+            History::ClickHouse(h) => h.insert_rows("events", rows).await,
+            History::Embedded(h) => Ok(h.insert_events(rows)),
+        }
+    }
+
+    pub async fn insert_evidence(&self, evidence: &[Evidence]) -> Result<usize, HistoryError> {
+        let rows = evidence.iter().map(EvidenceRow::from);
+        match self {
+            History::ClickHouse(h) => h.insert_rows("evidence", rows).await,
+            History::Embedded(h) => Ok(h.insert_evidence(rows)),
+        }
+    }
+
+    pub async fn insert_quarantine(&self, letters: &[DeadLetter]) -> Result<usize, HistoryError> {
+        let rows = letters.iter().map(QuarantineRow::from);
+        match self {
+            History::ClickHouse(h) => h.insert_rows("camera_quarantine", rows).await,
+            History::Embedded(h) => Ok(h.insert_quarantine(rows)),
+        }
+    }
+
+    /// Events in the filter's time range, newest first (deduplicated by event id).
+    pub async fn events(&self, f: &HistoryFilter) -> Result<Vec<EventRow>, HistoryError> {
+        match self {
+            History::ClickHouse(h) => h.events(f).await,
+            History::Embedded(h) => Ok(h.events(f).await?),
         }
     }
 

@@ -9,9 +9,12 @@
 //!   stored rows); evaluate alerts; store aggregates and alerts; publish them; checkpoint each
 //!   moved device's `closed_until`; checkpoint offsets up to what stored rows and closed windows
 //!   cover. A crash between any two steps repeats work idempotently and loses none.
+//! - [`sink`]: beside that loop, the topics stored as they are (camera events, evidence,
+//!   quarantined camera messages), each with its own offset checkpoint.
 
 pub mod aggregate;
 pub mod alerts;
+pub mod sink;
 pub mod windows;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -21,7 +24,7 @@ use ioc_bus::{Bus, Consumer, Producer, StartAt};
 use ioc_config::StreamConfig;
 use ioc_contract::{Aggregate, Alert, ReadingBatch, WINDOW_MS};
 use ioc_history::{History, OffsetRow, WatermarkRow};
-use prometheus::{IntCounter, IntGauge, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::ClosingRows;
@@ -50,6 +53,8 @@ pub struct StreamMetrics {
     pub commits: IntCounter,
     pub offset_gaps: IntCounter,
     pub open_windows: IntGauge,
+    /// Rows the sinks stored, by table.
+    pub records_stored: IntCounterVec,
 }
 
 impl StreamMetrics {
@@ -61,6 +66,14 @@ impl StreamMetrics {
         };
         let open_windows = IntGauge::new("ioc_stream_open_windows", "Windows open in memory")?;
         registry.register(Box::new(open_windows.clone()))?;
+        let records_stored = IntCounterVec::new(
+            prometheus::Opts::new(
+                "ioc_stream_records_stored_total",
+                "Events, evidence and quarantined camera messages stored (replays included)",
+            ),
+            &["table"],
+        )?;
+        registry.register(Box::new(records_stored.clone()))?;
         Ok(StreamMetrics {
             readings_consumed: counter(
                 "ioc_stream_readings_consumed_total",
@@ -103,6 +116,7 @@ impl StreamMetrics {
                 "Records the bus skipped between consecutive reads of a partition",
             )?,
             open_windows,
+            records_stored,
         })
     }
 }
@@ -140,6 +154,21 @@ pub async fn run(
 ) -> Result<(), StreamError> {
     history.ensure_schema().await?;
     let producer = bus.producer(Duration::from_millis(5))?;
+    let step = Step {
+        bus,
+        history: &history,
+        producer: &producer,
+        metrics: &metrics,
+        shutdown: &shutdown,
+    };
+    let sinks = futures::future::try_join_all(sink::Sink::ALL.map(|s| sink::run(s, config, &step)));
+    let (readings, sinks) = tokio::join!(readings_loop(config, &step), sinks);
+    readings.and(sinks.map(|_| ()))
+}
+
+/// The readings loop (crate docs).
+async fn readings_loop(config: &StreamConfig, step: &Step<'_>) -> Result<(), StreamError> {
+    let (bus, history, metrics, shutdown) = (step.bus, step.history, step.metrics, step.shutdown);
     let topic = bus.topics().readings.clone();
     let partitions: Vec<i32> = if config.partitions.is_empty() {
         (0..bus.partitions_of(&topic)?).collect()
@@ -173,7 +202,7 @@ pub async fn run(
         config.idle_timeout.as_millis() as i64,
     );
     let mut rule = Pm25Rule::new(config.pm25_alert.limit);
-    restore(&history, &mut engine, &mut rule).await?;
+    restore(history, &mut engine, &mut rule).await?;
     let mut versions = VersionClock(0);
     // Offsets of one partition are contiguous (idempotent, non-transactional producers, no
     // compaction): a jump means the bus skipped records, which this stream would never see.
@@ -181,7 +210,7 @@ pub async fn run(
     let mut committed = checkpoint;
 
     while !shutdown.is_cancelled() {
-        let records = collect_batch(&mut consumer, config, &metrics, &shutdown).await;
+        let records = collect_batch(&mut consumer, config, metrics, shutdown).await;
         for c in &records {
             if let Some(expected) = next_expected.insert(c.partition, c.offset + 1) {
                 if c.offset > expected {
@@ -195,13 +224,6 @@ pub async fn run(
                 }
             }
         }
-        let step = Step {
-            bus,
-            history: &history,
-            producer: &producer,
-            metrics: &metrics,
-            shutdown: &shutdown,
-        };
         if !step
             .process(records, &mut engine, &mut rule, &mut versions)
             .await
@@ -280,7 +302,7 @@ async fn collect_batch(
     out
 }
 
-struct Step<'a> {
+pub(crate) struct Step<'a> {
     bus: &'a Bus,
     history: &'a History,
     producer: &'a Producer,
@@ -290,7 +312,11 @@ struct Step<'a> {
 
 impl Step<'_> {
     /// Retries `op` until it succeeds; false if shutdown came first.
-    async fn retry<T, E: std::fmt::Display, F, Fut>(&self, what: &str, mut op: F) -> Option<T>
+    pub(crate) async fn retry<T, E: std::fmt::Display, F, Fut>(
+        &self,
+        what: &str,
+        mut op: F,
+    ) -> Option<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, E>>,

@@ -1,0 +1,187 @@
+//! Record sinks: bus topics whose records are stored as they are. Camera events, their evidence
+//! (plates in clear, to its own table only) and quarantined camera messages. Each sink consumes
+//! its topic from its checkpoint, writes a batch idempotently (one row per event id or message
+//! id, highest version wins), then checkpoints the offsets after it: a crash between the two
+//! repeats the write, harmlessly.
+
+use std::collections::HashMap;
+
+use ioc_bus::StartAt;
+use ioc_config::StreamConfig;
+use ioc_contract::{DeadLetter, Event, Evidence};
+use ioc_history::OffsetRow;
+
+use crate::{Step, StreamError, VersionClock};
+
+/// The topics stored as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sink {
+    Events,
+    Evidence,
+    Quarantine,
+}
+
+impl Sink {
+    pub const ALL: [Sink; 3] = [Sink::Events, Sink::Evidence, Sink::Quarantine];
+
+    /// The table it writes (the metric label).
+    pub fn table(self) -> &'static str {
+        match self {
+            Sink::Events => "events",
+            Sink::Evidence => "evidence",
+            Sink::Quarantine => "camera_quarantine",
+        }
+    }
+
+    fn topic(self, topics: &ioc_contract::Topics) -> &str {
+        match self {
+            Sink::Events => &topics.events,
+            Sink::Evidence => &topics.evidence,
+            Sink::Quarantine => &topics.quarantine,
+        }
+    }
+}
+
+/// What a batch of one sink's records parsed to.
+enum Parsed {
+    Events(Vec<Event>),
+    Evidence(Vec<Evidence>),
+    Quarantine(Vec<DeadLetter>),
+}
+
+impl Parsed {
+    fn new(sink: Sink) -> Parsed {
+        match sink {
+            Sink::Events => Parsed::Events(Vec::new()),
+            Sink::Evidence => Parsed::Evidence(Vec::new()),
+            Sink::Quarantine => Parsed::Quarantine(Vec::new()),
+        }
+    }
+
+    /// Adds one record; false if it is not what the topic carries.
+    fn push(&mut self, payload: &[u8]) -> bool {
+        match self {
+            Parsed::Events(v) => serde_json::from_slice(payload).map(|e| v.push(e)).is_ok(),
+            Parsed::Evidence(v) => serde_json::from_slice(payload).map(|e| v.push(e)).is_ok(),
+            Parsed::Quarantine(v) => serde_json::from_slice(payload).map(|e| v.push(e)).is_ok(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Parsed::Events(v) => v.len(),
+            Parsed::Evidence(v) => v.len(),
+            Parsed::Quarantine(v) => v.len(),
+        }
+    }
+}
+
+/// Runs one sink until shutdown.
+pub(crate) async fn run(
+    sink: Sink,
+    config: &StreamConfig,
+    step: &Step<'_>,
+) -> Result<(), StreamError> {
+    let topic = sink.topic(step.bus.topics()).to_string();
+    let partitions: Vec<i32> = if config.partitions.is_empty() {
+        (0..step.bus.partitions_of(&topic)?).collect()
+    } else {
+        config.partitions.clone()
+    };
+    let mut committed: HashMap<i32, i64> = step
+        .history
+        .offsets(&config.group_id, &topic)
+        .await?
+        .into_iter()
+        .collect();
+    let mut consumer = step.bus.consumer_at(
+        &topic,
+        partitions.iter().map(|p| {
+            (
+                *p,
+                committed
+                    .get(p)
+                    .map_or(StartAt::Beginning, |o| StartAt::Offset(*o)),
+            )
+        }),
+    )?;
+    let stored = step
+        .metrics
+        .records_stored
+        .with_label_values(&[sink.table()]);
+    let mut versions = VersionClock(0);
+    while !step.shutdown.is_cancelled() {
+        let mut parsed = Parsed::new(sink);
+        let mut next: HashMap<i32, i64> = HashMap::new();
+        let deadline = tokio::time::Instant::now() + config.batch_linger;
+        let mut taken = 0;
+        while taken < config.batch_max_records {
+            let record = tokio::select! {
+                r = consumer.recv() => r,
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = step.shutdown.cancelled() => break,
+            };
+            match record {
+                Ok(r) => {
+                    taken += 1;
+                    next.insert(r.partition, r.offset + 1);
+                    if !parsed.push(&r.payload) {
+                        // Never log the payload: evidence and quarantine records hold plates.
+                        step.metrics.unreadable_records.inc();
+                        tracing::error!(topic = %r.topic, partition = r.partition, offset = r.offset, "record is not what its topic carries; skipped");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %topic, "bus consume error");
+                    break;
+                }
+            }
+        }
+        if taken == 0 {
+            continue;
+        }
+        let n = parsed.len();
+        if n > 0 {
+            let written = step
+                .retry(&format!("storing {}", sink.table()), || async {
+                    match &parsed {
+                        Parsed::Events(v) => step.history.insert_events(v).await,
+                        Parsed::Evidence(v) => step.history.insert_evidence(v).await,
+                        Parsed::Quarantine(v) => step.history.insert_quarantine(v).await,
+                    }
+                })
+                .await;
+            if written.is_none() {
+                return Ok(()); // shut down mid-retry; nothing was checkpointed for it
+            }
+            stored.inc_by(n as u64);
+        }
+        let version = versions.next();
+        let rows: Vec<OffsetRow> = next
+            .into_iter()
+            .filter(|(p, o)| committed.get(p).is_none_or(|c| o > c))
+            .map(|(partition, next_offset)| OffsetRow {
+                group_id: config.group_id.clone(),
+                topic: topic.clone(),
+                partition,
+                next_offset,
+                version,
+            })
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        if step
+            .retry("checkpointing offsets", || {
+                step.history.insert_offsets(rows.clone())
+            })
+            .await
+            .is_none()
+        {
+            return Ok(());
+        }
+        step.metrics.commits.inc();
+        committed.extend(rows.iter().map(|r| (r.partition, r.next_offset)));
+    }
+    Ok(())
+}
