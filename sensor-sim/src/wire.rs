@@ -220,6 +220,9 @@ fn flat_field(v: &Value) -> Option<(&'static str, String)> {
     })
 }
 
+/// The order the vendor's firmware writes its fields in.
+const FLAT_ORDER: [&str; 6] = ["PM2_5", "PM10", "CO", "NO2", "Temp", "Humi"];
+
 fn vendor_flat(frame: &Frame, values: &[Value]) -> (Vec<u8>, usize) {
     // Written by hand: the vendor's field order is fixed and every value is a plain string.
     let mut body = format!(
@@ -227,10 +230,12 @@ fn vendor_flat(frame: &Frame, values: &[Value]) -> (Vec<u8>, usize) {
         frame.external_id.unwrap_or(frame.device_id),
         local_time(frame.ts, "%d/%m/%Y %H:%M:%S")
     );
-    let mut n = 0;
-    for (key, text) in values.iter().filter_map(flat_field) {
+    let mut fields: Vec<(&str, String)> = values.iter().filter_map(flat_field).collect();
+    let order = |key: &str| FLAT_ORDER.iter().position(|k| *k == key);
+    fields.sort_by_key(|(key, _)| order(key));
+    let n = fields.len();
+    for (key, text) in fields {
         body.push_str(&format!(",\"{key}\":\"{text}\""));
-        n += 1;
     }
     body.push('}');
     (body.into_bytes(), n)
