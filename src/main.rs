@@ -67,7 +67,7 @@ enum Command {
         #[arg(long, env = "IOC_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
     },
-    /// Simulated fleet publishing device protocol v1 over MQTT.
+    /// Simulated fleet publishing every ingested payload format over MQTT, optionally faulty.
     Sim {
         /// Send exactly this many messages, then wait for the broker's acknowledgements and exit.
         #[arg(long)]
@@ -87,6 +87,13 @@ enum Command {
         /// MQTT client id of the simulator.
         #[arg(long, default_value = "ioc-sim")]
         client_id: String,
+        /// Faults to inject: a comma list of malformed, wrong-units, stuck, spikes, clock-skew,
+        /// duplicates, backfill, bursts; or all.
+        #[arg(long, value_name = "LIST", default_value = "none")]
+        faults: String,
+        /// Probability that a message draws one of the enabled faults.
+        #[arg(long, value_name = "P", default_value_t = sensor_sim::DEFAULT_FAULT_RATE)]
+        fault_rate: f64,
     },
     /// Check a configuration file and report every problem with its path.
     CheckConfig { file: PathBuf },
@@ -518,6 +525,8 @@ async fn run(command: Command, config: Config) -> Result<()> {
             register_with,
             admin_token,
             client_id,
+            faults,
+            fault_rate,
         } => {
             let mut sim = config.sim.clone();
             if let Some(seed) = seed {
@@ -528,7 +537,8 @@ async fn run(command: Command, config: Config) -> Result<()> {
                 rate.is_finite() && rate > 0.0,
                 "--rate must be a positive number of messages per second"
             );
-            let mut fleet = sensor_sim::Fleet::new(&sim);
+            let faults = sensor_sim::Faults::parse(&faults)?.with_rate(fault_rate)?;
+            let mut fleet = sensor_sim::Fleet::with_faults(&sim, faults);
             if let Some(url) = register_with {
                 let token = admin_token.unwrap_or_default();
                 let n = sensor_sim::register_fleet(&fleet, &url, &token).await?;
@@ -545,6 +555,9 @@ async fn run(command: Command, config: Config) -> Result<()> {
                 "sim: done: {} messages ({} readings) in {:.1} s, {:.0} msg/s, {} acknowledged by the broker",
                 report.messages, report.readings, report.seconds, report.messages_per_second, report.acknowledged
             );
+            for line in report.format_lines() {
+                eprintln!("sim:   {line}");
+            }
             println!("{}", serde_json::to_string(&report)?);
         }
         Command::CheckConfig { .. } | Command::Decode { .. } => {

@@ -261,11 +261,39 @@ pub struct ApiConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimConfig {
+    /// Air-quality stations speaking ioc-json (a third of them in mg/m³ and °F).
     pub air_quality: u32,
+    /// Wastewater monitoring stations sending tt10 station files.
     pub wastewater: u32,
+    /// Per-lane traffic counters.
     pub traffic_counters: u32,
+    /// Air-quality devices speaking SenML.
+    pub senml_air: u32,
+    /// Vendor gateways relaying flat JSON from low-cost air sensors...
+    pub flat_gateways: u32,
+    /// ...and the sensors behind each.
+    pub flat_sensors_per_gateway: u32,
+    /// AI traffic cameras reporting violations.
+    pub cameras: u32,
     pub rate: f64,
     pub seed: u64,
+}
+
+impl SimConfig {
+    /// How many devices the fleet has.
+    pub fn devices(&self) -> u64 {
+        [
+            self.air_quality,
+            self.wastewater,
+            self.traffic_counters,
+            self.senml_air,
+            self.cameras,
+        ]
+        .iter()
+        .map(|n| *n as u64)
+        .sum::<u64>()
+            + self.flat_gateways as u64 * self.flat_sensors_per_gateway as u64
+    }
 }
 
 /// One problem found in a configuration, with the path of the key it concerns.
@@ -694,7 +722,7 @@ pub fn validate(c: &Config) -> Vec<Problem> {
             "must be a positive number of messages per second".into(),
         );
     }
-    if c.sim.air_quality + c.sim.wastewater + c.sim.traffic_counters == 0 {
+    if c.sim.devices() == 0 {
         bad("sim", "the fleet needs at least one device".into());
     }
     p

@@ -1,0 +1,421 @@
+//! What the simulated devices measure, in the catalogue's canonical units, as a function of
+//! local time (UTC+7) in Đắk Lắk.
+//!
+//! Episodes (smoke, discharge limit breaches, traffic incidents) are drawn from a hash of the
+//! seed and a block of time, not from the message stream: every device sees the same regional
+//! smoke at the same hour, and the same seed gives the same episodes whatever the rate.
+
+use chrono::{DateTime, Datelike, Timelike};
+use rand::rngs::SmallRng;
+use rand::Rng;
+
+pub(crate) const LOCAL_OFFSET_MS: i64 = 7 * 3_600_000;
+const HOUR_MS: i64 = 3_600_000;
+
+/// One measured value, in the catalogue's unit (occupancy in %).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Value {
+    /// Lane of a traffic counter; none for the others.
+    pub lane: Option<u8>,
+    pub metric: &'static str,
+    pub v: f64,
+    /// Station status (`00` measuring, `01` calibrating, `02` device error); only tt10 shows it.
+    pub status: &'static str,
+}
+
+fn value(metric: &'static str, v: f64) -> Value {
+    Value {
+        lane: None,
+        metric,
+        v,
+        status: "00",
+    }
+}
+
+/// One violation seen by a camera.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Violation {
+    pub kind: &'static str,
+    pub plate: String,
+    pub speed_kmh: f64,
+    pub lane: u8,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Sample {
+    Values(Vec<Value>),
+    Violation(Violation),
+}
+
+/// Local calendar facts of a timestamp.
+pub(crate) struct Local {
+    /// Fractional hour of the day, 0..24.
+    pub hour: f64,
+    /// Monday 0 .. Sunday 6.
+    pub weekday: u32,
+    pub month: u32,
+}
+
+pub(crate) fn local(ts_ms: i64) -> Local {
+    let t = DateTime::from_timestamp_millis(ts_ms + LOCAL_OFFSET_MS).unwrap_or_default();
+    Local {
+        hour: t.hour() as f64 + t.minute() as f64 / 60.0 + t.second() as f64 / 3600.0,
+        weekday: t.weekday().num_days_from_monday(),
+        month: t.month(),
+    }
+}
+
+/// A uniform number in [0, 1) from the seed and a few integers (splitmix64).
+pub(crate) fn unit_hash(seed: u64, parts: &[i64]) -> f64 {
+    let mut x = seed ^ 0x9E37_79B9_7F4A_7C15;
+    for p in parts {
+        x = x
+            .wrapping_add(*p as u64)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+    }
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn bump(hour: f64, centre: f64, width: f64) -> f64 {
+    (-((hour - centre) / width).powi(2)).exp()
+}
+
+/// Dry season (November to April), with field burning peaking February to April.
+fn dry(month: u32) -> bool {
+    !(5..=10).contains(&month)
+}
+
+/// How much above normal traffic is, 1 outside rush hours (07:30 and 17:30 local).
+fn rush(l: &Local) -> f64 {
+    let weekend = if l.weekday >= 5 { 0.5 } else { 1.0 };
+    1.0 + weekend * (0.8 * bump(l.hour, 7.5, 1.0) + 0.7 * bump(l.hour, 17.5, 1.2))
+}
+
+/// Regional smoke from dry-season burning, in µg/m³ of PM2.5 added: episodes over 3-hour blocks,
+/// each rising and falling inside its block, neighbouring blocks chaining into longer ones.
+pub(crate) fn smoke(seed: u64, ts_ms: i64) -> f64 {
+    let block_ms = 3 * HOUR_MS;
+    let t = ts_ms + LOCAL_OFFSET_MS;
+    let block = t.div_euclid(block_ms);
+    let l = local(ts_ms);
+    let p = match l.month {
+        2..=4 => 0.30,
+        11 | 12 | 1 => 0.12,
+        _ => 0.02,
+    };
+    if unit_hash(seed, &[1, block]) >= p {
+        return 0.0;
+    }
+    let peak = 40.0 + 120.0 * unit_hash(seed, &[2, block]);
+    let frac = t.rem_euclid(block_ms) as f64 / block_ms as f64;
+    peak * (std::f64::consts::PI * frac).sin().max(0.0).sqrt()
+}
+
+/// An air-quality station: PM, gases, temperature and humidity.
+pub(crate) fn air(seed: u64, level: f64, ts_ms: i64, rng: &mut SmallRng) -> Sample {
+    let l = local(ts_ms);
+    let mut noise = |s: f64| rng.random_range(-s..s);
+    let r = rush(&l);
+    let season = if dry(l.month) { 1.35 } else { 0.8 };
+    // Night inversion keeps particles near the ground; afternoon mixing clears them.
+    let inversion = 1.0 + 0.35 * ((l.hour - 5.0) / 24.0 * std::f64::consts::TAU).cos();
+    let smoke = smoke(seed, ts_ms) * (0.7 + 0.3 * level);
+    let sun = if (6.0..18.5).contains(&l.hour) {
+        bump(l.hour, 12.5, 3.0)
+    } else {
+        0.0
+    };
+    let pm25 =
+        (14.0 * level * season * inversion + 9.0 * level * (r - 1.0) + smoke + noise(3.0)).max(2.0);
+    let pm10 = pm25 * 1.65 + 10.0 * level * (r - 1.0) + noise(4.0).abs();
+    let o3 = (30.0 + 110.0 * sun * if dry(l.month) { 1.2 } else { 0.9 } - 8.0 * (r - 1.0)
+        + noise(5.0))
+    .max(2.0);
+    let no2 = ((12.0 + 40.0 * (r - 1.0) + 8.0 * (1.0 - sun)) * level + noise(4.0)).max(1.0);
+    let co = ((500.0 + 1100.0 * (r - 1.0)) * level + 12.0 * smoke + noise(100.0)).max(100.0);
+    let so2 = (6.0 * level + noise(1.5)).max(0.5);
+    let daily = ((l.hour - 14.0) / 24.0 * std::f64::consts::TAU).cos();
+    let temperature = 24.0 + 5.0 * daily - if dry(l.month) { 1.0 } else { 0.0 } + noise(0.4);
+    let humidity = (76.0 - 16.0 * daily + if dry(l.month) { -8.0 } else { 8.0 } + noise(2.0))
+        .clamp(25.0, 100.0);
+    Sample::Values(vec![
+        value("pm25", pm25),
+        value("pm10", pm10),
+        value("no2", no2),
+        value("so2", so2),
+        value("co", co),
+        value("o3", o3),
+        value("temperature", temperature),
+        value("humidity", humidity),
+    ])
+}
+
+/// Production share of a factory behind a discharge point: two day shifts and a thin night crew,
+/// washdown at each changeover, little on Sundays.
+fn production(l: &Local) -> f64 {
+    if l.weekday == 6 {
+        return 0.25;
+    }
+    let shift = match l.hour {
+        h if (6.0..14.0).contains(&h) => 1.0,
+        h if (14.0..22.0).contains(&h) => 0.85,
+        _ => 0.35,
+    };
+    let washdown =
+        0.3 * (bump(l.hour, 6.25, 0.3) + bump(l.hour, 14.25, 0.3) + bump(l.hour, 22.25, 0.3));
+    shift + washdown
+}
+
+/// A wastewater discharge station after treatment (QCVN 40:2011 column B limits: COD 150,
+/// TSS 100, NH4+ 10 mg/L, pH 5.5–9), breaching them in occasional two-hour episodes.
+pub(crate) fn wastewater(
+    seed: u64,
+    device: usize,
+    level: f64,
+    ts_ms: i64,
+    rng: &mut SmallRng,
+) -> Sample {
+    let l = local(ts_ms);
+    let mut noise = |s: f64| rng.random_range(-s..s);
+    let p = production(&l);
+    let mut flow = (25.0 * level + 70.0 * level * p + noise(4.0)).max(0.0);
+    let mut cod = (40.0 + 45.0 * level * p + noise(6.0)).max(5.0);
+    let mut tss = (22.0 + 30.0 * level * p + noise(4.0)).max(2.0);
+    let mut nh4 = (2.5 + 4.0 * level * p + noise(0.6)).max(0.1);
+    let mut ph = 7.2 + 0.3 * (p - 0.6) + noise(0.15);
+    let temperature = 28.0 + 3.0 * p + noise(0.5);
+
+    let block_ms = 2 * HOUR_MS;
+    let t = ts_ms + LOCAL_OFFSET_MS;
+    let block = t.div_euclid(block_ms);
+    let d = device as i64;
+    if unit_hash(seed, &[3, d, block]) < 0.07 {
+        // Rises through the episode: the treatment plant degrades, then someone fixes it.
+        let ramp =
+            0.5 + (std::f64::consts::PI * t.rem_euclid(block_ms) as f64 / block_ms as f64).sin();
+        let severity = 1.0 + ramp * (0.4 + unit_hash(seed, &[4, d, block]));
+        match (unit_hash(seed, &[5, d, block]) * 6.0) as u32 {
+            0 => cod = cod.max(110.0) * 1.4 * severity,
+            1 => tss = tss.max(80.0) * 1.3 * severity,
+            2 => nh4 = nh4.max(7.0) * 1.5 * severity,
+            3 => ph = 5.4 - 0.4 * severity,
+            4 => ph = 9.0 + 0.4 * severity,
+            _ => {
+                cod = cod.max(110.0) * 1.3 * severity;
+                tss = tss.max(80.0) * 1.3 * severity;
+                nh4 = nh4.max(7.0) * 1.4 * severity;
+                flow *= 1.3;
+            }
+        }
+    }
+    let mut values = vec![
+        value("ph", ph),
+        value("cod", cod),
+        value("tss", tss),
+        value("nh4", nh4),
+        value("temperature", temperature),
+        value("flow", flow),
+    ];
+    // The COD analyser calibrates itself daily 08:00–08:20; the TSS probe fails now and then.
+    if (8.0..8.34).contains(&l.hour) {
+        values[1].status = "01";
+    }
+    if unit_hash(seed, &[6, d, t.div_euclid(HOUR_MS / 2)]) < 0.02 {
+        values[2].status = "02";
+    }
+    Sample::Values(values)
+}
+
+/// A per-lane traffic counter over one minute; incidents (15-minute blocks) drop speeds and
+/// raise occupancy.
+pub(crate) fn traffic(
+    seed: u64,
+    device: usize,
+    level: f64,
+    lanes: u8,
+    ts_ms: i64,
+    rng: &mut SmallRng,
+) -> Sample {
+    let l = local(ts_ms);
+    let weekend = if l.weekday >= 5 { 0.6 } else { 1.0 };
+    let day = if (5.5..22.0).contains(&l.hour) {
+        0.5
+    } else {
+        0.0
+    };
+    let demand =
+        0.08 + day + weekend * (0.9 * bump(l.hour, 7.3, 0.9) + 0.8 * bump(l.hour, 17.4, 1.1));
+    let block = (ts_ms + LOCAL_OFFSET_MS).div_euclid(HOUR_MS / 4);
+    let incident = unit_hash(seed, &[7, device as i64, block]) < 0.03;
+    let mut values = Vec::with_capacity(lanes as usize * 3);
+    for lane in 1..=lanes {
+        // Lane 1 carries the motorbikes: more of them, slower.
+        let (share, free_speed) = match lane {
+            1 => (1.2, 40.0),
+            2 => (1.0, 48.0),
+            _ => (0.7, 55.0),
+        };
+        let mut occupancy =
+            (2.0 + 22.0 * demand * level * share / 1.2 + rng.random_range(-1.5..1.5))
+                .clamp(0.5, 100.0);
+        let mut count = (45.0 * level * demand * share + rng.random_range(-3.0..3.0)).max(0.0);
+        let mut speed =
+            (free_speed * (1.0 - occupancy / 60.0) + rng.random_range(-3.0..3.0)).max(5.0);
+        if incident {
+            speed = rng.random_range(4.0..12.0);
+            occupancy = rng.random_range(55.0..85.0);
+            count *= 0.45;
+        }
+        for (metric, v) in [
+            ("vehicle_count", count.round()),
+            ("avg_speed", speed),
+            ("occupancy", occupancy),
+        ] {
+            values.push(Value {
+                lane: Some(lane),
+                ..value(metric, v)
+            });
+        }
+    }
+    Sample::Values(values)
+}
+
+/// Violation types AI cameras report (DOMAIN.md §7), with how often.
+const VIOLATIONS: [(&str, f64); 6] = [
+    ("no_helmet", 0.33),
+    ("red_light", 0.22),
+    ("wrong_lane", 0.20),
+    ("speeding", 0.12),
+    ("wrong_way", 0.08),
+    ("no_seatbelt", 0.05),
+];
+
+/// One violation, its plate from `plates` (a few repeat offenders draw most of the fines).
+pub(crate) fn violation(plates: &PlatePool, rng: &mut SmallRng) -> Sample {
+    let mut x: f64 = rng.random();
+    let mut kind = VIOLATIONS[0].0;
+    for (k, p) in VIOLATIONS {
+        if x < p {
+            kind = k;
+            break;
+        }
+        x -= p;
+    }
+    let vehicle = match kind {
+        "no_helmet" => Vehicle::Motorbike,
+        "no_seatbelt" => Vehicle::Car,
+        _ if rng.random_bool(0.6) => Vehicle::Motorbike,
+        _ => Vehicle::Car,
+    };
+    let speed_kmh = match kind {
+        "speeding" => rng.random_range(62.0..105.0),
+        "wrong_way" => rng.random_range(8.0..30.0),
+        _ => rng.random_range(10.0..55.0),
+    };
+    Sample::Violation(Violation {
+        kind,
+        plate: plates.draw(vehicle, rng),
+        speed_kmh,
+        lane: rng.random_range(1..=3),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Vehicle {
+    Motorbike,
+    Car,
+}
+
+/// A bounded set of plates, so the same vehicles come back.
+pub(crate) struct PlatePool {
+    plates: Vec<(String, Vehicle)>,
+}
+
+/// Đắk Lắk is 47 (Phú Yên, merged into it in 2025, 78); neighbours and the big cities.
+const PROVINCES: [(u32, f64); 8] = [
+    (47, 0.70),
+    (78, 0.08),
+    (81, 0.05),
+    (48, 0.04),
+    (49, 0.04),
+    (79, 0.03),
+    (51, 0.04),
+    (29, 0.02),
+];
+
+impl PlatePool {
+    pub fn new(size: usize, rng: &mut SmallRng) -> PlatePool {
+        let mut plates: Vec<(String, Vehicle)> = Vec::with_capacity(size);
+        while plates.len() < size {
+            let mut x: f64 = rng.random();
+            let mut province = 47;
+            for (p, share) in PROVINCES {
+                if x < share {
+                    province = p;
+                    break;
+                }
+                x -= share;
+            }
+            let (plate, vehicle) = if rng.random_bool(0.7) {
+                let series = b"BCDEFGHKLMNPSTUVXYZ"[rng.random_range(0..19)] as char;
+                let plate = format!(
+                    "{province}{series}{}-{:03}.{:02}",
+                    rng.random_range(1..=9),
+                    rng.random_range(0..1000),
+                    rng.random_range(0..100)
+                );
+                (plate, Vehicle::Motorbike)
+            } else {
+                let series = ["A", "A", "A", "C", "D", "LD"][rng.random_range(0..6)];
+                let plate = format!(
+                    "{province}{series}-{:03}.{:02}",
+                    rng.random_range(0..1000),
+                    rng.random_range(0..100)
+                );
+                (plate, Vehicle::Car)
+            };
+            if !plates.iter().any(|(p, _)| *p == plate) {
+                plates.push((plate, vehicle));
+            }
+        }
+        PlatePool { plates }
+    }
+
+    /// A plate of that kind of vehicle; 40% of draws come from the first eighth of the pool.
+    fn draw(&self, vehicle: Vehicle, rng: &mut SmallRng) -> String {
+        let n = if rng.random_bool(0.4) {
+            (self.plates.len() / 8).max(1)
+        } else {
+            self.plates.len()
+        };
+        let start = rng.random_range(0..n);
+        (0..n)
+            .map(|k| &self.plates[(start + k) % n])
+            .find(|(_, v)| *v == vehicle)
+            .or_else(|| self.plates.iter().find(|(_, v)| *v == vehicle))
+            .map(|(p, _)| p.clone())
+            .unwrap_or_else(|| self.plates[start].0.clone())
+    }
+}
+
+/// A value outside the metric's physical range, in its canonical unit.
+pub(crate) fn absurd(metric: &str) -> f64 {
+    match metric {
+        "pm25" | "o3" => 9999.0,
+        "pm10" | "no2" | "so2" => 99999.0,
+        "co" => 999_999.0,
+        "temperature" => 150.0,
+        "humidity" => 180.0,
+        "ph" => 15.0,
+        "cod" | "tss" => 250_000.0,
+        "nh4" => 20_000.0,
+        "flow" => 999_999.0,
+        "vehicle_count" => 250_000.0,
+        "avg_speed" => 999.0,
+        "occupancy" => 250.0,
+        _ => 1e9,
+    }
+}
