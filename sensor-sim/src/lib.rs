@@ -770,8 +770,8 @@ pub async fn run(
 }
 
 /// Registers every device of the fleet through the API, with the decoder it needs and the id it
-/// writes on the wire (idempotent: an identical registration is accepted again; 409, already
-/// registered, counts as registered).
+/// writes on the wire (idempotent: an identical registration is accepted again; a 409 means the
+/// id or an external id is taken with other details, and is an error).
 pub async fn register_fleet(fleet: &Fleet, api_url: &str, token: &str) -> Result<usize, SimError> {
     let http = reqwest::Client::new();
     for d in &fleet.devices {
@@ -797,10 +797,6 @@ pub async fn register_fleet(fleet: &Fleet, api_url: &str, token: &str) -> Result
                 device: d.device_id.clone(),
                 message: e.to_string(),
             })?;
-        if response.status() == reqwest::StatusCode::CONFLICT {
-            tracing::warn!(device = %d.device_id, "already registered; keeping that registration");
-            continue;
-        }
         if !response.status().is_success() {
             let status = response.status();
             let text = response.text().await.unwrap_or_default();

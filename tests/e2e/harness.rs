@@ -372,6 +372,7 @@ client_id = "{id}-ingest-1"
 share_group = "{id}-ingest"
 metrics_listen = "127.0.0.1:{ingest_metrics}"
 drain_timeout = "10s"
+plate_secret = "e2e-plate-secret"
 
 [stream]
 group_id = "{id}-stream"

@@ -6,6 +6,7 @@ mod harness;
 mod pipeline;
 mod rejections;
 mod up;
+mod zoo;
 
 use std::process::Command;
 
@@ -146,7 +147,53 @@ fn decode_shows_what_ingest_makes_of_a_payload() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("available: ioc-json, tt10-station, senml, traffic-counter"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(
+        "available: ioc-json, senml, vendor-flat, tt10-station, traffic-counter, camera-event"
+    ));
+
+    // A gateway's flat JSON: decimal commas, local time, CO in mg/m³, NO2 in ppb.
+    let flat = dir.join("flat.json");
+    std::fs::write(
+        &flat,
+        r#"{"imei":"861234567890123","time":"26/11/2026 08:05:00","PM2_5":"35,2","CO":"1,2","NO2":"21"}"#,
+    )
+    .unwrap();
+    let out = Command::new(ioc)
+        .args(["decode", "--format", "vendor-flat", "--json"])
+        .arg(&flat)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let co = lines.iter().find(|l| l["metric"] == "co").unwrap();
+    assert_eq!(
+        (co["value"].as_f64(), &co["unit"]),
+        (Some(1200.0), &serde_json::json!("µg/m³"))
+    );
+    assert_eq!(co["ts"], "2026-11-26T01:05:00.000Z");
+
+    // A camera event: the plate is never printed, only its pseudonym under the configured key.
+    let camera = dir.join("camera.json");
+    std::fs::write(
+        &camera,
+        r#"{"camera_id":"CAM-1","event_id":"CAM-1-7","event_time":"2026-11-26T08:05:00+07:00","type":"red_light","plate":"47A-123.45","lane":1}"#,
+    )
+    .unwrap();
+    let out = Command::new(ioc)
+        .args(["decode", "--format", "camera-event", "--json"])
+        .arg(&camera)
+        .env("IOC_INGEST__PLATE_SECRET", "k")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains("123"), "{text}");
+    let event: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(event["event_id"], "CAM-1-7");
+    assert!(event["plate_pseudonym"].as_str().unwrap().starts_with("p_"));
     let _ = std::fs::remove_dir_all(&dir);
 }

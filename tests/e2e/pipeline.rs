@@ -33,7 +33,7 @@ fn assert_same_aggregates(stored: &[String], recomputed: &[String]) {
     }
 }
 
-async fn start_pipeline(
+pub(crate) async fn start_pipeline(
     env: &Env,
 ) -> Result<(
     crate::harness::Proc,
@@ -59,7 +59,7 @@ async fn start_pipeline(
 }
 
 /// Registers the simulated fleet through the API, as an installer would.
-fn register_sim_fleet(env: &Env) -> Result<()> {
+pub(crate) fn register_sim_fleet(env: &Env) -> Result<()> {
     env.ioc_output(&[
         "sim",
         "--count",

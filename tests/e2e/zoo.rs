@@ -1,0 +1,295 @@
+//! Every payload format through the real pipeline (Mosquitto, ingest, tansu, stream,
+//! ClickHouse), faults on: every message is accounted for as stored, absorbed as a duplicate, or
+//! dead-lettered (or quarantined) with a reason, and nothing else appears.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use anyhow::Result;
+use ioc_bus::registry::RegistryView;
+use ioc_contract::{DeadLetter, Device, ReadingBatch, RegistryEvent, Topics};
+use ioc_ingest::decode::DecodeContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rumqttc::QoS;
+
+use crate::harness::{Env, KAFKA};
+use crate::pipeline::{register_sim_fleet, start_pipeline};
+
+const MESSAGES: usize = 1200;
+
+/// The registry as the API shows it, folded like ingest folds it.
+async fn registry_from_api(env: &Env) -> Result<RegistryView> {
+    let list = env.get_json("/api/v1/devices").await?;
+    let view = RegistryView::default();
+    for d in list["devices"].as_array().expect("devices") {
+        let strings = |key: &str| -> std::collections::BTreeMap<String, String> {
+            d[key]
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        view.apply(RegistryEvent::Registered {
+            device: Device {
+                device_id: d["device_id"].as_str().unwrap().into(),
+                kind: d["kind"].as_str().unwrap().into(),
+                external_ids: strings("external_ids"),
+                decoder: d["decoder"].as_str().map(str::to_string),
+                vendor_profile: d["vendor_profile"].as_str().map(str::to_string),
+                ..Default::default()
+            },
+        });
+    }
+    Ok(view)
+}
+
+/// What the pipeline must end up holding, from ingest's own decision for each distinct message.
+#[derive(Default)]
+struct Expected {
+    readings: BTreeSet<(String, String, String, i64)>,
+    letters: BTreeSet<(String, String, String)>,
+    events: BTreeSet<String>,
+    quarantined: BTreeSet<String>,
+    /// Message ids that produced at least one of the above.
+    accounted: BTreeSet<String>,
+}
+
+async fn dead_letters(env: &Env, want: usize) -> Result<BTreeSet<(String, String, String)>> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", KAFKA)
+        .set("group.id", format!("{}-zoo-dlq", env.id))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let topic = format!("{}.deadletter", env.id);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..3 {
+        tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut seen = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen.len() < want {
+        let Ok(m) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
+            break;
+        };
+        let letter: DeadLetter = serde_json::from_slice(m?.payload().unwrap_or_default())?;
+        assert!(
+            letter.reason.len() > 5,
+            "every dead letter has a reason: {letter:?}"
+        );
+        seen.insert((
+            letter.message_id,
+            letter.code.as_str().to_string(),
+            letter.metric.unwrap_or_default(),
+        ));
+    }
+    // Anything beyond what was expected would show here too.
+    while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await {
+        let letter: DeadLetter = serde_json::from_slice(m.payload().unwrap_or_default())?;
+        seen.insert((
+            letter.message_id,
+            letter.code.as_str().to_string(),
+            letter.metric.unwrap_or_default(),
+        ));
+    }
+    Ok(seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_format_with_faults_is_stored_absorbed_or_dead_lettered() -> Result<()> {
+    let env = Env::new(
+        "zoo",
+        "[sim]\nair_quality = 2\nwastewater = 2\ntraffic_counters = 1\nsenml_air = 1\nflat_gateways = 1\nflat_sensors_per_gateway = 2\ncameras = 2\nseed = 11\n",
+    )?;
+    let (_api, _stream, _ingest) = start_pipeline(&env).await?;
+    register_sim_fleet(&env)?;
+    let config = ioc_config::load(Some(&env.config_path), Vec::<(String, String)>::new())?;
+    let registry = registry_from_api(&env).await?;
+    env.wait_ingest_knows(registry.len()).await?;
+    assert_eq!(registry.len(), 10);
+
+    // The simulated fleet with every fault on, plus messages from devices nobody registered: a
+    // sensor behind a gateway, and a new station.
+    let mut fleet = sensor_sim::Fleet::with_faults(&config.sim, sensor_sim::Faults::all(0.08));
+    let mut published: Vec<(String, Vec<u8>, &'static str)> = Vec::new();
+    let (mqtt, _poll) = env.mqtt_client("zoo-devices");
+    let start = ioc_contract::time::now_ms();
+    for i in 0..MESSAGES {
+        let m = fleet.next_message(start + i as i64 * 5);
+        published.push((m.topic, m.payload, m.format.name()));
+    }
+    published.push((
+        "ioc/v1/gateways/gw-001/flat".into(),
+        br#"{"imei":"869999999999999","time":"26/11/2026 08:05:00","PM2_5":"35,2"}"#.to_vec(),
+        "vendor-flat",
+    ));
+    published.push((
+        "ioc/v1/stations/DLK_NEW_999/file".into(),
+        b"COD\t61,5\tmg/L\t20261126085500\t00\n".to_vec(),
+        "tt10-station",
+    ));
+    for (topic, payload, _) in &published {
+        mqtt.publish(topic.as_str(), QoS::AtLeastOnce, false, payload.clone())
+            .await?;
+    }
+
+    // Ingest's decision for each distinct message (resends are byte-identical: one id).
+    let ingestor = ioc_ingest::Ingestor::new(&config.ingest, registry, Topics::with_prefix("x."))?;
+    let mut expected = Expected::default();
+    let mut ids: HashMap<String, &'static str> = HashMap::new();
+    let ctx = DecodeContext {
+        received_at: ioc_contract::time::now_ms(),
+        max_future_skew_ms: config.ingest.max_future_skew.as_millis() as i64,
+        max_payload_bytes: config.ingest.max_payload_bytes,
+        utc_offset_ms: config.ingest.utc_offset_ms(),
+    };
+    for (topic, payload, format) in &published {
+        let id = ioc_ingest::decode::message_id(topic, payload);
+        if ids.insert(id.clone(), *format).is_some() {
+            continue;
+        }
+        for record in ingestor.process(topic, payload, &ctx).records {
+            match record.topic.as_str() {
+                "x.readings" => {
+                    let batch: ReadingBatch = serde_json::from_slice(&record.payload)?;
+                    for r in batch.readings {
+                        expected
+                            .readings
+                            .insert((r.device_id, r.channel, r.metric, r.ts));
+                    }
+                }
+                "x.deadletter" => {
+                    let l: DeadLetter = serde_json::from_slice(&record.payload)?;
+                    expected.letters.insert((
+                        l.message_id,
+                        l.code.as_str().into(),
+                        l.metric.unwrap_or_default(),
+                    ));
+                }
+                "x.events" => {
+                    let e: ioc_contract::Event = serde_json::from_slice(&record.payload)?;
+                    expected.events.insert(e.event_id);
+                }
+                "x.quarantine" => {
+                    expected.quarantined.insert(id.clone());
+                }
+                "x.evidence" => {}
+                other => panic!("unexpected topic {other}"),
+            }
+            expected.accounted.insert(id.clone());
+        }
+    }
+    let duplicates = published.len() - ids.len();
+    eprintln!(
+        "zoo: {} messages ({} resends), {} readings, {} dead letters, {} events, {} quarantined",
+        published.len(),
+        duplicates,
+        expected.readings.len(),
+        expected.letters.len(),
+        expected.events.len(),
+        expected.quarantined.len()
+    );
+    // Nothing vanishes: every distinct message produced something.
+    let unaccounted: Vec<_> = ids
+        .keys()
+        .filter(|id| !expected.accounted.contains(*id))
+        .collect();
+    assert!(
+        unaccounted.is_empty(),
+        "messages that produced nothing: {unaccounted:?}"
+    );
+    // Every format was stored, and the faults made rejections of several kinds.
+    let mut stored_formats: BTreeSet<&str> = BTreeSet::new();
+    for (topic, payload, format) in &published {
+        let id = ioc_ingest::decode::message_id(topic, payload);
+        if !expected.letters.iter().any(|l| l.0 == id) && !expected.quarantined.contains(&id) {
+            stored_formats.insert(*format);
+        }
+    }
+    assert_eq!(stored_formats.len(), 6, "{stored_formats:?}");
+    let codes: BTreeSet<&str> = expected.letters.iter().map(|l| l.1.as_str()).collect();
+    for code in ["malformed", "unknown_unit", "unknown_device"] {
+        assert!(codes.contains(code), "{code} among {codes:?}");
+    }
+    assert!(duplicates > 0 && !expected.quarantined.is_empty());
+
+    // What the pipeline holds is exactly that.
+    let stored = env
+        .eventually("every reading stored", Duration::from_secs(120), || async {
+            let rows = env
+                .clickhouse("SELECT device_id, channel, metric, ts FROM readings FINAL")
+                .await?;
+            Ok((rows.len() >= expected.readings.len()).then_some(rows))
+        })
+        .await?;
+    let stored: BTreeSet<(String, String, String, i64)> = stored
+        .into_iter()
+        .map(|r| {
+            (
+                r[0].clone(),
+                r[1].clone(),
+                r[2].clone(),
+                r[3].parse().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        stored.len(),
+        expected.readings.len(),
+        "no reading twice or extra"
+    );
+    assert!(
+        stored == expected.readings,
+        "stored readings differ from ingest's decisions"
+    );
+
+    let letters = dead_letters(&env, expected.letters.len()).await?;
+    assert_eq!(letters, expected.letters);
+
+    let events = env
+        .eventually(
+            "every camera event stored",
+            Duration::from_secs(60),
+            || async {
+                let rows = env
+                    .clickhouse("SELECT event_id, attributes FROM events FINAL")
+                    .await?;
+                Ok((rows.len() >= expected.events.len()).then_some(rows))
+            },
+        )
+        .await?;
+    let event_ids: BTreeSet<String> = events.iter().map(|r| r[0].clone()).collect();
+    assert_eq!(event_ids, expected.events);
+    let evidence = env
+        .clickhouse("SELECT event_id, plate FROM evidence FINAL")
+        .await?;
+    assert_eq!(evidence.len(), expected.events.len());
+    // Plates are in the evidence table only: never in events, readings or dead letters.
+    let plates: BTreeSet<String> = evidence.iter().map(|r| r[1].clone()).collect();
+    for row in &events {
+        assert!(
+            !plates.iter().any(|p| row[1].contains(p.as_str())),
+            "{row:?}"
+        );
+        assert!(row[1].contains("plate_pseudonym"));
+    }
+    let quarantined = env
+        .eventually(
+            "quarantined camera messages stored",
+            Duration::from_secs(60),
+            || async {
+                let rows = env
+                    .clickhouse("SELECT message_id FROM camera_quarantine FINAL")
+                    .await?;
+                Ok((rows.len() >= expected.quarantined.len()).then_some(rows))
+            },
+        )
+        .await?;
+    let quarantined: BTreeSet<String> = quarantined.into_iter().map(|r| r[0].clone()).collect();
+    assert_eq!(quarantined, expected.quarantined);
+    Ok(())
+}
