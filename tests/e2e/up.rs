@@ -577,7 +577,7 @@ async fn up_with_sim_shows_live_devices_in_a_browser() -> Result<()> {
     assert!(printed.contains("as given"), "{printed}");
     up.eventually("the simulated fleet", Duration::from_secs(30), || async {
         let d = up.get("/api/v1/devices").await?;
-        Ok((d["devices"].as_array().map(Vec::len) == Some(10)).then_some(()))
+        Ok((d["devices"].as_array().map(Vec::len) == Some(17)).then_some(()))
     })
     .await?;
     let seen = live_page(&format!("{}?token={}", up.url("/"), up.token)).await?;
@@ -592,11 +592,15 @@ async fn up_with_sim_shows_live_devices_in_a_browser() -> Result<()> {
         .iter()
         .filter_map(|d| d.as_str())
         .collect();
-    assert_eq!(listed.len(), 10, "{seen}");
-    assert!(
-        listed.contains("aq-001") && listed.contains("ww-001") && listed.contains("tc-001"),
-        "{seen}"
-    );
+    assert_eq!(listed.len(), 17, "the default fleet: {seen}");
+    for one_of_each_format in [
+        "aq-001", "aqs-001", "aqf-001", "ww-001", "tc-001", "cam-001",
+    ] {
+        assert!(
+            listed.contains(one_of_each_format),
+            "{one_of_each_format}: {seen}"
+        );
+    }
     let status = proc.terminate(Duration::from_secs(30));
     assert!(
         status.is_some_and(|s| s.success()),
