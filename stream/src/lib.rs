@@ -55,6 +55,7 @@ pub struct StreamMetrics {
     pub open_windows: IntGauge,
     /// Rows the sinks stored, by table.
     pub records_stored: IntCounterVec,
+    pub duplicate_events: IntCounter,
 }
 
 impl StreamMetrics {
@@ -117,6 +118,10 @@ impl StreamMetrics {
             )?,
             open_windows,
             records_stored,
+            duplicate_events: counter(
+                "ioc_stream_duplicate_events_total",
+                "Camera events resent with an event id already stored (absorbed)",
+            )?,
         })
     }
 }
