@@ -275,6 +275,24 @@ impl Env {
         .await
     }
 
+    /// A Kafka consumer of this deployment's `topic` (without prefix), from the beginning of
+    /// every partition.
+    pub fn topic_reader(&self, topic: &str) -> Result<rdkafka::consumer::StreamConsumer> {
+        use rdkafka::consumer::Consumer;
+        let consumer: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", KAFKA)
+            .set("group.id", format!("{}-{topic}-reader", self.id))
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let topic = format!("{}.{topic}", self.id);
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..3 {
+            tpl.add_partition_offset(&topic, p, rdkafka::Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
+        Ok(consumer)
+    }
+
     pub fn mqtt_client(
         &self,
         client_id: &str,

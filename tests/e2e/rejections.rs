@@ -6,12 +6,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use base64::Engine;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use rumqttc::QoS;
 
-use crate::harness::{Env, KAFKA};
+use crate::harness::Env;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_bad_input_is_dead_lettered_counted_and_survived() -> Result<()> {
@@ -93,17 +91,7 @@ async fn every_kind_of_bad_input_is_dead_lettered_counted_and_survived() -> Resu
     }
 
     // Every code arrives on the dead-letter topic with a reason, provenance and the raw bytes.
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", KAFKA)
-        .set("group.id", format!("{}-dlq-reader", env.id))
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let topic = format!("{}.deadletter", env.id);
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..3 {
-        tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
+    let consumer = env.topic_reader("deadletter")?;
     let mut letters: HashMap<String, serde_json::Value> = HashMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while letters.len() < cases.len() {

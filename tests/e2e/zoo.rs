@@ -9,11 +9,10 @@ use anyhow::Result;
 use ioc_bus::registry::RegistryView;
 use ioc_contract::{DeadLetter, Device, ReadingBatch, RegistryEvent, Topics};
 use ioc_ingest::decode::DecodeContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use rumqttc::QoS;
 
-use crate::harness::{Env, KAFKA};
+use crate::harness::Env;
 use crate::pipeline::{register_sim_fleet, start_pipeline};
 
 const MESSAGES: usize = 1200;
@@ -59,17 +58,7 @@ struct Expected {
 }
 
 async fn dead_letters(env: &Env, want: usize) -> Result<BTreeSet<(String, String, String)>> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", KAFKA)
-        .set("group.id", format!("{}-zoo-dlq", env.id))
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let topic = format!("{}.deadletter", env.id);
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..3 {
-        tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
+    let consumer = env.topic_reader("deadletter")?;
     let mut seen = BTreeSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while seen.len() < want {
