@@ -198,7 +198,12 @@ fn ioc_json(c: &mut Criterion) {
     let profile = Profile::flat_gateway();
     for p in &payloads {
         let d = Format::IocJson.decode("aq-001", p, "m", &ctx, &profile);
-        assert_eq!(d.map(|d| d.readings.len()).ok(), Some(4), "{}", String::from_utf8_lossy(p));
+        assert_eq!(
+            d.map(|d| d.readings.len()).ok(),
+            Some(4),
+            "{}",
+            String::from_utf8_lossy(p)
+        );
     }
     let mean = payloads.iter().map(Vec::len).sum::<usize>() / payloads.len();
     let mut group = c.benchmark_group(format!("ioc-json ({mean} B, 4 metrics)"));
@@ -221,10 +226,13 @@ fn ioc_json(c: &mut Criterion) {
     config.plate_secret = "bench".into();
     let ingestor = Ingestor::new(&config, registry(), Topics::with_prefix("ioc."))
         .expect("default ingest config is valid");
-    group.bench_function("Ingestor::process (route, registry, decode, records)", |b| {
-        let mut next = each(&payloads);
-        b.iter(|| ingestor.process("ioc/v1/devices/aq-001/telemetry", next(), &ctx))
-    });
+    group.bench_function(
+        "Ingestor::process (route, registry, decode, records)",
+        |b| {
+            let mut next = each(&payloads);
+            b.iter(|| ingestor.process("ioc/v1/devices/aq-001/telemetry", next(), &ctx))
+        },
+    );
     group.finish();
 }
 
