@@ -4,6 +4,8 @@
 //! formatting cannot drift from the derived serializer; only the punctuation and the field
 //! order are written here, and a test holds them to the derive.
 
+use std::ops::Range;
+
 use crate::{Quality, Reading};
 
 /// One reading's fields, borrowed: a [`Reading`] without owning its strings.
@@ -64,37 +66,102 @@ pub fn to_vec<'a>(readings: &[ReadingRef<'a>]) -> Vec<u8> {
 /// Appends the JSON of `ReadingBatch { readings }` to `out`.
 pub fn write(out: &mut Vec<u8>, readings: &[ReadingRef<'_>]) {
     out.extend_from_slice(b"{\"readings\":[");
-    for (i, r) in readings.iter().enumerate() {
-        if i > 0 {
+    // The readings of one message share most fields (device, channel, time, message id): a
+    // field equal to the previous reading's is copied from where it was written, not
+    // escaped or formatted again.
+    let mut prev: Option<(&ReadingRef<'_>, Spans)> = None;
+    for r in readings {
+        if prev.is_some() {
             out.push(b',');
         }
+        let mut spans = Spans::default();
         out.extend_from_slice(b"{\"device_id\":");
-        leaf(out, r.device_id);
+        spans.device_id = cached(
+            out,
+            prev.as_ref()
+                .map(|(p, s)| (p.device_id == r.device_id, &s.device_id)),
+            |out| leaf(out, r.device_id),
+        );
         out.extend_from_slice(b",\"channel\":");
-        leaf(out, r.channel);
+        spans.channel = cached(
+            out,
+            prev.as_ref()
+                .map(|(p, s)| (p.channel == r.channel, &s.channel)),
+            |out| leaf(out, r.channel),
+        );
         out.extend_from_slice(b",\"metric\":");
         leaf(out, r.metric);
         out.extend_from_slice(b",\"ts\":");
-        leaf(out, &r.ts);
+        spans.ts = cached(
+            out,
+            prev.as_ref().map(|(p, s)| (p.ts == r.ts, &s.ts)),
+            |out| leaf(out, &r.ts),
+        );
         out.extend_from_slice(b",\"value\":");
         leaf(out, &r.value);
         out.extend_from_slice(b",\"unit\":");
         leaf(out, r.unit);
         if let Some(interval_s) = r.interval_s {
             out.extend_from_slice(b",\"interval_s\":");
-            leaf(out, &interval_s);
+            spans.interval_s = cached(
+                out,
+                prev.as_ref().map(|(p, s)| {
+                    (
+                        p.interval_s.map(f64::to_bits) == Some(interval_s.to_bits()),
+                        &s.interval_s,
+                    )
+                }),
+                |out| leaf(out, &interval_s),
+            );
         }
         out.extend_from_slice(b",\"quality\":\"");
         out.extend_from_slice(r.quality.as_str().as_bytes());
         out.extend_from_slice(b"\",\"quality_reason\":");
         leaf(out, r.quality_reason);
         out.extend_from_slice(b",\"received_at\":");
-        leaf(out, &r.received_at);
+        spans.received_at = cached(
+            out,
+            prev.as_ref()
+                .map(|(p, s)| (p.received_at == r.received_at, &s.received_at)),
+            |out| leaf(out, &r.received_at),
+        );
         out.extend_from_slice(b",\"message_id\":");
-        leaf(out, r.message_id);
+        spans.message_id = cached(
+            out,
+            prev.as_ref()
+                .map(|(p, s)| (p.message_id == r.message_id, &s.message_id)),
+            |out| leaf(out, r.message_id),
+        );
         out.push(b'}');
+        prev = Some((r, spans));
     }
     out.extend_from_slice(b"]}");
+}
+
+/// Where the previous reading's shared fields were written in the buffer.
+#[derive(Default)]
+struct Spans {
+    device_id: Range<usize>,
+    channel: Range<usize>,
+    ts: Range<usize>,
+    interval_s: Range<usize>,
+    received_at: Range<usize>,
+    message_id: Range<usize>,
+}
+
+/// Writes a field with `write`, or copies its bytes from `span` when `prev` says the previous
+/// reading had the same value (and wrote it there); returns where it is now.
+fn cached(
+    out: &mut Vec<u8>,
+    prev: Option<(bool, &Range<usize>)>,
+    write: impl FnOnce(&mut Vec<u8>),
+) -> Range<usize> {
+    let start = out.len();
+    match prev {
+        Some((true, span)) if !span.is_empty() => out.extend_from_within(span.clone()),
+        _ => write(out),
+    }
+    start..out.len()
 }
 
 /// A string or number as serde_json writes it (escapes, shortest round-trip floats, `null` for
@@ -142,6 +209,38 @@ mod tests {
             ]),
             received_at: 1_795_680_300_000 + i as i64,
             message_id: format!("{:016x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+        }
+    }
+
+    #[test]
+    fn readings_sharing_fields_are_written_as_serde_writes_them() {
+        for i in 0..200u64 {
+            let base = reading(i);
+            let readings: Vec<Reading> = (0..(i % 6 + 1))
+                .map(|j| {
+                    let mut r = base.clone();
+                    r.metric = reading(i + j).metric;
+                    r.value = reading(i * 3 + j).value;
+                    // Now and then a field differs from the one before it.
+                    match (i + j) % 7 {
+                        0 => r.interval_s = reading(i + j).interval_s,
+                        1 => r.channel = reading(i + j + 1).channel,
+                        2 => r.ts += 1,
+                        3 => r.quality_reason = reading(j).quality_reason,
+                        _ => {}
+                    }
+                    r
+                })
+                .collect();
+            let refs: Vec<ReadingRef> = readings.iter().map(ReadingRef::from).collect();
+            let expected = serde_json::to_vec(&ReadingBatch {
+                readings: readings.clone(),
+            })
+            .unwrap();
+            assert_eq!(
+                String::from_utf8(to_vec(&refs)).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
         }
     }
 
