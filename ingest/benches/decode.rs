@@ -53,17 +53,17 @@ fn v1_payloads() -> Vec<Vec<u8>> {
             let seq = 40 + i * 7;
             let body = if i % 2 == 0 {
                 format!(
-                    r#"{{"ts":{},"seq":{seq},"channel":"","interval_s":60,"fw":"aq-2.4.{i}","rssi":-7{i},"batt_v":3.7{i},"values":{{"pm25":{pm25},"pm10":{pm10},"no2":{no2},"co":{co}}}}}"#,
+                    r#"{{"ts":{},"seq":{seq},"site":"bmt-truong-chinh-0{i}","channel":"","interval_s":60,"fw":"aq-2.4.{i}","rssi":-7{i},"batt_v":3.7{i},"values":{{"pm25":{pm25},"pm10":{pm10},"no2":{no2},"co":{co}}}}}"#,
                     1_795_680_240_000i64 + i as i64 * 10_000
                 )
             } else if i % 4 == 1 {
                 format!(
-                    r#"{{"ts":"2026-11-26T15:0{i}:00+07:00","seq":{seq},"channel":"roof","interval_s":60,"rssi":-6{i},"values":{{"pm25":{pm25},"pm10":{pm10},"no2":{no2},"co":{}}},"units":{{"co":"mg/m3"}}}}"#,
+                    r#"{{"ts":"2026-11-26T15:0{i}:00+07:00","seq":{seq},"site":"bmt-truong-chinh-0{i}","channel":"roof","interval_s":60,"rssi":-6{i},"values":{{"pm25":{pm25},"pm10":{pm10},"no2":{no2},"co":{}}},"units":{{"co":"mg/m3"}}}}"#,
                     co / 1000.0
                 )
             } else {
                 format!(
-                    r#"{{"ts":"2026-11-26T08:0{i}:00Z","seq":{seq},"channel":"inlet","interval_s":60,"fw":"aq-2.4.{i}","rssi":-7{i},"batt_v":3.7{i},"values":{{"pm25":{pm25},"pm10":{pm10},"no2":{no2},"co":{co}}}}}"#
+                    r#"{{"ts":"2026-11-26T08:0{i}:00Z","seq":{seq},"site":"bmt-truong-chinh-0{i}","channel":"inlet","interval_s":60,"fw":"aq-2.4.{i}","rssi":-7{i},"batt_v":3.7{i},"values":{{"pm25":{pm25},"pm10":{pm10},"no2":{no2},"co":{co}}}}}"#
                 )
             };
             body.into_bytes()

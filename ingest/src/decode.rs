@@ -786,11 +786,15 @@ fn short(v: &Value) -> String {
 /// A 64-bit FNV-1a hash of the topic and payload, as 16 hex digits: the message id. A
 /// redelivered message gets the same id.
 pub fn message_id(topic: &str, payload: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in topic.as_bytes().iter().chain([0u8].iter()).chain(payload) {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    // Three plain loops rather than one over a chained iterator: the same hash, a tighter loop.
+    let fnv = |mut h: u64, bytes: &[u8]| {
+        for b in bytes {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    };
+    let h = fnv(fnv(fnv(0xcbf2_9ce4_8422_2325, topic.as_bytes()), &[0]), payload);
     format!("{h:016x}")
 }
 
@@ -989,6 +993,8 @@ mod tests {
 
     #[test]
     fn message_id_is_stable_and_depends_on_topic_and_bytes() {
+        // Ids of messages already on the bus stay what they were.
+        assert_eq!(message_id("ioc/v1/devices/aq-1/telemetry", b"{}"), "245091354e0a27bd");
         assert_eq!(message_id("a", b"x"), message_id("a", b"x"));
         assert_ne!(message_id("a", b"x"), message_id("b", b"x"));
         assert_ne!(message_id("ax", b""), message_id("a", b"x"));
