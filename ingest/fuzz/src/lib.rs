@@ -27,12 +27,23 @@ pub fn check(format: Format, data: &[u8]) {
 pub fn check_decoded(d: &Decoded, ctx: &DecodeContext) {
     for r in &d.readings {
         assert!(r.value.is_finite(), "{r:?}");
-        let spec = catalogue::lookup(&r.metric).unwrap_or_else(|| panic!("{r:?}: not in the catalogue"));
+        let spec =
+            catalogue::lookup(&r.metric).unwrap_or_else(|| panic!("{r:?}: not in the catalogue"));
         assert_eq!(r.unit, spec.unit, "{r:?}");
-        assert_eq!(r.quality == Quality::Good, r.quality_reason.is_empty(), "{r:?}");
+        assert_eq!(
+            r.quality == Quality::Good,
+            r.quality_reason.is_empty(),
+            "{r:?}"
+        );
         assert!(spec.in_range(r.value) || r.quality == Quality::Bad, "{r:?}");
-        assert!(r.interval_s.is_none_or(|i| i.is_finite() && i > 0.0), "{r:?}");
-        assert_eq!((r.device_id.as_str(), r.message_id.as_str()), ("dev-1", "m1"));
+        assert!(
+            r.interval_s.is_none_or(|i| i.is_finite() && i > 0.0),
+            "{r:?}"
+        );
+        assert_eq!(
+            (r.device_id.as_str(), r.message_id.as_str()),
+            ("dev-1", "m1")
+        );
         assert_eq!(r.received_at, ctx.received_at);
         // It reaches the readings topic: it must serialize and read back the same.
         let json = serde_json::to_vec(r).expect("a reading serializes");
