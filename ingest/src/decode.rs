@@ -396,15 +396,15 @@ impl<'de> Deserialize<'de> for Skip {
             fn visit_none<E>(self) -> Result<Skip, E> {
                 Ok(Skip)
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
-                while seq.next_element::<Skip>()?.is_some() {}
-                Ok(Skip)
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Skip, A::Error> {
+                Skip.visit_seq_of(seq)
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
-                while map.next_entry::<Skip, Skip>()?.is_some() {}
-                Ok(Skip)
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Skip, A::Error> {
+                Skip.visit_map_of(map)
             }
         }
+        // Not `deserialize_ignored_any`: serde_json skips those without checking numbers'
+        // range, and a body a `Value` parse refuses must stay refused.
         d.deserialize_any(V)
     }
 }
@@ -500,10 +500,12 @@ impl<'de> Visitor<'de> for RawVisitor {
 }
 
 impl Skip {
+    /// Checks and drops every element of an array.
     fn visit_seq_of<'de, A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
         while seq.next_element::<Skip>()?.is_some() {}
         Ok(Skip)
     }
+    /// Checks and drops every member of an object.
     fn visit_map_of<'de, A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
         while map.next_entry::<Skip, Skip>()?.is_some() {}
         Ok(Skip)
