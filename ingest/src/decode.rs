@@ -796,7 +796,10 @@ pub fn message_id(topic: &str, payload: &[u8]) -> String {
         }
         h
     };
-    let h = fnv(fnv(fnv(0xcbf2_9ce4_8422_2325, topic.as_bytes()), &[0]), payload);
+    let h = fnv(
+        fnv(fnv(0xcbf2_9ce4_8422_2325, topic.as_bytes()), &[0]),
+        payload,
+    );
     format!("{h:016x}")
 }
 
@@ -996,7 +999,10 @@ mod tests {
     #[test]
     fn message_id_is_stable_and_depends_on_topic_and_bytes() {
         // Ids of messages already on the bus stay what they were.
-        assert_eq!(message_id("ioc/v1/devices/aq-1/telemetry", b"{}"), "245091354e0a27bd");
+        assert_eq!(
+            message_id("ioc/v1/devices/aq-1/telemetry", b"{}"),
+            "245091354e0a27bd"
+        );
         assert_eq!(message_id("a", b"x"), message_id("a", b"x"));
         assert_ne!(message_id("a", b"x"), message_id("b", b"x"));
         assert_ne!(message_id("ax", b""), message_id("a", b"x"));

@@ -275,7 +275,9 @@ mod tests {
         let d = decode("COD\t112661,2\tmg/L\t20261126085500\t01\n").unwrap();
         assert_eq!(d.readings[0].quality, Quality::Bad);
         assert!(
-            d.readings[0].quality_reason.contains("outside physical range"),
+            d.readings[0]
+                .quality_reason
+                .contains("outside physical range"),
             "{}",
             d.readings[0].quality_reason
         );
