@@ -2,7 +2,8 @@
 //!
 //! - [`catalogue`]: the canonical metric names, units and physical ranges (DOMAIN.md §1).
 //! - [`Reading`], [`ReadingBatch`]: one value from one device, and the Kafka record that carries
-//!   the readings made from one MQTT message.
+//!   the readings made from one MQTT message; [`readings_json`] writes that record without
+//!   building owned readings first.
 //! - [`DeadLetter`]: a rejected message or value, with its raw bytes, reason and provenance.
 //! - [`Aggregate`], [`Alert`], [`Event`]: what the stream layer emits.
 //! - [`Device`], [`RegistryEvent`]: the device registry, shared through the bus.
@@ -12,6 +13,7 @@
 //! Nothing here does I/O. Every stage depends on this crate; no stage depends on another stage.
 
 pub mod catalogue;
+pub mod readings_json;
 pub mod time;
 pub mod units;
 

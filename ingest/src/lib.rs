@@ -37,7 +37,8 @@ use futures::StreamExt;
 use ioc_bus::registry::RegistryView;
 use ioc_bus::{Bus, Producer};
 use ioc_config::{AckMode, IngestConfig, MqttConfig};
-use ioc_contract::{DeadLetter, Device, ReadingBatch, RejectCode, Topics};
+use ioc_contract::readings_json::{self, ReadingRef};
+use ioc_contract::{DeadLetter, Device, RejectCode, Topics};
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -288,22 +289,57 @@ impl Ingestor {
             }
             return outcome;
         }
-        match format.decode(device_id, payload, &id, ctx, profile) {
+        // v1, the busiest format, goes from the payload's borrowed strings to the record's bytes
+        // without owned readings in between; the others build their readings first.
+        let decoded = match format {
+            Format::IocJson => decode::decode_v1_borrowed(payload, ctx).map(|m| {
+                let readings: Vec<ReadingRef> = m
+                    .accepted
+                    .iter()
+                    .map(|a| ReadingRef {
+                        device_id,
+                        channel: &m.channel,
+                        metric: a.spec.name,
+                        ts: m.ts,
+                        value: a.value,
+                        unit: a.spec.unit,
+                        interval_s: m.interval_s,
+                        quality: a.quality,
+                        quality_reason: &a.quality_reason,
+                        received_at: ctx.received_at,
+                        message_id: &id,
+                    })
+                    .collect();
+                (
+                    readings_json::to_vec(&readings),
+                    readings.len(),
+                    m.rejected_values,
+                )
+            }),
+            _ => format
+                .decode(device_id, payload, &id, ctx, profile)
+                .map(|d| {
+                    let readings: Vec<ReadingRef> =
+                        d.readings.iter().map(ReadingRef::from).collect();
+                    (
+                        readings_json::to_vec(&readings),
+                        readings.len(),
+                        d.rejected_values,
+                    )
+                }),
+        };
+        match decoded {
             Err(r) => letter(&mut outcome, r.code, r.reason, Some(device_id), None, None),
-            Ok(decoded) => {
-                if !decoded.readings.is_empty() {
-                    let n = decoded.readings.len();
-                    let batch = ReadingBatch {
-                        readings: decoded.readings,
-                    };
+            Ok((payload, n, rejected_values)) => {
+                if n > 0 {
                     outcome.records.push(OutRecord {
                         topic: self.topics.readings.clone(),
                         key: device_id.to_string(),
-                        payload: serde_json::to_vec(&batch).expect("readings serialize"),
+                        payload,
                         readings: n,
                     });
                 }
-                for r in decoded.rejected_values {
+                for r in rejected_values {
                     letter(
                         &mut outcome,
                         r.code,
@@ -718,7 +754,7 @@ async fn send_until_confirmed(producer: &Producer, record: &OutRecord, metrics: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ioc_contract::{Device, RegistryEvent};
+    use ioc_contract::{Device, ReadingBatch, RegistryEvent};
 
     fn topics() -> Topics {
         Topics::with_prefix("t.")
@@ -907,6 +943,35 @@ mod tests {
         let batch: ReadingBatch = serde_json::from_slice(&out.records[0].payload).unwrap();
         assert_eq!(batch.readings.len(), 2);
         assert!(out.rejections.is_empty());
+    }
+
+    #[test]
+    fn the_readings_record_is_what_serde_writes_for_the_decoded_readings() {
+        let bodies: [&[u8]; 4] = [
+            br#"{"ts":1795680240000,"seq":1,"channel":"in\"l\u00e9t\\\/","interval_s":60,"values":{"pm25":35.2,"no2":1e-7,"co":1180.5,"humidity":140}}"#,
+            br#"{"ts":"2026-11-26T15:04:00+07:00","values":{"temperature":82.4,"co":1.2,"radon":3},"units":{"temperature":"F","co":"mg/m3"}}"#,
+            br#"{"ts":1795690240000,"values":{"vehicle_count":18446744073709551615,"occupancy":-0.0}}"#,
+            br#"{"ts":1795680240000,"values":{"ph":7,"ph":7.5}}"#,
+        ];
+        let topic = "ioc/v1/devices/aq-1/telemetry";
+        for body in bodies {
+            let out = process(topic, body);
+            let id = decode::message_id(topic, body);
+            let decoded = decode_v1("aq-1", body, &id, &ctx()).unwrap();
+            let expected = serde_json::to_vec(&ReadingBatch {
+                readings: decoded.readings,
+            })
+            .unwrap();
+            let record = out
+                .records
+                .iter()
+                .find(|r| r.topic == "t.readings")
+                .unwrap_or_else(|| panic!("{out:?}"));
+            assert_eq!(
+                String::from_utf8_lossy(&record.payload),
+                String::from_utf8_lossy(&expected)
+            );
+        }
     }
 
     #[test]

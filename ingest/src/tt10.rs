@@ -172,7 +172,11 @@ pub fn decode_tt10(
         };
         let (quality, quality_reason) = match status {
             "00" => judge(spec, value, ts, ctx),
-            "01" => (Quality::Suspect, "station calibrating (status 01)".into()),
+            // Calibrating makes a value suspect, but one outside the physical range stays bad.
+            "01" => match judge(spec, value, ts, ctx) {
+                bad @ (Quality::Bad, _) => bad,
+                _ => (Quality::Suspect, "station calibrating (status 01)".into()),
+            },
             "02" => (Quality::Bad, "station device error (status 02)".into()),
             other => (Quality::Bad, format!("unknown station status {other:?}")),
         };
@@ -262,6 +266,20 @@ mod tests {
                 (Quality::Bad, "station device error (status 02)"),
                 (Quality::Bad, "unknown station status \"09\""),
             ]
+        );
+    }
+
+    #[test]
+    fn a_calibrating_station_cannot_make_an_impossible_value_merely_suspect() {
+        // Found by fuzz_tt10: status 01 used to overwrite the physical range check.
+        let d = decode("COD\t112661,2\tmg/L\t20261126085500\t01\n").unwrap();
+        assert_eq!(d.readings[0].quality, Quality::Bad);
+        assert!(
+            d.readings[0]
+                .quality_reason
+                .contains("outside physical range"),
+            "{}",
+            d.readings[0].quality_reason
         );
     }
 
