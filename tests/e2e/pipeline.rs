@@ -304,8 +304,61 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
             "expected_interval_s"
         ])
     );
+    // External ids are checked and unique: a station code names one device.
+    let bad = env
+        .http
+        .post(env.api("/api/v1/devices"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"device_id": "x-1", "kind": "wastewater", "name": "x", "lat": 12.7,
+            "lon": 108.0, "expected_interval_s": 300, "external_ids": {"serial": "1", "imei": "a/b"},
+            "decoder": "csv"}))
+        .send()
+        .await?;
+    assert_eq!(bad.status(), 422);
+    let body: serde_json::Value = bad.json().await?;
+    let fields: Vec<&str> = body["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        vec!["external_ids", "external_ids", "decoder"],
+        "{body}"
+    );
     let devices = env.get_json("/api/v1/devices").await?;
-    assert_eq!(devices["devices"].as_array().unwrap().len(), 6);
+    let station = devices["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["decoder"] == "tt10-station")
+        .expect("the simulated station")
+        .clone();
+    let code = station["external_ids"]["station_code"].as_str().unwrap();
+    let taken = env
+        .http
+        .post(env.api("/api/v1/devices"))
+        .bearer_auth(TOKEN)
+        .json(
+            &serde_json::json!({"device_id": "ww-copy", "kind": "wastewater", "name": "copy",
+            "lat": 12.7, "lon": 108.0, "expected_interval_s": 300,
+            "external_ids": {"station_code": code}}),
+        )
+        .send()
+        .await?;
+    assert_eq!(taken.status(), 409);
+    let body: serde_json::Value = taken.json().await?;
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains(station["device_id"].as_str().unwrap()),
+        "{body}"
+    );
+    // 3 + 1 + 1 of the old kinds, aq-alert, and the simulator's SenML, vendor-flat and camera
+    // devices (defaults 2, 3, 2).
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 13);
     let missing = env
         .http
         .get(env.api("/api/v1/devices/nope"))
@@ -351,7 +404,7 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
         .filter_map(|d| d.as_str())
         .collect();
     assert!(
-        listed.contains("aq-alert") && listed.contains("aq-001") && listed.len() == 6,
+        listed.contains("aq-alert") && listed.contains("aq-001") && listed.len() == 13,
         "{seen}"
     );
 
