@@ -2,7 +2,7 @@
 //!
 //! rumqttd speaks MQTT 3.1.1 to devices and has no MQTT 5 shared subscriptions, so ingest does
 //! not connect to it as a client: it reads the telemetry topics through rumqttd's in-process
-//! link and hands each message to the same [`crate::process_message`] as the distributed ingest.
+//! link and hands each message to the same [`crate::Ingestor`] as the distributed ingest.
 //!
 //! rumqttd acknowledges a device's QoS 1 publish on receipt. What the broker has acknowledged
 //! but the bus has not yet made durable is the loss window of this mode: bounded by the bus's

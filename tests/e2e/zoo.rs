@@ -106,15 +106,23 @@ async fn every_format_with_faults_is_stored_absorbed_or_dead_lettered() -> Resul
     let mut fleet = sensor_sim::Fleet::with_faults(&config.sim, sensor_sim::Faults::all(0.08));
     let mut published: Vec<(String, Vec<u8>, &'static str)> = Vec::new();
     let (mqtt, _poll) = env.mqtt_client("zoo-devices");
-    let start = ioc_contract::time::now_ms();
+    // Ten minutes of device time ending now: devices that report at most once a second (station
+    // files, counters, cameras) get their share of messages too.
+    let start = ioc_contract::time::now_ms() - 600_000;
     for i in 0..MESSAGES {
-        let m = fleet.next_message(start + i as i64 * 5);
+        let m = fleet.next_message(start + i as i64 * 500);
         published.push((m.topic, m.payload, m.format.name()));
     }
     published.push((
         "ioc/v1/gateways/gw-001/flat".into(),
         br#"{"imei":"869999999999999","time":"26/11/2026 08:05:00","PM2_5":"35,2"}"#.to_vec(),
         "vendor-flat",
+    ));
+    published.push((
+        "ioc/v1/cameras/CAM-BMT-001/events".into(),
+        br#"{"camera_id":"CAM-BMT-001","event_id":"x","type":"red_light","plate":"47A-999.99"}"#
+            .to_vec(),
+        "camera-event",
     ));
     published.push((
         "ioc/v1/stations/DLK_NEW_999/file".into(),
