@@ -31,6 +31,8 @@ listen = "127.0.0.1:$api_port"
 admin_token = "bench"
 [ingest]
 metrics_listen = "127.0.0.1:$metrics_port"
+# Throughput, not the flood guard, is measured here.
+device_rate_limit = 0.0
 [sim]
 air_quality = 20
 wastewater = 5

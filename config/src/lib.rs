@@ -111,6 +111,11 @@ pub struct IngestConfig {
     /// Key of the licence-plate pseudonyms (HMAC-SHA256). Empty: camera events are quarantined
     /// (`ioc up` generates one under its data dir).
     pub plate_secret: String,
+    /// Messages per second one device may send through one ingest process (0: no limit); the
+    /// excess is dead-lettered as `rate_limited`.
+    pub device_rate_limit: f64,
+    /// Messages a device may send at once above its rate (the token bucket's size).
+    pub device_burst: f64,
     /// Which decoder reads which MQTT topics.
     pub routes: Vec<Route>,
     /// Vendor profiles besides the built-in `flat-gateway`.
@@ -568,6 +573,15 @@ pub fn validate(c: &Config) -> Vec<Problem> {
     }
     if c.up.bus_retention < Duration::from_secs(3600) {
         bad("up.bus_retention", "must be at least 1h".into());
+    }
+    if !(c.ingest.device_rate_limit >= 0.0 && c.ingest.device_rate_limit.is_finite()) {
+        bad(
+            "ingest.device_rate_limit",
+            "must be 0 (no limit) or a positive number of messages per second".into(),
+        );
+    }
+    if !(c.ingest.device_burst >= 1.0 && c.ingest.device_burst.is_finite()) {
+        bad("ingest.device_burst", "must be at least 1".into());
     }
     if c.up.max_connections == 0 {
         bad("up.max_connections", "must be at least 1".into());

@@ -108,10 +108,12 @@ pub enum RejectCode {
     WrongFormat,
     /// Something the message needs is not configured (a vendor profile, the plate secret).
     NotConfigured,
+    /// The device sent faster than `ingest.device_rate_limit` allows.
+    RateLimited,
 }
 
 impl RejectCode {
-    pub const ALL: [RejectCode; 13] = [
+    pub const ALL: [RejectCode; 14] = [
         RejectCode::PayloadTooLarge,
         RejectCode::BadTopic,
         RejectCode::Malformed,
@@ -125,6 +127,7 @@ impl RejectCode {
         RejectCode::UnknownUnit,
         RejectCode::WrongFormat,
         RejectCode::NotConfigured,
+        RejectCode::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -142,6 +145,7 @@ impl RejectCode {
             RejectCode::UnknownUnit => "unknown_unit",
             RejectCode::WrongFormat => "wrong_format",
             RejectCode::NotConfigured => "not_configured",
+            RejectCode::RateLimited => "rate_limited",
         }
     }
 }

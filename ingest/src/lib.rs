@@ -23,6 +23,7 @@ pub mod counter;
 pub mod decode;
 pub mod embedded;
 pub mod flat;
+pub mod limit;
 pub mod metrics;
 pub mod route;
 pub mod senml;
@@ -151,6 +152,7 @@ pub struct Ingestor {
     router: Router,
     profiles: Profiles,
     plates: Option<PlateKey>,
+    limiter: Arc<limit::RateLimiter>,
     registry: RegistryView,
     topics: Topics,
 }
@@ -165,6 +167,10 @@ impl Ingestor {
             router: Router::new(&config.routes),
             profiles: Profiles::new(&config.vendor_profiles).map_err(IngestError::Config)?,
             plates: PlateKey::new(&config.plate_secret),
+            limiter: Arc::new(limit::RateLimiter::new(
+                config.device_rate_limit,
+                config.device_burst,
+            )),
             registry,
             topics,
         })
@@ -251,6 +257,20 @@ impl Ingestor {
             }
         };
         let device_id = device.device_id.as_str();
+        if !self.limiter.admit(device_id, ctx.received_at) {
+            letter(
+                &mut outcome,
+                RejectCode::RateLimited,
+                format!(
+                    "device {device_id} sends faster than {}; this message was not decoded",
+                    self.limiter.describe()
+                ),
+                Some(device_id),
+                None,
+                None,
+            );
+            return outcome;
+        }
         if let Some(expected) = device.decoder.as_deref().filter(|d| *d != format.name()) {
             letter(
                 &mut outcome,
@@ -844,6 +864,36 @@ mod tests {
         let letter = &letters(&out)[0];
         assert_eq!(letter.external_id.as_deref(), Some("imei:869999999999999"));
         assert_eq!(letter.device_id, None);
+    }
+
+    #[test]
+    fn a_flooding_device_is_dead_lettered_beyond_its_burst_and_others_pass() {
+        let mut config = ioc_config::load_str(None, Vec::new()).unwrap().ingest;
+        (config.device_rate_limit, config.device_burst) = (1.0, 3.0);
+        let ingestor = Ingestor::new(&config, registry(), topics()).unwrap();
+        let mut codes = Vec::new();
+        for i in 0..10 {
+            let body = format!(
+                r#"{{"ts":{},"values":{{"pm25":12}}}}"#,
+                1_795_680_240_000i64 + i
+            );
+            let out = ingestor.process("ioc/v1/devices/aq-1/telemetry", body.as_bytes(), &ctx());
+            codes.push(out.rejections.first().copied());
+            if i >= 3 {
+                assert!(letters(&out)[0].reason.contains("faster than 1 messages/s"));
+            }
+        }
+        assert_eq!(codes.iter().filter(|c| c.is_none()).count(), 3);
+        assert_eq!(
+            codes
+                .iter()
+                .filter(|c| **c == Some(RejectCode::RateLimited))
+                .count(),
+            7
+        );
+        let file = b"COD\t61.5\tmg/L\t20261126085500\t00\n";
+        let out = ingestor.process("ioc/v1/stations/DLK_NT_001/file", file, &ctx());
+        assert!(out.rejections.is_empty(), "another device is not affected");
     }
 
     #[test]

@@ -411,6 +411,9 @@ async fn kill_under_load(name: &str, rate: Option<u64>) -> Result<KillReport> {
     let env = [
         ("IOC_UP__FLUSH_INTERVAL", "100ms"),
         ("IOC_API__QUERY_LIMIT", "1000000"),
+        // One device floods on purpose here, to measure the broker's loss window, not the
+        // flood guard.
+        ("IOC_INGEST__DEVICE_RATE_LIMIT", "0"),
     ];
     let (mut first, _) = up.start(&[], &env).await?;
     up.register("aq-dur").await?;
