@@ -167,8 +167,9 @@ pub async fn run(
         shutdown: &shutdown,
     };
     let sinks = futures::future::try_join_all(sink::Sink::ALL.map(|s| sink::run(s, config, &step)));
-    let (readings, sinks) = tokio::join!(readings_loop(config, &step), sinks);
-    readings.and(sinks.map(|_| ()))
+    // Either failing ends the stage (its error is the stage's), rather than leaving half of it
+    // running.
+    tokio::try_join!(readings_loop(config, &step), sinks).map(|_| ())
 }
 
 /// The readings loop (crate docs).
