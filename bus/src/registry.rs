@@ -41,6 +41,12 @@ impl RegistryView {
         let mut fold = self.inner.write().unwrap_or_else(|e| e.into_inner());
         match event {
             RegistryEvent::Registered { mut device } => {
+                // A device registered again gives up the ids it no longer lists.
+                if let Some(previous) = fold.devices.get(&device.device_id).cloned() {
+                    for (kind, value) in &previous.external_ids {
+                        fold.external.remove(&(kind.clone(), value.clone()));
+                    }
+                }
                 device.external_ids.retain(|kind, value| {
                     let key = (kind.clone(), value.clone());
                     match fold.external.get(&key) {
@@ -187,5 +193,11 @@ mod tests {
         // b is registered, without the id it could not have.
         assert!(view.get("b").unwrap().external_ids.is_empty());
         assert_eq!(view.len(), 3);
+        // Registered again with another id, a gives up the old one.
+        view.apply(registered("a", "863"));
+        assert_eq!(view.by_external_id("imei", "863").unwrap().device_id, "a");
+        assert!(view.by_external_id("imei", "861").is_none());
+        view.apply(registered("b", "861"));
+        assert_eq!(view.by_external_id("imei", "861").unwrap().device_id, "b");
     }
 }

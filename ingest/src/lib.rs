@@ -186,11 +186,13 @@ impl Ingestor {
         let id = message_id(topic, payload);
         let mut outcome = Outcome::default();
         let route = self.router.route(topic);
-        // A camera message may hold a plate: whatever is wrong with it, it goes to quarantine.
-        let reject_to = match route {
-            Some((Format::CameraEvent, _)) => &self.topics.quarantine,
-            _ => &self.topics.deadletter,
-        };
+        // A camera message may hold a plate: whatever is wrong with it (an invalid id in its
+        // topic, a camera device on another format's topic), it goes to quarantine.
+        let reject_to = std::cell::Cell::new(if self.router.camera_like(topic) {
+            &self.topics.quarantine
+        } else {
+            &self.topics.deadletter
+        });
         let named = route.and_then(|(_, d)| d.named());
         let letter = |outcome: &mut Outcome,
                       code: RejectCode,
@@ -211,7 +213,7 @@ impl Ingestor {
                 raw_base64: base64::engine::general_purpose::STANDARD.encode(payload),
             };
             outcome.records.push(OutRecord {
-                topic: reject_to.clone(),
+                topic: reject_to.get().clone(),
                 key: device.unwrap_or("").to_string(),
                 payload: serde_json::to_vec(&letter).expect("dead letters serialize"),
                 readings: 0,
@@ -257,6 +259,9 @@ impl Ingestor {
             }
         };
         let device_id = device.device_id.as_str();
+        if is_camera(&device) {
+            reject_to.set(&self.topics.quarantine);
+        }
         if !self.limiter.admit(device_id, ctx.received_at) {
             letter(
                 &mut outcome,
@@ -391,7 +396,13 @@ impl Ingestor {
             DeviceRef::External { kind, value } => self
                 .registry
                 .by_external_id(kind, value)
-                .or_else(|| self.registry.get(value))
+                .or_else(|| {
+                    // A device id in place of the external id, only for a device that has no
+                    // such id and may speak this format: never any device by its name.
+                    self.registry
+                        .get(value)
+                        .filter(|d| !d.external_ids.contains_key(kind) && may_speak(d, format))
+                })
                 .ok_or_else(|| unknown(Some(kind), value)),
             DeviceRef::InPayload if format == Format::VendorFlat => {
                 // The default profile first (one parse in the common case), then the others.
@@ -403,7 +414,17 @@ impl Ingestor {
                 {
                     match flat::external_id(payload, p, ctx) {
                         Ok(value) => {
-                            if let Some(d) = self.registry.by_external_id(&p.id_kind, &value) {
+                            // Only a device that follows this profile: another vendor's payload
+                            // naming a registered id under its own key is not that device's.
+                            let follows = |d: &Arc<Device>| {
+                                d.vendor_profile.as_deref().unwrap_or(flat::DEFAULT_PROFILE)
+                                    == p.name
+                            };
+                            if let Some(d) = self
+                                .registry
+                                .by_external_id(&p.id_kind, &value)
+                                .filter(follows)
+                            {
                                 return Ok(d);
                             }
                             first_id.get_or_insert((p.id_kind.clone(), value));
@@ -448,11 +469,13 @@ impl Ingestor {
             ));
         };
         let e = camera::decode_camera(payload, ctx)?;
-        let topic_camera = match device_ref {
-            DeviceRef::External { value, .. } => Some(value),
-            _ => device.external_ids.get("camera_id").map(String::as_str),
-        };
-        if topic_camera.is_some_and(|c| c != e.camera_id) {
+        // The camera the registry knows the device as; else the id its topic gave.
+        let camera = device
+            .external_ids
+            .get("camera_id")
+            .map(String::as_str)
+            .or(device_ref.named());
+        if camera.is_some_and(|c| c != e.camera_id) {
             return Err(Rejection::new(
                 RejectCode::InvalidField,
                 format!(
@@ -512,6 +535,24 @@ impl Ingestor {
                 serde_json::to_vec(&evidence).expect("evidence serializes"),
             ),
         ])
+    }
+}
+
+/// A camera, whose messages may hold plates.
+fn is_camera(d: &Device) -> bool {
+    d.decoder.as_deref() == Some(Format::CameraEvent.name()) || d.kind == "traffic_camera"
+}
+
+/// Whether a device may send `format`: its registered decoder, or with none, a format its kind
+/// can speak.
+fn may_speak(d: &Device, format: Format) -> bool {
+    match d.decoder.as_deref() {
+        Some(decoder) => decoder == format.name(),
+        None => match format {
+            Format::CameraEvent => d.kind == "traffic_camera",
+            Format::Tt10Station => d.kind == "wastewater" || d.kind == "air_quality",
+            _ => true,
+        },
     }
 }
 
@@ -903,6 +944,36 @@ mod tests {
             br#"{"ts":1795680240000,"values":{"pm25":12}}"#,
         );
         assert_eq!(out.rejections, vec![RejectCode::WrongFormat]);
+    }
+
+    #[test]
+    fn camera_messages_never_reach_the_dead_letter_topic_and_no_device_is_a_camera_by_name() {
+        let aq_as_camera = CAMERA.replace("CAM-1", "aq-1");
+        for (topic, body, code) in [
+            // A camera device on another format's topic.
+            (
+                "ioc/v1/devices/cam-1/telemetry",
+                CAMERA,
+                RejectCode::WrongFormat,
+            ),
+            // An id the route cannot capture.
+            ("ioc/v1/cameras/CAM 1/events", CAMERA, RejectCode::BadTopic),
+            // An air-quality device's id in a camera topic is not a camera.
+            (
+                "ioc/v1/cameras/aq-1/events",
+                aq_as_camera.as_str(),
+                RejectCode::UnknownDevice,
+            ),
+        ] {
+            let out = process(topic, body.as_bytes());
+            assert_eq!(out.rejections, vec![code], "{topic}");
+            assert!(on(&out, "t.deadletter").is_empty(), "{topic}");
+            assert_eq!(on(&out, "t.quarantine").len(), 1, "{topic}");
+        }
+        // A camera registered with a camera id is found by it only, not by its device id.
+        let out = process("ioc/v1/cameras/cam-1/events", CAMERA.as_bytes());
+        assert_eq!(out.rejections, vec![RejectCode::UnknownDevice]);
+        assert_eq!(on(&out, "t.quarantine").len(), 1);
     }
 
     #[test]

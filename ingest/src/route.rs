@@ -105,6 +105,22 @@ impl Router {
         None
     }
 
+    /// Whether a topic has the literal levels of a camera-event route, whatever its captured ids:
+    /// a message there may hold a plate even when its topic is invalid.
+    pub fn camera_like(&self, topic: &str) -> bool {
+        self.routes
+            .iter()
+            .filter(|r| r.format == Format::CameraEvent)
+            .any(|r| {
+                let parts: Vec<&str> = topic.split('/').collect();
+                parts.len() == r.levels.len()
+                    && r.levels.iter().zip(&parts).all(|(l, p)| match l {
+                        Level::Literal(lit) => lit == p,
+                        _ => true,
+                    })
+            })
+    }
+
     /// The MQTT filters to subscribe to.
     pub fn filters(&self) -> Vec<String> {
         self.routes
