@@ -55,6 +55,19 @@ pub(crate) async fn start_pipeline(
         Duration::from_secs(60),
     )
     .await?;
+    // A port taken by someone else answers /healthz too: make sure the answers were ours.
+    let (mut api, mut stream, mut ingest) = (api, stream, ingest);
+    for (name, p) in [
+        ("api", &mut api),
+        ("stream", &mut stream),
+        ("ingest", &mut ingest),
+    ] {
+        anyhow::ensure!(
+            p.is_running(),
+            "{name} exited at start; see {}",
+            env.dir.join(format!("{name}.log")).display()
+        );
+    }
     Ok((api, stream, ingest))
 }
 
