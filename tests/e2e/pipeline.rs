@@ -72,6 +72,31 @@ pub(crate) async fn start_pipeline(
 }
 
 /// Registers the simulated fleet through the API, as an installer would.
+/// POSTs a registration; its status and JSON body.
+async fn post_device(
+    env: &Env,
+    body: serde_json::Value,
+) -> Result<(reqwest::StatusCode, serde_json::Value)> {
+    let r = env
+        .http
+        .post(env.api("/api/v1/devices"))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await?;
+    Ok((r.status(), r.json().await?))
+}
+
+/// The fields a 422 answer names, in order.
+fn problem_fields(body: &serde_json::Value) -> Vec<&str> {
+    body["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["field"].as_str().unwrap())
+        .collect()
+}
+
 pub(crate) fn register_sim_fleet(env: &Env) -> Result<()> {
     env.ioc_output(&[
         "sim",
@@ -291,21 +316,13 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
     assert_eq!(unauthorized.status(), 401);
     let body: serde_json::Value = unauthorized.json().await?;
     assert_eq!(body["error"], "unauthorized");
-    let bad = env
-        .http
-        .post(env.api("/api/v1/devices"))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({"device_id": "bad id", "kind": "toaster", "lat": 100}))
-        .send()
-        .await?;
-    assert_eq!(bad.status(), 422);
-    let body: serde_json::Value = bad.json().await?;
-    let fields: HashSet<&str> = body["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["field"].as_str().unwrap())
-        .collect();
+    let (status, body) = post_device(
+        &env,
+        serde_json::json!({"device_id": "bad id", "kind": "toaster", "lat": 100}),
+    )
+    .await?;
+    assert_eq!(status, 422);
+    let fields: HashSet<&str> = problem_fields(&body).into_iter().collect();
     assert_eq!(
         fields,
         HashSet::from([
@@ -318,23 +335,15 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
         ])
     );
     // External ids are checked and unique: a station code names one device.
-    let bad = env
-        .http
-        .post(env.api("/api/v1/devices"))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({"device_id": "x-1", "kind": "wastewater", "name": "x", "lat": 12.7,
+    let (status, body) = post_device(
+        &env,
+        serde_json::json!({"device_id": "x-1", "kind": "wastewater", "name": "x", "lat": 12.7,
             "lon": 108.0, "expected_interval_s": 300, "external_ids": {"serial": "1", "imei": "a/b"},
-            "decoder": "csv"}))
-        .send()
-        .await?;
-    assert_eq!(bad.status(), 422);
-    let body: serde_json::Value = bad.json().await?;
-    let fields: Vec<&str> = body["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["field"].as_str().unwrap())
-        .collect();
+            "decoder": "csv"}),
+    )
+    .await?;
+    assert_eq!(status, 422);
+    let fields = problem_fields(&body);
     assert_eq!(
         fields,
         vec!["external_ids", "external_ids", "decoder"],
@@ -349,19 +358,14 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
         .expect("the simulated station")
         .clone();
     let code = station["external_ids"]["station_code"].as_str().unwrap();
-    let taken = env
-        .http
-        .post(env.api("/api/v1/devices"))
-        .bearer_auth(TOKEN)
-        .json(
-            &serde_json::json!({"device_id": "ww-copy", "kind": "wastewater", "name": "copy",
+    let (status, body) = post_device(
+        &env,
+        serde_json::json!({"device_id": "ww-copy", "kind": "wastewater", "name": "copy",
             "lat": 12.7, "lon": 108.0, "expected_interval_s": 300,
             "external_ids": {"station_code": code}}),
-        )
-        .send()
-        .await?;
-    assert_eq!(taken.status(), 409);
-    let body: serde_json::Value = taken.json().await?;
+    )
+    .await?;
+    assert_eq!(status, 409);
     assert!(
         body["message"]
             .as_str()
