@@ -54,7 +54,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
 #[derive(Debug, Clone)]
 pub struct LogOptions {
     pub flush_interval: Duration,
-    /// Closed segments older than this are deleted (never the registry's).
+    /// Closed segments older than this are deleted (never the registry's or the audit log's).
     pub retention: Duration,
     /// A segment rolls once it is this large ([`SEGMENT_BYTES`]).
     pub segment_bytes: u64,
@@ -136,7 +136,7 @@ impl EmbeddedLog {
             let log = TopicLog::open(
                 &dir.join(name),
                 name,
-                name == topics.registry,
+                name == topics.registry || name == topics.audit,
                 options.segment_bytes,
             )?;
             map.insert(name.to_string(), Arc::new(log));

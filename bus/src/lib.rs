@@ -8,9 +8,11 @@
 //!   durable in either implementation, and a consumer reads assigned partitions from offsets.
 //! - [`registry`]: the device registry, a topic of registration events that every instance of
 //!   every stage folds into the same in-memory view.
+//! - [`audit`]: the audit log of personal-data reads.
 //!
 //! Stages reach each other only through here; none imports another.
 
+pub mod audit;
 pub mod embedded;
 pub mod registry;
 
@@ -71,8 +73,8 @@ impl KafkaBus {
         c
     }
 
-    /// Creates the deployment's topics if they do not exist. The registry has one partition so
-    /// that its events keep one order; the rest use `kafka.partitions`.
+    /// Creates the deployment's topics if they do not exist. The registry and the audit log have
+    /// one partition so that their events keep one order; the rest use `kafka.partitions`.
     pub async fn ensure_topics(&self) -> Result<(), BusError> {
         let admin: AdminClient<DefaultClientContext> = self.base().create()?;
         let new: Vec<NewTopic> = self
@@ -80,7 +82,7 @@ impl KafkaBus {
             .all()
             .into_iter()
             .map(|name| {
-                let partitions = if name == self.topics.registry {
+                let partitions = if name == self.topics.registry || name == self.topics.audit {
                     1
                 } else {
                     self.config.partitions
@@ -276,6 +278,26 @@ impl Bus {
             }
             Bus::Embedded { log, .. } => Ok((log.first_offset(topic)?, log.durable_end(topic)?)),
         }
+    }
+
+    /// How many partitions `topic` has (the embedded log has one per topic).
+    pub fn partitions(&self, topic: &str) -> Result<i32, BusError> {
+        match self {
+            Bus::Kafka(k) => {
+                let consumer: BaseConsumer = k.base().create()?;
+                partition_count(&consumer, topic)
+            }
+            Bus::Embedded { .. } => Ok(1),
+        }
+    }
+
+    /// Every record of `topic` up to its end as it is now, from the oldest the bus holds, in
+    /// order within each partition. For small topics and rare requests (the dead-letter replay).
+    pub async fn read_all(&self, topic: &str) -> Result<Vec<Record>, BusError> {
+        let mut consumer = self.consumer(&[topic], StartAt::Beginning)?;
+        let mut records = Vec::new();
+        registry::catch_up(self, topic, &mut consumer, |r| records.push(r)).await?;
+        Ok(records)
     }
 
     /// A producer whose sends resolve once the record is durable. `linger` batches Kafka sends.

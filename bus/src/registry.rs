@@ -1,24 +1,29 @@
 //! The device registry: a bus topic of [`RegistryEvent`]s, folded by every instance into a
-//! [`RegistryView`].
+//! [`RegistryView`]: devices, the API's issued tokens, and the audit trail of every change (the
+//! events themselves, each naming who made it and when).
 //!
 //! Why a topic: every stage already depends on the bus and nothing else is shared by all of them
 //! (ingest has no ClickHouse); the log survives restarts; a new instance rebuilds the view by
 //! reading from the start, and a registration reaches every running instance within
 //! milliseconds, so ingest accepts a new device's first message without polling a database.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use ioc_contract::{Device, RegistryEvent};
+use ioc_contract::{Actor, AuditEntry, Device, RegistryEvent, TokenRecord};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Bus, BusError, Consumer, Producer, StartAt};
+use crate::{Bus, BusError, Consumer, Producer, Record, StartAt};
 
 /// The in-memory fold of the registry topic. Cheap to clone; all clones share one map.
 #[derive(Debug, Clone, Default)]
 pub struct RegistryView {
     inner: Arc<RwLock<Fold>>,
+    /// Devices whose messages ingest taps (commissioning or maintenance), readable without the
+    /// lock: most of the time there are none and ingest skips the look-up.
+    tapped: Arc<AtomicUsize>,
 }
 
 #[derive(Debug, Default)]
@@ -26,6 +31,143 @@ struct Fold {
     devices: HashMap<String, Arc<Device>>,
     /// The unique index of external ids: (kind, value) → device id.
     external: HashMap<(String, String), String>,
+    /// Issued tokens not revoked, by their SHA-256 (hex).
+    tokens: HashMap<String, TokenRecord>,
+    /// Every change, in log order.
+    audit: Vec<AuditEntry>,
+    /// Ids of dead-lettered messages already replayed.
+    replayed: HashSet<String>,
+    /// Events this process is writing, by a hash of their bytes: each is folded in once,
+    /// whether the writer's own apply or the topic's copy comes first.
+    own: HashMap<u64, Own>,
+}
+
+/// Where an event this process writes stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Own {
+    /// Being written; not folded in yet.
+    Writing,
+    /// Folded in by the writer; its copy from the topic is skipped.
+    AppliedByWriter,
+    /// Its copy from the topic came first and was folded in; the writer skips it.
+    AppliedFromTopic,
+}
+
+fn hash_of(payload: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    payload.hash(&mut h);
+    h.finish()
+}
+
+impl Fold {
+    /// Folds one event in.
+    fn apply(&mut self, event: RegistryEvent) {
+        match event {
+            RegistryEvent::Registered { device } => self.register(device),
+            RegistryEvent::Updated {
+                device_id,
+                changes,
+                by,
+                at,
+            } => {
+                let Some(device) = self.devices.get(&device_id) else {
+                    tracing::error!(device = %device_id, "update of an unknown device ignored");
+                    return;
+                };
+                let mut device = Device::clone(device);
+                changes.apply_to(&mut device);
+                self.devices.insert(device_id.clone(), Arc::new(device));
+                self.audit.push(AuditEntry {
+                    at,
+                    by,
+                    action: "device.updated".into(),
+                    target: device_id,
+                    detail: serde_json::to_value(&changes).unwrap_or_default(),
+                });
+            }
+            RegistryEvent::TokenIssued { token } => {
+                self.audit.push(AuditEntry {
+                    at: token.issued_at,
+                    by: token.issued_by.clone(),
+                    action: "token.issued".into(),
+                    target: token.token_id.clone(),
+                    detail: serde_json::json!({"name": token.name, "role": token.role}),
+                });
+                self.tokens.insert(token.sha256.clone(), token);
+            }
+            RegistryEvent::Replayed {
+                device_id,
+                message_ids,
+                by,
+                at,
+            } => {
+                self.audit.push(AuditEntry {
+                    at,
+                    by,
+                    action: "device.replayed".into(),
+                    target: device_id,
+                    detail: serde_json::json!({ "messages": message_ids.len() }),
+                });
+                self.replayed.extend(message_ids);
+            }
+            RegistryEvent::TokenRevoked { token_id, by, at } => {
+                self.tokens.retain(|_, t| t.token_id != token_id);
+                self.audit.push(AuditEntry {
+                    at,
+                    by,
+                    action: "token.revoked".into(),
+                    target: token_id,
+                    detail: serde_json::Value::Null,
+                });
+            }
+        }
+    }
+
+    /// Folds a registration in. An external id already held by another device stays with the
+    /// device that registered it first (every instance folds the same log in the same order, so
+    /// they all agree); the API refuses such a registration before it is written, so this only
+    /// settles a race between two API instances.
+    fn register(&mut self, mut device: Device) {
+        // A device registered again gives up the ids it no longer lists.
+        let previous = self.devices.get(&device.device_id).cloned();
+        if let Some(previous) = &previous {
+            for (kind, value) in &previous.external_ids {
+                self.external.remove(&(kind.clone(), value.clone()));
+            }
+        }
+        device.external_ids.retain(|kind, value| {
+            let key = (kind.clone(), value.clone());
+            match self.external.get(&key) {
+                Some(owner) if *owner != device.device_id => {
+                    tracing::error!(device = %device.device_id, %kind, owner = %owner, "external id already belongs to another device; ignored for this one");
+                    false
+                }
+                _ => true,
+            }
+        });
+        for (kind, value) in &device.external_ids {
+            self.external
+                .insert((kind.clone(), value.clone()), device.device_id.clone());
+        }
+        self.audit.push(AuditEntry {
+            at: device.registered_at,
+            // Before tokens had names, only the admin token could register.
+            by: device
+                .registered_by
+                .clone()
+                .unwrap_or_else(Actor::admin_token),
+            action: if previous.is_some() {
+                "device.reregistered".into()
+            } else {
+                "device.registered".into()
+            },
+            target: device.device_id.clone(),
+            detail: serde_json::to_value(&device).unwrap_or_default(),
+        });
+        self.devices
+            .insert(device.device_id.clone(), Arc::new(device));
+    }
 }
 
 impl RegistryView {
@@ -33,38 +175,70 @@ impl RegistryView {
         self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Folds one event in. An external id already held by another device stays with the device
-    /// that registered it first (every instance folds the same log in the same order, so they all
-    /// agree); the API refuses such a registration before it is written, so this only settles a
-    /// race between two API instances.
+    /// Folds one event in.
     pub fn apply(&self, event: RegistryEvent) {
         let mut fold = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        match event {
-            RegistryEvent::Registered { mut device } => {
-                // A device registered again gives up the ids it no longer lists.
-                if let Some(previous) = fold.devices.get(&device.device_id).cloned() {
-                    for (kind, value) in &previous.external_ids {
-                        fold.external.remove(&(kind.clone(), value.clone()));
-                    }
-                }
-                device.external_ids.retain(|kind, value| {
-                    let key = (kind.clone(), value.clone());
-                    match fold.external.get(&key) {
-                        Some(owner) if *owner != device.device_id => {
-                            tracing::error!(device = %device.device_id, %kind, owner = %owner, "external id already belongs to another device; ignored for this one");
-                            false
-                        }
-                        _ => true,
-                    }
-                });
-                for (kind, value) in &device.external_ids {
-                    fold.external
-                        .insert((kind.clone(), value.clone()), device.device_id.clone());
-                }
-                fold.devices
-                    .insert(device.device_id.clone(), Arc::new(device));
+        self.apply_locked(&mut fold, event);
+    }
+
+    fn apply_locked(&self, fold: &mut Fold, event: RegistryEvent) {
+        fold.apply(event);
+        let tapped = fold
+            .devices
+            .values()
+            .filter(|d| d.status.is_tapped())
+            .count();
+        self.tapped.store(tapped, Ordering::Relaxed);
+    }
+
+    /// Notes that this process is writing the event serialized as `payload`; returns its key.
+    fn writing(&self, payload: &[u8]) -> u64 {
+        let key = hash_of(payload);
+        let mut fold = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        fold.own.insert(key, Own::Writing);
+        key
+    }
+
+    /// The write of `event` ended (`ok`: the bus has it): folds it in unless its copy from the
+    /// topic already was.
+    fn written(&self, key: u64, event: RegistryEvent, ok: bool) {
+        let mut fold = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        match (ok, fold.own.get(&key).copied()) {
+            // If it was written after all, the follower folds it in when it reads it.
+            (false, Some(Own::Writing)) => {
+                fold.own.remove(&key);
+            }
+            (false, _) => {}
+            (true, Some(Own::AppliedFromTopic)) => {
+                fold.own.remove(&key);
+            }
+            (true, _) => {
+                fold.own.insert(key, Own::AppliedByWriter);
+                self.apply_locked(&mut fold, event);
             }
         }
+    }
+
+    /// Folds in a record read from the registry topic, unless it is this process's own event
+    /// that its writer already folded in.
+    fn apply_from_topic(&self, payload: &[u8], event: RegistryEvent) {
+        let mut fold = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let key = hash_of(payload);
+        match fold.own.get(&key).copied() {
+            Some(Own::AppliedByWriter) => {
+                fold.own.remove(&key);
+            }
+            Some(Own::Writing) => {
+                fold.own.insert(key, Own::AppliedFromTopic);
+                self.apply_locked(&mut fold, event);
+            }
+            Some(Own::AppliedFromTopic) | None => self.apply_locked(&mut fold, event),
+        }
+    }
+
+    /// How many devices' messages ingest taps.
+    pub fn tapped(&self) -> usize {
+        self.tapped.load(Ordering::Relaxed)
     }
 
     pub fn get(&self, device_id: &str) -> Option<Arc<Device>> {
@@ -96,19 +270,59 @@ impl RegistryView {
         all.sort_by(|a, b| a.device_id.cmp(&b.device_id));
         all
     }
+
+    /// The live (issued, not revoked) token with this SHA-256 (hex).
+    pub fn token_by_hash(&self, sha256: &str) -> Option<TokenRecord> {
+        self.read().tokens.get(sha256).cloned()
+    }
+
+    /// Live tokens, oldest first.
+    pub fn tokens(&self) -> Vec<TokenRecord> {
+        let mut all: Vec<TokenRecord> = self.read().tokens.values().cloned().collect();
+        all.sort_by(|a, b| (a.issued_at, &a.token_id).cmp(&(b.issued_at, &b.token_id)));
+        all
+    }
+
+    /// Whether the dead-lettered message with this id was already replayed.
+    pub fn was_replayed(&self, message_id: &str) -> bool {
+        self.read().replayed.contains(message_id)
+    }
+
+    /// Whether a token with this id was ever issued (revoked or not).
+    pub fn token_issued(&self, token_id: &str) -> bool {
+        self.read()
+            .audit
+            .iter()
+            .any(|e| e.action == "token.issued" && e.target == token_id)
+    }
+
+    /// The audit trail of registry changes that `keep` selects, in log order.
+    pub fn audit(&self, keep: impl Fn(&AuditEntry) -> bool) -> Vec<AuditEntry> {
+        self.read()
+            .audit
+            .iter()
+            .filter(|e| keep(e))
+            .cloned()
+            .collect()
+    }
 }
 
-/// Publishes a registry event and waits until the bus has it durably.
+/// Publishes a registry event, waits until the bus has it durably, and folds it into `view`
+/// (read-your-writes: the caller sees it at once; other processes through the topic). The copy
+/// `view`'s own follower reads back is not folded in a second time.
 pub async fn publish(
     producer: &Producer,
     bus: &Bus,
-    event: &RegistryEvent,
+    view: &RegistryView,
+    event: RegistryEvent,
 ) -> Result<(), BusError> {
-    let RegistryEvent::Registered { device } = event;
-    let payload = serde_json::to_vec(event).expect("registry events serialize");
-    producer
-        .send(&bus.topics().registry, &device.device_id, &payload)
-        .await
+    let payload = serde_json::to_vec(&event).expect("registry events serialize");
+    let key = view.writing(&payload);
+    let sent = producer
+        .send(&bus.topics().registry, event.key(), &payload)
+        .await;
+    view.written(key, event, sent.is_ok());
+    sent
 }
 
 /// Reads the registry topic up to its current end into `view`, then keeps following it in a
@@ -121,25 +335,62 @@ pub async fn follow(
 ) -> Result<tokio::task::JoinHandle<()>, BusError> {
     let topic = bus.topics().registry.clone();
     let mut consumer = bus.consumer(&[&topic], StartAt::Beginning)?;
-    let (low, high) = {
-        let b = bus.clone();
-        let t = topic.clone();
-        tokio::task::spawn_blocking(move || b.watermarks(&t, 0))
-            .await
-            .expect("watermarks task")?
-    };
-    if high > low {
-        loop {
-            let record = consumer.recv().await?;
-            apply_message(&view, &record.payload);
-            if record.offset + 1 >= high {
-                break;
-            }
-        }
-    }
+    catch_up(bus, &topic, &mut consumer, |r| {
+        apply_message(&view, &r.payload)
+    })
+    .await?;
     Ok(tokio::spawn(async move {
         keep_following(consumer, view, shutdown).await
     }))
+}
+
+/// How long a Kafka read "to the end" waits for more after the reported end.
+const KAFKA_TAIL_GRACE: Duration = Duration::from_secs(1);
+
+/// Feeds `consumer`'s records of `topic` (every partition, read from the beginning) to `each`
+/// until the topic's end as it was when called (on Kafka, and a second without more).
+pub(crate) async fn catch_up(
+    bus: &Bus,
+    topic: &str,
+    consumer: &mut Consumer,
+    mut each: impl FnMut(Record),
+) -> Result<(), BusError> {
+    let ends = {
+        let b = bus.clone();
+        let t = topic.to_string();
+        tokio::task::spawn_blocking(move || -> Result<HashMap<i32, i64>, BusError> {
+            let mut ends = HashMap::new();
+            for partition in 0..b.partitions(&t)? {
+                let (low, high) = b.watermarks(&t, partition)?;
+                if high > low {
+                    ends.insert(partition, high);
+                }
+            }
+            Ok(ends)
+        })
+        .await
+        .expect("watermarks task")?
+    };
+    let mut unfinished = ends;
+    while !unfinished.is_empty() {
+        let record = consumer.recv().await?;
+        if unfinished
+            .get(&record.partition)
+            .is_some_and(|end| record.offset + 1 >= *end)
+        {
+            unfinished.remove(&record.partition);
+        }
+        each(record);
+    }
+    // tansu 0.6 reports a partition's high watermark as if each producer batch were one record
+    // (a batch of 4 at offsets 0..3 reads as high = 1), so on Kafka the end is also "nothing
+    // more for a moment" (its first fetch of a partition takes ~250 ms here).
+    if matches!(bus, Bus::Kafka(_)) {
+        while let Ok(record) = tokio::time::timeout(KAFKA_TAIL_GRACE, consumer.recv()).await {
+            each(record?);
+        }
+    }
+    Ok(())
 }
 
 async fn keep_following(mut consumer: Consumer, view: RegistryView, shutdown: CancellationToken) {
@@ -162,7 +413,7 @@ fn apply_message(view: &RegistryView, payload: &[u8]) {
         return;
     }
     match serde_json::from_slice::<RegistryEvent>(payload) {
-        Ok(event) => view.apply(event),
+        Ok(event) => view.apply_from_topic(payload, event),
         Err(e) => tracing::error!(error = %e, "unreadable registry event skipped"),
     }
 }
@@ -199,5 +450,134 @@ mod tests {
         assert!(view.by_external_id("imei", "861").is_none());
         view.apply(registered("b", "861"));
         assert_eq!(view.by_external_id("imei", "861").unwrap().device_id, "b");
+    }
+
+    #[test]
+    fn updates_change_only_what_they_name_and_every_change_is_audited() {
+        let view = RegistryView::default();
+        let installer = Actor {
+            name: "lan".into(),
+            role: ioc_contract::Role::Installer,
+        };
+        view.apply(RegistryEvent::Registered {
+            device: Device {
+                device_id: "aq-1".into(),
+                name: "Old name".into(),
+                status: ioc_contract::DeviceStatus::Commissioning,
+                registered_at: 10,
+                registered_by: Some(installer.clone()),
+                ..Default::default()
+            },
+        });
+        view.apply(RegistryEvent::Updated {
+            device_id: "aq-1".into(),
+            changes: ioc_contract::DeviceChanges {
+                status: Some(ioc_contract::DeviceStatus::Active),
+                commune: Some("Phường Buôn Ma Thuột".into()),
+                ..Default::default()
+            },
+            by: installer.clone(),
+            at: 20,
+        });
+        // An update of a device nobody registered changes nothing.
+        view.apply(RegistryEvent::Updated {
+            device_id: "ghost".into(),
+            changes: Default::default(),
+            by: installer.clone(),
+            at: 21,
+        });
+        let device = view.get("aq-1").unwrap();
+        assert_eq!(device.status, ioc_contract::DeviceStatus::Active);
+        assert_eq!(device.commune.as_deref(), Some("Phường Buôn Ma Thuột"));
+        assert_eq!(device.name, "Old name");
+        assert!(view.get("ghost").is_none());
+        let trail = view.audit(|e| e.target == "aq-1");
+        let actions: Vec<(&str, i64, &str)> = trail
+            .iter()
+            .map(|e| (e.action.as_str(), e.at, e.by.name.as_str()))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("device.registered", 10, "lan"),
+                ("device.updated", 20, "lan")
+            ]
+        );
+        assert_eq!(trail[1].detail["status"], "active");
+        // A record from before tokens had names was registered with the admin token.
+        view.apply(registered("old", "1"));
+        assert_eq!(
+            view.audit(|e| e.target == "old")[0].by,
+            Actor::admin_token()
+        );
+    }
+
+    #[test]
+    fn a_revoked_token_is_no_longer_found() {
+        let view = RegistryView::default();
+        let token = |id: &str, hash: &str| TokenRecord {
+            token_id: id.into(),
+            name: format!("{id}-name"),
+            role: ioc_contract::Role::Enforcement,
+            sha256: hash.into(),
+            issued_at: 1,
+            issued_by: Actor::admin_token(),
+        };
+        view.apply(RegistryEvent::TokenIssued {
+            token: token("t1", "h1"),
+        });
+        view.apply(RegistryEvent::TokenIssued {
+            token: token("t2", "h2"),
+        });
+        assert_eq!(view.token_by_hash("h1").unwrap().token_id, "t1");
+        view.apply(RegistryEvent::TokenRevoked {
+            token_id: "t1".into(),
+            by: Actor::admin_token(),
+            at: 5,
+        });
+        assert!(view.token_by_hash("h1").is_none());
+        assert_eq!(view.token_by_hash("h2").unwrap().token_id, "t2");
+        assert!(view.token_issued("t1"));
+        assert_eq!(view.tokens().len(), 1);
+        let actions: Vec<String> = view.audit(|_| true).into_iter().map(|e| e.action).collect();
+        assert_eq!(actions, ["token.issued", "token.issued", "token.revoked"]);
+    }
+
+    #[test]
+    fn an_event_this_process_writes_is_folded_in_once_whichever_copy_comes_first() {
+        let update = |at| RegistryEvent::Updated {
+            device_id: "a".into(),
+            changes: ioc_contract::DeviceChanges {
+                name: Some(format!("n{at}")),
+                ..Default::default()
+            },
+            by: Actor::admin_token(),
+            at,
+        };
+        let view = RegistryView::default();
+        view.apply(registered("a", "1"));
+        let updates = || view.audit(|e| e.action == "device.updated").len();
+        // The writer's apply first, then the topic's copy.
+        let bytes = serde_json::to_vec(&update(1)).unwrap();
+        let key = view.writing(&bytes);
+        view.written(key, update(1), true);
+        apply_message(&view, &bytes);
+        assert_eq!(updates(), 1);
+        // The topic's copy first.
+        let bytes = serde_json::to_vec(&update(2)).unwrap();
+        let key = view.writing(&bytes);
+        apply_message(&view, &bytes);
+        view.written(key, update(2), true);
+        assert_eq!(updates(), 2);
+        // Another process's event: folded in as read.
+        apply_message(&view, &serde_json::to_vec(&update(3)).unwrap());
+        assert_eq!(updates(), 3);
+        // A failed write is not folded in by the writer.
+        let bytes = serde_json::to_vec(&update(4)).unwrap();
+        let key = view.writing(&bytes);
+        view.written(key, update(4), false);
+        assert_eq!(updates(), 3);
+        assert_eq!(view.get("a").unwrap().name, "n3");
+        assert!(view.read().own.is_empty());
     }
 }

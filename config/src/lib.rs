@@ -261,6 +261,17 @@ pub struct ApiConfig {
     pub admin_token: String,
     pub query_limit: usize,
     pub ws_buffer: usize,
+    /// The area devices are expected in, `[south, west, north, east]` in degrees: the
+    /// commissioning checklist flags a device placed outside it.
+    pub service_area: [f64; 4],
+}
+
+impl ApiConfig {
+    /// Whether `(lat, lon)` lies in [`ApiConfig::service_area`].
+    pub fn in_service_area(&self, lat: f64, lon: f64) -> bool {
+        let [south, west, north, east] = self.service_area;
+        (south..=north).contains(&lat) && (west..=east).contains(&lon)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -722,6 +733,19 @@ pub fn validate(c: &Config) -> Vec<Problem> {
         bad(
             "stream.pm25_alert.limit",
             "must be a positive number of µg/m³".into(),
+        );
+    }
+    let [south, west, north, east] = c.api.service_area;
+    if !((-90.0..=90.0).contains(&south)
+        && (-90.0..=90.0).contains(&north)
+        && (-180.0..=180.0).contains(&west)
+        && (-180.0..=180.0).contains(&east)
+        && south < north
+        && west < east)
+    {
+        bad(
+            "api.service_area",
+            "must be [south, west, north, east] in degrees, south < north and west < east".into(),
         );
     }
     if c.api.query_limit == 0 {

@@ -110,10 +110,12 @@ pub enum RejectCode {
     NotConfigured,
     /// The device sent faster than `ingest.device_rate_limit` allows.
     RateLimited,
+    /// The device is registered as decommissioned.
+    Decommissioned,
 }
 
 impl RejectCode {
-    pub const ALL: [RejectCode; 14] = [
+    pub const ALL: [RejectCode; 15] = [
         RejectCode::PayloadTooLarge,
         RejectCode::BadTopic,
         RejectCode::Malformed,
@@ -128,6 +130,7 @@ impl RejectCode {
         RejectCode::WrongFormat,
         RejectCode::NotConfigured,
         RejectCode::RateLimited,
+        RejectCode::Decommissioned,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -146,6 +149,7 @@ impl RejectCode {
             RejectCode::WrongFormat => "wrong_format",
             RejectCode::NotConfigured => "not_configured",
             RejectCode::RateLimited => "rate_limited",
+            RejectCode::Decommissioned => "decommissioned",
         }
     }
 }
@@ -172,6 +176,38 @@ pub struct DeadLetter {
     pub metric: Option<String>,
     /// The message's bytes exactly as received, base64 (standard alphabet, padded).
     pub raw_base64: String,
+}
+
+/// What ingest made of one message from a device being commissioned or serviced (status
+/// `commissioning` or `maintenance`), on the `tap` topic, for the installer's live view of that
+/// device. Camera messages' bytes are withheld: they may hold licence plates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TapRecord {
+    pub device_id: String,
+    /// The MQTT topic the message arrived on.
+    pub topic: String,
+    pub received_at: i64,
+    pub message_id: String,
+    /// The message as received, when it is UTF-8 text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_text: Option<String>,
+    /// The message as received, base64, when it is not UTF-8 text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_base64: Option<String>,
+    /// Why the bytes are not shown, when they are not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withheld: Option<String>,
+    pub readings: Vec<Reading>,
+    pub rejections: Vec<TapRejection>,
+}
+
+/// A rejection in a [`TapRecord`]: the whole message (no metric) or one value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TapRejection {
+    pub code: RejectCode,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
 }
 
 /// A closed 1-minute event-time window over one device, channel and metric (good readings only).
@@ -331,6 +367,215 @@ pub struct Device {
     /// have profiles (`vendor-flat`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vendor_profile: Option<String>,
+    /// Where the device is in its life. Records written before statuses existed read as
+    /// `active`; a new registration starts as `commissioning` unless it says otherwise.
+    #[serde(default)]
+    pub status: DeviceStatus,
+    /// The commune or ward (xã, phường, đặc khu) the device stands in: since 1 July 2025 the
+    /// level directly under the province.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commune: Option<String>,
+    /// Street address or landmark, free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// When it was installed on site, UTC epoch milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed_at: Option<i64>,
+    /// Who installed it (a person or contractor, free text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installer: Option<String>,
+    /// The API caller who registered it (absent in records from before tokens had names:
+    /// then only the admin token could register).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_by: Option<Actor>,
+}
+
+/// A device's life cycle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceStatus {
+    /// Being installed: its messages are processed and stored as any other's.
+    Commissioning,
+    #[default]
+    Active,
+    /// Being serviced: still processed; dashboards show it is not in normal service.
+    Maintenance,
+    /// Taken out of service: ingest refuses its messages (`decommissioned`).
+    Decommissioned,
+}
+
+/// Every device status, by name.
+pub const DEVICE_STATUSES: [&str; 4] = ["commissioning", "active", "maintenance", "decommissioned"];
+
+impl DeviceStatus {
+    /// Whether ingest copies what it makes of the device's messages to the `tap` topic.
+    pub fn is_tapped(self) -> bool {
+        matches!(
+            self,
+            DeviceStatus::Commissioning | DeviceStatus::Maintenance
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Commissioning => "commissioning",
+            DeviceStatus::Active => "active",
+            DeviceStatus::Maintenance => "maintenance",
+            DeviceStatus::Decommissioned => "decommissioned",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<DeviceStatus> {
+        Some(match name {
+            "commissioning" => DeviceStatus::Commissioning,
+            "active" => DeviceStatus::Active,
+            "maintenance" => DeviceStatus::Maintenance,
+            "decommissioned" => DeviceStatus::Decommissioned,
+            _ => return None,
+        })
+    }
+}
+
+/// Changes to a registered device's details; `None` leaves a field as it is. Ids (device id,
+/// external ids) and the decoder are changed by registering again, not here.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceChanges {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lat: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lon: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_interval_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<DeviceStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commune: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installer: Option<String>,
+}
+
+impl DeviceChanges {
+    /// Applies the changes to `device`.
+    pub fn apply_to(&self, device: &mut Device) {
+        let set = |field: &mut String, value: &Option<String>| {
+            if let Some(v) = value {
+                field.clone_from(v);
+            }
+        };
+        set(&mut device.name, &self.name);
+        device.lat = self.lat.unwrap_or(device.lat);
+        device.lon = self.lon.unwrap_or(device.lon);
+        device.expected_interval_s = self
+            .expected_interval_s
+            .unwrap_or(device.expected_interval_s);
+        device.status = self.status.unwrap_or(device.status);
+        for (field, value) in [
+            (&mut device.commune, &self.commune),
+            (&mut device.address, &self.address),
+            (&mut device.installer, &self.installer),
+        ] {
+            if value.is_some() {
+                field.clone_from(value);
+            }
+        }
+        device.installed_at = self.installed_at.or(device.installed_at);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == DeviceChanges::default()
+    }
+}
+
+/// What an API token may do. Pseudonymous camera events need `admin` or `enforcement`; the
+/// cleartext evidence store only `enforcement` (DOMAIN.md §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything but the cleartext evidence: devices, tokens, audit, camera events.
+    Admin,
+    /// The IOC's dashboards: devices, readings, aggregates, alerts, live feed; read only.
+    Operator,
+    /// Onboarding: what an operator sees, plus registering and updating devices, their
+    /// credentials, commissioning and replay.
+    Installer,
+    /// Traffic enforcement officers: what an operator sees, plus camera events and evidence.
+    Enforcement,
+}
+
+/// Every role, by name.
+pub const ROLES: [&str; 4] = ["admin", "operator", "installer", "enforcement"];
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Installer => "installer",
+            Role::Enforcement => "enforcement",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Role> {
+        Some(match name {
+            "admin" => Role::Admin,
+            "operator" => Role::Operator,
+            "installer" => Role::Installer,
+            "enforcement" => Role::Enforcement,
+            _ => return None,
+        })
+    }
+}
+
+/// Who did something through the API: a token's name and role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub name: String,
+    pub role: Role,
+}
+
+impl Actor {
+    /// The token configured as `api.admin_token`.
+    pub fn admin_token() -> Actor {
+        Actor {
+            name: "admin-token".into(),
+            role: Role::Admin,
+        }
+    }
+}
+
+/// An issued API token, as the registry keeps it: never the secret, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub token_id: String,
+    /// Whose token it is (a person or a dashboard), as audit entries name them.
+    pub name: String,
+    pub role: Role,
+    /// Hex SHA-256 of the token.
+    pub sha256: String,
+    pub issued_at: i64,
+    pub issued_by: Actor,
+}
+
+/// One entry of the audit log: who did what, when, to what.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at: i64,
+    /// The caller.
+    pub by: Actor,
+    /// `device.registered`, `device.updated`, `token.issued`, `token.revoked`, `events.read`,
+    /// `evidence.read`, ...
+    pub action: String,
+    /// What it was done to: a device id, a token id, or the query of a read.
+    pub target: String,
+    /// Details: the changes made, or a read's filter and how many rows it returned.
+    #[serde(default)]
+    pub detail: serde_json::Value,
 }
 
 /// Checks an external id value: 1 to 64 printable ASCII characters, no `/`, `+`, `#` (it may
@@ -347,7 +592,44 @@ pub fn valid_external_id(value: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum RegistryEvent {
-    Registered { device: Device },
+    Registered {
+        device: Device,
+    },
+    Updated {
+        device_id: String,
+        changes: DeviceChanges,
+        by: Actor,
+        at: i64,
+    },
+    TokenIssued {
+        token: TokenRecord,
+    },
+    TokenRevoked {
+        token_id: String,
+        by: Actor,
+        at: i64,
+    },
+    /// Dead-lettered messages (by message id) reprocessed for a device once it was registered;
+    /// never replayed again.
+    Replayed {
+        device_id: String,
+        message_ids: Vec<String>,
+        by: Actor,
+        at: i64,
+    },
+}
+
+impl RegistryEvent {
+    /// The record key on the registry topic.
+    pub fn key(&self) -> &str {
+        match self {
+            RegistryEvent::Registered { device } => &device.device_id,
+            RegistryEvent::Updated { device_id, .. } => device_id,
+            RegistryEvent::TokenIssued { token } => &token.token_id,
+            RegistryEvent::TokenRevoked { token_id, .. } => token_id,
+            RegistryEvent::Replayed { device_id, .. } => device_id,
+        }
+    }
 }
 
 /// Checks a device id: 1 to 64 characters of `A-Z a-z 0-9 _ - .`; it appears in MQTT topics,
@@ -374,6 +656,10 @@ pub struct Topics {
     /// Rejected camera messages: they may hold plates, so not the general dead-letter topic.
     pub quarantine: String,
     pub registry: String,
+    /// Reads of personal data (camera events, evidence): who read what, when. Kept forever.
+    pub audit: String,
+    /// What ingest made of each message of devices being commissioned or serviced.
+    pub tap: String,
 }
 
 impl Topics {
@@ -387,10 +673,12 @@ impl Topics {
             evidence: format!("{prefix}evidence"),
             quarantine: format!("{prefix}quarantine"),
             registry: format!("{prefix}registry"),
+            audit: format!("{prefix}audit"),
+            tap: format!("{prefix}tap"),
         }
     }
 
-    pub fn all(&self) -> [&str; 8] {
+    pub fn all(&self) -> [&str; 10] {
         [
             &self.readings,
             &self.deadletter,
@@ -400,6 +688,8 @@ impl Topics {
             &self.evidence,
             &self.quarantine,
             &self.registry,
+            &self.audit,
+            &self.tap,
         ]
     }
 }

@@ -13,8 +13,8 @@ use ioc_contract::{Aggregate, Alert, Reading};
 use serde::Deserialize;
 
 use crate::{
-    AggregateRow, AlertRow, EventRow, GoodValueRow, HistoryError, HistoryFilter, OffsetRow,
-    ReadingRow, WatermarkRow,
+    AggregateRow, AlertRow, EventRow, EvidenceRow, GoodValueRow, HistoryError, HistoryFilter,
+    OffsetRow, ReadingRow, WatermarkRow,
 };
 
 /// Statements that create the schema, in order; `{db}` is the database name.
@@ -261,6 +261,15 @@ impl ClickHouseHistory {
             ..f.clone()
         };
         self.filtered("events", "ts", "ts DESC, event_id", &f).await
+    }
+
+    pub async fn evidence(&self, f: &HistoryFilter) -> Result<Vec<EvidenceRow>, HistoryError> {
+        let f = HistoryFilter {
+            metric: None,
+            ..f.clone()
+        };
+        self.filtered("evidence", "ts", "ts DESC, event_id", &f)
+            .await
     }
 
     /// Rows of `table` (deduplicated with FINAL) whose `time_column` is in the filter's range,

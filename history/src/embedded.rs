@@ -601,6 +601,18 @@ impl EmbeddedHistory {
         Ok(rows)
     }
 
+    pub async fn evidence(&self, f: &HistoryFilter) -> Result<Vec<EvidenceRow>, StoreError> {
+        let device = f.device_id.clone();
+        let mut rows = self
+            .scan::<EvidenceRow>(f.from, f.to, move |r| {
+                device.as_ref().is_none_or(|d| *d == r.device_id)
+            })
+            .await?;
+        rows.sort_by(|a, b| (b.ts, &a.event_id).cmp(&(a.ts, &b.event_id)));
+        rows.truncate(f.limit);
+        Ok(rows)
+    }
+
     pub async fn good_values(
         &self,
         device_id: &str,

@@ -395,6 +395,15 @@ impl History {
         }
     }
 
+    /// Evidence (plates in the clear) in the filter's time range, newest first. Only the API's
+    /// audited, enforcement-only route reads this.
+    pub async fn evidence(&self, f: &HistoryFilter) -> Result<Vec<EvidenceRow>, HistoryError> {
+        match self {
+            History::ClickHouse(h) => h.evidence(f).await,
+            History::Embedded(h) => Ok(h.evidence(f).await?),
+        }
+    }
+
     pub async fn insert_watermarks(&self, rows: Vec<WatermarkRow>) -> Result<usize, HistoryError> {
         match self {
             History::ClickHouse(h) => h.insert_watermarks(rows).await,
