@@ -27,6 +27,7 @@ pub mod limit;
 pub mod metrics;
 pub mod route;
 pub mod senml;
+pub mod tap;
 pub mod tt10;
 
 use std::sync::Arc;
@@ -39,7 +40,7 @@ use ioc_bus::registry::RegistryView;
 use ioc_bus::{Bus, Producer};
 use ioc_config::{AckMode, IngestConfig, MqttConfig};
 use ioc_contract::readings_json::{self, ReadingRef};
-use ioc_contract::{DeadLetter, Device, RejectCode, Topics};
+use ioc_contract::{DeadLetter, Device, DeviceStatus, RejectCode, Topics};
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -181,8 +182,37 @@ impl Ingestor {
         self.router.filters()
     }
 
-    /// Turns one MQTT message into the records to produce.
+    /// Turns one MQTT message into the records to produce, plus, for a device being
+    /// commissioned or serviced, its record on the `tap` topic ([`tap`]).
     pub fn process(&self, topic: &str, payload: &[u8], ctx: &DecodeContext) -> Outcome {
+        let mut outcome = self.decide(topic, payload, ctx);
+        if self.registry.tapped() > 0 {
+            // Every record of a message is keyed by its device, when it has one.
+            let device = outcome
+                .records
+                .first()
+                .filter(|r| !r.key.is_empty())
+                .and_then(|r| self.registry.get(&r.key))
+                .filter(|d| d.status.is_tapped());
+            if let Some(device) = device {
+                let withhold = is_camera(&device) || self.router.camera_like(topic);
+                let record = tap::record(
+                    &device,
+                    topic,
+                    payload,
+                    ctx.received_at,
+                    &outcome.records,
+                    &self.topics,
+                    withhold,
+                );
+                outcome.records.push(record);
+            }
+        }
+        outcome
+    }
+
+    /// What one MQTT message becomes: its records on the bus and its rejections.
+    fn decide(&self, topic: &str, payload: &[u8], ctx: &DecodeContext) -> Outcome {
         let id = message_id(topic, payload);
         let mut outcome = Outcome::default();
         let route = self.router.route(topic);
@@ -261,6 +291,17 @@ impl Ingestor {
         let device_id = device.device_id.as_str();
         if is_camera(&device) {
             reject_to.set(&self.topics.quarantine);
+        }
+        if device.status == DeviceStatus::Decommissioned {
+            letter(
+                &mut outcome,
+                RejectCode::Decommissioned,
+                format!("device {device_id} is decommissioned; its messages are not accepted"),
+                Some(device_id),
+                None,
+                None,
+            );
+            return outcome;
         }
         if !self.limiter.admit(device_id, ctx.received_at) {
             letter(
@@ -889,6 +930,59 @@ mod tests {
             .into_iter()
             .map(|v| serde_json::from_value(v).unwrap())
             .collect()
+    }
+
+    fn set_status(ingestor: &Ingestor, id: &str, status: DeviceStatus) {
+        ingestor.registry.apply(RegistryEvent::Updated {
+            device_id: id.into(),
+            changes: ioc_contract::DeviceChanges {
+                status: Some(status),
+                ..Default::default()
+            },
+            by: ioc_contract::Actor::admin_token(),
+            at: 1,
+        });
+    }
+
+    #[test]
+    fn a_commissioning_device_is_tapped_and_a_decommissioned_one_refused() {
+        let ingestor = ingestor("k");
+        let body = br#"{"ts":1795680240000,"values":{"pm25":12.5,"xyz":1}}"#;
+        let topic = "ioc/v1/devices/aq-1/telemetry";
+        let plain = ingestor.process(topic, body, &ctx());
+        assert!(
+            on(&plain, "t.tap").is_empty(),
+            "active devices are not tapped"
+        );
+
+        set_status(&ingestor, "aq-1", DeviceStatus::Commissioning);
+        let out = ingestor.process(topic, body, &ctx());
+        let taps = on(&out, "t.tap");
+        assert_eq!(taps.len(), 1);
+        let tap: ioc_contract::TapRecord = serde_json::from_value(taps[0].clone()).unwrap();
+        assert_eq!(tap.raw_text.as_deref().map(str::as_bytes), Some(&body[..]));
+        assert_eq!(tap.readings.len(), 1);
+        assert_eq!(tap.readings[0].metric, "pm25");
+        assert_eq!(tap.rejections.len(), 1);
+        assert_eq!(tap.rejections[0].code, RejectCode::UnknownMetric);
+        assert_eq!(tap.rejections[0].metric.as_deref(), Some("xyz"));
+        assert_eq!(tap.message_id, letters(&out)[0].message_id);
+        // Everything else is what it would have been.
+        assert_eq!(out.records.len(), plain.records.len() + 1);
+
+        // A camera being commissioned: tapped, its bytes withheld.
+        set_status(&ingestor, "cam-1", DeviceStatus::Maintenance);
+        let camera = br#"{"camera_id":"CAM-1","event_id":"e1","event_time":"2026-11-26T08:05:00+07:00","type":"red_light","plate":"47A-123.45","lane":1}"#;
+        let out = ingestor.process("ioc/v1/cameras/CAM-1/events", camera, &ctx());
+        let taps = on(&out, "t.tap");
+        assert_eq!(taps.len(), 1);
+        assert!(!taps[0].to_string().contains("123"), "{}", taps[0]);
+        assert!(taps[0]["withheld"].is_string());
+
+        set_status(&ingestor, "aq-1", DeviceStatus::Decommissioned);
+        let out = ingestor.process(topic, body, &ctx());
+        assert_eq!(out.rejections, vec![RejectCode::Decommissioned]);
+        assert!(on(&out, "t.readings").is_empty());
     }
 
     #[test]
