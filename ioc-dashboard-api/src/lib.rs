@@ -1,15 +1,25 @@
 //! `ioc api`: the IOC dashboards' HTTP and websocket API on one port.
 //!
-//! - [`routes`]: the router, authentication, device registry and history routes.
+//! - [`routes`]: the router, the device registry and history routes.
+//! - [`auth`]: tokens and roles: who may call what.
+//! - [`access`]: issuing tokens, the audit log, and the audited routes of personal data.
+//! - [`commissioning`]: the installer's checklist of one device, from [`connections`] (what the
+//!   broker says about MQTT clients) and [`live::Activity`] (what ingest made of its messages).
+//! - [`replay`]: dead letters of devices not yet registered, processed again once they are.
 //! - [`live`]: tails the readings, aggregates and alerts topics and fans them out.
 //! - [`ws`]: one websocket session, generic over its sink and stream so tests can drive it.
 //! - [`run`]: binds and serves until shutdown.
 //!
-//! `/`, `/healthz` and `/metrics` are open; everything under `/api/v1/` needs the admin token
-//! (`Authorization: Bearer ...`, or `?token=` on the websocket route, since browsers cannot
-//! set headers on a websocket).
+//! `/`, `/healthz` and `/metrics` are open; everything under `/api/v1/` needs a token whose role
+//! allows it (`Authorization: Bearer ...`, or `?token=` on the websocket route, since browsers
+//! cannot set headers on a websocket).
 
+pub mod access;
+pub mod auth;
+pub mod commissioning;
+pub mod connections;
 pub mod live;
+pub mod replay;
 pub mod routes;
 pub mod ws;
 
@@ -17,7 +27,7 @@ use std::sync::Arc;
 
 use ioc_bus::registry::RegistryView;
 use ioc_bus::{Bus, Producer};
-use ioc_config::ApiConfig;
+use ioc_config::{ApiConfig, IngestConfig};
 use ioc_history::History;
 use prometheus::{IntCounter, IntGauge, Registry};
 use tokio_util::sync::CancellationToken;
@@ -37,6 +47,7 @@ pub struct ApiMetrics {
     pub ws_sent: IntCounter,
     pub ws_lagged: IntCounter,
     pub requests_unauthorized: IntCounter,
+    pub requests_forbidden: IntCounter,
 }
 
 impl ApiMetrics {
@@ -62,6 +73,10 @@ impl ApiMetrics {
                 "ioc_api_unauthorized_requests_total",
                 "Requests refused for a missing or wrong token",
             )?,
+            requests_forbidden: counter(
+                "ioc_api_forbidden_requests_total",
+                "Requests refused because the token's role does not allow them",
+            )?,
         })
     }
 }
@@ -70,11 +85,17 @@ impl ApiMetrics {
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<ApiConfig>,
+    /// Ingest's configuration, for replaying dead letters through the same path.
+    pub ingest: Arc<IngestConfig>,
+    /// Held while a replay runs.
+    pub replaying: Arc<tokio::sync::Mutex<()>>,
     pub bus: Bus,
     pub producer: Producer,
     pub registry: RegistryView,
     pub history: History,
     pub live: live::LiveHub,
+    pub activity: live::Activity,
+    pub connections: connections::ConnectionLog,
     pub metrics: ApiMetrics,
     pub prometheus: Registry,
 }
@@ -84,6 +105,8 @@ pub struct AppState {
 pub async fn run(
     listener: tokio::net::TcpListener,
     config: ApiConfig,
+    ingest: IngestConfig,
+    connections: connections::ConnectionLog,
     bus: Bus,
     registry: RegistryView,
     history: History,
@@ -92,14 +115,19 @@ pub async fn run(
 ) -> Result<(), ApiError> {
     let metrics = ApiMetrics::register(&prometheus).expect("api metrics register once");
     let live = live::LiveHub::new(config.ws_buffer);
-    let tail = live::tail(&bus, live.clone(), shutdown.clone())?;
+    let activity = live::Activity::default();
+    let tail = live::tail(&bus, live.clone(), activity.clone(), shutdown.clone())?;
     let state = AppState {
         config: Arc::new(config),
+        ingest: Arc::new(ingest),
+        replaying: Arc::default(),
         producer: bus.producer(std::time::Duration::from_millis(1))?,
         bus,
         registry,
         history,
         live,
+        activity,
+        connections,
         metrics,
         prometheus,
     };

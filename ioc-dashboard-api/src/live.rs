@@ -2,10 +2,12 @@
 //! group, so every instance sees everything), fanned out through a bounded broadcast channel.
 //! Each message is serialized once, whatever the number of clients.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
 
 use ioc_bus::{Bus, Consumer, StartAt};
-use ioc_contract::{Aggregate, Alert, ReadingBatch};
+use ioc_contract::time::format_ms;
+use ioc_contract::{Aggregate, Alert, DeadLetter, Reading, ReadingBatch, RejectCode, TapRecord};
 use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +20,8 @@ pub enum StreamName {
     Readings,
     Aggregates,
     Alerts,
+    /// What ingest made of each message of devices being commissioned or serviced.
+    Device,
 }
 
 /// One message for websocket clients: `{"stream": ..., "data": {...}}`, already serialized.
@@ -67,15 +71,186 @@ impl LiveHub {
     }
 }
 
-/// Starts tailing the live topics from their current end.
+/// What this API instance has seen of a device since it started.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeviceActivity {
+    /// When ingest first and last received a message from it, stored or rejected (epoch ms).
+    pub first_seen: Option<i64>,
+    pub last_seen: Option<i64>,
+    /// Receipt times and ids of its latest messages, oldest first (at most
+    /// [`RECENT_MESSAGES`]).
+    pub recent: VecDeque<(i64, String)>,
+    pub last_rejection: Option<Rejection>,
+    /// What its latest message became.
+    pub last_message: Option<MessageOutcome>,
+}
+
+/// How many receipt times [`DeviceActivity::recent`] keeps.
+pub const RECENT_MESSAGES: usize = 10;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub at: i64,
+    pub code: RejectCode,
+    pub reason: String,
+    /// For a rejected value: its metric; `None` when the whole message was rejected.
+    pub metric: Option<String>,
+}
+
+/// One message's readings and rejections, gathered from the records made from it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MessageOutcome {
+    pub message_id: String,
+    pub received_at: i64,
+    pub readings: Vec<Reading>,
+    pub rejections: Vec<Rejection>,
+}
+
+/// Per device, its [`DeviceActivity`], fed by the tail. Cheap to clone; clones share the map.
+#[derive(Debug, Clone, Default)]
+pub struct Activity {
+    inner: Arc<RwLock<HashMap<String, DeviceActivity>>>,
+}
+
+impl Activity {
+    pub fn get(&self, device_id: &str) -> Option<DeviceActivity> {
+        let map = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        map.get(device_id).cloned()
+    }
+
+    /// Adds what one record made of message `message_id` to the device's activity.
+    fn note(
+        &self,
+        device_id: &str,
+        message_id: &str,
+        at: i64,
+        readings: Vec<Reading>,
+        rejection: Option<Rejection>,
+    ) {
+        let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let entry = map.entry(device_id.to_string()).or_default();
+        entry.first_seen = Some(entry.first_seen.map_or(at, |t| t.min(at)));
+        entry.last_seen = entry.last_seen.max(Some(at));
+        let known = entry.recent.iter().any(|(_, id)| id == message_id);
+        if !known {
+            entry.recent.push_back((at, message_id.to_string()));
+            if entry.recent.len() > RECENT_MESSAGES {
+                entry.recent.pop_front();
+            }
+            entry.last_message = Some(MessageOutcome {
+                message_id: message_id.to_string(),
+                received_at: at,
+                ..Default::default()
+            });
+        }
+        // Records of one message arrive on several topics, in any order; an older message's
+        // late record only updates the last rejection.
+        if let Some(last) = entry
+            .last_message
+            .as_mut()
+            .filter(|m| m.message_id == message_id)
+        {
+            last.readings.extend(readings);
+            if let Some(rejection) = &rejection {
+                last.rejections.push(rejection.clone());
+            }
+        }
+        if let Some(rejection) = rejection {
+            entry.last_rejection = Some(rejection);
+        }
+    }
+
+    /// Notes a readings record (one message's readings; one device's in practice).
+    fn readings(&self, batch: ReadingBatch) {
+        let mut by_device: HashMap<(String, String), (i64, Vec<Reading>)> = HashMap::new();
+        for r in batch.readings {
+            let entry = by_device
+                .entry((r.device_id.clone(), r.message_id.clone()))
+                .or_insert((r.received_at, Vec::new()));
+            entry.0 = entry.0.max(r.received_at);
+            entry.1.push(r);
+        }
+        for ((device, message), (at, readings)) in by_device {
+            self.note(&device, &message, at, readings, None);
+        }
+    }
+
+    /// Notes a rejection of a known device's message or value.
+    fn rejected(&self, letter: DeadLetter) {
+        if let Some(device) = &letter.device_id {
+            let rejection = Rejection {
+                at: letter.received_at,
+                code: letter.code,
+                reason: letter.reason,
+                metric: letter.metric,
+            };
+            self.note(
+                device,
+                &letter.message_id,
+                letter.received_at,
+                Vec::new(),
+                Some(rejection),
+            );
+        }
+    }
+}
+
+/// A tap record as websocket clients see it.
+#[derive(Debug, Serialize)]
+pub struct ApiTap {
+    pub device_id: String,
+    pub topic: String,
+    pub received_at: String,
+    pub message_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_base64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub withheld: Option<String>,
+    pub readings: Vec<ApiReading>,
+    pub rejections: Vec<serde_json::Value>,
+}
+
+impl From<&TapRecord> for ApiTap {
+    fn from(t: &TapRecord) -> Self {
+        ApiTap {
+            device_id: t.device_id.clone(),
+            topic: t.topic.clone(),
+            received_at: format_ms(t.received_at),
+            message_id: t.message_id.clone(),
+            raw_text: t.raw_text.clone(),
+            raw_base64: t.raw_base64.clone(),
+            withheld: t.withheld.clone(),
+            readings: t.readings.iter().map(ApiReading::from).collect(),
+            rejections: t
+                .rejections
+                .iter()
+                .map(|r| serde_json::json!({"code": r.code.as_str(), "reason": r.reason, "metric": r.metric}))
+                .collect(),
+        }
+    }
+}
+
+/// Starts tailing the live topics from their current end, and the dead-letter and quarantine
+/// topics for devices' activity (their reasons never quote a plate; their raw bytes are not
+/// kept).
 pub fn tail(
     bus: &Bus,
     hub: LiveHub,
+    activity: Activity,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, ioc_bus::BusError> {
     let topics = bus.topics().clone();
     let mut consumer = bus.consumer(
-        &[&topics.readings, &topics.aggregates, &topics.alerts],
+        &[
+            &topics.readings,
+            &topics.aggregates,
+            &topics.alerts,
+            &topics.deadletter,
+            &topics.quarantine,
+            &topics.tap,
+        ],
         StartAt::End,
     )?;
     Ok(tokio::spawn(async move {
@@ -96,6 +271,7 @@ pub fn tail(
                             &ApiReading::from(r),
                         ));
                     }
+                    activity.readings(batch);
                 }
             } else if topic == topics.aggregates {
                 if let Ok(a) = serde_json::from_slice::<Aggregate>(&payload) {
@@ -113,6 +289,18 @@ pub fn tail(
                         &ApiAlert::from(&a),
                     ));
                 }
+            } else if topic == topics.tap {
+                if let Ok(tap) = serde_json::from_slice::<TapRecord>(&payload) {
+                    hub.publish(LiveMessage::new(
+                        StreamName::Device,
+                        &tap.device_id,
+                        &ApiTap::from(&tap),
+                    ));
+                }
+            } else if topic == topics.deadletter || topic == topics.quarantine {
+                if let Ok(letter) = serde_json::from_slice::<DeadLetter>(&payload) {
+                    activity.rejected(letter);
+                }
             }
         }
     }))
@@ -126,5 +314,67 @@ async fn recv(consumer: &mut Consumer) -> Option<(String, Vec<u8>)> {
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ioc_contract::Quality;
+
+    fn reading(message: &str, at: i64) -> Reading {
+        Reading {
+            device_id: "d".into(),
+            channel: String::new(),
+            metric: "pm25".into(),
+            ts: at,
+            value: 1.0,
+            unit: "µg/m³".into(),
+            interval_s: None,
+            quality: Quality::Good,
+            quality_reason: String::new(),
+            received_at: at,
+            message_id: message.into(),
+        }
+    }
+
+    fn letter(message: &str, at: i64, metric: Option<&str>) -> DeadLetter {
+        DeadLetter {
+            code: RejectCode::UnknownMetric,
+            reason: "no such metric".into(),
+            topic: "t".into(),
+            received_at: at,
+            message_id: message.into(),
+            device_id: Some("d".into()),
+            external_id: None,
+            metric: metric.map(str::to_string),
+            raw_base64: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_records_of_one_message_make_one_outcome_whatever_their_order() {
+        let activity = Activity::default();
+        activity.rejected(letter("m1", 10, Some("xyz")));
+        activity.readings(ReadingBatch {
+            readings: vec![reading("m1", 10)],
+        });
+        activity.readings(ReadingBatch {
+            readings: vec![reading("m2", 20)],
+        });
+        // m1's second letter arrives after m2: it is m1's, not the latest message's.
+        activity.rejected(letter("m1", 10, Some("abc")));
+        let a = activity.get("d").unwrap();
+        assert_eq!(a.recent.len(), 2, "two messages: {:?}", a.recent);
+        assert_eq!((a.first_seen, a.last_seen), (Some(10), Some(20)));
+        let last = a.last_message.unwrap();
+        assert_eq!((last.message_id.as_str(), last.readings.len()), ("m2", 1));
+        assert!(last.rejections.is_empty());
+        assert_eq!(a.last_rejection.unwrap().metric.as_deref(), Some("abc"));
+        // A letter without a device (unknown device) is nobody's activity.
+        let mut orphan = letter("m3", 30, None);
+        orphan.device_id = None;
+        activity.rejected(orphan);
+        assert_eq!(activity.get("d").unwrap().last_seen, Some(20));
     }
 }

@@ -8,21 +8,25 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use futures::{SinkExt, StreamExt};
 use ioc_bus::registry;
 use ioc_contract::time::{format_ms, now_ms, parse_param_ms};
 use ioc_contract::{
-    valid_device_id, valid_external_id, Aggregate, Alert, Device, Reading, RegistryEvent,
-    DEVICE_KINDS, EXTERNAL_ID_KINDS, FORMAT_NAMES,
+    valid_device_id, valid_external_id, Actor, Aggregate, Alert, Device, DeviceChanges,
+    DeviceStatus, Reading, RegistryEvent, DEVICE_KINDS, EXTERNAL_ID_KINDS, FORMAT_NAMES,
 };
 use ioc_history::HistoryFilter;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 
-use crate::ws::{session, ClientFrame};
+use crate::auth::{authorize, bearer, Permission};
+use crate::live::DeviceActivity;
+use crate::live::StreamName;
+use crate::ws::{session, ClientFrame, Subscriptions};
 use crate::AppState;
+use crate::{access, commissioning, replay};
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -30,11 +34,25 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/v1/devices", get(list_devices).post(register_device))
-        .route("/api/v1/devices/{id}", get(get_device))
+        .route("/api/v1/devices/{id}", get(get_device).patch(update_device))
+        .route("/api/v1/devices/{id}/replay", post(replay::replay))
+        .route(
+            "/api/v1/devices/{id}/commissioning",
+            get(commissioning::commissioning),
+        )
+        .route("/api/v1/devices/{id}/live", get(device_live))
         .route("/api/v1/readings", get(readings))
         .route("/api/v1/aggregates", get(aggregates))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/ws", get(websocket))
+        .route(
+            "/api/v1/tokens",
+            get(access::list_tokens).post(access::issue_token),
+        )
+        .route("/api/v1/tokens/{id}", delete(access::revoke_token))
+        .route("/api/v1/audit", get(access::audit))
+        .route("/api/v1/events", get(access::events))
+        .route("/api/v1/evidence", get(access::evidence))
         .fallback(not_found)
         .with_state(state)
 }
@@ -54,7 +72,11 @@ pub struct FieldProblem {
 }
 
 impl ApiFailure {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiFailure {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiFailure {
         ApiFailure {
             status,
             code,
@@ -63,7 +85,14 @@ impl ApiFailure {
         }
     }
 
-    fn unavailable(context: &str, error: impl std::fmt::Display) -> ApiFailure {
+    /// 422 with every problem found.
+    pub(crate) fn invalid(message: &str, problems: Vec<FieldProblem>) -> ApiFailure {
+        let mut failure = ApiFailure::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message);
+        failure.problems = problems;
+        failure
+    }
+
+    pub(crate) fn unavailable(context: &str, error: impl std::fmt::Display) -> ApiFailure {
         tracing::error!(error = %error, "{context}");
         ApiFailure::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -90,48 +119,14 @@ impl IntoResponse for ApiFailure {
     }
 }
 
-type ApiResult<T> = Result<T, ApiFailure>;
+pub(crate) type ApiResult<T> = Result<T, ApiFailure>;
 
-/// Compares without an early exit, so response timing does not reveal a prefix of the token.
-fn token_matches(given: &str, expected: &str) -> bool {
-    if given.len() != expected.len() {
-        return false;
-    }
-    given
-        .bytes()
-        .zip(expected.bytes())
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
-}
-
-fn authorize(state: &AppState, given: Option<&str>) -> ApiResult<()> {
-    let expected = &state.config.admin_token;
-    let refuse = |message: &str| {
-        state.metrics.requests_unauthorized.inc();
-        Err(ApiFailure::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            message,
-        ))
-    };
-    if expected.is_empty() {
-        return refuse(
-            "this server has no admin token configured (set --admin-token or IOC_ADMIN_TOKEN)",
-        );
-    }
-    match given {
-        None => refuse("missing token: send Authorization: Bearer <token>"),
-        Some(t) if token_matches(t, expected) => Ok(()),
-        Some(_) => refuse("invalid token"),
-    }
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
+fn not_found_device(id: &str) -> ApiFailure {
+    ApiFailure::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no device {id:?}"),
+    )
 }
 
 async fn index() -> Html<&'static str> {
@@ -153,70 +148,126 @@ async fn not_found() -> ApiFailure {
     ApiFailure::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
-#[derive(Debug, Deserialize)]
-struct Registration {
-    device_id: Option<serde_json::Value>,
-    kind: Option<serde_json::Value>,
-    name: Option<serde_json::Value>,
-    lat: Option<serde_json::Value>,
-    lon: Option<serde_json::Value>,
-    expected_interval_s: Option<serde_json::Value>,
-    external_ids: Option<serde_json::Value>,
-    decoder: Option<serde_json::Value>,
-    vendor_profile: Option<serde_json::Value>,
-}
+type Fields = serde_json::Map<String, serde_json::Value>;
 
-/// Checks a registration, reporting every problem at once.
-fn validate_registration(body: &[u8]) -> ApiResult<Device> {
-    let reg: Registration = serde_json::from_slice(body).map_err(|e| {
-        ApiFailure::new(
+fn json_object(body: &[u8]) -> ApiResult<Fields> {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(fields)) => Ok(fields),
+        Ok(_) => Err(ApiFailure::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "body must be a JSON object",
+        )),
+        Err(e) => Err(ApiFailure::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
             format!("body must be a JSON object: {e}"),
-        )
-    })?;
+        )),
+    }
+}
+
+/// The details of a device that can be given at registration and changed later, each checked
+/// when present. What each field must be, for the messages of both routes.
+const DETAILS: [(&str, &str); 9] = [
+    ("name", "1 to 200 characters"),
+    ("lat", "a number from -90 to 90"),
+    ("lon", "a number from -180 to 180"),
+    ("expected_interval_s", "a positive number of seconds"),
+    (
+        "status",
+        "one of commissioning, active, maintenance, decommissioned",
+    ),
+    ("commune", "the commune or ward: 1 to 200 characters"),
+    ("address", "1 to 500 characters"),
+    (
+        "installed_at",
+        "RFC 3339 with an offset, or epoch milliseconds",
+    ),
+    ("installer", "1 to 200 characters"),
+];
+
+/// Reads the [`DETAILS`] fields present in `fields` into changes, noting each problem.
+fn details(fields: &Fields, problems: &mut Vec<FieldProblem>) -> DeviceChanges {
+    let mut changes = DeviceChanges::default();
+    for (field, expected) in DETAILS {
+        let Some(value) = fields.get(field) else {
+            continue;
+        };
+        let text = |max: usize| {
+            value
+                .as_str()
+                .filter(|t| !t.trim().is_empty() && t.chars().count() <= max)
+                .map(str::to_string)
+        };
+        let number =
+            |range: std::ops::RangeInclusive<f64>| value.as_f64().filter(|v| range.contains(v));
+        let ok = match field {
+            "name" => text(200).map(|v| changes.name = Some(v)),
+            "lat" => number(-90.0..=90.0).map(|v| changes.lat = Some(v)),
+            "lon" => number(-180.0..=180.0).map(|v| changes.lon = Some(v)),
+            "expected_interval_s" => value
+                .as_f64()
+                .filter(|v| v.is_finite() && *v > 0.0)
+                .map(|v| changes.expected_interval_s = Some(v)),
+            "status" => value
+                .as_str()
+                .and_then(DeviceStatus::parse)
+                .map(|v| changes.status = Some(v)),
+            "commune" => text(200).map(|v| changes.commune = Some(v)),
+            "address" => text(500).map(|v| changes.address = Some(v)),
+            "installed_at" => match value {
+                serde_json::Value::String(t) => parse_param_ms(t),
+                other => other.as_i64(),
+            }
+            .map(|v| changes.installed_at = Some(v)),
+            "installer" => text(200).map(|v| changes.installer = Some(v)),
+            _ => unreachable!("every DETAILS field is read"),
+        };
+        if ok.is_none() {
+            problems.push(FieldProblem {
+                field,
+                message: format!("must be {expected}"),
+            });
+        }
+    }
+    changes
+}
+
+/// Checks a registration, reporting every problem at once.
+fn validate_registration(body: &[u8], by: Actor) -> ApiResult<Device> {
+    let fields = json_object(body)?;
     let mut problems = Vec::new();
+    let changes = details(&fields, &mut problems);
     let mut problem =
         |field: &'static str, message: String| problems.push(FieldProblem { field, message });
-    let string =
-        |v: &Option<serde_json::Value>| v.as_ref().and_then(|v| v.as_str()).map(str::to_string);
-    let number = |v: &Option<serde_json::Value>| v.as_ref().and_then(|v| v.as_f64());
+    let string = |name: &str| {
+        fields
+            .get(name)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
 
-    let device_id = string(&reg.device_id).unwrap_or_default();
+    let device_id = string("device_id").unwrap_or_default();
     if !valid_device_id(&device_id) {
         problem(
             "device_id",
             "required: 1 to 64 characters of A-Z a-z 0-9 _ - .".into(),
         );
     }
-    let kind = string(&reg.kind).unwrap_or_default();
+    let kind = string("kind").unwrap_or_default();
     if !DEVICE_KINDS.contains(&kind.as_str()) {
         problem(
             "kind",
             format!("required: one of {}", DEVICE_KINDS.join(", ")),
         );
     }
-    let name = string(&reg.name).unwrap_or_default();
-    if name.trim().is_empty() || name.len() > 200 {
-        problem("name", "required: 1 to 200 characters".into());
-    }
-    let lat = number(&reg.lat);
-    if !lat.is_some_and(|v| (-90.0..=90.0).contains(&v)) {
-        problem("lat", "required: a number from -90 to 90".into());
-    }
-    let lon = number(&reg.lon);
-    if !lon.is_some_and(|v| (-180.0..=180.0).contains(&v)) {
-        problem("lon", "required: a number from -180 to 180".into());
-    }
-    let interval = number(&reg.expected_interval_s);
-    if !interval.is_some_and(|v| v.is_finite() && v > 0.0) {
-        problem(
-            "expected_interval_s",
-            "required: a positive number of seconds".into(),
-        );
+    for &(field, expected) in &DETAILS[..4] {
+        if !fields.contains_key(field) {
+            problem(field, format!("required: {expected}"));
+        }
     }
     let mut external_ids = BTreeMap::new();
-    match &reg.external_ids {
+    match fields.get("external_ids") {
         None | Some(serde_json::Value::Null) => {}
         Some(serde_json::Value::Object(ids)) => {
             for (kind, value) in ids {
@@ -243,7 +294,7 @@ fn validate_registration(body: &[u8]) -> ApiResult<Device> {
             "must be an object like {\"imei\": \"861234567890123\"}".into(),
         ),
     }
-    let decoder = match &reg.decoder {
+    let decoder = match fields.get("decoder") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(d)) if FORMAT_NAMES.contains(&d.as_str()) => Some(d.clone()),
         Some(_) => {
@@ -254,7 +305,7 @@ fn validate_registration(body: &[u8]) -> ApiResult<Device> {
             None
         }
     };
-    let vendor_profile = match &reg.vendor_profile {
+    let vendor_profile = match fields.get("vendor_profile") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(p)) if valid_device_id(p) => Some(p.clone()),
         Some(_) => {
@@ -266,26 +317,52 @@ fn validate_registration(body: &[u8]) -> ApiResult<Device> {
         }
     };
     if !problems.is_empty() {
-        let mut failure = ApiFailure::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
+        return Err(ApiFailure::invalid(
             "the registration has problems",
-        );
-        failure.problems = problems;
-        return Err(failure);
+            problems,
+        ));
     }
-    Ok(Device {
+    let mut device = Device {
         device_id,
         kind,
-        name,
-        lat: lat.unwrap_or_default(),
-        lon: lon.unwrap_or_default(),
-        expected_interval_s: interval.unwrap_or_default(),
         registered_at: now_ms(),
         external_ids,
         decoder,
         vendor_profile,
-    })
+        status: DeviceStatus::Commissioning,
+        registered_by: Some(by),
+        ..Default::default()
+    };
+    changes.apply_to(&mut device);
+    Ok(device)
+}
+
+/// Checks a change of a device's details (`PATCH`): only [`DETAILS`] fields, at least one.
+fn validate_changes(body: &[u8]) -> ApiResult<DeviceChanges> {
+    let fields = json_object(body)?;
+    let mut problems = Vec::new();
+    let changes = details(&fields, &mut problems);
+    for field in fields.keys() {
+        if !DETAILS.iter().any(|(known, _)| known == field) {
+            problems.push(FieldProblem {
+                field: "body",
+                message: format!(
+                    "{field:?} cannot be changed here (ids, kind, external ids and decoder change by registering again); changeable: {}",
+                    DETAILS.map(|(f, _)| f).join(", ")
+                ),
+            });
+        }
+    }
+    if problems.is_empty() && changes.is_empty() {
+        problems.push(FieldProblem {
+            field: "body",
+            message: "nothing to change".into(),
+        });
+    }
+    if !problems.is_empty() {
+        return Err(ApiFailure::invalid("the change has problems", problems));
+    }
+    Ok(changes)
 }
 
 #[derive(Serialize)]
@@ -296,17 +373,43 @@ struct ApiDevice {
     lat: f64,
     lon: f64,
     expected_interval_s: f64,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    commune: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    installed_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    installer: Option<String>,
     registered_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registered_by: Option<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     external_ids: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     decoder: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     vendor_profile: Option<String>,
+    /// When ingest last received a message from it (stored or rejected), as far as this API
+    /// instance has seen since it started.
+    last_seen: Option<String>,
+    /// Seen within three of its expected intervals.
+    online: bool,
+    last_rejection: Option<ApiRejection>,
 }
 
-impl From<&Device> for ApiDevice {
-    fn from(d: &Device) -> Self {
+#[derive(Serialize)]
+struct ApiRejection {
+    at: String,
+    code: &'static str,
+    reason: String,
+}
+
+impl ApiDevice {
+    fn new(d: &Device, activity: Option<DeviceActivity>, now: i64) -> ApiDevice {
+        let activity = activity.unwrap_or_default();
+        let last_seen = activity.last_seen;
         ApiDevice {
             device_id: d.device_id.clone(),
             kind: d.kind.clone(),
@@ -314,12 +417,30 @@ impl From<&Device> for ApiDevice {
             lat: d.lat,
             lon: d.lon,
             expected_interval_s: d.expected_interval_s,
+            status: d.status.as_str(),
+            commune: d.commune.clone(),
+            address: d.address.clone(),
+            installed_at: d.installed_at.map(format_ms),
+            installer: d.installer.clone(),
             registered_at: format_ms(d.registered_at),
+            registered_by: d.registered_by.as_ref().map(|a| a.name.clone()),
             external_ids: d.external_ids.clone(),
             decoder: d.decoder.clone(),
             vendor_profile: d.vendor_profile.clone(),
+            last_seen: last_seen.map(format_ms),
+            online: last_seen
+                .is_some_and(|t| (now - t) as f64 <= 3.0 * d.expected_interval_s * 1000.0),
+            last_rejection: activity.last_rejection.map(|r| ApiRejection {
+                at: format_ms(r.at),
+                code: r.code.as_str(),
+                reason: r.reason,
+            }),
         }
     }
+}
+
+fn show(state: &AppState, d: &Device) -> ApiDevice {
+    ApiDevice::new(d, state.activity.get(&d.device_id), now_ms())
 }
 
 fn same_registration(a: &Device, b: &Device) -> bool {
@@ -349,11 +470,11 @@ async fn register_device(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    authorize(&state, bearer(&headers))?;
-    let device = validate_registration(&body)?;
+    let by = authorize(&state, bearer(&headers), Permission::ManageDevices)?;
+    let device = validate_registration(&body, by)?;
     if let Some(existing) = state.registry.get(&device.device_id) {
         return if same_registration(&existing, &device) {
-            Ok((StatusCode::OK, Json(ApiDevice::from(existing.as_ref()))).into_response())
+            Ok((StatusCode::OK, Json(show(&state, &existing))).into_response())
         } else {
             Err(ApiFailure::new(
                 StatusCode::CONFLICT,
@@ -381,24 +502,53 @@ async fn register_device(
     let event = RegistryEvent::Registered {
         device: device.clone(),
     };
-    registry::publish(&state.producer, &state.bus, &event)
+    write_registry(&state, event).await?;
+    Ok((StatusCode::CREATED, Json(show(&state, &device))).into_response())
+}
+
+/// Writes a registry event and folds it in here at once (read-your-writes; other instances see
+/// it through the registry topic).
+pub(crate) async fn write_registry(state: &AppState, event: RegistryEvent) -> ApiResult<()> {
+    registry::publish(&state.producer, &state.bus, &state.registry, event)
         .await
-        .map_err(|e| ApiFailure::unavailable("the registry could not be written", e))?;
-    // Read-your-writes here; other instances see it through the registry topic.
-    state.registry.apply(event);
-    Ok((StatusCode::CREATED, Json(ApiDevice::from(&device))).into_response())
+        .map_err(|e| ApiFailure::unavailable("the registry could not be written", e))
+}
+
+async fn update_device(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<ApiDevice>> {
+    let by = authorize(&state, bearer(&headers), Permission::ManageDevices)?;
+    if state.registry.get(&id).is_none() {
+        return Err(not_found_device(&id));
+    }
+    let changes = validate_changes(&body)?;
+    let event = RegistryEvent::Updated {
+        device_id: id.clone(),
+        changes,
+        by,
+        at: now_ms(),
+    };
+    write_registry(&state, event).await?;
+    let device = state
+        .registry
+        .get(&id)
+        .ok_or_else(|| not_found_device(&id))?;
+    Ok(Json(show(&state, &device)))
 }
 
 async fn list_devices(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> ApiResult<Json<serde_json::Value>> {
-    authorize(&state, bearer(&headers))?;
+    authorize(&state, bearer(&headers), Permission::ReadTelemetry)?;
     let devices: Vec<ApiDevice> = state
         .registry
         .list()
         .iter()
-        .map(|d| ApiDevice::from(d.as_ref()))
+        .map(|d| show(&state, d))
         .collect();
     Ok(Json(json!({ "devices": devices })))
 }
@@ -408,18 +558,12 @@ async fn get_device(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<ApiDevice>> {
-    authorize(&state, bearer(&headers))?;
+    authorize(&state, bearer(&headers), Permission::ReadTelemetry)?;
     state
         .registry
         .get(&id)
-        .map(|d| Json(ApiDevice::from(d.as_ref())))
-        .ok_or_else(|| {
-            ApiFailure::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no device {id:?}"),
-            )
-        })
+        .map(|d| Json(show(&state, &d)))
+        .ok_or_else(|| not_found_device(&id))
 }
 
 /// A reading as the API shows it.
@@ -523,7 +667,10 @@ impl From<&Alert> for ApiAlert {
 
 /// Parses `device_id`, `metric`, `from`, `to` (RFC 3339 or epoch ms; default: the last hour)
 /// and `limit`.
-fn history_filter(state: &AppState, q: &HashMap<String, String>) -> ApiResult<HistoryFilter> {
+pub(crate) fn history_filter(
+    state: &AppState,
+    q: &HashMap<String, String>,
+) -> ApiResult<HistoryFilter> {
     let bad = |m: String| ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", m);
     let time = |name: &str| -> ApiResult<Option<i64>> {
         match q.get(name) {
@@ -562,7 +709,7 @@ fn history_filter(state: &AppState, q: &HashMap<String, String>) -> ApiResult<Hi
     })
 }
 
-/// An authorized history request: the admin token checked and the query parsed into a filter.
+/// An authorized history request: the token checked and the query parsed into a filter.
 struct HistoryRequest(HistoryFilter);
 
 impl axum::extract::FromRequestParts<AppState> for HistoryRequest {
@@ -572,7 +719,7 @@ impl axum::extract::FromRequestParts<AppState> for HistoryRequest {
         parts: &mut axum::http::request::Parts,
         state: &AppState,
     ) -> ApiResult<Self> {
-        authorize(state, bearer(&parts.headers))?;
+        authorize(state, bearer(&parts.headers), Permission::ReadTelemetry)?;
         let Query(q) = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
             .map_err(|e| ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
         Ok(HistoryRequest(history_filter(state, &q)?))
@@ -630,14 +777,69 @@ async fn websocket(
     Query(q): Query<HashMap<String, String>>,
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
-    authorize(&state, q.get("token").map(String::as_str))?;
-    Ok(upgrade.on_upgrade(move |socket| serve_socket(socket, state)))
+    authorize(
+        &state,
+        q.get("token").map(String::as_str),
+        Permission::ReadTelemetry,
+    )?;
+    Ok(upgrade
+        .on_upgrade(move |socket| serve_socket(socket, state, Vec::new(), Subscriptions::new())))
 }
 
-async fn serve_socket(socket: WebSocket, state: AppState) {
+/// `GET /api/v1/devices/{id}/live?token=`: one device's websocket for an installer. It sends
+/// the commissioning checklist first, then the device's `device` (what ingest made of each
+/// message: while the device is commissioning or in maintenance), `readings` and `alerts`
+/// streams, live.
+async fn device_live(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    upgrade: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    authorize(
+        &state,
+        q.get("token").map(String::as_str),
+        Permission::ReadTelemetry,
+    )?;
+    let Some(device) = state.registry.get(&id) else {
+        return Err(not_found_device(&id));
+    };
+    let checklist = commissioning::current(&state, &device);
+    let mut first = vec![json!({"stream": "checklist", "data": checklist}).to_string()];
+    if !device.status.is_tapped() {
+        first.push(
+            json!({"op": "notice", "message": format!(
+                "device {id} is {}: ingest shows what it makes of each message only while a device is commissioning or in maintenance (PATCH its status)",
+                device.status.as_str()
+            )})
+            .to_string(),
+        );
+    }
+    let only = Some([id].into_iter().collect());
+    let subscriptions = [StreamName::Device, StreamName::Readings, StreamName::Alerts]
+        .into_iter()
+        .map(|s| (s, only.clone()))
+        .collect();
+    Ok(upgrade.on_upgrade(move |socket| serve_socket(socket, state, first, subscriptions)))
+}
+
+async fn serve_socket(
+    socket: WebSocket,
+    state: AppState,
+    first: Vec<String>,
+    subscriptions: Subscriptions,
+) {
     let (sink, stream) = socket.split();
-    let out =
-        sink.with(|text: String| async move { Ok::<_, axum::Error>(Message::Text(text.into())) });
+    let mut out = Box::pin(
+        sink.with(|text: String| async move { Ok::<_, axum::Error>(Message::Text(text.into())) }),
+    );
+    // Subscribed before the first frames, so nothing published meanwhile is missed.
+    let live = state.live.subscribe();
+    for frame in first {
+        if out.send(frame).await.is_err() {
+            return;
+        }
+    }
     let incoming = stream.filter_map(|m| async move {
         match m {
             Ok(Message::Text(t)) => Some(ClientFrame::Text(t.to_string())),
@@ -647,10 +849,11 @@ async fn serve_socket(socket: WebSocket, state: AppState) {
     });
     state.metrics.ws_clients.inc();
     session(
-        Box::pin(out),
+        out,
         Box::pin(incoming),
-        state.live.subscribe(),
+        live,
         state.metrics.clone(),
+        subscriptions,
     )
     .await;
     state.metrics.ws_clients.dec();

@@ -1,8 +1,9 @@
 //! One websocket session. Generic over its outgoing sink and incoming stream so unit tests
 //! drive it with channels; the route wires it to a real socket.
 //!
-//! Client → server: `{"op":"subscribe","stream":"readings"|"aggregates"|"alerts","device_ids":[...]}`
-//! (device_ids optional: all devices) and `{"op":"unsubscribe","stream":...}`.
+//! Client → server: `{"op":"subscribe","stream":"readings"|"aggregates"|"alerts"|"device","device_ids":[...]}`
+//! (device_ids optional: all devices) and `{"op":"unsubscribe","stream":...}`. The `device`
+//! stream is what ingest made of each message of devices being commissioned or serviced.
 //! Server → client: `{"stream":...,"data":{...}}` for data; `{"op":"subscribed",...}`,
 //! `{"op":"error","message":...}`, and `{"op":"lagged","missed":N}` when the client was too slow
 //! and missed N messages (it stays connected).
@@ -34,18 +35,20 @@ struct Request {
     device_ids: Option<Vec<String>>,
 }
 
-/// Runs one session until the client leaves or the hub closes.
+/// Stream → device filter (`None`: every device).
+pub type Subscriptions = HashMap<StreamName, Option<HashSet<String>>>;
+
+/// Runs one session until the client leaves or the hub closes, starting with `subscriptions`.
 pub async fn session<Out, In>(
     mut out: Out,
     mut incoming: In,
     mut live: broadcast::Receiver<Arc<LiveMessage>>,
     metrics: ApiMetrics,
+    mut subscriptions: Subscriptions,
 ) where
     Out: Sink<String> + Unpin,
     In: Stream<Item = ClientFrame> + Unpin,
 {
-    // Stream → device filter (None: every device).
-    let mut subscriptions: HashMap<StreamName, Option<HashSet<String>>> = HashMap::new();
     loop {
         tokio::select! {
             frame = incoming.next() => match frame {
@@ -129,7 +132,13 @@ mod tests {
     fn start(hub: &LiveHub, metrics: ApiMetrics) -> (Client, tokio::task::JoinHandle<()>) {
         let (to_server, incoming) = mpsc::unbounded();
         let (out, from_server) = mpsc::unbounded::<String>();
-        let task = tokio::spawn(session(out, incoming, hub.subscribe(), metrics));
+        let task = tokio::spawn(session(
+            out,
+            incoming,
+            hub.subscribe(),
+            metrics,
+            Subscriptions::new(),
+        ));
         (
             Client {
                 to_server,
@@ -205,7 +214,7 @@ mod tests {
                 r#"{"op":"subscribe","stream":"readings"}"#.into(),
             ))
             .unwrap();
-        let _task = tokio::spawn(session(out, incoming, rx, m.clone()));
+        let _task = tokio::spawn(session(out, incoming, rx, m.clone(), Subscriptions::new()));
         let lagged = loop {
             let text = tokio::time::timeout(std::time::Duration::from_secs(5), from_server.next())
                 .await

@@ -1,0 +1,460 @@
+//! `GET /api/v1/devices/{id}/commissioning`: what an installer needs on site. Each item of the
+//! checklist has a status (`pass`, `fail`, `pending`) and the evidence it was judged on, in
+//! words an installer can act on; the verdict is `ready` when every item passes, `failing` when
+//! one fails, `in_progress` otherwise.
+//!
+//! The evidence is what this API process has seen since it started: connections reported by
+//! the broker ([`crate::connections`]) and what ingest made of the device's messages
+//! ([`crate::live::Activity`]). A device reporting every few minutes shows again within one of
+//! its intervals after an API restart.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use ioc_config::ApiConfig;
+use ioc_contract::time::{format_ms, now_ms};
+use ioc_contract::{Device, Quality};
+use serde::Serialize;
+
+use crate::auth::{authorize, bearer, Permission};
+use crate::connections::ClientState;
+use crate::live::DeviceActivity;
+use crate::routes::{ApiFailure, ApiResult};
+use crate::AppState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pass,
+    Fail,
+    Pending,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Item {
+    pub item: &'static str,
+    pub status: Status,
+    pub evidence: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Checklist {
+    pub device_id: String,
+    pub device_status: &'static str,
+    pub verdict: &'static str,
+    pub items: Vec<Item>,
+    pub checked_at: String,
+}
+
+/// Messages needed before the reporting interval is judged.
+const INTERVAL_SAMPLE: usize = 3;
+
+fn item(item: &'static str, status: Status, evidence: String) -> Item {
+    Item {
+        item,
+        status,
+        evidence,
+    }
+}
+
+/// The checklist of `device`. `connection` is `None` when the broker reports no connections.
+pub fn checklist(
+    device: &Device,
+    activity: &DeviceActivity,
+    connection: Option<Option<ClientState>>,
+    config: &ApiConfig,
+    now: i64,
+) -> Checklist {
+    let id = &device.device_id;
+    let last_seen = activity.last_seen.map(format_ms);
+    let mut items = Vec::new();
+
+    items.push(match (connection, &last_seen) {
+        (Some(Some(c)), _) if c.is_connected() => item(
+            "connected",
+            Status::Pass,
+            format!(
+                "client {id} connected at {} from {}{}",
+                format_ms(c.connected_at.unwrap_or_default()),
+                c.address.as_deref().unwrap_or("?"),
+                c.username
+                    .map(|u| format!(" as user {u}"))
+                    .unwrap_or_default()
+            ),
+        ),
+        (Some(Some(c)), None) if c.disconnected_at.is_some() => item(
+            "connected",
+            Status::Fail,
+            format!(
+                "client {id} disconnected at {}; check power, network and credentials",
+                format_ms(c.disconnected_at.unwrap_or_default())
+            ),
+        ),
+        (_, Some(last)) => item(
+            "connected",
+            Status::Pass,
+            format!("its messages arrive (latest received {last})"),
+        ),
+        (Some(_), None) => item(
+            "connected",
+            Status::Pending,
+            format!("no MQTT client with id {id} has connected yet"),
+        ),
+        (None, None) => item(
+            "connected",
+            Status::Pending,
+            "no message yet (this broker does not report connections: the first message shows it)"
+                .into(),
+        ),
+    });
+
+    let last = activity.last_message.as_ref();
+    items.push(match (activity.first_seen, &last_seen) {
+        (Some(first), Some(latest)) => item(
+            "first_message",
+            Status::Pass,
+            format!("first received {}; latest {latest}", format_ms(first)),
+        ),
+        _ => item("first_message", Status::Pending, "no message yet".into()),
+    });
+
+    items.push(match last {
+        None => item("decoding", Status::Pending, "no message yet".into()),
+        Some(m) if m.rejections.is_empty() => item(
+            "decoding",
+            Status::Pass,
+            format!(
+                "latest message ({}) decoded into {} readings",
+                format_ms(m.received_at),
+                m.readings.len()
+            ),
+        ),
+        Some(m) => {
+            let reasons: Vec<String> = m
+                .rejections
+                .iter()
+                .map(|r| match &r.metric {
+                    Some(metric) => format!("{metric}: {}: {}", r.code.as_str(), r.reason),
+                    None => format!("{}: {}", r.code.as_str(), r.reason),
+                })
+                .collect();
+            item(
+                "decoding",
+                Status::Fail,
+                format!(
+                    "latest message ({}) rejected: {}",
+                    format_ms(m.received_at),
+                    reasons.join("; ")
+                ),
+            )
+        }
+    });
+
+    items.push(match last.map(|m| &m.readings) {
+        None => item("values_in_range", Status::Pending, "no message yet".into()),
+        Some(readings) if readings.is_empty() => item(
+            "values_in_range",
+            Status::Pending,
+            "the latest message gave no values".into(),
+        ),
+        Some(readings) => {
+            let show = |r: &ioc_contract::Reading| {
+                let channel = if r.channel.is_empty() {
+                    String::new()
+                } else {
+                    format!("[{}]", r.channel)
+                };
+                format!("{}{channel}={} {}", r.metric, r.value, r.unit)
+            };
+            let bad: Vec<String> = readings
+                .iter()
+                .filter(|r| r.quality != Quality::Good)
+                .map(|r| format!("{} is {}: {}", show(r), r.quality, r.quality_reason))
+                .collect();
+            if bad.is_empty() {
+                let all: Vec<String> = readings.iter().map(show).collect();
+                item("values_in_range", Status::Pass, all.join(", "))
+            } else {
+                item("values_in_range", Status::Fail, bad.join("; "))
+            }
+        }
+    });
+
+    let mut missing = Vec::new();
+    if !config.in_service_area(device.lat, device.lon) {
+        let [s, w, n, e] = config.service_area;
+        missing.push(format!(
+            "lat {}, lon {} is outside the service area ({s}..{n} N, {w}..{e} E)",
+            device.lat, device.lon
+        ));
+    }
+    if device.commune.is_none() {
+        missing.push("commune not set".into());
+    }
+    items.push(if missing.is_empty() {
+        item(
+            "location_set",
+            Status::Pass,
+            format!(
+                "lat {}, lon {}, {}",
+                device.lat,
+                device.lon,
+                device.commune.as_deref().unwrap_or_default()
+            ),
+        )
+    } else {
+        item(
+            "location_set",
+            Status::Fail,
+            format!(
+                "{} (correct it with PATCH /api/v1/devices/{id})",
+                missing.join("; ")
+            ),
+        )
+    });
+
+    let expected = device.expected_interval_s;
+    let mut recent: Vec<i64> = activity.recent.iter().map(|(at, _)| *at).collect();
+    recent.sort_unstable();
+    items.push(if recent.len() < INTERVAL_SAMPLE {
+        item(
+            "reporting_interval",
+            Status::Pending,
+            format!(
+                "{} of the {INTERVAL_SAMPLE} messages needed to judge (expected every {expected} s)",
+                recent.len()
+            ),
+        )
+    } else {
+        let mut gaps: Vec<f64> = recent
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as f64 / 1000.0)
+            .collect();
+        gaps.sort_by(f64::total_cmp);
+        let median = gaps[gaps.len() / 2];
+        let silent = (now - recent[recent.len() - 1]) as f64 / 1000.0;
+        if silent > 3.0 * expected {
+            item(
+                "reporting_interval",
+                Status::Fail,
+                format!("silent for {silent:.0} s (expected every {expected} s)"),
+            )
+        } else if (0.5 * expected..=1.5 * expected).contains(&median) {
+            item(
+                "reporting_interval",
+                Status::Pass,
+                format!(
+                    "median gap {median:.1} s over the latest {} messages (expected {expected} s)",
+                    recent.len()
+                ),
+            )
+        } else {
+            item(
+                "reporting_interval",
+                Status::Fail,
+                format!(
+                    "median gap {median:.1} s over the latest {} messages, expected {expected} s: check the device's reporting period or correct expected_interval_s",
+                    recent.len()
+                ),
+            )
+        }
+    });
+
+    let verdict = if items.iter().all(|i| i.status == Status::Pass) {
+        "ready"
+    } else if items.iter().any(|i| i.status == Status::Fail) {
+        "failing"
+    } else {
+        "in_progress"
+    };
+    Checklist {
+        device_id: id.clone(),
+        device_status: device.status.as_str(),
+        verdict,
+        items,
+        checked_at: format_ms(now),
+    }
+}
+
+pub async fn commissioning(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Checklist>> {
+    authorize(&state, bearer(&headers), Permission::ReadTelemetry)?;
+    let device = state.registry.get(&id).ok_or_else(|| {
+        ApiFailure::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no device {id:?}"),
+        )
+    })?;
+    Ok(Json(current(&state, &device)))
+}
+
+/// The checklist of `device` now, from what this API process has seen.
+pub fn current(state: &AppState, device: &Device) -> Checklist {
+    let activity = state.activity.get(&device.device_id).unwrap_or_default();
+    let connection = state
+        .connections
+        .reported
+        .then(|| state.connections.get(&device.device_id));
+    checklist(device, &activity, connection, &state.config, now_ms())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::live::{MessageOutcome, Rejection};
+    use ioc_contract::{Reading, RejectCode};
+
+    fn config() -> ApiConfig {
+        ioc_config::load_str(None, Vec::new()).unwrap().api
+    }
+
+    fn device() -> Device {
+        Device {
+            device_id: "aq-1".into(),
+            lat: 12.68,
+            lon: 108.05,
+            expected_interval_s: 60.0,
+            commune: Some("Phường Tân Lập".into()),
+            ..Default::default()
+        }
+    }
+
+    fn reading(value: f64, quality: Quality, reason: &str) -> Reading {
+        Reading {
+            device_id: "aq-1".into(),
+            channel: String::new(),
+            metric: "pm25".into(),
+            ts: 0,
+            value,
+            unit: "µg/m³".into(),
+            interval_s: None,
+            quality,
+            quality_reason: reason.into(),
+            received_at: 0,
+            message_id: "m".into(),
+        }
+    }
+
+    fn times(at: &[i64]) -> std::collections::VecDeque<(i64, String)> {
+        at.iter().map(|t| (*t, format!("m{t}"))).collect()
+    }
+
+    fn status(list: &Checklist, name: &str) -> (Status, String) {
+        let i = list.items.iter().find(|i| i.item == name).unwrap();
+        (i.status, i.evidence.clone())
+    }
+
+    #[test]
+    fn nothing_yet_is_pending_and_a_good_device_becomes_ready() {
+        let list = checklist(
+            &device(),
+            &DeviceActivity::default(),
+            Some(None),
+            &config(),
+            0,
+        );
+        assert_eq!(list.verdict, "in_progress");
+        assert_eq!(status(&list, "location_set").0, Status::Pass);
+        for name in [
+            "connected",
+            "first_message",
+            "decoding",
+            "values_in_range",
+            "reporting_interval",
+        ] {
+            assert_eq!(status(&list, name).0, Status::Pending, "{name}");
+        }
+        let now = 1_000_000;
+        let activity = DeviceActivity {
+            first_seen: Some(now - 180_000),
+            last_seen: Some(now - 1_000),
+            recent: times(&[now - 181_000, now - 121_000, now - 62_000, now - 1_000]),
+            last_rejection: None,
+            last_message: Some(MessageOutcome {
+                message_id: "m".into(),
+                received_at: now - 1_000,
+                readings: vec![reading(12.5, Quality::Good, "")],
+                rejections: vec![],
+            }),
+        };
+        let list = checklist(&device(), &activity, None, &config(), now);
+        assert_eq!(list.verdict, "ready", "{list:?}");
+        assert!(status(&list, "values_in_range")
+            .1
+            .contains("pm25=12.5 µg/m³"));
+        assert!(
+            status(&list, "reporting_interval")
+                .1
+                .contains("median gap 60.0 s"),
+            "{list:?}"
+        );
+    }
+
+    #[test]
+    fn a_faulty_device_shows_the_failing_item_and_its_reason() {
+        let now = 1_000_000;
+        let mut activity = DeviceActivity {
+            first_seen: Some(now - 10_000),
+            last_seen: Some(now - 1_000),
+            recent: times(&[now - 601_000, now - 301_000, now - 1_000]),
+            last_rejection: None,
+            last_message: Some(MessageOutcome {
+                message_id: "m".into(),
+                received_at: now - 1_000,
+                readings: vec![reading(-40.0, Quality::Bad, "below the physical range")],
+                rejections: vec![Rejection {
+                    at: now - 1_000,
+                    code: RejectCode::UnknownMetric,
+                    reason: "metric \"xyz\" is not in the catalogue".into(),
+                    metric: Some("xyz".into()),
+                }],
+            }),
+        };
+        let mut far = device();
+        far.lat = 21.0;
+        far.commune = None;
+        let list = checklist(&far, &activity, None, &config(), now);
+        assert_eq!(list.verdict, "failing");
+        let (s, evidence) = status(&list, "decoding");
+        assert_eq!(s, Status::Fail);
+        assert!(evidence.contains("xyz: unknown_metric"), "{evidence}");
+        let (s, evidence) = status(&list, "values_in_range");
+        assert_eq!(s, Status::Fail);
+        assert!(
+            evidence.contains("pm25=-40 µg/m³ is bad: below the physical range"),
+            "{evidence}"
+        );
+        let (s, evidence) = status(&list, "location_set");
+        assert_eq!(s, Status::Fail);
+        assert!(
+            evidence.contains("outside the service area") && evidence.contains("commune not set")
+        );
+        let (s, evidence) = status(&list, "reporting_interval");
+        assert_eq!(s, Status::Fail);
+        assert!(evidence.contains("median gap 300.0 s"), "{evidence}");
+        // Gone quiet: silent for more than three intervals.
+        activity.recent = times(&[now - 900_000, now - 840_000, now - 780_000]);
+        let list = checklist(&device(), &activity, None, &config(), now);
+        assert!(status(&list, "reporting_interval")
+            .1
+            .starts_with("silent for 780 s"));
+        // A broker that saw the client leave, and no message since the API started.
+        let gone = ClientState {
+            connected_at: Some(5),
+            disconnected_at: Some(9),
+            ..Default::default()
+        };
+        let list = checklist(
+            &device(),
+            &DeviceActivity::default(),
+            Some(Some(gone)),
+            &config(),
+            now,
+        );
+        assert_eq!(status(&list, "connected").0, Status::Fail);
+    }
+}
