@@ -507,9 +507,18 @@ async fn run(command: Command, config: Config) -> Result<()> {
                 tracing::warn!("no admin token set: every /api/v1/ request will be refused (use --admin-token or IOC_ADMIN_TOKEN)");
             }
             tracing::info!(listen = %listener.local_addr()?, "api listening");
+            // Connection events for the commissioning checklist, from Mosquitto's own log.
+            let (connections, _follower) =
+                ioc_dashboard_api::connections::ConnectionLog::follow_mosquitto(
+                    &config.mqtt,
+                    &format!("ioc-api-{}", std::process::id()),
+                    shutdown.clone(),
+                );
             ioc_dashboard_api::run(
                 listener,
                 api,
+                config.ingest.clone(),
+                connections,
                 bus,
                 registry,
                 history,

@@ -249,7 +249,8 @@ pub async fn run(
     };
     let api_stop = CancellationToken::new();
     let api_task = {
-        let (bus, registry, history, prometheus, stop) = (
+        let (ingest, bus, registry, history, prometheus, stop) = (
+            config.ingest.clone(),
             bus.clone(),
             registry.clone(),
             history.clone(),
@@ -257,7 +258,20 @@ pub async fn run(
             api_stop.clone(),
         );
         supervise("api", &shutdown, async move {
-            ioc_dashboard_api::run(http, api, bus, registry, history, prometheus, stop).await?;
+            // rumqttd reports no connections: the checklist infers them from messages.
+            let connections = ioc_dashboard_api::connections::ConnectionLog::default();
+            ioc_dashboard_api::run(
+                http,
+                api,
+                ingest,
+                connections,
+                bus,
+                registry,
+                history,
+                prometheus,
+                stop,
+            )
+            .await?;
             Ok(())
         })
     };

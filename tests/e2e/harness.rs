@@ -289,6 +289,36 @@ impl Env {
         .await
     }
 
+    /// Waits until ingest receives messages: its subscription may be acknowledged after its
+    /// /healthz answers, and a message published before that reaches nobody. Publishes probes
+    /// (an unregistered device's, dead-lettered as `unknown_device`) until one arrives.
+    pub async fn wait_ingest_subscribed(&self) -> Result<()> {
+        let (client, _poll) = self.mqtt_client("subscription-probe");
+        self.eventually(
+            "ingest to receive messages",
+            Duration::from_secs(30),
+            || async {
+                client
+                    .publish(
+                        "ioc/v1/devices/subscription-probe/telemetry",
+                        rumqttc::QoS::AtLeastOnce,
+                        false,
+                        "{}",
+                    )
+                    .await?;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let seen = self
+                    .metric(
+                        self.ingest_metrics_port,
+                        "ioc_ingest_messages_received_total",
+                    )
+                    .await?;
+                Ok((seen > 0.0).then_some(()))
+            },
+        )
+        .await
+    }
+
     /// A Kafka consumer of this deployment's `topic` (without prefix), from the beginning of
     /// every partition.
     pub fn topic_reader(&self, topic: &str) -> Result<rdkafka::consumer::StreamConsumer> {

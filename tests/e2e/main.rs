@@ -1,8 +1,10 @@
 //! End-to-end tests of the real `ioc` binary on real services: Mosquitto, a Kafka-protocol
 //! broker (tansu) and ClickHouse. `scripts/test.sh` starts the shared services first.
 
+mod access;
 mod bus;
 mod harness;
+mod onboarding;
 mod pipeline;
 mod rejections;
 mod up;

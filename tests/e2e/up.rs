@@ -692,6 +692,215 @@ async fn up_ingests_station_files() -> Result<()> {
     Ok(())
 }
 
+/// A device's record through its life, on `ioc up`: an installer's token registers it
+/// (commissioning, with its commune), a bad change is refused with every problem, a good one is
+/// applied; its messages set `last_seen` and `online`, a rejected one its last rejection; every
+/// change is in the audit trail with who made it. Issued tokens and the trail survive a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn up_keeps_device_records_activity_and_their_audit_trail() -> Result<()> {
+    use crate::access::{call, issue};
+    use reqwest::{Method, StatusCode};
+    let mut up = Up::new("records")?;
+    let (mut proc, _) = up.start(&[], &[]).await?;
+    let (http, base) = (up.http.clone(), up.url(""));
+    let installer = issue(&http, &base, &up.token, "installer", "lan-installer").await?;
+    let registration = serde_json::json!({
+        "device_id": "aq-rec", "kind": "air_quality", "name": "Trường Chinh",
+        "lat": 12.68, "lon": 108.05, "expected_interval_s": 60,
+        "commune": "Phường Buôn Ma Thuột", "installer": "Công ty Lắp đặt ABC",
+        "installed_at": "2026-11-27T08:00:00+07:00"
+    });
+    let (status, device) = call(
+        &http,
+        &base,
+        Method::POST,
+        "/api/v1/devices",
+        &installer,
+        Some(registration),
+    )
+    .await?;
+    assert_eq!(status, StatusCode::CREATED, "{device}");
+    assert_eq!(device["status"], "commissioning");
+    assert_eq!(device["commune"], "Phường Buôn Ma Thuột");
+    assert_eq!(device["installed_at"], "2026-11-27T01:00:00.000Z");
+    assert_eq!(
+        (&device["online"], &device["last_seen"]),
+        (&serde_json::json!(false), &serde_json::Value::Null)
+    );
+
+    let path = "/api/v1/devices/aq-rec";
+    let (status, body) = call(
+        &http,
+        &base,
+        Method::PATCH,
+        path,
+        &installer,
+        Some(serde_json::json!({"status": "retired", "lat": 200, "device_id": "x"})),
+    )
+    .await?;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let fields: Vec<&str> = body["problems"]
+        .as_array()
+        .context("problems")?
+        .iter()
+        .filter_map(|p| p["field"].as_str())
+        .collect();
+    assert_eq!(fields, ["lat", "status", "body"], "{body}");
+    let (status, _) = call(
+        &http,
+        &base,
+        Method::PATCH,
+        "/api/v1/devices/nobody",
+        &installer,
+        Some(serde_json::json!({"status": "active"})),
+    )
+    .await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, device) = call(
+        &http,
+        &base,
+        Method::PATCH,
+        path,
+        &installer,
+        Some(serde_json::json!({"status": "active", "address": "12 Trường Chinh"})),
+    )
+    .await?;
+    assert_eq!(status, StatusCode::OK, "{device}");
+    assert_eq!(
+        (&device["status"], &device["address"], &device["name"]),
+        (
+            &serde_json::json!("active"),
+            &serde_json::json!("12 Trường Chinh"),
+            &serde_json::json!("Trường Chinh")
+        )
+    );
+
+    // A good message, then one with a metric nobody knows.
+    let now = ioc_contract::time::now_ms();
+    let (client, mut eventloop) = up.mqtt("aq-rec");
+    let topic = ioc_contract::telemetry_topic("aq-rec");
+    for body in [
+        format!(r#"{{"ts":{now},"values":{{"pm25":12.5}}}}"#),
+        format!(r#"{{"ts":{},"values":{{"pm25":13,"xyz":1}}}}"#, now + 1000),
+    ] {
+        client
+            .publish(topic.as_str(), QoS::AtLeastOnce, false, body)
+            .await?;
+    }
+    let mut acks = 0;
+    while acks < 2 {
+        if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = eventloop.poll().await? {
+            acks += 1;
+        }
+    }
+    let device = up
+        .eventually("the device's activity", Duration::from_secs(30), || async {
+            let d = up.get(path).await?;
+            Ok(d["last_rejection"].is_object().then_some(d))
+        })
+        .await?;
+    assert_eq!(device["online"], true, "{device}");
+    assert!(device["last_seen"].is_string(), "{device}");
+    assert_eq!(
+        device["last_rejection"]["code"], "unknown_metric",
+        "{device}"
+    );
+
+    let check_trail = |audit: &serde_json::Value| {
+        let trail: Vec<(String, String, String)> = audit["entries"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| {
+                        (
+                            e["action"].as_str().unwrap_or_default().to_string(),
+                            e["by"].as_str().unwrap_or_default().to_string(),
+                            e["role"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let want = |a: &str| {
+            (
+                a.to_string(),
+                "lan-installer".to_string(),
+                "installer".to_string(),
+            )
+        };
+        assert_eq!(
+            trail[..2],
+            [want("device.registered"), want("device.updated")],
+            "{audit}"
+        );
+        assert_eq!(audit["entries"][1]["detail"]["status"], "active", "{audit}");
+    };
+    let audit = up.get("/api/v1/audit?device_id=aq-rec").await?;
+    check_trail(&audit);
+
+    // Decommissioned: its messages are refused, with that reason.
+    let (status, _) = call(
+        &http,
+        &base,
+        Method::PATCH,
+        path,
+        &up.token,
+        Some(serde_json::json!({"status": "decommissioned"})),
+    )
+    .await?;
+    assert_eq!(status, StatusCode::OK);
+    client
+        .publish(
+            topic.as_str(),
+            QoS::AtLeastOnce,
+            false,
+            format!(r#"{{"ts":{},"values":{{"pm25":14}}}}"#, now + 2000),
+        )
+        .await?;
+    loop {
+        if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = eventloop.poll().await? {
+            break;
+        }
+    }
+    up.eventually("the refusal", Duration::from_secs(30), || async {
+        let d = up.get(path).await?;
+        Ok((d["last_rejection"]["code"] == "decommissioned").then_some(()))
+    })
+    .await?;
+    let (status, _) = call(
+        &http,
+        &base,
+        Method::PATCH,
+        path,
+        &up.token,
+        Some(serde_json::json!({"status": "active"})),
+    )
+    .await?;
+    assert_eq!(status, StatusCode::OK);
+
+    // After a restart: the issued token still works, the trail is the same.
+    let status = proc.terminate(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "clean exit: {status:?}"
+    );
+    let (mut proc, _) = up.start(&[], &[]).await?;
+    let (status, device) = call(&http, &base, Method::GET, path, &installer, None).await?;
+    assert_eq!(
+        (status, &device["status"]),
+        (StatusCode::OK, &serde_json::json!("active")),
+        "{device}"
+    );
+    check_trail(&up.get("/api/v1/audit?device_id=aq-rec").await?);
+    let status = proc.terminate(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "clean exit: {status:?}"
+    );
+    let _ = std::fs::remove_dir_all(&up.dir);
+    Ok(())
+}
+
 /// `yyyyMMddhhmmss` of the UTC calendar time `ms` (the caller adds the local offset).
 fn chrono_like_local(ms: i64) -> String {
     ioc_contract::time::format_ms(ms)
