@@ -47,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ack::InOrderAcks;
 use crate::camera::PlateKey;
-use crate::decode::{decode_v1, message_id, DecodeContext, Rejection};
+use crate::decode::{decode_v1, DecodeContext, MessageId, Rejection};
 use crate::flat::Profiles;
 pub use crate::metrics::IngestMetrics;
 use crate::route::{DeviceRef, Router};
@@ -183,7 +183,8 @@ impl Ingestor {
 
     /// Turns one MQTT message into the records to produce.
     pub fn process(&self, topic: &str, payload: &[u8], ctx: &DecodeContext) -> Outcome {
-        let id = message_id(topic, payload);
+        let id = MessageId::of(topic, payload);
+        let id = id.as_str();
         let mut outcome = Outcome::default();
         let route = self.router.route(topic);
         // A camera message may hold a plate: whatever is wrong with it (an invalid id in its
@@ -206,7 +207,7 @@ impl Ingestor {
                 reason,
                 topic: topic.to_string(),
                 received_at: ctx.received_at,
-                message_id: id.clone(),
+                message_id: id.to_string(),
                 device_id: device.map(str::to_string),
                 external_id,
                 metric,
@@ -308,7 +309,7 @@ impl Ingestor {
             },
         };
         if format == Format::CameraEvent {
-            match self.camera_records(&device, device_ref, payload, &id, ctx) {
+            match self.camera_records(&device, device_ref, payload, id, ctx) {
                 Ok(records) => outcome.records.extend(records),
                 Err(r) => letter(&mut outcome, r.code, r.reason, Some(device_id), None, None),
             }
@@ -318,37 +319,31 @@ impl Ingestor {
         // without owned readings in between; the others build their readings first.
         let decoded = match format {
             Format::IocJson => decode::decode_v1_borrowed(payload, ctx).map(|m| {
-                let readings: Vec<ReadingRef> = m
-                    .accepted
-                    .iter()
-                    .map(|a| ReadingRef {
-                        device_id,
-                        channel: &m.channel,
-                        metric: a.spec.name,
-                        ts: m.ts,
-                        value: a.value,
-                        unit: a.spec.unit,
-                        interval_s: m.interval_s,
-                        quality: a.quality,
-                        quality_reason: &a.quality_reason,
-                        received_at: ctx.received_at,
-                        message_id: &id,
-                    })
-                    .collect();
+                let readings = m.accepted.iter().map(|a| ReadingRef {
+                    device_id,
+                    channel: &m.channel,
+                    metric: a.spec.name,
+                    ts: m.ts,
+                    value: a.value,
+                    unit: a.spec.unit,
+                    interval_s: m.interval_s,
+                    quality: a.quality,
+                    quality_reason: &a.quality_reason,
+                    received_at: ctx.received_at,
+                    message_id: id,
+                });
                 (
-                    readings_json::to_vec(&readings),
-                    readings.len(),
+                    readings_json::to_vec(readings),
+                    m.accepted.len(),
                     m.rejected_values,
                 )
             }),
             _ => format
-                .decode(device_id, payload, &id, ctx, profile)
+                .decode(device_id, payload, id, ctx, profile)
                 .map(|d| {
-                    let readings: Vec<ReadingRef> =
-                        d.readings.iter().map(ReadingRef::from).collect();
                     (
-                        readings_json::to_vec(&readings),
-                        readings.len(),
+                        readings_json::to_vec(d.readings.iter().map(ReadingRef::from)),
+                        d.readings.len(),
                         d.rejected_values,
                     )
                 }),
