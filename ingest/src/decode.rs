@@ -28,6 +28,8 @@ use ioc_contract::{Quality, Reading, RejectCode};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
+mod fast;
+
 /// What the decoder needs besides the bytes.
 #[derive(Debug, Clone)]
 pub struct DecodeContext {
@@ -135,7 +137,12 @@ pub fn decode_v1_borrowed<'a>(
     ctx: &DecodeContext,
 ) -> Result<V1Message<'a>, Rejection> {
     check_size(payload, ctx)?;
-    let body = match serde_json::from_slice::<Parsed<'a>>(payload) {
+    // The common shape without serde; what it does not vouch for, serde_json decides.
+    let parsed = match fast::body(payload) {
+        Some(body) => Ok(Parsed::Object(body)),
+        None => serde_json::from_slice::<Parsed<'a>>(payload),
+    };
+    let body = match parsed {
         Ok(Parsed::Object(body)) => body,
         Ok(Parsed::Other(kind)) => {
             return Err(Rejection::new(
@@ -324,7 +331,7 @@ enum Parsed<'a> {
 
 /// The members of a v1 body the checks read; the last one wins where a key repeats, as in a
 /// `Value` map.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Body<'a> {
     ts: Option<Raw<'a>>,
     seq: Option<Raw<'a>>,
@@ -335,6 +342,7 @@ struct Body<'a> {
 }
 
 /// An object member read entry by entry (`values`, `units`), or what else it was.
+#[derive(Debug)]
 enum Members<'a, T> {
     /// Sorted by key, one entry per key (the last given): the order and the duplicate rule of
     /// a `Value` map.
@@ -611,20 +619,25 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Members<'de, T> {
                     let v = map.next_value::<T>()?;
                     entries.push((k, v));
                 }
-                // A `Value` map's order and duplicate rule: sorted by key, the last given wins.
-                entries.sort_by(|a, b| a.0.cmp(&b.0));
-                entries.dedup_by(|later, kept| {
-                    let same = later.0 == kept.0;
-                    if same {
-                        std::mem::swap(&mut later.1, &mut kept.1);
-                    }
-                    same
-                });
-                Ok(Members::Object(entries))
+                Ok(Members::Object(sorted_unique(entries)))
             }
         }
         d.deserialize_any(V(std::marker::PhantomData))
     }
+}
+
+/// A `Value` map's order and duplicate rule: sorted by key, the last given wins.
+fn sorted_unique<'a, T>(mut entries: Vec<(Cow<'a, str>, T)>) -> Vec<(Cow<'a, str>, T)> {
+    // Stable: of equal keys, the last given is last.
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            std::mem::swap(&mut later.1, &mut kept.1);
+        }
+        same
+    });
+    entries
 }
 
 impl<'de> Deserialize<'de> for Parsed<'de> {
@@ -1336,6 +1349,73 @@ mod tests {
         assert!(
             accepted > 500 && partly > 500 && rejected > 5000,
             "{accepted} accepted, {partly} partly, {rejected} rejected"
+        );
+    }
+
+    #[test]
+    fn the_fast_reader_reads_what_the_serde_parse_reads_wherever_it_answers() {
+        let seeds: &[&str] = &[
+            SEEDS[0],
+            SEEDS[1],
+            SEEDS[6],
+            SEEDS[7],
+            r#" { "ts" : 1795680240000 , "site":"xéy", "ok":true, "no":false, "n":null,
+              "values" : { "pm25" : -0 , "pm10":1E+2, "no2":0.000001, "co":1e22, "so2":1e23,
+              "o3":9007199254740993.5, "noise":18446744073709551615, "ph":-9223372036854775808,
+              "do":-9223372036854775809, "tss":0e5, "cod":-0.0, "flow":12345678901234567890,
+              "nh4":4.35e-3, "bod5":9007199254740992.0, "color":1E-22 } } "#,
+            r#"{"ts":"2026-11-26T15:04:00+07:00","channel":"roof","interval_s":60,"rssi":-71,"batt_v":3.71,"values":{"pm25":35.2,"pm10":61.0,"no2":21.4,"co":1.1805},"units":{"co":"mg/m3"}}"#,
+            r#"{"ts":1795680240000,"values":5,"units":"x","seq":-1,"channel":7,"interval_s":"s"}"#,
+            r#"{"ts":1795680240000,"values":{},"units":{"a":1,"b":null,"c":true}}"#,
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet = b"{}[]\t\n ,:\"\\0123456789eE.-+nultrsfa\x01\xc3\xa9\xff";
+        let (mut read, mut left) = (0, 0);
+        for seed in seeds {
+            for round in 0..3000 {
+                let mut body = seed.as_bytes().to_vec();
+                if round > 0 {
+                    for _ in 0..(next() % 3 + 1) {
+                        let i = next() as usize % (body.len() + 1);
+                        let b = alphabet[next() as usize % alphabet.len()];
+                        match next() % 3 {
+                            0 if i < body.len() => body[i] = b,
+                            1 if i < body.len() => {
+                                body.remove(i);
+                            }
+                            _ => body.insert(i, b),
+                        }
+                    }
+                }
+                let Some(fast) = fast::body(&body) else {
+                    left += 1;
+                    continue;
+                };
+                match serde_json::from_slice::<Parsed>(&body) {
+                    Ok(Parsed::Object(slow)) => assert_eq!(
+                        format!("{fast:?}"),
+                        format!("{slow:?}"),
+                        "{}",
+                        String::from_utf8_lossy(&body)
+                    ),
+                    _ => panic!(
+                        "the fast reader read what serde refuses: {}",
+                        String::from_utf8_lossy(&body)
+                    ),
+                }
+                read += 1;
+            }
+        }
+        // Both ways are taken often.
+        assert!(
+            read > 2_000 && left > 2_000,
+            "{read} read, {left} left to serde"
         );
     }
 }
