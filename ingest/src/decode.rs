@@ -138,26 +138,50 @@ pub fn decode_v1_borrowed<'a>(
 ) -> Result<V1Message<'a>, Rejection> {
     check_size(payload, ctx)?;
     // The common shape without serde; what it does not vouch for, serde_json decides.
-    let parsed = match fast::body(payload) {
-        Some(body) => Ok(Parsed::Object(body)),
-        None => serde_json::from_slice::<Parsed<'a>>(payload),
+    let body = match fast::body(payload, None) {
+        Some((body, _)) => body,
+        None => serde_body(payload)?,
     };
-    let body = match parsed {
-        Ok(Parsed::Object(body)) => body,
-        Ok(Parsed::Other(kind)) => {
-            return Err(Rejection::new(
-                RejectCode::Malformed,
-                format!("body must be a JSON object, found {kind}"),
-            ))
-        }
-        Err(e) => {
-            return Err(Rejection::new(
-                RejectCode::Malformed,
-                format!("body is not JSON: {e}"),
-            ))
-        }
-    };
+    checked(body, ctx)
+}
 
+/// [`decode_v1_borrowed`], and the [`MessageId`] of `topic` and `payload` hashed as the body is
+/// read. FNV-1a is a chain of multiplications, each waiting for the one before: hashed in
+/// pieces between the reader's steps, it runs alongside the reading rather than before it.
+pub fn decode_v1_with_id<'a>(
+    topic: &str,
+    payload: &'a [u8],
+    ctx: &DecodeContext,
+) -> (MessageId, Result<V1Message<'a>, Rejection>) {
+    if let Err(r) = check_size(payload, ctx) {
+        return (MessageId::of(topic, payload), Err(r));
+    }
+    match fast::body(payload, Some(Fnv::of_topic(topic))) {
+        Some((body, Some(hash))) => (MessageId::from_hash(hash), checked(body, ctx)),
+        _ => (
+            MessageId::of(topic, payload),
+            serde_body(payload).and_then(|body| checked(body, ctx)),
+        ),
+    }
+}
+
+/// A body as the serde parse reads it, or why it is malformed.
+fn serde_body(payload: &[u8]) -> Result<Body<'_>, Rejection> {
+    match serde_json::from_slice::<Parsed<'_>>(payload) {
+        Ok(Parsed::Object(body)) => Ok(body),
+        Ok(Parsed::Other(kind)) => Err(Rejection::new(
+            RejectCode::Malformed,
+            format!("body must be a JSON object, found {kind}"),
+        )),
+        Err(e) => Err(Rejection::new(
+            RejectCode::Malformed,
+            format!("body is not JSON: {e}"),
+        )),
+    }
+}
+
+/// The checks, normalization and validation of a read body.
+fn checked<'a>(body: Body<'a>, ctx: &DecodeContext) -> Result<V1Message<'a>, Rejection> {
     let ts = parse_ts(body.ts.as_ref())?;
     if let Some(seq) = &body.seq {
         if !matches!(seq, Raw::Number(n) if n.is_u64()) {
@@ -806,27 +830,20 @@ pub fn message_id(topic: &str, payload: &[u8]) -> String {
 
 /// [`message_id`] on the stack: ingest needs it for every message, and as a `String` only for
 /// dead letters.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MessageId([u8; 16]);
 
 impl MessageId {
     pub fn of(topic: &str, payload: &[u8]) -> MessageId {
-        // Three plain loops rather than one over a chained iterator: the same hash, a tighter
-        // loop.
-        let fnv = |mut h: u64, bytes: &[u8]| {
-            for b in bytes {
-                h ^= *b as u64;
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-            h
-        };
-        let h = fnv(
-            fnv(fnv(0xcbf2_9ce4_8422_2325, topic.as_bytes()), &[0]),
-            payload,
-        );
+        let mut h = Fnv::of_topic(topic);
+        h.feed(payload);
+        MessageId::from_hash(h)
+    }
+
+    fn from_hash(h: Fnv) -> MessageId {
         let mut hex = [0u8; 16];
         for (i, digit) in hex.iter_mut().enumerate() {
-            *digit = b"0123456789abcdef"[(h >> (60 - 4 * i)) as usize & 0xf];
+            *digit = b"0123456789abcdef"[(h.0 >> (60 - 4 * i)) as usize & 0xf];
         }
         MessageId(hex)
     }
@@ -834,6 +851,28 @@ impl MessageId {
     pub fn as_str(&self) -> &str {
         // Sixteen ASCII hex digits.
         std::str::from_utf8(&self.0).expect("hex digits are UTF-8")
+    }
+}
+
+/// 64-bit FNV-1a, fed piece by piece.
+#[derive(Debug, Clone, Copy)]
+struct Fnv(u64);
+
+impl Fnv {
+    /// The hash of a topic and the zero byte that ends it; the payload follows.
+    fn of_topic(topic: &str) -> Fnv {
+        let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+        h.feed(topic.as_bytes());
+        h.feed(&[0]);
+        h
+    }
+
+    #[inline]
+    fn feed(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= *b as u64;
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
     }
 }
 
@@ -1393,7 +1432,16 @@ mod tests {
                         }
                     }
                 }
-                let Some(fast) = fast::body(&body) else {
+                assert_eq!(
+                    decode_v1_with_id("ioc/v1/devices/d/telemetry", &body, &ctx()),
+                    (
+                        MessageId::of("ioc/v1/devices/d/telemetry", &body),
+                        decode_v1_borrowed(&body, &ctx())
+                    ),
+                    "{}",
+                    String::from_utf8_lossy(&body)
+                );
+                let Some((fast, _)) = fast::body(&body, None) else {
                     left += 1;
                     continue;
                 };

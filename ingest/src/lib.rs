@@ -183,8 +183,9 @@ impl Ingestor {
 
     /// Turns one MQTT message into the records to produce.
     pub fn process(&self, topic: &str, payload: &[u8], ctx: &DecodeContext) -> Outcome {
-        let id = MessageId::of(topic, payload);
-        let id = id.as_str();
+        // The message id, hashed when first needed: the v1 reader hashes it as it reads.
+        let id = std::cell::OnceCell::new();
+        let id_of = || *id.get_or_init(|| MessageId::of(topic, payload));
         let mut outcome = Outcome::default();
         let route = self.router.route(topic);
         // A camera message may hold a plate: whatever is wrong with it (an invalid id in its
@@ -207,7 +208,7 @@ impl Ingestor {
                 reason,
                 topic: topic.to_string(),
                 received_at: ctx.received_at,
-                message_id: id.to_string(),
+                message_id: id_of().as_str().to_string(),
                 device_id: device.map(str::to_string),
                 external_id,
                 metric,
@@ -309,7 +310,7 @@ impl Ingestor {
             },
         };
         if format == Format::CameraEvent {
-            match self.camera_records(&device, device_ref, payload, id, ctx) {
+            match self.camera_records(&device, device_ref, payload, id_of().as_str(), ctx) {
                 Ok(records) => outcome.records.extend(records),
                 Err(r) => letter(&mut outcome, r.code, r.reason, Some(device_id), None, None),
             }
@@ -317,36 +318,46 @@ impl Ingestor {
         }
         // v1, the busiest format, goes from the payload's borrowed strings to the record's bytes
         // without owned readings in between; the others build their readings first.
+        let message_id;
         let decoded = match format {
-            Format::IocJson => decode::decode_v1_borrowed(payload, ctx).map(|m| {
-                let readings = m.accepted.iter().map(|a| ReadingRef {
-                    device_id,
-                    channel: &m.channel,
-                    metric: a.spec.name,
-                    ts: m.ts,
-                    value: a.value,
-                    unit: a.spec.unit,
-                    interval_s: m.interval_s,
-                    quality: a.quality,
-                    quality_reason: &a.quality_reason,
-                    received_at: ctx.received_at,
-                    message_id: id,
-                });
-                (
-                    readings_json::to_vec(readings),
-                    m.accepted.len(),
-                    m.rejected_values,
-                )
-            }),
-            _ => format
-                .decode(device_id, payload, id, ctx, profile)
-                .map(|d| {
+            Format::IocJson => {
+                let (v1_id, decoded) = decode::decode_v1_with_id(topic, payload, ctx);
+                message_id = v1_id;
+                // Nothing asked for the id before on this path.
+                let _ = id.set(v1_id);
+                decoded.map(|m| {
+                    let readings = m.accepted.iter().map(|a| ReadingRef {
+                        device_id,
+                        channel: &m.channel,
+                        metric: a.spec.name,
+                        ts: m.ts,
+                        value: a.value,
+                        unit: a.spec.unit,
+                        interval_s: m.interval_s,
+                        quality: a.quality,
+                        quality_reason: &a.quality_reason,
+                        received_at: ctx.received_at,
+                        message_id: message_id.as_str(),
+                    });
                     (
-                        readings_json::to_vec(d.readings.iter().map(ReadingRef::from)),
-                        d.readings.len(),
-                        d.rejected_values,
+                        readings_json::to_vec(readings),
+                        m.accepted.len(),
+                        m.rejected_values,
                     )
-                }),
+                })
+            }
+            _ => {
+                message_id = id_of();
+                format
+                    .decode(device_id, payload, message_id.as_str(), ctx, profile)
+                    .map(|d| {
+                        (
+                            readings_json::to_vec(d.readings.iter().map(ReadingRef::from)),
+                            d.readings.len(),
+                            d.rejected_values,
+                        )
+                    })
+            }
         };
         match decoded {
             Err(r) => letter(&mut outcome, r.code, r.reason, Some(device_id), None, None),

@@ -9,13 +9,15 @@ use std::borrow::Cow;
 
 use serde_json::Number;
 
-use super::{sorted_unique, Body, Members, Raw, ValueMember};
+use super::{sorted_unique, Body, Fnv, Members, Raw, ValueMember};
 
-/// Whether a body in the common shape: the bytes it was read from, and what it read.
-pub(super) fn body(payload: &[u8]) -> Option<Body<'_>> {
+/// A body in the common shape, and `hash` fed with its bytes.
+pub(super) fn body(payload: &[u8], hash: Option<Fnv>) -> Option<(Body<'_>, Option<Fnv>)> {
     let mut r = Reader {
         bytes: payload,
         at: 0,
+        hash,
+        hashed: 0,
     };
     let mut body = Body::default();
     r.ws();
@@ -40,6 +42,7 @@ pub(super) fn body(payload: &[u8]) -> Option<Body<'_>> {
                     r.scalar()?;
                 }
             }
+            r.hash_read();
             r.ws();
             match r.next()? {
                 b',' => {}
@@ -49,7 +52,11 @@ pub(super) fn body(payload: &[u8]) -> Option<Body<'_>> {
         }
     }
     r.ws();
-    (r.at == r.bytes.len()).then_some(body)
+    if r.at != r.bytes.len() {
+        return None;
+    }
+    r.hash_read();
+    Some((body, r.hash))
 }
 
 /// A number as serde_json's parser yields it.
@@ -68,9 +75,22 @@ const POW10: [f64; 23] = [
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
+    hash: Option<Fnv>,
+    /// Where the bytes not yet fed to `hash` begin.
+    hashed: usize,
 }
 
 impl<'a> Reader<'a> {
+    /// Feeds `hash` what was read since the last call. Called once a member or entry: the
+    /// hash's chain of multiplications then runs while the next one is read.
+    #[inline]
+    fn hash_read(&mut self) {
+        if let Some(hash) = &mut self.hash {
+            hash.feed(&self.bytes[self.hashed..self.at]);
+            self.hashed = self.at;
+        }
+    }
+
     #[inline]
     fn peek(&self) -> Option<u8> {
         self.bytes.get(self.at).copied()
@@ -167,6 +187,7 @@ impl<'a> Reader<'a> {
                 self.eat(b':')?;
                 self.ws();
                 entries.push((Cow::Borrowed(key), entry(self)?));
+                self.hash_read();
                 self.ws();
                 match self.next()? {
                     b',' => {}
