@@ -13,7 +13,11 @@ use super::{sorted_unique, Body, Fnv, Members, Raw, ValueMember};
 
 /// A body in the common shape, and `hash` fed with its bytes.
 pub(super) fn body(payload: &[u8], hash: Option<Fnv>) -> Option<(Body<'_>, Option<Fnv>)> {
+    // Validated once here rather than string by string: a body that is not UTF-8 is not the
+    // common shape (serde_json refuses it, in a string or out of one).
+    let text = std::str::from_utf8(payload).ok()?;
     let mut r = Reader {
+        text,
         bytes: payload,
         at: 0,
         hash,
@@ -73,6 +77,8 @@ const POW10: [f64; 23] = [
 ];
 
 struct Reader<'a> {
+    text: &'a str,
+    /// `text`'s bytes.
     bytes: &'a [u8],
     at: usize,
     hash: Option<Fnv>,
@@ -127,7 +133,8 @@ impl<'a> Reader<'a> {
                 _ => {}
             }
         }
-        std::str::from_utf8(&self.bytes[start..self.at - 1]).ok()
+        // Between two quotes, so on character boundaries.
+        self.text.get(start..self.at - 1)
     }
 
     fn literal(&mut self, word: &[u8]) -> Option<()> {
