@@ -190,11 +190,15 @@ impl Ingestor {
         let route = self.router.route(topic);
         // A camera message may hold a plate: whatever is wrong with it (an invalid id in its
         // topic, a camera device on another format's topic), it goes to quarantine.
-        let reject_to = std::cell::Cell::new(if self.router.camera_like(topic) {
-            &self.topics.quarantine
-        } else {
-            &self.topics.deadletter
-        });
+        // (Decided when a letter is written: a message that becomes readings never asks.)
+        let camera_device = std::cell::Cell::new(false);
+        let reject_to = || {
+            if camera_device.get() || self.router.camera_like(topic) {
+                &self.topics.quarantine
+            } else {
+                &self.topics.deadletter
+            }
+        };
         let named = route.and_then(|(_, d)| d.named());
         let letter = |outcome: &mut Outcome,
                       code: RejectCode,
@@ -215,7 +219,7 @@ impl Ingestor {
                 raw_base64: base64::engine::general_purpose::STANDARD.encode(payload),
             };
             outcome.records.push(OutRecord {
-                topic: reject_to.get().clone(),
+                topic: reject_to().clone(),
                 key: device.unwrap_or("").to_string(),
                 payload: serde_json::to_vec(&letter).expect("dead letters serialize"),
                 readings: 0,
@@ -262,7 +266,7 @@ impl Ingestor {
         };
         let device_id = device.device_id.as_str();
         if is_camera(&device) {
-            reject_to.set(&self.topics.quarantine);
+            camera_device.set(true);
         }
         if !self.limiter.admit(device_id, ctx.received_at) {
             letter(
