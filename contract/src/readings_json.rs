@@ -18,6 +18,8 @@ pub struct ReadingRef<'a> {
     pub metric: &'a str,
     pub ts: i64,
     pub value: f64,
+    /// `value` as serde_json writes it, when the caller has that at hand: written as is.
+    pub value_json: Option<&'a str>,
     pub unit: &'a str,
     pub interval_s: Option<f64>,
     pub quality: Quality,
@@ -34,6 +36,7 @@ impl<'a> From<&'a Reading> for ReadingRef<'a> {
             metric: &r.metric,
             ts: r.ts,
             value: r.value,
+            value_json: None,
             unit: &r.unit,
             interval_s: r.interval_s,
             quality: r.quality,
@@ -106,7 +109,10 @@ pub fn write<'a>(out: &mut Vec<u8>, readings: impl IntoIterator<Item = ReadingRe
             |out| i64_leaf(out, r.ts),
         );
         out.extend_from_slice(b",\"value\":");
-        f64_leaf(out, r.value);
+        match r.value_json {
+            Some(json) => out.extend_from_slice(json.as_bytes()),
+            None => f64_leaf(out, r.value),
+        }
         out.extend_from_slice(b",\"unit\":");
         str_leaf(out, r.unit);
         if let Some(interval_s) = r.interval_s {

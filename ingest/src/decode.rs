@@ -117,16 +117,19 @@ pub struct V1Message<'a> {
     pub channel: Cow<'a, str>,
     pub interval_s: Option<f64>,
     /// In metric-name order.
-    pub accepted: Vec<AcceptedValue>,
+    pub accepted: Vec<AcceptedValue<'a>>,
     pub rejected_values: Vec<ValueRejection>,
 }
 
 /// One value of a v1 message that becomes a reading.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AcceptedValue {
+pub struct AcceptedValue<'a> {
     pub spec: &'static MetricSpec,
     /// In the catalogue's unit.
     pub value: f64,
+    /// `value` as serde_json writes it, when the payload wrote it so and it was not converted:
+    /// the readings record copies it rather than formatting the float again.
+    pub json: Option<&'a str>,
     pub quality: Quality,
     pub quality_reason: String,
 }
@@ -280,8 +283,9 @@ fn checked<'a>(body: Body<'a>, ctx: &DecodeContext) -> Result<V1Message<'a>, Rej
             });
             continue;
         };
-        let value = match raw {
-            ValueMember::Number(v) => *v,
+        let (value, json) = match raw {
+            ValueMember::Number(v) => (*v, None),
+            ValueMember::Written(v, text) => (*v, Some(*text)),
             ValueMember::Other(raw) => {
                 out.rejected_values.push(ValueRejection {
                     metric: metric.to_string(),
@@ -297,10 +301,10 @@ fn checked<'a>(body: Body<'a>, ctx: &DecodeContext) -> Result<V1Message<'a>, Rej
                 _ => None,
             })
         });
-        let value = match unit {
-            None => value,
+        let (value, json) = match unit {
+            None => (value, json),
             Some(unit) => match units::to_canonical(spec, value, unit) {
-                Ok(v) => v,
+                Ok(v) => (v, None),
                 Err(e) => {
                     out.rejected_values.push(ValueRejection {
                         metric: metric.to_string(),
@@ -315,6 +319,7 @@ fn checked<'a>(body: Body<'a>, ctx: &DecodeContext) -> Result<V1Message<'a>, Rej
         out.accepted.push(AcceptedValue {
             spec,
             value,
+            json,
             quality,
             quality_reason,
         });
@@ -361,7 +366,7 @@ struct Body<'a> {
     seq: Option<Raw<'a>>,
     channel: Option<Raw<'a>>,
     interval_s: Option<Raw<'a>>,
-    values: Option<Members<'a, ValueMember>>,
+    values: Option<Members<'a, ValueMember<'a>>>,
     units: Option<Members<'a, Raw<'a>>>,
 }
 
@@ -377,8 +382,10 @@ enum Members<'a, T> {
 /// One entry of `values`. Anything but a number is kept as a `Value`: it is rare, and its
 /// reason quotes it.
 #[derive(Debug)]
-enum ValueMember {
+enum ValueMember<'a> {
     Number(f64),
+    /// A number, and its text in the payload, which is what serde_json writes for it.
+    Written(f64, &'a str),
     Other(Value),
 }
 
@@ -550,47 +557,53 @@ impl<'de> Deserialize<'de> for Raw<'de> {
     }
 }
 
-impl<'de> Deserialize<'de> for ValueMember {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ValueMember, D::Error> {
+impl<'de> Deserialize<'de> for ValueMember<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ValueMember<'de>, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = ValueMember;
+            type Value = ValueMember<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("any JSON value")
             }
-            fn visit_bool<E>(self, v: bool) -> Result<ValueMember, E> {
+            fn visit_bool<E>(self, v: bool) -> Result<ValueMember<'de>, E> {
                 Ok(ValueMember::Other(Value::Bool(v)))
             }
-            fn visit_i64<E>(self, v: i64) -> Result<ValueMember, E> {
+            fn visit_i64<E>(self, v: i64) -> Result<ValueMember<'de>, E> {
                 Ok(ValueMember::Number(v as f64))
             }
-            fn visit_u64<E>(self, v: u64) -> Result<ValueMember, E> {
+            fn visit_u64<E>(self, v: u64) -> Result<ValueMember<'de>, E> {
                 Ok(ValueMember::Number(v as f64))
             }
-            fn visit_f64<E>(self, v: f64) -> Result<ValueMember, E> {
+            fn visit_f64<E>(self, v: f64) -> Result<ValueMember<'de>, E> {
                 Ok(if v.is_finite() {
                     ValueMember::Number(v)
                 } else {
                     ValueMember::Other(Value::Null)
                 })
             }
-            fn visit_str<E>(self, s: &str) -> Result<ValueMember, E> {
+            fn visit_str<E>(self, s: &str) -> Result<ValueMember<'de>, E> {
                 Ok(ValueMember::Other(Value::String(s.to_string())))
             }
-            fn visit_unit<E>(self) -> Result<ValueMember, E> {
+            fn visit_unit<E>(self) -> Result<ValueMember<'de>, E> {
                 Ok(ValueMember::Other(Value::Null))
             }
-            fn visit_none<E>(self) -> Result<ValueMember, E> {
+            fn visit_none<E>(self) -> Result<ValueMember<'de>, E> {
                 Ok(ValueMember::Other(Value::Null))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ValueMember, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ValueMember<'de>, A::Error> {
                 let mut items = Vec::new();
                 while let Some(item) = seq.next_element::<Value>()? {
                     items.push(item);
                 }
                 Ok(ValueMember::Other(Value::Array(items)))
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ValueMember, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ValueMember<'de>, A::Error> {
                 let mut members = Map::new();
                 while let Some((k, v)) = map.next_entry::<String, Value>()? {
                     members.insert(k, v);
@@ -647,6 +660,21 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Members<'de, T> {
             }
         }
         d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+#[cfg(test)]
+impl Body<'_> {
+    /// The body as the serde parse reads it, which keeps no number's text.
+    fn forget_written(mut self) -> Self {
+        if let Some(Members::Object(entries)) = &mut self.values {
+            for (_, v) in entries {
+                if let ValueMember::Written(number, _) = *v {
+                    *v = ValueMember::Number(number);
+                }
+            }
+        }
+        self
     }
 }
 
@@ -1445,6 +1473,15 @@ mod tests {
                     left += 1;
                     continue;
                 };
+                // A number's text is kept only where serde_json writes the number so.
+                if let Some(Members::Object(entries)) = &fast.values {
+                    for (_, v) in entries {
+                        if let ValueMember::Written(v, text) = v {
+                            assert_eq!(&serde_json::to_string(v).unwrap(), text);
+                        }
+                    }
+                }
+                let fast = fast.forget_written();
                 match serde_json::from_slice::<Parsed>(&body) {
                     Ok(Parsed::Object(slow)) => assert_eq!(
                         format!("{fast:?}"),
@@ -1465,5 +1502,62 @@ mod tests {
             read > 2_000 && left > 2_000,
             "{read} read, {left} left to serde"
         );
+    }
+
+    #[test]
+    fn a_number_s_text_is_kept_only_where_serde_json_writes_it_so() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut kept = 0;
+        for i in 0..200_000u64 {
+            let digits = |n: u64, r: u64| -> String {
+                (0..n)
+                    .map(|k| char::from(b'0' + ((r >> (k * 3 % 60)) % 10) as u8))
+                    .collect()
+            };
+            let (a, b, c) = (next(), next(), next());
+            let int = match a % 4 {
+                0 => "0".to_string(),
+                _ => digits(a % 17 + 1, b).trim_start_matches('0').to_string() + "1",
+            };
+            let frac = match c % 5 {
+                0 => "0".to_string(),
+                1 => format!(
+                    "{}{}",
+                    "0".repeat((c >> 8) as usize % 7),
+                    digits(c % 4 + 1, b)
+                ),
+                _ => digits(c % 18 + 1, a ^ i),
+            };
+            let sign = if b % 3 == 0 { "-" } else { "" };
+            let text = format!("{sign}{int}.{frac}");
+            let value: f64 = serde_json::from_str(&text).unwrap();
+            if fast::written_as_read(&text, value) {
+                kept += 1;
+                assert_eq!(serde_json::to_string(&value).unwrap(), text);
+            }
+        }
+        for (text, kept) in [
+            ("35.2", true),
+            ("61.0", true),
+            ("1180.5", true),
+            ("-7.25", true),
+            ("0.0001", true),
+            ("0.00001", false),
+            ("60", false),
+            ("1e3", false),
+            ("35.20", false),
+            ("123456789012345.6", false),
+            ("0.0", false),
+        ] {
+            let value: f64 = serde_json::from_str(text).unwrap();
+            assert_eq!(fast::written_as_read(text, value), kept, "{text}");
+        }
+        assert!(kept > 50_000, "{kept}");
     }
 }

@@ -336,6 +336,7 @@ impl Ingestor {
                         metric: a.spec.name,
                         ts: m.ts,
                         value: a.value,
+                        value_json: a.json,
                         unit: a.spec.unit,
                         interval_s: m.interval_s,
                         quality: a.quality,

@@ -168,12 +168,19 @@ impl<'a> Reader<'a> {
     }
 
     /// An entry of `values`: a number, as `ValueMember`'s visitor converts it.
-    fn value_member(&mut self) -> Option<ValueMember> {
-        Some(ValueMember::Number(match self.number()? {
+    fn value_member(&mut self) -> Option<ValueMember<'a>> {
+        let start = self.at;
+        let value = match self.number()? {
             Num::U64(v) => v as f64,
             Num::I64(v) => v as f64,
             Num::F64(v) => v,
-        }))
+        };
+        let text = self.text.get(start..self.at)?;
+        Some(if written_as_read(text, value) {
+            ValueMember::Written(value, text)
+        } else {
+            ValueMember::Number(value)
+        })
     }
 
     /// `values` or `units`: an object of entries read by `entry`, or a scalar.
@@ -299,4 +306,30 @@ impl<'a> Reader<'a> {
         let f = if exponent >= 0 { f * pow } else { f / pow };
         Some(Num::F64(if positive { f } else { -f }))
     }
+}
+
+/// Whether serde_json writes `value` as `text`, the JSON number it was read from: a plain
+/// decimal with a fraction (`35.2`, `61.0`) and no zero serde_json would drop, of at most 15
+/// significant digits (no other decimal that short denotes the same f64, so these are the
+/// digits of the shortest round trip), in the range serde_json writes without an exponent.
+pub(super) fn written_as_read(text: &str, value: f64) -> bool {
+    if !(1e-4..1e15).contains(&value.abs()) {
+        return false;
+    }
+    let unsigned = text.strip_prefix('-').unwrap_or(text);
+    let Some((int, frac)) = unsigned.split_once('.') else {
+        return false;
+    };
+    if frac.is_empty()
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+        || (frac.len() > 1 && frac.ends_with('0'))
+    {
+        return false;
+    }
+    let significant = match (int, frac) {
+        ("0", _) => frac.trim_start_matches('0').len(),
+        (_, "0") => int.len(),
+        _ => int.len() + frac.len(),
+    };
+    significant <= 15
 }
