@@ -17,7 +17,9 @@
 //! strings from the payload: no `serde_json::Value` tree, no allocation per field. It keeps the
 //! semantics of parsing into a `Value` first: the whole body must be valid JSON (unknown members
 //! too, numbers in range, nesting at most 128 deep); a member given twice counts once, the last;
-//! values are decoded in metric-name order.
+//! values are decoded in metric-name order. A body of the common shape is read by a hand-written
+//! reader ([`fast`]) into the same [`Body`]; anything else it leaves to the serde parse, so every
+//! rejection and its message are serde_json's.
 
 use std::borrow::Cow;
 use std::fmt;
