@@ -1,8 +1,10 @@
 //! The readings topic's record, written by hand for ingest's hot path: byte for byte what
 //! `serde_json::to_vec(&ReadingBatch)` writes, from borrowed fields, into one buffer sized up
-//! front. Leaves (strings, numbers) go through serde_json itself, so escaping and number
-//! formatting cannot drift from the derived serializer; only the punctuation and the field
-//! order are written here, and a test holds them to the derive.
+//! front. Numbers are formatted by the crates serde_json formats them with (`itoa`, and `zmij`
+//! for shortest round-trip floats); a string is copied as is when serde_json would copy it as
+//! is (no quote, backslash or control character) and escaped by serde_json itself otherwise.
+//! Tests hold every byte, punctuation and field order included, to the derive, so a serde_json
+//! that formats differently fails them rather than changing the record.
 
 use std::ops::Range;
 
@@ -16,6 +18,8 @@ pub struct ReadingRef<'a> {
     pub metric: &'a str,
     pub ts: i64,
     pub value: f64,
+    /// `value` as serde_json writes it, when the caller has that at hand: written as is.
+    pub value_json: Option<&'a str>,
     pub unit: &'a str,
     pub interval_s: Option<f64>,
     pub quality: Quality,
@@ -32,6 +36,7 @@ impl<'a> From<&'a Reading> for ReadingRef<'a> {
             metric: &r.metric,
             ts: r.ts,
             value: r.value,
+            value_json: None,
             unit: &r.unit,
             interval_s: r.interval_s,
             quality: r.quality,
@@ -55,21 +60,27 @@ impl ReadingRef<'_> {
     }
 }
 
-/// The JSON of `ReadingBatch { readings }`, as `serde_json::to_vec` writes it.
-pub fn to_vec<'a>(readings: &[ReadingRef<'a>]) -> Vec<u8> {
-    let mut out =
-        Vec::with_capacity(16 + readings.iter().map(ReadingRef::size_hint).sum::<usize>());
+/// The JSON of `ReadingBatch { readings }`, as `serde_json::to_vec` writes it. An iterator
+/// (walked twice: sizes, then bytes), so a caller need not collect its readings first.
+pub fn to_vec<'a, I>(readings: I) -> Vec<u8>
+where
+    I: IntoIterator<Item = ReadingRef<'a>>,
+    I::IntoIter: Clone,
+{
+    let readings = readings.into_iter();
+    let size = 16 + readings.clone().map(|r| r.size_hint()).sum::<usize>();
+    let mut out = Vec::with_capacity(size);
     write(&mut out, readings);
     out
 }
 
 /// Appends the JSON of `ReadingBatch { readings }` to `out`.
-pub fn write(out: &mut Vec<u8>, readings: &[ReadingRef<'_>]) {
+pub fn write<'a>(out: &mut Vec<u8>, readings: impl IntoIterator<Item = ReadingRef<'a>>) {
     out.extend_from_slice(b"{\"readings\":[");
     // The readings of one message share most fields (device, channel, time, message id): a
     // field equal to the previous reading's is copied from where it was written, not
     // escaped or formatted again.
-    let mut prev: Option<(&ReadingRef<'_>, Spans)> = None;
+    let mut prev: Option<(ReadingRef<'_>, Spans)> = None;
     for r in readings {
         if prev.is_some() {
             out.push(b',');
@@ -79,28 +90,31 @@ pub fn write(out: &mut Vec<u8>, readings: &[ReadingRef<'_>]) {
         spans.device_id = cached(
             out,
             prev.as_ref()
-                .map(|(p, s)| (p.device_id == r.device_id, &s.device_id)),
-            |out| leaf(out, r.device_id),
+                .map(|(p, s)| (same(p.device_id, r.device_id), &s.device_id)),
+            |out| str_leaf(out, r.device_id),
         );
         out.extend_from_slice(b",\"channel\":");
         spans.channel = cached(
             out,
             prev.as_ref()
-                .map(|(p, s)| (p.channel == r.channel, &s.channel)),
-            |out| leaf(out, r.channel),
+                .map(|(p, s)| (same(p.channel, r.channel), &s.channel)),
+            |out| str_leaf(out, r.channel),
         );
         out.extend_from_slice(b",\"metric\":");
-        leaf(out, r.metric);
+        str_leaf(out, r.metric);
         out.extend_from_slice(b",\"ts\":");
         spans.ts = cached(
             out,
             prev.as_ref().map(|(p, s)| (p.ts == r.ts, &s.ts)),
-            |out| leaf(out, &r.ts),
+            |out| i64_leaf(out, r.ts),
         );
         out.extend_from_slice(b",\"value\":");
-        leaf(out, &r.value);
+        match r.value_json {
+            Some(json) => out.extend_from_slice(json.as_bytes()),
+            None => f64_leaf(out, r.value),
+        }
         out.extend_from_slice(b",\"unit\":");
-        leaf(out, r.unit);
+        str_leaf(out, r.unit);
         if let Some(interval_s) = r.interval_s {
             out.extend_from_slice(b",\"interval_s\":");
             spans.interval_s = cached(
@@ -111,26 +125,26 @@ pub fn write(out: &mut Vec<u8>, readings: &[ReadingRef<'_>]) {
                         &s.interval_s,
                     )
                 }),
-                |out| leaf(out, &interval_s),
+                |out| f64_leaf(out, interval_s),
             );
         }
         out.extend_from_slice(b",\"quality\":\"");
         out.extend_from_slice(r.quality.as_str().as_bytes());
         out.extend_from_slice(b"\",\"quality_reason\":");
-        leaf(out, r.quality_reason);
+        str_leaf(out, r.quality_reason);
         out.extend_from_slice(b",\"received_at\":");
         spans.received_at = cached(
             out,
             prev.as_ref()
                 .map(|(p, s)| (p.received_at == r.received_at, &s.received_at)),
-            |out| leaf(out, &r.received_at),
+            |out| i64_leaf(out, r.received_at),
         );
         out.extend_from_slice(b",\"message_id\":");
         spans.message_id = cached(
             out,
             prev.as_ref()
-                .map(|(p, s)| (p.message_id == r.message_id, &s.message_id)),
-            |out| leaf(out, r.message_id),
+                .map(|(p, s)| (same(p.message_id, r.message_id), &s.message_id)),
+            |out| str_leaf(out, r.message_id),
         );
         out.push(b'}');
         prev = Some((r, spans));
@@ -149,6 +163,13 @@ struct Spans {
     message_id: Range<usize>,
 }
 
+/// Whether two strings are equal; the readings of one message mostly borrow the very same
+/// string, which needs no comparing of bytes.
+#[inline]
+fn same(a: &str, b: &str) -> bool {
+    std::ptr::eq(a, b) || a == b
+}
+
 /// Writes a field with `write`, or copies its bytes from `span` when `prev` says the previous
 /// reading had the same value (and wrote it there); returns where it is now.
 fn cached(
@@ -164,11 +185,35 @@ fn cached(
     start..out.len()
 }
 
-/// A string or number as serde_json writes it (escapes, shortest round-trip floats, `null` for
-/// a non-finite float).
-fn leaf<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
-    // Serializing a string or a number into a Vec cannot fail.
-    serde_json::to_writer(out, v).expect("a JSON leaf serializes");
+/// A string as serde_json writes it.
+#[inline]
+fn str_leaf(out: &mut Vec<u8>, s: &str) {
+    // serde_json escapes exactly these bytes; a string without them it copies between quotes.
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Serializing a string into a Vec cannot fail.
+        serde_json::to_writer(out, s).expect("a JSON string serializes");
+    }
+}
+
+/// An integer as serde_json writes it (with `itoa`).
+#[inline]
+fn i64_leaf(out: &mut Vec<u8>, v: i64) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// A float as serde_json writes it: shortest round trip (with `zmij`), `null` if not finite.
+#[inline]
+fn f64_leaf(out: &mut Vec<u8>, v: f64) {
+    if v.is_finite() {
+        out.extend_from_slice(zmij::Buffer::new().format_finite(v).as_bytes());
+    } else {
+        out.extend_from_slice(b"null");
+    }
 }
 
 #[cfg(test)]
@@ -192,10 +237,28 @@ mod tests {
             0.1 + 0.2,
             f64::MIN_POSITIVE,
             2f64.powi(60),
+            // Where float formatters differ: exponent thresholds, subnormals, extremes.
+            5e-324,
+            f64::MAX,
+            -1e-300,
+            1e15,
+            1e16,
+            9007199254740993.0,
+            0.000001,
+            1e-5,
+            f64::NEG_INFINITY,
         ];
         Reading {
             device_id: pick(&["aq-001", "dev\"quoted\"", "tab\there", "ünïcödé-đắk-lắk"]),
-            channel: pick(&["", "lane-1", "in\\let", "ctl\u{1}\u{1f}\u{7f}", "inlet"]),
+            channel: pick(&[
+                "",
+                "lane-1",
+                "in\\let",
+                "ctl\u{1}\u{1f}\u{7f}",
+                "inlet",
+                "del\u{7f}",
+                "/slash/",
+            ]),
             metric: pick(&["pm25", "temperature", "vehicle_count"]),
             ts: [0, -1, 1_795_680_240_000, i64::MAX, i64::MIN][(i % 5) as usize],
             value: values[(i as usize) % values.len()],
@@ -238,7 +301,7 @@ mod tests {
             })
             .unwrap();
             assert_eq!(
-                String::from_utf8(to_vec(&refs)).unwrap(),
+                String::from_utf8(to_vec(refs.iter().copied())).unwrap(),
                 String::from_utf8(expected).unwrap()
             );
         }
@@ -256,7 +319,7 @@ mod tests {
                 })
                 .unwrap();
                 assert_eq!(
-                    String::from_utf8(to_vec(&refs)).unwrap(),
+                    String::from_utf8(to_vec(refs.iter().copied())).unwrap(),
                     String::from_utf8(expected).unwrap()
                 );
             }

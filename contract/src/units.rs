@@ -65,14 +65,53 @@ enum Unit {
 }
 
 fn parse(unit: &str) -> Option<Unit> {
+    // Ingest converts on every message that names a unit: no allocation for the catalogue's
+    // own spellings, nor for a spelling the normalization below would leave as it is.
+    if let Some(u) = catalogue_spelling(unit) {
+        return Some(u);
+    }
+    if unit
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !b.is_ascii_uppercase())
+    {
+        return normalized(unit);
+    }
     let t: String = unit
         .trim()
         .to_lowercase()
         .replace(['µ', 'μ'], "u")
         .replace('³', "3")
         .replace(['°', 'º', ' '], "");
+    normalized(&t)
+}
+
+/// The catalogue's units as DOMAIN.md writes them; each is what its normalized spelling is.
+fn catalogue_spelling(unit: &str) -> Option<Unit> {
     use Unit::*;
-    Some(match t.as_str() {
+    Some(match unit {
+        "µg/m³" => MicrogramPerM3,
+        "°C" => Celsius,
+        "%" => Percent,
+        "hPa" => HectoPascal,
+        "m/s" => MPerSecond,
+        "degrees" => Degrees,
+        "dBA" => Dba,
+        "pH" => Ph,
+        "mg/L" => MilligramPerL,
+        "Pt-Co" => PtCo,
+        "NTU" => Ntu,
+        "µS/cm" => MicroSiemensPerCm,
+        "m³/h" => M3PerHour,
+        "vehicles" => Vehicles,
+        "km/h" => KmPerHour,
+        _ => return None,
+    })
+}
+
+/// A normalized spelling (trimmed, lowercase, `u` for µ, `3` for ³, no degree signs or spaces).
+fn normalized(t: &str) -> Option<Unit> {
+    use Unit::*;
+    Some(match t {
         "ug/m3" => MicrogramPerM3,
         "mg/m3" => MilligramPerM3,
         "ppb" => Ppb,
@@ -144,6 +183,29 @@ mod tests {
     fn every_catalogue_unit_is_its_own_identity() {
         for spec in CATALOGUE {
             assert_eq!(to_canonical(spec, 1.5, spec.unit), Ok(1.5), "{}", spec.name);
+        }
+    }
+
+    #[test]
+    fn the_shortcuts_agree_with_normalizing() {
+        let slow = |unit: &str| {
+            let t: String = unit
+                .trim()
+                .to_lowercase()
+                .replace(['µ', 'μ'], "u")
+                .replace('³', "3")
+                .replace(['°', 'º', ' '], "");
+            normalized(&t)
+        };
+        for spec in CATALOGUE {
+            assert!(catalogue_spelling(spec.unit).is_some(), "{}", spec.unit);
+        }
+        for unit in CATALOGUE.iter().map(|s| s.unit).chain([
+            "µg/m³", "°C", "%", "hPa", "m/s", "degrees", "dBA", "pH", "mg/L", "Pt-Co", "NTU",
+            "µS/cm", "m³/h", "vehicles", "km/h", "mg/m3", "ug/m3", "ppb", "PPM", " ppm", "of",
+            "kpa", "l/s", "db(a)", "pt/co", "%rh", "fraction", "furlongs", "", "m3/hr", "deg",
+        ]) {
+            assert_eq!(parse(unit), slow(unit), "{unit:?}");
         }
     }
 

@@ -17,7 +17,9 @@
 //! strings from the payload: no `serde_json::Value` tree, no allocation per field. It keeps the
 //! semantics of parsing into a `Value` first: the whole body must be valid JSON (unknown members
 //! too, numbers in range, nesting at most 128 deep); a member given twice counts once, the last;
-//! values are decoded in metric-name order.
+//! values are decoded in metric-name order. A body of the common shape is read by a hand-written
+//! reader ([`fast`]) into the same [`Body`]; anything else it leaves to the serde parse, so every
+//! rejection and its message are serde_json's.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -27,6 +29,8 @@ use ioc_contract::units;
 use ioc_contract::{Quality, Reading, RejectCode};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
+
+mod fast;
 
 /// What the decoder needs besides the bytes.
 #[derive(Debug, Clone)]
@@ -115,16 +119,19 @@ pub struct V1Message<'a> {
     pub channel: Cow<'a, str>,
     pub interval_s: Option<f64>,
     /// In metric-name order.
-    pub accepted: Vec<AcceptedValue>,
+    pub accepted: Vec<AcceptedValue<'a>>,
     pub rejected_values: Vec<ValueRejection>,
 }
 
 /// One value of a v1 message that becomes a reading.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AcceptedValue {
+pub struct AcceptedValue<'a> {
     pub spec: &'static MetricSpec,
     /// In the catalogue's unit.
     pub value: f64,
+    /// `value` as serde_json writes it, when the payload wrote it so and it was not converted:
+    /// the readings record copies it rather than formatting the float again.
+    pub json: Option<&'a str>,
     pub quality: Quality,
     pub quality_reason: String,
 }
@@ -135,22 +142,51 @@ pub fn decode_v1_borrowed<'a>(
     ctx: &DecodeContext,
 ) -> Result<V1Message<'a>, Rejection> {
     check_size(payload, ctx)?;
-    let body = match serde_json::from_slice::<Parsed<'a>>(payload) {
-        Ok(Parsed::Object(body)) => body,
-        Ok(Parsed::Other(kind)) => {
-            return Err(Rejection::new(
-                RejectCode::Malformed,
-                format!("body must be a JSON object, found {kind}"),
-            ))
-        }
-        Err(e) => {
-            return Err(Rejection::new(
-                RejectCode::Malformed,
-                format!("body is not JSON: {e}"),
-            ))
-        }
+    // The common shape without serde; what it does not vouch for, serde_json decides.
+    let body = match fast::body(payload, None) {
+        Some((body, _)) => body,
+        None => serde_body(payload)?,
     };
+    checked(body, ctx)
+}
 
+/// [`decode_v1_borrowed`], and the [`MessageId`] of `topic` and `payload` hashed as the body is
+/// read. FNV-1a is a chain of multiplications, each waiting for the one before: hashed in
+/// pieces between the reader's steps, it runs alongside the reading rather than before it.
+pub fn decode_v1_with_id<'a>(
+    topic: &str,
+    payload: &'a [u8],
+    ctx: &DecodeContext,
+) -> (MessageId, Result<V1Message<'a>, Rejection>) {
+    if let Err(r) = check_size(payload, ctx) {
+        return (MessageId::of(topic, payload), Err(r));
+    }
+    match fast::body(payload, Some(Fnv::of_topic(topic))) {
+        Some((body, Some(hash))) => (MessageId::from_hash(hash), checked(body, ctx)),
+        _ => (
+            MessageId::of(topic, payload),
+            serde_body(payload).and_then(|body| checked(body, ctx)),
+        ),
+    }
+}
+
+/// A body as the serde parse reads it, or why it is malformed.
+fn serde_body(payload: &[u8]) -> Result<Body<'_>, Rejection> {
+    match serde_json::from_slice::<Parsed<'_>>(payload) {
+        Ok(Parsed::Object(body)) => Ok(body),
+        Ok(Parsed::Other(kind)) => Err(Rejection::new(
+            RejectCode::Malformed,
+            format!("body must be a JSON object, found {kind}"),
+        )),
+        Err(e) => Err(Rejection::new(
+            RejectCode::Malformed,
+            format!("body is not JSON: {e}"),
+        )),
+    }
+}
+
+/// The checks, normalization and validation of a read body.
+fn checked<'a>(body: Body<'a>, ctx: &DecodeContext) -> Result<V1Message<'a>, Rejection> {
     let ts = parse_ts(body.ts.as_ref())?;
     if let Some(seq) = &body.seq {
         if !matches!(seq, Raw::Number(n) if n.is_u64()) {
@@ -249,8 +285,9 @@ pub fn decode_v1_borrowed<'a>(
             });
             continue;
         };
-        let value = match raw {
-            ValueMember::Number(v) => *v,
+        let (value, json) = match raw {
+            ValueMember::Number(v) => (*v, None),
+            ValueMember::Written(v, text) => (*v, Some(*text)),
             ValueMember::Other(raw) => {
                 out.rejected_values.push(ValueRejection {
                     metric: metric.to_string(),
@@ -266,10 +303,10 @@ pub fn decode_v1_borrowed<'a>(
                 _ => None,
             })
         });
-        let value = match unit {
-            None => value,
+        let (value, json) = match unit {
+            None => (value, json),
             Some(unit) => match units::to_canonical(spec, value, unit) {
-                Ok(v) => v,
+                Ok(v) => (v, None),
                 Err(e) => {
                     out.rejected_values.push(ValueRejection {
                         metric: metric.to_string(),
@@ -284,6 +321,7 @@ pub fn decode_v1_borrowed<'a>(
         out.accepted.push(AcceptedValue {
             spec,
             value,
+            json,
             quality,
             quality_reason,
         });
@@ -324,17 +362,18 @@ enum Parsed<'a> {
 
 /// The members of a v1 body the checks read; the last one wins where a key repeats, as in a
 /// `Value` map.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Body<'a> {
     ts: Option<Raw<'a>>,
     seq: Option<Raw<'a>>,
     channel: Option<Raw<'a>>,
     interval_s: Option<Raw<'a>>,
-    values: Option<Members<'a, ValueMember>>,
+    values: Option<Members<'a, ValueMember<'a>>>,
     units: Option<Members<'a, Raw<'a>>>,
 }
 
 /// An object member read entry by entry (`values`, `units`), or what else it was.
+#[derive(Debug)]
 enum Members<'a, T> {
     /// Sorted by key, one entry per key (the last given): the order and the duplicate rule of
     /// a `Value` map.
@@ -345,8 +384,10 @@ enum Members<'a, T> {
 /// One entry of `values`. Anything but a number is kept as a `Value`: it is rare, and its
 /// reason quotes it.
 #[derive(Debug)]
-enum ValueMember {
+enum ValueMember<'a> {
     Number(f64),
+    /// A number, and its text in the payload, which is what serde_json writes for it.
+    Written(f64, &'a str),
     Other(Value),
 }
 
@@ -518,47 +559,53 @@ impl<'de> Deserialize<'de> for Raw<'de> {
     }
 }
 
-impl<'de> Deserialize<'de> for ValueMember {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ValueMember, D::Error> {
+impl<'de> Deserialize<'de> for ValueMember<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ValueMember<'de>, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = ValueMember;
+            type Value = ValueMember<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("any JSON value")
             }
-            fn visit_bool<E>(self, v: bool) -> Result<ValueMember, E> {
+            fn visit_bool<E>(self, v: bool) -> Result<ValueMember<'de>, E> {
                 Ok(ValueMember::Other(Value::Bool(v)))
             }
-            fn visit_i64<E>(self, v: i64) -> Result<ValueMember, E> {
+            fn visit_i64<E>(self, v: i64) -> Result<ValueMember<'de>, E> {
                 Ok(ValueMember::Number(v as f64))
             }
-            fn visit_u64<E>(self, v: u64) -> Result<ValueMember, E> {
+            fn visit_u64<E>(self, v: u64) -> Result<ValueMember<'de>, E> {
                 Ok(ValueMember::Number(v as f64))
             }
-            fn visit_f64<E>(self, v: f64) -> Result<ValueMember, E> {
+            fn visit_f64<E>(self, v: f64) -> Result<ValueMember<'de>, E> {
                 Ok(if v.is_finite() {
                     ValueMember::Number(v)
                 } else {
                     ValueMember::Other(Value::Null)
                 })
             }
-            fn visit_str<E>(self, s: &str) -> Result<ValueMember, E> {
+            fn visit_str<E>(self, s: &str) -> Result<ValueMember<'de>, E> {
                 Ok(ValueMember::Other(Value::String(s.to_string())))
             }
-            fn visit_unit<E>(self) -> Result<ValueMember, E> {
+            fn visit_unit<E>(self) -> Result<ValueMember<'de>, E> {
                 Ok(ValueMember::Other(Value::Null))
             }
-            fn visit_none<E>(self) -> Result<ValueMember, E> {
+            fn visit_none<E>(self) -> Result<ValueMember<'de>, E> {
                 Ok(ValueMember::Other(Value::Null))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ValueMember, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ValueMember<'de>, A::Error> {
                 let mut items = Vec::new();
                 while let Some(item) = seq.next_element::<Value>()? {
                     items.push(item);
                 }
                 Ok(ValueMember::Other(Value::Array(items)))
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ValueMember, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ValueMember<'de>, A::Error> {
                 let mut members = Map::new();
                 while let Some((k, v)) = map.next_entry::<String, Value>()? {
                     members.insert(k, v);
@@ -611,20 +658,40 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Members<'de, T> {
                     let v = map.next_value::<T>()?;
                     entries.push((k, v));
                 }
-                // A `Value` map's order and duplicate rule: sorted by key, the last given wins.
-                entries.sort_by(|a, b| a.0.cmp(&b.0));
-                entries.dedup_by(|later, kept| {
-                    let same = later.0 == kept.0;
-                    if same {
-                        std::mem::swap(&mut later.1, &mut kept.1);
-                    }
-                    same
-                });
-                Ok(Members::Object(entries))
+                Ok(Members::Object(sorted_unique(entries)))
             }
         }
         d.deserialize_any(V(std::marker::PhantomData))
     }
+}
+
+#[cfg(test)]
+impl Body<'_> {
+    /// The body as the serde parse reads it, which keeps no number's text.
+    fn forget_written(mut self) -> Self {
+        if let Some(Members::Object(entries)) = &mut self.values {
+            for (_, v) in entries {
+                if let ValueMember::Written(number, _) = *v {
+                    *v = ValueMember::Number(number);
+                }
+            }
+        }
+        self
+    }
+}
+
+/// A `Value` map's order and duplicate rule: sorted by key, the last given wins.
+fn sorted_unique<'a, T>(mut entries: Vec<(Cow<'a, str>, T)>) -> Vec<(Cow<'a, str>, T)> {
+    // Stable: of equal keys, the last given is last.
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            std::mem::swap(&mut later.1, &mut kept.1);
+        }
+        same
+    });
+    entries
 }
 
 impl<'de> Deserialize<'de> for Parsed<'de> {
@@ -788,19 +855,55 @@ fn short(v: &Value) -> String {
 /// A 64-bit FNV-1a hash of the topic and payload, as 16 hex digits: the message id. A
 /// redelivered message gets the same id.
 pub fn message_id(topic: &str, payload: &[u8]) -> String {
-    // Three plain loops rather than one over a chained iterator: the same hash, a tighter loop.
-    let fnv = |mut h: u64, bytes: &[u8]| {
-        for b in bytes {
-            h ^= *b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    MessageId::of(topic, payload).as_str().to_string()
+}
+
+/// [`message_id`] on the stack: ingest needs it for every message, and as a `String` only for
+/// dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageId([u8; 16]);
+
+impl MessageId {
+    pub fn of(topic: &str, payload: &[u8]) -> MessageId {
+        let mut h = Fnv::of_topic(topic);
+        h.feed(payload);
+        MessageId::from_hash(h)
+    }
+
+    fn from_hash(h: Fnv) -> MessageId {
+        let mut hex = [0u8; 16];
+        for (i, digit) in hex.iter_mut().enumerate() {
+            *digit = b"0123456789abcdef"[(h.0 >> (60 - 4 * i)) as usize & 0xf];
         }
+        MessageId(hex)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Sixteen ASCII hex digits.
+        std::str::from_utf8(&self.0).expect("hex digits are UTF-8")
+    }
+}
+
+/// 64-bit FNV-1a, fed piece by piece.
+#[derive(Debug, Clone, Copy)]
+struct Fnv(u64);
+
+impl Fnv {
+    /// The hash of a topic and the zero byte that ends it; the payload follows.
+    fn of_topic(topic: &str) -> Fnv {
+        let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+        h.feed(topic.as_bytes());
+        h.feed(&[0]);
         h
-    };
-    let h = fnv(
-        fnv(fnv(0xcbf2_9ce4_8422_2325, topic.as_bytes()), &[0]),
-        payload,
-    );
-    format!("{h:016x}")
+    }
+
+    #[inline]
+    fn feed(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= *b as u64;
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1316,5 +1419,147 @@ mod tests {
             accepted > 500 && partly > 500 && rejected > 5000,
             "{accepted} accepted, {partly} partly, {rejected} rejected"
         );
+    }
+
+    #[test]
+    fn the_fast_reader_reads_what_the_serde_parse_reads_wherever_it_answers() {
+        let seeds: &[&str] = &[
+            SEEDS[0],
+            SEEDS[1],
+            SEEDS[6],
+            SEEDS[7],
+            r#" { "ts" : 1795680240000 , "site":"xéy", "ok":true, "no":false, "n":null,
+              "values" : { "pm25" : -0 , "pm10":1E+2, "no2":0.000001, "co":1e22, "so2":1e23,
+              "o3":9007199254740993.5, "noise":18446744073709551615, "ph":-9223372036854775808,
+              "do":-9223372036854775809, "tss":0e5, "cod":-0.0, "flow":12345678901234567890,
+              "nh4":4.35e-3, "bod5":9007199254740992.0, "color":1E-22 } } "#,
+            r#"{"ts":"2026-11-26T15:04:00+07:00","channel":"roof","interval_s":60,"rssi":-71,"batt_v":3.71,"values":{"pm25":35.2,"pm10":61.0,"no2":21.4,"co":1.1805},"units":{"co":"mg/m3"}}"#,
+            r#"{"ts":1795680240000,"values":5,"units":"x","seq":-1,"channel":7,"interval_s":"s"}"#,
+            r#"{"ts":1795680240000,"values":{},"units":{"a":1,"b":null,"c":true}}"#,
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet = b"{}[]\t\n ,:\"\\0123456789eE.-+nultrsfa\x01\xc3\xa9\xff";
+        let (mut read, mut left) = (0, 0);
+        for seed in seeds {
+            for round in 0..3000 {
+                let mut body = seed.as_bytes().to_vec();
+                if round > 0 {
+                    for _ in 0..(next() % 3 + 1) {
+                        let i = next() as usize % (body.len() + 1);
+                        let b = alphabet[next() as usize % alphabet.len()];
+                        match next() % 3 {
+                            0 if i < body.len() => body[i] = b,
+                            1 if i < body.len() => {
+                                body.remove(i);
+                            }
+                            _ => body.insert(i, b),
+                        }
+                    }
+                }
+                assert_eq!(
+                    decode_v1_with_id("ioc/v1/devices/d/telemetry", &body, &ctx()),
+                    (
+                        MessageId::of("ioc/v1/devices/d/telemetry", &body),
+                        decode_v1_borrowed(&body, &ctx())
+                    ),
+                    "{}",
+                    String::from_utf8_lossy(&body)
+                );
+                let Some((fast, _)) = fast::body(&body, None) else {
+                    left += 1;
+                    continue;
+                };
+                // A number's text is kept only where serde_json writes the number so.
+                if let Some(Members::Object(entries)) = &fast.values {
+                    for (_, v) in entries {
+                        if let ValueMember::Written(v, text) = v {
+                            assert_eq!(&serde_json::to_string(v).unwrap(), text);
+                        }
+                    }
+                }
+                let fast = fast.forget_written();
+                match serde_json::from_slice::<Parsed>(&body) {
+                    Ok(Parsed::Object(slow)) => assert_eq!(
+                        format!("{fast:?}"),
+                        format!("{slow:?}"),
+                        "{}",
+                        String::from_utf8_lossy(&body)
+                    ),
+                    _ => panic!(
+                        "the fast reader read what serde refuses: {}",
+                        String::from_utf8_lossy(&body)
+                    ),
+                }
+                read += 1;
+            }
+        }
+        // Both ways are taken often.
+        assert!(
+            read > 2_000 && left > 2_000,
+            "{read} read, {left} left to serde"
+        );
+    }
+
+    #[test]
+    fn a_number_s_text_is_kept_only_where_serde_json_writes_it_so() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut kept = 0;
+        for i in 0..200_000u64 {
+            let digits = |n: u64, r: u64| -> String {
+                (0..n)
+                    .map(|k| char::from(b'0' + ((r >> (k * 3 % 60)) % 10) as u8))
+                    .collect()
+            };
+            let (a, b, c) = (next(), next(), next());
+            let int = match a % 4 {
+                0 => "0".to_string(),
+                _ => digits(a % 17 + 1, b).trim_start_matches('0').to_string() + "1",
+            };
+            let frac = match c % 5 {
+                0 => "0".to_string(),
+                1 => format!(
+                    "{}{}",
+                    "0".repeat((c >> 8) as usize % 7),
+                    digits(c % 4 + 1, b)
+                ),
+                _ => digits(c % 18 + 1, a ^ i),
+            };
+            let sign = if b % 3 == 0 { "-" } else { "" };
+            let text = format!("{sign}{int}.{frac}");
+            let value: f64 = serde_json::from_str(&text).unwrap();
+            if fast::written_as_read(&text, value) {
+                kept += 1;
+                assert_eq!(serde_json::to_string(&value).unwrap(), text);
+            }
+        }
+        for (text, kept) in [
+            ("35.2", true),
+            ("61.0", true),
+            ("1180.5", true),
+            ("-7.25", true),
+            ("0.0001", true),
+            ("0.00001", false),
+            ("60", false),
+            ("1e3", false),
+            ("35.20", false),
+            ("123456789012345.6", false),
+            ("0.0", false),
+        ] {
+            let value: f64 = serde_json::from_str(text).unwrap();
+            assert_eq!(fast::written_as_read(text, value), kept, "{text}");
+        }
+        assert!(kept > 50_000, "{kept}");
     }
 }

@@ -48,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ack::InOrderAcks;
 use crate::camera::PlateKey;
-use crate::decode::{decode_v1, message_id, DecodeContext, Rejection};
+use crate::decode::{decode_v1, DecodeContext, MessageId, Rejection};
 use crate::flat::Profiles;
 pub use crate::metrics::IngestMetrics;
 use crate::route::{DeviceRef, Router};
@@ -213,16 +213,22 @@ impl Ingestor {
 
     /// What one MQTT message becomes: its records on the bus and its rejections.
     fn decide(&self, topic: &str, payload: &[u8], ctx: &DecodeContext) -> Outcome {
-        let id = message_id(topic, payload);
+        // The message id, hashed when first needed: the v1 reader hashes it as it reads.
+        let id = std::cell::OnceCell::new();
+        let id_of = || *id.get_or_init(|| MessageId::of(topic, payload));
         let mut outcome = Outcome::default();
         let route = self.router.route(topic);
         // A camera message may hold a plate: whatever is wrong with it (an invalid id in its
         // topic, a camera device on another format's topic), it goes to quarantine.
-        let reject_to = std::cell::Cell::new(if self.router.camera_like(topic) {
-            &self.topics.quarantine
-        } else {
-            &self.topics.deadletter
-        });
+        // (Decided when a letter is written: a message that becomes readings never asks.)
+        let camera_device = std::cell::Cell::new(false);
+        let reject_to = || {
+            if camera_device.get() || self.router.camera_like(topic) {
+                &self.topics.quarantine
+            } else {
+                &self.topics.deadletter
+            }
+        };
         let named = route.and_then(|(_, d)| d.named());
         let letter = |outcome: &mut Outcome,
                       code: RejectCode,
@@ -236,14 +242,14 @@ impl Ingestor {
                 reason,
                 topic: topic.to_string(),
                 received_at: ctx.received_at,
-                message_id: id.clone(),
+                message_id: id_of().as_str().to_string(),
                 device_id: device.map(str::to_string),
                 external_id,
                 metric,
                 raw_base64: base64::engine::general_purpose::STANDARD.encode(payload),
             };
             outcome.records.push(OutRecord {
-                topic: reject_to.get().clone(),
+                topic: reject_to().clone(),
                 key: device.unwrap_or("").to_string(),
                 payload: serde_json::to_vec(&letter).expect("dead letters serialize"),
                 readings: 0,
@@ -290,7 +296,7 @@ impl Ingestor {
         };
         let device_id = device.device_id.as_str();
         if is_camera(&device) {
-            reject_to.set(&self.topics.quarantine);
+            camera_device.set(true);
         }
         if device.status == DeviceStatus::Decommissioned {
             letter(
@@ -349,7 +355,7 @@ impl Ingestor {
             },
         };
         if format == Format::CameraEvent {
-            match self.camera_records(&device, device_ref, payload, &id, ctx) {
+            match self.camera_records(&device, device_ref, payload, id_of().as_str(), ctx) {
                 Ok(records) => outcome.records.extend(records),
                 Err(r) => letter(&mut outcome, r.code, r.reason, Some(device_id), None, None),
             }
@@ -357,42 +363,47 @@ impl Ingestor {
         }
         // v1, the busiest format, goes from the payload's borrowed strings to the record's bytes
         // without owned readings in between; the others build their readings first.
+        let message_id;
         let decoded = match format {
-            Format::IocJson => decode::decode_v1_borrowed(payload, ctx).map(|m| {
-                let readings: Vec<ReadingRef> = m
-                    .accepted
-                    .iter()
-                    .map(|a| ReadingRef {
+            Format::IocJson => {
+                let (v1_id, decoded) = decode::decode_v1_with_id(topic, payload, ctx);
+                message_id = v1_id;
+                // Nothing asked for the id before on this path.
+                let _ = id.set(v1_id);
+                decoded.map(|m| {
+                    let readings = m.accepted.iter().map(|a| ReadingRef {
                         device_id,
                         channel: &m.channel,
                         metric: a.spec.name,
                         ts: m.ts,
                         value: a.value,
+                        value_json: a.json,
                         unit: a.spec.unit,
                         interval_s: m.interval_s,
                         quality: a.quality,
                         quality_reason: &a.quality_reason,
                         received_at: ctx.received_at,
-                        message_id: &id,
-                    })
-                    .collect();
-                (
-                    readings_json::to_vec(&readings),
-                    readings.len(),
-                    m.rejected_values,
-                )
-            }),
-            _ => format
-                .decode(device_id, payload, &id, ctx, profile)
-                .map(|d| {
-                    let readings: Vec<ReadingRef> =
-                        d.readings.iter().map(ReadingRef::from).collect();
+                        message_id: message_id.as_str(),
+                    });
                     (
-                        readings_json::to_vec(&readings),
-                        readings.len(),
-                        d.rejected_values,
+                        readings_json::to_vec(readings),
+                        m.accepted.len(),
+                        m.rejected_values,
                     )
-                }),
+                })
+            }
+            _ => {
+                message_id = id_of();
+                format
+                    .decode(device_id, payload, message_id.as_str(), ctx, profile)
+                    .map(|d| {
+                        (
+                            readings_json::to_vec(d.readings.iter().map(ReadingRef::from)),
+                            d.readings.len(),
+                            d.rejected_values,
+                        )
+                    })
+            }
         };
         match decoded {
             Err(r) => letter(&mut outcome, r.code, r.reason, Some(device_id), None, None),

@@ -112,12 +112,13 @@ impl Router {
             .iter()
             .filter(|r| r.format == Format::CameraEvent)
             .any(|r| {
-                let parts: Vec<&str> = topic.split('/').collect();
-                parts.len() == r.levels.len()
-                    && r.levels.iter().zip(&parts).all(|(l, p)| match l {
-                        Level::Literal(lit) => lit == p,
-                        _ => true,
-                    })
+                // Asked of every message: compare level by level without collecting the topic.
+                let mut parts = topic.split('/');
+                r.levels.iter().all(|l| match (l, parts.next()) {
+                    (_, None) => false,
+                    (Level::Literal(lit), Some(p)) => lit == p,
+                    (_, Some(_)) => true,
+                }) && parts.next().is_none()
             })
     }
 
@@ -202,6 +203,23 @@ mod tests {
             "other/topic",
         ] {
             assert_eq!(r.route(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn camera_like_topics_have_a_camera_route_s_literal_levels_and_length() {
+        let r = default_router();
+        for yes in ["ioc/v1/cameras/CAM-1/events", "ioc/v1/cameras/CAM 1/events"] {
+            assert!(r.camera_like(yes), "{yes}");
+        }
+        for no in [
+            "ioc/v1/cameras/CAM-1",
+            "ioc/v1/cameras/CAM-1/events/x",
+            "ioc/v1/cameras/CAM-1/other",
+            "ioc/v1/devices/CAM-1/telemetry",
+            "",
+        ] {
+            assert!(!r.camera_like(no), "{no}");
         }
     }
 }

@@ -1,0 +1,335 @@
+//! The common shape of a v1 body read without serde: a JSON object whose members are scalars,
+//! `values` and `units` objects of scalars, strings without escapes, and numbers whose value
+//! serde_json computes exactly (integers of at most 19 digits; decimals with a significand of at
+//! most 2^53 and a power of ten of at most 22). It gives the [`Body`] the serde parse would give;
+//! anything else (nesting, escapes, other numbers, every syntax error) it leaves to that parse by
+//! answering `None`, so errors and rare inputs keep serde_json's exact outcome and messages.
+
+use std::borrow::Cow;
+
+use serde_json::Number;
+
+use super::{sorted_unique, Body, Fnv, Members, Raw, ValueMember};
+
+/// A body in the common shape, and `hash` fed with its bytes.
+pub(super) fn body(payload: &[u8], hash: Option<Fnv>) -> Option<(Body<'_>, Option<Fnv>)> {
+    // Validated once here rather than string by string: a body that is not UTF-8 is not the
+    // common shape (serde_json refuses it, in a string or out of one).
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut r = Reader {
+        text,
+        bytes: payload,
+        at: 0,
+        hash,
+        hashed: 0,
+    };
+    let mut body = Body::default();
+    r.ws();
+    r.eat(b'{')?;
+    r.ws();
+    if r.eat(b'}').is_none() {
+        loop {
+            r.ws();
+            let key = r.string()?;
+            r.ws();
+            r.eat(b':')?;
+            r.ws();
+            // As the serde parse: a member given twice counts once, the last.
+            match key {
+                "ts" => body.ts = Some(r.scalar()?),
+                "seq" => body.seq = Some(r.scalar()?),
+                "channel" => body.channel = Some(r.scalar()?),
+                "interval_s" => body.interval_s = Some(r.scalar()?),
+                "values" => body.values = Some(r.members(|r| r.value_member())?),
+                "units" => body.units = Some(r.members(|r| r.scalar())?),
+                _ => {
+                    r.scalar()?;
+                }
+            }
+            r.hash_read();
+            r.ws();
+            match r.next()? {
+                b',' => {}
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    r.ws();
+    if r.at != r.bytes.len() {
+        return None;
+    }
+    r.hash_read();
+    Some((body, r.hash))
+}
+
+/// A number as serde_json's parser yields it.
+enum Num {
+    U64(u64),
+    I64(i64),
+    F64(f64),
+}
+
+/// 10^0 to 10^22, each exact in an f64 (as serde_json's table has them).
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+struct Reader<'a> {
+    text: &'a str,
+    /// `text`'s bytes.
+    bytes: &'a [u8],
+    at: usize,
+    hash: Option<Fnv>,
+    /// Where the bytes not yet fed to `hash` begin.
+    hashed: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// Feeds `hash` what was read since the last call. Called once a member or entry: the
+    /// hash's chain of multiplications then runs while the next one is read.
+    #[inline]
+    fn hash_read(&mut self) {
+        if let Some(hash) = &mut self.hash {
+            hash.feed(&self.bytes[self.hashed..self.at]);
+            self.hashed = self.at;
+        }
+    }
+
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    #[inline]
+    fn next(&mut self) -> Option<u8> {
+        let b = self.peek()?;
+        self.at += 1;
+        Some(b)
+    }
+
+    #[inline]
+    fn eat(&mut self, b: u8) -> Option<()> {
+        (self.peek() == Some(b)).then(|| self.at += 1)
+    }
+
+    /// JSON whitespace, as serde_json skips it.
+    #[inline]
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
+            self.at += 1;
+        }
+    }
+
+    /// A string without escapes or control characters, borrowed.
+    fn string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.at;
+        loop {
+            match self.next()? {
+                b'"' => break,
+                b'\\' | 0..=0x1f => return None,
+                _ => {}
+            }
+        }
+        // Between two quotes, so on character boundaries.
+        self.text.get(start..self.at - 1)
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.at + word.len();
+        (self.bytes.get(self.at..end)? == word).then(|| self.at = end)
+    }
+
+    /// A scalar member (an array or object is not the common shape).
+    fn scalar(&mut self) -> Option<Raw<'a>> {
+        Some(match self.peek()? {
+            b'"' => Raw::String(Cow::Borrowed(self.string()?)),
+            b'n' => {
+                self.literal(b"null")?;
+                Raw::Null
+            }
+            b't' => {
+                self.literal(b"true")?;
+                Raw::Bool
+            }
+            b'f' => {
+                self.literal(b"false")?;
+                Raw::Bool
+            }
+            // What `RawVisitor` makes of each number.
+            _ => match self.number()? {
+                Num::U64(v) => Raw::Number(v.into()),
+                Num::I64(v) => Raw::Number(v.into()),
+                Num::F64(v) => Number::from_f64(v).map_or(Raw::Null, Raw::Number),
+            },
+        })
+    }
+
+    /// An entry of `values`: a number, as `ValueMember`'s visitor converts it.
+    fn value_member(&mut self) -> Option<ValueMember<'a>> {
+        let start = self.at;
+        let value = match self.number()? {
+            Num::U64(v) => v as f64,
+            Num::I64(v) => v as f64,
+            Num::F64(v) => v,
+        };
+        let text = self.text.get(start..self.at)?;
+        Some(if written_as_read(text, value) {
+            ValueMember::Written(value, text)
+        } else {
+            ValueMember::Number(value)
+        })
+    }
+
+    /// `values` or `units`: an object of entries read by `entry`, or a scalar.
+    fn members<T>(
+        &mut self,
+        mut entry: impl FnMut(&mut Self) -> Option<T>,
+    ) -> Option<Members<'a, T>> {
+        if self.eat(b'{').is_none() {
+            return self.scalar().map(Members::Other);
+        }
+        let mut entries = Vec::with_capacity(8);
+        self.ws();
+        if self.eat(b'}').is_none() {
+            loop {
+                self.ws();
+                let key = self.string()?;
+                self.ws();
+                self.eat(b':')?;
+                self.ws();
+                entries.push((Cow::Borrowed(key), entry(self)?));
+                self.hash_read();
+                self.ws();
+                match self.next()? {
+                    b',' => {}
+                    b'}' => break,
+                    _ => return None,
+                }
+            }
+        }
+        Some(Members::Object(sorted_unique(entries)))
+    }
+
+    /// A number, only where its value is certain to be serde_json's: the digits and the
+    /// arithmetic of serde_json's `parse_integer` and `f64_from_parts`, limited to where that
+    /// arithmetic is exact and the same whether or not its `float_roundtrip` feature is on.
+    fn number(&mut self) -> Option<Num> {
+        let positive = self.eat(b'-').is_none();
+        let mut significand: u64 = 0;
+        let mut digits = 0;
+        let mut digit = |r: &mut Self, significand: &mut u64| -> Option<bool> {
+            match r.peek() {
+                Some(c @ b'0'..=b'9') => {
+                    // 19 digits never overflow a u64.
+                    digits += 1;
+                    if digits > 19 {
+                        return None;
+                    }
+                    *significand = *significand * 10 + (c - b'0') as u64;
+                    r.at += 1;
+                    Some(true)
+                }
+                _ => Some(false),
+            }
+        };
+        match self.peek()? {
+            b'0' => {
+                self.at += 1;
+                // One leading zero only.
+                if let Some(b'0'..=b'9') = self.peek() {
+                    return None;
+                }
+            }
+            b'1'..=b'9' => while digit(self, &mut significand)? {},
+            _ => return None,
+        }
+        let mut exponent: i32 = 0;
+        let mut float = false;
+        if self.eat(b'.').is_some() {
+            float = true;
+            while digit(self, &mut significand)? {
+                exponent -= 1;
+            }
+            if exponent == 0 {
+                return None;
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.at += 1;
+            float = true;
+            let negative = match self.peek()? {
+                b'-' => {
+                    self.at += 1;
+                    true
+                }
+                b'+' => {
+                    self.at += 1;
+                    false
+                }
+                _ => false,
+            };
+            let mut exp: i32 = 0;
+            let start = self.at;
+            while let Some(c @ b'0'..=b'9') = self.peek() {
+                if self.at - start >= 4 {
+                    return None;
+                }
+                exp = exp * 10 + (c - b'0') as i32;
+                self.at += 1;
+            }
+            if self.at == start {
+                return None;
+            }
+            exponent += if negative { -exp } else { exp };
+        }
+        if !float {
+            return Some(if positive {
+                Num::U64(significand)
+            } else {
+                // serde_json's rule, `-0` a float included.
+                let neg = (significand as i64).wrapping_neg();
+                if neg >= 0 {
+                    Num::F64(-(significand as f64))
+                } else {
+                    Num::I64(neg)
+                }
+            });
+        }
+        if significand > 1 << 53 {
+            return None;
+        }
+        let pow = *POW10.get(exponent.unsigned_abs() as usize)?;
+        let f = significand as f64;
+        let f = if exponent >= 0 { f * pow } else { f / pow };
+        Some(Num::F64(if positive { f } else { -f }))
+    }
+}
+
+/// Whether serde_json writes `value` as `text`, the JSON number it was read from: a plain
+/// decimal with a fraction (`35.2`, `61.0`) and no zero serde_json would drop, of at most 15
+/// significant digits (no other decimal that short denotes the same f64, so these are the
+/// digits of the shortest round trip), in the range serde_json writes without an exponent.
+pub(super) fn written_as_read(text: &str, value: f64) -> bool {
+    if !(1e-4..1e15).contains(&value.abs()) {
+        return false;
+    }
+    let unsigned = text.strip_prefix('-').unwrap_or(text);
+    let Some((int, frac)) = unsigned.split_once('.') else {
+        return false;
+    };
+    if frac.is_empty()
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+        || (frac.len() > 1 && frac.ends_with('0'))
+    {
+        return false;
+    }
+    let significant = match (int, frac) {
+        ("0", _) => frac.trim_start_matches('0').len(),
+        (_, "0") => int.len(),
+        _ => int.len() + frac.len(),
+    };
+    significant <= 15
+}
