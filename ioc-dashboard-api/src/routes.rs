@@ -777,6 +777,7 @@ async fn websocket(
     Query(q): Query<HashMap<String, String>>,
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
+    // Browsers cannot set headers on a websocket: the token comes as ?token=.
     authorize(
         &state,
         q.get("token").map(String::as_str),
@@ -796,6 +797,7 @@ async fn device_live(
     Query(q): Query<HashMap<String, String>>,
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
+    // Browsers cannot set headers on a websocket: the token comes as ?token=.
     authorize(
         &state,
         q.get("token").map(String::as_str),

@@ -38,6 +38,29 @@ pub(crate) async fn call(
     Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
 }
 
+/// Registers a device with `token`; fails unless it was created. Returns the device as shown.
+pub(crate) async fn register_as(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    registration: Value,
+) -> Result<Value> {
+    let (status, body) = call(
+        http,
+        base,
+        Method::POST,
+        "/api/v1/devices",
+        token,
+        Some(registration),
+    )
+    .await?;
+    anyhow::ensure!(
+        status == StatusCode::CREATED,
+        "registering: {status} {body}"
+    );
+    Ok(body)
+}
+
 /// Issues a token of `role` for `name` with the admin token; returns the secret.
 pub(crate) async fn issue(
     http: &reqwest::Client,

@@ -9,7 +9,7 @@ use reqwest::{Method, StatusCode};
 use rumqttc::QoS;
 use serde_json::json;
 
-use crate::access::{call, issue};
+use crate::access::{call, issue, register_as};
 use crate::harness::{Env, TOKEN};
 use crate::pipeline::start_pipeline;
 
@@ -90,16 +90,7 @@ async fn messages_of_devices_registered_later_are_replayed_exactly_once() -> Res
             "lat": 12.70, "lon": 108.10, "expected_interval_s": 300,
             "external_ids": {"station_code": "DLK_NEW_1"}, "decoder": "tt10-station"}),
     ] {
-        let (status, body) = call(
-            http,
-            &base,
-            Method::POST,
-            "/api/v1/devices",
-            &installer,
-            Some(registration),
-        )
-        .await?;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
+        register_as(http, &base, &installer, registration).await?;
     }
     // An operator may not replay; an unknown device has nothing to replay.
     let operator = issue(http, &base, TOKEN, "operator", "wall").await?;
@@ -248,16 +239,7 @@ async fn an_installer_sees_a_new_device_go_from_nothing_to_ready() -> Result<()>
         if let Some(c) = commune {
             registration["commune"] = json!(c);
         }
-        let (status, body) = call(
-            http,
-            &base,
-            Method::POST,
-            "/api/v1/devices",
-            &installer,
-            Some(registration),
-        )
-        .await?;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
+        register_as(http, &base, &installer, registration).await?;
     }
     env.wait_ingest_knows(2).await?;
     let checklist = |id: &'static str| {
