@@ -365,11 +365,13 @@ async fn bind(addr: SocketAddr, what: &str, flag: &str) -> Result<tokio::net::Tc
     })
 }
 
-/// Serves /metrics and /healthz for stages that have no API of their own.
+/// Serves /metrics and /healthz for stages that have no API of their own. With `ready`,
+/// /healthz answers 503 until that gauge is 1.
 async fn serve_metrics(
     addr: SocketAddr,
     flag: &str,
     registry: prometheus::Registry,
+    ready: Option<(prometheus::IntGauge, &'static str)>,
     shutdown: CancellationToken,
 ) -> Result<()> {
     use axum::routing::get;
@@ -388,7 +390,23 @@ async fn serve_metrics(
         )
         .route(
             "/healthz",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    match ready {
+                        Some((gauge, waiting)) if gauge.get() != 1 => (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            axum::Json(
+                                serde_json::json!({"status": "starting", "waiting": waiting}),
+                            ),
+                        ),
+                        _ => (
+                            axum::http::StatusCode::OK,
+                            axum::Json(serde_json::json!({"status": "ok"})),
+                        ),
+                    }
+                }
+            }),
         );
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
@@ -435,6 +453,10 @@ async fn run(command: Command, config: Config) -> Result<()> {
                 config.ingest.metrics_listen,
                 "IOC_INGEST__METRICS_LISTEN",
                 prometheus.clone(),
+                Some((
+                    metrics.subscribed.clone(),
+                    "for the MQTT broker to grant ingest's subscriptions",
+                )),
                 shutdown.clone(),
             )
             .await?;
@@ -476,6 +498,7 @@ async fn run(command: Command, config: Config) -> Result<()> {
                 config.stream.metrics_listen,
                 "IOC_STREAM__METRICS_LISTEN",
                 prometheus,
+                None,
                 shutdown.clone(),
             )
             .await?;

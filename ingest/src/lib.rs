@@ -687,7 +687,12 @@ pub async fn run(
     // can never stall it. It forwards only what this loop needs; the channel is unbounded, but
     // the broker sends at most receive_maximum unacknowledged publishes.
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let poller = tokio::spawn(poll_mqtt(eventloop, events_tx, metrics.clone()));
+    let poller = tokio::spawn(poll_mqtt(
+        eventloop,
+        events_tx,
+        filters.len(),
+        metrics.clone(),
+    ));
 
     // Each entry: the connection generation it arrived on, and the publish to acknowledge
     // (None when it was acknowledged on receipt).
@@ -786,17 +791,35 @@ enum MqttEvent {
     Message(Publish),
 }
 
-/// Polls the MQTT event loop until the client disconnects, reconnecting with backoff.
+/// Polls the MQTT event loop until the client disconnects, reconnecting with backoff. Counts
+/// the `filters` subscriptions granted since each connect into `metrics.subscribed`.
 async fn poll_mqtt(
     mut eventloop: rumqttc::v5::EventLoop,
     events: tokio::sync::mpsc::UnboundedSender<MqttEvent>,
+    filters: usize,
     metrics: IngestMetrics,
 ) {
+    use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode;
     let mut backoff = Duration::from_millis(100);
+    let mut granted = 0;
     loop {
         let forward = match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::SubAck(suback))) => {
+                for code in &suback.return_codes {
+                    match code {
+                        SubscribeReasonCode::Success(_) => granted += 1,
+                        refused => {
+                            tracing::error!(reason = ?refused, "the broker refused a subscription; ingest receives nothing on it")
+                        }
+                    }
+                }
+                metrics.subscribed.set(i64::from(granted >= filters));
+                None
+            }
             Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                 backoff = Duration::from_millis(100);
+                granted = 0;
+                metrics.subscribed.set(0);
                 metrics.mqtt_connects.inc();
                 tracing::info!(
                     session_present = connack.session_present,
@@ -808,6 +831,7 @@ async fn poll_mqtt(
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
             Ok(_) => None,
             Err(e) => {
+                metrics.subscribed.set(0);
                 tracing::warn!(error = %e, retry_in = ?backoff, "MQTT connection error");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));

@@ -14,6 +14,9 @@ pub struct IngestMetrics {
     pub produce_errors: IntCounter,
     pub mqtt_connects: IntCounter,
     pub inflight_messages: IntGauge,
+    /// 1 once the broker granted every subscription of the current connection, else 0: the
+    /// stage's readiness (`/healthz` answers 503 until then).
+    pub subscribed: IntGauge,
 }
 
 impl IngestMetrics {
@@ -39,6 +42,11 @@ impl IngestMetrics {
             "Messages received and not yet acknowledged to the broker",
         )?;
         registry.register(Box::new(inflight_messages.clone()))?;
+        let subscribed = IntGauge::new(
+            "ioc_ingest_subscribed",
+            "1 when the broker has granted every subscription of the current connection",
+        )?;
+        registry.register(Box::new(subscribed.clone()))?;
         Ok(IngestMetrics {
             messages_received: counter(
                 "ioc_ingest_messages_received_total",
@@ -66,6 +74,7 @@ impl IngestMetrics {
                 "MQTT connections established",
             )?,
             inflight_messages,
+            subscribed,
         })
     }
 }
