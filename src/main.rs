@@ -534,7 +534,10 @@ async fn run(command: Command, config: Config) -> Result<()> {
             let (connections, _follower) =
                 ioc_dashboard_api::connections::ConnectionLog::follow_mosquitto(
                     &config.mqtt,
-                    &format!("ioc-api-{}", std::process::id()),
+                    &format!(
+                        "ioc-api-{}",
+                        ioc_dashboard_api::auth::random_hex(6).context("reading /dev/urandom")?
+                    ),
                     shutdown.clone(),
                 );
             ioc_dashboard_api::run(

@@ -87,11 +87,17 @@ impl KafkaBus {
                 } else {
                     self.config.partitions
                 };
-                NewTopic::new(
+                let topic = NewTopic::new(
                     name,
                     partitions,
                     TopicReplication::Fixed(self.config.replication),
-                )
+                );
+                // The registry and the audit log are the record: never expired.
+                if name == self.topics.registry || name == self.topics.audit {
+                    topic.set("retention.ms", "-1")
+                } else {
+                    topic
+                }
             })
             .collect();
         let results = admin

@@ -40,6 +40,8 @@ struct Fold {
     /// Events this process is writing, by a hash of their bytes: each is folded in once,
     /// whether the writer's own apply or the topic's copy comes first.
     own: HashMap<u64, Own>,
+    /// Devices whose status ingest taps, kept as devices come and change.
+    tapped: usize,
 }
 
 /// Where an event this process writes stands.
@@ -76,7 +78,10 @@ impl Fold {
                     return;
                 };
                 let mut device = Device::clone(device);
+                let was_tapped = device.status.is_tapped();
                 changes.apply_to(&mut device);
+                self.tapped =
+                    self.tapped + usize::from(device.status.is_tapped()) - usize::from(was_tapped);
                 self.devices.insert(device_id.clone(), Arc::new(device));
                 self.audit.push(AuditEntry {
                     at,
@@ -165,6 +170,8 @@ impl Fold {
             target: device.device_id.clone(),
             detail: serde_json::to_value(&device).unwrap_or_default(),
         });
+        self.tapped = self.tapped + usize::from(device.status.is_tapped())
+            - usize::from(previous.as_ref().is_some_and(|p| p.status.is_tapped()));
         self.devices
             .insert(device.device_id.clone(), Arc::new(device));
     }
@@ -183,12 +190,7 @@ impl RegistryView {
 
     fn apply_locked(&self, fold: &mut Fold, event: RegistryEvent) {
         fold.apply(event);
-        let tapped = fold
-            .devices
-            .values()
-            .filter(|d| d.status.is_tapped())
-            .count();
-        self.tapped.store(tapped, Ordering::Relaxed);
+        self.tapped.store(fold.tapped, Ordering::Relaxed);
     }
 
     /// Notes that this process is writing the event serialized as `payload`; returns its key.
@@ -455,6 +457,7 @@ mod tests {
     #[test]
     fn updates_change_only_what_they_name_and_every_change_is_audited() {
         let view = RegistryView::default();
+        assert_eq!(view.tapped(), 0);
         let installer = Actor {
             name: "lan".into(),
             role: ioc_contract::Role::Installer,
@@ -488,6 +491,11 @@ mod tests {
         });
         let device = view.get("aq-1").unwrap();
         assert_eq!(device.status, ioc_contract::DeviceStatus::Active);
+        assert_eq!(
+            view.tapped(),
+            0,
+            "commissioning, then active: no longer tapped"
+        );
         assert_eq!(device.commune.as_deref(), Some("Phường Buôn Ma Thuột"));
         assert_eq!(device.name, "Old name");
         assert!(view.get("ghost").is_none());

@@ -141,8 +141,9 @@ pub async fn revoke_token(
     Ok(Json(json!({ "token_id": token_id, "revoked": true })))
 }
 
-/// Registry changes and personal-data reads, oldest first, narrowed by `device_id` (entries
-/// about that device), `action`, and `from`/`to` (default: everything).
+/// Registry changes and personal-data reads, newest first, narrowed by `device_id` (entries
+/// about that device, and reads that named no device, which covered it too), `action`, and
+/// `from`/`to` (default: everything); at most `limit`, the newest kept.
 pub async fn audit(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -156,7 +157,9 @@ pub async fn audit(
         (filter.from..filter.to).contains(&e.at)
             && q.get("action").is_none_or(|a| *a == e.action)
             && filter.device_id.as_ref().is_none_or(|d| {
-                e.target == *d || e.detail.get("device_id").and_then(|v| v.as_str()) == Some(d)
+                e.target == *d
+                    || (e.target == "*" && e.action.ends_with(".read"))
+                    || e.detail.get("device_id").and_then(|v| v.as_str()) == Some(d)
             })
     };
     let mut entries = state.registry.audit(keep);
@@ -164,7 +167,8 @@ pub async fn audit(
         .await
         .map_err(|e| ApiFailure::unavailable("the audit log could not be read", e))?;
     entries.extend(reads.into_iter().filter(keep));
-    entries.sort_by_key(|e| e.at);
+    entries.sort_by_key(|e| std::cmp::Reverse(e.at));
+    let truncated = entries.len() > filter.limit;
     entries.truncate(filter.limit);
     let shown: Vec<serde_json::Value> = entries
         .into_iter()
@@ -179,7 +183,7 @@ pub async fn audit(
             })
         })
         .collect();
-    Ok(Json(json!({ "entries": shown })))
+    Ok(Json(json!({ "entries": shown, "truncated": truncated })))
 }
 
 /// Writes the audit entry of a personal-data read, durably, before the read.

@@ -116,7 +116,13 @@ pub async fn run(
     let metrics = ApiMetrics::register(&prometheus).expect("api metrics register once");
     let live = live::LiveHub::new(config.ws_buffer);
     let activity = live::Activity::default();
-    let tail = live::tail(&bus, live.clone(), activity.clone(), shutdown.clone())?;
+    let tail = live::tail(
+        &bus,
+        live.clone(),
+        activity.clone(),
+        registry.clone(),
+        shutdown.clone(),
+    )?;
     let state = AppState {
         config: Arc::new(config),
         ingest: Arc::new(ingest),

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 
+use ioc_bus::registry::RegistryView;
 use ioc_bus::{Bus, Consumer, StartAt};
 use ioc_contract::time::format_ms;
 use ioc_contract::{Aggregate, Alert, DeadLetter, Reading, ReadingBatch, RejectCode, TapRecord};
@@ -175,9 +176,10 @@ impl Activity {
         }
     }
 
-    /// Notes a rejection of a known device's message or value.
-    fn rejected(&self, letter: DeadLetter) {
-        if let Some(device) = &letter.device_id {
+    /// Notes a rejection of a registered device's message or value (letters can name any id a
+    /// client made up: those are nobody's activity).
+    fn rejected(&self, letter: DeadLetter, registry: &RegistryView) {
+        if let Some(device) = letter.device_id.as_ref().filter(|d| registry.contains(d)) {
             let rejection = Rejection {
                 at: letter.received_at,
                 code: letter.code,
@@ -239,6 +241,7 @@ pub fn tail(
     bus: &Bus,
     hub: LiveHub,
     activity: Activity,
+    registry: RegistryView,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, ioc_bus::BusError> {
     let topics = bus.topics().clone();
@@ -250,6 +253,7 @@ pub fn tail(
             &topics.deadletter,
             &topics.quarantine,
             &topics.tap,
+            &topics.events,
         ],
         StartAt::End,
     )?;
@@ -299,7 +303,12 @@ pub fn tail(
                 }
             } else if topic == topics.deadletter || topic == topics.quarantine {
                 if let Ok(letter) = serde_json::from_slice::<DeadLetter>(&payload) {
-                    activity.rejected(letter);
+                    activity.rejected(letter, &registry);
+                }
+            } else if topic == topics.events {
+                // A camera's accepted event: only that it was seen (no pseudonym is kept).
+                if let Ok(e) = serde_json::from_slice::<ioc_contract::Event>(&payload) {
+                    activity.note(&e.device_id, &e.message_id, e.received_at, Vec::new(), None);
                 }
             }
         }
@@ -355,7 +364,14 @@ mod tests {
     #[test]
     fn the_records_of_one_message_make_one_outcome_whatever_their_order() {
         let activity = Activity::default();
-        activity.rejected(letter("m1", 10, Some("xyz")));
+        let registry = RegistryView::default();
+        registry.apply(ioc_contract::RegistryEvent::Registered {
+            device: ioc_contract::Device {
+                device_id: "d".into(),
+                ..Default::default()
+            },
+        });
+        activity.rejected(letter("m1", 10, Some("xyz")), &registry);
         activity.readings(ReadingBatch {
             readings: vec![reading("m1", 10)],
         });
@@ -363,7 +379,7 @@ mod tests {
             readings: vec![reading("m2", 20)],
         });
         // m1's second letter arrives after m2: it is m1's, not the latest message's.
-        activity.rejected(letter("m1", 10, Some("abc")));
+        activity.rejected(letter("m1", 10, Some("abc")), &registry);
         let a = activity.get("d").unwrap();
         assert_eq!(a.recent.len(), 2, "two messages: {:?}", a.recent);
         assert_eq!((a.first_seen, a.last_seen), (Some(10), Some(20)));
@@ -374,7 +390,12 @@ mod tests {
         // A letter without a device (unknown device) is nobody's activity.
         let mut orphan = letter("m3", 30, None);
         orphan.device_id = None;
-        activity.rejected(orphan);
+        activity.rejected(orphan, &registry);
+        // Nor is one naming an id nobody registered.
+        let mut made_up = letter("m4", 40, None);
+        made_up.device_id = Some("made-up".into());
+        activity.rejected(made_up, &registry);
         assert_eq!(activity.get("d").unwrap().last_seen, Some(20));
+        assert!(activity.get("made-up").is_none());
     }
 }

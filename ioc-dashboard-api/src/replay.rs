@@ -127,11 +127,20 @@ pub async fn replay(
         let outcome = ingestor.process(&letter.topic, &raw, &ctx);
         report.messages += 1;
         report.rejections += outcome.rejections.len();
+        // Marked replayed only once it got through (readings or events): a message rejected
+        // again as a whole (the device is decommissioned, registered with another decoder...)
+        // is dead-lettered with its new reason and stays replayable once that is fixed.
+        let through = outcome
+            .records
+            .iter()
+            .any(|r| r.readings > 0 || r.topic == state.bus.topics().events);
         for record in outcome.records {
             report.readings += record.readings;
             sends.push(record);
         }
-        ids.push(letter.message_id.clone());
+        if through {
+            ids.push(letter.message_id.clone());
+        }
     }
     futures::future::try_join_all(
         sends

@@ -347,7 +347,7 @@ fn validate_changes(body: &[u8]) -> ApiResult<DeviceChanges> {
             problems.push(FieldProblem {
                 field: "body",
                 message: format!(
-                    "{field:?} cannot be changed here (ids, kind, external ids and decoder change by registering again); changeable: {}",
+                    "{field:?} cannot be changed (ids, kind, external ids and decoder are fixed at registration); changeable: {}",
                     DETAILS.map(|(f, _)| f).join(", ")
                 ),
             });

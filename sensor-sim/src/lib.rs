@@ -769,8 +769,8 @@ pub async fn run(
     Ok(report)
 }
 
-/// Registers every device of the fleet through the API, with the decoder it needs and the id it
-/// writes on the wire (idempotent: an identical registration is accepted again; a 409 means the
+/// Registers every device of the fleet through the API, in service (`active`), with the decoder
+/// it needs and the id it writes on the wire (idempotent: an identical registration is accepted again; a 409 means the
 /// id or an external id is taken with other details, and is an error).
 pub async fn register_fleet(fleet: &Fleet, api_url: &str, token: &str) -> Result<usize, SimError> {
     let http = reqwest::Client::new();
@@ -783,6 +783,8 @@ pub async fn register_fleet(fleet: &Fleet, api_url: &str, token: &str) -> Result
             "lon": (d.lon * 1e5).round() / 1e5,
             "expected_interval_s": 60,
             "decoder": d.format.name(),
+            // A simulated fleet is in service: not commissioning, so ingest does not tap it.
+            "status": "active",
         });
         if let Some(ext) = &d.external_id {
             body["external_ids"] = json!({ ext.key(): ext.value() });

@@ -192,6 +192,22 @@ async fn plates_are_read_only_by_enforcement_audited_and_found_nowhere_else() ->
     register_sim_fleet(&env)?;
     env.wait_ingest_knows(6).await?;
     env.wait_ingest_subscribed().await?;
+    // Two cameras being serviced: ingest taps their messages, bytes withheld.
+    for camera in ["cam-001", "cam-002"] {
+        let path = format!("/api/v1/devices/{camera}");
+        let body = json!({"status": "maintenance"});
+        let (status, answer) = call(
+            &env.http,
+            &env.api(""),
+            Method::PATCH,
+            &path,
+            TOKEN,
+            Some(body),
+        )
+        .await?;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     // What the cameras publish, seen as any MQTT subscriber would.
     let (watcher, mut watch) = {
@@ -292,6 +308,10 @@ async fn plates_are_read_only_by_enforcement_audited_and_found_nowhere_else() ->
         (TOKEN, "/api/v1/evidence", StatusCode::FORBIDDEN),
         (officer.as_str(), "/api/v1/audit", StatusCode::FORBIDDEN),
         (operator.as_str(), "/api/v1/tokens", StatusCode::FORBIDDEN),
+        (installer.as_str(), "/api/v1/tokens", StatusCode::FORBIDDEN),
+        (installer.as_str(), "/api/v1/audit", StatusCode::FORBIDDEN),
+        (officer.as_str(), "/api/v1/tokens", StatusCode::FORBIDDEN),
+        (officer.as_str(), "/api/v1/devices", StatusCode::OK),
     ] {
         let (status, body) = call(http, &base, Method::GET, path, token, None).await?;
         assert_eq!(status, want, "GET {path} with {token:?}: {body}");
@@ -311,6 +331,30 @@ async fn plates_are_read_only_by_enforcement_audited_and_found_nowhere_else() ->
     )
     .await?;
     assert_eq!(status, StatusCode::FORBIDDEN, "operators only read: {body}");
+    let (status, _) = call(
+        http,
+        &base,
+        Method::POST,
+        "/api/v1/devices",
+        &officer,
+        Some(register.clone()),
+    )
+    .await?;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "enforcement does not register devices"
+    );
+    let (status, _) = call(
+        http,
+        &base,
+        Method::POST,
+        "/api/v1/tokens",
+        &installer,
+        Some(json!({"role": "enforcement", "name": "x"})),
+    )
+    .await?;
+    assert_eq!(status, StatusCode::FORBIDDEN, "only admins issue tokens");
     let (status, body) = call(
         http,
         &base,
@@ -477,6 +521,7 @@ async fn plates_are_read_only_by_enforcement_audited_and_found_nowhere_else() ->
         ("events", 3),
         ("registry", 1),
         ("audit", 1),
+        ("tap", 3),
     ] {
         places.push((
             format!("topic {topic}"),

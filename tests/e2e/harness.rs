@@ -560,7 +560,7 @@ pub async fn register_device(
 ) -> Result<()> {
     let body = serde_json::json!({
         "device_id": device_id, "kind": kind, "name": format!("test {device_id}"),
-        "lat": 12.68, "lon": 108.05, "expected_interval_s": 60
+        "lat": 12.68, "lon": 108.05, "expected_interval_s": 60, "status": "active"
     });
     let r = http
         .post(format!("{base}/api/v1/devices"))

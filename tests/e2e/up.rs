@@ -806,11 +806,13 @@ async fn up_keeps_device_records_activity_and_their_audit_trail() -> Result<()> 
         "{device}"
     );
 
-    let check_trail = |audit: &serde_json::Value| {
+    // The trail, oldest first (the route lists newest first).
+    let check_trail = |audit: &serde_json::Value, later: &[&str]| {
         let trail: Vec<(String, String, String)> = audit["entries"]
             .as_array()
             .map(|a| {
                 a.iter()
+                    .rev()
                     .map(|e| {
                         (
                             e["action"].as_str().unwrap_or_default().to_string(),
@@ -833,10 +835,27 @@ async fn up_keeps_device_records_activity_and_their_audit_trail() -> Result<()> 
             [want("device.registered"), want("device.updated")],
             "{audit}"
         );
-        assert_eq!(audit["entries"][1]["detail"]["status"], "active", "{audit}");
+        // Then the admin's changes, each with its status.
+        let statuses: Vec<&str> = audit["entries"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .rev()
+                    .skip(1)
+                    .filter_map(|e| e["detail"]["status"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut want_statuses = vec!["active"];
+        want_statuses.extend(later);
+        assert_eq!(statuses, want_statuses, "{audit}");
+        assert!(
+            trail[2..].iter().all(|(_, by, _)| by == "admin-token"),
+            "{audit}"
+        );
     };
     let audit = up.get("/api/v1/audit?device_id=aq-rec").await?;
-    check_trail(&audit);
+    check_trail(&audit, &[]);
 
     // Decommissioned: its messages are refused, with that reason.
     let (status, _) = call(
@@ -891,7 +910,10 @@ async fn up_keeps_device_records_activity_and_their_audit_trail() -> Result<()> 
         (StatusCode::OK, &serde_json::json!("active")),
         "{device}"
     );
-    check_trail(&up.get("/api/v1/audit?device_id=aq-rec").await?);
+    check_trail(
+        &up.get("/api/v1/audit?device_id=aq-rec").await?,
+        &["decommissioned", "active"],
+    );
     let status = proc.terminate(Duration::from_secs(30));
     assert!(
         status.is_some_and(|s| s.success()),
