@@ -87,17 +87,11 @@ impl KafkaBus {
                 } else {
                     self.config.partitions
                 };
-                let topic = NewTopic::new(
+                NewTopic::new(
                     name,
                     partitions,
                     TopicReplication::Fixed(self.config.replication),
-                );
-                // The registry and the audit log are the record: never expired.
-                if name == self.topics.registry || name == self.topics.audit {
-                    topic.set("retention.ms", "-1")
-                } else {
-                    topic
-                }
+                )
             })
             .collect();
         let results = admin

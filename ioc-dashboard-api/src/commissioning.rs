@@ -82,7 +82,9 @@ pub fn checklist(
                     .unwrap_or_default()
             ),
         ),
-        (Some(Some(c)), None) if c.disconnected_at.is_some() => item(
+        // Gone since its latest message (or before any): a message from it since then would
+        // mean it is back (through a gateway, say).
+        (Some(Some(c)), _) if c.disconnected_at > activity.last_seen => item(
             "connected",
             Status::Fail,
             format!(
