@@ -772,17 +772,22 @@ async fn alerts(
     Ok(Json(json!({ "alerts": alerts })))
 }
 
+/// Browsers cannot set headers on a websocket: its token comes as `?token=`.
+fn authorize_socket(state: &AppState, q: &HashMap<String, String>) -> ApiResult<()> {
+    authorize(
+        state,
+        q.get("token").map(String::as_str),
+        Permission::ReadTelemetry,
+    )
+    .map(|_| ())
+}
+
 async fn websocket(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
-    // Browsers cannot set headers on a websocket: the token comes as ?token=.
-    authorize(
-        &state,
-        q.get("token").map(String::as_str),
-        Permission::ReadTelemetry,
-    )?;
+    authorize_socket(&state, &q)?;
     Ok(upgrade
         .on_upgrade(move |socket| serve_socket(socket, state, Vec::new(), Subscriptions::new())))
 }
@@ -797,12 +802,7 @@ async fn device_live(
     Query(q): Query<HashMap<String, String>>,
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
-    // Browsers cannot set headers on a websocket: the token comes as ?token=.
-    authorize(
-        &state,
-        q.get("token").map(String::as_str),
-        Permission::ReadTelemetry,
-    )?;
+    authorize_socket(&state, &q)?;
     let Some(device) = state.registry.get(&id) else {
         return Err(not_found_device(&id));
     };

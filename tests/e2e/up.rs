@@ -858,16 +858,12 @@ async fn up_keeps_device_records_activity_and_their_audit_trail() -> Result<()> 
     check_trail(&audit, &[]);
 
     // Decommissioned: its messages are refused, with that reason.
-    let (status, _) = call(
-        &http,
-        &base,
-        Method::PATCH,
-        path,
-        &up.token,
-        Some(serde_json::json!({"status": "decommissioned"})),
-    )
-    .await?;
-    assert_eq!(status, StatusCode::OK);
+    // The admin changes its status.
+    let set_status = |status: &'static str| {
+        let body = serde_json::json!({ "status": status });
+        call(&http, &base, Method::PATCH, path, &up.token, Some(body))
+    };
+    assert_eq!(set_status("decommissioned").await?.0, StatusCode::OK);
     client
         .publish(
             topic.as_str(),
@@ -886,16 +882,7 @@ async fn up_keeps_device_records_activity_and_their_audit_trail() -> Result<()> 
         Ok((d["last_rejection"]["code"] == "decommissioned").then_some(()))
     })
     .await?;
-    let (status, _) = call(
-        &http,
-        &base,
-        Method::PATCH,
-        path,
-        &up.token,
-        Some(serde_json::json!({"status": "active"})),
-    )
-    .await?;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(set_status("active").await?.0, StatusCode::OK);
 
     // After a restart: the issued token still works, the trail is the same.
     let status = proc.terminate(Duration::from_secs(30));
