@@ -26,6 +26,8 @@ printf '%6s %16s %18s %14s %16s\n' round "sim msg/s" "durable msg/s" "history rd
 for round in $(seq 1 "$ROUNDS"); do
   mqtt=$(free_port); http=$(free_port)
   export IOC_SIM__AIR_QUALITY=20 IOC_SIM__WASTEWATER=5 IOC_SIM__TRAFFIC_COUNTERS=5
+  # The external simulator logs in with the [sim] account, which `ioc up` accepts when set.
+  export IOC_SIM__USERNAME=bench-sim IOC_SIM__PASSWORD=bench-sim-password
   "$IOC" up --mqtt-listen "127.0.0.1:$mqtt" --http-listen "127.0.0.1:$http" \
     --data-dir "$work/data-$round" --admin-token bench > "$work/up-$round.out" 2> "$work/up-$round.log" & up=$!; pids+=($up)
   until curl -fsS "http://127.0.0.1:$http/healthz" >/dev/null 2>&1; do sleep 0.2; done

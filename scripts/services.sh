@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts the real services the tests need, idempotently:
-#   - Mosquitto (Debian package; tests start their own instances from config/mosquitto.conf)
+#   - Mosquitto and its clients (Debian packages; tests start their own instances from
+#     config/mosquitto.conf, with the dynamic security plugin)
 #   - ClickHouse server (Debian package, 18.16 on bookworm) on 127.0.0.1:8123
 #   - tansu, a Kafka-protocol broker (cargo install, cached in ~/.cache/ioc/tansu) on 127.0.0.1:9092
 #   - Debian's chromium and npm's playwright-core (tests/browser) for the browser test
@@ -12,6 +13,8 @@ log() { printf '[services] %s\n' "$*" >&2; }
 
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+# mosquitto_ctrl (in mosquitto) and mosquitto_rr: the tests set up the dynamic security plugin.
+command -v mosquitto_rr >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v clickhouse-server >/dev/null 2>&1 || [ -x /usr/sbin/clickhouse-server ] || need_apt+=(clickhouse-server clickhouse-client)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v make >/dev/null 2>&1 || need_apt+=(make)

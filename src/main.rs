@@ -417,6 +417,70 @@ async fn serve_metrics(
 }
 
 /// Starts following the registry topic; returns once caught up.
+/// How the API manages device accounts. With Mosquitto's dynamic security plugin it connects
+/// as a dynsec admin and, in the background until it succeeds, makes sure the ingest's account
+/// exists with the right to its shared subscriptions.
+fn device_accounts(
+    config: &Config,
+    broker: &ioc_config::MqttConfig,
+    instance: &str,
+    shutdown: &CancellationToken,
+) -> Result<ioc_dashboard_api::accounts::Accounts> {
+    use ioc_dashboard_api::accounts::Accounts;
+    match config.api.device_accounts {
+        ioc_config::DeviceAccounts::None => Ok(Accounts::None),
+        ioc_config::DeviceAccounts::Registry => Ok(Accounts::Registry),
+        ioc_config::DeviceAccounts::Dynsec => {
+            if broker.username.is_empty() {
+                anyhow::bail!(
+                    "api.device_accounts = \"dynsec\" needs api.mqtt_username and api.mqtt_password: \
+                     an admin of Mosquitto's dynamic security plugin (mosquitto_ctrl dynsec init ...; see README), \
+                     or set api.device_accounts = \"none\" if devices' accounts are managed elsewhere"
+                );
+            }
+            let (dynsec, _task) = ioc_dashboard_api::dynsec::Dynsec::connect(
+                &broker.host,
+                broker.port,
+                &broker.username,
+                &broker.password,
+                &format!("ioc-api-admin-{instance}"),
+                shutdown.clone(),
+            );
+            let ingest = config.mqtt.clone();
+            if !ingest.username.is_empty() && ingest.username != broker.username {
+                let subscriptions: Vec<String> =
+                    ioc_ingest::route::Router::new(&config.ingest.routes)
+                        .filters()
+                        .iter()
+                        .map(|f| format!("$share/{}/{f}", config.ingest.share_group))
+                        .collect();
+                let (dynsec, shutdown) = (dynsec.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    loop {
+                        match dynsec
+                            .ensure_ingest(&ingest.username, &ingest.password, &subscriptions)
+                            .await
+                        {
+                            Ok(created) => {
+                                tracing::info!(username = %ingest.username, ?created, "the ingest's broker account is in place");
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "could not check the ingest's broker account; retrying")
+                            }
+                        }
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                        }
+                    }
+                });
+            }
+            Ok(Accounts::Dynsec(std::sync::Arc::new(dynsec)))
+        }
+    }
+}
+
 async fn follow_registry(bus: &Bus, shutdown: &CancellationToken) -> Result<RegistryView> {
     let view = RegistryView::default();
     registry::follow(bus, view.clone(), shutdown.clone())
@@ -530,21 +594,28 @@ async fn run(command: Command, config: Config) -> Result<()> {
                 tracing::warn!("no admin token set: every /api/v1/ request will be refused (use --admin-token or IOC_ADMIN_TOKEN)");
             }
             tracing::info!(listen = %listener.local_addr()?, "api listening");
+            // The API's own broker account, separate from the ingest's ([mqtt]) and devices'.
+            let broker = ioc_config::MqttConfig {
+                username: api.mqtt_username.clone(),
+                password: api.mqtt_password.clone(),
+                ..config.mqtt.clone()
+            };
+            let instance =
+                ioc_dashboard_api::auth::random_hex(6).context("reading /dev/urandom")?;
             // Connection events for the commissioning checklist, from Mosquitto's own log.
             let (connections, _follower) =
                 ioc_dashboard_api::connections::ConnectionLog::follow_mosquitto(
-                    &config.mqtt,
-                    &format!(
-                        "ioc-api-{}",
-                        ioc_dashboard_api::auth::random_hex(6).context("reading /dev/urandom")?
-                    ),
+                    &broker,
+                    &format!("ioc-api-{instance}"),
                     shutdown.clone(),
                 );
+            let accounts = device_accounts(&config, &broker, &instance, &shutdown)?;
             ioc_dashboard_api::run(
                 listener,
                 api,
                 config.ingest.clone(),
                 connections,
+                accounts,
                 bus,
                 registry,
                 history,
@@ -585,7 +656,13 @@ async fn run(command: Command, config: Config) -> Result<()> {
                 client_id,
                 progress: true,
             };
-            let report = sensor_sim::run(&config.mqtt, &mut fleet, &options, shutdown).await?;
+            // The simulator's own account ([sim]), not the ingest's.
+            let mqtt = ioc_config::MqttConfig {
+                username: config.sim.username.clone(),
+                password: config.sim.password.clone(),
+                ..config.mqtt.clone()
+            };
+            let report = sensor_sim::run(&mqtt, &mut fleet, &options, shutdown).await?;
             eprintln!(
                 "sim: done: {} messages ({} readings) in {:.1} s, {:.0} msg/s, {} acknowledged by the broker",
                 report.messages, report.readings, report.seconds, report.messages_per_second, report.acknowledged

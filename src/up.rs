@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{bind, follow_registry};
 
+/// The in-process simulator's broker username (`ioc up --sim`); no device id contains ':'.
+const SIM_USERNAME: &str = "ioc:sim";
+
 /// Flags of `ioc up` (each overrides its configuration key).
 pub struct UpOptions {
     pub mqtt_listen: Option<SocketAddr>,
@@ -154,6 +157,8 @@ pub async fn run(
     // Both ports before anything is created, so a busy one is the only effect and message.
     let mqtt_listen = options.mqtt_listen.unwrap_or(config.up.mqtt_listen);
     let mut api = config.api.clone();
+    // The embedded broker checks logins against the registry; there is no broker to provision.
+    api.device_accounts = ioc_config::DeviceAccounts::Registry;
     if let Some(addr) = options.http_listen {
         api.listen = addr;
     }
@@ -206,7 +211,37 @@ pub async fn run(
     let history = History::Embedded(store);
     let registry = follow_registry(&bus, &shutdown).await?;
 
+    // Devices log in with their registry accounts. A simulator publishes as every device of its
+    // fleet: the [sim] account if configured (an external `ioc sim`, a load test), else for
+    // `--sim` one that lives only as long as this process, whose username cannot be a device
+    // id (they have no ':').
+    let sim_account = if !config.sim.username.is_empty() {
+        anyhow::ensure!(
+            !config.sim.password.is_empty(),
+            "sim.username is set without sim.password: `ioc up` would let that account in with any password"
+        );
+        Some((config.sim.username.clone(), config.sim.password.clone()))
+    } else if options.sim {
+        let password = ioc_dashboard_api::auth::random_hex(24).context("reading /dev/urandom")?;
+        config.sim.username = SIM_USERNAME.to_string();
+        config.sim.password = password.clone();
+        Some((SIM_USERNAME.to_string(), password))
+    } else {
+        None
+    };
+    let authenticate: ioc_ingest::embedded::Authenticate = {
+        let registry = registry.clone();
+        std::sync::Arc::new(move |client_id: &str, username: &str, password: &str| {
+            if let Some((sim_user, sim_password)) = &sim_account {
+                if username == sim_user {
+                    return password == sim_password;
+                }
+            }
+            registry.authenticate(client_id, username, password)
+        })
+    };
     let broker = ioc_ingest::embedded::start_broker(&ioc_ingest::embedded::BrokerOptions {
+        authenticate,
         listen: mqtt_listen,
         max_connections: config.up.max_connections,
         max_payload_bytes: config.ingest.max_payload_bytes,
@@ -265,6 +300,7 @@ pub async fn run(
                 api,
                 ingest,
                 connections,
+                ioc_dashboard_api::accounts::Accounts::Registry,
                 bus,
                 registry,
                 history,
@@ -283,7 +319,7 @@ pub async fn run(
     };
     let dashboard = format!("http://{local_http}/");
     println!("ioc up: the whole pipeline in one process");
-    println!("  MQTT broker   mqtt://{mqtt_listen}  (MQTT 3.1.1; accepts any client until device onboarding)");
+    println!("  MQTT broker   mqtt://{mqtt_listen}  (MQTT 3.1.1; devices log in with the credentials registration returns)");
     println!("  dashboard     {dashboard}");
     println!("  API           {dashboard}api/v1/  (Authorization: Bearer <admin token>)");
     match &token_source {
@@ -309,6 +345,8 @@ pub async fn run(
     let sim = if options.sim {
         let sim_config = config.sim.clone();
         let mut mqtt = config.mqtt.clone();
+        mqtt.username = config.sim.username.clone();
+        mqtt.password = config.sim.password.clone();
         mqtt.host = if mqtt_listen.ip().is_unspecified() {
             "127.0.0.1".to_string()
         } else {

@@ -12,7 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use ioc_contract::{Actor, AuditEntry, Device, RegistryEvent, TokenRecord};
+use ioc_contract::{
+    sha256_hex, Actor, AuditEntry, Device, DeviceCredentials, DeviceStatus, RegistryEvent,
+    TokenRecord,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Bus, BusError, Consumer, Producer, Record, StartAt};
@@ -33,6 +36,8 @@ struct Fold {
     external: HashMap<(String, String), String>,
     /// Issued tokens not revoked, by their SHA-256 (hex).
     tokens: HashMap<String, TokenRecord>,
+    /// Devices' live MQTT accounts, by device id.
+    credentials: HashMap<String, DeviceCredentials>,
     /// Every change, in log order.
     audit: Vec<AuditEntry>,
     /// Ids of dead-lettered messages already replayed.
@@ -115,6 +120,31 @@ impl Fold {
                     detail: serde_json::json!({ "messages": message_ids.len() }),
                 });
                 self.replayed.extend(message_ids);
+            }
+            RegistryEvent::CredentialsIssued { credentials } => {
+                self.audit.push(AuditEntry {
+                    at: credentials.issued_at,
+                    by: credentials.issued_by.clone(),
+                    action: "device.credentials_issued".into(),
+                    target: credentials.device_id.clone(),
+                    detail: serde_json::json!({
+                        "username": credentials.username,
+                        "client_id": credentials.client_id,
+                        "topics": credentials.topics,
+                    }),
+                });
+                self.credentials
+                    .insert(credentials.device_id.clone(), credentials);
+            }
+            RegistryEvent::CredentialsRevoked { device_id, by, at } => {
+                self.credentials.remove(&device_id);
+                self.audit.push(AuditEntry {
+                    at,
+                    by,
+                    action: "device.credentials_revoked".into(),
+                    target: device_id,
+                    detail: serde_json::Value::Null,
+                });
             }
             RegistryEvent::TokenRevoked { token_id, by, at } => {
                 self.tokens.retain(|_, t| t.token_id != token_id);
@@ -283,6 +313,29 @@ impl RegistryView {
         let mut all: Vec<TokenRecord> = self.read().tokens.values().cloned().collect();
         all.sort_by(|a, b| (a.issued_at, &a.token_id).cmp(&(b.issued_at, &b.token_id)));
         all
+    }
+
+    /// The live MQTT account of a device.
+    pub fn credentials(&self, device_id: &str) -> Option<DeviceCredentials> {
+        self.read().credentials.get(device_id).cloned()
+    }
+
+    /// Whether an MQTT login may connect: a device's live account (username, client id and
+    /// password all match) of a device that is not decommissioned. What `ioc up`'s broker asks.
+    pub fn authenticate(&self, client_id: &str, username: &str, password: &str) -> bool {
+        let fold = self.read();
+        let Some(account) = fold.credentials.get(username) else {
+            return false;
+        };
+        let in_service = fold
+            .devices
+            .get(&account.device_id)
+            .is_some_and(|d| d.status != DeviceStatus::Decommissioned);
+        // A hash comparison: its timing says nothing useful about a random password.
+        in_service
+            && account.username == username
+            && account.client_id == client_id
+            && account.sha256 == sha256_hex(password)
     }
 
     /// Whether the dead-lettered message with this id was already replayed.
@@ -549,6 +602,71 @@ mod tests {
         assert_eq!(view.tokens().len(), 1);
         let actions: Vec<String> = view.audit(|_| true).into_iter().map(|e| e.action).collect();
         assert_eq!(actions, ["token.issued", "token.issued", "token.revoked"]);
+    }
+
+    #[test]
+    fn a_device_logs_in_with_its_live_account_only() {
+        let view = RegistryView::default();
+        view.apply(registered("aq-1", "861"));
+        let issue = |password: &str, at: i64| RegistryEvent::CredentialsIssued {
+            credentials: DeviceCredentials {
+                device_id: "aq-1".into(),
+                username: "aq-1".into(),
+                client_id: "aq-1".into(),
+                topics: vec!["ioc/v1/devices/aq-1/telemetry".into()],
+                sha256: sha256_hex(password),
+                issued_at: at,
+                issued_by: Actor::admin_token(),
+            },
+        };
+        assert!(!view.authenticate("aq-1", "aq-1", "pw1"), "no account yet");
+        view.apply(issue("pw1", 1));
+        assert!(view.authenticate("aq-1", "aq-1", "pw1"));
+        assert!(!view.authenticate("aq-1", "aq-1", "pw2"), "wrong password");
+        assert!(
+            !view.authenticate("other", "aq-1", "pw1"),
+            "wrong client id"
+        );
+        assert!(!view.authenticate("aq-1", "aq-2", "pw1"), "wrong username");
+        // Rotated: only the new password works.
+        view.apply(issue("pw2", 2));
+        assert!(!view.authenticate("aq-1", "aq-1", "pw1"));
+        assert!(view.authenticate("aq-1", "aq-1", "pw2"));
+        // Decommissioned: refused while the account lasts.
+        let status = |s| RegistryEvent::Updated {
+            device_id: "aq-1".into(),
+            changes: ioc_contract::DeviceChanges {
+                status: Some(s),
+                ..Default::default()
+            },
+            by: Actor::admin_token(),
+            at: 3,
+        };
+        view.apply(status(DeviceStatus::Decommissioned));
+        assert!(!view.authenticate("aq-1", "aq-1", "pw2"));
+        view.apply(status(DeviceStatus::Active));
+        assert!(view.authenticate("aq-1", "aq-1", "pw2"));
+        // Revoked.
+        view.apply(RegistryEvent::CredentialsRevoked {
+            device_id: "aq-1".into(),
+            by: Actor::admin_token(),
+            at: 4,
+        });
+        assert!(!view.authenticate("aq-1", "aq-1", "pw2"));
+        assert!(view.credentials("aq-1").is_none());
+        let actions: Vec<String> = view
+            .audit(|e| e.action.starts_with("device.credentials"))
+            .into_iter()
+            .map(|e| e.action)
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                "device.credentials_issued",
+                "device.credentials_issued",
+                "device.credentials_revoked"
+            ]
+        );
     }
 
     #[test]

@@ -264,6 +264,27 @@ pub struct ApiConfig {
     /// The area devices are expected in, `[south, west, north, east]` in degrees: the
     /// commissioning checklist flags a device placed outside it.
     pub service_area: [f64; 4],
+    /// How devices get MQTT accounts in the distributed mode.
+    pub device_accounts: DeviceAccounts,
+    /// The API's own broker account: it follows the broker's log and, with `dynsec`, manages
+    /// device accounts, so on Mosquitto it is a dynamic-security admin.
+    pub mqtt_username: String,
+    pub mqtt_password: String,
+}
+
+/// How devices get MQTT accounts (`api.device_accounts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceAccounts {
+    /// Mosquitto's dynamic security plugin, managed over MQTT by the API: one account and one
+    /// role (its own topics) per device.
+    Dynsec,
+    /// The broker is managed elsewhere: registering a device creates no account.
+    None,
+    /// `ioc up`: the embedded broker checks logins against the registry (set by `ioc up`, not
+    /// in a config file).
+    #[serde(skip)]
+    Registry,
 }
 
 impl ApiConfig {
@@ -293,6 +314,10 @@ pub struct SimConfig {
     pub cameras: u32,
     pub rate: f64,
     pub seed: u64,
+    /// The simulator's broker account (empty: none). It publishes as every device of its fleet,
+    /// so on a broker with per-device accounts it needs one allowed to publish on their topics.
+    pub username: String,
+    pub password: String,
 }
 
 impl SimConfig {

@@ -562,6 +562,22 @@ pub struct TokenRecord {
     pub issued_by: Actor,
 }
 
+/// A device's MQTT account, as the registry keeps it: never the password, only its SHA-256.
+/// The device logs in with `username` (its device id) and `client_id` (the same) and may
+/// publish on `topics` (on Mosquitto, its dynamic-security role allows exactly those).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceCredentials {
+    pub device_id: String,
+    pub username: String,
+    pub client_id: String,
+    /// Where it publishes: the first is its main topic (its decoder's route).
+    pub topics: Vec<String>,
+    /// Hex SHA-256 of the password.
+    pub sha256: String,
+    pub issued_at: i64,
+    pub issued_by: Actor,
+}
+
 /// One entry of the audit log: who did what, when, to what.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -576,6 +592,16 @@ pub struct AuditEntry {
     /// Details: the changes made, or a read's filter and how many rows it returned.
     #[serde(default)]
     pub detail: serde_json::Value,
+}
+
+/// Hex SHA-256 of a secret: how the registry keeps API tokens and device passwords. The
+/// secrets are random (at least 160 bits), so an unsalted hash is enough.
+pub fn sha256_hex(secret: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Checks an external id value: 1 to 64 printable ASCII characters, no `/`, `+`, `#` (it may
@@ -609,6 +635,16 @@ pub enum RegistryEvent {
         by: Actor,
         at: i64,
     },
+    /// A device's MQTT account was created or its password changed (the old one stops working).
+    CredentialsIssued {
+        credentials: DeviceCredentials,
+    },
+    /// A device's MQTT account was deleted.
+    CredentialsRevoked {
+        device_id: String,
+        by: Actor,
+        at: i64,
+    },
     /// Dead-lettered messages (by message id) reprocessed for a device once it was registered;
     /// never replayed again.
     Replayed {
@@ -628,6 +664,8 @@ impl RegistryEvent {
             RegistryEvent::TokenIssued { token } => &token.token_id,
             RegistryEvent::TokenRevoked { token_id, .. } => token_id,
             RegistryEvent::Replayed { device_id, .. } => device_id,
+            RegistryEvent::CredentialsIssued { credentials } => &credentials.device_id,
+            RegistryEvent::CredentialsRevoked { device_id, .. } => device_id,
         }
     }
 }

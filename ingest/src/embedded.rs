@@ -4,6 +4,11 @@
 //! not connect to it as a client: it reads the telemetry topics through rumqttd's in-process
 //! link and hands each message to the same [`crate::Ingestor`] as the distributed ingest.
 //!
+//! Devices log in: rumqttd asks [`BrokerOptions::authenticate`] about every CONNECT (on `ioc up`
+//! the registry's device accounts). It has no topic permissions, so a logged-in device could
+//! publish on another's topic, and no way to disconnect a client, so a revoked account holds
+//! its open connection until it reconnects (README, "Security notes").
+//!
 //! rumqttd acknowledges a device's QoS 1 publish on receipt. What the broker has acknowledged
 //! but the bus has not yet made durable is the loss window of this mode: bounded by the bus's
 //! flush interval plus the time a message spends between the broker and the log (measured in
@@ -32,9 +37,14 @@ const MAX_INFLIGHT: usize = 8192;
 /// After shutdown, the link is drained until it has been quiet this long.
 const QUIET: Duration = Duration::from_millis(100);
 
+/// Whether a login `(client id, username, password)` may connect.
+pub type Authenticate = Arc<dyn Fn(&str, &str, &str) -> bool + Send + Sync>;
+
 /// Settings of the embedded broker.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BrokerOptions {
+    /// Asked about every CONNECT; a client without a username and password is refused.
+    pub authenticate: Authenticate,
     pub listen: SocketAddr,
     pub max_connections: usize,
     pub max_payload_bytes: usize,
@@ -50,7 +60,7 @@ pub struct EmbeddedBroker {
 /// Starts rumqttd on `options.listen` in its own threads. The caller checks beforehand that the
 /// port is free (rumqttd only logs a bind failure).
 pub fn start_broker(options: &BrokerOptions) -> Result<EmbeddedBroker, IngestError> {
-    let connections = rumqttd::ConnectionSettings {
+    let mut connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 60_000,
         max_payload_size: options.max_payload_bytes,
         max_inflight_count: 100,
@@ -58,6 +68,16 @@ pub fn start_broker(options: &BrokerOptions) -> Result<EmbeddedBroker, IngestErr
         external_auth: None,
         dynamic_filters: true,
     };
+    let authenticate = options.authenticate.clone();
+    connections.set_auth_handler(
+        move |client_id: String, username: String, password: String| {
+            let ok = authenticate(&client_id, &username, &password);
+            if !ok {
+                tracing::warn!(%client_id, %username, "MQTT login refused");
+            }
+            std::future::ready(ok)
+        },
+    );
     let server = rumqttd::ServerSettings {
         name: "devices".to_string(),
         listen: options.listen,

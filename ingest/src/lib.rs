@@ -597,7 +597,7 @@ fn is_camera(d: &Device) -> bool {
 
 /// Whether a device may send `format`: its registered decoder, or with none, a format its kind
 /// can speak.
-fn may_speak(d: &Device, format: Format) -> bool {
+pub(crate) fn may_speak(d: &Device, format: Format) -> bool {
     match d.decoder.as_deref() {
         Some(decoder) => decoder == format.name(),
         None => match format {

@@ -2,7 +2,7 @@
 //! (`ingest.routes`).
 
 use ioc_config::Route;
-use ioc_contract::{valid_device_id, valid_external_id, EXTERNAL_ID_KINDS};
+use ioc_contract::{valid_device_id, valid_external_id, Device, EXTERNAL_ID_KINDS};
 
 use crate::Format;
 
@@ -139,6 +139,40 @@ impl Router {
             .collect()
     }
 
+    /// The topics `device` publishes on: one per route in a format it may send, its id (or its
+    /// external id of the route's kind, if it has one) in the id level and in any other capture
+    /// (a vendor gateway registered as a device publishes on its own gateway topic). Its
+    /// decoder's route comes first. What its broker account may publish on.
+    pub fn device_topics(&self, device: &Device) -> Vec<String> {
+        let mut topics: Vec<(bool, String)> = Vec::new();
+        for route in self
+            .routes
+            .iter()
+            .filter(|r| crate::may_speak(device, r.format))
+        {
+            let topic = route
+                .levels
+                .iter()
+                .map(|l| match l {
+                    Level::Literal(s) => s.as_str(),
+                    Level::External(kind) => device
+                        .external_ids
+                        .get(*kind)
+                        .map_or(device.device_id.as_str(), String::as_str),
+                    Level::DeviceId | Level::Any => device.device_id.as_str(),
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            let main = device.decoder.as_deref() == Some(route.format.name());
+            if !topics.iter().any(|(_, t)| *t == topic) {
+                topics.push((main, topic));
+            }
+        }
+        // Stable: otherwise in route order.
+        topics.sort_by_key(|(main, _)| !main);
+        topics.into_iter().map(|(_, t)| t).collect()
+    }
+
     /// The patterns, for a `bad_topic` reason.
     pub fn patterns(&self) -> Vec<&str> {
         self.routes.iter().map(|r| r.pattern.as_str()).collect()
@@ -164,6 +198,58 @@ mod tests {
         assert!(r
             .filters()
             .contains(&"ioc/v1/devices/+/telemetry".to_string()));
+    }
+
+    #[test]
+    fn a_device_publishes_on_the_routes_of_the_formats_it_may_send() {
+        let r = default_router();
+        let device = |id: &str, kind: &str, decoder: Option<&str>, ids: &[(&str, &str)]| Device {
+            device_id: id.into(),
+            kind: kind.into(),
+            decoder: decoder.map(str::to_string),
+            external_ids: ids
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            r.device_topics(&device("aq-1", "air_quality", Some("ioc-json"), &[])),
+            ["ioc/v1/devices/aq-1/telemetry"]
+        );
+        assert_eq!(
+            r.device_topics(&device(
+                "ww-1",
+                "wastewater",
+                Some("tt10-station"),
+                &[("station_code", "DLK_NT_001")]
+            )),
+            ["ioc/v1/stations/DLK_NT_001/file"]
+        );
+        assert_eq!(
+            r.device_topics(&device(
+                "cam-1",
+                "traffic_camera",
+                Some("camera-event"),
+                &[]
+            )),
+            ["ioc/v1/cameras/cam-1/events"]
+        );
+        // No decoder: every route its kind may speak, never a camera's.
+        let any = r.device_topics(&device("tc-1", "traffic_counter", None, &[]));
+        assert!(any.contains(&"ioc/v1/devices/tc-1/counts".to_string()));
+        assert!(any.contains(&"ioc/v1/devices/tc-1/telemetry".to_string()));
+        assert!(!any
+            .iter()
+            .any(|t| t.contains("cameras") || t.contains("stations")));
+        // Every topic routes back to this device (or its external id) in a format it may send.
+        for t in &any {
+            let (_, named) = r.route(t).unwrap();
+            assert!(
+                matches!(named, DeviceRef::Id("tc-1") | DeviceRef::InPayload),
+                "{t}"
+            );
+        }
     }
 
     #[test]

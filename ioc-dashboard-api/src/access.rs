@@ -167,6 +167,9 @@ pub async fn audit(
         .await
         .map_err(|e| ApiFailure::unavailable("the audit log could not be read", e))?;
     entries.extend(reads.into_iter().filter(keep));
+    // Newest first; within one millisecond, later in the log first (a registration and its
+    // account are written in the same millisecond, in that order).
+    entries.reverse();
     entries.sort_by_key(|e| std::cmp::Reverse(e.at));
     let truncated = entries.len() > filter.limit;
     entries.truncate(filter.limit);

@@ -6,7 +6,6 @@
 
 use axum::http::{header, HeaderMap, StatusCode};
 use ioc_contract::{Actor, Role};
-use sha2::{Digest, Sha256};
 
 use crate::routes::{ApiFailure, ApiResult};
 use crate::AppState;
@@ -60,13 +59,7 @@ fn token_matches(given: &str, expected: &str) -> bool {
         == 0
 }
 
-/// Hex SHA-256, as issued tokens are kept.
-pub fn sha256_hex(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub use ioc_contract::sha256_hex;
 
 /// `n` random bytes from the operating system, hex.
 pub fn random_hex(n: usize) -> std::io::Result<String> {

@@ -2,6 +2,7 @@
 //!
 //! - [`routes`]: the router, the device registry and history routes.
 //! - [`auth`]: tokens and roles: who may call what.
+//! - [`accounts`]: devices' MQTT accounts, on Mosquitto through [`dynsec`] or in the registry.
 //! - [`access`]: issuing tokens, the audit log, and the audited routes of personal data.
 //! - [`commissioning`]: the installer's checklist of one device, from [`connections`] (what the
 //!   broker says about MQTT clients) and [`live::Activity`] (what ingest made of its messages).
@@ -15,9 +16,11 @@
 //! cannot set headers on a websocket).
 
 pub mod access;
+pub mod accounts;
 pub mod auth;
 pub mod commissioning;
 pub mod connections;
+pub mod dynsec;
 pub mod live;
 pub mod replay;
 pub mod routes;
@@ -96,6 +99,7 @@ pub struct AppState {
     pub live: live::LiveHub,
     pub activity: live::Activity,
     pub connections: connections::ConnectionLog,
+    pub accounts: accounts::Accounts,
     pub metrics: ApiMetrics,
     pub prometheus: Registry,
 }
@@ -107,6 +111,7 @@ pub async fn run(
     config: ApiConfig,
     ingest: IngestConfig,
     connections: connections::ConnectionLog,
+    accounts: accounts::Accounts,
     bus: Bus,
     registry: RegistryView,
     history: History,
@@ -134,6 +139,7 @@ pub async fn run(
         live,
         activity,
         connections,
+        accounts,
         metrics,
         prometheus,
     };

@@ -15,7 +15,8 @@ use ioc_bus::registry;
 use ioc_contract::time::{format_ms, now_ms, parse_param_ms};
 use ioc_contract::{
     valid_device_id, valid_external_id, Actor, Aggregate, Alert, Device, DeviceChanges,
-    DeviceStatus, Reading, RegistryEvent, DEVICE_KINDS, EXTERNAL_ID_KINDS, FORMAT_NAMES,
+    DeviceCredentials, DeviceStatus, Reading, RegistryEvent, DEVICE_KINDS, EXTERNAL_ID_KINDS,
+    FORMAT_NAMES,
 };
 use ioc_history::HistoryFilter;
 use serde::Serialize;
@@ -26,7 +27,7 @@ use crate::live::DeviceActivity;
 use crate::live::StreamName;
 use crate::ws::{session, ClientFrame, Subscriptions};
 use crate::AppState;
-use crate::{access, commissioning, replay};
+use crate::{access, accounts, commissioning, replay};
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -36,6 +37,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/devices", get(list_devices).post(register_device))
         .route("/api/v1/devices/{id}", get(get_device).patch(update_device))
         .route("/api/v1/devices/{id}/replay", post(replay::replay))
+        .route(
+            "/api/v1/devices/{id}/credentials",
+            post(accounts::rotate).delete(accounts::delete),
+        )
         .route(
             "/api/v1/devices/{id}/commissioning",
             get(commissioning::commissioning),
@@ -121,7 +126,7 @@ impl IntoResponse for ApiFailure {
 
 pub(crate) type ApiResult<T> = Result<T, ApiFailure>;
 
-fn not_found_device(id: &str) -> ApiFailure {
+pub(crate) fn not_found_device(id: &str) -> ApiFailure {
     ApiFailure::new(
         StatusCode::NOT_FOUND,
         "not_found",
@@ -397,6 +402,8 @@ struct ApiDevice {
     /// Seen within three of its expected intervals.
     online: bool,
     last_rejection: Option<ApiRejection>,
+    /// Its MQTT account (never the password), if it has one.
+    mqtt: Option<accounts::ApiAccount>,
 }
 
 #[derive(Serialize)]
@@ -407,7 +414,12 @@ struct ApiRejection {
 }
 
 impl ApiDevice {
-    fn new(d: &Device, activity: Option<DeviceActivity>, now: i64) -> ApiDevice {
+    fn new(
+        d: &Device,
+        activity: Option<DeviceActivity>,
+        account: Option<&DeviceCredentials>,
+        now: i64,
+    ) -> ApiDevice {
         let activity = activity.unwrap_or_default();
         let last_seen = activity.last_seen;
         ApiDevice {
@@ -435,12 +447,19 @@ impl ApiDevice {
                 code: r.code.as_str(),
                 reason: r.reason,
             }),
+            mqtt: account.map(|c| accounts::ApiAccount::new(c, None)),
         }
     }
 }
 
 fn show(state: &AppState, d: &Device) -> ApiDevice {
-    ApiDevice::new(d, state.activity.get(&d.device_id), now_ms())
+    let account = state.registry.credentials(&d.device_id);
+    ApiDevice::new(
+        d,
+        state.activity.get(&d.device_id),
+        account.as_ref(),
+        now_ms(),
+    )
 }
 
 fn same_registration(a: &Device, b: &Device) -> bool {
@@ -471,7 +490,7 @@ async fn register_device(
     body: Bytes,
 ) -> ApiResult<Response> {
     let by = authorize(&state, bearer(&headers), Permission::ManageDevices)?;
-    let device = validate_registration(&body, by)?;
+    let device = validate_registration(&body, by.clone())?;
     if let Some(existing) = state.registry.get(&device.device_id) {
         return if same_registration(&existing, &device) {
             Ok((StatusCode::OK, Json(show(&state, &existing))).into_response())
@@ -499,11 +518,31 @@ async fn register_device(
             ));
         }
     }
+    // The broker account first: if it cannot be made, nothing is registered. (If the registry
+    // write fails after it, registering again replaces the account.)
+    let account = if device.status == DeviceStatus::Decommissioned {
+        None
+    } else {
+        accounts::prepare(&state, &device, &by).await?
+    };
     let event = RegistryEvent::Registered {
         device: device.clone(),
     };
     write_registry(&state, event).await?;
-    Ok((StatusCode::CREATED, Json(show(&state, &device))).into_response())
+    let mut body = serde_json::to_value(show(&state, &device)).expect("devices serialize");
+    if let Some((event, shown)) = account {
+        write_registry(&state, event).await.map_err(|_| {
+            let id = &device.device_id;
+            ApiFailure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("device {id} is registered but its MQTT account could not be recorded: POST /api/v1/devices/{id}/credentials for a new one"),
+            )
+        })?;
+        // The only time the password is ever shown: the registry keeps its hash.
+        body["mqtt"] = json!(shown);
+    }
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 /// Writes a registry event and folds it in here at once (read-your-writes; other instances see
@@ -525,6 +564,10 @@ async fn update_device(
         return Err(not_found_device(&id));
     }
     let changes = validate_changes(&body)?;
+    // A decommissioned device loses its broker account first: if that fails, nothing changes.
+    if changes.status == Some(DeviceStatus::Decommissioned) {
+        accounts::revoke(&state, &id, by.clone()).await?;
+    }
     let event = RegistryEvent::Updated {
         device_id: id.clone(),
         changes,

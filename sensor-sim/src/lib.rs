@@ -836,6 +836,8 @@ mod tests {
             cameras: 2,
             rate: 10.0,
             seed,
+            username: String::new(),
+            password: String::new(),
         }
     }
 

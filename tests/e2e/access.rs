@@ -13,7 +13,7 @@ use reqwest::{Method, StatusCode};
 use rumqttc::QoS;
 use serde_json::{json, Value};
 
-use crate::harness::{Env, KAFKA, TOKEN};
+use crate::harness::{Env, FLEET, KAFKA, TOKEN};
 use crate::pipeline::{register_sim_fleet, start_pipeline};
 
 /// One API call with `token`; the status and JSON body (`null` when there is none).
@@ -190,7 +190,7 @@ async fn plates_are_read_only_by_enforcement_audited_and_found_nowhere_else() ->
     )?;
     let (_api, _stream, _ingest) = start_pipeline(&env).await?;
     register_sim_fleet(&env)?;
-    env.wait_ingest_knows(6).await?;
+    env.wait_ingest_knows_registered().await?;
     env.wait_ingest_subscribed().await?;
     // Two cameras being serviced: ingest taps their messages, bytes withheld.
     for camera in ["cam-001", "cam-002"] {
@@ -212,7 +212,9 @@ async fn plates_are_read_only_by_enforcement_audited_and_found_nowhere_else() ->
     // What the cameras publish, seen as any MQTT subscriber would.
     let (watcher, mut watch) = {
         let mut options = rumqttc::MqttOptions::new("leak-watch", "127.0.0.1", env.mqtt_port);
-        options.set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024);
+        options
+            .set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024)
+            .set_credentials(FLEET.0, FLEET.1);
         rumqttc::AsyncClient::new(options, 10_000)
     };
     watcher.subscribe("ioc/v1/#", QoS::AtMostOnce).await?;

@@ -1,7 +1,12 @@
-//! Test harness: a private Mosquitto on a free port (the project's shipped config), the real
-//! `ioc` binary for every stage, and the shared tansu and ClickHouse that `scripts/services.sh`
-//! starts. Each test isolates itself with its own topic prefix, ClickHouse database, consumer
-//! group and MQTT client ids.
+//! Test harness: a private Mosquitto on a free port (the project's shipped config, dynamic
+//! security plugin included), the real `ioc` binary for every stage, and the shared tansu and
+//! ClickHouse that `scripts/services.sh` starts. Each test isolates itself with its own topic
+//! prefix, ClickHouse database, consumer group and MQTT client ids.
+//!
+//! Broker accounts: the API logs in as the plugin's admin ([`BROKER_ADMIN`]) and creates the
+//! ingest's ([`INGEST_ACCOUNT`]) and devices'; the tests' own publishers and the simulator log
+//! in as [`FLEET`], an account the harness creates that may publish and subscribe anywhere (it
+//! stands for the whole fleet; the per-device accounts are tested on their own).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -13,6 +18,12 @@ use anyhow::{bail, Context, Result};
 pub const KAFKA: &str = "127.0.0.1:9092";
 pub const CLICKHOUSE: &str = "http://127.0.0.1:8123";
 pub const TOKEN: &str = "test-admin-token";
+/// (username, password) of the broker's dynamic-security admin: the API's account.
+pub const BROKER_ADMIN: (&str, &str) = ("ioc-api", "e2e-broker-admin");
+/// The ingest's broker account, created by the API.
+pub const INGEST_ACCOUNT: (&str, &str) = ("ioc-ingest", "e2e-ingest");
+/// The tests' publishers and the simulator: may publish and subscribe on any topic.
+pub const FLEET: (&str, &str) = ("test-fleet", "e2e-fleet");
 
 /// A port nothing listens on now, and never handed out before in this test run (the tests run
 /// concurrently in one process: without that, two could get the same port between its release
@@ -132,6 +143,26 @@ impl Env {
         let shipped = std::fs::read_to_string(repo_root().join("config/mosquitto.conf"))?;
         let data = self.dir.join("mosquitto");
         std::fs::create_dir_all(&data)?;
+        // The plugin's accounts file, writable by the user Mosquitto drops to.
+        let dynsec_dir = self.dir.join("dynsec");
+        std::fs::create_dir_all(&dynsec_dir)?;
+        let dynsec_file = dynsec_dir.join("dynamic-security.json");
+        let init = Command::new("mosquitto_ctrl")
+            .args(["dynsec", "init"])
+            .arg(&dynsec_file)
+            .args([BROKER_ADMIN.0, BROKER_ADMIN.1])
+            .output()
+            .context("running mosquitto_ctrl")?;
+        if !init.status.success() {
+            bail!(
+                "mosquitto_ctrl dynsec init: {}",
+                String::from_utf8_lossy(&init.stderr)
+            );
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dynsec_dir, std::fs::Permissions::from_mode(0o777))?;
+        std::fs::set_permissions(&dynsec_file, std::fs::Permissions::from_mode(0o666))?;
+        let plugin = dynsec_plugin()?;
         let conf: String = shipped
             .lines()
             .map(|l| {
@@ -143,6 +174,10 @@ impl Env {
                     "persistence false".to_string()
                 } else if l.starts_with("persistence_location") {
                     format!("persistence_location {}/", data.display())
+                } else if l.starts_with("plugin ") {
+                    format!("plugin {}", plugin.display())
+                } else if l.starts_with("plugin_opt_config_file") {
+                    format!("plugin_opt_config_file {}", dynsec_file.display())
                 } else {
                     l.to_string()
                 }
@@ -160,7 +195,44 @@ impl Env {
             .spawn()
             .context("starting mosquitto")?;
         self.mosquitto = Some(Proc { child });
-        wait_port(self.mqtt_port, Duration::from_secs(10))
+        wait_port(self.mqtt_port, Duration::from_secs(10))?;
+        let role = serde_json::json!([
+            {"acltype": "publishClientSend", "topic": "#", "allow": true},
+            {"acltype": "subscribePattern", "topic": "#", "allow": true},
+        ]);
+        self.dynsec(serde_json::json!([
+            {"command": "createRole", "rolename": FLEET.0, "acls": role},
+            {"command": "createClient", "username": FLEET.0, "password": FLEET.1,
+             "roles": [{"rolename": FLEET.0}]},
+        ]))?;
+        Ok(())
+    }
+
+    /// Sends dynamic-security `commands` as the broker's admin; returns the answers, failing if
+    /// any command failed.
+    pub fn dynsec(&self, commands: serde_json::Value) -> Result<Vec<serde_json::Value>> {
+        let output = Command::new("mosquitto_rr")
+            .args(["-h", "127.0.0.1", "-p", &self.mqtt_port.to_string()])
+            .args(["-u", BROKER_ADMIN.0, "-P", BROKER_ADMIN.1, "-W", "10"])
+            .args(["-t", "$CONTROL/dynamic-security/v1"])
+            .args(["-e", "$CONTROL/dynamic-security/v1/response"])
+            .arg("-m")
+            .arg(serde_json::json!({ "commands": commands }).to_string())
+            .output()
+            .context("running mosquitto_rr")?;
+        let answer: serde_json::Value =
+            serde_json::from_slice(&output.stdout).with_context(|| {
+                format!(
+                    "dynamic security answer: {} {}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                )
+            })?;
+        let answers = answer["responses"].as_array().cloned().unwrap_or_default();
+        if let Some(failed) = answers.iter().find(|a| a.get("error").is_some()) {
+            bail!("dynamic security refused: {failed}");
+        }
+        Ok(answers)
     }
 
     /// Starts `ioc <args>` with this deployment's config; output goes to `<dir>/<log>.log`.
@@ -175,6 +247,8 @@ impl Env {
             .arg(&self.config_path)
             .args(args)
             .env("IOC_LOG", "info,rdkafka=warn")
+            .env("IOC_SIM__USERNAME", FLEET.0)
+            .env("IOC_SIM__PASSWORD", FLEET.1)
             .stdout(out)
             .stderr(err)
             .spawn()
@@ -188,6 +262,8 @@ impl Env {
             .arg("--config")
             .arg(&self.config_path)
             .args(args)
+            .env("IOC_SIM__USERNAME", FLEET.0)
+            .env("IOC_SIM__PASSWORD", FLEET.1)
             .output()?;
         if !output.status.success() {
             bail!(
@@ -271,11 +347,17 @@ impl Env {
 
     /// Registers a device through the API.
     pub async fn register(&self, device_id: &str, kind: &str) -> Result<()> {
-        register_device(&self.http, &self.api(""), TOKEN, device_id, kind).await
+        register_device(&self.http, &self.api(""), TOKEN, device_id, kind).await?;
+        Ok(())
     }
 
-    /// Waits until ingest's registry view has at least `n` devices.
-    pub async fn wait_ingest_knows(&self, n: usize) -> Result<()> {
+    /// Waits until ingest's registry view has every device the API has registered. (Ingest
+    /// follows the registry topic: a device registered a moment ago may not be known yet, and
+    /// its first messages would be dead-lettered as `unknown_device`.)
+    pub async fn wait_ingest_knows_registered(&self) -> Result<()> {
+        let registered = self.get_json("/api/v1/devices").await?["devices"]
+            .as_array()
+            .map_or(0, Vec::len);
         self.eventually(
             "ingest to see the registered devices",
             Duration::from_secs(30),
@@ -283,7 +365,7 @@ impl Env {
                 let seen = self
                     .metric(self.ingest_metrics_port, "ioc_ingest_registry_devices")
                     .await?;
-                Ok((seen as usize >= n).then_some(()))
+                Ok((seen as usize >= registered).then_some(()))
             },
         )
         .await
@@ -344,7 +426,8 @@ impl Env {
         let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", self.mqtt_port);
         options
             .set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024)
-            .set_inflight(100);
+            .set_inflight(100)
+            .set_credentials(FLEET.0, FLEET.1);
         let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 100);
         let task = tokio::spawn(async move {
             loop {
@@ -419,6 +502,8 @@ fn ioc_config_text(
     format!(
         r#"[mqtt]
 port = {mqtt}
+username = "{ingest_user}"
+password = "{ingest_password}"
 
 [kafka]
 brokers = "{KAFKA}"
@@ -446,12 +531,33 @@ metrics_listen = "127.0.0.1:{stream_metrics}"
 [api]
 listen = "127.0.0.1:{api}"
 admin_token = "{TOKEN}"
-{extra}"#
+mqtt_username = "{admin_user}"
+mqtt_password = "{admin_password}"
+{extra}"#,
+        ingest_user = INGEST_ACCOUNT.0,
+        ingest_password = INGEST_ACCOUNT.1,
+        admin_user = BROKER_ADMIN.0,
+        admin_password = BROKER_ADMIN.1,
     )
 }
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+/// Debian's dynamic security plugin, on whichever architecture this is.
+fn dynsec_plugin() -> Result<PathBuf> {
+    let shipped = Path::new("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so");
+    if shipped.exists() {
+        return Ok(shipped.to_path_buf());
+    }
+    for dir in std::fs::read_dir("/usr/lib")?.flatten() {
+        let candidate = dir.path().join("mosquitto_dynamic_security.so");
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    bail!("mosquitto_dynamic_security.so not found under /usr/lib (Debian's mosquitto package has it)")
 }
 
 fn mosquitto_binary() -> &'static str {
@@ -550,14 +656,31 @@ pub async fn live_page(url: &str) -> Result<serde_json::Value> {
     Ok(serde_json::from_slice(&browser.stdout)?)
 }
 
-/// Registers a device through the API at `base` (`http://host:port`).
+/// MQTT options of a device logging in with the account its registration returned (`mqtt`:
+/// `{username, password, client_id, ...}`).
+pub fn device_login(mqtt: &serde_json::Value, port: u16) -> Result<rumqttc::MqttOptions> {
+    let field = |name: &str| {
+        mqtt[name]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("no {name} in {mqtt}"))
+    };
+    let mut options = rumqttc::MqttOptions::new(field("client_id")?, "127.0.0.1", port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_credentials(field("username")?, field("password")?);
+    Ok(options)
+}
+
+/// Registers a device through the API at `base` (`http://host:port`); returns the device as
+/// shown, with its MQTT account (`mqtt`, password included).
 pub async fn register_device(
     http: &reqwest::Client,
     base: &str,
     token: &str,
     device_id: &str,
     kind: &str,
-) -> Result<()> {
+) -> Result<serde_json::Value> {
     let body = serde_json::json!({
         "device_id": device_id, "kind": kind, "name": format!("test {device_id}"),
         "lat": 12.68, "lon": 108.05, "expected_interval_s": 60, "status": "active"
@@ -575,5 +698,5 @@ pub async fn register_device(
             r.text().await?
         );
     }
-    Ok(())
+    Ok(r.json().await?)
 }

@@ -10,7 +10,7 @@ use rumqttc::QoS;
 use serde_json::json;
 
 use crate::access::{call, issue, register_as};
-use crate::harness::{Env, TOKEN};
+use crate::harness::{device_login, Env, TOKEN};
 use crate::pipeline::start_pipeline;
 
 /// `ms` (UTC) as local time (+07:00) in `pattern`'s shape: `dmy` gives `dd/MM/yyyy HH:mm:ss`,
@@ -233,15 +233,18 @@ async fn an_installer_sees_a_new_device_go_from_nothing_to_ready() -> Result<()>
     let (_api, _stream, _ingest) = start_pipeline(&env).await?;
     let (http, base) = (&env.http, env.api(""));
     let installer = issue(http, &base, TOKEN, "installer", "lan-installer").await?;
+    // Each device logs in with the account its registration returned.
+    let mut logins = Vec::new();
     for (id, commune) in [("aq-site", Some("Phường Tân Lập")), ("aq-bad", None)] {
         let mut registration = json!({"device_id": id, "kind": "air_quality",
             "name": "On site", "lat": 12.68, "lon": 108.05, "expected_interval_s": 1});
         if let Some(c) = commune {
             registration["commune"] = json!(c);
         }
-        register_as(http, &base, &installer, registration).await?;
+        let shown = register_as(http, &base, &installer, registration).await?;
+        logins.push(device_login(&shown["mqtt"], env.mqtt_port)?);
     }
-    env.wait_ingest_knows(2).await?;
+    env.wait_ingest_knows_registered().await?;
     let checklist = |id: &'static str| {
         let installer = installer.clone();
         let base = base.clone();
@@ -264,9 +267,7 @@ async fn an_installer_sees_a_new_device_go_from_nothing_to_ready() -> Result<()>
     assert_eq!(first["location_set"].0, "pass", "{list}");
 
     // The device connects (client id = device id) before it sends anything.
-    let mut options = rumqttc::MqttOptions::new("aq-site", "127.0.0.1", env.mqtt_port);
-    options.set_keep_alive(Duration::from_secs(30));
-    let (device, mut events) = rumqttc::AsyncClient::new(options, 100);
+    let (device, mut events) = rumqttc::AsyncClient::new(logins[0].clone(), 100);
     let _poll = tokio::spawn(async move { while events.poll().await.is_ok() {} });
     let connected = env
         .eventually(
@@ -349,10 +350,7 @@ async fn an_installer_sees_a_new_device_go_from_nothing_to_ready() -> Result<()>
     );
 
     // The faulty one: no commune, a metric nobody knows, and a value below zero.
-    let (bad, mut bad_events) = rumqttc::AsyncClient::new(
-        rumqttc::MqttOptions::new("aq-bad", "127.0.0.1", env.mqtt_port),
-        100,
-    );
+    let (bad, mut bad_events) = rumqttc::AsyncClient::new(logins[1].clone(), 100);
     let _bad_poll = tokio::spawn(async move { while bad_events.poll().await.is_ok() {} });
     let body = format!(
         r#"{{"ts":{},"values":{{"pm25":-40,"xyz":1}}}}"#,
@@ -393,5 +391,153 @@ async fn an_installer_sees_a_new_device_go_from_nothing_to_ready() -> Result<()>
         failed["location_set"].1.contains("commune not set"),
         "{list}"
     );
+    Ok(())
+}
+
+/// Per-device accounts on the real Mosquitto (dynamic security plugin): registration returns a
+/// login that works for the device's own topic only; the broker refuses its publish on another
+/// device's topic (PUBACK 0x87 over MQTT 5), another client id, and an account name that is
+/// not a device's; revoking disconnects the device and refuses it after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_accounts_on_mosquitto_allow_only_the_devices_own_topics() -> Result<()> {
+    use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, PubAckReason};
+    use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
+
+    let env = Env::new("accounts", "")?;
+    let (_api, _stream, _ingest) = start_pipeline(&env).await?;
+    let (http, base) = (&env.http, env.api(""));
+    let installer = issue(http, &base, TOKEN, "installer", "lan-installer").await?;
+    let mut logins = Vec::new();
+    for id in ["aq-acct", "aq-neighbour"] {
+        let shown = register_as(
+            http,
+            &base,
+            &installer,
+            json!({"device_id": id, "kind": "air_quality", "name": id, "lat": 12.68,
+                   "lon": 108.05, "expected_interval_s": 60, "decoder": "ioc-json",
+                   "status": "active"}),
+        )
+        .await?;
+        assert_eq!(
+            shown["mqtt"]["topic"],
+            json!(ioc_contract::telemetry_topic(id)),
+            "{shown}"
+        );
+        logins.push(shown["mqtt"].clone());
+    }
+    // A device id that names an account the operators made is refused, not taken over.
+    let (status, body) = call(
+        http,
+        &base,
+        Method::POST,
+        "/api/v1/devices",
+        TOKEN,
+        Some(
+            json!({"device_id": crate::harness::FLEET.0, "kind": "air_quality",
+                    "name": "x", "lat": 12.68, "lon": 108.05, "expected_interval_s": 60}),
+        ),
+    )
+    .await?;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(env
+        .dynsec(json!([{"command": "getClient", "username": crate::harness::FLEET.0}]))
+        .is_ok());
+    env.wait_ingest_knows_registered().await?;
+    env.wait_ingest_subscribed().await?;
+
+    let login = |mqtt: &serde_json::Value, client_id: Option<&str>| {
+        let field = |n: &str| mqtt[n].as_str().unwrap_or_default().to_string();
+        let mut options = MqttOptions::new(
+            client_id.map_or_else(|| field("client_id"), str::to_string),
+            "127.0.0.1",
+            env.mqtt_port,
+        );
+        options
+            .set_keep_alive(Duration::from_secs(30))
+            .set_credentials(field("username"), field("password"));
+        options
+    };
+    // Another client id with the device's login: refused.
+    let (_c, mut refused) = AsyncClient::new(login(&logins[0], Some("impostor")), 10);
+    match tokio::time::timeout(Duration::from_secs(10), refused.poll()).await? {
+        Err(ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized)) => {}
+        other => anyhow::bail!("another client id was not refused: {other:?}"),
+    }
+
+    let (device, mut events) = AsyncClient::new(login(&logins[0], None), 10);
+    let now = ioc_contract::time::now_ms();
+    let mut acks = Vec::new();
+    for (topic, value) in [
+        (ioc_contract::telemetry_topic("aq-acct"), 11),
+        (ioc_contract::telemetry_topic("aq-neighbour"), 99),
+    ] {
+        device
+            .publish(
+                topic,
+                rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                false,
+                format!(r#"{{"ts":{now},"values":{{"pm25":{value}}}}}"#),
+            )
+            .await?;
+        let ack = loop {
+            match tokio::time::timeout(Duration::from_secs(10), events.poll()).await?? {
+                Event::Incoming(Packet::PubAck(ack)) => break ack.reason,
+                _ => continue,
+            }
+        };
+        acks.push(ack);
+    }
+    assert_eq!(
+        acks,
+        [PubAckReason::Success, PubAckReason::NotAuthorized],
+        "its own topic, then its neighbour's"
+    );
+    let window = format!("from={}&to={}", now - 1, now + 1);
+    let stored = env
+        .eventually("the device's reading", Duration::from_secs(30), || async {
+            let r = env
+                .get_json(&format!("/api/v1/readings?device_id=aq-acct&{window}"))
+                .await?;
+            Ok((!r["readings"].as_array().is_none_or(|a| a.is_empty())).then_some(r))
+        })
+        .await?;
+    assert_eq!(stored["readings"][0]["value"], json!(11.0), "{stored}");
+    let neighbour = env
+        .get_json(&format!("/api/v1/readings?device_id=aq-neighbour&{window}"))
+        .await?;
+    assert_eq!(neighbour["readings"], json!([]), "{neighbour}");
+
+    // Revoked: the broker disconnects it at once and refuses it after.
+    let path = "/api/v1/devices/aq-acct/credentials";
+    let (status, _) = call(http, &base, Method::DELETE, path, &installer, None).await?;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let dropped = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::Disconnect(_))) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(dropped.is_ok(), "the revoked device stayed connected");
+    let (_c, mut again) = AsyncClient::new(login(&logins[0], None), 10);
+    match tokio::time::timeout(Duration::from_secs(10), again.poll()).await? {
+        Err(ConnectionError::ConnectionRefused(_)) => {}
+        other => anyhow::bail!("a revoked account was let in: {other:?}"),
+    }
+    let shown = env.get_json("/api/v1/devices/aq-acct").await?;
+    assert!(shown["mqtt"].is_null(), "{shown}");
+    // Rotating gives it a new account that works; the neighbour's was never touched.
+    let (status, rotated) = call(http, &base, Method::POST, path, &installer, None).await?;
+    assert_eq!(status, StatusCode::CREATED, "{rotated}");
+    let (_c, mut back) = AsyncClient::new(login(&rotated["mqtt"], None), 10);
+    let (_n, mut neighbour) = AsyncClient::new(login(&logins[1], None), 10);
+    for events in [&mut back, &mut neighbour] {
+        match tokio::time::timeout(Duration::from_secs(10), events.poll()).await?? {
+            Event::Incoming(Packet::ConnAck(_)) => {}
+            other => anyhow::bail!("expected a CONNACK, got {other:?}"),
+        }
+    }
     Ok(())
 }

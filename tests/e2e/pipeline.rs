@@ -145,7 +145,7 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
 
     register_sim_fleet(&env)?;
     env.register("aq-alert", "air_quality").await?;
-    env.wait_ingest_knows(6).await?;
+    env.wait_ingest_knows_registered().await?;
 
     // A smoke episode on aq-alert, in event time five minutes ago: two minutes above the
     // limit (50), then two below. One alert, then one clear.
@@ -453,7 +453,7 @@ async fn sigkill_of_ingest_and_stream_loses_nothing_and_doubles_nothing() -> Res
     )?;
     let (_api, mut stream, mut ingest) = start_pipeline(&env).await?;
     register_sim_fleet(&env)?;
-    env.wait_ingest_knows(8).await?;
+    env.wait_ingest_knows_registered().await?;
 
     let sim = env.ioc("sim", &["sim", "--count", "3000", "--rate", "150"])?;
     let sim_stdout = env.dir.join("sim.log");

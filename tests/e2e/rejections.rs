@@ -25,7 +25,7 @@ async fn every_kind_of_bad_input_is_dead_lettered_counted_and_survived() -> Resu
     )
     .await?;
     env.register("aq-1", "air_quality").await?;
-    env.wait_ingest_knows(1).await?;
+    env.wait_ingest_knows_registered().await?;
 
     let ts = ioc_contract::time::now_ms() - 60_000;
     let dev = "ioc/v1/devices/aq-1/telemetry";

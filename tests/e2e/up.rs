@@ -11,7 +11,7 @@ use futures::{SinkExt, StreamExt};
 use rumqttc::QoS;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::harness::{eventually, free_port, live_page, register_device, Proc};
+use crate::harness::{device_login, eventually, free_port, live_page, register_device, Proc};
 
 /// One `ioc up` data directory and its ports; processes are started on it one after another.
 struct Up {
@@ -22,6 +22,8 @@ struct Up {
     http: reqwest::Client,
     token: String,
     runs: usize,
+    /// Devices' MQTT accounts as their registration returned them.
+    logins: std::sync::Mutex<std::collections::HashMap<String, serde_json::Value>>,
 }
 
 impl Up {
@@ -37,6 +39,7 @@ impl Up {
             http: reqwest::Client::new(),
             token: String::new(),
             runs: 0,
+            logins: Default::default(),
         })
     }
 
@@ -127,14 +130,24 @@ impl Up {
     }
 
     async fn register(&self, device_id: &str) -> Result<()> {
-        register_device(
+        let shown = register_device(
             &self.http,
             &self.url(""),
             &self.token,
             device_id,
             "air_quality",
         )
-        .await
+        .await?;
+        self.remember(device_id, &shown["mqtt"]);
+        Ok(())
+    }
+
+    /// Keeps the MQTT account a registration returned, for [`Up::mqtt`].
+    fn remember(&self, device_id: &str, mqtt: &serde_json::Value) {
+        self.logins
+            .lock()
+            .unwrap()
+            .insert(device_id.to_string(), mqtt.clone());
     }
 
     /// Values (as integers) of the stored pm25 readings of `device` in `[from, to)`.
@@ -161,13 +174,38 @@ impl Up {
         eventually(what, timeout, &self.dir, probe).await
     }
 
-    fn mqtt(&self, client_id: &str) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
-        let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", self.mqtt_port);
-        options
-            .set_inflight(100)
-            .set_keep_alive(Duration::from_secs(30));
+    /// An MQTT client logged in as `device` (registered here: see [`Up::remember`]).
+    fn mqtt(&self, device: &str) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
+        let mut options = self.mqtt_options(device);
+        options.set_inflight(100);
         rumqttc::AsyncClient::new(options, 1000)
     }
+
+    fn mqtt_options(&self, device: &str) -> rumqttc::MqttOptions {
+        let login = self.logins.lock().unwrap()[device].clone();
+        device_login(&login, self.mqtt_port).expect("a device account")
+    }
+}
+
+/// Whether the broker accepts a connection with `options` (a CONNACK, not a closed socket).
+async fn connects(options: rumqttc::MqttOptions) -> bool {
+    let (client, mut events) = rumqttc::AsyncClient::new(options, 10);
+    let accepted = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack))) => {
+                    return ack.code == rumqttc::ConnectReturnCode::Success
+                }
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_millis(500), events.poll()).await;
+    accepted
 }
 
 fn reading(ts: i64, value: i64) -> String {
@@ -177,7 +215,7 @@ fn reading(ts: i64, value: i64) -> String {
 /// Publishes `n` readings (values `first..first+n`, one a second of event time from `base`) at
 /// QoS 1 and waits for every PUBACK.
 async fn publish_and_confirm(up: &Up, device: &str, base: i64, first: i64, n: i64) -> Result<()> {
-    let (client, mut eventloop) = up.mqtt(&format!("pub-{device}-{first}"));
+    let (client, mut eventloop) = up.mqtt(device);
     let topic = format!("ioc/v1/devices/{device}/telemetry");
     let sender = tokio::spawn(async move {
         for i in first..first + n {
@@ -421,7 +459,7 @@ async fn kill_under_load(name: &str, rate: Option<u64>) -> Result<KillReport> {
 
     let base = ioc_contract::window_start(ioc_contract::time::now_ms()) - 48 * 3_600_000;
     let total: i64 = 200_000;
-    let (client, mut eventloop) = up.mqtt("durability-publisher");
+    let (client, mut eventloop) = up.mqtt("aq-dur");
     let started = Instant::now();
     let publisher = tokio::spawn(async move {
         for i in 0..total {
@@ -627,7 +665,7 @@ async fn up_ingests_station_files() -> Result<()> {
     let file = format!(
         "pH\t7.21\tpH\t{local}\t00\r\nCOD\t61,5\tmg/l\t{local}\t01\r\nLuu luong\t0.01\tm3/s\t{local}\t00\r\n"
     );
-    let (client, mut eventloop) = up.mqtt("station-ww-st1");
+    let (client, mut eventloop) = up.mqtt("ww-st1");
     client
         .publish("ioc/v1/stations/ww-st1/file", QoS::AtLeastOnce, false, file)
         .await?;
@@ -721,6 +759,23 @@ async fn up_keeps_device_records_activity_and_their_audit_trail() -> Result<()> 
     .await?;
     assert_eq!(status, StatusCode::CREATED, "{device}");
     assert_eq!(device["status"], "commissioning");
+    // Its MQTT account, shown this once with its password.
+    let account = &device["mqtt"];
+    assert_eq!(
+        (
+            &account["username"],
+            &account["client_id"],
+            &account["topic"]
+        ),
+        (
+            &serde_json::json!("aq-rec"),
+            &serde_json::json!("aq-rec"),
+            &serde_json::json!("ioc/v1/devices/aq-rec/telemetry")
+        ),
+        "{device}"
+    );
+    assert_eq!(account["password"].as_str().map(str::len), Some(48));
+    up.remember("aq-rec", account);
     assert_eq!(device["commune"], "Phường Buôn Ma Thuột");
     assert_eq!(device["installed_at"], "2026-11-27T01:00:00.000Z");
     assert_eq!(
@@ -774,6 +829,45 @@ async fn up_keeps_device_records_activity_and_their_audit_trail() -> Result<()> 
             &serde_json::json!("Trường Chinh")
         )
     );
+
+    // The broker lets in only the device's account: no login, a wrong password, or another
+    // client id are refused. The password is never shown again.
+    let shown = up.get(path).await?;
+    assert!(shown["mqtt"]["password"].is_null(), "{shown}");
+    assert_eq!(shown["mqtt"]["username"], "aq-rec", "{shown}");
+    let login = up.logins.lock().unwrap()["aq-rec"].clone();
+    let with = |client_id: &str, password: Option<&str>| {
+        let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", up.mqtt_port);
+        if let Some(p) = password {
+            options.set_credentials("aq-rec", p);
+        }
+        options
+    };
+    let password = login["password"].as_str().context("password")?.to_string();
+    assert!(connects(with("aq-rec", Some(&password))).await);
+    assert!(!connects(with("aq-rec", None)).await, "no login");
+    assert!(
+        !connects(with("aq-rec", Some("guess"))).await,
+        "wrong password"
+    );
+    assert!(
+        !connects(with("aq-other", Some(&password))).await,
+        "other client id"
+    );
+    // Rotated: the old password no longer works, the new one does.
+    let credentials = "/api/v1/devices/aq-rec/credentials";
+    let (status, rotated) = call(&http, &base, Method::POST, credentials, &up.token, None).await?;
+    assert_eq!(status, StatusCode::CREATED, "{rotated}");
+    let new_password = rotated["mqtt"]["password"]
+        .as_str()
+        .context("new password")?;
+    assert_ne!(new_password, password);
+    assert!(
+        !connects(with("aq-rec", Some(&password))).await,
+        "old password"
+    );
+    assert!(connects(with("aq-rec", Some(new_password))).await);
+    up.remember("aq-rec", &rotated["mqtt"]);
 
     // A good message, then one with a metric nobody knows.
     let now = ioc_contract::time::now_ms();
@@ -831,8 +925,12 @@ async fn up_keeps_device_records_activity_and_their_audit_trail() -> Result<()> 
             )
         };
         assert_eq!(
-            trail[..2],
-            [want("device.registered"), want("device.updated")],
+            trail[..3],
+            [
+                want("device.registered"),
+                want("device.credentials_issued"),
+                want("device.updated")
+            ],
             "{audit}"
         );
         // Then the admin's changes, each with its status.
@@ -850,7 +948,7 @@ async fn up_keeps_device_records_activity_and_their_audit_trail() -> Result<()> 
         want_statuses.extend(later);
         assert_eq!(statuses, want_statuses, "{audit}");
         assert!(
-            trail[2..].iter().all(|(_, by, _)| by == "admin-token"),
+            trail[3..].iter().all(|(_, by, _)| by == "admin-token"),
             "{audit}"
         );
     };
@@ -882,7 +980,26 @@ async fn up_keeps_device_records_activity_and_their_audit_trail() -> Result<()> 
         Ok((d["last_rejection"]["code"] == "decommissioned").then_some(()))
     })
     .await?;
+    // Decommissioning deleted its account; the connection it had stays open (rumqttd cannot
+    // disconnect a client: README, security notes) but no new one is let in.
+    let shown = up.get(path).await?;
+    assert!(shown["mqtt"].is_null(), "{shown}");
+    assert!(!connects(up.mqtt_options("aq-rec")).await, "decommissioned");
     assert_eq!(set_status("active").await?.0, StatusCode::OK);
+    assert!(
+        !connects(up.mqtt_options("aq-rec")).await,
+        "back in service, no account yet"
+    );
+    let (status, issued) = call(&http, &base, Method::POST, credentials, &up.token, None).await?;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    up.remember("aq-rec", &issued["mqtt"]);
+    assert!(connects(up.mqtt_options("aq-rec")).await);
+    // Revoked: refused at the next login; revoking again finds no account.
+    let (status, _) = call(&http, &base, Method::DELETE, credentials, &up.token, None).await?;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(!connects(up.mqtt_options("aq-rec")).await, "revoked");
+    let (status, _) = call(&http, &base, Method::DELETE, credentials, &up.token, None).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 
     // After a restart: the issued token still works, the trail is the same.
     let status = proc.terminate(Duration::from_secs(30));

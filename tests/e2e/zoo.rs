@@ -98,7 +98,7 @@ async fn every_format_with_faults_is_stored_absorbed_or_dead_lettered() -> Resul
     register_sim_fleet(&env)?;
     let config = ioc_config::load(Some(&env.config_path), Vec::<(String, String)>::new())?;
     let registry = registry_from_api(&env).await?;
-    env.wait_ingest_knows(registry.len()).await?;
+    env.wait_ingest_knows_registered().await?;
     assert_eq!(registry.len(), 10);
 
     // The simulated fleet with every fault on, plus messages from devices nobody registered: a
