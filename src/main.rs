@@ -416,7 +416,6 @@ async fn serve_metrics(
     Ok(())
 }
 
-/// Starts following the registry topic; returns once caught up.
 /// How the API manages device accounts. With Mosquitto's dynamic security plugin it connects
 /// as a dynsec admin and, in the background until it succeeds, makes sure the ingest's account
 /// exists with the right to its shared subscriptions.
@@ -481,6 +480,7 @@ fn device_accounts(
     }
 }
 
+/// Starts following the registry topic; returns once caught up.
 async fn follow_registry(bus: &Bus, shutdown: &CancellationToken) -> Result<RegistryView> {
     let view = RegistryView::default();
     registry::follow(bus, view.clone(), shutdown.clone())

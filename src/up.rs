@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use ioc_bus::embedded::{EmbeddedLog, LogOptions};
 use ioc_bus::Bus;
 use ioc_config::Config;
-use ioc_contract::Topics;
+use ioc_contract::{sha256_hex, Topics};
 use ioc_history::{EmbeddedHistory, History};
 use tokio_util::sync::CancellationToken;
 
@@ -229,12 +229,14 @@ pub async fn run(
     } else {
         None
     };
+    let sim_account = sim_account.map(|(user, password)| (user, sha256_hex(&password)));
     let authenticate: ioc_ingest::embedded::Authenticate = {
         let registry = registry.clone();
         std::sync::Arc::new(move |client_id: &str, username: &str, password: &str| {
-            if let Some((sim_user, sim_password)) = &sim_account {
+            if let Some((sim_user, sim_sha256)) = &sim_account {
                 if username == sim_user {
-                    return password == sim_password;
+                    // Any client id but a device's: rumqttd would drop that device's connection.
+                    return *sim_sha256 == sha256_hex(password) && !registry.contains(client_id);
                 }
             }
             registry.authenticate(client_id, username, password)

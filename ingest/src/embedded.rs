@@ -37,6 +37,10 @@ const MAX_INFLIGHT: usize = 8192;
 /// After shutdown, the link is drained until it has been quiet this long.
 const QUIET: Duration = Duration::from_millis(100);
 
+/// The client id of ingest's in-process link. rumqttd drops a connection when another takes its
+/// client id, so it is one no login can use: no device id has a ':'.
+pub const LINK_ID: &str = "ioc:ingest";
+
 /// Whether a login `(client id, username, password)` may connect.
 pub type Authenticate = Arc<dyn Fn(&str, &str, &str) -> bool + Send + Sync>;
 
@@ -71,7 +75,7 @@ pub fn start_broker(options: &BrokerOptions) -> Result<EmbeddedBroker, IngestErr
     let authenticate = options.authenticate.clone();
     connections.set_auth_handler(
         move |client_id: String, username: String, password: String| {
-            let ok = authenticate(&client_id, &username, &password);
+            let ok = client_id != LINK_ID && authenticate(&client_id, &username, &password);
             if !ok {
                 tracing::warn!(%client_id, %username, "MQTT login refused");
             }
@@ -106,7 +110,7 @@ pub fn start_broker(options: &BrokerOptions) -> Result<EmbeddedBroker, IngestErr
     };
     let mut broker = Broker::new(config);
     let (mut link_tx, link_rx) = broker
-        .link("ioc-ingest")
+        .link(LINK_ID)
         .map_err(|e| IngestError::Broker(e.to_string()))?;
     for filter in &options.filters {
         link_tx

@@ -140,16 +140,23 @@ impl Router {
     }
 
     /// The topics `device` publishes on: one per route in a format it may send, its id (or its
-    /// external id of the route's kind, if it has one) in the id level and in any other capture
-    /// (a vendor gateway registered as a device publishes on its own gateway topic). Its
-    /// decoder's route comes first. What its broker account may publish on.
+    /// external id of the route's kind, if it has one) in the id level and in any other capture.
+    /// Its decoder's route comes first. What its broker account may publish on.
+    ///
+    /// A route whose topic names no device (vendor-flat: the payload names it) lets whoever
+    /// may publish there send for any device of that format, so only a device registered with
+    /// that decoder (the gateway itself) gets it, on its own gateway topic.
     pub fn device_topics(&self, device: &Device) -> Vec<String> {
+        let names_device = |r: &Compiled| {
+            r.levels
+                .iter()
+                .any(|l| matches!(l, Level::DeviceId | Level::External(_)))
+        };
         let mut topics: Vec<(bool, String)> = Vec::new();
-        for route in self
-            .routes
-            .iter()
-            .filter(|r| crate::may_speak(device, r.format))
-        {
+        for route in self.routes.iter().filter(|r| {
+            crate::may_speak(device, r.format)
+                && (names_device(r) || device.decoder.as_deref() == Some(r.format.name()))
+        }) {
             let topic = route
                 .levels
                 .iter()
@@ -241,7 +248,12 @@ mod tests {
         assert!(any.contains(&"ioc/v1/devices/tc-1/telemetry".to_string()));
         assert!(!any
             .iter()
-            .any(|t| t.contains("cameras") || t.contains("stations")));
+            .any(|t| t.contains("cameras") || t.contains("stations") || t.contains("gateways")));
+        // A gateway's route, only for a device registered as one.
+        assert_eq!(
+            r.device_topics(&device("gw-1", "air_quality", Some("vendor-flat"), &[])),
+            ["ioc/v1/gateways/gw-1/flat"]
+        );
         // Every topic routes back to this device (or its external id) in a format it may send.
         for t in &any {
             let (_, named) = r.route(t).unwrap();

@@ -114,16 +114,19 @@ pub(crate) async fn prepare(
     )))
 }
 
-/// Deletes `device_id`'s account from the broker (disconnecting it) and the registry.
-pub(crate) async fn revoke(state: &AppState, device_id: &str, by: Actor) -> ApiResult<()> {
-    let Some(credentials) = state.registry.credentials(device_id) else {
-        return Ok(());
-    };
+/// Deletes `device_id`'s account from the broker (disconnecting it) and the registry. Returns
+/// whether the registry had one. The broker's is deleted even if this process's registry view
+/// has none: another API process may have just made it, or its registry write may have failed.
+pub(crate) async fn revoke(state: &AppState, device_id: &str, by: Actor) -> ApiResult<bool> {
     if let Accounts::Dynsec(dynsec) = &state.accounts {
+        // The username is the device id.
         dynsec
-            .remove(device_id, &credentials.username)
+            .remove(device_id, device_id)
             .await
             .map_err(broker_failure)?;
+    }
+    if state.registry.credentials(device_id).is_none() {
+        return Ok(false);
     }
     write_registry(
         state,
@@ -133,7 +136,8 @@ pub(crate) async fn revoke(state: &AppState, device_id: &str, by: Actor) -> ApiR
             at: now_ms(),
         },
     )
-    .await
+    .await?;
+    Ok(true)
 }
 
 fn broker_failure(e: crate::dynsec::DynsecError) -> ApiFailure {
@@ -158,15 +162,20 @@ pub async fn rotate(
         .get(&id)
         .ok_or_else(|| not_found_device(&id))?;
     if device.status == DeviceStatus::Decommissioned {
-        return Err(ApiFailure::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("device {id} is decommissioned: change its status before giving it an account"),
-        ));
+        return Err(decommissioned(&id));
     }
     let Some((event, shown)) = prepare(&state, &device, &by).await? else {
         return Err(unmanaged());
     };
+    // Decommissioned meanwhile (by another request): take the new account back.
+    if state
+        .registry
+        .get(&id)
+        .is_some_and(|d| d.status == DeviceStatus::Decommissioned)
+    {
+        revoke(&state, &id, by).await?;
+        return Err(decommissioned(&id));
+    }
     write_registry(&state, event).await?;
     Ok((
         StatusCode::CREATED,
@@ -188,15 +197,22 @@ pub async fn delete(
     if matches!(state.accounts, Accounts::None) {
         return Err(unmanaged());
     }
-    if state.registry.credentials(&id).is_none() {
+    if !revoke(&state, &id, by).await? {
         return Err(ApiFailure::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("device {id} has no MQTT account"),
         ));
     }
-    revoke(&state, &id, by).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn decommissioned(id: &str) -> ApiFailure {
+    ApiFailure::new(
+        StatusCode::CONFLICT,
+        "conflict",
+        format!("device {id} is decommissioned: change its status before giving it an account"),
+    )
 }
 
 fn unmanaged() -> ApiFailure {

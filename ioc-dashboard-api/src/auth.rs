@@ -68,6 +68,17 @@ pub fn random_hex(n: usize) -> std::io::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Whether `given` (a token [`authorize`] accepted) is still accepted: the configured admin
+/// token always is; an issued one until it is revoked. For sessions that outlive a request.
+pub fn still_accepted(state: &AppState, given: &str) -> impl Fn() -> bool + Send + 'static {
+    let admin = {
+        let configured = &state.config.admin_token;
+        !configured.is_empty() && token_matches(given, configured)
+    };
+    let (registry, hash) = (state.registry.clone(), sha256_hex(given));
+    move || admin || registry.token_by_hash(&hash).is_some()
+}
+
 /// The caller behind `given`, if it may do what `need` names.
 pub fn authorize(state: &AppState, given: Option<&str>, need: Permission) -> ApiResult<Actor> {
     let refuse = |message: &str| {

@@ -28,6 +28,8 @@ pub const RESPONSE_TOPIC: &str = "$CONTROL/dynamic-security/v1/response";
 pub const INGEST_ROLE: &str = "ioc-ingest";
 /// How long a command may take, connecting included.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest answer the admin connection takes.
+const ANSWER_LIMIT: usize = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DynsecError {
@@ -35,7 +37,7 @@ pub enum DynsecError {
     Timeout(Duration),
     #[error("the broker refused {command}: {error}")]
     Refused { command: String, error: String },
-    #[error("the broker already has an account named {0:?} that is not this device's")]
+    #[error("the broker already has an account named {0:?} that is not this device's (or, for the ingest, that is a device's)")]
     NotOurs(String),
     #[error("unreadable answer from the broker: {0}")]
     Unreadable(String),
@@ -80,9 +82,20 @@ pub struct Dynsec {
     next: Arc<AtomicU64>,
 }
 
+/// Every device's role starts with this.
+const DEVICE_ROLE_PREFIX: &str = "ioc-device-";
+
 /// The role of one device's account.
 pub fn device_role(device_id: &str) -> String {
-    format!("ioc-device-{device_id}")
+    format!("{DEVICE_ROLE_PREFIX}{device_id}")
+}
+
+/// The role names of a `getClient` answer.
+fn roles_of(answer: &Answer) -> Vec<&str> {
+    answer.data["client"]["roles"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|r| r["rolename"].as_str()).collect())
+        .unwrap_or_default()
 }
 
 impl Dynsec {
@@ -96,8 +109,11 @@ impl Dynsec {
         shutdown: CancellationToken,
     ) -> (Dynsec, tokio::task::JoinHandle<()>) {
         let mut options = MqttOptions::new(client_id, host, port);
+        // Mosquitto 2.0 sends every answer to every admin subscribed, ours or not, and a list
+        // of a few hundred accounts is far above rumqttc's default 10 KiB.
         options
             .set_keep_alive(Duration::from_secs(30))
+            .set_max_packet_size(ANSWER_LIMIT, ANSWER_LIMIT)
             .set_credentials(username, password);
         let (client, mut events) = AsyncClient::new(options, 100);
         let (ready_tx, ready) = watch::channel(false);
@@ -202,11 +218,7 @@ impl Dynsec {
             return Ok(false);
         }
         answer.check(&[])?;
-        let roles: Vec<&str> = answer.data["client"]["roles"]
-            .as_array()
-            .map(|r| r.iter().filter_map(|r| r["rolename"].as_str()).collect())
-            .unwrap_or_default();
-        if roles == [role] {
+        if roles_of(&answer) == [role] {
             Ok(true)
         } else {
             Err(DynsecError::NotOurs(username.to_string()))
@@ -267,6 +279,17 @@ impl Dynsec {
         password: &str,
         subscriptions: &[String],
     ) -> Result<Vec<String>, DynsecError> {
+        // A device's account never becomes the ingest's (it would read all telemetry).
+        let existing = self
+            .request(vec![json!({"command": "getClient", "username": username})])
+            .await?
+            .remove(0);
+        let a_device = roles_of(&existing)
+            .iter()
+            .any(|r| r.starts_with(DEVICE_ROLE_PREFIX));
+        if existing.error.is_none() && a_device {
+            return Err(DynsecError::NotOurs(username.to_string()));
+        }
         let acl = |t: &String| json!({"acltype": "subscribeLiteral", "topic": t, "allow": true});
         let mut commands = vec![json!({"command": "createRole", "rolename": INGEST_ROLE,
             "acls": subscriptions.iter().map(acl).collect::<Vec<_>>()})];

@@ -22,7 +22,7 @@ use ioc_history::HistoryFilter;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::auth::{authorize, bearer, Permission};
+use crate::auth::{authorize, bearer, still_accepted, Permission};
 use crate::live::DeviceActivity;
 use crate::live::StreamName;
 use crate::ws::{session, ClientFrame, Subscriptions};
@@ -815,14 +815,15 @@ async fn alerts(
     Ok(Json(json!({ "alerts": alerts })))
 }
 
-/// Browsers cannot set headers on a websocket: its token comes as `?token=`.
-fn authorize_socket(state: &AppState, q: &HashMap<String, String>) -> ApiResult<()> {
-    authorize(
-        state,
-        q.get("token").map(String::as_str),
-        Permission::ReadTelemetry,
-    )
-    .map(|_| ())
+/// Browsers cannot set headers on a websocket: its token comes as `?token=`. Returns the
+/// check the session repeats to end when the token is revoked.
+fn authorize_socket(
+    state: &AppState,
+    q: &HashMap<String, String>,
+) -> ApiResult<impl Fn() -> bool + Send + 'static> {
+    let token = q.get("token").map(String::as_str);
+    authorize(state, token, Permission::ReadTelemetry)?;
+    Ok(still_accepted(state, token.unwrap_or_default()))
 }
 
 async fn websocket(
@@ -830,9 +831,10 @@ async fn websocket(
     Query(q): Query<HashMap<String, String>>,
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
-    authorize_socket(&state, &q)?;
-    Ok(upgrade
-        .on_upgrade(move |socket| serve_socket(socket, state, Vec::new(), Subscriptions::new())))
+    let token_live = authorize_socket(&state, &q)?;
+    Ok(upgrade.on_upgrade(move |socket| {
+        serve_socket(socket, state, Vec::new(), Subscriptions::new(), token_live)
+    }))
 }
 
 /// `GET /api/v1/devices/{id}/live?token=`: one device's websocket for an installer. It sends
@@ -845,7 +847,7 @@ async fn device_live(
     Query(q): Query<HashMap<String, String>>,
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
-    authorize_socket(&state, &q)?;
+    let token_live = authorize_socket(&state, &q)?;
     let Some(device) = state.registry.get(&id) else {
         return Err(not_found_device(&id));
     };
@@ -865,7 +867,8 @@ async fn device_live(
         .into_iter()
         .map(|s| (s, only.clone()))
         .collect();
-    Ok(upgrade.on_upgrade(move |socket| serve_socket(socket, state, first, subscriptions)))
+    Ok(upgrade
+        .on_upgrade(move |socket| serve_socket(socket, state, first, subscriptions, token_live)))
 }
 
 async fn serve_socket(
@@ -873,6 +876,7 @@ async fn serve_socket(
     state: AppState,
     first: Vec<String>,
     subscriptions: Subscriptions,
+    token_live: impl Fn() -> bool,
 ) {
     let (sink, stream) = socket.split();
     let mut out = Box::pin(
@@ -899,6 +903,7 @@ async fn serve_socket(
         live,
         state.metrics.clone(),
         subscriptions,
+        token_live,
     )
     .await;
     state.metrics.ws_clients.dec();

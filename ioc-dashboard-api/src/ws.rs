@@ -6,7 +6,9 @@
 //! stream is what ingest made of each message of devices being commissioned or serviced.
 //! Server → client: `{"stream":...,"data":{...}}` for data; `{"op":"subscribed",...}`,
 //! `{"op":"error","message":...}`, and `{"op":"lagged","missed":N}` when the client was too slow
-//! and missed N messages (it stays connected).
+//! and missed N messages (it stays connected). The session's token is checked again every
+//! [`TOKEN_RECHECK`]: once it is revoked the client gets `{"op":"closed","reason":...}` and the
+//! session ends.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -35,22 +37,36 @@ struct Request {
     device_ids: Option<Vec<String>>,
 }
 
+/// How often a session checks that its token was not revoked.
+pub const TOKEN_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Stream → device filter (`None`: every device).
 pub type Subscriptions = HashMap<StreamName, Option<HashSet<String>>>;
 
-/// Runs one session until the client leaves or the hub closes, starting with `subscriptions`.
+/// Runs one session until the client leaves, the hub closes or `token_live` says the session's
+/// token was revoked, starting with `subscriptions`.
 pub async fn session<Out, In>(
     mut out: Out,
     mut incoming: In,
     mut live: broadcast::Receiver<Arc<LiveMessage>>,
     metrics: ApiMetrics,
     mut subscriptions: Subscriptions,
+    token_live: impl Fn() -> bool,
 ) where
     Out: Sink<String> + Unpin,
     In: Stream<Item = ClientFrame> + Unpin,
 {
+    let mut recheck = tokio::time::interval(TOKEN_RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = recheck.tick() => {
+                if !token_live() {
+                    let bye = json!({"op": "closed", "reason": "the token of this session was revoked"});
+                    let _ = out.send(bye.to_string()).await;
+                    return;
+                }
+            }
             frame = incoming.next() => match frame {
                 None | Some(ClientFrame::Close) => return,
                 Some(ClientFrame::Text(text)) => {
@@ -138,6 +154,7 @@ mod tests {
             hub.subscribe(),
             metrics,
             Subscriptions::new(),
+            || true,
         ));
         (
             Client {
@@ -214,7 +231,14 @@ mod tests {
                 r#"{"op":"subscribe","stream":"readings"}"#.into(),
             ))
             .unwrap();
-        let _task = tokio::spawn(session(out, incoming, rx, m.clone(), Subscriptions::new()));
+        let _task = tokio::spawn(session(
+            out,
+            incoming,
+            rx,
+            m.clone(),
+            Subscriptions::new(),
+            || true,
+        ));
         let lagged = loop {
             let text = tokio::time::timeout(std::time::Duration::from_secs(5), from_server.next())
                 .await
@@ -241,5 +265,39 @@ mod tests {
                 break;
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_session_ends_once_its_token_is_revoked() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let hub = LiveHub::new(16);
+        let live = Arc::new(AtomicBool::new(true));
+        let (to_server, incoming) = mpsc::unbounded();
+        let (out, from_server) = mpsc::unbounded::<String>();
+        let flag = live.clone();
+        let task = tokio::spawn(session(
+            out,
+            incoming,
+            hub.subscribe(),
+            metrics(),
+            [(StreamName::Readings, None)].into_iter().collect(),
+            move || flag.load(Ordering::Relaxed),
+        ));
+        let mut client = Client {
+            to_server,
+            from_server,
+        };
+        hub.publish(LiveMessage::new(
+            StreamName::Readings,
+            "d",
+            &json!({"n": 1}),
+        ));
+        assert_eq!(client.next().await["data"]["n"], 1, "served while live");
+        live.store(false, Ordering::Relaxed);
+        assert_eq!(client.next().await["op"], "closed");
+        tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .expect("the session ends")
+            .unwrap();
     }
 }

@@ -468,9 +468,17 @@ async fn plates_are_read_only_by_enforcement_audited_and_found_nowhere_else() ->
         !tokens.to_string().contains(&officer),
         "secrets are never listed"
     );
+    // A websocket the officer has open is closed too.
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!(
+        "ws://127.0.0.1:{}/api/v1/ws?token={officer}",
+        env.api_port
+    ))
+    .await?;
     let path = format!("/api/v1/tokens/{officer_id}");
     let (status, _) = call(http, &base, Method::DELETE, &path, TOKEN, None).await?;
     assert_eq!(status, StatusCode::OK);
+    let closed = crate::onboarding::next_frame(&mut socket).await?;
+    assert_eq!(closed["op"], "closed", "{closed}");
     let (status, _) = call(http, &base, Method::GET, "/api/v1/evidence", &officer, None).await?;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _) = call(http, &base, Method::DELETE, &path, TOKEN, None).await?;

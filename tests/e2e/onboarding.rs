@@ -183,7 +183,7 @@ async fn messages_of_devices_registered_later_are_replayed_exactly_once() -> Res
 }
 
 /// The next JSON text frame of a websocket, within 20 s.
-async fn next_frame<S>(live: &mut S) -> Result<serde_json::Value>
+pub(crate) async fn next_frame<S>(live: &mut S) -> Result<serde_json::Value>
 where
     S: futures::Stream<
             Item = Result<
@@ -439,9 +439,13 @@ async fn device_accounts_on_mosquitto_allow_only_the_devices_own_topics() -> Res
     )
     .await?;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert!(env
-        .dynsec(json!([{"command": "getClient", "username": crate::harness::FLEET.0}]))
-        .is_ok());
+    let fleet =
+        env.dynsec(json!([{"command": "getClient", "username": crate::harness::FLEET.0}]))?;
+    assert_eq!(
+        fleet[0]["data"]["client"]["roles"],
+        json!([{"rolename": crate::harness::FLEET.0}]),
+        "the operators' account is untouched"
+    );
     env.wait_ingest_knows_registered().await?;
     env.wait_ingest_subscribed().await?;
 
@@ -464,28 +468,49 @@ async fn device_accounts_on_mosquitto_allow_only_the_devices_own_topics() -> Res
         other => anyhow::bail!("another client id was not refused: {other:?}"),
     }
 
+    // The device's connection, driven in the background: its PUBACK reasons, and when it ends.
     let (device, mut events) = AsyncClient::new(login(&logins[0], None), 10);
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let _driver = tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    let _ = seen_tx.send(Some(ack.reason));
+                }
+                Ok(Event::Incoming(Packet::Disconnect(_))) | Err(_) => {
+                    let _ = seen_tx.send(None);
+                    return;
+                }
+                Ok(_) => {}
+            }
+        }
+    });
     let now = ioc_contract::time::now_ms();
+    let publish = |topic: String, value: i32| {
+        let device = device.clone();
+        async move {
+            device
+                .publish(
+                    topic,
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    false,
+                    format!(r#"{{"ts":{now},"values":{{"pm25":{value}}}}}"#),
+                )
+                .await
+        }
+    };
     let mut acks = Vec::new();
     for (topic, value) in [
         (ioc_contract::telemetry_topic("aq-acct"), 11),
         (ioc_contract::telemetry_topic("aq-neighbour"), 99),
     ] {
-        device
-            .publish(
-                topic,
-                rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-                false,
-                format!(r#"{{"ts":{now},"values":{{"pm25":{value}}}}}"#),
-            )
-            .await?;
-        let ack = loop {
-            match tokio::time::timeout(Duration::from_secs(10), events.poll()).await?? {
-                Event::Incoming(Packet::PubAck(ack)) => break ack.reason,
-                _ => continue,
-            }
-        };
-        acks.push(ack);
+        publish(topic, value).await?;
+        acks.push(
+            tokio::time::timeout(Duration::from_secs(10), seen.recv())
+                .await?
+                .flatten()
+                .context("a PUBACK")?,
+        );
     }
     assert_eq!(
         acks,
@@ -502,25 +527,28 @@ async fn device_accounts_on_mosquitto_allow_only_the_devices_own_topics() -> Res
         })
         .await?;
     assert_eq!(stored["readings"][0]["value"], json!(11.0), "{stored}");
+    // (Published after its own, which is stored: had the broker passed it on, ingest would
+    // have taken it first.)
     let neighbour = env
         .get_json(&format!("/api/v1/readings?device_id=aq-neighbour&{window}"))
         .await?;
     assert_eq!(neighbour["readings"], json!([]), "{neighbour}");
 
-    // Revoked: the broker disconnects it at once and refuses it after.
+    // Revoked: the broker disconnects it at once and refuses it after. Connected until then.
+    publish(ioc_contract::telemetry_topic("aq-acct"), 12).await?;
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), seen.recv()).await?,
+        Some(Some(PubAckReason::Success)),
+        "still connected before the revocation"
+    );
     let path = "/api/v1/devices/aq-acct/credentials";
     let (status, _) = call(http, &base, Method::DELETE, path, &installer, None).await?;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let dropped = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::Disconnect(_))) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(dropped.is_ok(), "the revoked device stayed connected");
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), seen.recv()).await?,
+        Some(None),
+        "the revoked device's connection ended"
+    );
     let (_c, mut again) = AsyncClient::new(login(&logins[0], None), 10);
     match tokio::time::timeout(Duration::from_secs(10), again.poll()).await? {
         Err(ConnectionError::ConnectionRefused(_)) => {}
