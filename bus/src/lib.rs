@@ -305,10 +305,16 @@ impl Bus {
     /// Every record of `topic` up to its end as it is now, from the oldest the bus holds, in
     /// order within each partition. For small topics and rare requests (the dead-letter replay).
     pub async fn read_all(&self, topic: &str) -> Result<Vec<Record>, BusError> {
-        let mut consumer = self.consumer(&[topic], StartAt::Beginning)?;
         let mut records = Vec::new();
-        registry::catch_up(self, topic, &mut consumer, |r| records.push(r)).await?;
+        self.scan(topic, |r| records.push(r)).await?;
         Ok(records)
+    }
+
+    /// Hands every record of `topic` (every partition, from the beginning, to its end as it was
+    /// when called) to `each`, without keeping them.
+    pub async fn scan(&self, topic: &str, each: impl FnMut(Record)) -> Result<(), BusError> {
+        let mut consumer = self.consumer(&[topic], StartAt::Beginning)?;
+        registry::catch_up(self, topic, &mut consumer, each).await
     }
 
     /// A producer whose sends resolve once the record is durable. `linger` batches Kafka sends.

@@ -39,6 +39,16 @@ pub struct ReplayReport {
     pub already_replayed: usize,
 }
 
+/// Whether a dead letter is an `unknown_device` letter naming the device by its id or one of
+/// its external ids (`kind:value`).
+fn names_device(l: &DeadLetter, device_id: &str, external_ids: &HashSet<String>) -> bool {
+    l.code == RejectCode::UnknownDevice
+        && (l.device_id.as_deref() == Some(device_id)
+            || l.external_id
+                .as_ref()
+                .is_some_and(|e| external_ids.contains(e)))
+}
+
 /// The dead letters to replay for `device` (its id and its external ids as `kind:value`), one
 /// per message, skipping those `replayed` says were done.
 pub fn pick<'a>(
@@ -51,13 +61,7 @@ pub fn pick<'a>(
     let mut seen = HashSet::new();
     letters
         .into_iter()
-        .filter(|l| {
-            l.code == RejectCode::UnknownDevice
-                && (l.device_id.as_deref() == Some(device_id)
-                    || l.external_id
-                        .as_ref()
-                        .is_some_and(|e| external_ids.contains(e)))
-        })
+        .filter(|l| names_device(l, device_id, external_ids))
         .filter(|l| seen.insert(l.message_id.clone()))
         .filter(|l| {
             let done = replayed(&l.message_id);
@@ -88,14 +92,19 @@ pub async fn replay(
         .map(|(kind, value)| format!("{kind}:{value}"))
         .collect();
     let unavailable = |e: ioc_bus::BusError| ApiFailure::unavailable("the bus is unavailable", e);
-    let records = state
+    // Only this device's letters are kept while the topic is read.
+    let mut letters = Vec::new();
+    state
         .bus
-        .read_all(&state.bus.topics().deadletter)
+        .scan(&state.bus.topics().deadletter, |r| {
+            if let Ok(l) = serde_json::from_slice::<DeadLetter>(&r.payload) {
+                if names_device(&l, &id, &external_ids) {
+                    letters.push(l);
+                }
+            }
+        })
         .await
         .map_err(unavailable)?;
-    let letters = records
-        .iter()
-        .filter_map(|r| serde_json::from_slice::<DeadLetter>(&r.payload).ok());
     let mut report = ReplayReport::default();
     let chosen = pick(
         letters,
