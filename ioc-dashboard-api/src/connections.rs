@@ -146,39 +146,20 @@ impl ConnectionLog {
         if !mqtt.username.is_empty() {
             options.set_credentials(&mqtt.username, &mqtt.password);
         }
-        let (client, mut events) = rumqttc::AsyncClient::new(options, 100);
         let feed = log.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let event = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    e = events.poll() => e,
-                };
-                match event {
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                        // Subscribed again after every (re)connect: the session is clean.
-                        if let Err(e) = client
-                            .subscribe(MOSQUITTO_LOG, rumqttc::QoS::AtMostOnce)
-                            .await
-                        {
-                            tracing::warn!(error = %e, "subscribing to the broker's log failed");
-                        }
-                    }
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                        if let Some(seen) =
-                            parse_mosquitto_line(&String::from_utf8_lossy(&p.payload))
-                        {
-                            feed.note(seen, now_ms());
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "broker log connection lost; reconnecting");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (_client, task) = crate::broker::follow(
+            options,
+            MOSQUITTO_LOG,
+            rumqttc::QoS::AtMostOnce,
+            shutdown,
+            move |event| {
+                if let crate::broker::Followed::Message(p) = event {
+                    if let Some(seen) = parse_mosquitto_line(&String::from_utf8_lossy(&p.payload)) {
+                        feed.note(seen, now_ms());
                     }
                 }
-            }
-        });
+            },
+        );
         (log, task)
     }
 }

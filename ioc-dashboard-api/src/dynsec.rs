@@ -16,11 +16,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
+
+use crate::broker::{self, Followed};
 
 pub const CONTROL_TOPIC: &str = "$CONTROL/dynamic-security/v1";
 pub const RESPONSE_TOPIC: &str = "$CONTROL/dynamic-security/v1/response";
@@ -115,50 +117,35 @@ impl Dynsec {
             .set_keep_alive(Duration::from_secs(30))
             .set_max_packet_size(ANSWER_LIMIT, ANSWER_LIMIT)
             .set_credentials(username, password);
-        let (client, mut events) = AsyncClient::new(options, 100);
         let (ready_tx, ready) = watch::channel(false);
         let pending: Pending = Arc::default();
+        let answers = pending.clone();
+        let (client, task) = broker::follow(
+            options,
+            RESPONSE_TOPIC,
+            QoS::AtLeastOnce,
+            shutdown,
+            move |event| match event {
+                Followed::Subscribed(granted) => {
+                    if !granted {
+                        tracing::error!("the broker refused the dynamic security answers to api.mqtt_username: it must be a dynamic-security admin");
+                    }
+                    let _ = ready_tx.send(granted);
+                }
+                Followed::Message(p) if p.topic == RESPONSE_TOPIC => deliver(&answers, &p.payload),
+                Followed::Message(_) => {}
+                Followed::Lost => {
+                    let _ = ready_tx.send(false);
+                }
+            },
+        );
         let dynsec = Dynsec {
-            client: client.clone(),
-            pending: pending.clone(),
+            client,
+            pending,
             ready,
             prefix: client_id.to_string(),
             next: Arc::default(),
         };
-        let task = tokio::spawn(async move {
-            loop {
-                let event = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    e = events.poll() => e,
-                };
-                match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        if let Err(e) = client.subscribe(RESPONSE_TOPIC, QoS::AtLeastOnce).await {
-                            tracing::warn!(error = %e, "subscribing to the dynamic security answers failed");
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                        let granted = ack
-                            .return_codes
-                            .iter()
-                            .all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure));
-                        if !granted {
-                            tracing::error!("the broker refused the dynamic security answers to api.mqtt_username: it must be a dynamic-security admin");
-                        }
-                        let _ = ready_tx.send(granted);
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic == RESPONSE_TOPIC => {
-                        deliver(&pending, &p.payload);
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        let _ = ready_tx.send(false);
-                        tracing::warn!(error = %e, "broker admin connection lost; reconnecting");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
-        });
         (dynsec, task)
     }
 

@@ -3,6 +3,7 @@
 //! - [`routes`]: the router, the device registry and history routes.
 //! - [`auth`]: tokens and roles: who may call what.
 //! - [`accounts`]: devices' MQTT accounts, on Mosquitto through [`dynsec`] or in the registry.
+//! - [`broker`]: the API's own MQTT sessions with the broker (its log, its dynamic security).
 //! - [`access`]: issuing tokens, the audit log, and the audited routes of personal data.
 //! - [`commissioning`]: the installer's checklist of one device, from [`connections`] (what the
 //!   broker says about MQTT clients) and [`live::Activity`] (what ingest made of its messages).
@@ -18,6 +19,7 @@
 pub mod access;
 pub mod accounts;
 pub mod auth;
+pub mod broker;
 pub mod commissioning;
 pub mod connections;
 pub mod dynsec;
