@@ -230,8 +230,10 @@ pub async fn run(
         None
     };
     let sim_account = sim_account.map(|(user, password)| (user, sha256_hex(&password)));
+    // rumqttd reports no connections; its logins are what the checklist can see.
+    let logins = ioc_dashboard_api::connections::ConnectionLog::default();
     let authenticate: ioc_ingest::embedded::Authenticate = {
-        let registry = registry.clone();
+        let (registry, logins) = (registry.clone(), logins.clone());
         std::sync::Arc::new(move |client_id: &str, username: &str, password: &str| {
             if let Some((sim_user, sim_sha256)) = &sim_account {
                 if username == sim_user {
@@ -239,7 +241,16 @@ pub async fn run(
                     return *sim_sha256 == sha256_hex(password) && !registry.contains(client_id);
                 }
             }
-            registry.authenticate(client_id, username, password)
+            let ok = registry.authenticate(client_id, username, password);
+            if ok {
+                let seen = ioc_dashboard_api::connections::Seen::Connected {
+                    client_id: client_id.to_string(),
+                    address: String::new(),
+                    username: Some(username.to_string()),
+                };
+                logins.note(seen, ioc_contract::time::now_ms());
+            }
+            ok
         })
     };
     let broker = ioc_ingest::embedded::start_broker(&ioc_ingest::embedded::BrokerOptions {
@@ -295,13 +306,11 @@ pub async fn run(
             api_stop.clone(),
         );
         supervise("api", &shutdown, async move {
-            // rumqttd reports no connections: the checklist infers them from messages.
-            let connections = ioc_dashboard_api::connections::ConnectionLog::default();
             ioc_dashboard_api::run(
                 http,
                 api,
                 ingest,
-                connections,
+                logins,
                 ioc_dashboard_api::accounts::Accounts::Registry,
                 bus,
                 registry,

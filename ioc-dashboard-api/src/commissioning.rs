@@ -57,11 +57,13 @@ fn item(item: &'static str, status: Status, evidence: String) -> Item {
     }
 }
 
-/// The checklist of `device`. `connection` is `None` when the broker reports no connections.
+/// The checklist of `device`. `connection` is `None` when the broker reports no connections;
+/// `login` is when it last logged in on a broker that reports only that (`ioc up`'s).
 pub fn checklist(
     device: &Device,
     activity: &DeviceActivity,
     connection: Option<Option<ClientState>>,
+    login: Option<i64>,
     config: &ApiConfig,
     now: i64,
 ) -> Checklist {
@@ -102,11 +104,18 @@ pub fn checklist(
             Status::Pending,
             format!("no MQTT client with id {id} has connected yet"),
         ),
+        (None, None) if login.is_some() => item(
+            "connected",
+            Status::Pass,
+            format!(
+                "client {id} logged in at {} (this broker reports logins, not disconnections)",
+                format_ms(login.unwrap_or_default())
+            ),
+        ),
         (None, None) => item(
             "connected",
             Status::Pending,
-            "no message yet (this broker does not report connections: the first message shows it)"
-                .into(),
+            "no login or message yet (this broker reports logins, not disconnections)".into(),
         ),
     });
 
@@ -297,11 +306,20 @@ pub async fn commissioning(
 /// The checklist of `device` now, from what this API process has seen.
 pub fn current(state: &AppState, device: &Device) -> Checklist {
     let activity = state.activity.get(&device.device_id).unwrap_or_default();
-    let connection = state
-        .connections
-        .reported
-        .then(|| state.connections.get(&device.device_id));
-    checklist(device, &activity, connection, &state.config, now_ms())
+    let seen = state.connections.get(&device.device_id);
+    let (connection, login) = if state.connections.reported {
+        (Some(seen), None)
+    } else {
+        (None, seen.and_then(|c| c.connected_at))
+    };
+    checklist(
+        device,
+        &activity,
+        connection,
+        login,
+        &state.config,
+        now_ms(),
+    )
 }
 
 #[cfg(test)]
@@ -356,6 +374,7 @@ mod tests {
             &device(),
             &DeviceActivity::default(),
             Some(None),
+            None,
             &config(),
             0,
         );
@@ -383,7 +402,7 @@ mod tests {
                 rejections: vec![],
             }),
         };
-        let list = checklist(&device(), &activity, None, &config(), now);
+        let list = checklist(&device(), &activity, None, None, &config(), now);
         assert_eq!(list.verdict, "ready", "{list:?}");
         assert!(status(&list, "values_in_range")
             .1
@@ -419,7 +438,7 @@ mod tests {
         let mut far = device();
         far.lat = 21.0;
         far.commune = None;
-        let list = checklist(&far, &activity, None, &config(), now);
+        let list = checklist(&far, &activity, None, None, &config(), now);
         assert_eq!(list.verdict, "failing");
         let (s, evidence) = status(&list, "decoding");
         assert_eq!(s, Status::Fail);
@@ -440,7 +459,7 @@ mod tests {
         assert!(evidence.contains("median gap 300.0 s"), "{evidence}");
         // Gone quiet: silent for more than three intervals.
         activity.recent = times(&[now - 900_000, now - 840_000, now - 780_000]);
-        let list = checklist(&device(), &activity, None, &config(), now);
+        let list = checklist(&device(), &activity, None, None, &config(), now);
         assert!(status(&list, "reporting_interval")
             .1
             .starts_with("silent for 780 s"));
@@ -454,9 +473,24 @@ mod tests {
             &device(),
             &DeviceActivity::default(),
             Some(Some(gone)),
+            None,
             &config(),
             now,
         );
         assert_eq!(status(&list, "connected").0, Status::Fail);
+    }
+
+    #[test]
+    fn on_a_broker_that_reports_only_logins_a_login_counts_as_connected() {
+        let quiet = DeviceActivity::default();
+        let list = checklist(&device(), &quiet, None, None, &config(), 10);
+        assert_eq!(status(&list, "connected").0, Status::Pending);
+        let list = checklist(&device(), &quiet, None, Some(5), &config(), 10);
+        let (verdict, evidence) = status(&list, "connected");
+        assert_eq!(verdict, Status::Pass);
+        assert!(
+            evidence.starts_with("client aq-1 logged in at"),
+            "{evidence}"
+        );
     }
 }

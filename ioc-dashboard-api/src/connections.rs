@@ -4,7 +4,8 @@
 //! `log_dest topic` (the shipped `config/mosquitto.conf` is); its notice lines say when a
 //! client connected ("New client connected from 10.0.0.7:51234 as aq-001 (p2, c1, k60,
 //! u'aq-001').") and left. The API follows them over MQTT. `ioc up`'s embedded broker reports no
-//! connections; there the checklist infers the connection from the first message.
+//! connections; there `ioc up` notes the logins it accepts (never a disconnection, so the log
+//! is not `reported`), and the checklist takes a login or a message for the connection.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

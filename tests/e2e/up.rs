@@ -844,7 +844,27 @@ async fn up_keeps_device_records_activity_and_their_audit_trail() -> Result<()> 
         options
     };
     let password = login["password"].as_str().context("password")?.to_string();
+    let checklist = "/api/v1/devices/aq-rec/commissioning";
+    let before = up.get(checklist).await?;
     assert!(connects(with("aq-rec", Some(&password))).await);
+    // Its login is what the installer's checklist sees before any message.
+    let after = up.get(checklist).await?;
+    let connected = |list: &serde_json::Value| list["items"][0].clone();
+    assert_eq!(
+        (&connected(&before)["item"], &connected(&before)["status"]),
+        (
+            &serde_json::json!("connected"),
+            &serde_json::json!("pending")
+        ),
+        "{before}"
+    );
+    assert_eq!(connected(&after)["status"], "pass", "{after}");
+    assert!(
+        connected(&after)["evidence"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("client aq-rec logged in at")),
+        "{after}"
+    );
     assert!(!connects(with("aq-rec", None)).await, "no login");
     assert!(
         !connects(with("aq-rec", Some("guess"))).await,
