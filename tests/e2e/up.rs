@@ -187,6 +187,15 @@ impl Up {
     }
 }
 
+/// SIGTERM, and asserts `ioc up` exited 0 within 30 s.
+fn stop_cleanly(proc: &mut Proc) {
+    let status = proc.terminate(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "clean exit: {status:?}"
+    );
+}
+
 /// Whether the broker accepts a connection with `options` (a CONNACK, not a closed socket).
 async fn connects(options: rumqttc::MqttOptions) -> bool {
     let (client, mut events) = rumqttc::AsyncClient::new(options, 10);
@@ -370,11 +379,7 @@ async fn up_runs_the_pipeline_and_a_restart_keeps_registry_and_history() -> Resu
     );
 
     // Ctrl-C (SIGTERM here) shuts down cleanly.
-    let status = first.terminate(Duration::from_secs(30));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "clean exit: {status:?}"
-    );
+    stop_cleanly(&mut first);
 
     // A restart on the same data directory keeps the token, registry and history.
     let token = up.token.clone();
@@ -424,11 +429,7 @@ async fn up_runs_the_pipeline_and_a_restart_keeps_registry_and_history() -> Resu
     assert_eq!(after["alerts"].as_array().map(Vec::len), Some(1), "{after}");
     assert_eq!(after["alerts"][0]["alert_id"], alerts[0]["alert_id"]);
     assert_eq!(after["alerts"][0]["status"], "active");
-    let status = second.terminate(Duration::from_secs(30));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "clean exit: {status:?}"
-    );
+    stop_cleanly(&mut second);
     let _ = std::fs::remove_dir_all(&up.dir);
     Ok(())
 }
@@ -540,11 +541,7 @@ async fn kill_under_load(name: &str, rate: Option<u64>) -> Result<KillReport> {
         missing.is_empty(),
         "readings below the fsynced offset {durable} missing: {missing:?}"
     );
-    let status = second.terminate(Duration::from_secs(30));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "clean exit: {status:?}"
-    );
+    stop_cleanly(&mut second);
     let _ = std::fs::remove_dir_all(&up.dir);
     Ok(KillReport {
         acked,
@@ -642,11 +639,7 @@ async fn up_with_sim_shows_live_devices_in_a_browser() -> Result<()> {
             "{one_of_each_format}: {seen}"
         );
     }
-    let status = proc.terminate(Duration::from_secs(30));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "clean exit: {status:?}"
-    );
+    stop_cleanly(&mut proc);
     let _ = std::fs::remove_dir_all(&up.dir);
     Ok(())
 }
@@ -721,11 +714,7 @@ async fn up_ingests_station_files() -> Result<()> {
         ]
     );
     assert_eq!(rows[0]["ts"], ioc_contract::time::format_ms(ts));
-    let status = proc.terminate(Duration::from_secs(30));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "clean exit: {status:?}"
-    );
+    stop_cleanly(&mut proc);
     let _ = std::fs::remove_dir_all(&up.dir);
     Ok(())
 }
@@ -1022,11 +1011,7 @@ async fn up_keeps_device_records_activity_and_their_audit_trail() -> Result<()> 
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // After a restart: the issued token still works, the trail is the same.
-    let status = proc.terminate(Duration::from_secs(30));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "clean exit: {status:?}"
-    );
+    stop_cleanly(&mut proc);
     let (mut proc, _) = up.start(&[], &[]).await?;
     let (status, device) = call(&http, &base, Method::GET, path, &installer, None).await?;
     assert_eq!(
@@ -1038,11 +1023,7 @@ async fn up_keeps_device_records_activity_and_their_audit_trail() -> Result<()> 
         &up.get("/api/v1/audit?device_id=aq-rec").await?,
         &["decommissioned", "active"],
     );
-    let status = proc.terminate(Duration::from_secs(30));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "clean exit: {status:?}"
-    );
+    stop_cleanly(&mut proc);
     let _ = std::fs::remove_dir_all(&up.dir);
     Ok(())
 }
