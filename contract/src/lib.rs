@@ -82,8 +82,10 @@ pub struct Reading {
 }
 
 /// The value of one record on the readings topic: every reading made from one MQTT message.
-/// One record per message keeps the ingest acknowledgement to one Kafka confirmation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One record per message keeps the ingest acknowledgement to one Kafka confirmation. Its JSON
+/// names the fields the readings share once ([`readings_json`] has the wire form, its
+/// `Serialize` and `Deserialize`, and the hand-written writer ingest uses).
+#[derive(Debug, Clone, PartialEq)]
 pub struct ReadingBatch {
     pub readings: Vec<Reading>,
 }
