@@ -31,7 +31,9 @@ pub struct RegistryView {
 
 #[derive(Debug, Default)]
 struct Fold {
-    devices: HashMap<String, Arc<Device>>,
+    /// Looked up for every message ingest reads: a fast hasher (seeded per process; its keys
+    /// come from registrations, not from whoever publishes).
+    devices: HashMap<String, Arc<Device>, foldhash::fast::RandomState>,
     /// The unique index of external ids: (kind, value) → device id.
     external: HashMap<(String, String), String>,
     /// Issued tokens not revoked, by their SHA-256 (hex).

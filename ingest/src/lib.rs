@@ -132,7 +132,8 @@ impl Format {
 /// One bus record to produce for a message.
 #[derive(Debug, Clone)]
 pub struct OutRecord {
-    pub topic: String,
+    /// Shared, not copied per record.
+    pub topic: Arc<str>,
     pub key: String,
     pub payload: Vec<u8>,
     /// Readings it carries (0 for any other record), for counting.
@@ -155,7 +156,31 @@ pub struct Ingestor {
     plates: Option<PlateKey>,
     limiter: Arc<limit::RateLimiter>,
     registry: RegistryView,
-    topics: Topics,
+    topics: OutTopics,
+}
+
+/// The topics ingest produces to, each name shared by the records for it.
+#[derive(Debug, Clone)]
+pub(crate) struct OutTopics {
+    pub readings: Arc<str>,
+    pub deadletter: Arc<str>,
+    pub quarantine: Arc<str>,
+    pub events: Arc<str>,
+    pub evidence: Arc<str>,
+    pub tap: Arc<str>,
+}
+
+impl OutTopics {
+    fn new(t: &Topics) -> OutTopics {
+        OutTopics {
+            readings: t.readings.as_str().into(),
+            deadletter: t.deadletter.as_str().into(),
+            quarantine: t.quarantine.as_str().into(),
+            events: t.events.as_str().into(),
+            evidence: t.evidence.as_str().into(),
+            tap: t.tap.as_str().into(),
+        }
+    }
 }
 
 impl Ingestor {
@@ -173,7 +198,7 @@ impl Ingestor {
                 config.device_burst,
             )),
             registry,
-            topics,
+            topics: OutTopics::new(&topics),
         })
     }
 
@@ -571,8 +596,8 @@ impl Ingestor {
             received_at: ctx.received_at,
             message_id: message_id.to_string(),
         };
-        let record = |topic: &str, payload: Vec<u8>| OutRecord {
-            topic: topic.to_string(),
+        let record = |topic: &Arc<str>, payload: Vec<u8>| OutRecord {
+            topic: topic.clone(),
             key: device.device_id.clone(),
             payload,
             readings: 0,
@@ -955,7 +980,7 @@ mod tests {
         outcome
             .records
             .iter()
-            .filter(|r| r.topic == topic)
+            .filter(|r| &*r.topic == topic)
             .map(|r| serde_json::from_slice(&r.payload).unwrap())
             .collect()
     }
@@ -1135,7 +1160,7 @@ mod tests {
         assert_eq!(events[0]["device_id"], "cam-1");
         assert_eq!(evidence[0]["plate"], "47A-123.45");
         assert_eq!(evidence[0]["image_ref"], "s3://e/42.jpg");
-        for r in out.records.iter().filter(|r| r.topic != "t.evidence") {
+        for r in out.records.iter().filter(|r| &*r.topic != "t.evidence") {
             let text = String::from_utf8_lossy(&r.payload);
             assert!(!text.contains("123") && !text.contains("s3://"), "{text}");
         }
@@ -1187,7 +1212,7 @@ mod tests {
         let out = process("ioc/v1/devices/aq-1/telemetry", body);
         assert_eq!(out.records.len(), 1);
         assert_eq!(
-            (out.records[0].topic.as_str(), out.records[0].key.as_str()),
+            (&*out.records[0].topic, out.records[0].key.as_str()),
             ("t.readings", "aq-1")
         );
         let batch: ReadingBatch = serde_json::from_slice(&out.records[0].payload).unwrap();
@@ -1215,7 +1240,7 @@ mod tests {
             let record = out
                 .records
                 .iter()
-                .find(|r| r.topic == "t.readings")
+                .find(|r| &*r.topic == "t.readings")
                 .unwrap_or_else(|| panic!("{out:?}"));
             assert_eq!(
                 String::from_utf8_lossy(&record.payload),

@@ -20,7 +20,8 @@ struct Bucket {
 pub struct RateLimiter {
     rate: f64,
     burst: f64,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    /// By device id; only registered devices get one (looked up per message: a fast hasher).
+    buckets: Mutex<HashMap<String, Bucket, foldhash::fast::RandomState>>,
 }
 
 impl RateLimiter {

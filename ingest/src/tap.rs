@@ -6,19 +6,19 @@
 //! few devices in those states, and a look-up of one atomic counter for every other message.
 
 use base64::Engine as _;
-use ioc_contract::{DeadLetter, Device, ReadingBatch, TapRecord, TapRejection, Topics};
+use ioc_contract::{DeadLetter, Device, ReadingBatch, TapRecord, TapRejection};
 
-use crate::OutRecord;
+use crate::{OutRecord, OutTopics};
 
 /// The tap record of one message from `device`, made of `records` (what ingest produces for
 /// it). `withhold` keeps the bytes out (camera messages may hold plates).
-pub fn record(
+pub(crate) fn record(
     device: &Device,
     topic: &str,
     payload: &[u8],
     received_at: i64,
     records: &[OutRecord],
-    topics: &Topics,
+    topics: &OutTopics,
     withhold: bool,
 ) -> OutRecord {
     let mut tap = TapRecord {

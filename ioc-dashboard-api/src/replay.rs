@@ -142,7 +142,7 @@ pub async fn replay(
         let through = outcome
             .records
             .iter()
-            .any(|r| r.readings > 0 || r.topic == state.bus.topics().events);
+            .any(|r| r.readings > 0 || *r.topic == *state.bus.topics().events);
         for record in outcome.records {
             report.readings += record.readings;
             sends.push(record);

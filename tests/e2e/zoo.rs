@@ -150,7 +150,7 @@ async fn every_format_with_faults_is_stored_absorbed_or_dead_lettered() -> Resul
             continue;
         }
         for record in ingestor.process(topic, payload, &ctx).records {
-            match record.topic.as_str() {
+            match &*record.topic {
                 "x.readings" => {
                     let batch: ReadingBatch = serde_json::from_slice(&record.payload)?;
                     for r in batch.readings {
