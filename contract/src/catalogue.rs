@@ -57,6 +57,7 @@ pub const CATALOGUE: &[MetricSpec] = &[
 ];
 
 /// The catalogue entry for a metric name, if the name is canonical.
+#[inline]
 pub fn lookup(name: &str) -> Option<&'static MetricSpec> {
     // Byte by byte rather than `==`: for names this short, a call to memcmp per candidate
     // costs more than the comparison (ingest looks up every value of every message).
@@ -68,6 +69,7 @@ pub fn lookup(name: &str) -> Option<&'static MetricSpec> {
 }
 
 impl MetricSpec {
+    #[inline]
     pub fn in_range(&self, value: f64) -> bool {
         value >= self.min && value <= self.max
     }

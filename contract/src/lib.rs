@@ -31,6 +31,7 @@ pub enum Quality {
 }
 
 impl Quality {
+    #[inline]
     pub fn as_str(self) -> &'static str {
         match self {
             Quality::Good => "good",
@@ -674,6 +675,7 @@ impl RegistryEvent {
 
 /// Checks a device id: 1 to 64 characters of `A-Z a-z 0-9 _ - .`; it appears in MQTT topics,
 /// so no `/`, `+` or `#`.
+#[inline]
 pub fn valid_device_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64

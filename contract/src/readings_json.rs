@@ -90,28 +90,15 @@ where
     I::IntoIter: Clone,
 {
     let readings = readings.into_iter();
-    // An upper estimate (no escapes; an i64 or f64 takes at most 24 bytes), so the buffer grows
-    // once: the shared fields once, then each reading's own and the shared ones it overrides.
-    let size = match readings.clone().next() {
-        None => 16,
-        Some(first) => readings
-            .clone()
-            .map(|r| {
-                let overrides = if same(r.device_id, first.device_id)
-                    && same(r.channel, first.channel)
-                    && same(r.message_id, first.message_id)
-                {
-                    80
-                } else {
-                    150 + r.device_id.len() + r.channel.len() + r.message_id.len()
-                };
-                100 + overrides + r.metric.len() + r.unit.len() + r.quality_reason.len()
-            })
-            .sum::<usize>()
-            .saturating_add(
-                150 + first.device_id.len() + first.channel.len() + first.message_id.len(),
-            ),
-    };
+    // An estimate from the first reading (its shared fields once, and each reading's own
+    // fields about as long as its), so the buffer mostly grows once without walking them all.
+    let size = readings.clone().next().map_or(16, |first| {
+        let own = 120 + first.metric.len() + first.unit.len() + first.quality_reason.len();
+        160 + first.device_id.len()
+            + first.channel.len()
+            + first.message_id.len()
+            + own * readings.size_hint().0.max(1)
+    });
     let mut out = Vec::with_capacity(size);
     write(&mut out, readings);
     out

@@ -680,10 +680,22 @@ impl Body<'_> {
     }
 }
 
+/// `a.cmp(b)`, byte by byte.
+#[inline]
+fn lexicographic(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    for (x, y) in a.iter().zip(b) {
+        if x != y {
+            return x.cmp(y);
+        }
+    }
+    a.len().cmp(&b.len())
+}
+
 /// A `Value` map's order and duplicate rule: sorted by key, the last given wins.
 fn sorted_unique<'a, T>(mut entries: Vec<(Cow<'a, str>, T)>) -> Vec<(Cow<'a, str>, T)> {
-    // Stable: of equal keys, the last given is last.
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    // Stable: of equal keys, the last given is last. Keys are a few bytes: compared inline
+    // rather than by a memcmp call each.
+    entries.sort_by(|a, b| lexicographic(a.0.as_bytes(), b.0.as_bytes()));
     entries.dedup_by(|later, kept| {
         let same = later.0 == kept.0;
         if same {

@@ -123,6 +123,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A string without escapes or control characters, borrowed.
+    #[inline(always)]
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.at;
@@ -168,6 +169,7 @@ impl<'a> Reader<'a> {
     }
 
     /// An entry of `values`: a number, as `ValueMember`'s visitor converts it.
+    #[inline(always)]
     fn value_member(&mut self) -> Option<ValueMember<'a>> {
         let start = self.at;
         let value = match self.number()? {
@@ -216,6 +218,7 @@ impl<'a> Reader<'a> {
     /// A number, only where its value is certain to be serde_json's: the digits and the
     /// arithmetic of serde_json's `parse_integer` and `f64_from_parts`, limited to where that
     /// arithmetic is exact and the same whether or not its `float_roundtrip` feature is on.
+    #[inline(always)]
     fn number(&mut self) -> Option<Num> {
         let positive = self.eat(b'-').is_none();
         let mut significand: u64 = 0;
@@ -316,19 +319,22 @@ pub(super) fn written_as_read(text: &str, value: f64) -> bool {
     if !(1e-4..1e15).contains(&value.abs()) {
         return false;
     }
-    let unsigned = text.strip_prefix('-').unwrap_or(text);
-    let Some((int, frac)) = unsigned.split_once('.') else {
+    // On bytes: a `char` pattern costs a memchr call, for numbers this short.
+    let text = text.as_bytes();
+    let unsigned = text.strip_prefix(b"-").unwrap_or(text);
+    let Some(dot) = unsigned.iter().position(|&b| b == b'.') else {
         return false;
     };
+    let (int, frac) = (&unsigned[..dot], &unsigned[dot + 1..]);
     if frac.is_empty()
-        || !frac.bytes().all(|b| b.is_ascii_digit())
-        || (frac.len() > 1 && frac.ends_with('0'))
+        || !frac.iter().all(u8::is_ascii_digit)
+        || (frac.len() > 1 && frac.ends_with(b"0"))
     {
         return false;
     }
     let significant = match (int, frac) {
-        ("0", _) => frac.trim_start_matches('0').len(),
-        (_, "0") => int.len(),
+        (b"0", _) => frac.iter().skip_while(|&&b| b == b'0').count(),
+        (_, b"0") => int.len(),
         _ => int.len() + frac.len(),
     };
     significant <= 15
