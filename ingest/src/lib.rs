@@ -238,7 +238,7 @@ impl Ingestor {
 
     /// What one MQTT message becomes: its records on the bus and its rejections.
     fn decide(&self, topic: &str, payload: &[u8], ctx: &DecodeContext) -> Outcome {
-        // The message id, hashed when first needed: the v1 reader hashes it as it reads.
+        // The message id, hashed when first needed.
         let id = std::cell::OnceCell::new();
         let id_of = || *id.get_or_init(|| MessageId::of(topic, payload));
         let mut outcome = Outcome::default();
@@ -391,11 +391,8 @@ impl Ingestor {
         let message_id;
         let decoded = match format {
             Format::IocJson => {
-                let (v1_id, decoded) = decode::decode_v1_with_id(topic, payload, ctx);
-                message_id = v1_id;
-                // Nothing asked for the id before on this path.
-                let _ = id.set(v1_id);
-                decoded.map(|m| {
+                message_id = id_of();
+                decode::decode_v1_borrowed(payload, ctx).map(|m| {
                     let readings = m.accepted.iter().map(|a| ReadingRef {
                         device_id,
                         channel: &m.channel,

@@ -9,10 +9,10 @@ use std::borrow::Cow;
 
 use serde_json::Number;
 
-use super::{sorted_unique, Body, Fnv, Members, Raw, ValueMember};
+use super::{sorted_unique, Body, Members, Raw, ValueMember};
 
-/// A body in the common shape, and `hash` fed with its bytes.
-pub(super) fn body(payload: &[u8], hash: Option<Fnv>) -> Option<(Body<'_>, Option<Fnv>)> {
+/// A body in the common shape.
+pub(super) fn body(payload: &[u8]) -> Option<Body<'_>> {
     // Validated once here rather than string by string: a body that is not UTF-8 is not the
     // common shape (serde_json refuses it, in a string or out of one).
     let text = std::str::from_utf8(payload).ok()?;
@@ -20,8 +20,6 @@ pub(super) fn body(payload: &[u8], hash: Option<Fnv>) -> Option<(Body<'_>, Optio
         text,
         bytes: payload,
         at: 0,
-        hash,
-        hashed: 0,
     };
     let mut body = Body::default();
     r.ws();
@@ -46,7 +44,6 @@ pub(super) fn body(payload: &[u8], hash: Option<Fnv>) -> Option<(Body<'_>, Optio
                     r.scalar()?;
                 }
             }
-            r.hash_read();
             r.ws();
             match r.next()? {
                 b',' => {}
@@ -59,8 +56,7 @@ pub(super) fn body(payload: &[u8], hash: Option<Fnv>) -> Option<(Body<'_>, Optio
     if r.at != r.bytes.len() {
         return None;
     }
-    r.hash_read();
-    Some((body, r.hash))
+    Some(body)
 }
 
 /// A number as serde_json's parser yields it.
@@ -81,22 +77,9 @@ struct Reader<'a> {
     /// `text`'s bytes.
     bytes: &'a [u8],
     at: usize,
-    hash: Option<Fnv>,
-    /// Where the bytes not yet fed to `hash` begin.
-    hashed: usize,
 }
 
 impl<'a> Reader<'a> {
-    /// Feeds `hash` what was read since the last call. Called once a member or entry: the
-    /// hash's chain of multiplications then runs while the next one is read.
-    #[inline]
-    fn hash_read(&mut self) {
-        if let Some(hash) = &mut self.hash {
-            hash.feed(&self.bytes[self.hashed..self.at]);
-            self.hashed = self.at;
-        }
-    }
-
     #[inline]
     fn peek(&self) -> Option<u8> {
         self.bytes.get(self.at).copied()
@@ -203,7 +186,6 @@ impl<'a> Reader<'a> {
                 self.eat(b':')?;
                 self.ws();
                 entries.push((Cow::Borrowed(key), entry(self)?));
-                self.hash_read();
                 self.ws();
                 match self.next()? {
                     b',' => {}
