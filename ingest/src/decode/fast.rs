@@ -110,15 +110,16 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.at;
-        loop {
-            match self.next()? {
-                b'"' => break,
-                b'\\' | 0..=0x1f => return None,
-                _ => {}
-            }
+        // Scanned with a local index: the reader's own is written back once, not per byte.
+        let len = self.bytes[start..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        if self.bytes[start + len] != b'"' {
+            return None;
         }
+        self.at = start + len + 1;
         // Between two quotes, so on character boundaries.
-        self.text.get(start..self.at - 1)
+        self.text.get(start..start + len)
     }
 
     fn literal(&mut self, word: &[u8]) -> Option<()> {
