@@ -10,50 +10,60 @@ pub struct MetricSpec {
     /// Inclusive physical range. Wide on purpose: it catches broken sensors, not pollution.
     pub min: f64,
     pub max: f64,
+    /// `{"metric":"<name>","value":`, how a reading of it begins in the readings record.
+    pub json_head: &'static str,
+    /// `,"unit":"<unit>"`, as the readings record writes it.
+    pub json_unit: &'static str,
 }
 
-const fn m(name: &'static str, unit: &'static str, min: f64, max: f64) -> MetricSpec {
-    MetricSpec {
-        name,
-        unit,
-        min,
-        max,
-    }
+/// A catalogue entry, with its pieces of the readings record built at compile time (names and
+/// units need no JSON escaping: a test holds that).
+macro_rules! m {
+    ($name:literal, $unit:literal, $min:expr, $max:expr) => {
+        MetricSpec {
+            name: $name,
+            unit: $unit,
+            min: $min,
+            max: $max,
+            json_head: concat!("{\"metric\":\"", $name, "\",\"value\":"),
+            json_unit: concat!(",\"unit\":\"", $unit, "\""),
+        }
+    };
 }
 
 /// Every metric the pipeline accepts.
 pub const CATALOGUE: &[MetricSpec] = &[
-    m("pm1", "µg/m³", 0.0, 2_000.0),
-    m("pm25", "µg/m³", 0.0, 2_000.0),
-    m("pm10", "µg/m³", 0.0, 5_000.0),
-    m("tsp", "µg/m³", 0.0, 10_000.0),
-    m("no2", "µg/m³", 0.0, 20_000.0),
-    m("so2", "µg/m³", 0.0, 20_000.0),
-    m("o3", "µg/m³", 0.0, 5_000.0),
-    m("co", "µg/m³", 0.0, 200_000.0),
-    m("no", "µg/m³", 0.0, 20_000.0),
-    m("nox", "µg/m³", 0.0, 40_000.0),
-    m("temperature", "°C", -40.0, 100.0),
-    m("humidity", "%", 0.0, 100.0),
-    m("pressure", "hPa", 300.0, 1_100.0),
-    m("wind_speed", "m/s", 0.0, 100.0),
-    m("wind_dir", "degrees", 0.0, 360.0),
-    m("noise", "dBA", 0.0, 150.0),
-    m("ph", "pH", 0.0, 14.0),
-    m("cod", "mg/L", 0.0, 100_000.0),
-    m("bod5", "mg/L", 0.0, 50_000.0),
-    m("tss", "mg/L", 0.0, 100_000.0),
-    m("nh4", "mg/L", 0.0, 10_000.0),
-    m("total_n", "mg/L", 0.0, 10_000.0),
-    m("total_p", "mg/L", 0.0, 5_000.0),
-    m("do", "mg/L", 0.0, 50.0),
-    m("color", "Pt-Co", 0.0, 10_000.0),
-    m("turbidity", "NTU", 0.0, 10_000.0),
-    m("conductivity", "µS/cm", 0.0, 200_000.0),
-    m("flow", "m³/h", 0.0, 100_000.0),
-    m("vehicle_count", "vehicles", 0.0, 100_000.0),
-    m("avg_speed", "km/h", 0.0, 300.0),
-    m("occupancy", "%", 0.0, 100.0),
+    m!("pm1", "µg/m³", 0.0, 2_000.0),
+    m!("pm25", "µg/m³", 0.0, 2_000.0),
+    m!("pm10", "µg/m³", 0.0, 5_000.0),
+    m!("tsp", "µg/m³", 0.0, 10_000.0),
+    m!("no2", "µg/m³", 0.0, 20_000.0),
+    m!("so2", "µg/m³", 0.0, 20_000.0),
+    m!("o3", "µg/m³", 0.0, 5_000.0),
+    m!("co", "µg/m³", 0.0, 200_000.0),
+    m!("no", "µg/m³", 0.0, 20_000.0),
+    m!("nox", "µg/m³", 0.0, 40_000.0),
+    m!("temperature", "°C", -40.0, 100.0),
+    m!("humidity", "%", 0.0, 100.0),
+    m!("pressure", "hPa", 300.0, 1_100.0),
+    m!("wind_speed", "m/s", 0.0, 100.0),
+    m!("wind_dir", "degrees", 0.0, 360.0),
+    m!("noise", "dBA", 0.0, 150.0),
+    m!("ph", "pH", 0.0, 14.0),
+    m!("cod", "mg/L", 0.0, 100_000.0),
+    m!("bod5", "mg/L", 0.0, 50_000.0),
+    m!("tss", "mg/L", 0.0, 100_000.0),
+    m!("nh4", "mg/L", 0.0, 10_000.0),
+    m!("total_n", "mg/L", 0.0, 10_000.0),
+    m!("total_p", "mg/L", 0.0, 5_000.0),
+    m!("do", "mg/L", 0.0, 50.0),
+    m!("color", "Pt-Co", 0.0, 10_000.0),
+    m!("turbidity", "NTU", 0.0, 10_000.0),
+    m!("conductivity", "µS/cm", 0.0, 200_000.0),
+    m!("flow", "m³/h", 0.0, 100_000.0),
+    m!("vehicle_count", "vehicles", 0.0, 100_000.0),
+    m!("avg_speed", "km/h", 0.0, 300.0),
+    m!("occupancy", "%", 0.0, 100.0),
 ];
 
 /// The catalogue entry for a metric name, if the name is canonical.
@@ -86,6 +96,16 @@ mod tests {
             for b in &CATALOGUE[i + 1..] {
                 assert_ne!(a.name, b.name);
             }
+        }
+    }
+
+    #[test]
+    fn record_pieces_are_what_serde_json_writes() {
+        for spec in CATALOGUE {
+            let metric = serde_json::to_string(spec.name).unwrap();
+            assert_eq!(spec.json_head, format!("{{\"metric\":{metric},\"value\":"));
+            let unit = serde_json::to_string(spec.unit).unwrap();
+            assert_eq!(spec.json_unit, format!(",\"unit\":{unit}"));
         }
     }
 

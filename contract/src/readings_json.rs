@@ -30,6 +30,7 @@ use serde::de::Error as _;
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::catalogue::MetricSpec;
 use crate::{Quality, Reading, ReadingBatch};
 
 /// One reading's fields, borrowed: a [`Reading`] without owning its strings.
@@ -48,6 +49,9 @@ pub struct ReadingRef<'a> {
     pub quality_reason: &'a str,
     pub received_at: i64,
     pub message_id: &'a str,
+    /// The catalogue entry of `metric`, when the caller has it at hand: a reading whose metric
+    /// and unit are its own is written with the entry's prebuilt pieces.
+    pub spec: Option<&'static MetricSpec>,
 }
 
 impl<'a> From<&'a Reading> for ReadingRef<'a> {
@@ -65,6 +69,7 @@ impl<'a> From<&'a Reading> for ReadingRef<'a> {
             quality_reason: &r.quality_reason,
             received_at: r.received_at,
             message_id: &r.message_id,
+            spec: None,
         }
     }
 }
@@ -137,15 +142,28 @@ pub fn write<'a>(out: &mut Vec<u8>, readings: impl IntoIterator<Item = ReadingRe
 /// One reading of the list: its own fields, then the shared ones where it differs from `first`.
 #[inline]
 fn write_reading(out: &mut Vec<u8>, r: &ReadingRef<'_>, first: &ReadingRef<'_>) {
-    out.extend_from_slice(b"{\"metric\":");
-    str_leaf(out, r.metric);
-    out.extend_from_slice(b",\"value\":");
+    let spec = r
+        .spec
+        .filter(|spec| same(r.metric, spec.name) && same(r.unit, spec.unit));
+    match spec {
+        Some(spec) => out.extend_from_slice(spec.json_head.as_bytes()),
+        None => {
+            out.extend_from_slice(b"{\"metric\":");
+            str_leaf(out, r.metric);
+            out.extend_from_slice(b",\"value\":");
+        }
+    }
     match r.value_json {
         Some(json) => out.extend_from_slice(json.as_bytes()),
         None => f64_leaf(out, r.value),
     }
-    out.extend_from_slice(b",\"unit\":");
-    str_leaf(out, r.unit);
+    match spec {
+        Some(spec) => out.extend_from_slice(spec.json_unit.as_bytes()),
+        None => {
+            out.extend_from_slice(b",\"unit\":");
+            str_leaf(out, r.unit);
+        }
+    }
     out.extend_from_slice(match r.quality {
         Quality::Good => b",\"quality\":\"good\"",
         Quality::Suspect => b",\"quality\":\"suspect\"",
@@ -457,16 +475,33 @@ mod tests {
                     r
                 })
                 .collect();
-            let refs: Vec<ReadingRef> = readings.iter().map(ReadingRef::from).collect();
             let expected = serde_json::to_vec(&ReadingBatch {
                 readings: readings.clone(),
             })
             .unwrap();
-            assert_eq!(
-                String::from_utf8(to_vec(refs.iter().copied())).unwrap(),
-                String::from_utf8(expected).unwrap()
-            );
+            for refs in [plain_refs(&readings), refs_with_spec(&readings)] {
+                assert_eq!(
+                    String::from_utf8(to_vec(refs)).unwrap(),
+                    String::from_utf8(expected.clone()).unwrap()
+                );
+            }
         }
+    }
+
+    fn plain_refs(readings: &[Reading]) -> Vec<ReadingRef<'_>> {
+        readings.iter().map(ReadingRef::from).collect()
+    }
+
+    /// As ingest's v1 path gives them: with the metric's catalogue entry, whose prebuilt
+    /// pieces are used only where the reading's metric and unit are the entry's.
+    fn refs_with_spec(readings: &[Reading]) -> Vec<ReadingRef<'_>> {
+        readings
+            .iter()
+            .map(|r| ReadingRef {
+                spec: crate::catalogue::lookup(&r.metric),
+                ..ReadingRef::from(r)
+            })
+            .collect()
     }
 
     #[test]
@@ -475,15 +510,16 @@ mod tests {
             for start in 0..40u64 {
                 let readings: Vec<Reading> =
                     (start..start + n).map(|i| reading(i * 7 + n)).collect();
-                let refs: Vec<ReadingRef> = readings.iter().map(ReadingRef::from).collect();
                 let expected = serde_json::to_vec(&ReadingBatch {
                     readings: readings.clone(),
                 })
                 .unwrap();
-                assert_eq!(
-                    String::from_utf8(to_vec(refs.iter().copied())).unwrap(),
-                    String::from_utf8(expected).unwrap()
-                );
+                for refs in [plain_refs(&readings), refs_with_spec(&readings)] {
+                    assert_eq!(
+                        String::from_utf8(to_vec(refs)).unwrap(),
+                        String::from_utf8(expected.clone()).unwrap()
+                    );
+                }
             }
         }
     }

@@ -406,6 +406,7 @@ impl Ingestor {
                         quality_reason: &a.quality_reason,
                         received_at: ctx.received_at,
                         message_id: message_id.as_str(),
+                        spec: Some(a.spec),
                     });
                     (
                         readings_json::to_vec(readings),
