@@ -9,8 +9,8 @@
 //! {"device_id":"aq-001","channel":"","ts":1795680240000,"interval_s":60.0,
 //!  "received_at":1795680300000,"message_id":"9f2c...","readings":[
 //!   {"metric":"pm25","value":35.2,"unit":"µg/m³","quality":"good"},
-//!   {"metric":"pm10","value":912.0,"unit":"µg/m³","quality":"bad",
-//!    "quality_reason":"912 outside physical range [0, 600] µg/m³","ts":1795680250000}]}
+//!   {"metric":"pm10","value":6200.0,"unit":"µg/m³","quality":"bad",
+//!    "quality_reason":"6200 outside physical range [0, 5000] µg/m³","ts":1795680250000}]}
 //! ```
 //!
 //! `interval_s` is left out where there is none (a reading overriding one it does not have
@@ -87,8 +87,8 @@ fn same(a: &str, b: &str) -> bool {
     std::ptr::eq(a, b) || a == b
 }
 
-/// The JSON of a [`ReadingBatch`], as `serde_json::to_vec` writes it. An iterator (walked
-/// twice: sizes, then bytes), so a caller need not collect its readings first.
+/// The JSON of a [`ReadingBatch`], as `serde_json::to_vec` writes it. An iterator, so a caller
+/// need not collect its readings first (cloned once, to size the buffer from the first).
 pub fn to_vec<'a, I>(readings: I) -> Vec<u8>
 where
     I: IntoIterator<Item = ReadingRef<'a>>,
@@ -605,11 +605,11 @@ mod tests {
         };
         let second = Reading {
             metric: "pm10".into(),
-            value: 912.0,
+            value: 6200.0,
             ts: first.ts + 10_000,
             interval_s: None,
             quality: Quality::Bad,
-            quality_reason: "912 outside physical range [0, 600] µg/m³".into(),
+            quality_reason: "6200 outside physical range [0, 5000] µg/m³".into(),
             ..first.clone()
         };
         let batch = ReadingBatch {
@@ -619,8 +619,8 @@ mod tests {
             r#"{"device_id":"aq-001","channel":"","ts":1795680240000,"interval_s":60.0,"#,
             r#""received_at":1795680300000,"message_id":"0123456789abcdef","readings":["#,
             r#"{"metric":"pm25","value":35.2,"unit":"µg/m³","quality":"good"},"#,
-            r#"{"metric":"pm10","value":912.0,"unit":"µg/m³","quality":"bad","#,
-            r#""quality_reason":"912 outside physical range [0, 600] µg/m³","ts":1795680250000,"interval_s":null}]}"#
+            r#"{"metric":"pm10","value":6200.0,"unit":"µg/m³","quality":"bad","#,
+            r#""quality_reason":"6200 outside physical range [0, 5000] µg/m³","ts":1795680250000,"interval_s":null}]}"#
         );
         assert_eq!(serde_json::to_string(&batch).unwrap(), expected);
         let refs: Vec<ReadingRef> = batch.readings.iter().map(ReadingRef::from).collect();

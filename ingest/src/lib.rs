@@ -388,45 +388,39 @@ impl Ingestor {
         }
         // v1, the busiest format, goes from the payload's borrowed strings to the record's bytes
         // without owned readings in between; the others build their readings first.
-        let message_id;
+        let message_id = id_of();
         let decoded = match format {
-            Format::IocJson => {
-                message_id = id_of();
-                decode::decode_v1_borrowed(payload, ctx).map(|m| {
-                    let readings = m.accepted.iter().map(|a| ReadingRef {
-                        device_id,
-                        channel: &m.channel,
-                        metric: a.spec.name,
-                        ts: m.ts,
-                        value: a.value,
-                        value_json: a.json,
-                        unit: a.spec.unit,
-                        interval_s: m.interval_s,
-                        quality: a.quality,
-                        quality_reason: &a.quality_reason,
-                        received_at: ctx.received_at,
-                        message_id: message_id.as_str(),
-                        spec: Some(a.spec),
-                    });
+            Format::IocJson => decode::decode_v1_borrowed(payload, ctx).map(|m| {
+                let readings = m.accepted.iter().map(|a| ReadingRef {
+                    device_id,
+                    channel: &m.channel,
+                    metric: a.spec.name,
+                    ts: m.ts,
+                    value: a.value,
+                    value_json: a.json,
+                    unit: a.spec.unit,
+                    interval_s: m.interval_s,
+                    quality: a.quality,
+                    quality_reason: &a.quality_reason,
+                    received_at: ctx.received_at,
+                    message_id: message_id.as_str(),
+                    spec: Some(a.spec),
+                });
+                (
+                    readings_json::to_vec(readings),
+                    m.accepted.len(),
+                    m.rejected_values,
+                )
+            }),
+            _ => format
+                .decode(device_id, payload, message_id.as_str(), ctx, profile)
+                .map(|d| {
                     (
-                        readings_json::to_vec(readings),
-                        m.accepted.len(),
-                        m.rejected_values,
+                        readings_json::to_vec(d.readings.iter().map(ReadingRef::from)),
+                        d.readings.len(),
+                        d.rejected_values,
                     )
-                })
-            }
-            _ => {
-                message_id = id_of();
-                format
-                    .decode(device_id, payload, message_id.as_str(), ctx, profile)
-                    .map(|d| {
-                        (
-                            readings_json::to_vec(d.readings.iter().map(ReadingRef::from)),
-                            d.readings.len(),
-                            d.rejected_values,
-                        )
-                    })
-            }
+                }),
         };
         match decoded {
             Err(r) => letter(&mut outcome, r.code, r.reason, Some(device_id), None, None),

@@ -105,7 +105,8 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// A string without escapes or control characters, borrowed.
+    /// A string without escapes or control characters, borrowed. (This, `value_member` and
+    /// `number` are always inlined: left to the compiler, the v1 step measured 3–6 % slower.)
     #[inline(always)]
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
