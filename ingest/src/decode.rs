@@ -17,9 +17,10 @@
 //! strings from the payload: no `serde_json::Value` tree, no allocation per field. It keeps the
 //! semantics of parsing into a `Value` first: the whole body must be valid JSON (unknown members
 //! too, numbers in range, nesting at most 128 deep); a member given twice counts once, the last;
-//! values are decoded in metric-name order. A body of the common shape is read by a hand-written
-//! reader ([`fast`]) into the same [`Body`]; anything else it leaves to the serde parse, so every
-//! rejection and its message are serde_json's.
+//! values are decoded in metric-name order. Hand-written readers ([`fast`]) take the common
+//! cases: a valid message of the common shape goes straight to its values (`fast::message`), one
+//! with something to reject is read into the same [`Body`] (`fast::body`); anything else is left
+//! to the serde parse, so every rejection and its message are serde_json's.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -142,6 +143,10 @@ pub fn decode_v1_borrowed<'a>(
     ctx: &DecodeContext,
 ) -> Result<V1Message<'a>, Rejection> {
     check_size(payload, ctx)?;
+    // The common case, a valid message of the common shape, straight to its values.
+    if let Some(m) = fast::message(payload, ctx) {
+        return Ok(m);
+    }
     // The common shape without serde; what it does not vouch for, serde_json decides.
     let body = match fast::body(payload) {
         Some(body) => body,
@@ -1468,6 +1473,110 @@ mod tests {
         assert!(
             read > 2_000 && left > 2_000,
             "{read} read, {left} left to serde"
+        );
+    }
+
+    /// What a v1 body becomes without [`fast::message`]: the fast reader or the serde parse,
+    /// then the checks.
+    fn the_general_way(payload: &[u8]) -> Result<V1Message<'_>, Rejection> {
+        let body = match fast::body(payload) {
+            Some(body) => body,
+            None => serde_body(payload)?,
+        };
+        checked(body, &ctx())
+    }
+
+    /// A number's text is kept only where serde_json writes the number so; then forgotten, as
+    /// the serde parse keeps none.
+    fn forget_json(mut m: V1Message<'_>) -> V1Message<'_> {
+        for a in &mut m.accepted {
+            if let Some(text) = a.json.take() {
+                assert_eq!(serde_json::to_string(&a.value).unwrap(), text);
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn the_fast_message_is_what_the_general_way_makes_wherever_it_answers() {
+        let seeds: &[&str] = &[
+            SEEDS[0],
+            SEEDS[1],
+            r#"{"ts":1795680240000,"interval_s":0.5,"seq":4294967296,"units":null,"channel":null,"values":{"noise":55.5}}"#,
+            SEEDS[7],
+            r#"{"ts":"2026-11-26T15:04:00+07:00","seq":40,"site":"bmt-01","channel":"roof","interval_s":60,"rssi":-71,"batt_v":3.71,"ok":true,"no":false,"n":null,"values":{"pm25":35.2,"pm10":61.0,"no2":21.4,"co":1.1805},"units":{"co":"mg/m3"}}"#,
+            r#" { "ts" : 1795680240000 , "channel" : "inlet" , "interval_s" : null , "units" : null ,
+              "values" : { "temperature" : 82.4 , "humidity" : 140 , "pm25" : -0 , "no2" : 1E+2 ,
+              "co" : 0.000001 , "o3" : 9007199254740992 , "noise" : 1844674407370955161 } } "#,
+            r#"{"ts":1795680240000,"values":{"co":1.2,"no2":21,"so2":4e1},"units":{"co":"mg/m3","no2":"ppb","so2":"ppm","o3":"ppb"}}"#,
+            "{\"ts\":1795680900000,\"channel\":\"k\u{e9}y\",\"values\":{\"pm25\":9,\"temperature\":99.5},\"units\":{\"temperature\":\"\u{b0}F\",\"pm25\":\"ug/m3\"}}",
+        ];
+        let mut state = 0x517c_c1b7_2722_0a95u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet = b"{}[]\t\n ,:\"\\0123456789eE.-+nultrsfa\x01\x7f\xc2\x85\xff";
+        let tokens: [&[u8]; 10] = [
+            br#""ts":1795680240000,"#,
+            br#""values":{},"#,
+            br#""units":{"pm25":"mg/m3"},"#,
+            br#""seq":-1,"#,
+            br#""channel":"","#,
+            br#""interval_s":0,"#,
+            br#""pm25":1,"#,
+            br#""PM10":1,"#,
+            br#""ph":"7","#,
+            br#""co":1e400,"#,
+        ];
+        let (mut answered, mut left) = (0, 0);
+        for seed in seeds {
+            assert!(fast::message(seed.as_bytes(), &ctx()).is_some(), "{seed}");
+            for round in 0..3000 {
+                let mut body = seed.as_bytes().to_vec();
+                if round > 0 {
+                    for _ in 0..(next() % 2 + 1) {
+                        let i = next() as usize % (body.len() + 1);
+                        let b = alphabet[next() as usize % alphabet.len()];
+                        match next() % 7 {
+                            // Another digit: mostly still valid, another value or time.
+                            0..=2 => {
+                                if let Some(d) = body[i..].iter().position(u8::is_ascii_digit) {
+                                    body[i + d] = b'0' + (next() % 10) as u8;
+                                }
+                            }
+                            3 if i < body.len() => body[i] = b,
+                            4 if i < body.len() => {
+                                body.remove(i);
+                            }
+                            5 => body.insert(i, b),
+                            _ => {
+                                let t = tokens[next() as usize % tokens.len()];
+                                body.splice(i..i, t.iter().copied());
+                            }
+                        }
+                    }
+                }
+                let general = the_general_way(&body);
+                let Some(fast) = fast::message(&body, &ctx()) else {
+                    left += 1;
+                    continue;
+                };
+                let body = String::from_utf8_lossy(&body);
+                let general = general.unwrap_or_else(|r| {
+                    panic!("{body}: fast took what the general way refuses: {r:?}")
+                });
+                assert!(general.rejected_values.is_empty(), "{body}: {general:?}");
+                assert_eq!(forget_json(fast), forget_json(general), "{body}");
+                answered += 1;
+            }
+        }
+        // Both ways are taken often.
+        assert!(
+            answered > 5_000 && left > 10_000,
+            "{answered} answered, {left} left to the general way"
         );
     }
 

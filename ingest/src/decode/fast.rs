@@ -6,10 +6,16 @@
 //! answering `None`, so errors and rare inputs keep serde_json's exact outcome and messages.
 
 use std::borrow::Cow;
+use std::cmp::Ordering;
 
+use ioc_contract::catalogue::{self, MetricSpec};
+use ioc_contract::{time, units};
 use serde_json::Number;
 
-use super::{sorted_unique, Body, Members, Raw, ValueMember};
+use super::{
+    judge, lexicographic, sorted_unique, AcceptedValue, Body, DecodeContext, Members, Raw,
+    V1Message, ValueMember, MAX_CHANNEL_LEN, MAX_TS_MS, MIN_TS_MS,
+};
 
 /// A body in the common shape.
 pub(super) fn body(payload: &[u8]) -> Option<Body<'_>> {
@@ -322,4 +328,228 @@ pub(super) fn written_as_read(text: &str, value: f64) -> bool {
         _ => int.len() + frac.len(),
     };
     significant <= 15
+}
+
+/// Most values a message of the common shape may have; a longer one goes the general way.
+const MAX_VALUES: usize = 16;
+
+/// A whole v1 message of the common shape that passes every check, decoded straight from the
+/// payload: what `checked(body)` makes of it, without building a [`Body`] first (no member
+/// lists to allocate, sort and move; values looked up in the catalogue as they are read).
+/// Anything that would be rejected, whole or in part, or that is not the common shape (a
+/// repeated member, more than [`MAX_VALUES`] values, a value that is not a number, a unit that
+/// does not convert), it leaves to the general way by answering `None`, so every rejection and
+/// its reason come from there.
+pub(super) fn message<'a>(payload: &'a [u8], ctx: &DecodeContext) -> Option<V1Message<'a>> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut r = Reader {
+        text,
+        bytes: payload,
+        at: 0,
+    };
+    let mut ts = None;
+    let mut channel = None;
+    let mut interval_s = None;
+    let (mut seq, mut have_values, mut have_units) = (false, false, false);
+    // Values as read, catalogue entry first; then sorted by metric name.
+    let mut values: [(&'static MetricSpec, f64, Option<&'a str>); MAX_VALUES] =
+        [(&catalogue::CATALOGUE[0], 0.0, None); MAX_VALUES];
+    let mut n_values = 0;
+    let mut units: [(&'a str, &'a str); MAX_VALUES] = [("", ""); MAX_VALUES];
+    let mut n_units = 0;
+    r.ws();
+    r.eat(b'{')?;
+    r.ws();
+    if r.eat(b'}').is_none() {
+        loop {
+            r.ws();
+            let key = r.string()?;
+            r.ws();
+            r.eat(b':')?;
+            r.ws();
+            // A member given twice goes the general way (the last counts there).
+            match key {
+                "ts" if ts.is_none() => ts = Some(r.ts()?),
+                "seq" if !seq => {
+                    seq = true;
+                    // An unsigned integer.
+                    match r.number()? {
+                        Num::U64(_) => {}
+                        _ => return None,
+                    }
+                }
+                "channel" if channel.is_none() => channel = Some(r.channel()?),
+                "interval_s" if interval_s.is_none() => interval_s = Some(r.interval_s()?),
+                "values" if !have_values => {
+                    have_values = true;
+                    n_values = r.entries(&mut values, |r| {
+                        let metric = catalogue::lookup(r.string()?)?;
+                        r.ws();
+                        r.eat(b':')?;
+                        r.ws();
+                        let start = r.at;
+                        let value = match r.number()? {
+                            Num::U64(v) => v as f64,
+                            Num::I64(v) => v as f64,
+                            Num::F64(v) => v,
+                        };
+                        let text = r.text.get(start..r.at)?;
+                        Some((metric, value, written_as_read(text, value).then_some(text)))
+                    })?;
+                }
+                "units" if !have_units => {
+                    have_units = true;
+                    if r.peek()? == b'n' {
+                        r.literal(b"null")?;
+                    } else {
+                        n_units = r.entries(&mut units, |r| {
+                            let metric = r.string()?;
+                            r.ws();
+                            r.eat(b':')?;
+                            r.ws();
+                            Some((metric, r.string()?))
+                        })?;
+                    }
+                }
+                "ts" | "seq" | "channel" | "interval_s" | "values" | "units" => return None,
+                _ => r.skip_scalar()?,
+            }
+            r.ws();
+            match r.next()? {
+                b',' => {}
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    r.ws();
+    if r.at != r.bytes.len() || n_values == 0 {
+        return None;
+    }
+    let ts = ts?;
+    let values = &mut values[..n_values];
+    let units = &units[..n_units];
+    // In metric-name order, each metric once, as the general way decodes them; a unit named
+    // twice goes that way too.
+    sort_by_metric(values)?;
+    if (1..units.len()).any(|i| units[..i].iter().any(|u| u.0 == units[i].0)) {
+        return None;
+    }
+    let mut accepted = Vec::with_capacity(n_values);
+    for &(spec, value, json) in values.iter() {
+        let (value, json) = match units.iter().find(|u| u.0 == spec.name) {
+            None => (value, json),
+            Some((_, unit)) => (units::to_canonical(spec, value, unit).ok()?, None),
+        };
+        let (quality, quality_reason) = judge(spec, value, ts, ctx);
+        accepted.push(AcceptedValue {
+            spec,
+            value,
+            json,
+            quality,
+            quality_reason,
+        });
+    }
+    Some(V1Message {
+        ts,
+        channel: Cow::Borrowed(channel.flatten().unwrap_or("")),
+        interval_s: interval_s.flatten(),
+        accepted,
+        rejected_values: Vec::new(),
+    })
+}
+
+/// Sorts a message's values by metric name, in place (a few, so by insertion); `None` if a
+/// metric is named twice.
+#[inline]
+fn sort_by_metric(values: &mut [(&'static MetricSpec, f64, Option<&str>)]) -> Option<()> {
+    for i in 1..values.len() {
+        let mut j = i;
+        while j > 0 {
+            match lexicographic(values[j - 1].0.name.as_bytes(), values[j].0.name.as_bytes()) {
+                Ordering::Greater => values.swap(j - 1, j),
+                Ordering::Equal => return None,
+                Ordering::Less => break,
+            }
+            j -= 1;
+        }
+    }
+    Some(())
+}
+
+impl<'a> Reader<'a> {
+    /// `ts`: integer epoch milliseconds or an RFC 3339 string, within the accepted years.
+    fn ts(&mut self) -> Option<i64> {
+        let ms = match self.peek()? {
+            b'"' => time::parse_rfc3339_ms(self.string()?)?,
+            _ => match self.number()? {
+                Num::U64(v) => i64::try_from(v).ok()?,
+                Num::I64(v) => v,
+                Num::F64(_) => return None,
+            },
+        };
+        (MIN_TS_MS..MAX_TS_MS).contains(&ms).then_some(ms)
+    }
+
+    /// `channel`: a short string without control characters, or null.
+    fn channel(&mut self) -> Option<Option<&'a str>> {
+        if self.peek()? == b'n' {
+            self.literal(b"null")?;
+            return Some(None);
+        }
+        let s = self.string()?;
+        // `string` has refused C0 controls; C1 controls are two bytes from 0xC2 on.
+        let control = || s.bytes().any(|b| b >= 0x7f) && s.chars().any(char::is_control);
+        (s.len() <= MAX_CHANNEL_LEN && !control()).then_some(Some(s))
+    }
+
+    /// `interval_s`: a positive number, or null.
+    fn interval_s(&mut self) -> Option<Option<f64>> {
+        if self.peek()? == b'n' {
+            self.literal(b"null")?;
+            return Some(None);
+        }
+        let v = match self.number()? {
+            Num::U64(v) => v as f64,
+            Num::I64(v) => v as f64,
+            Num::F64(v) => v,
+        };
+        (v.is_finite() && v > 0.0).then_some(Some(v))
+    }
+
+    /// An object's entries, each read (key included) by `entry` into `into`; their number.
+    fn entries<T>(
+        &mut self,
+        into: &mut [T; MAX_VALUES],
+        mut entry: impl FnMut(&mut Self) -> Option<T>,
+    ) -> Option<usize> {
+        self.eat(b'{')?;
+        self.ws();
+        if self.eat(b'}').is_some() {
+            return Some(0);
+        }
+        let mut n = 0;
+        loop {
+            self.ws();
+            *into.get_mut(n)? = entry(self)?;
+            n += 1;
+            self.ws();
+            match self.next()? {
+                b',' => {}
+                b'}' => return Some(n),
+                _ => return None,
+            }
+        }
+    }
+
+    /// A member the checks do not read: a scalar, validated and dropped.
+    fn skip_scalar(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b'n' => self.literal(b"null"),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            _ => self.number().map(drop),
+        }
+    }
 }
