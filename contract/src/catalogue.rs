@@ -69,13 +69,52 @@ pub const CATALOGUE: &[MetricSpec] = &[
 /// The catalogue entry for a metric name, if the name is canonical.
 #[inline]
 pub fn lookup(name: &str) -> Option<&'static MetricSpec> {
+    position(name).map(|i| &CATALOGUE[i])
+}
+
+/// Where a metric name is in [`CATALOGUE`], if the name is canonical.
+#[inline]
+pub fn position(name: &str) -> Option<usize> {
     // Byte by byte rather than `==`: for names this short, a call to memcmp per candidate
     // costs more than the comparison (ingest looks up every value of every message).
     let name = name.as_bytes();
-    CATALOGUE.iter().find(|spec| {
+    CATALOGUE.iter().position(|spec| {
         let candidate = spec.name.as_bytes();
         candidate.len() == name.len() && candidate.iter().zip(name).all(|(a, b)| a == b)
     })
+}
+
+/// Each entry's place in name order (byte-wise, as a JSON object's keys sort): `NAME_RANK[i]`
+/// for `CATALOGUE[i]`. Computed at compile time, so values can be put in name order without
+/// comparing names. Fewer than 64 entries, so a set of them fits a `u64`.
+pub const NAME_RANK: [u8; CATALOGUE.len()] = name_ranks();
+
+const _: () = assert!(CATALOGUE.len() <= 64);
+
+const fn name_ranks() -> [u8; CATALOGUE.len()] {
+    const fn less(a: &[u8], b: &[u8]) -> bool {
+        let mut i = 0;
+        while i < a.len() && i < b.len() {
+            if a[i] != b[i] {
+                return a[i] < b[i];
+            }
+            i += 1;
+        }
+        a.len() < b.len()
+    }
+    let mut ranks = [0u8; CATALOGUE.len()];
+    let mut i = 0;
+    while i < CATALOGUE.len() {
+        let mut j = 0;
+        while j < CATALOGUE.len() {
+            if less(CATALOGUE[j].name.as_bytes(), CATALOGUE[i].name.as_bytes()) {
+                ranks[i] += 1;
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    ranks
 }
 
 impl MetricSpec {
@@ -96,6 +135,16 @@ mod tests {
             for b in &CATALOGUE[i + 1..] {
                 assert_ne!(a.name, b.name);
             }
+        }
+    }
+
+    #[test]
+    fn ranks_are_name_order() {
+        let mut names: Vec<&str> = CATALOGUE.iter().map(|s| s.name).collect();
+        names.sort();
+        for (i, spec) in CATALOGUE.iter().enumerate() {
+            assert_eq!(names[NAME_RANK[i] as usize], spec.name);
+            assert_eq!(position(spec.name), Some(i));
         }
     }
 

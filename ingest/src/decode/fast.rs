@@ -6,15 +6,14 @@
 //! answering `None`, so errors and rare inputs keep serde_json's exact outcome and messages.
 
 use std::borrow::Cow;
-use std::cmp::Ordering;
 
-use ioc_contract::catalogue::{self, MetricSpec};
+use ioc_contract::catalogue;
 use ioc_contract::{time, units};
 use serde_json::Number;
 
 use super::{
-    judge, lexicographic, sorted_unique, AcceptedValue, Body, DecodeContext, Members, Raw,
-    V1Message, ValueMember, MAX_CHANNEL_LEN, MAX_TS_MS, MIN_TS_MS,
+    judge, sorted_unique, AcceptedValue, Body, DecodeContext, Members, Raw, V1Message, ValueMember,
+    MAX_CHANNEL_LEN, MAX_TS_MS, MIN_TS_MS,
 };
 
 /// A body in the common shape.
@@ -351,9 +350,8 @@ pub(super) fn message<'a>(payload: &'a [u8], ctx: &DecodeContext) -> Option<V1Me
     let mut channel = None;
     let mut interval_s = None;
     let (mut seq, mut have_values, mut have_units) = (false, false, false);
-    // Values as read, catalogue entry first; then sorted by metric name.
-    let mut values: [(&'static MetricSpec, f64, Option<&'a str>); MAX_VALUES] =
-        [(&catalogue::CATALOGUE[0], 0.0, None); MAX_VALUES];
+    // Values as read: where the metric is in the catalogue, the value, its text if kept.
+    let mut values: [(usize, f64, Option<&'a str>); MAX_VALUES] = [(0, 0.0, None); MAX_VALUES];
     let mut n_values = 0;
     let mut units: [(&'a str, &'a str); MAX_VALUES] = [("", ""); MAX_VALUES];
     let mut n_units = 0;
@@ -383,7 +381,7 @@ pub(super) fn message<'a>(payload: &'a [u8], ctx: &DecodeContext) -> Option<V1Me
                 "values" if !have_values => {
                     have_values = true;
                     n_values = r.entries(&mut values, |r| {
-                        let metric = catalogue::lookup(r.string()?)?;
+                        let metric = catalogue::position(r.string()?)?;
                         r.ws();
                         r.eat(b':')?;
                         r.ws();
@@ -427,16 +425,27 @@ pub(super) fn message<'a>(payload: &'a [u8], ctx: &DecodeContext) -> Option<V1Me
         return None;
     }
     let ts = ts?;
-    let values = &mut values[..n_values];
+    // In metric-name order, as the general way decodes them: each value's place by the rank of
+    // its metric's name, no names compared. A metric or a unit named twice goes that way.
+    let mut by_rank = [0u8; 64];
+    let mut ranks = 0u64;
+    for (k, &(metric, ..)) in values[..n_values].iter().enumerate() {
+        let rank = catalogue::NAME_RANK[metric];
+        if ranks & 1 << rank != 0 {
+            return None;
+        }
+        ranks |= 1 << rank;
+        by_rank[rank as usize] = k as u8;
+    }
     let units = &units[..n_units];
-    // In metric-name order, each metric once, as the general way decodes them; a unit named
-    // twice goes that way too.
-    sort_by_metric(values)?;
     if (1..units.len()).any(|i| units[..i].iter().any(|u| u.0 == units[i].0)) {
         return None;
     }
     let mut accepted = Vec::with_capacity(n_values);
-    for &(spec, value, json) in values.iter() {
+    while ranks != 0 {
+        let (metric, value, json) = values[by_rank[ranks.trailing_zeros() as usize] as usize];
+        ranks &= ranks - 1;
+        let spec = &catalogue::CATALOGUE[metric];
         let (value, json) = match units.iter().find(|u| u.0 == spec.name) {
             None => (value, json),
             Some((_, unit)) => (units::to_canonical(spec, value, unit).ok()?, None),
@@ -457,24 +466,6 @@ pub(super) fn message<'a>(payload: &'a [u8], ctx: &DecodeContext) -> Option<V1Me
         accepted,
         rejected_values: Vec::new(),
     })
-}
-
-/// Sorts a message's values by metric name, in place (a few, so by insertion); `None` if a
-/// metric is named twice.
-#[inline]
-fn sort_by_metric(values: &mut [(&'static MetricSpec, f64, Option<&str>)]) -> Option<()> {
-    for i in 1..values.len() {
-        let mut j = i;
-        while j > 0 {
-            match lexicographic(values[j - 1].0.name.as_bytes(), values[j].0.name.as_bytes()) {
-                Ordering::Greater => values.swap(j - 1, j),
-                Ordering::Equal => return None,
-                Ordering::Less => break,
-            }
-            j -= 1;
-        }
-    }
-    Some(())
 }
 
 impl<'a> Reader<'a> {
