@@ -1338,13 +1338,7 @@ mod tests {
 
     #[test]
     fn the_borrowing_parser_agrees_with_the_value_oracle_on_mutated_payloads() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1du64);
         let alphabet = b"{}[]\t,:\"\\0123456789eE.-+uanlsrt ";
         let tokens: [&[u8]; 12] = [
             b"\"ts\"",
@@ -1416,13 +1410,7 @@ mod tests {
             r#"{"ts":1795680240000,"values":5,"units":"x","seq":-1,"channel":7,"interval_s":"s"}"#,
             r#"{"ts":1795680240000,"values":{},"units":{"a":1,"b":null,"c":true}}"#,
         ];
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15u64);
         let alphabet = b"{}[]\t\n ,:\"\\0123456789eE.-+nultrsfa\x01\xc3\xa9\xff";
         let (mut read, mut left) = (0, 0);
         for seed in seeds {
@@ -1476,6 +1464,16 @@ mod tests {
         );
     }
 
+    /// A seeded xorshift64 generator: the mutation tests' randomness, the same every run.
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
     /// What a v1 body becomes without [`fast::message`]: the fast reader or the serde parse,
     /// then the checks.
     fn the_general_way(payload: &[u8]) -> Result<V1Message<'_>, Rejection> {
@@ -1511,13 +1509,7 @@ mod tests {
             r#"{"ts":1795680240000,"values":{"co":1.2,"no2":21,"so2":4e1},"units":{"co":"mg/m3","no2":"ppb","so2":"ppm","o3":"ppb"}}"#,
             "{\"ts\":1795680900000,\"channel\":\"k\u{e9}y\",\"values\":{\"pm25\":9,\"temperature\":99.5},\"units\":{\"temperature\":\"\u{b0}F\",\"pm25\":\"ug/m3\"}}",
         ];
-        let mut state = 0x517c_c1b7_2722_0a95u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x517c_c1b7_2722_0a95u64);
         let alphabet = b"{}[]\t\n ,:\"\\0123456789eE.-+nultrsfa\x01\x7f\xc2\x85\xff";
         let tokens: [&[u8]; 10] = [
             br#""ts":1795680240000,"#,
@@ -1582,13 +1574,7 @@ mod tests {
 
     #[test]
     fn a_number_s_text_is_kept_only_where_serde_json_writes_it_so() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1du64);
         let mut kept = 0;
         for i in 0..200_000u64 {
             let digits = |n: u64, r: u64| -> String {

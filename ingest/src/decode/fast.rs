@@ -1,9 +1,11 @@
 //! The common shape of a v1 body read without serde: a JSON object whose members are scalars,
 //! `values` and `units` objects of scalars, strings without escapes, and numbers whose value
 //! serde_json computes exactly (integers of at most 19 digits; decimals with a significand of at
-//! most 2^53 and a power of ten of at most 22). It gives the [`Body`] the serde parse would give;
-//! anything else (nesting, escapes, other numbers, every syntax error) it leaves to that parse by
-//! answering `None`, so errors and rare inputs keep serde_json's exact outcome and messages.
+//! most 2^53 and a power of ten of at most 22). [`message`] decodes such a body whole when it
+//! passes every check; [`body`] gives the [`Body`] the serde parse would give, for the checks to
+//! reject what they must. Anything else (nesting, escapes, other numbers, every syntax error)
+//! they leave to that parse by answering `None`, so errors and rare inputs keep serde_json's
+//! exact outcome and messages.
 
 use std::borrow::Cow;
 
@@ -28,39 +30,22 @@ pub(super) fn body(payload: &[u8]) -> Option<Body<'_>> {
     };
     let mut body = Body::default();
     r.ws();
-    r.eat(b'{')?;
-    r.ws();
-    if r.eat(b'}').is_none() {
-        loop {
-            r.ws();
-            let key = r.string()?;
-            r.ws();
-            r.eat(b':')?;
-            r.ws();
-            // As the serde parse: a member given twice counts once, the last.
-            match key {
-                "ts" => body.ts = Some(r.scalar()?),
-                "seq" => body.seq = Some(r.scalar()?),
-                "channel" => body.channel = Some(r.scalar()?),
-                "interval_s" => body.interval_s = Some(r.scalar()?),
-                "values" => body.values = Some(r.members(|r| r.value_member())?),
-                "units" => body.units = Some(r.members(|r| r.scalar())?),
-                _ => {
-                    r.scalar()?;
-                }
-            }
-            r.ws();
-            match r.next()? {
-                b',' => {}
-                b'}' => break,
-                _ => return None,
+    // As the serde parse: a member given twice counts once, the last.
+    r.object(|r, key| {
+        match key {
+            "ts" => body.ts = Some(r.scalar()?),
+            "seq" => body.seq = Some(r.scalar()?),
+            "channel" => body.channel = Some(r.scalar()?),
+            "interval_s" => body.interval_s = Some(r.scalar()?),
+            "values" => body.values = Some(r.members(|r| r.value_member())?),
+            "units" => body.units = Some(r.members(|r| r.scalar())?),
+            _ => {
+                r.scalar()?;
             }
         }
-    }
-    r.ws();
-    if r.at != r.bytes.len() {
-        return None;
-    }
+        Some(())
+    })?;
+    r.end()?;
     Some(body)
 }
 
@@ -69,6 +54,18 @@ enum Num {
     U64(u64),
     I64(i64),
     F64(f64),
+}
+
+impl Num {
+    /// The number as an `f64`, as serde_json's `as_f64` gives it.
+    #[inline]
+    fn as_f64(self) -> f64 {
+        match self {
+            Num::U64(v) => v as f64,
+            Num::I64(v) => v as f64,
+            Num::F64(v) => v,
+        }
+    }
 }
 
 /// 10^0 to 10^22, each exact in an f64 (as serde_json's table has them).
@@ -128,6 +125,36 @@ impl<'a> Reader<'a> {
         self.text.get(start..start + len)
     }
 
+    /// An object, each member's value read by `member`, given its key.
+    #[inline(always)]
+    fn object(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        self.eat(b'{')?;
+        self.ws();
+        if self.eat(b'}').is_some() {
+            return Some(());
+        }
+        loop {
+            self.ws();
+            let key = self.string()?;
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            member(self, key)?;
+            self.ws();
+            match self.next()? {
+                b',' => {}
+                b'}' => return Some(()),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The end of the body: whitespace only.
+    fn end(&mut self) -> Option<()> {
+        self.ws();
+        (self.at == self.bytes.len()).then_some(())
+    }
+
     fn literal(&mut self, word: &[u8]) -> Option<()> {
         let end = self.at + word.len();
         (self.bytes.get(self.at..end)? == word).then(|| self.at = end)
@@ -162,11 +189,7 @@ impl<'a> Reader<'a> {
     #[inline(always)]
     fn value_member(&mut self) -> Option<ValueMember<'a>> {
         let start = self.at;
-        let value = match self.number()? {
-            Num::U64(v) => v as f64,
-            Num::I64(v) => v as f64,
-            Num::F64(v) => v,
-        };
+        let value = self.number()?.as_f64();
         let text = self.text.get(start..self.at)?;
         Some(if written_as_read(text, value) {
             ValueMember::Written(value, text)
@@ -180,27 +203,14 @@ impl<'a> Reader<'a> {
         &mut self,
         mut entry: impl FnMut(&mut Self) -> Option<T>,
     ) -> Option<Members<'a, T>> {
-        if self.eat(b'{').is_none() {
+        if self.peek()? != b'{' {
             return self.scalar().map(Members::Other);
         }
         let mut entries = Vec::with_capacity(8);
-        self.ws();
-        if self.eat(b'}').is_none() {
-            loop {
-                self.ws();
-                let key = self.string()?;
-                self.ws();
-                self.eat(b':')?;
-                self.ws();
-                entries.push((Cow::Borrowed(key), entry(self)?));
-                self.ws();
-                match self.next()? {
-                    b',' => {}
-                    b'}' => break,
-                    _ => return None,
-                }
-            }
-        }
+        self.object(|r, key| {
+            entries.push((Cow::Borrowed(key), entry(r)?));
+            Some(())
+        })?;
         Some(Members::Object(sorted_unique(entries)))
     }
 
@@ -356,72 +366,45 @@ pub(super) fn message<'a>(payload: &'a [u8], ctx: &DecodeContext) -> Option<V1Me
     let mut units: [(&'a str, &'a str); MAX_VALUES] = [("", ""); MAX_VALUES];
     let mut n_units = 0;
     r.ws();
-    r.eat(b'{')?;
-    r.ws();
-    if r.eat(b'}').is_none() {
-        loop {
-            r.ws();
-            let key = r.string()?;
-            r.ws();
-            r.eat(b':')?;
-            r.ws();
-            // A member given twice goes the general way (the last counts there).
-            match key {
-                "ts" if ts.is_none() => ts = Some(r.ts()?),
-                "seq" if !seq => {
-                    seq = true;
-                    // An unsigned integer.
-                    match r.number()? {
-                        Num::U64(_) => {}
-                        _ => return None,
-                    }
+    r.object(|r, key| {
+        // A member given twice goes the general way (the last counts there).
+        match key {
+            "ts" if ts.is_none() => ts = Some(r.ts()?),
+            "seq" if !seq => {
+                seq = true;
+                // An unsigned integer.
+                match r.number()? {
+                    Num::U64(_) => {}
+                    _ => return None,
                 }
-                "channel" if channel.is_none() => channel = Some(r.channel()?),
-                "interval_s" if interval_s.is_none() => interval_s = Some(r.interval_s()?),
-                "values" if !have_values => {
-                    have_values = true;
-                    n_values = r.entries(&mut values, |r| {
-                        let metric = catalogue::position(r.string()?)?;
-                        r.ws();
-                        r.eat(b':')?;
-                        r.ws();
-                        let start = r.at;
-                        let value = match r.number()? {
-                            Num::U64(v) => v as f64,
-                            Num::I64(v) => v as f64,
-                            Num::F64(v) => v,
-                        };
-                        let text = r.text.get(start..r.at)?;
-                        Some((metric, value, written_as_read(text, value).then_some(text)))
-                    })?;
-                }
-                "units" if !have_units => {
-                    have_units = true;
-                    if r.peek()? == b'n' {
-                        r.literal(b"null")?;
-                    } else {
-                        n_units = r.entries(&mut units, |r| {
-                            let metric = r.string()?;
-                            r.ws();
-                            r.eat(b':')?;
-                            r.ws();
-                            Some((metric, r.string()?))
-                        })?;
-                    }
-                }
-                "ts" | "seq" | "channel" | "interval_s" | "values" | "units" => return None,
-                _ => r.skip_scalar()?,
             }
-            r.ws();
-            match r.next()? {
-                b',' => {}
-                b'}' => break,
-                _ => return None,
+            "channel" if channel.is_none() => channel = Some(r.channel()?),
+            "interval_s" if interval_s.is_none() => interval_s = Some(r.interval_s()?),
+            "values" if !have_values => {
+                have_values = true;
+                n_values = r.entries(&mut values, |r, key| {
+                    let metric = catalogue::position(key)?;
+                    let start = r.at;
+                    let value = r.number()?.as_f64();
+                    let text = r.text.get(start..r.at)?;
+                    Some((metric, value, written_as_read(text, value).then_some(text)))
+                })?;
             }
+            "units" if !have_units => {
+                have_units = true;
+                if r.peek()? == b'n' {
+                    r.literal(b"null")?;
+                } else {
+                    n_units = r.entries(&mut units, |r, metric| Some((metric, r.string()?)))?;
+                }
+            }
+            "ts" | "seq" | "channel" | "interval_s" | "values" | "units" => return None,
+            _ => r.skip_scalar()?,
         }
-    }
-    r.ws();
-    if r.at != r.bytes.len() || n_values == 0 {
+        Some(())
+    })?;
+    r.end()?;
+    if n_values == 0 {
         return None;
     }
     let ts = ts?;
@@ -500,37 +483,23 @@ impl<'a> Reader<'a> {
             self.literal(b"null")?;
             return Some(None);
         }
-        let v = match self.number()? {
-            Num::U64(v) => v as f64,
-            Num::I64(v) => v as f64,
-            Num::F64(v) => v,
-        };
+        let v = self.number()?.as_f64();
         (v.is_finite() && v > 0.0).then_some(Some(v))
     }
 
-    /// An object's entries, each read (key included) by `entry` into `into`; their number.
+    /// An object's entries, each read from its key by `entry` into `into`; their number.
     fn entries<T>(
         &mut self,
         into: &mut [T; MAX_VALUES],
-        mut entry: impl FnMut(&mut Self) -> Option<T>,
+        mut entry: impl FnMut(&mut Self, &'a str) -> Option<T>,
     ) -> Option<usize> {
-        self.eat(b'{')?;
-        self.ws();
-        if self.eat(b'}').is_some() {
-            return Some(0);
-        }
         let mut n = 0;
-        loop {
-            self.ws();
-            *into.get_mut(n)? = entry(self)?;
+        self.object(|r, key| {
+            *into.get_mut(n)? = entry(r, key)?;
             n += 1;
-            self.ws();
-            match self.next()? {
-                b',' => {}
-                b'}' => return Some(n),
-                _ => return None,
-            }
-        }
+            Some(())
+        })?;
+        Some(n)
     }
 
     /// A member the checks do not read: a scalar, validated and dropped.
