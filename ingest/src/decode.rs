@@ -1669,6 +1669,27 @@ mod tests {
     }
 
     #[test]
+    fn a_string_ends_at_its_first_quote_backslash_or_control_byte() {
+        let mut next = xorshift(0x2b99_2ddf_a232_49d6);
+        let special = [
+            b'"', b'\\', 0x00, 0x01, 0x1f, 0x20, 0x21, 0x5b, 0x5d, 0x7f, 0x80, 0xa2, 0xdc, 0xff,
+        ];
+        for _ in 0..100_000 {
+            let len = next() as usize % 40;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| match next() % 8 {
+                    0 => special[next() as usize % special.len()],
+                    _ => next() as u8 | 0x20,
+                })
+                .collect();
+            let expected = bytes
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+            assert_eq!(fast::string_end(&bytes), expected, "{bytes:?}");
+        }
+    }
+
+    #[test]
     fn a_number_s_text_is_kept_only_where_serde_json_writes_it_so() {
         let mut next = xorshift(0x2545_f491_4f6c_dd1du64);
         let mut kept = 0;

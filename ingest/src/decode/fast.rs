@@ -113,10 +113,7 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.at;
-        // Scanned with a local index: the reader's own is written back once, not per byte.
-        let len = self.bytes[start..]
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        let len = string_end(&self.bytes[start..])?;
         if self.bytes[start + len] != b'"' {
             return None;
         }
@@ -308,6 +305,32 @@ impl<'a> Reader<'a> {
         let f = if exponent >= 0 { f * pow } else { f / pow };
         Some(Num::F64(if positive { f } else { -f }))
     }
+}
+
+/// Where a string's text ends: the first quote, backslash or control byte (below 0x20).
+/// Eight bytes at a time (SWAR): the flags of a word's bytes can be wrong only above its first
+/// true match (a borrow runs upwards), so the lowest flag is always the first such byte.
+#[inline(always)]
+pub(super) fn string_end(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // The high bit of each byte of `x` that is below `n`.
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * n as u64) & !x & HIGH;
+    let mut at = 0;
+    while let Some(word) = bytes.get(at..at + 8) {
+        let w = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+        let found = below(w ^ (ONES * b'"' as u64), 1)
+            | below(w ^ (ONES * b'\\' as u64), 1)
+            | below(w, 0x20);
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    let rest = bytes[at..]
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+    Some(at + rest)
 }
 
 /// Whether serde_json writes `value` as `text`, the JSON number it was read from: a plain
