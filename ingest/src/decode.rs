@@ -174,49 +174,10 @@ fn serde_body(payload: &[u8]) -> Result<Body<'_>, Rejection> {
 fn checked<'a>(body: Body<'a>, ctx: &DecodeContext) -> Result<V1Message<'a>, Rejection> {
     let ts = parse_ts(body.ts.as_ref())?;
     if let Some(seq) = &body.seq {
-        if !matches!(seq, Raw::Number(n) if n.is_u64()) {
-            return Err(Rejection::new(
-                RejectCode::InvalidField,
-                format!("seq must be an unsigned integer, found {}", seq.kind()),
-            ));
-        }
+        check_seq(seq)?;
     }
-    let channel = match body.channel {
-        None | Some(Raw::Null) => Cow::Borrowed(""),
-        Some(Raw::String(s)) if s.len() <= MAX_CHANNEL_LEN && !s.chars().any(char::is_control) => s,
-        Some(Raw::String(_)) => {
-            return Err(Rejection::new(
-                RejectCode::InvalidField,
-                format!(
-                    "channel must be at most {MAX_CHANNEL_LEN} bytes with no control characters"
-                ),
-            ))
-        }
-        Some(other) => {
-            return Err(Rejection::new(
-                RejectCode::InvalidField,
-                format!("channel must be a string, found {}", other.kind()),
-            ))
-        }
-    };
-    let interval_s = match &body.interval_s {
-        None | Some(Raw::Null) => None,
-        Some(Raw::Number(n)) => match n.as_f64() {
-            Some(v) if v.is_finite() && v > 0.0 => Some(v),
-            _ => {
-                return Err(Rejection::new(
-                    RejectCode::InvalidField,
-                    format!("interval_s must be a positive number, found {n}"),
-                ))
-            }
-        },
-        Some(other) => {
-            return Err(Rejection::new(
-                RejectCode::InvalidField,
-                format!("interval_s must be a number, found {}", other.kind()),
-            ))
-        }
-    };
+    let channel = channel_of(body.channel)?;
+    let interval_s = interval_of(body.interval_s.as_ref())?;
     let values = match body.values {
         Some(Members::Object(values)) => values,
         None => {
@@ -312,6 +273,63 @@ fn checked<'a>(body: Body<'a>, ctx: &DecodeContext) -> Result<V1Message<'a>, Rej
         });
     }
     Ok(out)
+}
+
+/// `seq`: an unsigned integer.
+fn check_seq(seq: &Raw<'_>) -> Result<(), Rejection> {
+    if matches!(seq, Raw::Number(n) if n.is_u64()) {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        RejectCode::InvalidField,
+        format!("seq must be an unsigned integer, found {}", seq.kind()),
+    ))
+}
+
+/// `channel`: at most [`MAX_CHANNEL_LEN`] bytes without control characters; "" when absent or
+/// null.
+fn channel_of(channel: Option<Raw<'_>>) -> Result<Cow<'_, str>, Rejection> {
+    match channel {
+        None | Some(Raw::Null) => Ok(Cow::Borrowed("")),
+        Some(Raw::String(s)) => {
+            // C0 controls are single bytes; C1 and DEL are at 0x7f and up, so an ASCII channel
+            // is checked without decoding characters.
+            let control =
+                s.bytes().any(|b| b < 0x20 || b >= 0x7f) && s.chars().any(char::is_control);
+            if s.len() <= MAX_CHANNEL_LEN && !control {
+                Ok(s)
+            } else {
+                Err(Rejection::new(
+                    RejectCode::InvalidField,
+                    format!(
+                        "channel must be at most {MAX_CHANNEL_LEN} bytes with no control characters"
+                    ),
+                ))
+            }
+        }
+        Some(other) => Err(Rejection::new(
+            RejectCode::InvalidField,
+            format!("channel must be a string, found {}", other.kind()),
+        )),
+    }
+}
+
+/// `interval_s`: a positive number, or none when absent or null.
+fn interval_of(interval_s: Option<&Raw<'_>>) -> Result<Option<f64>, Rejection> {
+    match interval_s {
+        None | Some(Raw::Null) => Ok(None),
+        Some(Raw::Number(n)) => match n.as_f64() {
+            Some(v) if v.is_finite() && v > 0.0 => Ok(Some(v)),
+            _ => Err(Rejection::new(
+                RejectCode::InvalidField,
+                format!("interval_s must be a positive number, found {n}"),
+            )),
+        },
+        Some(other) => Err(Rejection::new(
+            RejectCode::InvalidField,
+            format!("interval_s must be a number, found {}", other.kind()),
+        )),
+    }
 }
 
 /// A member of a v1 body as the checks see it. Strings are borrowed unless they hold escapes;

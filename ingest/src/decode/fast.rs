@@ -10,24 +10,17 @@
 use std::borrow::Cow;
 
 use ioc_contract::catalogue;
-use ioc_contract::{time, units};
+use ioc_contract::units;
 use serde_json::Number;
 
 use super::{
-    judge, sorted_unique, AcceptedValue, Body, DecodeContext, Members, Raw, V1Message, ValueMember,
-    MAX_CHANNEL_LEN, MAX_TS_MS, MIN_TS_MS,
+    channel_of, check_seq, interval_of, judge, parse_ts, sorted_unique, AcceptedValue, Body,
+    DecodeContext, Members, Raw, V1Message, ValueMember,
 };
 
 /// A body in the common shape.
 pub(super) fn body(payload: &[u8]) -> Option<Body<'_>> {
-    // Validated once here rather than string by string: a body that is not UTF-8 is not the
-    // common shape (serde_json refuses it, in a string or out of one).
-    let text = std::str::from_utf8(payload).ok()?;
-    let mut r = Reader {
-        text,
-        bytes: payload,
-        at: 0,
-    };
+    let mut r = Reader::new(payload)?;
     let mut body = Body::default();
     r.ws();
     // As the serde parse: a member given twice counts once, the last.
@@ -82,6 +75,18 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// A reader at the start of `payload`. Validated as UTF-8 once here rather than string by
+    /// string: a body that is not UTF-8 is not the common shape (serde_json refuses it, in a
+    /// string or out of one).
+    #[inline]
+    fn new(payload: &'a [u8]) -> Option<Reader<'a>> {
+        Some(Reader {
+            text: std::str::from_utf8(payload).ok()?,
+            bytes: payload,
+            at: 0,
+        })
+    }
+
     #[inline]
     fn peek(&self) -> Option<u8> {
         self.bytes.get(self.at).copied()
@@ -373,12 +378,7 @@ const MAX_VALUES: usize = 16;
 /// does not convert), it leaves to the general way by answering `None`, so every rejection and
 /// its reason come from there.
 pub(super) fn message<'a>(payload: &'a [u8], ctx: &DecodeContext) -> Option<V1Message<'a>> {
-    let text = std::str::from_utf8(payload).ok()?;
-    let mut r = Reader {
-        text,
-        bytes: payload,
-        at: 0,
-    };
+    let mut r = Reader::new(payload)?;
     let mut ts = None;
     let mut channel = None;
     let mut interval_s = None;
@@ -392,17 +392,16 @@ pub(super) fn message<'a>(payload: &'a [u8], ctx: &DecodeContext) -> Option<V1Me
     r.object(|r, key| {
         // A member given twice goes the general way (the last counts there).
         match key {
-            "ts" if ts.is_none() => ts = Some(r.ts()?),
+            // The checks' own rules, their rejections dropped (the general way gives them).
+            "ts" if ts.is_none() => ts = Some(parse_ts(Some(&r.scalar()?)).ok()?),
             "seq" if !seq => {
                 seq = true;
-                // An unsigned integer.
-                match r.number()? {
-                    Num::U64(_) => {}
-                    _ => return None,
-                }
+                check_seq(&r.scalar()?).ok()?;
             }
-            "channel" if channel.is_none() => channel = Some(r.channel()?),
-            "interval_s" if interval_s.is_none() => interval_s = Some(r.interval_s()?),
+            "channel" if channel.is_none() => channel = Some(channel_of(Some(r.scalar()?)).ok()?),
+            "interval_s" if interval_s.is_none() => {
+                interval_s = Some(interval_of(Some(&r.scalar()?)).ok()?)
+            }
             "values" if !have_values => {
                 have_values = true;
                 n_values = r.entries(&mut values, |r, key| {
@@ -467,7 +466,7 @@ pub(super) fn message<'a>(payload: &'a [u8], ctx: &DecodeContext) -> Option<V1Me
     }
     Some(V1Message {
         ts,
-        channel: Cow::Borrowed(channel.flatten().unwrap_or("")),
+        channel: channel.unwrap_or(Cow::Borrowed("")),
         interval_s: interval_s.flatten(),
         accepted,
         rejected_values: Vec::new(),
@@ -475,41 +474,6 @@ pub(super) fn message<'a>(payload: &'a [u8], ctx: &DecodeContext) -> Option<V1Me
 }
 
 impl<'a> Reader<'a> {
-    /// `ts`: integer epoch milliseconds or an RFC 3339 string, within the accepted years.
-    fn ts(&mut self) -> Option<i64> {
-        let ms = match self.peek()? {
-            b'"' => time::parse_rfc3339_ms(self.string()?)?,
-            _ => match self.number()? {
-                Num::U64(v) => i64::try_from(v).ok()?,
-                Num::I64(v) => v,
-                Num::F64(_) => return None,
-            },
-        };
-        (MIN_TS_MS..MAX_TS_MS).contains(&ms).then_some(ms)
-    }
-
-    /// `channel`: a short string without control characters, or null.
-    fn channel(&mut self) -> Option<Option<&'a str>> {
-        if self.peek()? == b'n' {
-            self.literal(b"null")?;
-            return Some(None);
-        }
-        let s = self.string()?;
-        // `string` has refused C0 controls; C1 controls are two bytes from 0xC2 on.
-        let control = || s.bytes().any(|b| b >= 0x7f) && s.chars().any(char::is_control);
-        (s.len() <= MAX_CHANNEL_LEN && !control()).then_some(Some(s))
-    }
-
-    /// `interval_s`: a positive number, or null.
-    fn interval_s(&mut self) -> Option<Option<f64>> {
-        if self.peek()? == b'n' {
-            self.literal(b"null")?;
-            return Some(None);
-        }
-        let v = self.number()?.as_f64();
-        (v.is_finite() && v > 0.0).then_some(Some(v))
-    }
-
     /// An object's entries, each read from its key by `entry` into `into`; their number.
     fn entries<T>(
         &mut self,
