@@ -76,37 +76,6 @@ impl Parsed {
     }
 }
 
-/// Event ids seen recently, to count resent events (they are absorbed by the table's key
-/// anyway). Bounded: the oldest half is forgotten when it fills; after a restart, replayed
-/// records are not counted as resends.
-struct RecentIds {
-    current: std::collections::HashSet<String>,
-    previous: std::collections::HashSet<String>,
-}
-
-impl RecentIds {
-    const HALF: usize = 50_000;
-
-    fn new() -> RecentIds {
-        RecentIds {
-            current: Default::default(),
-            previous: Default::default(),
-        }
-    }
-
-    /// True if `id` was seen before.
-    fn seen(&mut self, id: &str) -> bool {
-        if self.current.contains(id) || self.previous.contains(id) {
-            return true;
-        }
-        if self.current.len() >= Self::HALF {
-            self.previous = std::mem::take(&mut self.current);
-        }
-        self.current.insert(id.to_string());
-        false
-    }
-}
-
 /// Runs one sink until shutdown.
 pub(crate) async fn run(
     sink: Sink,
@@ -141,7 +110,8 @@ pub(crate) async fn run(
         .records_stored
         .with_label_values(&[sink.table()]);
     let mut versions = VersionClock(0);
-    let mut recent = RecentIds::new();
+    // Event ids remembered to count resends: the last 50 000 to 100 000 events.
+    let mut recent = crate::recent::Recent::new(50_000);
     while !step.shutdown.is_cancelled() {
         let mut parsed = Parsed::new(sink);
         let mut next: HashMap<i32, i64> = HashMap::new();
@@ -173,7 +143,10 @@ pub(crate) async fn run(
             continue;
         }
         if let Parsed::Events(events) = &parsed {
-            let resent = events.iter().filter(|e| recent.seen(&e.event_id)).count();
+            let resent = events
+                .iter()
+                .filter(|e| recent.seen(crate::recent::event_key(&e.event_id)))
+                .count();
             step.metrics.duplicate_events.inc_by(resent as u64);
         }
         let n = parsed.len();
@@ -220,22 +193,4 @@ pub(crate) async fn run(
         committed.extend(rows.iter().map(|r| (r.partition, r.next_offset)));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recent_ids_count_resends_and_stay_bounded() {
-        let mut r = RecentIds::new();
-        assert!(!r.seen("a"));
-        assert!(r.seen("a"));
-        for i in 0..(RecentIds::HALF * 2 + 1) {
-            r.seen(&i.to_string());
-        }
-        assert!(r.current.len() + r.previous.len() <= RecentIds::HALF * 2);
-        assert!(!r.seen("a"), "forgotten after two generations");
-        assert!(r.seen(&(RecentIds::HALF * 2).to_string()));
-    }
 }

@@ -2,7 +2,7 @@
 //! ClickHouse), faults on: every message is accounted for as stored, absorbed as a duplicate, or
 //! dead-lettered (or quarantined) with a reason, and nothing else appears.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -50,40 +50,43 @@ async fn registry_from_api(env: &Env) -> Result<RegistryView> {
 #[derive(Default)]
 struct Expected {
     readings: BTreeSet<(String, String, String, i64)>,
-    letters: BTreeSet<(String, String, String)>,
+    /// Dead letters as a multiset: a resent message that is rejected is rejected each time.
+    letters: BTreeMap<(String, String, String), usize>,
     events: BTreeSet<String>,
     quarantined: BTreeSet<String>,
     /// Message ids that produced at least one of the above.
     accounted: BTreeSet<String>,
+    /// Readings and events ingest writes (resends included), to count the duplicates among them.
+    readings_written: usize,
+    events_written: usize,
 }
 
-async fn dead_letters(env: &Env, want: usize) -> Result<BTreeSet<(String, String, String)>> {
+/// Every dead letter on the topic, counted by (message id, code, metric), read until `want` have
+/// come and then for two quiet seconds more, so a letter written twice shows as a count of two.
+async fn dead_letters(env: &Env, want: usize) -> Result<BTreeMap<(String, String, String), usize>> {
     let consumer = env.topic_reader("deadletter")?;
-    let mut seen = BTreeSet::new();
+    let mut seen = BTreeMap::new();
+    let mut count = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while seen.len() < want {
-        let Ok(m) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
-            break;
+    loop {
+        let wait = if count < want {
+            tokio::time::timeout_at(deadline, consumer.recv()).await
+        } else {
+            tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await
         };
+        let Ok(m) = wait else { break };
         let letter: DeadLetter = serde_json::from_slice(m?.payload().unwrap_or_default())?;
         assert!(
             letter.reason.len() > 5,
             "every dead letter has a reason: {letter:?}"
         );
-        seen.insert((
+        let key = (
             letter.message_id,
             letter.code.as_str().to_string(),
             letter.metric.unwrap_or_default(),
-        ));
-    }
-    // Anything beyond what was expected would show here too.
-    while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await {
-        let letter: DeadLetter = serde_json::from_slice(m.payload().unwrap_or_default())?;
-        seen.insert((
-            letter.message_id,
-            letter.code.as_str().to_string(),
-            letter.metric.unwrap_or_default(),
-        ));
+        );
+        *seen.entry(key).or_insert(0) += 1;
+        count += 1;
     }
     Ok(seen)
 }
@@ -146,10 +149,26 @@ async fn every_format_with_faults_is_stored_absorbed_or_dead_lettered() -> Resul
     };
     for (topic, payload, format) in &published {
         let id = ioc_ingest::decode::message_id(topic, payload);
-        if ids.insert(id.clone(), *format).is_some() {
-            continue;
-        }
+        let first = ids.insert(id.clone(), *format).is_none();
         for record in ingestor.process(topic, payload, &ctx).records {
+            match &*record.topic {
+                "x.readings" => expected.readings_written += record.readings,
+                "x.events" => expected.events_written += 1,
+                _ => {}
+            }
+            if !first {
+                // A resend is stored once (by key), but each rejection of it is a letter.
+                if &*record.topic == "x.deadletter" {
+                    let l: DeadLetter = serde_json::from_slice(&record.payload)?;
+                    let key = (
+                        l.message_id,
+                        l.code.as_str().into(),
+                        l.metric.unwrap_or_default(),
+                    );
+                    *expected.letters.entry(key).or_insert(0) += 1;
+                }
+                continue;
+            }
             match &*record.topic {
                 "x.readings" => {
                     let batch: ReadingBatch = serde_json::from_slice(&record.payload)?;
@@ -161,11 +180,12 @@ async fn every_format_with_faults_is_stored_absorbed_or_dead_lettered() -> Resul
                 }
                 "x.deadletter" => {
                     let l: DeadLetter = serde_json::from_slice(&record.payload)?;
-                    expected.letters.insert((
+                    let key = (
                         l.message_id,
                         l.code.as_str().into(),
                         l.metric.unwrap_or_default(),
-                    ));
+                    );
+                    *expected.letters.entry(key).or_insert(0) += 1;
                 }
                 "x.events" => {
                     let e: ioc_contract::Event = serde_json::from_slice(&record.payload)?;
@@ -186,7 +206,7 @@ async fn every_format_with_faults_is_stored_absorbed_or_dead_lettered() -> Resul
         published.len(),
         duplicates,
         expected.readings.len(),
-        expected.letters.len(),
+        expected.letters.values().sum::<usize>(),
         expected.events.len(),
         expected.quarantined.len()
     );
@@ -203,12 +223,12 @@ async fn every_format_with_faults_is_stored_absorbed_or_dead_lettered() -> Resul
     let mut stored_formats: BTreeSet<&str> = BTreeSet::new();
     for (topic, payload, format) in &published {
         let id = ioc_ingest::decode::message_id(topic, payload);
-        if !expected.letters.iter().any(|l| l.0 == id) && !expected.quarantined.contains(&id) {
+        if !expected.letters.keys().any(|l| l.0 == id) && !expected.quarantined.contains(&id) {
             stored_formats.insert(*format);
         }
     }
     assert_eq!(stored_formats.len(), 6, "{stored_formats:?}");
-    let codes: BTreeSet<&str> = expected.letters.iter().map(|l| l.1.as_str()).collect();
+    let codes: BTreeSet<&str> = expected.letters.keys().map(|l| l.1.as_str()).collect();
     for code in ["malformed", "unknown_unit", "unknown_device"] {
         assert!(codes.contains(code), "{code} among {codes:?}");
     }
@@ -223,7 +243,8 @@ async fn every_format_with_faults_is_stored_absorbed_or_dead_lettered() -> Resul
             Ok((rows.len() >= expected.readings.len()).then_some(rows))
         })
         .await?;
-    let stored: BTreeSet<(String, String, String, i64)> = stored
+    // A list, not a set: a reading that FINAL still shows twice must fail here.
+    let mut stored: Vec<(String, String, String, i64)> = stored
         .into_iter()
         .map(|r| {
             (
@@ -234,17 +255,34 @@ async fn every_format_with_faults_is_stored_absorbed_or_dead_lettered() -> Resul
             )
         })
         .collect();
-    assert_eq!(
-        stored.len(),
-        expected.readings.len(),
-        "no reading twice or extra"
-    );
+    stored.sort();
+    let want: Vec<_> = expected.readings.iter().cloned().collect();
+    assert_eq!(stored.len(), want.len(), "no reading twice or extra");
     assert!(
-        stored == expected.readings,
+        stored == want,
         "stored readings differ from ingest's decisions"
     );
 
-    let letters = dead_letters(&env, expected.letters.len()).await?;
+    // Resends are counted where the device's partition is read: every reading written again
+    // with a key already stored, and every event id written again.
+    let resent_readings = expected.readings_written - expected.readings.len();
+    assert!(resent_readings > 0);
+    env.eventually(
+        "resent readings counted",
+        Duration::from_secs(30),
+        || async {
+            let n = env
+                .metric(
+                    env.stream_metrics_port,
+                    "ioc_stream_duplicate_readings_total",
+                )
+                .await?;
+            Ok((n as usize == resent_readings).then_some(()))
+        },
+    )
+    .await?;
+
+    let letters = dead_letters(&env, expected.letters.values().sum()).await?;
     assert_eq!(letters, expected.letters);
 
     let events = env
@@ -259,8 +297,21 @@ async fn every_format_with_faults_is_stored_absorbed_or_dead_lettered() -> Resul
             },
         )
         .await?;
-    let event_ids: BTreeSet<String> = events.iter().map(|r| r[0].clone()).collect();
-    assert_eq!(event_ids, expected.events);
+    let mut event_ids: Vec<String> = events.iter().map(|r| r[0].clone()).collect();
+    event_ids.sort();
+    assert_eq!(
+        event_ids,
+        Vec::from_iter(expected.events.iter().cloned()),
+        "each event once"
+    );
+    let resent_events = expected.events_written - expected.events.len();
+    env.eventually("resent events counted", Duration::from_secs(30), || async {
+        let n = env
+            .metric(env.stream_metrics_port, "ioc_stream_duplicate_events_total")
+            .await?;
+        Ok((n as usize == resent_events).then_some(()))
+    })
+    .await?;
     let evidence = env
         .clickhouse("SELECT event_id, plate FROM evidence FINAL")
         .await?;
@@ -286,8 +337,13 @@ async fn every_format_with_faults_is_stored_absorbed_or_dead_lettered() -> Resul
             },
         )
         .await?;
-    let quarantined: BTreeSet<String> = quarantined.into_iter().map(|r| r[0].clone()).collect();
-    assert_eq!(quarantined, expected.quarantined);
+    let mut quarantined: Vec<String> = quarantined.into_iter().map(|r| r[0].clone()).collect();
+    quarantined.sort();
+    assert_eq!(
+        quarantined,
+        Vec::from_iter(expected.quarantined.iter().cloned()),
+        "each quarantined message once"
+    );
     Ok(())
 }
 
