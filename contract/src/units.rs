@@ -229,6 +229,13 @@ mod tests {
         assert!((co - 1145.6).abs() < 0.1, "{co}");
         let o3 = conv("o3", 50.0, "ppb").unwrap();
         assert!((o3 - 98.16).abs() < 0.01, "{o3}");
+        // SO2 64.07 and NO 30.01 g/mol (DOMAIN.md): 10 ppb = 26.204 and 12.274 µg/m³.
+        let so2 = conv("so2", 10.0, "ppb").unwrap();
+        assert!((so2 - 26.2045).abs() < 0.001, "{so2}");
+        let no = conv("no", 10.0, "ppb").unwrap();
+        assert!((no - 12.2740).abs() < 0.001, "{no}");
+        let so2_ppm = conv("so2", 0.01, "ppm").unwrap();
+        assert!((so2_ppm - so2).abs() < 1e-9, "1 ppm is 1000 ppb: {so2_ppm}");
     }
 
     #[test]

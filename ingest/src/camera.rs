@@ -320,6 +320,30 @@ mod tests {
     }
 
     #[test]
+    fn every_violation_type_decodes_and_epoch_milliseconds_are_a_time() {
+        for kind in ioc_contract::CAMERA_EVENT_TYPES {
+            let body = EXAMPLE.replace("red_light", kind);
+            assert_eq!(decode_camera(body.as_bytes(), &ctx()).unwrap().kind, kind);
+        }
+        let ms = EXAMPLE.replace(
+            r#""2026-11-26T15:04:00+07:00""#,
+            &(NOW - 60_000).to_string(),
+        );
+        let e = decode_camera(ms.as_bytes(), &ctx()).unwrap();
+        assert_eq!(e.ts, NOW - 60_000);
+        assert!(e.suspect_reason.is_empty());
+        // Backfill from a camera that was offline for 50 days is good, not suspect.
+        let old = EXAMPLE.replace(
+            r#""2026-11-26T15:04:00+07:00""#,
+            &(NOW - 50 * 86_400_000).to_string(),
+        );
+        assert!(decode_camera(old.as_bytes(), &ctx())
+            .unwrap()
+            .suspect_reason
+            .is_empty());
+    }
+
+    #[test]
     fn pseudonyms_are_keyed_stable_and_ignore_punctuation() {
         let k = PlateKey::new("secret-1").unwrap();
         let p = k.pseudonym("47A-123.45");

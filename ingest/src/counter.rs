@@ -211,6 +211,40 @@ mod tests {
     }
 
     #[test]
+    fn the_future_is_suspect_backfill_is_good_and_text_values_are_rejected_alone() {
+        let now_s = ctx().received_at / 1000;
+        let ahead = decode(&format!(
+            r#"{{"end":{},"lanes":[{{"lane":1,"count":4}}]}}"#,
+            now_s + 3_600
+        ))
+        .unwrap();
+        assert_eq!(ahead.readings[0].quality, Quality::Suspect);
+        assert!(ahead.readings[0]
+            .quality_reason
+            .contains("ahead of receive time"));
+        // A counter's backlog after a 50-day outage is good data.
+        let backfill = decode(&format!(
+            r#"{{"end":{},"lanes":[{{"lane":1,"count":4,"avg_speed":"NaN","occupancy":"-"}}]}}"#,
+            now_s - 50 * 86_400
+        ))
+        .unwrap();
+        assert_eq!(backfill.readings.len(), 1);
+        assert_eq!(backfill.readings[0].quality, Quality::Good);
+        let rejected: Vec<(&str, RejectCode)> = backfill
+            .rejected_values
+            .iter()
+            .map(|r| (r.metric.as_str(), r.code))
+            .collect();
+        assert_eq!(
+            rejected,
+            vec![
+                ("avg_speed", RejectCode::NotANumber),
+                ("occupancy", RejectCode::NotANumber)
+            ]
+        );
+    }
+
+    #[test]
     fn whole_message_rejections() {
         for (body, code) in [
             ("[]", RejectCode::Malformed),

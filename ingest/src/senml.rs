@@ -68,7 +68,13 @@ pub fn decode_senml(
             })
         };
         if let Some(bn) = r.get("bn") {
-            base_name = bn.as_str().unwrap_or_default().to_string();
+            let Some(bn) = bn.as_str() else {
+                return Err(Rejection::new(
+                    RejectCode::InvalidField,
+                    format!("record {i}: bn must be a string, found {bn}"),
+                ));
+            };
+            base_name = bn.to_string();
         }
         if let Some(bt) = r.get("bt") {
             match bt.as_f64().filter(|t| t.is_finite()) {
@@ -82,18 +88,34 @@ pub fn decode_senml(
             }
         }
         if let Some(bu) = r.get("bu") {
-            base_unit = bu.as_str().map(str::to_string);
+            // A base unit that is not a unit's name would leave the records after it to a guess.
+            let Some(bu) = bu.as_str() else {
+                return Err(Rejection::new(
+                    RejectCode::UnknownUnit,
+                    format!("record {i}: bu must be a unit's name (a string), found {bu}"),
+                ));
+            };
+            base_unit = Some(bu.to_string());
         }
-        let name = format!(
-            "{base_name}{}",
-            r.get("n").and_then(Value::as_str).unwrap_or("")
-        );
         let has_value = ["v", "vs", "vb", "vd", "s"]
             .iter()
             .any(|k| r.contains_key(*k));
         if !has_value {
             continue; // a base-only record
         }
+        let name = match r.get("n") {
+            None => base_name.clone(),
+            Some(Value::String(n)) => format!("{base_name}{n}"),
+            Some(n) => {
+                reject(
+                    &mut out,
+                    "",
+                    RejectCode::UnknownMetric,
+                    format!("n must be a string, found {n}"),
+                );
+                continue;
+            }
+        };
         let short = name
             .rsplit([':', '/'])
             .next()
@@ -117,15 +139,24 @@ pub fn decode_senml(
             );
             continue;
         };
-        let unit = r
-            .get("u")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .or_else(|| base_unit.clone());
+        let unit = match r.get("u") {
+            None => base_unit.as_deref(),
+            Some(Value::String(u)) => Some(u.as_str()),
+            Some(u) => {
+                reject(
+                    &mut out,
+                    spec.name,
+                    RejectCode::UnknownUnit,
+                    format!("{name}: u must be a unit's name (a string), found {u}"),
+                );
+                continue;
+            }
+        };
         let value = match unit {
-            // No unit: the catalogue's is meant (the device was set up for it).
+            // Neither `u` nor `bu`: RFC 8428 leaves the unit to the name; here the name is a
+            // catalogue metric, whose unit is meant (the README says so to device makers).
             None => value,
-            Some(u) => match units::to_canonical(spec, value, unit_of(&u)) {
+            Some(u) => match units::to_canonical(spec, value, unit_of(u)) {
                 Ok(v) => v,
                 Err(e) => {
                     reject(&mut out, spec.name, RejectCode::UnknownUnit, e.to_string());
@@ -190,6 +221,7 @@ pub fn decode_senml(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ioc_contract::Quality;
 
     fn ctx() -> DecodeContext {
         DecodeContext {
@@ -257,6 +289,91 @@ mod tests {
                 RejectCode::NotANumber,
                 RejectCode::UnknownUnit,
                 RejectCode::UnknownUnit,
+            ]
+        );
+    }
+
+    #[test]
+    fn units_and_names_that_are_not_strings_are_rejections_never_guesses() {
+        // A `u` that is not a string rejects that value only (before, the catalogue unit was
+        // assumed); `n` likewise.
+        let d = decode(
+            r#"[{"bn":"aq-001/","bt":1795658340,"n":"pm25","v":12},
+                {"n":"co","u":1,"v":1.2},
+                {"n":7,"v":3}]"#,
+        )
+        .unwrap();
+        assert_eq!(d.readings.len(), 1);
+        let got: Vec<(RejectCode, &str)> = d
+            .rejected_values
+            .iter()
+            .map(|r| (r.code, r.reason.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    RejectCode::UnknownUnit,
+                    "record 1: aq-001/co: u must be a unit's name (a string), found 1"
+                ),
+                (
+                    RejectCode::UnknownMetric,
+                    "record 2: n must be a string, found 7"
+                ),
+            ]
+        );
+        // A base unit or base name that is not a string would mislead every record after it.
+        let e = decode(r#"[{"bu":null,"n":"co","v":1.2}]"#).unwrap_err();
+        assert_eq!(e.code, RejectCode::UnknownUnit);
+        assert_eq!(
+            e.reason,
+            "record 0: bu must be a unit's name (a string), found null"
+        );
+        let e = decode(r#"[{"bn":5,"n":"co","v":1.2}]"#).unwrap_err();
+        assert_eq!(e.code, RejectCode::InvalidField);
+    }
+
+    #[test]
+    fn the_future_is_suspect_backfill_is_good_and_text_values_are_rejected_alone() {
+        let now_s = ctx().received_at / 1000;
+        let body = format!(
+            r#"[{{"bt":{now_s},"n":"pm25","v":12,"t":3600}},
+                {{"n":"pm10","v":30,"t":-4320000}},
+                {{"n":"no2","v":"NaN"}},
+                {{"n":"o3","vs":"-"}}]"#
+        );
+        let d = decode(&body).unwrap();
+        let got: Vec<(&str, Quality)> = d
+            .readings
+            .iter()
+            .map(|r| (r.metric.as_str(), r.quality))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("pm25", Quality::Suspect), ("pm10", Quality::Good)]
+        );
+        assert!(
+            d.readings[0]
+                .quality_reason
+                .contains("ahead of receive time"),
+            "{:?}",
+            d.readings[0]
+        );
+        assert_eq!(
+            d.readings[1].ts,
+            ctx().received_at - 50 * 86_400_000,
+            "50 days back"
+        );
+        let rejected: Vec<(&str, RejectCode)> = d
+            .rejected_values
+            .iter()
+            .map(|r| (r.metric.as_str(), r.code))
+            .collect();
+        assert_eq!(
+            rejected,
+            vec![
+                ("no2", RejectCode::NotANumber),
+                ("o3", RejectCode::NotANumber)
             ]
         );
     }
