@@ -130,7 +130,25 @@ fn main() -> ExitCode {
 
     if let Command::CheckConfig { file } = &cli.command {
         return match ioc_config::load(Some(file), std::env::vars()) {
-            Ok(_) => {
+            Ok(config) => {
+                // What only ingest can judge (a vendor profile's units and time format), judged
+                // as ingest will judge it at start.
+                let problems: Vec<String> = config
+                    .ingest
+                    .vendor_profiles
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, p)| {
+                        let e = ioc_ingest::flat::Profile::from_config(p).err()?;
+                        Some(format!("ingest.vendor_profiles[{i}] ({}): {e}", p.name))
+                    })
+                    .collect();
+                if !problems.is_empty() {
+                    for problem in problems {
+                        eprintln!("{}: {problem}", file.display());
+                    }
+                    return ExitCode::from(2);
+                }
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS
             }

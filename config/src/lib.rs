@@ -860,6 +860,50 @@ limit = -1.0
     }
 
     #[test]
+    fn routes_need_a_known_format_literal_levels_and_distinct_captures() {
+        let route = |topic: &str, format: &str| Route {
+            topic: topic.into(),
+            format: format.into(),
+        };
+        assert_eq!(
+            route("ioc/v1/devices/{device_id}/senml", "senml").problem(),
+            None
+        );
+        assert_eq!(
+            route("sites/{site}/gw/{imei}/flat", "vendor-flat").filter(),
+            "sites/+/gw/+/flat"
+        );
+        for (topic, format, problem) in [
+            ("ioc/{device_id}/x", "csv", "format \"csv\" is not one of"),
+            ("ioc/+/x", "senml", "level \"+\" must be"),
+            ("ioc//x", "senml", "level \"\" must be"),
+            ("ioc/#", "senml", "level \"#\" must be"),
+            ("ioc/{a/b}/x", "senml", "must be a non-empty literal"),
+            (
+                "ioc/{a}/{a}",
+                "senml",
+                "captures need distinct non-empty names",
+            ),
+            (
+                "ioc/{}/x",
+                "senml",
+                "captures need distinct non-empty names",
+            ),
+        ] {
+            let got = route(topic, format).problem();
+            assert!(
+                got.as_deref().is_some_and(|p| p.contains(problem)),
+                "{topic} {format}: {got:?}"
+            );
+        }
+        // Each is reported at its place in the list.
+        let file = "[ingest]\nroutes = [{ topic = \"a/{x}\", format = \"senml\" }, { topic = \"a/+\", format = \"senml\" }]\n";
+        let err = load_str(Some(("f.toml", file)), no_env()).unwrap_err();
+        let paths: Vec<String> = err.problems().into_iter().map(|p| p.path).collect();
+        assert_eq!(paths, vec!["ingest.routes[1]"]);
+    }
+
+    #[test]
     fn utc_offsets_parse_and_a_bad_one_is_reported() {
         assert_eq!(parse_utc_offset("+07:00"), Some(25_200_000));
         assert_eq!(parse_utc_offset("-03:30"), Some(-12_600_000));

@@ -239,7 +239,8 @@ fn details(fields: &Fields, problems: &mut Vec<FieldProblem>) -> DeviceChanges {
 }
 
 /// Checks a registration, reporting every problem at once.
-fn validate_registration(body: &[u8], by: Actor) -> ApiResult<Device> {
+/// `profiles`: the vendor profiles ingest knows (`flat-gateway` and `ingest.vendor_profiles`).
+fn validate_registration(body: &[u8], by: Actor, profiles: &[&str]) -> ApiResult<Device> {
     let fields = json_object(body)?;
     let mut problems = Vec::new();
     let changes = details(&fields, &mut problems);
@@ -312,11 +313,15 @@ fn validate_registration(body: &[u8], by: Actor) -> ApiResult<Device> {
     };
     let vendor_profile = match fields.get("vendor_profile") {
         None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(p)) if valid_device_id(p) => Some(p.clone()),
+        Some(serde_json::Value::String(p)) if profiles.contains(&p.as_str()) => Some(p.clone()),
         Some(_) => {
+            // A profile ingest does not know would dead-letter every message as not_configured.
             problem(
                 "vendor_profile",
-                "must be a profile name: 1 to 64 characters of A-Z a-z 0-9 _ - .".into(),
+                format!(
+                    "must be one of ingest's vendor profiles: {}",
+                    profiles.join(", ")
+                ),
             );
             None
         }
@@ -490,7 +495,10 @@ async fn register_device(
     body: Bytes,
 ) -> ApiResult<Response> {
     let by = authorize(&state, bearer(&headers), Permission::ManageDevices)?;
-    let device = validate_registration(&body, by.clone())?;
+    let profiles: Vec<&str> = std::iter::once(ioc_ingest::flat::DEFAULT_PROFILE)
+        .chain(state.ingest.vendor_profiles.iter().map(|p| p.name.as_str()))
+        .collect();
+    let device = validate_registration(&body, by.clone(), &profiles)?;
     if let Some(existing) = state.registry.get(&device.device_id) {
         return if same_registration(&existing, &device) {
             Ok((StatusCode::OK, Json(show(&state, &existing))).into_response())

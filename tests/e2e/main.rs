@@ -32,6 +32,47 @@ fn check_config_reports_every_problem_with_its_path() {
     for path in ["kafka.brokers", "kafka.bogus", "stream.idle_timeout"] {
         assert!(stderr.contains(path), "{path} missing from:\n{stderr}");
     }
+    // A vendor profile's unit and time format are judged too, each with its place.
+    let profile = dir.join("profile.toml");
+    std::fs::write(
+        &profile,
+        r#"[[ingest.vendor_profiles]]
+name = "acme"
+id_key = "id"
+id_kind = "imei"
+time_key = "t"
+time_format = "HH:mm"
+decimal_comma = false
+fields = [{ key = "pm", metric = "pm25", unit = "ug/m3" }]
+
+[[ingest.vendor_profiles]]
+name = "zenith"
+id_key = "id"
+id_kind = "imei"
+time_key = "t"
+time_format = "epoch_s"
+decimal_comma = false
+fields = [{ key = "co", metric = "co", unit = "furlongs" }]
+"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ioc"))
+        .args(["check-config"])
+        .arg(&profile)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ingest.vendor_profiles[0] (acme): time_format \"HH:mm\" needs yyyy"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "ingest.vendor_profiles[1] (zenith): field \"co\": unknown unit \"furlongs\""
+        ),
+        "{stderr}"
+    );
     let good = dir.join("good.toml");
     std::fs::write(&good, "[stream.pm25_alert]\nlimit = 45\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ioc"))
@@ -122,6 +163,77 @@ fn decode_shows_what_ingest_makes_of_a_payload() {
     assert_eq!(lines[1]["reason"], "station calibrating (status 01)");
     assert_eq!(lines[2]["error"], "not_a_number");
     assert_eq!(lines[2]["metric"], "tss");
+    assert_eq!(
+        (&lines[0]["device_id"], &lines[0]["channel"]),
+        (&serde_json::json!("ww-001"), &serde_json::json!("")),
+        "the device named by --device, no channel"
+    );
+
+    // The readable form installers see by default: a line per reading, then the rejections.
+    let out = Command::new(ioc)
+        .args(["decode", "--format", "tt10-station", "--device", "ww-001"])
+        .arg(&station)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let text: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        text[..2],
+        [
+            "2026-11-26T01:55:00.000Z  ww-001  ph = 7.21 pH  good",
+            "2026-11-26T01:55:00.000Z  ww-001  cod = 61.5 mg/L  suspect (station calibrating (status 01))",
+        ],
+        "{text:?}"
+    );
+    assert!(
+        text[2].starts_with("rejected tss (not_a_number): ") && text.len() == 3,
+        "{text:?}"
+    );
+
+    // A lane is a reading's channel.
+    let counts = dir.join("counts.json");
+    std::fs::write(
+        &counts,
+        r#"{"sensor":"TC-1","end":1795658340,"interval_s":60,"lanes":[{"lane":2,"count":17,"occupancy":0.12}]}"#,
+    )
+    .unwrap();
+    let out = Command::new(ioc)
+        .args([
+            "decode",
+            "--format",
+            "traffic-counter",
+            "--device",
+            "tc-001",
+            "--json",
+        ])
+        .arg(&counts)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<(&str, &str, &str, f64)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["device_id"].as_str().unwrap(),
+                l["channel"].as_str().unwrap(),
+                l["metric"].as_str().unwrap(),
+                l["value"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("tc-001", "lane-2", "vehicle_count", 17.0),
+            ("tc-001", "lane-2", "occupancy", 12.0)
+        ]
+    );
 
     // A whole-message rejection: one JSON object with error and reason, exit 1.
     let mut child = Command::new(ioc)

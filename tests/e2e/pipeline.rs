@@ -339,14 +339,14 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
         &env,
         serde_json::json!({"device_id": "x-1", "kind": "wastewater", "name": "x", "lat": 12.7,
             "lon": 108.0, "expected_interval_s": 300, "external_ids": {"serial": "1", "imei": "a/b"},
-            "decoder": "csv"}),
+            "decoder": "csv", "vendor_profile": "acme-9000"}),
     )
     .await?;
     assert_eq!(status, 422);
     let fields = problem_fields(&body);
     assert_eq!(
         fields,
-        vec!["external_ids", "external_ids", "decoder"],
+        vec!["external_ids", "external_ids", "decoder", "vendor_profile"],
         "{body}"
     );
     let devices = env.get_json("/api/v1/devices").await?;
