@@ -419,3 +419,189 @@ pub(crate) fn absurd(metric: &str) -> f64 {
         _ => 1e9,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The signals' shape, measured the way an analyst would: hourly means over weeks of samples.
+    use super::*;
+    use rand::SeedableRng;
+
+    /// Local midnight starting a Monday, in March (dry, burning season) and July (wet).
+    const MARCH: i64 = 1_772_384_400_000;
+    const JULY: i64 = 1_783_270_800_000;
+    const TEN_MINUTES: i64 = 600_000;
+
+    fn values(s: Sample) -> Vec<Value> {
+        match s {
+            Sample::Values(v) => v,
+            Sample::Violation(_) => panic!("a violation"),
+        }
+    }
+
+    /// Mean of `metric` over `days` from `start`, at samples whose local time satisfies `when`.
+    fn mean(
+        start: i64,
+        days: i64,
+        metric: &str,
+        when: impl Fn(&Local) -> bool,
+        sample: &mut impl FnMut(i64) -> Vec<Value>,
+    ) -> f64 {
+        let (mut sum, mut n) = (0.0, 0);
+        for k in 0..days * 144 {
+            let ts = start + k * TEN_MINUTES;
+            if !when(&local(ts)) {
+                continue;
+            }
+            for v in sample(ts).into_iter().filter(|v| v.metric == metric) {
+                sum += v.v;
+                n += 1;
+            }
+        }
+        assert!(n > 0, "no samples of {metric}");
+        sum / n as f64
+    }
+
+    fn between(from: f64, to: f64) -> impl Fn(&Local) -> bool {
+        move |l: &Local| l.weekday < 5 && (from..to).contains(&l.hour)
+    }
+
+    #[test]
+    fn air_has_rush_hour_peaks_midday_ozone_and_a_smoky_dry_season() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut station = |ts| values(air(7, 1.0, ts, &mut rng));
+        let days = 28;
+        // The day's shape, in July when little smoke hides it.
+        let pm25_rush = mean(JULY, days, "pm25", between(7.0, 8.0), &mut station);
+        let pm25_afternoon = mean(JULY, days, "pm25", between(14.0, 15.0), &mut station);
+        assert!(
+            pm25_rush > 1.8 * pm25_afternoon,
+            "{pm25_rush} {pm25_afternoon}"
+        );
+        let no2_rush = mean(JULY, days, "no2", between(17.0, 18.0), &mut station);
+        let no2_midday = mean(JULY, days, "no2", between(12.0, 13.0), &mut station);
+        assert!(no2_rush > 2.0 * no2_midday, "{no2_rush} {no2_midday}");
+        let co_rush = mean(JULY, days, "co", between(7.0, 8.0), &mut station);
+        let co_night = mean(JULY, days, "co", between(2.0, 3.0), &mut station);
+        assert!(co_rush > 1.5 * co_night, "{co_rush} {co_night}");
+        let o3_midday = mean(JULY, days, "o3", between(12.0, 13.0), &mut station);
+        let o3_night = mean(JULY, days, "o3", between(1.0, 4.0), &mut station);
+        assert!(o3_midday > 3.0 * o3_night, "{o3_midday} {o3_night}");
+        // Weekends have thinner rush hours.
+        let weekend_rush = mean(
+            JULY,
+            days,
+            "no2",
+            |l| l.weekday >= 5 && (17.0..18.0).contains(&l.hour),
+            &mut station,
+        );
+        assert!(weekend_rush < 0.8 * no2_rush, "{weekend_rush} {no2_rush}");
+
+        let all = |_: &Local| true;
+        let march = mean(MARCH, days, "pm25", all, &mut station);
+        let july = mean(JULY, days, "pm25", all, &mut station);
+        assert!(march > 1.8 * july, "dry season smoke: {march} vs {july}");
+    }
+
+    #[test]
+    fn smoke_episodes_come_in_the_burning_season_and_rise_and_fall() {
+        let blocks = |start: i64| {
+            (0..28 * 8)
+                .filter(|b| smoke(7, start + b * 3 * HOUR_MS + 90 * 60_000) > 0.0)
+                .count() as f64
+                / (28.0 * 8.0)
+        };
+        let (march, july) = (blocks(MARCH), blocks(JULY));
+        assert!((0.18..0.42).contains(&march), "{march}");
+        assert!(july < 0.06, "{july}");
+        // Inside an episode: low at the block's edges, highest in its middle.
+        let block = (0..28 * 8)
+            .map(|b| MARCH + b * 3 * HOUR_MS)
+            .find(|t| smoke(7, t + 90 * 60_000) > 0.0)
+            .unwrap();
+        let (edge, middle) = (smoke(7, block + 60_000), smoke(7, block + 90 * 60_000));
+        assert!(middle >= 40.0 && edge < 0.3 * middle, "{edge} {middle}");
+    }
+
+    #[test]
+    fn wastewater_follows_shifts_and_breaches_its_limits_now_and_then() {
+        let mut rng = SmallRng::seed_from_u64(2);
+        let mut station = |ts| values(wastewater(7, 0, 1.0, ts, &mut rng));
+        let days = 56;
+        let day_flow = mean(MARCH, days, "flow", between(8.0, 13.0), &mut station);
+        let night_flow = mean(MARCH, days, "flow", between(0.0, 5.0), &mut station);
+        assert!(day_flow > 1.6 * night_flow, "{day_flow} {night_flow}");
+        let sunday = mean(
+            MARCH,
+            days,
+            "flow",
+            |l| l.weekday == 6 && (8.0..13.0).contains(&l.hour),
+            &mut station,
+        );
+        assert!(sunday < 0.7 * day_flow, "{sunday} {day_flow}");
+        // QCVN 40:2011 column B: COD 150, TSS 100, NH4+ 10 mg/L, pH 5.5–9.
+        let (mut samples, mut breaches, mut calibrating) = (0, 0, 0);
+        for k in 0..days * 144 {
+            let ts = MARCH + k * TEN_MINUTES;
+            let v = station(ts);
+            samples += 1;
+            let get = |m: &str| v.iter().find(|x| x.metric == m).unwrap().v;
+            if get("cod") > 150.0
+                || get("tss") > 100.0
+                || get("nh4") > 10.0
+                || !(5.5..=9.0).contains(&get("ph"))
+            {
+                breaches += 1;
+            }
+            if v.iter().any(|x| x.status == "01") {
+                calibrating += 1;
+                assert!((8.0..8.34).contains(&local(ts).hour));
+            }
+        }
+        let share = breaches as f64 / samples as f64;
+        assert!(
+            (0.01..0.15).contains(&share),
+            "breaches in {share} of samples"
+        );
+        assert_eq!(calibrating, days * 3, "08:00, 08:10 and 08:20 every day");
+    }
+
+    #[test]
+    fn traffic_peaks_at_rush_hour_and_incidents_jam_it() {
+        let mut rng = SmallRng::seed_from_u64(3);
+        let mut counter = |ts| values(traffic(7, 0, 1.0, 2, ts, &mut rng));
+        let days = 28;
+        let rush = mean(
+            MARCH,
+            days,
+            "vehicle_count",
+            between(7.0, 8.0),
+            &mut counter,
+        );
+        let night = mean(
+            MARCH,
+            days,
+            "vehicle_count",
+            between(2.0, 4.0),
+            &mut counter,
+        );
+        assert!(rush > 4.0 * night, "{rush} {night}");
+        let rush_speed = mean(MARCH, days, "avg_speed", between(7.0, 8.0), &mut counter);
+        let night_speed = mean(MARCH, days, "avg_speed", between(2.0, 4.0), &mut counter);
+        assert!(rush_speed < night_speed, "{rush_speed} {night_speed}");
+        let (mut samples, mut jammed) = (0, 0);
+        for k in 0..days * 144 {
+            let v = counter(MARCH + k * TEN_MINUTES);
+            samples += 1;
+            let speed = v.iter().find(|x| x.metric == "avg_speed").unwrap().v;
+            let occupancy = v.iter().find(|x| x.metric == "occupancy").unwrap().v;
+            if speed < 12.0 && occupancy >= 55.0 {
+                jammed += 1;
+            }
+        }
+        let share = jammed as f64 / samples as f64;
+        assert!(
+            (0.01..0.06).contains(&share),
+            "incidents in {share} of minutes"
+        );
+    }
+}

@@ -327,6 +327,28 @@ mod tests {
     }
 
     #[test]
+    fn suspect_and_bad_readings_are_kept_out_of_windows_open_or_closed() {
+        let mut e = engine();
+        e.observe(&reading("a", "cod", T0 + 1_000, 10.0), 0, 0, T0);
+        for (i, quality) in [Quality::Suspect, Quality::Bad].into_iter().enumerate() {
+            let mut r = reading("a", "cod", T0 + 2_000 + i as i64, 500.0);
+            r.quality = quality;
+            r.quality_reason = "calibrating".into();
+            assert_eq!(e.observe(&r, 0, 1 + i as i64, T0), Observed::NotAggregated);
+        }
+        // Good readings move the watermark past the first window, which closes with only the good
+        // value; a suspect reading for it afterwards is not late, since it never counts.
+        e.observe(&reading("a", "cod", T0 + 80_000, 11.0), 0, 3, T0);
+        let closed = e.advance(T0);
+        assert_eq!(closed.windows.len(), 1);
+        let values: Vec<f64> = closed.windows[0].1.values.values().copied().collect();
+        assert_eq!(values, vec![10.0], "only the good reading is aggregated");
+        let mut late = reading("a", "cod", T0 + 3_000, 900.0);
+        late.quality = Quality::Suspect;
+        assert_eq!(e.observe(&late, 0, 4, T0), Observed::NotAggregated);
+    }
+
+    #[test]
     fn a_restored_checkpoint_makes_replayed_closed_windows_late() {
         let mut e = engine();
         e.restore_closed_until("a", T0 + 60_000);
