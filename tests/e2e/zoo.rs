@@ -116,6 +116,30 @@ async fn every_format_with_faults_is_stored_absorbed_or_dead_lettered() -> Resul
         let m = fleet.next_message(start + i as i64 * 500);
         published.push((m.topic, m.payload, m.format.name()));
     }
+    // Resends no open window sees: a bad reading, and a backfilled one whose window closed long
+    // ago, each sent twice. Only the stream's memory of recent keys counts them.
+    let v1 = fleet
+        .devices
+        .iter()
+        .find(|d| d.format == sensor_sim::Format::IocJson)
+        .expect("a v1 device")
+        .device_id
+        .clone();
+    for payload in [
+        format!(r#"{{"ts":{},"values":{{"pm25":5000}}}}"#, start + 1),
+        format!(
+            r#"{{"ts":{},"values":{{"pm25":12}}}}"#,
+            start - 2 * 86_400_000 + 1
+        ),
+    ] {
+        for _ in 0..2 {
+            published.push((
+                format!("ioc/v1/devices/{v1}/telemetry"),
+                payload.clone().into_bytes(),
+                "ioc-json",
+            ));
+        }
+    }
     published.push((
         "ioc/v1/gateways/gw-001/flat".into(),
         br#"{"imei":"869999999999999","time":"26/11/2026 08:05:00","PM2_5":"35,2"}"#.to_vec(),
