@@ -108,6 +108,26 @@ fn a_busy_port_is_named_with_the_flag_to_change_it() {
     );
 }
 
+/// Runs `ioc decode ARGS FILE`, which must succeed; each line it prints, a JSON object.
+fn decoded(args: &[&str], file: &std::path::Path) -> Vec<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_ioc"))
+        .arg("decode")
+        .args(args)
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 #[test]
 fn decode_shows_what_ingest_makes_of_a_payload() {
     let dir = std::env::temp_dir().join(format!("ioc-decode-{}", std::process::id()));
@@ -119,28 +139,10 @@ fn decode_shows_what_ingest_makes_of_a_payload() {
     )
     .unwrap();
     let ioc = env!("CARGO_BIN_EXE_ioc");
-    let out = Command::new(ioc)
-        .args([
-            "decode",
-            "--format",
-            "tt10-station",
-            "--device",
-            "ww-001",
-            "--json",
-        ])
-        .arg(&station)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let lines = decoded(
+        &["--format", "tt10-station", "--device", "ww-001", "--json"],
+        &station,
     );
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert_eq!(
         lines[0]["ts"], "2026-11-26T01:55:00.000Z",
@@ -198,24 +200,16 @@ fn decode_shows_what_ingest_makes_of_a_payload() {
         r#"{"sensor":"TC-1","end":1795658340,"interval_s":60,"lanes":[{"lane":2,"count":17,"occupancy":0.12}]}"#,
     )
     .unwrap();
-    let out = Command::new(ioc)
-        .args([
-            "decode",
+    let lines = decoded(
+        &[
             "--format",
             "traffic-counter",
             "--device",
             "tc-001",
             "--json",
-        ])
-        .arg(&counts)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+        ],
+        &counts,
+    );
     let got: Vec<(&str, &str, &str, f64)> = lines
         .iter()
         .map(|l| {
@@ -272,17 +266,7 @@ fn decode_shows_what_ingest_makes_of_a_payload() {
         r#"{"imei":"861234567890123","time":"26/11/2026 08:05:00","PM2_5":"35,2","CO":"1,2","NO2":"21"}"#,
     )
     .unwrap();
-    let out = Command::new(ioc)
-        .args(["decode", "--format", "vendor-flat", "--json"])
-        .arg(&flat)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = decoded(&["--format", "vendor-flat", "--json"], &flat);
     let co = lines.iter().find(|l| l["metric"] == "co").unwrap();
     assert_eq!(
         (co["value"].as_f64(), &co["unit"]),
