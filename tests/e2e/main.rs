@@ -12,30 +12,38 @@ mod zoo;
 
 use std::process::Command;
 
+/// Writes `text` to `name` in `dir` and runs `ioc check-config` on it: its exit code and stderr.
+fn check_config(dir: &std::path::Path, name: &str, text: &str) -> (Option<i32>, String) {
+    let file = dir.join(name);
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ioc"))
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn check_config_reports_every_problem_with_its_path() {
     let dir = std::env::temp_dir().join(format!("ioc-check-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let bad = dir.join("bad.toml");
-    std::fs::write(
-        &bad,
+    let (code, stderr) = check_config(
+        &dir,
+        "bad.toml",
         "[kafka]\nbrokers = 1\nbogus = true\n[stream]\nidle_timeout = \"soon\"\n",
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ioc"))
-        .args(["check-config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    );
+    assert_eq!(code, Some(2));
     for path in ["kafka.brokers", "kafka.bogus", "stream.idle_timeout"] {
         assert!(stderr.contains(path), "{path} missing from:\n{stderr}");
     }
     // A vendor profile's unit and time format are judged too, each with its place.
-    let profile = dir.join("profile.toml");
-    std::fs::write(
-        &profile,
+    let (code, stderr) = check_config(
+        &dir,
+        "profile.toml",
         r#"[[ingest.vendor_profiles]]
 name = "acme"
 id_key = "id"
@@ -54,15 +62,8 @@ time_format = "epoch_s"
 decimal_comma = false
 fields = [{ key = "co", metric = "co", unit = "furlongs" }]
 "#,
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ioc"))
-        .args(["check-config"])
-        .arg(&profile)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    );
+    assert_eq!(code, Some(2));
     assert!(
         stderr.contains("ingest.vendor_profiles[0] (acme): time_format \"HH:mm\" needs yyyy"),
         "{stderr}"
@@ -73,18 +74,9 @@ fields = [{ key = "co", metric = "co", unit = "furlongs" }]
         ),
         "{stderr}"
     );
-    let good = dir.join("good.toml");
-    std::fs::write(&good, "[stream.pm25_alert]\nlimit = 45\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ioc"))
-        .args(["check-config"])
-        .arg(&good)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, stderr) = check_config(&dir, "good.toml", "[stream.pm25_alert]\nlimit = 45\n");
+    assert_eq!(code, Some(0), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
