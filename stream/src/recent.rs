@@ -5,8 +5,9 @@
 //! and the oldest is forgotten, so a resend is counted if its original is among the last
 //! `capacity` to `2 × capacity` keys this process saw. A stream process sees every record of its
 //! partitions, and a device's records all go to one partition, so several ingest processes do not
-//! split a device's resends. After a restart the replayed records are first sightings again:
-//! nothing is counted twice, and a resend whose original came before the restart is not counted.
+//! split a device's resends. After a restart the stream replays from its checkpoint (the oldest
+//! open window): a resend whose original is also in the replayed span is counted again, one whose
+//! original came before it is not counted.
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
@@ -42,7 +43,7 @@ impl Recent {
     }
 }
 
-/// A reading's key (device, channel, metric, event time), hashed the same in every process.
+/// A reading's key (device, channel, metric, event time), hashed; only this process compares them.
 pub fn reading_key(r: &Reading) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     (&r.device_id, &r.channel, &r.metric, r.ts).hash(&mut h);

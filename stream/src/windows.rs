@@ -55,7 +55,8 @@ struct DeviceState {
 pub enum Observed {
     /// Added to an open window.
     Added,
-    /// Same key already in its open window; replaced, not counted again.
+    /// Same key already in its open window; replaced, not added twice. (Resends are counted by
+    /// the caller, whatever became of them: `recent.rs`.)
     Duplicate,
     /// Its window already closed: recompute that window from stored rows.
     Late(WindowKey),
