@@ -237,6 +237,11 @@ impl Env {
 
     /// Starts `ioc <args>` with this deployment's config; output goes to `<dir>/<log>.log`.
     pub fn ioc(&self, log: &str, args: &[&str]) -> Result<Proc> {
+        self.ioc_with_env(log, args, &[])
+    }
+
+    /// [`Env::ioc`] with more environment variables (a second process's own settings).
+    pub fn ioc_with_env(&self, log: &str, args: &[&str], vars: &[(&str, String)]) -> Result<Proc> {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -249,6 +254,7 @@ impl Env {
             .env("IOC_LOG", "info,rdkafka=warn")
             .env("IOC_SIM__USERNAME", FLEET.0)
             .env("IOC_SIM__PASSWORD", FLEET.1)
+            .envs(vars.iter().map(|(k, v)| (k, v)))
             .stdout(out)
             .stderr(err)
             .spawn()

@@ -91,6 +91,133 @@ async fn dead_letters(env: &Env, want: usize) -> Result<BTreeMap<(String, String
     Ok(seen)
 }
 
+/// A published message: topic, payload, format.
+type Published = (String, Vec<u8>, &'static str);
+
+/// Ingest's decision for each message published (resends are byte-identical: one id), and the
+/// format of each distinct message by id.
+fn expectation(
+    config: &ioc_config::Config,
+    registry: RegistryView,
+    published: &[Published],
+) -> Result<(Expected, HashMap<String, &'static str>)> {
+    let ingestor = ioc_ingest::Ingestor::new(&config.ingest, registry, Topics::with_prefix("x."))?;
+    let mut expected = Expected::default();
+    let mut ids: HashMap<String, &'static str> = HashMap::new();
+    let ctx = DecodeContext {
+        received_at: ioc_contract::time::now_ms(),
+        max_future_skew_ms: config.ingest.max_future_skew.as_millis() as i64,
+        max_payload_bytes: config.ingest.max_payload_bytes,
+        utc_offset_ms: config.ingest.utc_offset_ms(),
+    };
+    for (topic, payload, format) in published {
+        let id = ioc_ingest::decode::message_id(topic, payload);
+        let first = ids.insert(id.clone(), *format).is_none();
+        for record in ingestor.process(topic, payload, &ctx).records {
+            match &*record.topic {
+                "x.readings" => expected.readings_written += record.readings,
+                "x.events" => expected.events_written += 1,
+                _ => {}
+            }
+            if !first {
+                // A resend is stored once (by key), but each rejection of it is a letter.
+                if &*record.topic == "x.deadletter" {
+                    let l: DeadLetter = serde_json::from_slice(&record.payload)?;
+                    let key = (
+                        l.message_id,
+                        l.code.as_str().into(),
+                        l.metric.unwrap_or_default(),
+                    );
+                    *expected.letters.entry(key).or_insert(0) += 1;
+                }
+                continue;
+            }
+            match &*record.topic {
+                "x.readings" => {
+                    let batch: ReadingBatch = serde_json::from_slice(&record.payload)?;
+                    for r in batch.readings {
+                        expected
+                            .readings
+                            .insert((r.device_id, r.channel, r.metric, r.ts));
+                    }
+                }
+                "x.deadletter" => {
+                    let l: DeadLetter = serde_json::from_slice(&record.payload)?;
+                    let key = (
+                        l.message_id,
+                        l.code.as_str().into(),
+                        l.metric.unwrap_or_default(),
+                    );
+                    *expected.letters.entry(key).or_insert(0) += 1;
+                }
+                "x.events" => {
+                    let e: ioc_contract::Event = serde_json::from_slice(&record.payload)?;
+                    expected.events.insert(e.event_id);
+                }
+                "x.quarantine" => {
+                    expected.quarantined.insert(id.clone());
+                }
+                "x.evidence" => {}
+                other => panic!("unexpected topic {other}"),
+            }
+            expected.accounted.insert(id.clone());
+        }
+    }
+    Ok((expected, ids))
+}
+
+/// The stored readings are exactly the expected ones, each once, and the stream counted every
+/// reading written again with a key already seen.
+async fn readings_stored_once_and_resends_counted(env: &Env, expected: &Expected) -> Result<()> {
+    let stored = env
+        .eventually("every reading stored", Duration::from_secs(120), || async {
+            let rows = env
+                .clickhouse("SELECT device_id, channel, metric, ts FROM readings FINAL")
+                .await?;
+            Ok((rows.len() >= expected.readings.len()).then_some(rows))
+        })
+        .await?;
+    // A list, not a set: a reading that FINAL still shows twice must fail here.
+    let mut stored: Vec<(String, String, String, i64)> = stored
+        .into_iter()
+        .map(|r| {
+            (
+                r[0].clone(),
+                r[1].clone(),
+                r[2].clone(),
+                r[3].parse().unwrap(),
+            )
+        })
+        .collect();
+    stored.sort();
+    let want: Vec<_> = expected.readings.iter().cloned().collect();
+    assert_eq!(stored.len(), want.len(), "no reading twice or extra");
+    assert!(
+        stored == want,
+        "stored readings differ from ingest's decisions"
+    );
+
+    // Resends are counted where the device's partition is read: every reading written again
+    // with a key already stored, and every event id written again.
+    let resent_readings = expected.readings_written - expected.readings.len();
+    assert!(resent_readings > 0);
+    env.eventually(
+        "resent readings counted",
+        Duration::from_secs(30),
+        || async {
+            let n = env
+                .metric(
+                    env.stream_metrics_port,
+                    "ioc_stream_duplicate_readings_total",
+                )
+                .await?;
+            Ok((n as usize == resent_readings).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_format_with_faults_is_stored_absorbed_or_dead_lettered() -> Result<()> {
     let env = Env::new(
@@ -107,7 +234,7 @@ async fn every_format_with_faults_is_stored_absorbed_or_dead_lettered() -> Resul
     // The simulated fleet with every fault on, plus messages from devices nobody registered: a
     // sensor behind a gateway, and a new station.
     let mut fleet = sensor_sim::Fleet::with_faults(&config.sim, sensor_sim::Faults::all(0.08));
-    let mut published: Vec<(String, Vec<u8>, &'static str)> = Vec::new();
+    let mut published: Vec<Published> = Vec::new();
     let (mqtt, _poll) = env.mqtt_client("zoo-devices");
     // Ten minutes of device time ending now: devices that report at most once a second (station
     // files, counters, cameras) get their share of messages too.
@@ -169,69 +296,7 @@ async fn every_format_with_faults_is_stored_absorbed_or_dead_lettered() -> Resul
             .await?;
     }
 
-    // Ingest's decision for each distinct message (resends are byte-identical: one id).
-    let ingestor = ioc_ingest::Ingestor::new(&config.ingest, registry, Topics::with_prefix("x."))?;
-    let mut expected = Expected::default();
-    let mut ids: HashMap<String, &'static str> = HashMap::new();
-    let ctx = DecodeContext {
-        received_at: ioc_contract::time::now_ms(),
-        max_future_skew_ms: config.ingest.max_future_skew.as_millis() as i64,
-        max_payload_bytes: config.ingest.max_payload_bytes,
-        utc_offset_ms: config.ingest.utc_offset_ms(),
-    };
-    for (topic, payload, format) in &published {
-        let id = ioc_ingest::decode::message_id(topic, payload);
-        let first = ids.insert(id.clone(), *format).is_none();
-        for record in ingestor.process(topic, payload, &ctx).records {
-            match &*record.topic {
-                "x.readings" => expected.readings_written += record.readings,
-                "x.events" => expected.events_written += 1,
-                _ => {}
-            }
-            if !first {
-                // A resend is stored once (by key), but each rejection of it is a letter.
-                if &*record.topic == "x.deadletter" {
-                    let l: DeadLetter = serde_json::from_slice(&record.payload)?;
-                    let key = (
-                        l.message_id,
-                        l.code.as_str().into(),
-                        l.metric.unwrap_or_default(),
-                    );
-                    *expected.letters.entry(key).or_insert(0) += 1;
-                }
-                continue;
-            }
-            match &*record.topic {
-                "x.readings" => {
-                    let batch: ReadingBatch = serde_json::from_slice(&record.payload)?;
-                    for r in batch.readings {
-                        expected
-                            .readings
-                            .insert((r.device_id, r.channel, r.metric, r.ts));
-                    }
-                }
-                "x.deadletter" => {
-                    let l: DeadLetter = serde_json::from_slice(&record.payload)?;
-                    let key = (
-                        l.message_id,
-                        l.code.as_str().into(),
-                        l.metric.unwrap_or_default(),
-                    );
-                    *expected.letters.entry(key).or_insert(0) += 1;
-                }
-                "x.events" => {
-                    let e: ioc_contract::Event = serde_json::from_slice(&record.payload)?;
-                    expected.events.insert(e.event_id);
-                }
-                "x.quarantine" => {
-                    expected.quarantined.insert(id.clone());
-                }
-                "x.evidence" => {}
-                other => panic!("unexpected topic {other}"),
-            }
-            expected.accounted.insert(id.clone());
-        }
-    }
+    let (expected, ids) = expectation(&config, registry, &published)?;
     let duplicates = published.len() - ids.len();
     eprintln!(
         "zoo: {} messages ({} resends), {} readings, {} dead letters, {} events, {} quarantined",
@@ -267,52 +332,7 @@ async fn every_format_with_faults_is_stored_absorbed_or_dead_lettered() -> Resul
     assert!(duplicates > 0 && !expected.quarantined.is_empty());
 
     // What the pipeline holds is exactly that.
-    let stored = env
-        .eventually("every reading stored", Duration::from_secs(120), || async {
-            let rows = env
-                .clickhouse("SELECT device_id, channel, metric, ts FROM readings FINAL")
-                .await?;
-            Ok((rows.len() >= expected.readings.len()).then_some(rows))
-        })
-        .await?;
-    // A list, not a set: a reading that FINAL still shows twice must fail here.
-    let mut stored: Vec<(String, String, String, i64)> = stored
-        .into_iter()
-        .map(|r| {
-            (
-                r[0].clone(),
-                r[1].clone(),
-                r[2].clone(),
-                r[3].parse().unwrap(),
-            )
-        })
-        .collect();
-    stored.sort();
-    let want: Vec<_> = expected.readings.iter().cloned().collect();
-    assert_eq!(stored.len(), want.len(), "no reading twice or extra");
-    assert!(
-        stored == want,
-        "stored readings differ from ingest's decisions"
-    );
-
-    // Resends are counted where the device's partition is read: every reading written again
-    // with a key already stored, and every event id written again.
-    let resent_readings = expected.readings_written - expected.readings.len();
-    assert!(resent_readings > 0);
-    env.eventually(
-        "resent readings counted",
-        Duration::from_secs(30),
-        || async {
-            let n = env
-                .metric(
-                    env.stream_metrics_port,
-                    "ioc_stream_duplicate_readings_total",
-                )
-                .await?;
-            Ok((n as usize == resent_readings).then_some(()))
-        },
-    )
-    .await?;
+    readings_stored_once_and_resends_counted(&env, &expected).await?;
 
     let letters = dead_letters(&env, expected.letters.values().sum()).await?;
     assert_eq!(letters, expected.letters);
@@ -376,6 +396,122 @@ async fn every_format_with_faults_is_stored_absorbed_or_dead_lettered() -> Resul
         quarantined,
         Vec::from_iter(expected.quarantined.iter().cloned()),
         "each quarantined message once"
+    );
+    Ok(())
+}
+
+/// Two ingest processes on one shared subscription: the broker spreads the fleet's messages, a
+/// device's resends among them, over both; each reading is still stored once and each resend
+/// counted once, where the device's partition is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ingest_processes_on_a_shared_subscription_store_once_and_count_each_resend(
+) -> Result<()> {
+    let env = Env::new(
+        "zoo2",
+        "[sim]\nair_quality = 3\nwastewater = 1\ntraffic_counters = 1\nsenml_air = 1\nflat_gateways = 1\nflat_sensors_per_gateway = 1\ncameras = 1\nseed = 5\n",
+    )?;
+    let (_api, _stream, _ingest) = start_pipeline(&env).await?;
+    let second_port = crate::harness::free_port();
+    let mut second = env.ioc_with_env(
+        "ingest-2",
+        &["ingest"],
+        &[
+            ("IOC_INGEST__CLIENT_ID", format!("{}-ingest-2", env.id)),
+            (
+                "IOC_INGEST__METRICS_LISTEN",
+                format!("127.0.0.1:{second_port}"),
+            ),
+        ],
+    )?;
+    env.wait_http(
+        &format!("http://127.0.0.1:{second_port}/healthz"),
+        Duration::from_secs(60),
+    )
+    .await?;
+    anyhow::ensure!(second.is_running(), "the second ingest exited at start");
+    register_sim_fleet(&env)?;
+    let config = ioc_config::load(Some(&env.config_path), Vec::<(String, String)>::new())?;
+    let registry = registry_from_api(&env).await?;
+    env.wait_ingest_knows_registered().await?;
+    let registered = registry.len();
+    env.eventually(
+        "the second ingest to see the registered devices",
+        Duration::from_secs(30),
+        || async {
+            let seen = env
+                .metric(second_port, "ioc_ingest_registry_devices")
+                .await?;
+            Ok((seen as usize >= registered).then_some(()))
+        },
+    )
+    .await?;
+    // Both members subscribed: probes from an unregistered device until the second gets one.
+    let (mqtt, _poll) = env.mqtt_client("zoo2-devices");
+    env.eventually(
+        "the second ingest to receive messages",
+        Duration::from_secs(30),
+        || async {
+            mqtt.publish(
+                "ioc/v1/devices/probe-1/telemetry",
+                QoS::AtLeastOnce,
+                false,
+                br#"{"ts":1795680000000,"values":{"pm25":1}}"#.to_vec(),
+            )
+            .await?;
+            let n = env
+                .metric(second_port, "ioc_ingest_messages_received_total")
+                .await?;
+            Ok((n > 0.0).then_some(()))
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = (
+        env.metric(
+            env.ingest_metrics_port,
+            "ioc_ingest_messages_received_total",
+        )
+        .await?,
+        env.metric(second_port, "ioc_ingest_messages_received_total")
+            .await?,
+    );
+
+    let faults = sensor_sim::Faults::only(&[sensor_sim::Fault::Duplicate])
+        .with_rate(0.2)
+        .expect("a rate");
+    let mut fleet = sensor_sim::Fleet::with_faults(&config.sim, faults);
+    let start = ioc_contract::time::now_ms() - 300_000;
+    let published: Vec<Published> = (0..600)
+        .map(|i| {
+            let m = fleet.next_message(start + i * 500);
+            (m.topic, m.payload, m.format.name())
+        })
+        .collect();
+    for (topic, payload, _) in &published {
+        mqtt.publish(topic.as_str(), QoS::AtLeastOnce, false, payload.clone())
+            .await?;
+    }
+    let (expected, ids) = expectation(&config, registry, &published)?;
+    assert!(published.len() > ids.len(), "resends were published");
+
+    readings_stored_once_and_resends_counted(&env, &expected).await?;
+    // The broker did spread them: each member took a real share.
+    let after = (
+        env.metric(
+            env.ingest_metrics_port,
+            "ioc_ingest_messages_received_total",
+        )
+        .await?,
+        env.metric(second_port, "ioc_ingest_messages_received_total")
+            .await?,
+    );
+    let shares = (after.0 - before.0, after.1 - before.1);
+    eprintln!("zoo2: {} messages, received {shares:?}", published.len());
+    // (At least: a last probe may land after the count before.)
+    assert!(shares.0 + shares.1 >= published.len() as f64, "{shares:?}");
+    assert!(
+        shares.0 > 0.2 * published.len() as f64 && shares.1 > 0.2 * published.len() as f64,
+        "{shares:?}"
     );
     Ok(())
 }
