@@ -230,13 +230,8 @@ mod tests {
         .unwrap();
         assert_eq!(backfill.readings.len(), 1);
         assert_eq!(backfill.readings[0].quality, Quality::Good);
-        let rejected: Vec<(&str, RejectCode)> = backfill
-            .rejected_values
-            .iter()
-            .map(|r| (r.metric.as_str(), r.code))
-            .collect();
         assert_eq!(
-            rejected,
+            backfill.rejections(),
             vec![
                 ("avg_speed", RejectCode::NotANumber),
                 ("occupancy", RejectCode::NotANumber)

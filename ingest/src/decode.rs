@@ -75,6 +75,17 @@ pub struct Decoded {
     pub rejected_values: Vec<ValueRejection>,
 }
 
+#[cfg(test)]
+impl Decoded {
+    /// The rejected values as (metric, code), in the decoder's order: what the tests compare.
+    pub(crate) fn rejections(&self) -> Vec<(&str, RejectCode)> {
+        self.rejected_values
+            .iter()
+            .map(|r| (r.metric.as_str(), r.code))
+            .collect()
+    }
+}
+
 /// Earliest and latest accepted event times (2000-01-01 and 2100-01-01 UTC): outside them a
 /// timestamp is a unit mistake (seconds sent as milliseconds, say), not a time.
 const MIN_TS_MS: i64 = 946_684_800_000;
@@ -1023,18 +1034,14 @@ mod tests {
                 .unwrap();
         assert_eq!(d.readings.len(), 1);
         assert_eq!(d.readings[0].metric, "no2");
-        let mut codes: Vec<(String, RejectCode)> = d
-            .rejected_values
-            .iter()
-            .map(|r| (r.metric.clone(), r.code))
-            .collect();
-        codes.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut codes = d.rejections();
+        codes.sort_by_key(|c| c.0);
         assert_eq!(
             codes,
             vec![
-                ("PM10".into(), RejectCode::UnknownMetric),
-                ("co".into(), RejectCode::NotANumber),
-                ("pm25".into(), RejectCode::NotANumber)
+                ("PM10", RejectCode::UnknownMetric),
+                ("co", RejectCode::NotANumber),
+                ("pm25", RejectCode::NotANumber)
             ]
         );
         assert!(d

@@ -476,11 +476,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d.readings.len(), 1);
-        let mut codes: Vec<_> = d
-            .rejected_values
-            .iter()
-            .map(|r| (r.metric.as_str(), r.code))
-            .collect();
+        let mut codes = d.rejections();
         codes.sort_by_key(|c| c.0);
         assert_eq!(
             codes,

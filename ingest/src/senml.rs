@@ -364,13 +364,8 @@ mod tests {
             ctx().received_at - 50 * 86_400_000,
             "50 days back"
         );
-        let rejected: Vec<(&str, RejectCode)> = d
-            .rejected_values
-            .iter()
-            .map(|r| (r.metric.as_str(), r.code))
-            .collect();
         assert_eq!(
-            rejected,
+            d.rejections(),
             vec![
                 ("no2", RejectCode::NotANumber),
                 ("o3", RejectCode::NotANumber)

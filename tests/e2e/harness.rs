@@ -361,6 +361,12 @@ impl Env {
     /// follows the registry topic: a device registered a moment ago may not be known yet, and
     /// its first messages would be dead-lettered as `unknown_device`.)
     pub async fn wait_ingest_knows_registered(&self) -> Result<()> {
+        self.wait_ingest_knows_registered_at(self.ingest_metrics_port)
+            .await
+    }
+
+    /// [`Env::wait_ingest_knows_registered`] for the ingest whose metrics are on `port`.
+    pub async fn wait_ingest_knows_registered_at(&self, port: u16) -> Result<()> {
         let registered = self.get_json("/api/v1/devices").await?["devices"]
             .as_array()
             .map_or(0, Vec::len);
@@ -368,9 +374,7 @@ impl Env {
             "ingest to see the registered devices",
             Duration::from_secs(30),
             || async {
-                let seen = self
-                    .metric(self.ingest_metrics_port, "ioc_ingest_registry_devices")
-                    .await?;
+                let seen = self.metric(port, "ioc_ingest_registry_devices").await?;
                 Ok((seen as usize >= registered).then_some(()))
             },
         )

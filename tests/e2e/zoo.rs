@@ -433,18 +433,7 @@ async fn two_ingest_processes_on_a_shared_subscription_store_once_and_count_each
     let config = ioc_config::load(Some(&env.config_path), Vec::<(String, String)>::new())?;
     let registry = registry_from_api(&env).await?;
     env.wait_ingest_knows_registered().await?;
-    let registered = registry.len();
-    env.eventually(
-        "the second ingest to see the registered devices",
-        Duration::from_secs(30),
-        || async {
-            let seen = env
-                .metric(second_port, "ioc_ingest_registry_devices")
-                .await?;
-            Ok((seen as usize >= registered).then_some(()))
-        },
-    )
-    .await?;
+    env.wait_ingest_knows_registered_at(second_port).await?;
     // Both members subscribed: probes from an unregistered device until the second gets one.
     let (mqtt, _poll) = env.mqtt_client("zoo2-devices");
     env.eventually(
@@ -466,15 +455,15 @@ async fn two_ingest_processes_on_a_shared_subscription_store_once_and_count_each
     )
     .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = (
-        env.metric(
-            env.ingest_metrics_port,
-            "ioc_ingest_messages_received_total",
-        )
-        .await?,
-        env.metric(second_port, "ioc_ingest_messages_received_total")
-            .await?,
-    );
+    // Messages each member has received, to measure the shares of what follows.
+    let received = || async {
+        let metric = "ioc_ingest_messages_received_total";
+        anyhow::Ok((
+            env.metric(env.ingest_metrics_port, metric).await?,
+            env.metric(second_port, metric).await?,
+        ))
+    };
+    let before = received().await?;
 
     let faults = sensor_sim::Faults::only(&[sensor_sim::Fault::Duplicate])
         .with_rate(0.2)
@@ -496,15 +485,7 @@ async fn two_ingest_processes_on_a_shared_subscription_store_once_and_count_each
 
     readings_stored_once_and_resends_counted(&env, &expected).await?;
     // The broker did spread them: each member took a real share.
-    let after = (
-        env.metric(
-            env.ingest_metrics_port,
-            "ioc_ingest_messages_received_total",
-        )
-        .await?,
-        env.metric(second_port, "ioc_ingest_messages_received_total")
-            .await?,
-    );
+    let after = received().await?;
     let shares = (after.0 - before.0, after.1 - before.1);
     eprintln!("zoo2: {} messages, received {shares:?}", published.len());
     // (At least: a last probe may land after the count before.)
