@@ -13,6 +13,7 @@
 //! Nothing here does I/O. Every stage depends on this crate; no stage depends on another stage.
 
 pub mod catalogue;
+pub mod rate;
 pub mod readings_json;
 pub mod time;
 pub mod units;

@@ -1,67 +1,66 @@
-//! The per-device flood guard: a token bucket per device, on receive time, so one device sending
-//! far too fast cannot take the ingest process from the others. Its excess is dead-lettered
-//! (`rate_limited`) before any decoding.
+//! The per-device flood guard: the shared rate rule (`ioc_contract::rate`) per device, on
+//! receive time, so one device sending far too fast cannot take the ingest process from the
+//! others. Its excess is dead-lettered (`rate_limited`) before any decoding.
 //!
-//! The buckets are per ingest process: with several processes on a shared subscription, a
-//! device's messages are spread over them and its limit is about that many times the configured
-//! rate. Each decision is final for the message it is made for (it becomes a dead letter or
-//! readings, confirmed by the bus before the message is acknowledged).
+//! This guard is per ingest process: with several processes on a shared subscription a device's
+//! messages are spread over them, and each lets through up to the limit. The fleet-wide limit is
+//! the stream's (`ioc_stream::limit`), applied where the device's partition is read, with the same
+//! rule: with one ingest process it admits exactly what this guard admitted. Each decision here
+//! is final for the message it is made for (it becomes a dead letter or readings, confirmed by
+//! the bus before the message is acknowledged).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at_ms: i64,
-}
+use ioc_contract::rate::RateRule;
 
 #[derive(Debug)]
 pub struct RateLimiter {
+    rule: Option<RateRule>,
     rate: f64,
     burst: f64,
-    /// By device id; only registered devices get one (looked up per message: a fast hasher).
-    buckets: Mutex<HashMap<String, Bucket, foldhash::fast::RandomState>>,
+    /// Each device's theoretical arrival time (µs), by device id; only registered devices get
+    /// one (looked up per message: a fast hasher).
+    tats: Mutex<HashMap<String, i64, foldhash::fast::RandomState>>,
 }
 
 impl RateLimiter {
     /// `rate` messages per second (0: no limit), bursts of `burst`.
     pub fn new(rate: f64, burst: f64) -> RateLimiter {
         RateLimiter {
+            rule: RateRule::new(rate, burst),
             rate,
             burst: burst.max(1.0),
-            buckets: Mutex::default(),
+            tats: Mutex::default(),
         }
     }
 
     /// Takes a token for a message of `device` received at `now_ms`; false if it has none.
     pub fn admit(&self, device: &str, now_ms: i64) -> bool {
-        if self.rate <= 0.0 {
+        let Some(rule) = self.rule else {
             return true;
-        }
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let b = match buckets.get_mut(device) {
-            Some(b) => b,
-            None => buckets.entry(device.to_string()).or_insert(Bucket {
-                tokens: self.burst,
-                at_ms: now_ms,
-            }),
         };
-        // A clock step backwards refills nothing.
-        let elapsed = (now_ms - b.at_ms).max(0) as f64 / 1000.0;
-        b.tokens = (b.tokens + elapsed * self.rate).min(self.burst);
-        b.at_ms = b.at_ms.max(now_ms);
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
+        let mut tats = self.tats.lock().unwrap_or_else(|e| e.into_inner());
+        match tats.get_mut(device) {
+            Some(tat) => match rule.admit(Some(*tat), now_ms) {
+                Some(next) => {
+                    *tat = next;
+                    true
+                }
+                None => false,
+            },
+            None => {
+                if let Some(next) = rule.admit(None, now_ms) {
+                    tats.insert(device.to_string(), next);
+                }
+                true
+            }
         }
     }
 
     pub fn describe(&self) -> String {
         format!(
-            "{} messages/s with bursts of {} per ingest process (ingest.device_rate_limit, ingest.device_burst)",
+            "{} messages/s with bursts of {} (ingest.device_rate_limit, ingest.device_burst)",
             self.rate, self.burst
         )
     }
