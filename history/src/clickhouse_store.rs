@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::{
     AggregateRow, AlertRow, EventRow, EvidenceRow, GoodValueRow, HistoryError, HistoryFilter,
-    OffsetRow, ReadingRow, WatermarkRow,
+    OffsetRow, Position, ReadingRow, WatermarkRow,
 };
 
 /// Statements that create the schema, in order; `{db}` is the database name.
@@ -65,8 +65,11 @@ const SCHEMA: &[&str] = &[
     ORDER BY message_id",
     // The stream's consumed position: per partition, everything below next_offset is stored
     // and, where it belongs to a window, that window is emitted. Written after the watermarks.
+    // `limiter` is the state the stream needs as of next_offset to replay it exactly (its
+    // fleet-wide rate limit), written in the same row so the two cannot disagree.
     "CREATE TABLE IF NOT EXISTS {db}.stream_offsets (
-        group_id String, topic String, partition Int32, next_offset Int64, version UInt64
+        group_id String, topic String, partition Int32, next_offset Int64, version UInt64,
+        limiter String
     ) ENGINE = ReplacingMergeTree(version)
     ORDER BY (group_id, topic, partition)",
     // The stream's checkpoint of window state: per device, every window ending at or before
@@ -76,6 +79,11 @@ const SCHEMA: &[&str] = &[
     ) ENGINE = ReplacingMergeTree(version)
     ORDER BY device_id",
 ];
+
+/// Columns added to a table after its first release, `(table, column, type)`: `ensure_schema`
+/// adds each where it is missing (ClickHouse 18.16 has no `ADD COLUMN IF NOT EXISTS`), at the
+/// end, where `CREATE TABLE` above also puts it.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("stream_offsets", "limiter", "String")];
 
 /// A ClickHouse history store.
 #[derive(Clone)]
@@ -99,6 +107,26 @@ impl ClickHouseHistory {
             root.query(&statement.replace("{db}", &self.config.database))
                 .execute()
                 .await?;
+        }
+        for (table, column, kind) in ADDED_COLUMNS {
+            let present = root
+                .query(
+                    "SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?",
+                )
+                .bind(&self.config.database)
+                .bind(*table)
+                .bind(*column)
+                .fetch_one::<u64>()
+                .await?;
+            if present == 0 {
+                tracing::info!(table, column, "adding a column to an existing table");
+                root.query(&format!(
+                    "ALTER TABLE {}.{table} ADD COLUMN {column} {kind}",
+                    self.config.database
+                ))
+                .execute()
+                .await?;
+            }
         }
         Ok(())
     }
@@ -152,21 +180,26 @@ impl ClickHouseHistory {
         self.insert_rows("stream_offsets", rows.into_iter()).await
     }
 
-    /// Per partition, the checkpointed next offset of `group_id` on `topic`.
+    /// Per partition, the checkpointed position of `group_id` on `topic`: the highest offset
+    /// written and the state in its row (rows not yet merged are all read).
     pub async fn offsets(
         &self,
         group_id: &str,
         topic: &str,
-    ) -> Result<Vec<(i32, i64)>, HistoryError> {
+    ) -> Result<Vec<Position>, HistoryError> {
         #[derive(Row, Deserialize)]
         struct R {
             partition: i32,
-            next_offset: i64,
+            last_offset: i64,
+            last_limiter: String,
         }
+        // (Aliases unlike the columns: ClickHouse would read `next_offset` inside argMax as
+        // the alias, an aggregate inside an aggregate.)
         let rows = self
             .client
             .query(
-                "SELECT partition, max(next_offset) AS next_offset FROM stream_offsets \
+                "SELECT partition, max(next_offset) AS last_offset, \
+                 argMax(limiter, next_offset) AS last_limiter FROM stream_offsets \
                  WHERE group_id = ? AND topic = ? GROUP BY partition",
             )
             .bind(group_id)
@@ -175,7 +208,11 @@ impl ClickHouseHistory {
             .await?;
         Ok(rows
             .into_iter()
-            .map(|r| (r.partition, r.next_offset))
+            .map(|r| Position {
+                partition: r.partition,
+                next_offset: r.last_offset,
+                limiter: r.last_limiter,
+            })
             .collect())
     }
 

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     AggregateRow, AlertRow, EventRow, EvidenceRow, GoodValueRow, HistoryFilter, OffsetRow,
-    QuarantineRow, ReadingRow, WatermarkRow,
+    Position, QuarantineRow, ReadingRow, WatermarkRow,
 };
 
 /// A table compacts once it has this many files smaller than [`COMPACT_MAX_ROWS`].
@@ -324,13 +324,17 @@ impl EmbeddedHistory {
         n
     }
 
-    pub fn offsets(&self, group_id: &str, topic: &str) -> Vec<(i32, i64)> {
+    pub fn offsets(&self, group_id: &str, topic: &str) -> Vec<Position> {
         self.state()
             .checkpoint
             .offsets
             .iter()
             .filter(|o| o.group_id == group_id && o.topic == topic)
-            .map(|o| (o.partition, o.next_offset))
+            .map(|o| Position {
+                partition: o.partition,
+                next_offset: o.next_offset,
+                limiter: o.limiter.clone(),
+            })
             .collect()
     }
 
@@ -1335,6 +1339,7 @@ mod tests {
             partition: 0,
             next_offset: 10,
             version: 1,
+            limiter: "as of 10".into(),
         }]);
         assert_eq!(
             h.readings(&all()).await.unwrap().len(),
@@ -1350,6 +1355,7 @@ mod tests {
             partition: 0,
             next_offset: 11,
             version: 2,
+            limiter: "as of 11".into(),
         }]);
         drop(h);
 
@@ -1357,7 +1363,23 @@ mod tests {
         let rows = h.readings(&all()).await.unwrap();
         assert_eq!(rows.len(), 10);
         assert_eq!(rows[3], reading("aq-1", 3000, 3.0, 1, "good"));
-        assert_eq!(h.offsets("g", "t"), vec![(0, 10)]);
+        assert_eq!(
+            h.offsets("g", "t"),
+            vec![Position {
+                partition: 0,
+                next_offset: 10,
+                limiter: "as of 10".into()
+            }],
+            "the position and the state beside it, as of the same flush"
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_written_before_the_limiter_state_existed_still_reads() {
+        let old = r#"{"offsets":[{"group_id":"g","topic":"t","partition":2,"next_offset":7,"version":1}],"closed_until":{}}"#;
+        let checkpoint: Checkpoint = serde_json::from_str(old).unwrap();
+        assert_eq!(checkpoint.offsets[0].next_offset, 7);
+        assert_eq!(checkpoint.offsets[0].limiter, "");
     }
 
     #[tokio::test]

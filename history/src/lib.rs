@@ -298,6 +298,19 @@ pub struct OffsetRow {
     pub partition: i32,
     pub next_offset: i64,
     pub version: u64,
+    /// State the consumer needs as of `next_offset` to replay from it exactly (the stream's
+    /// fleet-wide rate limit: `ioc_stream::limit`); empty for consumers that keep none. Last,
+    /// as on tables made before it was added.
+    #[serde(default)]
+    pub limiter: String,
+}
+
+/// A consumer's checkpointed position in one partition, with the state it needs from there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub partition: i32,
+    pub next_offset: i64,
+    pub limiter: String,
 }
 
 /// One good reading's value, as the stream needs it to recompute a window.
@@ -418,12 +431,13 @@ impl History {
         }
     }
 
-    /// Per partition, the checkpointed next offset of `group_id` on `topic`.
+    /// Per partition, the checkpointed position of `group_id` on `topic` (the highest offset
+    /// written, with the state written beside it).
     pub async fn offsets(
         &self,
         group_id: &str,
         topic: &str,
-    ) -> Result<Vec<(i32, i64)>, HistoryError> {
+    ) -> Result<Vec<Position>, HistoryError> {
         match self {
             History::ClickHouse(h) => h.offsets(group_id, topic).await,
             History::Embedded(h) => Ok(h.offsets(group_id, topic)),
