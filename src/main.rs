@@ -586,7 +586,8 @@ async fn run(command: Command, config: Config) -> Result<()> {
             .await?;
             let history = History::ClickHouse(ClickHouseHistory::new(&config.clickhouse));
             tracing::info!(clickhouse = %config.clickhouse.url, database = %config.clickhouse.database, "stream starting");
-            ioc_stream::run(&config.stream, &bus, history, metrics, shutdown).await?;
+            let limit = ioc_stream::DeviceLimit::of(&config.ingest);
+            ioc_stream::run(&config.stream, limit, &bus, history, metrics, shutdown).await?;
             tracing::info!("stream stopped");
         }
         Command::Api {

@@ -111,8 +111,9 @@ pub struct IngestConfig {
     /// Key of the licence-plate pseudonyms (HMAC-SHA256). Empty: camera events are quarantined
     /// (`ioc up` generates one under its data dir).
     pub plate_secret: String,
-    /// Messages per second one device may send through one ingest process (0: no limit); the
-    /// excess is dead-lettered as `rate_limited`.
+    /// Messages per second one device may send, fleet-wide (0: no limit): each ingest process
+    /// applies it alone, the stream to all ingest processes' records together; the excess is
+    /// dead-lettered as `rate_limited`.
     pub device_rate_limit: f64,
     /// Messages a device may send at once above its rate (the token bucket's size).
     pub device_burst: f64,

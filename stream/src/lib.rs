@@ -9,11 +9,14 @@
 //!   stored rows); evaluate alerts; store aggregates and alerts; publish them; checkpoint each
 //!   moved device's `closed_until`; checkpoint offsets up to what stored rows and closed windows
 //!   cover. A crash between any two steps repeats work idempotently and loses none.
+//! - [`limit`]: the fleet-wide per-device rate limit, decided first for each record, with its
+//!   state checkpointed beside the offsets so a replay decides as before.
 //! - [`sink`]: beside that loop, the topics stored as they are (camera events, evidence,
 //!   quarantined camera messages), each with its own offset checkpoint.
 
 pub mod aggregate;
 pub mod alerts;
+pub mod limit;
 pub mod recent;
 pub mod sink;
 pub mod windows;
@@ -23,13 +26,15 @@ use std::time::Duration;
 
 use ioc_bus::{Bus, Consumer, Producer, StartAt};
 use ioc_config::StreamConfig;
-use ioc_contract::{Aggregate, Alert, ReadingBatch, WINDOW_MS};
+use ioc_contract::rate::RateRule;
+use ioc_contract::{Aggregate, Alert, DeadLetter, ReadingBatch, RejectCode, WINDOW_MS};
 use ioc_history::{History, OffsetRow, WatermarkRow};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::ClosingRows;
 use crate::alerts::Pm25Rule;
+use crate::limit::FleetLimiter;
 use crate::recent::Recent;
 use crate::windows::{Observed, WindowEngine, WindowKey};
 
@@ -62,6 +67,7 @@ pub struct StreamMetrics {
     /// Rows the sinks stored, by table.
     pub records_stored: IntCounterVec,
     pub duplicate_events: IntCounter,
+    pub rate_limited: IntCounter,
 }
 
 impl StreamMetrics {
@@ -128,6 +134,10 @@ impl StreamMetrics {
                 "ioc_stream_duplicate_events_total",
                 "Camera events resent with an event id already stored (absorbed)",
             )?,
+            rate_limited: counter(
+                "ioc_stream_rate_limited_messages_total",
+                "Readings records (dead-lettered) and camera events (quarantined) over their device's fleet-wide rate, as rate_limited (a restart's replay counts its span again)",
+            )?,
         })
     }
 }
@@ -154,10 +164,59 @@ impl VersionClock {
     }
 }
 
+/// The per-device rate limit the stream holds the whole fleet to: `ingest.device_rate_limit`
+/// messages per second with bursts of `ingest.device_burst` (0: none).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeviceLimit {
+    pub rate: f64,
+    pub burst: f64,
+}
+
+impl DeviceLimit {
+    /// The limit configured for ingest, which the stream holds the fleet to.
+    pub fn of(ingest: &ioc_config::IngestConfig) -> DeviceLimit {
+        DeviceLimit {
+            rate: ingest.device_rate_limit,
+            burst: ingest.device_burst,
+        }
+    }
+
+    fn rule(self) -> Option<RateRule> {
+        RateRule::new(self.rate, self.burst)
+    }
+
+    /// The dead letter of a bus record over the limit: the record's own bytes (the MQTT bytes
+    /// are not kept past ingest), and the topic it was read from.
+    fn letter(
+        self,
+        topic: &str,
+        device_id: &str,
+        received_at: i64,
+        message_id: &str,
+        record: &[u8],
+    ) -> DeadLetter {
+        DeadLetter {
+            code: RejectCode::RateLimited,
+            reason: format!(
+                "device {device_id} sent more than {} messages/s with bursts of {} across all ingest processes (ingest.device_rate_limit, ingest.device_burst); this message was not stored. Its bytes here are the {topic} record it became.",
+                self.rate, self.burst
+            ),
+            topic: topic.to_string(),
+            received_at,
+            message_id: message_id.to_string(),
+            device_id: Some(device_id.to_string()),
+            external_id: None,
+            metric: None,
+            raw_base64: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, record),
+        }
+    }
+}
+
 /// Runs the stream stage until `shutdown`. It finishes the batch in hand, and leaves open
 /// windows to be rebuilt from the checkpointed offsets by the next run.
 pub async fn run(
     config: &StreamConfig,
+    limit: DeviceLimit,
     bus: &Bus,
     history: History,
     metrics: StreamMetrics,
@@ -171,6 +230,7 @@ pub async fn run(
         producer: &producer,
         metrics: &metrics,
         shutdown: &shutdown,
+        limit,
     };
     let sinks = futures::future::try_join_all(sink::Sink::ALL.map(|s| sink::run(s, config, &step)));
     // Either failing ends the stage (its error is the stage's), rather than leaving half of it
@@ -187,11 +247,18 @@ async fn readings_loop(config: &StreamConfig, step: &Step<'_>) -> Result<(), Str
     } else {
         config.partitions.clone()
     };
-    let checkpoint: HashMap<i32, i64> = history
-        .offsets(&config.group_id, &topic)
-        .await?
-        .into_iter()
+    let positions = history.offsets(&config.group_id, &topic).await?;
+    let checkpoint: HashMap<i32, i64> = positions
+        .iter()
+        .map(|p| (p.partition, p.next_offset))
         .collect();
+    let mut limiter = FleetLimiter::new(step.limit.rule());
+    for p in &positions {
+        if let Err(e) = limiter.restore(p.partition, p.next_offset, &p.limiter) {
+            // Only a corrupted row: the replayed span is then decided with full buckets.
+            tracing::error!(partition = p.partition, error = %e, "unreadable rate-limit checkpoint; every device's bucket starts full");
+        }
+    }
     let mut consumer = bus.consumer_at(
         &topic,
         partitions.iter().map(|p| {
@@ -220,10 +287,14 @@ async fn readings_loop(config: &StreamConfig, step: &Step<'_>) -> Result<(), Str
     // Offsets of one partition are contiguous (idempotent, non-transactional producers, no
     // compaction): a jump means the bus skipped records, which this stream would never see.
     let mut next_expected: HashMap<i32, i64> = checkpoint.clone();
+    let resumed_at = checkpoint.clone();
     let mut committed = checkpoint;
 
     while !shutdown.is_cancelled() {
-        let records = collect_batch(&mut consumer, config, metrics, shutdown).await;
+        let mut records = collect_batch(&mut consumer, config, metrics, shutdown).await;
+        // The bus may start before the checkpoint (`Bus::consumer_at`); everything below it was
+        // decided, stored and, if in a window, emitted.
+        records.retain(|c| resumed_at.get(&c.partition).is_none_or(|o| c.offset >= *o));
         for c in &records {
             if let Some(expected) = next_expected.insert(c.partition, c.offset + 1) {
                 if c.offset > expected {
@@ -238,7 +309,14 @@ async fn readings_loop(config: &StreamConfig, step: &Step<'_>) -> Result<(), Str
             }
         }
         if !step
-            .process(records, &mut engine, &mut rule, &mut versions, &mut recent)
+            .process(
+                records,
+                &mut limiter,
+                &mut engine,
+                &mut rule,
+                &mut versions,
+                &mut recent,
+            )
             .await
         {
             break; // shut down while a write was being retried; nothing was checkpointed for it
@@ -249,6 +327,7 @@ async fn readings_loop(config: &StreamConfig, step: &Step<'_>) -> Result<(), Str
                 &config.group_id,
                 &topic,
                 &engine,
+                &mut limiter,
                 &mut committed,
                 &mut versions,
             )
@@ -321,6 +400,7 @@ pub(crate) struct Step<'a> {
     producer: &'a Producer,
     metrics: &'a StreamMetrics,
     shutdown: &'a CancellationToken,
+    pub(crate) limit: DeviceLimit,
 }
 
 impl Step<'_> {
@@ -354,12 +434,16 @@ impl Step<'_> {
     /// One pass of the loop described in the crate docs. Returns false on shutdown mid-way.
     async fn process(
         &self,
-        records: Vec<Consumed>,
+        mut records: Vec<Consumed>,
+        limiter: &mut FleetLimiter,
         engine: &mut WindowEngine,
         rule: &mut Pm25Rule,
         versions: &mut VersionClock,
         recent: &mut Recent,
     ) -> bool {
+        if !self.limit_rate(&mut records, limiter).await {
+            return false;
+        }
         let readings = records
             .iter()
             .filter_map(|c| c.batch.as_ref())
@@ -539,13 +623,67 @@ impl Step<'_> {
         true
     }
 
+    /// Decides each record against its device's fleet-wide rate (`limit.rs`), in offset order;
+    /// a record over it loses its readings and becomes a `rate_limited` dead letter, confirmed
+    /// by the bus before anything of the batch is checkpointed. False on shutdown mid-way.
+    async fn limit_rate(&self, records: &mut [Consumed], limiter: &mut FleetLimiter) -> bool {
+        let topic = &self.bus.topics().readings;
+        let mut letters: Vec<DeadLetter> = Vec::new();
+        for c in records.iter_mut() {
+            let Some(first) = c.batch.as_ref().and_then(|b| b.readings.first()) else {
+                continue;
+            };
+            if limiter.admit(c.partition, c.offset, &first.device_id, first.received_at) {
+                continue;
+            }
+            let batch = c.batch.take().expect("checked above");
+            let first = &batch.readings[0];
+            letters.push(self.limit.letter(
+                topic,
+                &first.device_id,
+                first.received_at,
+                &first.message_id,
+                &serde_json::to_vec(&batch).unwrap_or_default(),
+            ));
+        }
+        self.publish_rate_limited(&self.bus.topics().deadletter, &letters)
+            .await
+    }
+
+    /// Publishes the dead letters of records over the fleet-wide rate to `topic` and counts
+    /// them; false on shutdown mid-way.
+    pub(crate) async fn publish_rate_limited(&self, topic: &str, letters: &[DeadLetter]) -> bool {
+        if letters.is_empty() {
+            return true;
+        }
+        let published = self
+            .publish(
+                topic,
+                letters.iter().map(|l| {
+                    (
+                        l.device_id
+                            .as_ref()
+                            .expect("a rate-limited letter names its device"),
+                        serde_json::to_vec(l),
+                    )
+                }),
+            )
+            .await;
+        if published {
+            self.metrics.rate_limited.inc_by(letters.len() as u64);
+        }
+        published
+    }
+
     /// Checkpoints, per partition, the offset the window engine says is covered (after the
-    /// window state it depends on was checkpointed in `process`).
+    /// window state it depends on was checkpointed in `process`), with the rate limiter's state
+    /// as of that offset in the same row.
     async fn checkpoint_offsets(
         &self,
         group_id: &str,
         topic: &str,
         engine: &WindowEngine,
+        limiter: &mut FleetLimiter,
         committed: &mut HashMap<i32, i64>,
         versions: &mut VersionClock,
     ) -> bool {
@@ -560,6 +698,7 @@ impl Step<'_> {
                 partition,
                 next_offset,
                 version,
+                limiter: limiter.checkpoint(partition, next_offset),
             })
             .collect();
         if rows.is_empty() {

@@ -3,6 +3,12 @@
 //! its topic from its checkpoint, writes a batch idempotently (one row per event id or message
 //! id, highest version wins), then checkpoints the offsets after it: a crash between the two
 //! repeats the write, harmlessly.
+//!
+//! Camera events are held to the fleet-wide rate like readings (`limit.rs`, state checkpointed
+//! in the same offset row): an event over it is quarantined (`rate_limited`, the event record as
+//! its bytes) instead of stored. Its evidence is stored all the same, in the restricted table
+//! where a rejected camera message's bytes, plate included, also go: the two topics interleave
+//! two ingest processes' records differently, so no single decision could cover both.
 
 use std::collections::HashMap;
 
@@ -11,6 +17,7 @@ use ioc_config::StreamConfig;
 use ioc_contract::{DeadLetter, Event, Evidence};
 use ioc_history::OffsetRow;
 
+use crate::limit::FleetLimiter;
 use crate::{Step, StreamError, VersionClock};
 
 /// The topics stored as they are.
@@ -88,12 +95,21 @@ pub(crate) async fn run(
     } else {
         config.partitions.clone()
     };
-    let mut committed: HashMap<i32, i64> = step
-        .history
-        .offsets(&config.group_id, &topic)
-        .await?
-        .into_iter()
+    let positions = step.history.offsets(&config.group_id, &topic).await?;
+    let mut committed: HashMap<i32, i64> = positions
+        .iter()
+        .map(|p| (p.partition, p.next_offset))
         .collect();
+    let resumed_at = committed.clone();
+    let mut limiter = FleetLimiter::new(match sink {
+        Sink::Events => step.limit.rule(),
+        Sink::Evidence | Sink::Quarantine => None,
+    });
+    for p in &positions {
+        if let Err(e) = limiter.restore(p.partition, p.next_offset, &p.limiter) {
+            tracing::error!(%topic, partition = p.partition, error = %e, "unreadable rate-limit checkpoint; every device's bucket starts full");
+        }
+    }
     let mut consumer = step.bus.consumer_at(
         &topic,
         partitions.iter().map(|p| {
@@ -114,6 +130,7 @@ pub(crate) async fn run(
     let mut recent = crate::recent::Recent::new(50_000);
     while !step.shutdown.is_cancelled() {
         let mut parsed = Parsed::new(sink);
+        let mut limited = Vec::new();
         let mut next: HashMap<i32, i64> = HashMap::new();
         let deadline = tokio::time::Instant::now() + config.batch_linger;
         let mut taken = 0;
@@ -125,12 +142,29 @@ pub(crate) async fn run(
             };
             match record {
                 Ok(r) => {
+                    // The bus may start before the checkpoint (`Bus::consumer_at`); everything
+                    // below it was decided and stored.
+                    if resumed_at.get(&r.partition).is_some_and(|o| r.offset < *o) {
+                        continue;
+                    }
                     taken += 1;
                     next.insert(r.partition, r.offset + 1);
                     if !parsed.push(&r.payload) {
                         // Never log the payload: evidence and quarantine records hold plates.
                         step.metrics.unreadable_records.inc();
                         tracing::error!(topic = %r.topic, partition = r.partition, offset = r.offset, "record is not what its topic carries; skipped");
+                    } else if let Parsed::Events(events) = &mut parsed {
+                        let e = events.last().expect("just pushed");
+                        if !limiter.admit(r.partition, r.offset, &e.device_id, e.received_at) {
+                            let e = events.pop().expect("just pushed");
+                            limited.push(step.limit.letter(
+                                &topic,
+                                &e.device_id,
+                                e.received_at,
+                                &e.message_id,
+                                &r.payload,
+                            ));
+                        }
                     }
                 }
                 Err(e) => {
@@ -141,6 +175,12 @@ pub(crate) async fn run(
         }
         if taken == 0 {
             continue;
+        }
+        if !step
+            .publish_rate_limited(&step.bus.topics().quarantine, &limited)
+            .await
+        {
+            return Ok(()); // shut down mid-retry; nothing was checkpointed for it
         }
         if let Parsed::Events(events) = &parsed {
             let resent = events
@@ -175,6 +215,7 @@ pub(crate) async fn run(
                 partition,
                 next_offset,
                 version,
+                limiter: limiter.checkpoint(partition, next_offset),
             })
             .collect();
         if rows.is_empty() {
