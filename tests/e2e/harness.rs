@@ -208,6 +208,20 @@ impl Env {
         Ok(())
     }
 
+    /// Adds `lines` to the generated config's `[section]` (which `extra` cannot do: a TOML table
+    /// is declared once). Before the processes that should read them start.
+    pub fn insert_config(&self, section: &str, lines: &str) -> Result<()> {
+        let text = std::fs::read_to_string(&self.config_path)?;
+        let header = format!("[{section}]\n");
+        anyhow::ensure!(
+            text.contains(&header),
+            "no [{section}] in the generated config"
+        );
+        let text = text.replacen(&header, &format!("{header}{}\n", lines.trim_end()), 1);
+        std::fs::write(&self.config_path, text)?;
+        Ok(())
+    }
+
     /// Sends dynamic-security `commands` as the broker's admin; returns the answers, failing if
     /// any command failed.
     pub fn dynsec(&self, commands: serde_json::Value) -> Result<Vec<serde_json::Value>> {

@@ -520,3 +520,55 @@ async fn sigkill_of_ingest_and_stream_loses_nothing_and_doubles_nothing() -> Res
     assert!(ingest.is_running() && stream.is_running());
     Ok(())
 }
+
+/// A `stream_offsets` table made before the rate limiter's state was kept in it gains the
+/// column when the stream starts (ClickHouse 18.16 has no `ADD COLUMN IF NOT EXISTS`), keeps its
+/// rows, and then returns the state written beside each position.
+#[tokio::test]
+async fn a_stream_offsets_table_from_an_older_release_gains_the_limiter_column() -> Result<()> {
+    use ioc_history::{ClickHouseHistory, History, OffsetRow, Position};
+    let env = Env::new("migrate", "")?;
+    let http = reqwest::Client::new();
+    let db = &env.id;
+    for sql in [
+        format!("CREATE DATABASE {db}"),
+        format!(
+            "CREATE TABLE {db}.stream_offsets (group_id String, topic String, partition Int32, \
+             next_offset Int64, version UInt64) ENGINE = ReplacingMergeTree(version) \
+             ORDER BY (group_id, topic, partition)"
+        ),
+        format!("INSERT INTO {db}.stream_offsets VALUES ('g', 't', 0, 42, 1)"),
+    ] {
+        let r = http
+            .post(crate::harness::CLICKHOUSE)
+            .body(sql)
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "{}", r.text().await?);
+    }
+    let config = ioc_config::load(Some(&env.config_path), Vec::<(String, String)>::new())?;
+    let history = History::ClickHouse(ClickHouseHistory::new(&config.clickhouse));
+    history.ensure_schema().await?;
+    history.ensure_schema().await?; // a second start finds the column
+    let position = |next_offset, limiter: &str| Position {
+        partition: 0,
+        next_offset,
+        limiter: limiter.to_string(),
+    };
+    assert_eq!(history.offsets("g", "t").await?, vec![position(42, "")]);
+    history
+        .insert_offsets(vec![OffsetRow {
+            group_id: "g".into(),
+            topic: "t".into(),
+            partition: 0,
+            next_offset: 43,
+            version: 2,
+            limiter: r#"{"clock_ms":1,"tats":[]}"#.into(),
+        }])
+        .await?;
+    assert_eq!(
+        history.offsets("g", "t").await?,
+        vec![position(43, r#"{"clock_ms":1,"tats":[]}"#)]
+    );
+    Ok(())
+}

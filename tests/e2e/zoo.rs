@@ -64,12 +64,26 @@ struct Expected {
 /// Every dead letter on the topic, counted by (message id, code, metric), read until `want` have
 /// come and then for two quiet seconds more, so a letter written twice shows as a count of two.
 async fn dead_letters(env: &Env, want: usize) -> Result<BTreeMap<(String, String, String), usize>> {
-    let consumer = env.topic_reader("deadletter")?;
     let mut seen = BTreeMap::new();
-    let mut count = 0;
+    for letter in read_dead_letters(env, want).await? {
+        let key = (
+            letter.message_id,
+            letter.code.as_str().to_string(),
+            letter.metric.unwrap_or_default(),
+        );
+        *seen.entry(key).or_insert(0) += 1;
+    }
+    Ok(seen)
+}
+
+/// Every dead letter on the topic, in the order read, read until `want` have come and then for
+/// two quiet seconds more; each must give a reason.
+async fn read_dead_letters(env: &Env, want: usize) -> Result<Vec<DeadLetter>> {
+    let consumer = env.topic_reader("deadletter")?;
+    let mut letters = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let wait = if count < want {
+        let wait = if letters.len() < want {
             tokio::time::timeout_at(deadline, consumer.recv()).await
         } else {
             tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await
@@ -80,15 +94,9 @@ async fn dead_letters(env: &Env, want: usize) -> Result<BTreeMap<(String, String
             letter.reason.len() > 5,
             "every dead letter has a reason: {letter:?}"
         );
-        let key = (
-            letter.message_id,
-            letter.code.as_str().to_string(),
-            letter.metric.unwrap_or_default(),
-        );
-        *seen.entry(key).or_insert(0) += 1;
-        count += 1;
+        letters.push(letter);
     }
-    Ok(seen)
+    Ok(letters)
 }
 
 /// A published message: topic, payload, format.
@@ -411,50 +419,11 @@ async fn two_ingest_processes_on_a_shared_subscription_store_once_and_count_each
         "[sim]\nair_quality = 3\nwastewater = 1\ntraffic_counters = 1\nsenml_air = 1\nflat_gateways = 1\nflat_sensors_per_gateway = 1\ncameras = 1\nseed = 5\n",
     )?;
     let (_api, _stream, _ingest) = start_pipeline(&env).await?;
-    let second_port = crate::harness::free_port();
-    let mut second = env.ioc_with_env(
-        "ingest-2",
-        &["ingest"],
-        &[
-            ("IOC_INGEST__CLIENT_ID", format!("{}-ingest-2", env.id)),
-            (
-                "IOC_INGEST__METRICS_LISTEN",
-                format!("127.0.0.1:{second_port}"),
-            ),
-        ],
-    )?;
-    env.wait_http(
-        &format!("http://127.0.0.1:{second_port}/healthz"),
-        Duration::from_secs(60),
-    )
-    .await?;
-    anyhow::ensure!(second.is_running(), "the second ingest exited at start");
+    let (_second, second_port) = start_second_ingest(&env).await?;
     register_sim_fleet(&env)?;
     let config = ioc_config::load(Some(&env.config_path), Vec::<(String, String)>::new())?;
     let registry = registry_from_api(&env).await?;
-    env.wait_ingest_knows_registered().await?;
-    env.wait_ingest_knows_registered_at(second_port).await?;
-    // Both members subscribed: probes from an unregistered device until the second gets one.
-    let (mqtt, _poll) = env.mqtt_client("zoo2-devices");
-    env.eventually(
-        "the second ingest to receive messages",
-        Duration::from_secs(30),
-        || async {
-            mqtt.publish(
-                "ioc/v1/devices/probe-1/telemetry",
-                QoS::AtLeastOnce,
-                false,
-                br#"{"ts":1795680000000,"values":{"pm25":1}}"#.to_vec(),
-            )
-            .await?;
-            let n = env
-                .metric(second_port, "ioc_ingest_messages_received_total")
-                .await?;
-            Ok((n > 0.0).then_some(()))
-        },
-    )
-    .await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mqtt = both_ingests_receive(&env, second_port).await?;
     // Messages each member has received, to measure the shares of what follows.
     let received = || async {
         let metric = "ioc_ingest_messages_received_total";
@@ -495,6 +464,267 @@ async fn two_ingest_processes_on_a_shared_subscription_store_once_and_count_each
         "{shares:?}"
     );
     Ok(())
+}
+
+/// Devices flooding two ingest processes on one shared subscription: each process's guard lets
+/// its share through up to the limit, so together they pass about twice a device's rate; the
+/// stream, where the device's partition is read, holds each device to its rate once, fleet-wide
+/// (a sensor's readings and a camera's events alike), and is SIGKILLed and restarted halfway: its
+/// replay decides as before. Every flood message is stored or rejected as `rate_limited`, never
+/// both, and a quiet device beside them loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flooding_devices_are_held_to_their_rate_across_two_ingest_processes() -> Result<()> {
+    const FLOOD: usize = 400;
+    const CAMERA_FLOOD: usize = FLOOD / 2;
+    const QUIET: usize = 10;
+    let env = Env::new("flood2", "")?;
+    env.insert_config(
+        "ingest",
+        &format!("device_rate_limit = {FLOOD_RATE:.1}\ndevice_burst = {FLOOD_BURST:.1}"),
+    )?;
+    let (_api, mut stream, _ingest) = start_pipeline(&env).await?;
+    let (_second, second_port) = start_second_ingest(&env).await?;
+    env.register("flood-1", "air_quality").await?;
+    env.register("cam-1", "traffic_camera").await?;
+    env.register("quiet-1", "air_quality").await?;
+    let mqtt = both_ingests_receive(&env, second_port).await?;
+
+    // 400 readings messages about 5 ms apart (about 200 a second, ten times the rate), each
+    // with its own reading key, a camera's 200 events among them, and a quiet device's ten.
+    let start = ioc_contract::time::now_ms() - 600_000;
+    let mut quiet_sent = 0;
+    for i in 0..FLOOD {
+        let ts = start + i as i64 * 10;
+        let body = format!(r#"{{"ts":{ts},"values":{{"pm25":{i}}}}}"#);
+        let topic = "ioc/v1/devices/flood-1/telemetry";
+        mqtt.publish(topic, QoS::AtLeastOnce, false, body.into_bytes())
+            .await?;
+        if i % 2 == 0 {
+            let body = format!(
+                r#"{{"camera_id":"cam-1","event_id":"cam-1-{i}","event_time":{ts},"type":"red_light","plate":"47A-123.45","lane":1}}"#
+            );
+            let topic = "ioc/v1/cameras/cam-1/events";
+            mqtt.publish(topic, QoS::AtLeastOnce, false, body.into_bytes())
+                .await?;
+        }
+        if i % (FLOOD / QUIET) == 0 {
+            let body = format!(r#"{{"ts":{ts},"values":{{"pm25":7}}}}"#);
+            let topic = "ioc/v1/devices/quiet-1/telemetry";
+            mqtt.publish(topic, QoS::AtLeastOnce, false, body.into_bytes())
+                .await?;
+            quiet_sent += 1;
+        }
+        if i == FLOOD / 2 {
+            stream.kill();
+            stream = env.ioc("stream-2", &["stream"])?;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(quiet_sent, QUIET);
+
+    // Stored message ids and their receive times: a sensor's readings, a camera's events.
+    let stored = |table: &'static str, device: &'static str| {
+        let env = &env;
+        async move {
+            let rows = env
+                .clickhouse(&format!(
+                    "SELECT DISTINCT message_id, received_at FROM {table} FINAL WHERE device_id = '{device}'"
+                ))
+                .await?;
+            anyhow::Ok(
+                rows.into_iter()
+                    .map(|r| Ok((r[0].clone(), r[1].parse::<i64>()?)))
+                    .collect::<Result<BTreeMap<String, i64>>>()?,
+            )
+        }
+    };
+    // Rejections as rate_limited, by message id (a replay writes the stream's again): a sensor's
+    // on the dead-letter topic, a camera's on the quarantine topic.
+    let dead_letters = env.topic_reader("deadletter")?;
+    let quarantine = env.topic_reader("quarantine")?;
+    let mut limited: BTreeMap<String, Vec<DeadLetter>> = BTreeMap::new();
+    let mut limited_cam: BTreeMap<String, Vec<DeadLetter>> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        drain_rate_limited(&dead_letters, &mut limited).await?;
+        drain_rate_limited(&quarantine, &mut limited_cam).await?;
+        let readings = stored("readings", "flood-1").await?.len() + limited.len();
+        let events = stored("events", "cam-1").await?.len() + limited_cam.len();
+        if readings >= FLOOD && events >= CAMERA_FLOOD {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "flood messages unaccounted for: {readings} of {FLOOD}, {events} of {CAMERA_FLOOD}"
+        );
+    }
+    // A little longer, so a message stored after its letter (or rejected twice) would show.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drain_rate_limited(&dead_letters, &mut limited).await?;
+    drain_rate_limited(&quarantine, &mut limited_cam).await?;
+
+    let readings_topic = format!("{}.readings", env.id);
+    held_to_the_rate(
+        "flood-1",
+        &stored("readings", "flood-1").await?,
+        &limited,
+        FLOOD,
+        &readings_topic,
+    )?;
+    let events_topic = format!("{}.events", env.id);
+    held_to_the_rate(
+        "cam-1",
+        &stored("events", "cam-1").await?,
+        &limited_cam,
+        CAMERA_FLOOD,
+        &events_topic,
+    )?;
+    assert_eq!(
+        stored("readings", "quiet-1").await?.len(),
+        QUIET,
+        "the quiet device lost nothing"
+    );
+    drop(stream);
+    Ok(())
+}
+
+/// Reads what `consumer` has now (until 300 ms of quiet), keeping the `rate_limited` letters by
+/// message id.
+async fn drain_rate_limited(
+    consumer: &rdkafka::consumer::StreamConsumer,
+    into: &mut BTreeMap<String, Vec<DeadLetter>>,
+) -> Result<()> {
+    while let Ok(m) = tokio::time::timeout(Duration::from_millis(300), consumer.recv()).await {
+        let l: DeadLetter = serde_json::from_slice(m?.payload().unwrap_or_default())?;
+        if l.code == ioc_contract::RejectCode::RateLimited {
+            into.entry(l.message_id.clone()).or_default().push(l);
+        }
+    }
+    Ok(())
+}
+
+const FLOOD_RATE: f64 = 20.0;
+const FLOOD_BURST: f64 = 5.0;
+
+/// Checks one flooding device's accounting: every one of its `sent` messages stored or limited,
+/// never both; at most the burst plus the rate over the span of receive times stored; and more
+/// than that let through by the two ingest guards together (so the stream's limit did the work:
+/// its rejections are those naming `stream_topic`, the bus topic it read the record from).
+fn held_to_the_rate(
+    device: &str,
+    stored: &BTreeMap<String, i64>,
+    limited: &BTreeMap<String, Vec<DeadLetter>>,
+    sent: usize,
+    stream_topic: &str,
+) -> Result<()> {
+    let mut by_stream = 0;
+    for (id, copies) in limited {
+        assert!(
+            !stored.contains_key(id),
+            "{id} both stored and rate-limited"
+        );
+        let l = &copies[0];
+        assert_eq!(l.device_id.as_deref(), Some(device), "{l:?}");
+        if l.topic == stream_topic {
+            by_stream += 1;
+            assert!(copies.iter().all(|c| c.topic == stream_topic), "{copies:?}");
+            let raw =
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &l.raw_base64)?;
+            let record: serde_json::Value = serde_json::from_slice(&raw)?;
+            assert_eq!(
+                record["message_id"],
+                id.as_str(),
+                "the letter holds the bus record"
+            );
+        } else {
+            // An ingest guard decides once per message (ingest was not restarted).
+            assert_eq!(copies.len(), 1, "{copies:?}");
+        }
+    }
+    assert_eq!(
+        stored.len() + limited.len(),
+        sent,
+        "{device}: every message, once"
+    );
+
+    // The rule's bound over the span (two ingest clocks that disagree a little can add one or
+    // two).
+    let times: Vec<i64> = stored
+        .values()
+        .copied()
+        .chain(limited.values().map(|c| c[0].received_at))
+        .collect();
+    let span_s = (times.iter().max().unwrap() - times.iter().min().unwrap()) as f64 / 1000.0;
+    let bound = FLOOD_BURST + FLOOD_RATE * span_s;
+    let stored_n = stored.len() as f64;
+    let from_ingests = (stored.len() + by_stream) as f64;
+    eprintln!(
+        "flood2 {device}: {sent} in {span_s:.2} s; ingests passed {from_ingests}, stored {stored_n} (bound {bound:.1}); the stream limited {by_stream}"
+    );
+    assert!(
+        stored_n <= bound + 2.0,
+        "{device}: {stored_n} stored, bound {bound:.1}"
+    );
+    assert!(
+        stored_n >= 0.8 * FLOOD_RATE * span_s,
+        "{device}: {stored_n} stored in {span_s} s"
+    );
+    assert!(
+        from_ingests > bound + 10.0,
+        "{device}: {from_ingests} passed both ingest guards"
+    );
+    Ok(())
+}
+
+/// A second ingest process on the same shared subscription (its own client id and metrics
+/// port), once it answers; its metrics port.
+async fn start_second_ingest(env: &Env) -> Result<(crate::harness::Proc, u16)> {
+    let port = crate::harness::free_port();
+    let mut second = env.ioc_with_env(
+        "ingest-2",
+        &["ingest"],
+        &[
+            ("IOC_INGEST__CLIENT_ID", format!("{}-ingest-2", env.id)),
+            ("IOC_INGEST__METRICS_LISTEN", format!("127.0.0.1:{port}")),
+        ],
+    )?;
+    env.wait_http(
+        &format!("http://127.0.0.1:{port}/healthz"),
+        Duration::from_secs(60),
+    )
+    .await?;
+    anyhow::ensure!(second.is_running(), "the second ingest exited at start");
+    Ok((second, port))
+}
+
+/// Waits until both ingest processes know every registered device and the broker gives the
+/// second one messages (probes from an unregistered device until it has one); a publishing
+/// client for the test.
+async fn both_ingests_receive(env: &Env, second_port: u16) -> Result<rumqttc::AsyncClient> {
+    env.wait_ingest_knows_registered().await?;
+    env.wait_ingest_knows_registered_at(second_port).await?;
+    // Dropping the event loop's handle detaches it: the client works until the test ends.
+    let (mqtt, _) = env.mqtt_client(&format!("{}-devices", env.id));
+    env.eventually(
+        "the second ingest to receive messages",
+        Duration::from_secs(30),
+        || async {
+            mqtt.publish(
+                "ioc/v1/devices/probe-1/telemetry",
+                QoS::AtLeastOnce,
+                false,
+                br#"{"ts":1795680000000,"values":{"pm25":1}}"#.to_vec(),
+            )
+            .await?;
+            let n = env
+                .metric(second_port, "ioc_ingest_messages_received_total")
+                .await?;
+            Ok((n > 0.0).then_some(()))
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(mqtt)
 }
 
 /// The simulated fleet registered in a registry view, as `ioc sim --register-with` does.
