@@ -10,8 +10,11 @@
 //! forgotten without changing any decision. Integer arithmetic: every process that replays the
 //! same messages decides the same.
 
-/// The rule; absent (`RateRule::new` gives `None`) when the limit is off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use serde::{Deserialize, Serialize};
+
+/// The rule; absent (`RateRule::new` gives `None`) when the limit is off. Serializable, so a
+/// checkpoint can say which rule its state was made under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateRule {
     /// Microseconds per token (1 / rate).
     interval_us: i64,
@@ -44,9 +47,9 @@ impl RateRule {
     pub fn admit(&self, tat_us: Option<i64>, at_ms: i64) -> Option<i64> {
         let t = at_ms.saturating_mul(1000);
         match tat_us {
-            Some(tat) if t < tat - self.tolerance_us => None,
-            Some(tat) => Some(tat.max(t) + self.interval_us),
-            None => Some(t + self.interval_us),
+            Some(tat) if t < tat.saturating_sub(self.tolerance_us) => None,
+            Some(tat) => Some(tat.max(t).saturating_add(self.interval_us)),
+            None => Some(t.saturating_add(self.interval_us)),
         }
     }
 }
@@ -107,6 +110,12 @@ mod tests {
         let span_s = (times.last().unwrap() - times[0]) as f64 / 1000.0;
         assert!(admitted <= 10.0 + 20.0 * span_s + 1.0, "{admitted}");
         assert!(admitted >= 10.0 + 20.0 * span_s - 1.0, "{admitted}");
+    }
+
+    #[test]
+    fn a_tiny_rate_saturates_instead_of_overflowing() {
+        let rule = RateRule::new(1e-300, 1e300).unwrap();
+        assert_eq!(run(rule, &[0, 1, i64::MAX / 2_000]), vec![true, true, true]);
     }
 
     #[test]
