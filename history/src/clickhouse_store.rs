@@ -109,23 +109,33 @@ impl ClickHouseHistory {
                 .await?;
         }
         for (table, column, kind) in ADDED_COLUMNS {
-            let present = root
-                .query(
+            let present = || async {
+                root.query(
                     "SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?",
                 )
                 .bind(&self.config.database)
                 .bind(*table)
                 .bind(*column)
                 .fetch_one::<u64>()
-                .await?;
-            if present == 0 {
-                tracing::info!(table, column, "adding a column to an existing table");
-                root.query(&format!(
+                .await
+            };
+            if present().await? > 0 {
+                continue;
+            }
+            tracing::info!(table, column, "adding a column to an existing table");
+            let added = root
+                .query(&format!(
                     "ALTER TABLE {}.{table} ADD COLUMN {column} {kind}",
                     self.config.database
                 ))
                 .execute()
-                .await?;
+                .await;
+            // Another process (the API, another stream) starting at the same moment may have
+            // added it first.
+            if let Err(e) = added {
+                if present().await? == 0 {
+                    return Err(e.into());
+                }
             }
         }
         Ok(())
