@@ -52,8 +52,8 @@ const FETCH_WAIT_MS: &str = "100";
 /// offset starts this many records earlier: tansu 0.6 returns nothing for a fetch that starts
 /// inside a record batch (measured: a consumer assigned at offset 3 of a 10-record batch
 /// receives nothing until a later batch arrives, silently skipping the rest of that batch),
-/// and starting at or before the batch's first record avoids it. Replaying records below a
-/// checkpoint is harmless to the stream (idempotent by construction).
+/// and starting at or before the batch's first record avoids it. The stream drops the records
+/// below its checkpoint (they were decided before; its rate limit must decide each once).
 pub const MAX_BATCH_RECORDS: i64 = 10_000;
 
 /// Connection settings and topic names of one deployment's Kafka.
@@ -342,7 +342,7 @@ impl Bus {
     /// A consumer reading the given partitions of `topic`, each from its own position. On
     /// Kafka it may first deliver up to [`MAX_BATCH_RECORDS`] records before a requested
     /// offset (a broker may not serve a fetch from inside a record batch), so the caller must
-    /// tolerate replaying records it already processed.
+    /// drop (or tolerate) the records below the offset it asked for.
     pub fn consumer_at(
         &self,
         topic: &str,

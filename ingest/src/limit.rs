@@ -5,7 +5,8 @@
 //! This guard is per ingest process: with several processes on a shared subscription a device's
 //! messages are spread over them, and each lets through up to the limit. The fleet-wide limit is
 //! the stream's (`ioc_stream::limit`), applied where the device's partition is read, with the same
-//! rule: with one ingest process it admits exactly what this guard admitted. Each decision here
+//! rule: with one ingest process it admits what this guard admitted, but for a message or so at
+//! the margin where records reach the partition out of receive order. Each decision here
 //! is final for the message it is made for (it becomes a dead letter or readings, confirmed by
 //! the bus before the message is acknowledged).
 

@@ -28,7 +28,7 @@ use ioc_bus::{Bus, Consumer, Producer, StartAt};
 use ioc_config::StreamConfig;
 use ioc_contract::rate::RateRule;
 use ioc_contract::{Aggregate, Alert, DeadLetter, ReadingBatch, RejectCode, WINDOW_MS};
-use ioc_history::{History, OffsetRow, WatermarkRow};
+use ioc_history::{History, OffsetRow, Position, WatermarkRow};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 use tokio_util::sync::CancellationToken;
 
@@ -252,13 +252,7 @@ async fn readings_loop(config: &StreamConfig, step: &Step<'_>) -> Result<(), Str
         .iter()
         .map(|p| (p.partition, p.next_offset))
         .collect();
-    let mut limiter = FleetLimiter::new(step.limit.rule());
-    for p in &positions {
-        if let Err(e) = limiter.restore(p.partition, p.next_offset, &p.limiter) {
-            // Only a corrupted row: the replayed span is then decided with full buckets.
-            tracing::error!(partition = p.partition, error = %e, "unreadable rate-limit checkpoint; every device's bucket starts full");
-        }
-    }
+    let mut limiter = restored_limiter(step.limit.rule(), &topic, &positions);
     let mut consumer = bus.consumer_at(
         &topic,
         partitions.iter().map(|p| {
@@ -284,30 +278,13 @@ async fn readings_loop(config: &StreamConfig, step: &Step<'_>) -> Result<(), Str
     restore(history, &mut engine, &mut rule).await?;
     let mut versions = VersionClock(0);
     let mut recent = Recent::new(RECENT_READING_KEYS);
-    // Offsets of one partition are contiguous (idempotent, non-transactional producers, no
-    // compaction): a jump means the bus skipped records, which this stream would never see.
+    // Per partition, the next offset expected (`fresh`).
     let mut next_expected: HashMap<i32, i64> = checkpoint.clone();
-    let resumed_at = checkpoint.clone();
     let mut committed = checkpoint;
 
     while !shutdown.is_cancelled() {
         let mut records = collect_batch(&mut consumer, config, metrics, shutdown).await;
-        // The bus may start before the checkpoint (`Bus::consumer_at`); everything below it was
-        // decided, stored and, if in a window, emitted.
-        records.retain(|c| resumed_at.get(&c.partition).is_none_or(|o| c.offset >= *o));
-        for c in &records {
-            if let Some(expected) = next_expected.insert(c.partition, c.offset + 1) {
-                if c.offset > expected {
-                    metrics.offset_gaps.inc_by((c.offset - expected) as u64);
-                    tracing::error!(
-                        partition = c.partition,
-                        expected,
-                        got = c.offset,
-                        "the bus skipped records of the readings topic; their windows will be incomplete"
-                    );
-                }
-            }
-        }
+        records.retain(|c| fresh(&mut next_expected, c.partition, c.offset, &topic, metrics));
         if !step
             .process(
                 records,
@@ -337,6 +314,58 @@ async fn readings_loop(config: &StreamConfig, step: &Step<'_>) -> Result<(), Str
         }
     }
     Ok(())
+}
+
+/// Whether a consumed record is one this process has not decided yet, keeping per partition
+/// the next offset expected. The bus may start before the checkpoint (`Bus::consumer_at`), and
+/// everything below it was decided, stored and, if in a window, emitted; a record delivered a
+/// second time is dropped alike, since the rate limit must decide each record once. Offsets of
+/// one partition are contiguous (idempotent, non-transactional producers, no compaction): a
+/// jump means the bus skipped records, which are counted and logged.
+pub(crate) fn fresh(
+    next_expected: &mut HashMap<i32, i64>,
+    partition: i32,
+    offset: i64,
+    topic: &str,
+    metrics: &StreamMetrics,
+) -> bool {
+    match next_expected.get(&partition) {
+        Some(expected) if offset < *expected => return false,
+        Some(expected) if offset > *expected => {
+            metrics.offset_gaps.inc_by((offset - expected) as u64);
+            tracing::error!(
+                %topic,
+                partition,
+                expected,
+                got = offset,
+                "the bus skipped records; what they held is missing (windows incomplete, events unstored)"
+            );
+        }
+        _ => {}
+    }
+    next_expected.insert(partition, offset + 1);
+    true
+}
+
+/// A rate limiter restored at each partition's checkpoint (`limit.rs`), saying what it could not
+/// restore as it was.
+fn restored_limiter(rule: Option<RateRule>, topic: &str, positions: &[Position]) -> FleetLimiter {
+    let mut limiter = FleetLimiter::new(rule);
+    for p in positions {
+        match limiter.restore(p.partition, p.next_offset, &p.limiter) {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                %topic,
+                partition = p.partition,
+                "ingest.device_rate_limit or ingest.device_burst changed since the checkpoint: the records replayed from it are decided under the new limit, so a message near the change may be both stored and rejected"
+            ),
+            // Only a corrupted row: the replayed span is then decided with full buckets.
+            Err(e) => {
+                tracing::error!(%topic, partition = p.partition, error = %e, "unreadable rate-limit checkpoint; every device's bucket starts full")
+            }
+        }
+    }
+    limiter
 }
 
 async fn restore(

@@ -17,7 +17,6 @@ use ioc_config::StreamConfig;
 use ioc_contract::{DeadLetter, Event, Evidence};
 use ioc_history::OffsetRow;
 
-use crate::limit::FleetLimiter;
 use crate::{Step, StreamError, VersionClock};
 
 /// The topics stored as they are.
@@ -100,16 +99,12 @@ pub(crate) async fn run(
         .iter()
         .map(|p| (p.partition, p.next_offset))
         .collect();
-    let resumed_at = committed.clone();
-    let mut limiter = FleetLimiter::new(match sink {
+    let mut next_expected = committed.clone();
+    let rule = match sink {
         Sink::Events => step.limit.rule(),
         Sink::Evidence | Sink::Quarantine => None,
-    });
-    for p in &positions {
-        if let Err(e) = limiter.restore(p.partition, p.next_offset, &p.limiter) {
-            tracing::error!(%topic, partition = p.partition, error = %e, "unreadable rate-limit checkpoint; every device's bucket starts full");
-        }
-    }
+    };
+    let mut limiter = crate::restored_limiter(rule, &topic, &positions);
     let mut consumer = step.bus.consumer_at(
         &topic,
         partitions.iter().map(|p| {
@@ -142,10 +137,14 @@ pub(crate) async fn run(
             };
             match record {
                 Ok(r) => {
-                    // The bus may start before the checkpoint (`Bus::consumer_at`); everything
-                    // below it was decided and stored.
-                    if resumed_at.get(&r.partition).is_some_and(|o| r.offset < *o) {
-                        continue;
+                    if !crate::fresh(
+                        &mut next_expected,
+                        r.partition,
+                        r.offset,
+                        &topic,
+                        step.metrics,
+                    ) {
+                        continue; // below the checkpoint (decided and stored), or delivered again
                     }
                     taken += 1;
                     next.insert(r.partition, r.offset + 1);
