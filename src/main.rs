@@ -586,8 +586,9 @@ async fn run(command: Command, config: Config) -> Result<()> {
             .await?;
             let history = History::ClickHouse(ClickHouseHistory::new(&config.clickhouse));
             tracing::info!(clickhouse = %config.clickhouse.url, database = %config.clickhouse.database, "stream starting");
-            let limit = ioc_stream::DeviceLimit::of(&config.ingest);
-            ioc_stream::run(&config.stream, limit, &bus, history, metrics, shutdown).await?;
+            let fleet =
+                ioc_stream::Fleet::of(&config.ingest, follow_registry(&bus, &shutdown).await?);
+            ioc_stream::run(&config.stream, fleet, &bus, history, metrics, shutdown).await?;
             tracing::info!("stream stopped");
         }
         Command::Api {

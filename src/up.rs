@@ -284,7 +284,7 @@ pub async fn run(
     let stream_stop = CancellationToken::new();
     let stream = {
         let metrics = ioc_stream::StreamMetrics::register(&prometheus)?;
-        let limit = ioc_stream::DeviceLimit::of(&config.ingest);
+        let fleet = ioc_stream::Fleet::of(&config.ingest, registry.clone());
         let (cfg, bus, history, stop) = (
             config.stream.clone(),
             bus.clone(),
@@ -292,7 +292,7 @@ pub async fn run(
             stream_stop.clone(),
         );
         supervise("stream", &shutdown, async move {
-            ioc_stream::run(&cfg, limit, &bus, history, metrics, stop).await?;
+            ioc_stream::run(&cfg, fleet, &bus, history, metrics, stop).await?;
             Ok(())
         })
     };

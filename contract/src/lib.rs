@@ -214,21 +214,138 @@ pub struct TapRejection {
     pub metric: Option<String>,
 }
 
-/// A closed 1-minute event-time window over one device, channel and metric (good readings only).
+/// A closed event-time window over one device, channel and metric (good readings only), at one
+/// [`Resolution`]. 1-minute windows are computed from readings; coarser ones are derived from the
+/// stored windows of the next finer resolution, which is why `sum` is kept (a mean of means
+/// weighted by count is exact).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Aggregate {
     pub device_id: String,
     pub channel: String,
     pub metric: String,
+    /// Records from before resolutions existed were 1-minute windows.
+    #[serde(default)]
+    pub resolution: Resolution,
     pub window_start: i64,
     pub window_end: i64,
     pub count: u64,
+    /// Sum of the good values (records from before it was kept: `mean × count`).
+    #[serde(default = "f64_nan")]
+    pub sum: f64,
     pub min: f64,
     pub max: f64,
     pub mean: f64,
+    /// The share of the window's expected readings that arrived good (`count` over the window's
+    /// length divided by the device's `expected_interval_s`), at most 1.0; `None` where the
+    /// device's expected interval was not known when the window was computed.
+    #[serde(default)]
+    pub capture: Option<f64>,
     pub unit: String,
     /// Higher versions replace lower ones: a late reading re-emits its window with a new version.
     pub version: u64,
+}
+
+fn f64_nan() -> f64 {
+    f64::NAN
+}
+
+impl Aggregate {
+    /// Fills what a record from an older release lacks (`sum`).
+    pub fn upgraded(mut self) -> Aggregate {
+        if self.sum.is_nan() {
+            self.sum = self.mean * self.count as f64;
+        }
+        self
+    }
+}
+
+/// The capture of a window of `window_ms` holding `count` good readings from a device expected
+/// every `expected_interval_s` seconds: at most 1.0, `None` without a usable interval.
+pub fn capture(count: u64, window_ms: i64, expected_interval_s: Option<f64>) -> Option<f64> {
+    let interval = expected_interval_s.filter(|s| s.is_finite() && *s > 0.0)?;
+    let expected = window_ms as f64 / (interval * 1000.0);
+    Some((count as f64 / expected).min(1.0))
+}
+
+/// The length of a tumbling window. Each is a whole number of the next finer one, aligned on
+/// the local day (`ingest.local_utc_offset`), so a coarser window is exactly the union of finer
+/// ones.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+pub enum Resolution {
+    #[default]
+    #[serde(rename = "1m")]
+    Minute = 0,
+    #[serde(rename = "5m")]
+    FiveMinutes = 1,
+    #[serde(rename = "1h")]
+    Hour = 2,
+    #[serde(rename = "1d")]
+    Day = 3,
+}
+
+impl Resolution {
+    pub const ALL: [Resolution; 4] = [
+        Resolution::Minute,
+        Resolution::FiveMinutes,
+        Resolution::Hour,
+        Resolution::Day,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::Minute => "1m",
+            Resolution::FiveMinutes => "5m",
+            Resolution::Hour => "1h",
+            Resolution::Day => "1d",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Resolution> {
+        Resolution::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    pub fn ms(self) -> i64 {
+        match self {
+            Resolution::Minute => 60_000,
+            Resolution::FiveMinutes => 300_000,
+            Resolution::Hour => 3_600_000,
+            Resolution::Day => 86_400_000,
+        }
+    }
+
+    /// The next finer resolution, which this one is derived from (none for 1 minute).
+    pub fn finer(self) -> Option<Resolution> {
+        match self {
+            Resolution::Minute => None,
+            Resolution::FiveMinutes => Some(Resolution::Minute),
+            Resolution::Hour => Some(Resolution::FiveMinutes),
+            Resolution::Day => Some(Resolution::Hour),
+        }
+    }
+
+    /// The next coarser resolution, derived from this one.
+    pub fn coarser(self) -> Option<Resolution> {
+        match self {
+            Resolution::Minute => Some(Resolution::FiveMinutes),
+            Resolution::FiveMinutes => Some(Resolution::Hour),
+            Resolution::Hour => Some(Resolution::Day),
+            Resolution::Day => None,
+        }
+    }
+
+    /// Start of the window containing `ts`, for a local time `utc_offset_ms` ahead of UTC
+    /// (a whole number of minutes, so minutes are the same in every zone).
+    pub fn start(self, ts: i64, utc_offset_ms: i64) -> i64 {
+        ts - (ts + utc_offset_ms).rem_euclid(self.ms())
+    }
+}
+
+impl std::fmt::Display for Resolution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -762,12 +879,12 @@ pub fn device_of_station_topic(topic: &str) -> Option<&str> {
     valid_device_id(id).then_some(id)
 }
 
-/// Length of the tumbling aggregation window.
+/// Length of the window readings are aggregated in first (every other is derived from it).
 pub const WINDOW_MS: i64 = 60_000;
 
-/// Start of the window that contains `ts`.
+/// Start of the 1-minute window that contains `ts`.
 pub fn window_start(ts: i64) -> i64 {
-    ts - ts.rem_euclid(WINDOW_MS)
+    Resolution::Minute.start(ts, 0)
 }
 
 #[cfg(test)]
@@ -793,6 +910,51 @@ mod tests {
         assert_eq!(window_start(60_000), 60_000);
         assert_eq!(window_start(119_999), 60_000);
         assert_eq!(window_start(-1), -60_000);
+    }
+
+    #[test]
+    fn coarser_windows_are_unions_of_finer_ones_on_the_local_day() {
+        let ict = 7 * 3_600_000;
+        // 2026-11-26T16:59:59.999Z is 23:59:59.999 in Vietnam: still the 26th there.
+        let t = 1_795_712_399_999;
+        assert_eq!(Resolution::Day.start(t, ict), 1_795_626_000_000);
+        assert_eq!(Resolution::Day.start(t + 1, ict), t + 1);
+        assert_eq!(Resolution::Day.start(t + 1, 0), 1_795_651_200_000);
+        for r in Resolution::ALL {
+            let Some(finer) = r.finer() else { continue };
+            assert_eq!(r.ms() % finer.ms(), 0);
+            for ts in [t - 7_777_777, t, t + 1, -1] {
+                let start = r.start(ts, ict);
+                assert_eq!(
+                    finer.start(start, ict),
+                    start,
+                    "{r} starts on a {finer} boundary"
+                );
+                assert!(start <= ts && ts < start + r.ms());
+            }
+            assert_eq!(finer.coarser(), Some(r));
+            assert_eq!(Resolution::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(Resolution::parse("2h"), None);
+    }
+
+    #[test]
+    fn capture_is_the_share_of_expected_readings_and_at_most_one() {
+        assert_eq!(capture(45, 3_600_000, Some(60.0)), Some(0.75));
+        assert_eq!(capture(120, 3_600_000, Some(60.0)), Some(1.0));
+        assert_eq!(capture(1, 60_000, Some(300.0)), Some(1.0));
+        assert_eq!(capture(10, 60_000, None), None);
+        assert_eq!(capture(10, 60_000, Some(0.0)), None);
+    }
+
+    #[test]
+    fn an_aggregate_from_an_older_release_reads_as_a_minute_with_its_sum() {
+        let old = r#"{"device_id":"a","channel":"","metric":"pm25","window_start":0,"window_end":60000,"count":4,"min":1.0,"max":3.0,"mean":2.5,"unit":"µg/m³","version":1}"#;
+        let a = serde_json::from_str::<Aggregate>(old).unwrap().upgraded();
+        assert_eq!(
+            (a.resolution, a.sum, a.capture),
+            (Resolution::Minute, 10.0, None)
+        );
     }
 
     #[test]

@@ -9,12 +9,12 @@
 
 use clickhouse::{Client, Row};
 use ioc_config::ClickHouseConfig;
-use ioc_contract::{Aggregate, Alert, Reading};
+use ioc_contract::{Aggregate, Alert, Reading, Resolution};
 use serde::Deserialize;
 
 use crate::{
-    AggregateRow, AlertRow, EventRow, EvidenceRow, GoodValueRow, HistoryError, HistoryFilter,
-    OffsetRow, Position, ReadingRow, WatermarkRow,
+    aggregates_table, AggregateRow, AlertRow, EventRow, EvidenceRow, GoodValueRow, HistoryError,
+    HistoryFilter, OffsetRow, Position, ReadingRow, WatermarkRow,
 };
 
 /// Statements that create the schema, in order; `{db}` is the database name.
@@ -27,13 +27,6 @@ const SCHEMA: &[&str] = &[
     ) ENGINE = ReplacingMergeTree(version)
     PARTITION BY toYYYYMM(toDateTime(intDiv(ts, 1000)))
     ORDER BY (device_id, channel, metric, ts)",
-    "CREATE TABLE IF NOT EXISTS {db}.aggregates (
-        device_id String, channel String, metric String, window_start Int64, window_end Int64,
-        value_count UInt64, value_min Float64, value_max Float64, value_mean Float64,
-        unit String, version UInt64
-    ) ENGINE = ReplacingMergeTree(version)
-    PARTITION BY toYYYYMM(toDateTime(intDiv(window_start, 1000)))
-    ORDER BY (device_id, channel, metric, window_start)",
     "CREATE TABLE IF NOT EXISTS {db}.alerts (
         alert_id String, rule String, device_id String, channel String, metric String,
         status String, raised_at Int64, cleared_at Nullable(Int64), value Float64, peak Float64,
@@ -80,10 +73,30 @@ const SCHEMA: &[&str] = &[
     ORDER BY device_id",
 ];
 
+/// The table of each resolution's aggregates (`aggregates_table`: 1-minute windows keep the
+/// name from before there were other resolutions); `{table}` is its name. `value_sum` and
+/// `capture` came later (ADDED_COLUMNS), hence their place.
+const AGGREGATES: &str = "CREATE TABLE IF NOT EXISTS {db}.{table} (
+        device_id String, channel String, metric String, window_start Int64, window_end Int64,
+        value_count UInt64, value_min Float64, value_max Float64, value_mean Float64,
+        unit String, version UInt64, value_sum Float64, capture Nullable(Float64)
+    ) ENGINE = ReplacingMergeTree(version)
+    PARTITION BY toYYYYMM(toDateTime(intDiv(window_start, 1000)))
+    ORDER BY (device_id, channel, metric, window_start)";
+
 /// Columns added to a table after its first release, `(table, column, type)`: `ensure_schema`
 /// adds each where it is missing (ClickHouse 18.16 has no `ADD COLUMN IF NOT EXISTS`), at the
 /// end, where `CREATE TABLE` above also puts it.
-const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("stream_offsets", "limiter", "String")];
+/// A 1-minute row from before `value_sum` was kept reads as `mean × count`.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("stream_offsets", "limiter", "String"),
+    (
+        "aggregates",
+        "value_sum",
+        "Float64 DEFAULT value_mean * value_count",
+    ),
+    ("aggregates", "capture", "Nullable(Float64)"),
+];
 
 /// A ClickHouse history store.
 #[derive(Clone)]
@@ -103,7 +116,13 @@ impl ClickHouseHistory {
     /// Creates the database and tables if they do not exist.
     pub async fn ensure_schema(&self) -> Result<(), HistoryError> {
         let root = make_client(&self.config);
-        for statement in SCHEMA {
+        let aggregates =
+            Resolution::ALL.map(|r| AGGREGATES.replace("{table}", aggregates_table(r)));
+        for statement in SCHEMA
+            .iter()
+            .copied()
+            .chain(aggregates.iter().map(String::as_str))
+        {
             root.query(&statement.replace("{db}", &self.config.database))
                 .execute()
                 .await?;
@@ -171,9 +190,17 @@ impl ClickHouseHistory {
             .await
     }
 
+    /// Each aggregate into its resolution's table.
     pub async fn insert_aggregates(&self, aggregates: &[Aggregate]) -> Result<usize, HistoryError> {
-        self.insert_rows("aggregates", aggregates.iter().map(AggregateRow::from))
-            .await
+        let mut n = 0;
+        for resolution in Resolution::ALL {
+            let rows = aggregates
+                .iter()
+                .filter(|a| a.resolution == resolution)
+                .map(AggregateRow::from);
+            n += self.insert_rows(aggregates_table(resolution), rows).await?;
+        }
+        Ok(n)
     }
 
     pub async fn insert_alerts(&self, alerts: &[Alert]) -> Result<usize, HistoryError> {
@@ -285,13 +312,50 @@ impl ClickHouseHistory {
     pub async fn aggregates(&self, f: &HistoryFilter) -> Result<Vec<Aggregate>, HistoryError> {
         let rows: Vec<AggregateRow> = self
             .filtered(
-                "aggregates",
+                aggregates_table(f.resolution),
                 "window_start",
                 "window_start, device_id, channel, metric",
                 f,
             )
             .await?;
-        Ok(rows.into_iter().map(Aggregate::from).collect())
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                Aggregate::from(AggregateRow {
+                    resolution: f.resolution,
+                    ..r
+                })
+            })
+            .collect())
+    }
+
+    /// The stored windows of `resolution` of `devices` starting in `[from, to)`.
+    pub async fn windows(
+        &self,
+        resolution: Resolution,
+        devices: &[String],
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<Aggregate>, HistoryError> {
+        // `IN` a subquery, so the primary key (device first) narrows the read; 18.16 takes no
+        // array on the right of IN.
+        let sql = format!(
+            "SELECT ?fields FROM {} FINAL WHERE device_id IN (SELECT arrayJoin(?)) \
+             AND window_start >= ? AND window_start < ?",
+            aggregates_table(resolution)
+        );
+        let rows = self
+            .client
+            .query(&sql)
+            .bind(devices)
+            .bind(from)
+            .bind(to)
+            .fetch_all::<AggregateRow>()
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Aggregate::from(AggregateRow { resolution, ..r }))
+            .collect())
     }
 
     pub async fn alerts(&self, f: &HistoryFilter) -> Result<Vec<Alert>, HistoryError> {

@@ -24,7 +24,7 @@ use arrow_array::{
     Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, UInt64Array,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use ioc_contract::{Aggregate, Alert};
+use ioc_contract::{Aggregate, Alert, Resolution};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -115,6 +115,11 @@ impl Table {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct FileEntry {
     table: Table,
+    /// Which part of the table the file holds ([`TableRow::part`]): files of the aggregates
+    /// table hold one resolution each, so a query for minutes skips the files of days, whose
+    /// time ranges would overlap everything of theirs.
+    #[serde(default)]
+    part: u8,
     /// Relative to the store's directory.
     file: String,
     rows: u64,
@@ -418,53 +423,69 @@ impl EmbeddedHistory {
     /// Merges a table's small files into one once there are [`COMPACT_TRIGGER`] of them.
     /// Called with the commit lock held.
     async fn compact(&self) -> Result<(), StoreError> {
-        for table in Table::ALL {
-            let base = self.state().manifest.clone();
-            let small: Vec<FileEntry> = base
+        let parts: std::collections::BTreeSet<(u8, u8)> = {
+            let s = self.state();
+            s.manifest
                 .files
                 .iter()
-                .filter(|f| f.table == table && f.rows < COMPACT_MAX_ROWS)
-                .cloned()
-                .collect();
-            if small.len() < COMPACT_TRIGGER {
-                continue;
+                .map(|f| (f.table as u8, f.part))
+                .collect()
+        };
+        for table in Table::ALL {
+            for part in parts
+                .iter()
+                .filter(|(t, _)| *t == table as u8)
+                .map(|(_, p)| *p)
+            {
+                let base = self.state().manifest.clone();
+                let small: Vec<FileEntry> = base
+                    .files
+                    .iter()
+                    .filter(|f| f.table == table && f.part == part && f.rows < COMPACT_MAX_ROWS)
+                    .cloned()
+                    .collect();
+                if small.len() < COMPACT_TRIGGER {
+                    continue;
+                }
+                let dir = self.shared.dir.clone();
+                let merged = small.clone();
+                let next = tokio::task::spawn_blocking(move || -> Result<Manifest, StoreError> {
+                    let mut next = (*base).clone();
+                    next.files
+                        .retain(|f| !merged.iter().any(|m| m.file == f.file));
+                    fn merge<R: TableRow>(
+                        dir: &Path,
+                        next: &mut Manifest,
+                        files: &[FileEntry],
+                    ) -> Result<(), StoreError> {
+                        write_table(dir, next, &dedup(read_files::<R>(dir, files)?))
+                    }
+                    match table {
+                        Table::Readings => merge::<ReadingRow>(&dir, &mut next, &merged)?,
+                        Table::Aggregates => merge::<AggregateRow>(&dir, &mut next, &merged)?,
+                        Table::Alerts => merge::<AlertRow>(&dir, &mut next, &merged)?,
+                        Table::Events => merge::<EventRow>(&dir, &mut next, &merged)?,
+                        Table::Evidence => merge::<EvidenceRow>(&dir, &mut next, &merged)?,
+                        Table::CameraQuarantine => {
+                            merge::<QuarantineRow>(&dir, &mut next, &merged)?
+                        }
+                    }
+                    commit_manifest(&dir, &next)?;
+                    Ok(next)
+                })
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))??;
+                let mut s = self.state();
+                s.manifest = Arc::new(next);
+                let now = Instant::now();
+                s.garbage
+                    .extend(small.iter().map(|f| (now, self.shared.dir.join(&f.file))));
+                tracing::debug!(
+                    table = table.name(),
+                    files = small.len(),
+                    "compacted history files"
+                );
             }
-            let dir = self.shared.dir.clone();
-            let merged = small.clone();
-            let next = tokio::task::spawn_blocking(move || -> Result<Manifest, StoreError> {
-                let mut next = (*base).clone();
-                next.files
-                    .retain(|f| !merged.iter().any(|m| m.file == f.file));
-                fn merge<R: TableRow>(
-                    dir: &Path,
-                    next: &mut Manifest,
-                    files: &[FileEntry],
-                ) -> Result<(), StoreError> {
-                    write_table(dir, next, &dedup(read_files::<R>(dir, files)?))
-                }
-                match table {
-                    Table::Readings => merge::<ReadingRow>(&dir, &mut next, &merged)?,
-                    Table::Aggregates => merge::<AggregateRow>(&dir, &mut next, &merged)?,
-                    Table::Alerts => merge::<AlertRow>(&dir, &mut next, &merged)?,
-                    Table::Events => merge::<EventRow>(&dir, &mut next, &merged)?,
-                    Table::Evidence => merge::<EvidenceRow>(&dir, &mut next, &merged)?,
-                    Table::CameraQuarantine => merge::<QuarantineRow>(&dir, &mut next, &merged)?,
-                }
-                commit_manifest(&dir, &next)?;
-                Ok(next)
-            })
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))??;
-            let mut s = self.state();
-            s.manifest = Arc::new(next);
-            let now = Instant::now();
-            s.garbage
-                .extend(small.iter().map(|f| (now, self.shared.dir.join(&f.file))));
-            tracing::debug!(
-                table = table.name(),
-                files = small.len(),
-                "compacted history files"
-            );
         }
         Ok(())
     }
@@ -487,6 +508,7 @@ impl EmbeddedHistory {
         &self,
         from: i64,
         to: i64,
+        part: Option<u8>,
         keep: impl Fn(&R) -> bool + Send + Sync + Clone + 'static,
     ) -> Result<Vec<R>, StoreError> {
         let mut attempt = 0;
@@ -497,7 +519,12 @@ impl EmbeddedHistory {
                     .manifest
                     .files
                     .iter()
-                    .filter(|f| f.table == R::TABLE && f.max_time >= from && f.min_time < to)
+                    .filter(|f| {
+                        f.table == R::TABLE
+                            && part.is_none_or(|p| f.part == p)
+                            && f.max_time >= from
+                            && f.min_time < to
+                    })
                     .cloned()
                     .collect();
                 let in_range = |r: &&R| (from..to).contains(&r.time()) && keep(r);
@@ -542,7 +569,7 @@ impl EmbeddedHistory {
     pub async fn readings(&self, f: &HistoryFilter) -> Result<Vec<ReadingRow>, StoreError> {
         let (device, metric) = (f.device_id.clone(), f.metric.clone());
         let mut rows = self
-            .scan::<ReadingRow>(f.from, f.to, move |r| {
+            .scan::<ReadingRow>(f.from, f.to, None, move |r| {
                 device.as_ref().is_none_or(|d| *d == r.device_id)
                     && metric.as_ref().is_none_or(|m| *m == r.metric)
             })
@@ -560,10 +587,11 @@ impl EmbeddedHistory {
     }
 
     pub async fn aggregates(&self, f: &HistoryFilter) -> Result<Vec<Aggregate>, StoreError> {
-        let (device, metric) = (f.device_id.clone(), f.metric.clone());
+        let (device, metric, resolution) = (f.device_id.clone(), f.metric.clone(), f.resolution);
         let mut rows = self
-            .scan::<AggregateRow>(f.from, f.to, move |r| {
-                device.as_ref().is_none_or(|d| *d == r.device_id)
+            .scan::<AggregateRow>(f.from, f.to, Some(resolution as u8), move |r| {
+                r.resolution == resolution
+                    && device.as_ref().is_none_or(|d| *d == r.device_id)
                     && metric.as_ref().is_none_or(|m| *m == r.metric)
             })
             .await?;
@@ -579,10 +607,26 @@ impl EmbeddedHistory {
         Ok(rows.into_iter().map(Aggregate::from).collect())
     }
 
+    pub async fn windows(
+        &self,
+        resolution: Resolution,
+        devices: &[String],
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<Aggregate>, StoreError> {
+        let devices: std::collections::HashSet<String> = devices.iter().cloned().collect();
+        let rows = self
+            .scan::<AggregateRow>(from, to, Some(resolution as u8), move |r| {
+                r.resolution == resolution && devices.contains(&r.device_id)
+            })
+            .await?;
+        Ok(rows.into_iter().map(Aggregate::from).collect())
+    }
+
     pub async fn alerts(&self, f: &HistoryFilter) -> Result<Vec<Alert>, StoreError> {
         let (device, metric) = (f.device_id.clone(), f.metric.clone());
         let mut rows = self
-            .scan::<AlertRow>(f.from, f.to, move |r| {
+            .scan::<AlertRow>(f.from, f.to, None, move |r| {
                 device.as_ref().is_none_or(|d| *d == r.device_id)
                     && metric.as_ref().is_none_or(|m| *m == r.metric)
             })
@@ -596,7 +640,7 @@ impl EmbeddedHistory {
     pub async fn events(&self, f: &HistoryFilter) -> Result<Vec<EventRow>, StoreError> {
         let device = f.device_id.clone();
         let mut rows = self
-            .scan::<EventRow>(f.from, f.to, move |r| {
+            .scan::<EventRow>(f.from, f.to, None, move |r| {
                 device.as_ref().is_none_or(|d| *d == r.device_id)
             })
             .await?;
@@ -608,7 +652,7 @@ impl EmbeddedHistory {
     pub async fn evidence(&self, f: &HistoryFilter) -> Result<Vec<EvidenceRow>, StoreError> {
         let device = f.device_id.clone();
         let mut rows = self
-            .scan::<EvidenceRow>(f.from, f.to, move |r| {
+            .scan::<EvidenceRow>(f.from, f.to, None, move |r| {
                 device.as_ref().is_none_or(|d| *d == r.device_id)
             })
             .await?;
@@ -625,7 +669,7 @@ impl EmbeddedHistory {
     ) -> Result<Vec<GoodValueRow>, StoreError> {
         let device = device_id.to_string();
         let rows = self
-            .scan::<ReadingRow>(from, to, move |r| r.device_id == device)
+            .scan::<ReadingRow>(from, to, None, move |r| r.device_id == device)
             .await?;
         Ok(rows
             .into_iter()
@@ -642,7 +686,9 @@ impl EmbeddedHistory {
     }
 
     pub async fn latest_alerts(&self) -> Result<Vec<Alert>, StoreError> {
-        let rows = self.scan::<AlertRow>(i64::MIN, i64::MAX, |_| true).await?;
+        let rows = self
+            .scan::<AlertRow>(i64::MIN, i64::MAX, None, |_| true)
+            .await?;
         let mut latest: HashMap<(String, String, String), AlertRow> = HashMap::new();
         for r in rows {
             let key = (r.rule.clone(), r.device_id.clone(), r.channel.clone());
@@ -671,15 +717,34 @@ fn dedup<R: TableRow>(rows: Vec<R>) -> Vec<R> {
     best.into_values().collect()
 }
 
-/// Writes one table's rows as a new Parquet file and lists it in `manifest`.
+/// Writes one table's rows as new Parquet files, one per part, and lists them in `manifest`.
 fn write_table<R: TableRow>(
     dir: &Path,
     manifest: &mut Manifest,
     rows: &[R],
 ) -> Result<(), StoreError> {
-    if rows.is_empty() {
+    let Some(first) = rows.first() else {
         return Ok(());
+    };
+    if rows.iter().all(|r| r.part() == first.part()) {
+        return write_file(dir, manifest, rows, first.part());
     }
+    let mut parts: BTreeMap<u8, Vec<R>> = BTreeMap::new();
+    for r in rows {
+        parts.entry(r.part()).or_default().push(r.clone());
+    }
+    for (part, rows) in parts {
+        write_file(dir, manifest, &rows, part)?;
+    }
+    Ok(())
+}
+
+fn write_file<R: TableRow>(
+    dir: &Path,
+    manifest: &mut Manifest,
+    rows: &[R],
+    part: u8,
+) -> Result<(), StoreError> {
     let rel = format!("{}/{:012}.parquet", R::TABLE.name(), manifest.next_file);
     manifest.next_file += 1;
     let path = dir.join(&rel);
@@ -702,6 +767,7 @@ fn write_table<R: TableRow>(
     let times = rows.iter().map(R::time);
     manifest.files.push(FileEntry {
         table: R::TABLE,
+        part,
         file: rel,
         rows: rows.len() as u64,
         min_time: times.clone().min().unwrap_or(0),
@@ -766,6 +832,10 @@ trait TableRow: Clone + Send + Sync + 'static {
     fn version(&self) -> u64;
     /// The time the table is ranged by.
     fn time(&self) -> i64;
+    /// Which of the table's parts the row is kept in (files hold one part each).
+    fn part(&self) -> u8 {
+        0
+    }
     fn rows(tables: &Tables) -> &[Self];
     fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError>;
     fn from_batch(c: &Columns) -> Result<Vec<Self>, StoreError>;
@@ -812,6 +882,13 @@ impl Columns<'_> {
                 path: self.path.to_path_buf(),
                 column,
             })
+    }
+    /// A column files written by an older release lack: `None` where it is absent.
+    fn optional<T: 'static>(&self, column: &'static str) -> Result<Option<&T>, StoreError> {
+        match self.batch.column_by_name(column) {
+            None => Ok(None),
+            Some(_) => self.col(column).map(Some),
+        }
     }
     fn str(&self, c: &'static str) -> Result<&StringArray, StoreError> {
         self.col(c)
@@ -914,9 +991,10 @@ impl TableRow for ReadingRow {
 
 impl TableRow for AggregateRow {
     const TABLE: Table = Table::Aggregates;
-    type Key = (String, String, String, i64);
+    type Key = (Resolution, String, String, String, i64);
     fn key(&self) -> Self::Key {
         (
+            self.resolution,
             self.device_id.clone(),
             self.channel.clone(),
             self.metric.clone(),
@@ -928,6 +1006,10 @@ impl TableRow for AggregateRow {
     }
     fn time(&self) -> i64 {
         self.window_start
+    }
+    /// One part per resolution (files from before resolutions held minutes: part 0).
+    fn part(&self) -> u8 {
+        self.resolution as u8
     }
     fn rows(t: &Tables) -> &[Self] {
         &t.aggregates
@@ -947,6 +1029,9 @@ impl TableRow for AggregateRow {
                 ("value_mean", Float64, false),
                 ("unit", Utf8, false),
                 ("version", UInt64, false),
+                ("resolution", Utf8, false),
+                ("value_sum", Float64, false),
+                ("capture", Float64, true),
             ]),
             vec![
                 strs(rows, |r| &r.device_id),
@@ -960,6 +1045,9 @@ impl TableRow for AggregateRow {
                 f64s(rows, |r| r.value_mean),
                 strs(rows, |r| &r.unit),
                 u64s(rows, |r| r.version),
+                strs(rows, |r| r.resolution.as_str()),
+                f64s(rows, |r| r.value_sum),
+                Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.capture))),
             ],
         )
     }
@@ -976,21 +1064,37 @@ impl TableRow for AggregateRow {
             c.f64("value_mean")?,
         );
         let (unit, version) = (c.str("unit")?, c.u64("version")?);
-        Ok((0..c.len())
-            .map(|i| AggregateRow {
-                device_id: device.value(i).to_string(),
-                channel: channel.value(i).to_string(),
-                metric: metric.value(i).to_string(),
-                window_start: start.value(i),
-                window_end: end.value(i),
-                value_count: count.value(i),
-                value_min: min.value(i),
-                value_max: max.value(i),
-                value_mean: mean.value(i),
-                unit: unit.value(i).to_string(),
-                version: version.value(i),
+        // Files from before resolutions held 1-minute windows, without sum or capture.
+        let resolution = c.optional::<StringArray>("resolution")?;
+        let sum = c.optional::<Float64Array>("value_sum")?;
+        let capture = c.optional::<Float64Array>("capture")?;
+        (0..c.len())
+            .map(|i| {
+                let resolution = match resolution {
+                    None => Resolution::Minute,
+                    Some(r) => Resolution::parse(r.value(i)).ok_or(StoreError::Column {
+                        path: c.path.to_path_buf(),
+                        column: "resolution",
+                    })?,
+                };
+                Ok(AggregateRow {
+                    resolution,
+                    device_id: device.value(i).to_string(),
+                    channel: channel.value(i).to_string(),
+                    metric: metric.value(i).to_string(),
+                    window_start: start.value(i),
+                    window_end: end.value(i),
+                    value_count: count.value(i),
+                    value_sum: sum.map_or(mean.value(i) * count.value(i) as f64, |s| s.value(i)),
+                    value_min: min.value(i),
+                    value_max: max.value(i),
+                    value_mean: mean.value(i),
+                    capture: capture.and_then(|c| c.is_valid(i).then(|| c.value(i))),
+                    unit: unit.value(i).to_string(),
+                    version: version.value(i),
+                })
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -1325,6 +1429,7 @@ mod tests {
             from: 0,
             to: i64::MAX,
             limit: 1_000_000,
+            resolution: Resolution::Minute,
         }
     }
 
@@ -1418,6 +1523,7 @@ mod tests {
             from: 4000,
             to: 12_000,
             limit: 3,
+            ..Default::default()
         };
         let ts: Vec<i64> = h.readings(&f).await.unwrap().iter().map(|r| r.ts).collect();
         assert_eq!(ts, vec![4000, 6000, 8000]);
@@ -1426,6 +1532,131 @@ mod tests {
             ..f
         };
         assert!(h.readings(&none).await.unwrap().is_empty());
+    }
+
+    fn window(resolution: Resolution, start: i64, count: u64, version: u64) -> AggregateRow {
+        AggregateRow {
+            resolution,
+            device_id: "aq-1".into(),
+            channel: String::new(),
+            metric: "pm25".into(),
+            window_start: start,
+            window_end: start + resolution.ms(),
+            value_count: count,
+            value_sum: count as f64,
+            value_min: 1.0,
+            value_max: 1.0,
+            value_mean: 1.0,
+            capture: (count > 1).then_some(0.5),
+            unit: "µg/m³".into(),
+            version,
+        }
+    }
+
+    #[tokio::test]
+    async fn each_resolution_is_its_own_part_and_its_own_files() {
+        let dir = tmp("resolutions");
+        let h = EmbeddedHistory::open(&dir).unwrap();
+        let day = 1_795_539_600_000;
+        h.insert_aggregates(
+            [
+                window(Resolution::Day, day, 100, 1),
+                window(Resolution::Minute, day + 3_600_000, 1, 1),
+                window(Resolution::Hour, day + 3_600_000, 60, 1),
+            ]
+            .into_iter(),
+        );
+        h.flush().await.unwrap();
+        // A revision of the day, as a roll-up re-derives it.
+        h.insert_aggregates(std::iter::once(window(Resolution::Day, day, 101, 2)));
+        h.flush().await.unwrap();
+        let parts: Vec<(u8, i64)> = h
+            .state()
+            .manifest
+            .files
+            .iter()
+            .map(|f| (f.part, f.min_time))
+            .collect();
+        assert_eq!(
+            parts,
+            vec![
+                (0, day + 3_600_000),
+                (2, day + 3_600_000),
+                (3, day),
+                (3, day)
+            ]
+        );
+        drop(h);
+        let h = EmbeddedHistory::open(&dir).unwrap();
+        let f = |resolution| HistoryFilter {
+            from: day,
+            to: day + 86_400_000,
+            limit: 100,
+            resolution,
+            ..Default::default()
+        };
+        let days = h.aggregates(&f(Resolution::Day)).await.unwrap();
+        assert_eq!(
+            days.iter()
+                .map(|a| (a.resolution, a.count, a.capture))
+                .collect::<Vec<_>>(),
+            vec![(Resolution::Day, 101, Some(0.5))]
+        );
+        let minutes = h
+            .windows(Resolution::Minute, &["aq-1".into()], day, day + 86_400_000)
+            .await
+            .unwrap();
+        assert_eq!(minutes.len(), 1);
+        assert_eq!(minutes[0].resolution, Resolution::Minute);
+        assert!(h
+            .windows(Resolution::Minute, &["aq-2".into()], day, day + 86_400_000)
+            .await
+            .unwrap()
+            .is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_aggregates_file_from_before_resolutions_reads_as_minutes_with_their_sum() {
+        use DataType::*;
+        let batch = RecordBatch::try_new(
+            schema(&[
+                ("device_id", Utf8, false),
+                ("channel", Utf8, false),
+                ("metric", Utf8, false),
+                ("window_start", Int64, false),
+                ("window_end", Int64, false),
+                ("value_count", UInt64, false),
+                ("value_min", Float64, false),
+                ("value_max", Float64, false),
+                ("value_mean", Float64, false),
+                ("unit", Utf8, false),
+                ("version", UInt64, false),
+            ]),
+            vec![
+                Arc::new(StringArray::from(vec!["aq-1"])),
+                Arc::new(StringArray::from(vec![""])),
+                Arc::new(StringArray::from(vec!["pm25"])),
+                Arc::new(Int64Array::from(vec![0])),
+                Arc::new(Int64Array::from(vec![60_000])),
+                Arc::new(UInt64Array::from(vec![4])),
+                Arc::new(Float64Array::from(vec![1.0])),
+                Arc::new(Float64Array::from(vec![4.0])),
+                Arc::new(Float64Array::from(vec![2.5])),
+                Arc::new(StringArray::from(vec!["µg/m³"])),
+                Arc::new(UInt64Array::from(vec![7])),
+            ],
+        )
+        .unwrap();
+        let rows = AggregateRow::from_batch(&Columns {
+            batch: &batch,
+            path: Path::new("old.parquet"),
+        })
+        .unwrap();
+        assert_eq!(
+            (rows[0].resolution, rows[0].value_sum, rows[0].capture),
+            (Resolution::Minute, 10.0, None)
+        );
     }
 
     fn event(id: &str, ts: i64, version: u64) -> EventRow {

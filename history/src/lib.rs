@@ -12,7 +12,9 @@ pub mod clickhouse_store;
 pub mod embedded;
 
 use clickhouse::Row;
-use ioc_contract::{Aggregate, Alert, AlertStatus, DeadLetter, Event, Evidence, Quality, Reading};
+use ioc_contract::{
+    Aggregate, Alert, AlertStatus, DeadLetter, Event, Evidence, Quality, Reading, Resolution,
+};
 use serde::{Deserialize, Serialize};
 
 pub use crate::clickhouse_store::ClickHouseHistory;
@@ -80,17 +82,24 @@ impl ReadingRow {
     }
 }
 
+/// A window aggregate. Each resolution has its own ClickHouse table (`aggregates` for 1 minute,
+/// as before resolutions existed; `aggregates_5m`, `_1h`, `_1d`), so the resolution is the
+/// table's, not a column there; the embedded store keeps it as a column.
 #[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
 pub struct AggregateRow {
+    #[serde(skip)]
+    pub resolution: Resolution,
     pub device_id: String,
     pub channel: String,
     pub metric: String,
     pub window_start: i64,
     pub window_end: i64,
     pub value_count: u64,
+    pub value_sum: f64,
     pub value_min: f64,
     pub value_max: f64,
     pub value_mean: f64,
+    pub capture: Option<f64>,
     pub unit: String,
     pub version: u64,
 }
@@ -98,15 +107,18 @@ pub struct AggregateRow {
 impl From<&Aggregate> for AggregateRow {
     fn from(a: &Aggregate) -> Self {
         AggregateRow {
+            resolution: a.resolution,
             device_id: a.device_id.clone(),
             channel: a.channel.clone(),
             metric: a.metric.clone(),
             window_start: a.window_start,
             window_end: a.window_end,
             value_count: a.count,
+            value_sum: a.sum,
             value_min: a.min,
             value_max: a.max,
             value_mean: a.mean,
+            capture: a.capture,
             unit: a.unit.clone(),
             version: a.version,
         }
@@ -119,15 +131,28 @@ impl From<AggregateRow> for Aggregate {
             device_id: r.device_id,
             channel: r.channel,
             metric: r.metric,
+            resolution: r.resolution,
             window_start: r.window_start,
             window_end: r.window_end,
             count: r.value_count,
+            sum: r.value_sum,
             min: r.value_min,
             max: r.value_max,
             mean: r.value_mean,
+            capture: r.capture,
             unit: r.unit,
             version: r.version,
         }
+    }
+}
+
+/// The ClickHouse table of one resolution's aggregates.
+pub fn aggregates_table(resolution: Resolution) -> &'static str {
+    match resolution {
+        Resolution::Minute => "aggregates",
+        Resolution::FiveMinutes => "aggregates_5m",
+        Resolution::Hour => "aggregates_1h",
+        Resolution::Day => "aggregates_1d",
     }
 }
 
@@ -332,6 +357,8 @@ pub struct HistoryFilter {
     pub from: i64,
     pub to: i64,
     pub limit: usize,
+    /// Which aggregates table (only aggregate queries read it).
+    pub resolution: Resolution,
 }
 
 /// The history store of a deployment.
@@ -480,10 +507,26 @@ impl History {
         }
     }
 
+    /// Aggregates of the filter's resolution whose window starts in its range.
     pub async fn aggregates(&self, f: &HistoryFilter) -> Result<Vec<Aggregate>, HistoryError> {
         match self {
             History::ClickHouse(h) => h.aggregates(f).await,
             History::Embedded(h) => Ok(h.aggregates(f).await?),
+        }
+    }
+
+    /// The stored windows of `resolution` of the given devices starting in `[from, to)`,
+    /// deduplicated: what a coarser window is derived from.
+    pub async fn windows(
+        &self,
+        resolution: Resolution,
+        devices: &[String],
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<Aggregate>, HistoryError> {
+        match self {
+            History::ClickHouse(h) => h.windows(resolution, devices, from, to).await,
+            History::Embedded(h) => Ok(h.windows(resolution, devices, from, to).await?),
         }
     }
 

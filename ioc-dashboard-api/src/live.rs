@@ -8,7 +8,9 @@ use std::sync::{Arc, RwLock};
 use ioc_bus::registry::RegistryView;
 use ioc_bus::{Bus, Consumer, StartAt};
 use ioc_contract::time::format_ms;
-use ioc_contract::{Aggregate, Alert, DeadLetter, Reading, ReadingBatch, RejectCode, TapRecord};
+use ioc_contract::{
+    Aggregate, Alert, DeadLetter, Reading, ReadingBatch, RejectCode, Resolution, TapRecord,
+};
 use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +32,8 @@ pub enum StreamName {
 pub struct LiveMessage {
     pub stream: StreamName,
     pub device_id: String,
+    /// An aggregate's resolution (sessions subscribe to one).
+    pub resolution: Option<Resolution>,
     pub json: String,
 }
 
@@ -45,7 +49,16 @@ impl LiveMessage {
         LiveMessage {
             stream,
             device_id: device_id.to_string(),
+            resolution: None,
             json,
+        }
+    }
+
+    /// An aggregate of `resolution`.
+    pub fn aggregate(a: &Aggregate) -> LiveMessage {
+        LiveMessage {
+            resolution: Some(a.resolution),
+            ..LiveMessage::new(StreamName::Aggregates, &a.device_id, &ApiAggregate::from(a))
         }
     }
 }
@@ -279,11 +292,7 @@ pub fn tail(
                 }
             } else if topic == topics.aggregates {
                 if let Ok(a) = serde_json::from_slice::<Aggregate>(&payload) {
-                    hub.publish(LiveMessage::new(
-                        StreamName::Aggregates,
-                        &a.device_id,
-                        &ApiAggregate::from(&a),
-                    ));
+                    hub.publish(LiveMessage::aggregate(&a.upgraded()));
                 }
             } else if topic == topics.alerts {
                 if let Ok(a) = serde_json::from_slice::<Alert>(&payload) {

@@ -15,8 +15,8 @@ use ioc_bus::registry;
 use ioc_contract::time::{format_ms, now_ms, parse_param_ms};
 use ioc_contract::{
     valid_device_id, valid_external_id, Actor, Aggregate, Alert, Device, DeviceChanges,
-    DeviceCredentials, DeviceStatus, Reading, RegistryEvent, DEVICE_KINDS, EXTERNAL_ID_KINDS,
-    FORMAT_NAMES,
+    DeviceCredentials, DeviceStatus, Reading, RegistryEvent, Resolution, DEVICE_KINDS,
+    EXTERNAL_ID_KINDS, FORMAT_NAMES,
 };
 use ioc_history::HistoryFilter;
 use serde::Serialize;
@@ -651,12 +651,17 @@ pub struct ApiAggregate {
     pub device_id: String,
     pub channel: String,
     pub metric: String,
+    pub resolution: Resolution,
     pub window_start: String,
     pub window_end: String,
     pub count: u64,
+    pub sum: f64,
     pub min: f64,
     pub max: f64,
     pub mean: f64,
+    /// Share of the expected readings that arrived good, at most 1; null where the device's
+    /// expected interval was unknown.
+    pub capture: Option<f64>,
     pub unit: String,
     pub version: u64,
 }
@@ -667,12 +672,15 @@ impl From<&Aggregate> for ApiAggregate {
             device_id: a.device_id.clone(),
             channel: a.channel.clone(),
             metric: a.metric.clone(),
+            resolution: a.resolution,
             window_start: format_ms(a.window_start),
             window_end: format_ms(a.window_end),
             count: a.count,
+            sum: a.sum,
             min: a.min,
             max: a.max,
             mean: a.mean,
+            capture: a.capture,
             unit: a.unit.clone(),
             version: a.version,
         }
@@ -751,12 +759,18 @@ pub(crate) fn history_filter(
             return Err(bad(format!("device_id {d:?} is not a valid device id")));
         }
     }
+    let resolution = match q.get("resolution") {
+        None => Resolution::Minute,
+        Some(r) => Resolution::parse(r)
+            .ok_or_else(|| bad(format!("resolution {r:?} is not one of 1m, 5m, 1h, 1d")))?,
+    };
     Ok(HistoryFilter {
         device_id: q.get("device_id").cloned(),
         metric: q.get("metric").cloned(),
         from,
         to,
         limit,
+        resolution,
     })
 }
 

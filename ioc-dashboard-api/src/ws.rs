@@ -2,7 +2,9 @@
 //! drive it with channels; the route wires it to a real socket.
 //!
 //! Client → server: `{"op":"subscribe","stream":"readings"|"aggregates"|"alerts"|"device","device_ids":[...]}`
-//! (device_ids optional: all devices) and `{"op":"unsubscribe","stream":...}`. The `device`
+//! (device_ids optional: all devices; for `aggregates`, `"resolution":"1m"|"5m"|"1h"|"1d"`,
+//! default `1m`; subscribing again replaces the stream's filter) and
+//! `{"op":"unsubscribe","stream":...}`. The `device`
 //! stream is what ingest made of each message of devices being commissioned or serviced.
 //! Server → client: `{"stream":...,"data":{...}}` for data; `{"op":"subscribed",...}`,
 //! `{"op":"error","message":...}`, and `{"op":"lagged","missed":N}` when the client was too slow
@@ -17,6 +19,8 @@ use futures::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast;
+
+use ioc_contract::Resolution;
 
 use crate::live::{LiveMessage, StreamName};
 use crate::ApiMetrics;
@@ -35,6 +39,8 @@ struct Request {
     stream: StreamName,
     #[serde(default)]
     device_ids: Option<Vec<String>>,
+    #[serde(default)]
+    resolution: Option<Resolution>,
 }
 
 /// How often a session checks that its token was not revoked.
@@ -56,6 +62,8 @@ pub async fn session<Out, In>(
     Out: Sink<String> + Unpin,
     In: Stream<Item = ClientFrame> + Unpin,
 {
+    // The resolution of the aggregates subscription.
+    let mut resolution = Resolution::Minute;
     let mut recheck = tokio::time::interval(TOKEN_RECHECK);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -71,10 +79,18 @@ pub async fn session<Out, In>(
                 None | Some(ClientFrame::Close) => return,
                 Some(ClientFrame::Text(text)) => {
                     let reply = match serde_json::from_str::<Request>(&text) {
+                        Ok(r) if r.op == "subscribe" && r.resolution.is_some() && r.stream != StreamName::Aggregates => {
+                            json!({"op": "error", "message": format!("resolution applies only to the aggregates stream, not {:?}", r.stream)})
+                        }
                         Ok(r) if r.op == "subscribe" => {
                             let filter = r.device_ids.map(|ids| ids.into_iter().collect::<HashSet<_>>());
                             subscriptions.insert(r.stream, filter);
-                            json!({"op": "subscribed", "stream": r.stream})
+                            if r.stream == StreamName::Aggregates {
+                                resolution = r.resolution.unwrap_or_default();
+                                json!({"op": "subscribed", "stream": r.stream, "resolution": resolution})
+                            } else {
+                                json!({"op": "subscribed", "stream": r.stream})
+                            }
                         }
                         Ok(r) if r.op == "unsubscribe" => {
                             subscriptions.remove(&r.stream);
@@ -94,7 +110,7 @@ pub async fn session<Out, In>(
                         Some(None) => true,
                         Some(Some(ids)) => ids.contains(&m.device_id),
                         None => false,
-                    };
+                    } && m.resolution.is_none_or(|r| r == resolution);
                     if wanted {
                         if out.send(m.json.clone()).await.is_err() {
                             return;
@@ -193,6 +209,69 @@ mod tests {
             (m["stream"].as_str(), m["data"]["n"].as_i64()),
             (Some("alerts"), Some(3))
         );
+    }
+
+    fn aggregate(resolution: Resolution, count: u64) -> ioc_contract::Aggregate {
+        ioc_contract::Aggregate {
+            device_id: "aq-1".into(),
+            channel: String::new(),
+            metric: "pm25".into(),
+            resolution,
+            window_start: 0,
+            window_end: resolution.ms(),
+            count,
+            sum: 1.0,
+            min: 1.0,
+            max: 1.0,
+            mean: 1.0,
+            capture: Some(0.5),
+            unit: "µg/m³".into(),
+            version: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_aggregates_subscription_gets_one_resolution_1m_unless_it_names_another() {
+        let hub = LiveHub::new(16);
+        let (mut client, _task) = start(&hub, metrics());
+        client
+            .send(r#"{"op":"subscribe","stream":"aggregates"}"#)
+            .await;
+        assert_eq!(client.next().await["resolution"], "1m");
+        hub.publish(LiveMessage::aggregate(&aggregate(Resolution::Hour, 1)));
+        hub.publish(LiveMessage::aggregate(&aggregate(Resolution::Minute, 2)));
+        let m = client.next().await;
+        assert_eq!(
+            (
+                m["data"]["resolution"].as_str(),
+                m["data"]["count"].as_u64()
+            ),
+            (Some("1m"), Some(2))
+        );
+        client
+            .send(r#"{"op":"subscribe","stream":"aggregates","resolution":"1h"}"#)
+            .await;
+        assert_eq!(client.next().await["resolution"], "1h");
+        hub.publish(LiveMessage::aggregate(&aggregate(Resolution::Minute, 3)));
+        hub.publish(LiveMessage::aggregate(&aggregate(Resolution::Hour, 4)));
+        let m = client.next().await;
+        assert_eq!(
+            (
+                m["stream"].as_str(),
+                m["data"]["resolution"].as_str(),
+                m["data"]["count"].as_u64(),
+                m["data"]["capture"].as_f64()
+            ),
+            (Some("aggregates"), Some("1h"), Some(4), Some(0.5))
+        );
+        client
+            .send(r#"{"op":"subscribe","stream":"alerts","resolution":"1h"}"#)
+            .await;
+        assert_eq!(client.next().await["op"], "error");
+        client
+            .send(r#"{"op":"subscribe","stream":"aggregates","resolution":"2h"}"#)
+            .await;
+        assert_eq!(client.next().await["op"], "error");
     }
 
     #[tokio::test]

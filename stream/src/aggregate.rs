@@ -14,14 +14,15 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
-use ioc_contract::{Aggregate, WINDOW_MS};
+use ioc_contract::{Aggregate, Resolution, WINDOW_MS};
 
 /// The aggregation, as SQL over the table `closing`. Windows are event-time tumbling windows
 /// of `WINDOW_MS`; event times are positive (ingest rejects anything before 2000).
 fn query() -> String {
     format!(
         "SELECT device_id, channel, metric, ts - (ts % {WINDOW_MS}) AS window_start, \
-                min(unit) AS unit, count(*) AS n, min(value) AS vmin, max(value) AS vmax, avg(value) AS vmean \
+                min(unit) AS unit, count(*) AS n, min(value) AS vmin, max(value) AS vmax, avg(value) AS vmean, \
+                sum(value) AS vsum \
          FROM closing \
          GROUP BY device_id, channel, metric, ts - (ts % {WINDOW_MS}) \
          ORDER BY device_id, channel, metric, window_start"
@@ -87,8 +88,8 @@ impl ClosingRows {
     }
 }
 
-/// Computes count, min, max and mean per (device, channel, metric, window) of `rows`, stamping
-/// every aggregate with `version`.
+/// Computes count, sum, min, max and mean per (device, channel, metric, 1-minute window) of
+/// `rows`, stamping every aggregate with `version` (the caller fills in `capture`).
 pub async fn aggregate(rows: ClosingRows, version: u64) -> Result<Vec<Aggregate>, DataFusionError> {
     if rows.is_empty() {
         return Ok(Vec::new());
@@ -125,17 +126,21 @@ pub async fn aggregate(rows: ClosingRows, version: u64) -> Result<Vec<Aggregate>
         let (device, channel, metric, start, unit) =
             (strings(0)?, strings(1)?, strings(2)?, ints(3)?, strings(4)?);
         let (n, vmin, vmax, vmean) = (ints(5)?, floats(6)?, floats(7)?, floats(8)?);
+        let vsum = floats(9)?;
         for i in 0..batch.num_rows() {
             out.push(Aggregate {
                 device_id: device.value(i).to_string(),
                 channel: channel.value(i).to_string(),
                 metric: metric.value(i).to_string(),
+                resolution: Resolution::Minute,
                 window_start: start.value(i),
                 window_end: start.value(i) + WINDOW_MS,
                 count: n.value(i) as u64,
+                sum: vsum.value(i),
                 min: vmin.value(i),
                 max: vmax.value(i),
                 mean: vmean.value(i),
+                capture: None,
                 unit: unit.value(i).to_string(),
                 version,
             });
@@ -204,6 +209,9 @@ mod tests {
         assert!(aggs
             .iter()
             .all(|a| a.version == 7 && a.window_end == a.window_start + 60_000));
+        assert!(aggs
+            .iter()
+            .all(|a| a.resolution == Resolution::Minute && a.sum == a.mean * a.count as f64));
         assert_eq!(
             aggs.iter().find(|a| a.metric == "cod").unwrap().unit,
             "mg/L"

@@ -1,33 +1,43 @@
-//! `ioc stream`: readings in from the bus; raw history, 1-minute window aggregates and alerts
-//! out to the history store and the bus.
+//! `ioc stream`: readings in from the bus; raw history, window aggregates at 1 minute, 5
+//! minutes, 1 hour and 1 day, and alerts out to the history store and the bus.
 //!
-//! - [`windows`]: event-time windows, watermarks, lateness and the commit rule (pure).
-//! - [`aggregate`]: the DataFusion query over Arrow batches that computes aggregates.
-//! - [`alerts`]: the PM2.5 threshold rule (pure).
-//! - [`run`]: the service loop. Per batch of bus records, in this order: store raw readings;
-//!   feed the window engine; aggregate closed windows (from memory) and late windows (from
-//!   stored rows); evaluate alerts; store aggregates and alerts; publish them; checkpoint each
-//!   moved device's `closed_until`; checkpoint offsets up to what stored rows and closed windows
-//!   cover. A crash between any two steps repeats work idempotently and loses none.
+//! The readings loop ([`run`]) reads a batch, passes it through its operators in a fixed
+//! order, writes what they emitted, and checkpoints. The operators, each in its own file:
 //! - [`limit`]: the fleet-wide per-device rate limit, decided first for each record, with its
-//!   state checkpointed beside the offsets so a replay decides as before.
-//! - [`sink`]: beside that loop, the topics stored as they are (camera events, evidence,
-//!   quarantined camera messages), each with its own offset checkpoint.
+//!   state checkpointed beside the offsets so a replay decides as before;
+//! - [`recent`]: counts resent readings;
+//! - [`windows`] and [`aggregate`]: 1-minute event-time windows, watermarks, lateness and the
+//!   commit rule (pure), and the DataFusion query that aggregates closed and late windows;
+//! - [`rollup`]: 5-minute, hourly and daily windows derived from the stored finer windows each
+//!   time one is emitted (no state);
+//! - [`alerts`]: the PM2.5 threshold rule (pure).
+//!
+//! Per batch, in this order: rate limit; store raw readings; 1-minute windows; store them, then
+//! derive and store each coarser resolution from the one stored before it; alerts; publish;
+//! checkpoint each moved device's `closed_until`; checkpoint offsets up to what stored rows and
+//! closed windows cover. A crash between any two steps repeats work idempotently and loses none.
+//!
+//! [`sink`]: beside that loop, the topics stored as they are (camera events, evidence,
+//! quarantined camera messages), each with its own offset checkpoint.
 
 pub mod aggregate;
 pub mod alerts;
 pub mod limit;
 pub mod recent;
+pub mod rollup;
 pub mod sink;
+#[cfg(test)]
+mod tests;
 pub mod windows;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
+use ioc_bus::registry::RegistryView;
 use ioc_bus::{Bus, Consumer, Producer, StartAt};
 use ioc_config::StreamConfig;
 use ioc_contract::rate::RateRule;
-use ioc_contract::{Aggregate, Alert, DeadLetter, ReadingBatch, RejectCode, WINDOW_MS};
+use ioc_contract::{Aggregate, Alert, DeadLetter, ReadingBatch, RejectCode, Resolution, WINDOW_MS};
 use ioc_history::{History, OffsetRow, Position, WatermarkRow};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 use tokio_util::sync::CancellationToken;
@@ -164,6 +174,32 @@ impl VersionClock {
     }
 }
 
+/// What the stream needs to know of the fleet beyond its own `[stream]` section: the registry
+/// (followed by the composition root: window capture needs each device's `expected_interval_s`),
+/// the rate limit ingest applies, and the local day's offset from UTC.
+#[derive(Clone)]
+pub struct Fleet {
+    pub limit: DeviceLimit,
+    pub registry: RegistryView,
+    /// `ingest.local_utc_offset`: daily windows are local days.
+    pub utc_offset_ms: i64,
+}
+
+impl Fleet {
+    pub fn of(ingest: &ioc_config::IngestConfig, registry: RegistryView) -> Fleet {
+        Fleet {
+            limit: DeviceLimit::of(ingest),
+            registry,
+            utc_offset_ms: ingest.utc_offset_ms(),
+        }
+    }
+
+    /// A device's expected interval between readings, as the registry has it now.
+    fn expected_interval_s(&self, device_id: &str) -> Option<f64> {
+        self.registry.get(device_id).map(|d| d.expected_interval_s)
+    }
+}
+
 /// The per-device rate limit the stream holds the whole fleet to: `ingest.device_rate_limit`
 /// messages per second with bursts of `ingest.device_burst` (0: none).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -216,7 +252,7 @@ impl DeviceLimit {
 /// windows to be rebuilt from the checkpointed offsets by the next run.
 pub async fn run(
     config: &StreamConfig,
-    limit: DeviceLimit,
+    fleet: Fleet,
     bus: &Bus,
     history: History,
     metrics: StreamMetrics,
@@ -230,7 +266,11 @@ pub async fn run(
         producer: &producer,
         metrics: &metrics,
         shutdown: &shutdown,
-        limit,
+        limit: fleet.limit,
+        fleet: &fleet,
+        rollups: true,
+        #[cfg(test)]
+        crash_after: None,
     };
     let sinks = futures::future::try_join_all(sink::Sink::ALL.map(|s| sink::run(s, config, &step)));
     // Either failing ends the stage (its error is the stage's), rather than leaving half of it
@@ -240,25 +280,21 @@ pub async fn run(
 
 /// The readings loop (crate docs).
 async fn readings_loop(config: &StreamConfig, step: &Step<'_>) -> Result<(), StreamError> {
-    let (bus, history, metrics, shutdown) = (step.bus, step.history, step.metrics, step.shutdown);
+    let (bus, metrics, shutdown) = (step.bus, step.metrics, step.shutdown);
     let topic = bus.topics().readings.clone();
     let partitions: Vec<i32> = if config.partitions.is_empty() {
         (0..bus.partitions_of(&topic)?).collect()
     } else {
         config.partitions.clone()
     };
-    let positions = history.offsets(&config.group_id, &topic).await?;
-    let checkpoint: HashMap<i32, i64> = positions
-        .iter()
-        .map(|p| (p.partition, p.next_offset))
-        .collect();
-    let mut limiter = restored_limiter(step.limit.rule(), &topic, &positions);
+    let mut state = LoopState::restore(config, step, &topic).await?;
     let mut consumer = bus.consumer_at(
         &topic,
         partitions.iter().map(|p| {
             (
                 *p,
-                checkpoint
+                state
+                    .committed
                     .get(p)
                     .map_or(StartAt::Beginning, |o| StartAt::Offset(*o)),
             )
@@ -266,54 +302,79 @@ async fn readings_loop(config: &StreamConfig, step: &Step<'_>) -> Result<(), Str
     )?;
     tracing::info!(
         ?partitions,
-        ?checkpoint,
+        checkpoint = ?state.committed,
         "stream consuming from its checkpoint"
     );
-
-    let mut engine = WindowEngine::new(
-        config.allowed_lateness.as_millis() as i64,
-        config.idle_timeout.as_millis() as i64,
-    );
-    let mut rule = Pm25Rule::new(config.pm25_alert.limit);
-    restore(history, &mut engine, &mut rule).await?;
-    let mut versions = VersionClock(0);
-    let mut recent = Recent::new(RECENT_READING_KEYS);
-    // Per partition, the next offset expected (`fresh`).
-    let mut next_expected: HashMap<i32, i64> = checkpoint.clone();
-    let mut committed = checkpoint;
-
     while !shutdown.is_cancelled() {
-        let mut records = collect_batch(&mut consumer, config, metrics, shutdown).await;
-        records.retain(|c| fresh(&mut next_expected, c.partition, c.offset, &topic, metrics));
+        let records = collect_batch(&mut consumer, config, metrics, shutdown).await;
+        let now = ioc_contract::time::now_ms();
         if !step
-            .process(
-                records,
-                &mut limiter,
-                &mut engine,
-                &mut rule,
-                &mut versions,
-                &mut recent,
-            )
+            .batch(&config.group_id, &topic, records, &mut state, now)
             .await
         {
             break; // shut down while a write was being retried; nothing was checkpointed for it
         }
-        metrics.open_windows.set(engine.open_windows() as i64);
-        if !step
-            .checkpoint_offsets(
-                &config.group_id,
-                &topic,
-                &engine,
-                &mut limiter,
-                &mut committed,
-                &mut versions,
-            )
-            .await
-        {
-            break;
-        }
     }
     Ok(())
+}
+
+/// The readings loop's operators, in the order a batch passes them, with their state.
+pub(crate) struct Operators {
+    /// The fleet-wide rate limit (`limit.rs`).
+    limiter: FleetLimiter,
+    /// Resend counting (`recent.rs`).
+    recent: Recent,
+    /// 1-minute windows (`windows.rs`, `aggregate.rs`); roll-ups (`rollup.rs`) keep no state.
+    engine: WindowEngine,
+    /// The PM2.5 alert (`alerts.rs`).
+    rule: Pm25Rule,
+    versions: VersionClock,
+    /// The version of the 1-minute windows the last batch closed in order.
+    in_order_version: u64,
+}
+
+/// Everything the readings loop keeps between batches.
+pub(crate) struct LoopState {
+    ops: Operators,
+    /// Per partition, the next offset expected (`fresh`).
+    next_expected: HashMap<i32, i64>,
+    /// Per partition, the offset last checkpointed.
+    committed: HashMap<i32, i64>,
+}
+
+impl LoopState {
+    /// The state as of the checkpoint in history: offsets with the rate limiter's state, each
+    /// device's `closed_until`, the latest alerts.
+    async fn restore(
+        config: &StreamConfig,
+        step: &Step<'_>,
+        topic: &str,
+    ) -> Result<LoopState, StreamError> {
+        let history = step.history;
+        let positions = history.offsets(&config.group_id, topic).await?;
+        let checkpoint: HashMap<i32, i64> = positions
+            .iter()
+            .map(|p| (p.partition, p.next_offset))
+            .collect();
+        let mut engine = WindowEngine::new(
+            config.allowed_lateness.as_millis() as i64,
+            config.idle_timeout.as_millis() as i64,
+        );
+        let mut rule = Pm25Rule::new(config.pm25_alert.limit);
+        restore(history, &mut engine, &mut rule).await?;
+        Ok(LoopState {
+            ops: Operators {
+                limiter: restored_limiter(step.limit.rule(), topic, &positions),
+                recent: Recent::new(RECENT_READING_KEYS),
+                engine,
+                rule,
+                versions: VersionClock(0),
+                in_order_version: 0,
+            },
+            next_expected: checkpoint.clone(),
+            committed: checkpoint,
+        })
+    }
 }
 
 /// Whether a consumed record is one this process has not decided yet, keeping per partition
@@ -430,6 +491,12 @@ pub(crate) struct Step<'a> {
     metrics: &'a StreamMetrics,
     shutdown: &'a CancellationToken,
     pub(crate) limit: DeviceLimit,
+    fleet: &'a Fleet,
+    /// Whether coarser windows are derived (off only to measure what they cost).
+    rollups: bool,
+    /// Tests end the step at the Nth store read or write, as a SIGKILL would.
+    #[cfg(test)]
+    crash_after: Option<std::sync::Arc<std::sync::atomic::AtomicI64>>,
 }
 
 impl Step<'_> {
@@ -443,6 +510,12 @@ impl Step<'_> {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, E>>,
     {
+        #[cfg(test)]
+        if let Some(budget) = &self.crash_after {
+            if budget.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) <= 0 {
+                return None;
+            }
+        }
         let mut backoff = Duration::from_millis(200);
         loop {
             match op().await {
@@ -460,140 +533,62 @@ impl Step<'_> {
         }
     }
 
-    /// One pass of the loop described in the crate docs. Returns false on shutdown mid-way.
-    async fn process(
+    /// One batch of bus records of `topic`, at processing time `now`: drops what was decided
+    /// already, processes the rest, checkpoints offsets. False on shutdown mid-way.
+    async fn batch(
         &self,
+        group_id: &str,
+        topic: &str,
         mut records: Vec<Consumed>,
-        limiter: &mut FleetLimiter,
-        engine: &mut WindowEngine,
-        rule: &mut Pm25Rule,
-        versions: &mut VersionClock,
-        recent: &mut Recent,
+        state: &mut LoopState,
+        now: i64,
     ) -> bool {
-        if !self.limit_rate(&mut records, limiter).await {
+        let next_expected = &mut state.next_expected;
+        records.retain(|c| fresh(next_expected, c.partition, c.offset, topic, self.metrics));
+        if !self.process(records, &mut state.ops, now).await {
             return false;
         }
-        let readings = records
-            .iter()
-            .filter_map(|c| c.batch.as_ref())
-            .flat_map(|b| b.readings.iter());
-        let n = readings.clone().count();
-        if n > 0 {
-            let Some(_) = self
-                .retry("storing readings", || {
-                    self.history.insert_readings(readings.clone())
-                })
-                .await
-            else {
-                return false;
-            };
-            self.metrics.readings_consumed.inc_by(n as u64);
-        }
+        let ops = &mut state.ops;
+        self.metrics
+            .open_windows
+            .set(ops.engine.open_windows() as i64);
+        self.checkpoint_offsets(
+            group_id,
+            topic,
+            &ops.engine,
+            &mut ops.limiter,
+            &mut state.committed,
+            &mut ops.versions,
+        )
+        .await
+    }
 
-        let now = ioc_contract::time::now_ms();
-        let mut late: BTreeSet<WindowKey> = BTreeSet::new();
-        for c in &records {
-            engine.mark_consumed(c.partition, c.offset);
-            for r in c.batch.iter().flat_map(|b| b.readings.iter()) {
-                if recent.seen(crate::recent::reading_key(r)) {
-                    self.metrics.duplicates.inc();
-                }
-                if let Observed::Late(key) = engine.observe(r, c.partition, c.offset, now) {
-                    self.metrics.late_readings.inc();
-                    late.insert(key);
-                }
-            }
+    /// One pass of the loop described in the crate docs, at processing time `now`. Returns
+    /// false on shutdown mid-way.
+    async fn process(&self, mut records: Vec<Consumed>, ops: &mut Operators, now: i64) -> bool {
+        if !self.limit_rate(&mut records, &mut ops.limiter).await {
+            return false;
         }
-        let closed = engine.advance(now);
-        if closed.windows.is_empty() && late.is_empty() && closed.devices.is_empty() {
+        if !self.store_readings(&records).await {
+            return false;
+        }
+        let Some((minutes, closed_devices)) = self.minute_windows(&records, ops, now).await else {
+            return false;
+        };
+        if minutes.is_empty() && closed_devices.is_empty() {
             return true;
         }
 
-        // Closed windows from memory; late windows from the stored rows (which now include the
-        // late readings), so a re-emitted aggregate equals a recomputation from the raw rows.
-        let mut in_order = ClosingRows::default();
-        for (key, window) in &closed.windows {
-            for (ts, value) in &window.values {
-                in_order.push(
-                    &key.device_id,
-                    &key.channel,
-                    &key.metric,
-                    &window.unit,
-                    *ts,
-                    *value,
-                );
-            }
-        }
-        let mut reemit = ClosingRows::default();
-        let mut late_by_device: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
-        for key in &late {
-            let range = late_by_device
-                .entry(&key.device_id)
-                .or_insert((key.start, key.start + WINDOW_MS));
-            range.0 = range.0.min(key.start);
-            range.1 = range.1.max(key.start + WINDOW_MS);
-        }
-        for (device, (from, to)) in late_by_device {
-            let Some(rows) = self
-                .retry("reading stored rows of late windows", || {
-                    self.history.good_values(device, from, to)
-                })
-                .await
-            else {
-                return false;
-            };
-            for row in rows {
-                let key = WindowKey {
-                    device_id: row.device_id.clone(),
-                    channel: row.channel.clone(),
-                    metric: row.metric.clone(),
-                    start: ioc_contract::window_start(row.ts),
-                };
-                if late.contains(&key) {
-                    reemit.push(
-                        &row.device_id,
-                        &row.channel,
-                        &row.metric,
-                        &row.unit,
-                        row.ts,
-                        row.value,
-                    );
-                }
-            }
-        }
-
-        let version = versions.next();
-        let (Ok(in_order), Ok(reemitted)) = (
-            aggregate::aggregate(in_order, version).await,
-            aggregate::aggregate(reemit, version).await,
-        ) else {
-            tracing::error!(
-                "DataFusion aggregation failed; the batch will be retried from the bus"
-            );
-            return false;
-        };
-        self.metrics
-            .windows_closed
-            .inc_by(closed.windows.len() as u64);
-
+        // Alerts follow the 1-minute windows that closed in order (not re-emitted ones).
         let mut alerts: Vec<Alert> = Vec::new();
-        for agg in &in_order {
-            if let Some(alert) = rule.evaluate(agg, versions.next()) {
+        for agg in minutes.iter().filter(|a| a.version == ops.in_order_version) {
+            if let Some(alert) = ops.rule.evaluate(agg, ops.versions.next()) {
                 alerts.push(alert);
             }
         }
-        let aggregates: Vec<Aggregate> = in_order.into_iter().chain(reemitted).collect();
-
-        if !aggregates.is_empty()
-            && self
-                .retry("storing aggregates", || {
-                    self.history.insert_aggregates(&aggregates)
-                })
-                .await
-                .is_none()
-        {
+        let Some(aggregates) = self.store_with_rollups(minutes, &mut ops.versions).await else {
             return false;
-        }
+        };
         if !alerts.is_empty()
             && self
                 .retry("storing alerts", || self.history.insert_alerts(&alerts))
@@ -628,10 +623,9 @@ impl Step<'_> {
             tracing::info!(alert_id = %alert.alert_id, status = alert.status.as_str(), "{}", alert.message);
         }
 
-        if !closed.devices.is_empty() {
-            let checkpoint_version = versions.next();
-            let rows: Vec<WatermarkRow> = closed
-                .devices
+        if !closed_devices.is_empty() {
+            let checkpoint_version = ops.versions.next();
+            let rows: Vec<WatermarkRow> = closed_devices
                 .iter()
                 .map(|(device_id, closed_until)| WatermarkRow {
                     device_id: device_id.clone(),
@@ -650,6 +644,178 @@ impl Step<'_> {
             }
         }
         true
+    }
+
+    /// Stores the batch's raw readings (idempotent by reading key).
+    async fn store_readings(&self, records: &[Consumed]) -> bool {
+        let readings = records
+            .iter()
+            .filter_map(|c| c.batch.as_ref())
+            .flat_map(|b| b.readings.iter());
+        let n = readings.clone().count();
+        if n == 0 {
+            return true;
+        }
+        let stored = self
+            .retry("storing readings", || {
+                self.history.insert_readings(readings.clone())
+            })
+            .await;
+        if stored.is_some() {
+            self.metrics.readings_consumed.inc_by(n as u64);
+        }
+        stored.is_some()
+    }
+
+    /// The 1-minute windows operator: feeds the window engine, and aggregates with DataFusion
+    /// the windows that closed (from memory) and the late ones (from the stored rows, which now
+    /// include the late readings), so a re-emitted aggregate equals a recomputation from the
+    /// raw rows. Returns the aggregates (in-order ones stamped `ops.in_order_version`) and the
+    /// devices whose `closed_until` moved; `None` on shutdown mid-way.
+    async fn minute_windows(
+        &self,
+        records: &[Consumed],
+        ops: &mut Operators,
+        now: i64,
+    ) -> Option<(Vec<Aggregate>, Vec<(String, i64)>)> {
+        let engine = &mut ops.engine;
+        let mut late: BTreeSet<WindowKey> = BTreeSet::new();
+        for c in records {
+            engine.mark_consumed(c.partition, c.offset);
+            for r in c.batch.iter().flat_map(|b| b.readings.iter()) {
+                if ops.recent.seen(crate::recent::reading_key(r)) {
+                    self.metrics.duplicates.inc();
+                }
+                if let Observed::Late(key) = engine.observe(r, c.partition, c.offset, now) {
+                    self.metrics.late_readings.inc();
+                    late.insert(key);
+                }
+            }
+        }
+        let closed = engine.advance(now);
+        if closed.windows.is_empty() && late.is_empty() {
+            return Some((Vec::new(), closed.devices));
+        }
+        let mut in_order = ClosingRows::default();
+        for (key, window) in &closed.windows {
+            for (ts, value) in &window.values {
+                in_order.push(
+                    &key.device_id,
+                    &key.channel,
+                    &key.metric,
+                    &window.unit,
+                    *ts,
+                    *value,
+                );
+            }
+        }
+        let mut reemit = ClosingRows::default();
+        let mut late_by_device: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+        for key in &late {
+            let range = late_by_device
+                .entry(&key.device_id)
+                .or_insert((key.start, key.start + WINDOW_MS));
+            range.0 = range.0.min(key.start);
+            range.1 = range.1.max(key.start + WINDOW_MS);
+        }
+        for (device, (from, to)) in late_by_device {
+            let rows = self
+                .retry("reading stored rows of late windows", || {
+                    self.history.good_values(device, from, to)
+                })
+                .await?;
+            for row in rows {
+                let key = WindowKey {
+                    device_id: row.device_id.clone(),
+                    channel: row.channel.clone(),
+                    metric: row.metric.clone(),
+                    start: ioc_contract::window_start(row.ts),
+                };
+                if late.contains(&key) {
+                    reemit.push(
+                        &row.device_id,
+                        &row.channel,
+                        &row.metric,
+                        &row.unit,
+                        row.ts,
+                        row.value,
+                    );
+                }
+            }
+        }
+        // One version for the windows closing in order, a higher one for re-emissions: a window
+        // both closing and late in one batch (a replay) keeps the recomputed one.
+        ops.in_order_version = ops.versions.next();
+        let reemit_version = ops.versions.next();
+        let (Ok(in_order), Ok(reemitted)) = (
+            aggregate::aggregate(in_order, ops.in_order_version).await,
+            aggregate::aggregate(reemit, reemit_version).await,
+        ) else {
+            tracing::error!(
+                "DataFusion aggregation failed; the batch will be retried from the bus"
+            );
+            return None;
+        };
+        self.metrics
+            .windows_closed
+            .inc_by(closed.windows.len() as u64);
+        let mut minutes: Vec<Aggregate> = in_order.into_iter().chain(reemitted).collect();
+        for a in &mut minutes {
+            a.capture = ioc_contract::capture(
+                a.count,
+                WINDOW_MS,
+                self.fleet.expected_interval_s(&a.device_id),
+            );
+        }
+        Some((minutes, closed.devices))
+    }
+
+    /// Stores the 1-minute windows, then derives and stores the coarser windows containing
+    /// them, each resolution from the one stored just before (`rollup.rs`). Returns every
+    /// window stored; `None` on shutdown mid-way.
+    async fn store_with_rollups(
+        &self,
+        minutes: Vec<Aggregate>,
+        versions: &mut VersionClock,
+    ) -> Option<Vec<Aggregate>> {
+        let mut all = minutes;
+        let mut finer = 0..all.len();
+        let mut resolution = Resolution::Minute;
+        loop {
+            let emitted = &all[finer.clone()];
+            if !emitted.is_empty() {
+                self.retry("storing aggregates", || {
+                    self.history.insert_aggregates(emitted)
+                })
+                .await?;
+            }
+            let Some(coarser) = resolution.coarser().filter(|_| self.rollups) else {
+                return Some(all);
+            };
+            let due = rollup::due(emitted, coarser, self.fleet.utc_offset_ms);
+            let mut children = Vec::new();
+            for read in rollup::child_reads(&due, coarser) {
+                children.extend(
+                    self.retry("reading stored windows to roll up", || {
+                        self.history
+                            .windows(resolution, &read.devices, read.from, read.to)
+                    })
+                    .await?,
+                );
+            }
+            let derived = rollup::derive(
+                coarser,
+                &due,
+                &children,
+                self.fleet.utc_offset_ms,
+                |d| self.fleet.expected_interval_s(d),
+                versions.next(),
+            );
+            let start = all.len();
+            all.extend(derived);
+            finer = start..all.len();
+            resolution = coarser;
+        }
     }
 
     /// Decides each record against its device's fleet-wide rate (`limit.rs`), in offset order;

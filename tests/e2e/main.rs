@@ -7,6 +7,7 @@ mod harness;
 mod onboarding;
 mod pipeline;
 mod rejections;
+mod rollups;
 mod up;
 mod zoo;
 

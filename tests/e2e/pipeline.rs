@@ -572,3 +572,25 @@ async fn a_stream_offsets_table_from_an_older_release_gains_the_limiter_column()
     );
     Ok(())
 }
+
+/// A day of backdated readings rolls up to 5 minutes, hours and the local day, equal to what the
+/// raw rows give; a late reading revises its minute, five minutes, hour and day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backdated_day_rolls_up_and_a_late_reading_revises_every_resolution() -> Result<()> {
+    let env = Env::new("rollups", "")?;
+    // A backfill as fast as the broker takes it: the flood guard is not under test here.
+    env.insert_config("ingest", "device_rate_limit = 0.0")?;
+    let (_api, _stream, _ingest) = start_pipeline(&env).await?;
+    env.wait_ingest_subscribed().await?;
+    env.register("aq-day", "air_quality").await?;
+    env.wait_ingest_knows_registered().await?;
+    let (mqtt, _poll) = env.mqtt_client("test-rollups");
+    let api = crate::rollups::Api {
+        http: &env.http,
+        base: env.api(""),
+        token: TOKEN.into(),
+        logs: &env.dir,
+    };
+    crate::rollups::a_backdated_day_rolls_up_and_a_late_reading_revises_it(&api, &mqtt, "aq-day")
+        .await
+}

@@ -453,6 +453,8 @@ async fn kill_under_load(name: &str, rate: Option<u64>) -> Result<KillReport> {
         // One device floods on purpose here, to measure the broker's loss window, not the
         // flood guard.
         ("IOC_INGEST__DEVICE_RATE_LIMIT", "0"),
+        // The last window closes soon after the data stops.
+        ("IOC_STREAM__IDLE_TIMEOUT", "3s"),
     ];
     let (mut first, _) = up.start(&[], &env).await?;
     up.register("aq-dur").await?;
@@ -521,18 +523,53 @@ async fn kill_under_load(name: &str, rate: Option<u64>) -> Result<KillReport> {
 
     let (mut second, _) = up.start(&[], &env).await?;
     let to = base + total * 1000;
-    let stored = up
+    up.eventually(
+        "the flushed readings in history",
+        Duration::from_secs(60),
+        || async {
+            let v = up.stored_values("aq-dur", base, to).await?;
+            Ok((v.len() as i64 >= durable).then_some(()))
+        },
+    )
+    .await?;
+    // The API reads one row per reading key, so a reading stored twice under its key cannot
+    // show there; what would show is a reading counted twice, in its window. Aggregates lag the
+    // rows they count (stored first), so read them first: their count can never exceed the
+    // rows read after, and reaches them once every window closed, unless a reading was counted
+    // twice.
+    let counted = up
         .eventually(
-            "the flushed readings in history",
+            "every stored reading counted once in the 1-minute windows",
             Duration::from_secs(60),
             || async {
-                let v = up.stored_values("aq-dur", base, to).await?;
-                Ok((v.len() as i64 >= durable).then_some(v))
+                let a = up
+                    .get(&format!(
+                        "/api/v1/aggregates?device_id=aq-dur&from={base}&to={to}"
+                    ))
+                    .await?;
+                let counted: u64 = a["aggregates"]
+                    .as_array()
+                    .context("aggregates")?
+                    .iter()
+                    .filter_map(|a| a["count"].as_u64())
+                    .sum();
+                let rows = up.stored_values("aq-dur", base, to).await?;
+                anyhow::ensure!(
+                    counted <= rows.len() as u64,
+                    "{counted} readings counted in windows, only {} stored: some counted twice",
+                    rows.len()
+                );
+                Ok((counted == rows.len() as u64).then_some(rows))
             },
         )
         .await?;
+    let stored = counted;
     let distinct: BTreeSet<i64> = stored.iter().copied().collect();
-    assert_eq!(distinct.len(), stored.len(), "no reading stored twice");
+    assert_eq!(
+        distinct.len(),
+        stored.len(),
+        "no reading stored under two keys"
+    );
     let missing: Vec<i64> = (0..durable)
         .filter(|i| !distinct.contains(i))
         .take(10)
@@ -1073,4 +1110,39 @@ fn up_names_a_busy_port_and_the_flag_to_change_it_and_creates_nothing() {
             "a refused start leaves no data directory behind"
         );
     }
+}
+
+/// Roll-ups on `ioc up`, as on the distributed pipeline (`rollups.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn up_rolls_up_a_backdated_day_and_revises_it_for_a_late_reading() -> Result<()> {
+    let mut up = Up::new("rollups")?;
+    let env = [
+        ("IOC_INGEST__DEVICE_RATE_LIMIT", "0"),
+        ("IOC_STREAM__IDLE_TIMEOUT", "3s"),
+    ];
+    let (mut proc, _) = up.start(&[], &env).await?;
+    up.register("aq-day").await?;
+    let (client, mut eventloop) = up.mqtt("aq-day");
+    let poll = tokio::spawn(async move {
+        loop {
+            if eventloop.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    let api = crate::rollups::Api {
+        http: &up.http,
+        base: up.url(""),
+        token: up.token.clone(),
+        logs: &up.dir,
+    };
+    let checked = crate::rollups::a_backdated_day_rolls_up_and_a_late_reading_revises_it(
+        &api, &client, "aq-day",
+    )
+    .await;
+    poll.abort();
+    stop_cleanly(&mut proc);
+    checked?;
+    let _ = std::fs::remove_dir_all(&up.dir);
+    Ok(())
 }

@@ -1,0 +1,318 @@
+//! Roll-ups: 5-minute, hourly and daily windows, each derived from the stored windows of the
+//! next finer resolution (5 minutes from 1-minute windows, hours from 5-minute ones, days from
+//! hours), never from readings and never held in memory.
+//!
+//! The rule is one line: whenever a window is emitted (closed in order, or re-emitted for a late
+//! reading), the coarser window containing it is derived again from what is stored, with a
+//! higher version. So a coarse window is always the union of its stored finer windows: the
+//! current hour grows minute by minute (its `capture` says how complete it is), a days-late
+//! backfill revises its minute, then the five minutes, the hour and the day, and once the data
+//! stops every stored window at every resolution equals a recomputation from the raw readings.
+//! The derivation runs in the same step as the 1-minute windows it follows, before the offsets
+//! move, so a crash anywhere in between replays the step and derives again; nothing coarse pins
+//! the offset checkpoint.
+//!
+//! `count`, `sum`, `min` and `max` compose exactly; the mean is `sum / count` (a mean of means
+//! weighted by count). `capture` is computed from the count and the device's
+//! `expected_interval_s` in the registry as it is when the window is derived.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use ioc_contract::{capture, Aggregate, Resolution};
+
+/// Per device, the starts of the windows of one resolution to derive.
+pub type Due = BTreeMap<String, BTreeSet<i64>>;
+
+/// The windows of `resolution` that contain `emitted` windows (of the next finer resolution).
+pub fn due(emitted: &[Aggregate], resolution: Resolution, utc_offset_ms: i64) -> Due {
+    let mut due = Due::new();
+    for a in emitted {
+        due.entry(a.device_id.clone())
+            .or_default()
+            .insert(resolution.start(a.window_start, utc_offset_ms));
+    }
+    due
+}
+
+/// One read of stored finer windows: `devices` over `[from, to)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildRead {
+    pub devices: Vec<String>,
+    pub from: i64,
+    pub to: i64,
+}
+
+/// The reads that cover every due window of `resolution`: devices whose due windows span the
+/// same range share one read (in steady state every device is at the same boundary, so a batch
+/// needs one read per resolution; a backfilling device gets its own).
+pub fn child_reads(due: &Due, resolution: Resolution) -> Vec<ChildRead> {
+    let mut by_range: BTreeMap<(i64, i64), Vec<String>> = BTreeMap::new();
+    for (device, starts) in due {
+        let (Some(first), Some(last)) = (starts.first(), starts.last()) else {
+            continue;
+        };
+        by_range
+            .entry((*first, last + resolution.ms()))
+            .or_default()
+            .push(device.clone());
+    }
+    by_range
+        .into_iter()
+        .map(|((from, to), devices)| ChildRead { devices, from, to })
+        .collect()
+}
+
+/// Derives the due windows of `resolution` from `children`, the stored windows of the next
+/// finer resolution read for them (others are ignored), stamping each with `version`.
+/// `expected_interval_s` gives a device's expected interval as the registry has it now.
+pub fn derive(
+    resolution: Resolution,
+    due: &Due,
+    children: &[Aggregate],
+    utc_offset_ms: i64,
+    expected_interval_s: impl Fn(&str) -> Option<f64>,
+    version: u64,
+) -> Vec<Aggregate> {
+    let finer = resolution.finer();
+    let mut windows: HashMap<(&str, &str, &str, i64), Aggregate> = HashMap::new();
+    for c in children {
+        debug_assert_eq!(Some(c.resolution), finer);
+        let start = resolution.start(c.window_start, utc_offset_ms);
+        if !due
+            .get(&c.device_id)
+            .is_some_and(|starts| starts.contains(&start))
+        {
+            continue;
+        }
+        let key = (
+            c.device_id.as_str(),
+            c.channel.as_str(),
+            c.metric.as_str(),
+            start,
+        );
+        match windows.get_mut(&key) {
+            None => {
+                windows.insert(
+                    key,
+                    Aggregate {
+                        device_id: c.device_id.clone(),
+                        channel: c.channel.clone(),
+                        metric: c.metric.clone(),
+                        resolution,
+                        window_start: start,
+                        window_end: start + resolution.ms(),
+                        count: c.count,
+                        sum: c.sum,
+                        min: c.min,
+                        max: c.max,
+                        mean: 0.0,
+                        capture: None,
+                        unit: c.unit.clone(),
+                        version,
+                    },
+                );
+            }
+            Some(w) => {
+                w.count += c.count;
+                w.sum += c.sum;
+                w.min = w.min.min(c.min);
+                w.max = w.max.max(c.max);
+                // As the 1-minute query does: one unit per metric, the least if they ever differ.
+                if c.unit < w.unit {
+                    w.unit = c.unit.clone();
+                }
+            }
+        }
+    }
+    let mut out: Vec<Aggregate> = windows
+        .into_values()
+        .map(|mut w| {
+            w.mean = w.sum / w.count as f64;
+            w.capture = capture(w.count, resolution.ms(), expected_interval_s(&w.device_id));
+            w
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (&a.device_id, &a.channel, &a.metric, a.window_start).cmp(&(
+            &b.device_id,
+            &b.channel,
+            &b.metric,
+            b.window_start,
+        ))
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2026-11-26T00:00:00+07:00.
+    const DAY: i64 = 1_795_626_000_000;
+    const ICT: i64 = 7 * 3_600_000;
+
+    /// A golden case: finer windows in, derived windows out, written as text so a case reads
+    /// like a table. Input lines: `device metric start_offset_ms count sum min max`; output
+    /// lines: `device metric start_offset_ms count sum min max mean capture`.
+    struct Golden {
+        resolution: Resolution,
+        input: &'static str,
+        output: &'static str,
+    }
+
+    fn windows(text: &str, resolution: Resolution) -> Vec<Aggregate> {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let num = |i: usize| f[i].parse::<f64>().unwrap();
+                let start = DAY + f[2].parse::<i64>().unwrap();
+                let count = f[3].parse::<u64>().unwrap();
+                Aggregate {
+                    device_id: f[0].into(),
+                    channel: String::new(),
+                    metric: f[1].into(),
+                    resolution,
+                    window_start: start,
+                    window_end: start + resolution.ms(),
+                    count,
+                    sum: num(4),
+                    min: num(5),
+                    max: num(6),
+                    mean: f.get(7).map_or(num(4) / count as f64, |_| num(7)),
+                    capture: f.get(8).and_then(|c| c.parse().ok()),
+                    unit: "µg/m³".into(),
+                    version: 9,
+                }
+            })
+            .collect()
+    }
+
+    fn run(g: &Golden) {
+        let finer = g.resolution.finer().unwrap();
+        let children = windows(g.input, finer);
+        let due = due(&children, g.resolution, ICT);
+        let got = derive(
+            g.resolution,
+            &due,
+            &children,
+            ICT,
+            |d| (d == "aq-1").then_some(60.0),
+            9,
+        );
+        let want = windows(g.output, g.resolution);
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(
+                (
+                    &g.device_id,
+                    &g.metric,
+                    g.window_start,
+                    g.count,
+                    g.min,
+                    g.max
+                ),
+                (
+                    &w.device_id,
+                    &w.metric,
+                    w.window_start,
+                    w.count,
+                    w.min,
+                    w.max
+                )
+            );
+            assert!(
+                (g.sum - w.sum).abs() < 1e-9 && (g.mean - w.mean).abs() < 1e-9,
+                "{g:?}"
+            );
+            match (g.capture, w.capture) {
+                (Some(a), Some(b)) => assert!((a - b).abs() < 1e-9, "capture {a} != {b}"),
+                (a, b) => assert_eq!(a, b),
+            }
+            assert_eq!(g.window_end - g.window_start, g.resolution.ms());
+        }
+    }
+
+    #[test]
+    fn five_minutes_from_minutes_with_a_gap() {
+        run(&Golden {
+            resolution: Resolution::FiveMinutes,
+            input: "
+                aq-1 pm25      0 1 10 10 10
+                aq-1 pm25  60000 1 20 20 20
+                # 2 minutes missing
+                aq-1 pm25 240000 1 60 60 60
+                aq-1 pm25 300000 2 8 3 5
+                aq-2 no2       0 3 30 5 15
+            ",
+            output: "
+                aq-1 pm25      0 3 90 10 60 30 0.6
+                aq-1 pm25 300000 2 8 3 5 4 0.4
+                aq-2 no2       0 3 30 5 15 10 -
+            ",
+        });
+    }
+
+    #[test]
+    fn an_hour_is_the_count_weighted_mean_of_its_five_minutes_not_the_mean_of_means() {
+        // 50 readings averaging 10 and 10 averaging 70: the hour's mean is 20, not 40.
+        run(&Golden {
+            resolution: Resolution::Hour,
+            input: "
+                aq-1 pm25       0 50 500 8 12
+                aq-1 pm25 3300000 10 700 60 80
+            ",
+            output: "
+                aq-1 pm25 0 60 1200 8 80 20 1.0
+            ",
+        });
+    }
+
+    #[test]
+    fn a_day_is_the_local_day_and_capture_is_capped_at_one() {
+        // 23:00 local (16:00 UTC) belongs to the day; 00:00 local of the next day does not.
+        // 2 readings a minute for a device expected once a minute still captures 1.0.
+        run(&Golden {
+            resolution: Resolution::Day,
+            input: "
+                aq-1 pm25        0 120 1200 1 20
+                aq-1 pm25 82800000 120 2400 2 40
+                aq-1 pm25 86400000 60 60 1 1
+            ",
+            output: "
+                aq-1 pm25        0 240 3600 1 40 15 0.16666666666666666
+                aq-1 pm25 86400000 60 60 1 1 1 0.041666666666666664
+            ",
+        });
+    }
+
+    #[test]
+    fn only_due_windows_are_derived_and_reads_share_ranges() {
+        let children = windows(
+            "
+            aq-1 pm25 0 1 1 1 1
+            aq-1 pm25 3600000 1 1 1 1
+            aq-2 pm25 0 1 1 1 1
+            ",
+            Resolution::FiveMinutes,
+        );
+        let mut due = Due::new();
+        due.entry("aq-1".into()).or_default().insert(DAY);
+        due.entry("aq-2".into()).or_default().insert(DAY);
+        let derived = derive(Resolution::Hour, &due, &children, ICT, |_| None, 1);
+        assert_eq!(derived.len(), 2, "the second hour of aq-1 is not due");
+        assert_eq!(
+            child_reads(&due, Resolution::Hour),
+            vec![ChildRead {
+                devices: vec!["aq-1".into(), "aq-2".into()],
+                from: DAY,
+                to: DAY + 3_600_000
+            }]
+        );
+        due.entry("aq-2".into())
+            .or_default()
+            .insert(DAY - 86_400_000);
+        assert_eq!(child_reads(&due, Resolution::Hour).len(), 2);
+    }
+}

@@ -1,0 +1,470 @@
+//! The readings loop as a whole, over the embedded bus and history store (every write durable
+//! at once, as ClickHouse's are): random readings with gaps, out-of-order and days-late
+//! arrivals and resends, and crashes at random store or bus operations, including between the
+//! 1-minute write and the roll-ups. Afterwards every stored window at every resolution must
+//! equal a batch recomputation over the final raw rows, and no window may have been emitted
+//! twice at one version with different contents.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ioc_bus::embedded::{EmbeddedLog, LogOptions, SEGMENT_BYTES};
+use ioc_bus::Bus;
+use ioc_contract::{
+    capture, Aggregate, Device, Quality, Reading, ReadingBatch, RegistryEvent, Resolution, Topics,
+};
+use ioc_history::{EmbeddedHistory, History, HistoryFilter};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+
+const ICT: i64 = 7 * 3_600_000;
+/// 2026-11-25T00:00:00+07:00.
+const DAY0: i64 = 1_795_539_600_000;
+const LATENESS_MS: i64 = 10_000;
+const IDLE_MS: i64 = 60_000;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn reading(device: &str, metric: &str, ts: i64, value: f64, quality: Quality) -> Reading {
+    Reading {
+        device_id: device.into(),
+        channel: if metric == "cod" {
+            "outlet".into()
+        } else {
+            String::new()
+        },
+        metric: metric.into(),
+        ts,
+        value,
+        unit: "µg/m³".into(),
+        interval_s: None,
+        quality,
+        quality_reason: String::new(),
+        received_at: ts,
+        message_id: format!("{device}-{ts}"),
+    }
+}
+
+/// What a partition holds, in offset order: two stations over a day and a half crossing the
+/// local midnight, with gaps of minutes to hours, readings a few minutes out of order, bad
+/// readings, resends, and at the end a backfill of hours that were missing plus a few
+/// stragglers days late.
+fn partition(rng: &mut Rng) -> Vec<ReadingBatch> {
+    let mut messages: Vec<ReadingBatch> = Vec::new();
+    let span = 36 * 3_600_000;
+    for (device, step) in [("aq-1", 60_000), ("ww-1", 300_000)] {
+        let mut ts = DAY0 + 20 * 3_600_000 + rng.below(step as u64) as i64;
+        let mut backfill = Vec::new();
+        while ts < DAY0 + 20 * 3_600_000 + span {
+            let value = (rng.below(2000) as f64) / 10.0;
+            let quality = if rng.below(40) == 0 {
+                Quality::Bad
+            } else {
+                Quality::Good
+            };
+            let metric = if device == "aq-1" { "pm25" } else { "cod" };
+            let mut batch = ReadingBatch {
+                readings: vec![reading(device, metric, ts, value, quality)],
+            };
+            if device == "aq-1" {
+                batch
+                    .readings
+                    .push(reading(device, "no2", ts, value / 3.0, Quality::Good));
+            }
+            match rng.below(100) {
+                // A gap of hours, backfilled at the end (a station's stored files).
+                0..=1 => {
+                    backfill.push(batch);
+                    for _ in 0..rng.below(180) {
+                        ts += step;
+                        let value = (rng.below(2000) as f64) / 10.0;
+                        let metric = if device == "aq-1" { "pm25" } else { "cod" };
+                        backfill.push(ReadingBatch {
+                            readings: vec![reading(device, metric, ts, value, Quality::Good)],
+                        });
+                    }
+                }
+                // A gap that never fills.
+                2..=4 => ts += step * rng.below(90) as i64,
+                // A resend.
+                5..=7 => {
+                    messages.push(batch.clone());
+                    messages.push(batch);
+                }
+                _ => messages.push(batch),
+            }
+            ts += step / 2 + rng.below(step as u64) as i64;
+        }
+        // Out of order by up to a few messages.
+        let n = messages.len();
+        for _ in 0..n / 10 {
+            let i = rng.below(n as u64 - 1) as usize;
+            messages.swap(i, i + 1);
+        }
+        messages.extend(backfill);
+        // Stragglers days late: a reading for an hour that was complete long ago.
+        for _ in 0..3 {
+            let ts = DAY0 + 20 * 3_600_000 + rng.below(span as u64) as i64;
+            let metric = if device == "aq-1" { "pm25" } else { "cod" };
+            messages.push(ReadingBatch {
+                readings: vec![reading(device, metric, ts, 999.0, Quality::Good)],
+            });
+        }
+    }
+    messages
+}
+
+/// Every window at `resolution` recomputed from the final raw rows.
+fn recompute(
+    readings: &[Reading],
+    resolution: Resolution,
+    expected: &HashMap<&str, f64>,
+) -> BTreeMap<(String, String, String, i64), (u64, f64, f64, f64, Option<f64>)> {
+    let mut out: BTreeMap<_, (u64, f64, f64, f64, Option<f64>)> = BTreeMap::new();
+    for r in readings.iter().filter(|r| r.quality == Quality::Good) {
+        let key = (
+            r.device_id.clone(),
+            r.channel.clone(),
+            r.metric.clone(),
+            resolution.start(r.ts, ICT),
+        );
+        let w = out.entry(key).or_insert((0, 0.0, f64::MAX, f64::MIN, None));
+        w.0 += 1;
+        w.1 += r.value;
+        w.2 = w.2.min(r.value);
+        w.3 = w.3.max(r.value);
+    }
+    for ((device, ..), w) in out.iter_mut() {
+        w.4 = capture(w.0, resolution.ms(), expected.get(device.as_str()).copied());
+    }
+    out
+}
+
+struct Harness {
+    bus: Bus,
+    history: History,
+    fleet: Fleet,
+    metrics: StreamMetrics,
+    shutdown: CancellationToken,
+    config: StreamConfig,
+    _dir: std::path::PathBuf,
+}
+
+impl Harness {
+    fn new(name: &str) -> Harness {
+        Harness::with_devices(name, &[("aq-1", 60.0), ("ww-1", 300.0)])
+    }
+
+    fn with_devices(name: &str, devices: &[(&str, f64)]) -> Harness {
+        let dir = std::env::temp_dir().join(format!("ioc-stream-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let topics = Topics::with_prefix("t.");
+        let log = EmbeddedLog::open(
+            &dir.join("bus"),
+            &topics,
+            LogOptions {
+                flush_interval: Duration::from_millis(1),
+                retention: Duration::from_secs(86_400),
+                segment_bytes: SEGMENT_BYTES,
+            },
+        )
+        .unwrap();
+        let shutdown = CancellationToken::new();
+        log.start_flusher(shutdown.clone());
+        let registry = RegistryView::default();
+        for (id, interval) in devices.iter().copied() {
+            registry.apply(RegistryEvent::Registered {
+                device: Device {
+                    device_id: id.into(),
+                    expected_interval_s: interval,
+                    ..Default::default()
+                },
+            });
+        }
+        let mut config = ioc_config::load_str(None, []).unwrap().stream;
+        config.allowed_lateness = Duration::from_millis(LATENESS_MS as u64);
+        config.idle_timeout = Duration::from_millis(IDLE_MS as u64);
+        Harness {
+            bus: Bus::Embedded { log, topics },
+            history: History::Embedded(EmbeddedHistory::open(&dir.join("history")).unwrap()),
+            fleet: Fleet {
+                limit: DeviceLimit {
+                    rate: 0.0,
+                    burst: 0.0,
+                },
+                registry,
+                utc_offset_ms: ICT,
+            },
+            metrics: StreamMetrics::register(&prometheus::Registry::new()).unwrap(),
+            shutdown,
+            config,
+            _dir: dir,
+        }
+    }
+
+    /// Runs the loop over `messages` in random batches, crashing (when `crashes`) at a random
+    /// store or bus operation and restarting from the checkpoint, until every message was
+    /// processed and every window closed. Returns how many crashes happened.
+    async fn run(&self, messages: &[ReadingBatch], rng: &mut Rng, crashes: bool) -> usize {
+        let producer = self.bus.producer(Duration::from_millis(1)).unwrap();
+        let topic = self.bus.topics().readings.clone();
+        let mut crashed = 0;
+        let mut last_version = 0;
+        // Processing time: it only moves on, to the newest event time read so far.
+        let mut clock = 0i64;
+        'restart: loop {
+            // A restarted process's clock is past every version the dead one gave out.
+            while VersionClock(0).next() <= last_version {
+                tokio::task::yield_now().await;
+            }
+            let budget = Arc::new(AtomicI64::new(if crashes && crashed < 40 {
+                1 + rng.below(60) as i64
+            } else {
+                i64::MAX
+            }));
+            let step = Step {
+                bus: &self.bus,
+                history: &self.history,
+                producer: &producer,
+                metrics: &self.metrics,
+                shutdown: &self.shutdown,
+                limit: self.fleet.limit,
+                fleet: &self.fleet,
+                rollups: true,
+                crash_after: Some(budget),
+            };
+            let mut state = LoopState::restore(&self.config, &step, &topic)
+                .await
+                .unwrap();
+            // The bus resumes at the checkpoint (or before it: `fresh` drops the rest).
+            let mut offset = state.committed.get(&0).copied().unwrap_or(0);
+            offset = (offset - rng.below(3) as i64).max(0);
+            loop {
+                let n = 1 + rng.below(40) as i64;
+                let end = (offset + n).min(messages.len() as i64);
+                let records: Vec<Consumed> = (offset..end)
+                    .map(|o| Consumed {
+                        partition: 0,
+                        offset: o,
+                        batch: Some(messages[o as usize].clone()),
+                    })
+                    .collect();
+                // Once the partition is read, far enough on for every window to close by
+                // idleness.
+                clock = if records.is_empty() {
+                    clock + 10 * IDLE_MS
+                } else {
+                    records
+                        .iter()
+                        .flat_map(|c| c.batch.iter().flat_map(|b| b.readings.iter()))
+                        .map(|r| r.ts)
+                        .fold(clock, i64::max)
+                };
+                let now = clock;
+                let ok = step.batch("g", &topic, records, &mut state, now).await;
+                last_version = state.ops.versions.0;
+                if !ok {
+                    crashed += 1;
+                    continue 'restart;
+                }
+                if end == messages.len() as i64 && offset == end {
+                    return crashed;
+                }
+                offset = end;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_window_at_every_resolution_equals_a_recomputation_after_random_crashes() {
+    let mut total_crashes = 0;
+    for seed in 1..=6u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let messages = partition(&mut rng);
+        let h = Harness::new(&format!("prop-{seed}"));
+        total_crashes += h.run(&messages, &mut rng, seed != 1).await;
+
+        let all = HistoryFilter {
+            from: 0,
+            to: i64::MAX,
+            limit: usize::MAX,
+            ..Default::default()
+        };
+        let raw: Vec<Reading> = h
+            .history
+            .readings(&all)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.into_reading())
+            .collect();
+        let expected_interval = HashMap::from([("aq-1", 60.0), ("ww-1", 300.0)]);
+        for resolution in Resolution::ALL {
+            let want = recompute(&raw, resolution, &expected_interval);
+            let stored: Vec<Aggregate> = h
+                .history
+                .aggregates(&HistoryFilter {
+                    resolution,
+                    ..all.clone()
+                })
+                .await
+                .unwrap();
+            let got: BTreeMap<_, _> = stored
+                .iter()
+                .map(|a| {
+                    (
+                        (
+                            a.device_id.clone(),
+                            a.channel.clone(),
+                            a.metric.clone(),
+                            a.window_start,
+                        ),
+                        a,
+                    )
+                })
+                .collect();
+            assert_eq!(
+                got.keys().collect::<Vec<_>>(),
+                want.keys().collect::<Vec<_>>(),
+                "seed {seed}: the {resolution} windows stored are the ones the raw rows have"
+            );
+            for (key, (count, sum, min, max, capture)) in &want {
+                let a = got[key];
+                let close = |x: f64, y: f64| (x - y).abs() <= 1e-9 * y.abs().max(1.0);
+                assert!(
+                    a.count == *count
+                        && close(a.sum, *sum)
+                        && a.min == *min
+                        && a.max == *max
+                        && close(a.mean, sum / *count as f64)
+                        && a.capture.zip(*capture).is_none_or(|(x, y)| close(x, y))
+                        && a.capture.is_some() == capture.is_some()
+                        && a.window_end == a.window_start + resolution.ms(),
+                    "seed {seed}: {resolution} window {key:?} is {a:?}, recomputed ({count}, {sum}, {min}, {max}, {capture:?})"
+                );
+            }
+        }
+
+        // What was published: one content per window and version.
+        let mut seen: HashMap<(Resolution, String, String, String, i64, u64), String> =
+            HashMap::new();
+        for record in h.bus.read_all(&h.bus.topics().aggregates).await.unwrap() {
+            let a: Aggregate = serde_json::from_slice(&record.payload).unwrap();
+            let key = (
+                a.resolution,
+                a.device_id.clone(),
+                a.channel.clone(),
+                a.metric.clone(),
+                a.window_start,
+                a.version,
+            );
+            let content = format!("{a:?}");
+            if let Some(before) = seen.insert(key, content.clone()) {
+                assert_eq!(
+                    before, content,
+                    "seed {seed}: one window, one version, two contents"
+                );
+            }
+        }
+        h.shutdown.cancel();
+    }
+    assert!(total_crashes > 100, "only {total_crashes} crashes");
+}
+
+/// Readings per second through the readings loop (embedded store, one thread), with the
+/// roll-ups on and with 1-minute windows only, alternating in one run: README, "Measured".
+/// `cargo test --release --workspace -- --ignored --nocapture readings_per_second`
+#[tokio::test]
+#[ignore]
+async fn readings_per_second_with_and_without_rollups() {
+    // 100 stations, 3 metrics every 10 s of event time, for 3 hours: 324 000 readings a round.
+    let ids: Vec<String> = (0..100).map(|i| format!("aq-{i:03}")).collect();
+    let devices: Vec<(&str, f64)> = ids.iter().map(|d| (d.as_str(), 10.0)).collect();
+    let mut messages = Vec::new();
+    for step in 0..3 * 360 {
+        let ts = DAY0 + step * 10_000;
+        for d in &ids {
+            messages.push(ReadingBatch {
+                readings: ["pm25", "pm10", "no2"]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| reading(d, m, ts, (step % 97) as f64 + i as f64, Quality::Good))
+                    .collect(),
+            });
+        }
+    }
+    let readings: usize = messages.iter().map(|m| m.readings.len()).sum();
+    let mut results: Vec<(bool, f64)> = Vec::new();
+    for round in 0..3 {
+        for rollups in [false, true] {
+            let h = Harness::with_devices(&format!("bench-{round}-{rollups}"), &devices);
+            let producer = h.bus.producer(Duration::from_millis(1)).unwrap();
+            let step = Step {
+                bus: &h.bus,
+                history: &h.history,
+                producer: &producer,
+                metrics: &h.metrics,
+                shutdown: &h.shutdown,
+                limit: h.fleet.limit,
+                fleet: &h.fleet,
+                rollups,
+                crash_after: None,
+            };
+            let topic = h.bus.topics().readings.clone();
+            let mut state = LoopState::restore(&h.config, &step, &topic).await.unwrap();
+            let started = std::time::Instant::now();
+            for (i, chunk) in messages.chunks(2000).enumerate() {
+                let first = (i * 2000) as i64;
+                let records: Vec<Consumed> = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(j, m)| Consumed {
+                        partition: 0,
+                        offset: first + j as i64,
+                        batch: Some(m.clone()),
+                    })
+                    .collect();
+                let now = chunk[chunk.len() - 1].readings[0].ts;
+                assert!(step.batch("g", &topic, records, &mut state, now).await);
+                if i % 10 == 9 {
+                    h.history.flush().await.unwrap();
+                }
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "round {round}, roll-ups {}: {:.0} readings/s",
+                if rollups { "on " } else { "off" },
+                readings as f64 / seconds
+            );
+            results.push((rollups, readings as f64 / seconds));
+            h.shutdown.cancel();
+        }
+    }
+    let median = |on: bool| {
+        let mut v: Vec<f64> = results.iter().filter(|r| r.0 == on).map(|r| r.1).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "median: 1-minute only {:.0} readings/s, with roll-ups {:.0} readings/s: roll-ups cost {:.1} % per reading",
+        median(false),
+        median(true),
+        (median(false) / median(true) - 1.0) * 100.0
+    );
+}
