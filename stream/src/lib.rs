@@ -266,7 +266,6 @@ pub async fn run(
         producer: &producer,
         metrics: &metrics,
         shutdown: &shutdown,
-        limit: fleet.limit,
         fleet: &fleet,
         rollups: true,
         #[cfg(test)]
@@ -329,8 +328,17 @@ pub(crate) struct Operators {
     /// The PM2.5 alert (`alerts.rs`).
     rule: Pm25Rule,
     versions: VersionClock,
-    /// The version of the 1-minute windows the last batch closed in order.
-    in_order_version: u64,
+}
+
+/// What the 1-minute windows operator emitted for one batch.
+#[derive(Default)]
+struct MinuteWindows {
+    /// Windows closed in order (from memory): the alert rule follows these.
+    in_order: Vec<Aggregate>,
+    /// Windows recomputed for late readings.
+    reemitted: Vec<Aggregate>,
+    /// Devices whose `closed_until` moved.
+    closed_devices: Vec<(String, i64)>,
 }
 
 /// Everything the readings loop keeps between batches.
@@ -364,12 +372,11 @@ impl LoopState {
         restore(history, &mut engine, &mut rule).await?;
         Ok(LoopState {
             ops: Operators {
-                limiter: restored_limiter(step.limit.rule(), topic, &positions),
+                limiter: restored_limiter(step.fleet.limit.rule(), topic, &positions),
                 recent: Recent::new(RECENT_READING_KEYS),
                 engine,
                 rule,
                 versions: VersionClock(0),
-                in_order_version: 0,
             },
             next_expected: checkpoint.clone(),
             committed: checkpoint,
@@ -490,8 +497,7 @@ pub(crate) struct Step<'a> {
     producer: &'a Producer,
     metrics: &'a StreamMetrics,
     shutdown: &'a CancellationToken,
-    pub(crate) limit: DeviceLimit,
-    fleet: &'a Fleet,
+    pub(crate) fleet: &'a Fleet,
     /// Whether coarser windows are derived (off only to measure what they cost).
     rollups: bool,
     /// Tests end the step at the Nth store read or write, as a SIGKILL would.
@@ -572,20 +578,27 @@ impl Step<'_> {
         if !self.store_readings(&records).await {
             return false;
         }
-        let Some((minutes, closed_devices)) = self.minute_windows(&records, ops, now).await else {
+        let Some(minutes) = self.minute_windows(&records, ops, now).await else {
             return false;
         };
-        if minutes.is_empty() && closed_devices.is_empty() {
+        let closed_devices = minutes.closed_devices;
+        if minutes.in_order.is_empty() && minutes.reemitted.is_empty() && closed_devices.is_empty()
+        {
             return true;
         }
 
         // Alerts follow the 1-minute windows that closed in order (not re-emitted ones).
         let mut alerts: Vec<Alert> = Vec::new();
-        for agg in minutes.iter().filter(|a| a.version == ops.in_order_version) {
+        for agg in &minutes.in_order {
             if let Some(alert) = ops.rule.evaluate(agg, ops.versions.next()) {
                 alerts.push(alert);
             }
         }
+        let minutes: Vec<Aggregate> = minutes
+            .in_order
+            .into_iter()
+            .chain(minutes.reemitted)
+            .collect();
         let Some(aggregates) = self.store_with_rollups(minutes, &mut ops.versions).await else {
             return false;
         };
@@ -670,14 +683,13 @@ impl Step<'_> {
     /// The 1-minute windows operator: feeds the window engine, and aggregates with DataFusion
     /// the windows that closed (from memory) and the late ones (from the stored rows, which now
     /// include the late readings), so a re-emitted aggregate equals a recomputation from the
-    /// raw rows. Returns the aggregates (in-order ones stamped `ops.in_order_version`) and the
-    /// devices whose `closed_until` moved; `None` on shutdown mid-way.
+    /// raw rows. `None` on shutdown mid-way.
     async fn minute_windows(
         &self,
         records: &[Consumed],
         ops: &mut Operators,
         now: i64,
-    ) -> Option<(Vec<Aggregate>, Vec<(String, i64)>)> {
+    ) -> Option<MinuteWindows> {
         let engine = &mut ops.engine;
         let mut late: BTreeSet<WindowKey> = BTreeSet::new();
         for c in records {
@@ -694,7 +706,10 @@ impl Step<'_> {
         }
         let closed = engine.advance(now);
         if closed.windows.is_empty() && late.is_empty() {
-            return Some((Vec::new(), closed.devices));
+            return Some(MinuteWindows {
+                closed_devices: closed.devices,
+                ..MinuteWindows::default()
+            });
         }
         let mut in_order = ClosingRows::default();
         for (key, window) in &closed.windows {
@@ -743,13 +758,10 @@ impl Step<'_> {
                 }
             }
         }
-        // One version for the windows closing in order, a higher one for re-emissions: a window
-        // both closing and late in one batch (a replay) keeps the recomputed one.
-        ops.in_order_version = ops.versions.next();
-        let reemit_version = ops.versions.next();
-        let (Ok(in_order), Ok(reemitted)) = (
-            aggregate::aggregate(in_order, ops.in_order_version).await,
-            aggregate::aggregate(reemit, reemit_version).await,
+        let version = ops.versions.next();
+        let (Ok(mut in_order), Ok(mut reemitted)) = (
+            aggregate::aggregate(in_order, version).await,
+            aggregate::aggregate(reemit, version).await,
         ) else {
             tracing::error!(
                 "DataFusion aggregation failed; the batch will be retried from the bus"
@@ -759,15 +771,18 @@ impl Step<'_> {
         self.metrics
             .windows_closed
             .inc_by(closed.windows.len() as u64);
-        let mut minutes: Vec<Aggregate> = in_order.into_iter().chain(reemitted).collect();
-        for a in &mut minutes {
+        for a in in_order.iter_mut().chain(reemitted.iter_mut()) {
             a.capture = ioc_contract::capture(
                 a.count,
                 WINDOW_MS,
                 self.fleet.expected_interval_s(&a.device_id),
             );
         }
-        Some((minutes, closed.devices))
+        Some(MinuteWindows {
+            in_order,
+            reemitted,
+            closed_devices: closed.devices,
+        })
     }
 
     /// Stores the 1-minute windows, then derives and stores the coarser windows containing
@@ -833,7 +848,7 @@ impl Step<'_> {
             }
             let batch = c.batch.take().expect("checked above");
             let first = &batch.readings[0];
-            letters.push(self.limit.letter(
+            letters.push(self.fleet.limit.letter(
                 topic,
                 &first.device_id,
                 first.received_at,

@@ -200,20 +200,7 @@ impl FleetLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A seeded generator (xorshift), so failures repeat.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use crate::tests::Rng;
 
     /// A partition's records: a flooding device, a bursty one and quiet ones, with receive times
     /// from two ingest clocks that disagree by up to 40 ms, and now and then a record produced

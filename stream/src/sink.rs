@@ -101,7 +101,7 @@ pub(crate) async fn run(
         .collect();
     let mut next_expected = committed.clone();
     let rule = match sink {
-        Sink::Events => step.limit.rule(),
+        Sink::Events => step.fleet.limit.rule(),
         Sink::Evidence | Sink::Quarantine => None,
     };
     let mut limiter = crate::restored_limiter(rule, &topic, &positions);
@@ -156,7 +156,7 @@ pub(crate) async fn run(
                         let e = events.last().expect("just pushed");
                         if !limiter.admit(r.partition, r.offset, &e.device_id, e.received_at) {
                             let e = events.pop().expect("just pushed");
-                            limited.push(step.limit.letter(
+                            limited.push(step.fleet.limit.letter(
                                 &topic,
                                 &e.device_id,
                                 e.received_at,

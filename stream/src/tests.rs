@@ -26,16 +26,17 @@ const DAY0: i64 = 1_795_539_600_000;
 const LATENESS_MS: i64 = 10_000;
 const IDLE_MS: i64 = 60_000;
 
-struct Rng(u64);
+/// A seeded generator (xorshift), so failures repeat; the crate's tests share it.
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 }
@@ -243,7 +244,6 @@ impl Harness {
                 producer: &producer,
                 metrics: &self.metrics,
                 shutdown: &self.shutdown,
-                limit: self.fleet.limit,
                 fleet: &self.fleet,
                 rollups: true,
                 crash_after: Some(budget),
@@ -421,7 +421,6 @@ async fn readings_per_second_with_and_without_rollups() {
                 producer: &producer,
                 metrics: &h.metrics,
                 shutdown: &h.shutdown,
-                limit: h.fleet.limit,
                 fleet: &h.fleet,
                 rollups,
                 crash_after: None,
