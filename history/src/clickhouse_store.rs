@@ -318,15 +318,7 @@ impl ClickHouseHistory {
                 f,
             )
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| {
-                Aggregate::from(AggregateRow {
-                    resolution: f.resolution,
-                    ..r
-                })
-            })
-            .collect())
+        Ok(at(f.resolution, rows))
     }
 
     /// The stored windows of `resolution` of `devices` starting in `[from, to)`.
@@ -352,10 +344,7 @@ impl ClickHouseHistory {
             .bind(to)
             .fetch_all::<AggregateRow>()
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Aggregate::from(AggregateRow { resolution, ..r }))
-            .collect())
+        Ok(at(resolution, rows))
     }
 
     pub async fn alerts(&self, f: &HistoryFilter) -> Result<Vec<Alert>, HistoryError> {
@@ -403,6 +392,14 @@ impl ClickHouseHistory {
             .fetch_all::<T>()
             .await?)
     }
+}
+
+/// Rows read from a resolution's table, as aggregates of that resolution (the table, not a
+/// column, says which).
+fn at(resolution: Resolution, rows: Vec<AggregateRow>) -> Vec<Aggregate> {
+    rows.into_iter()
+        .map(|r| Aggregate::from(AggregateRow { resolution, ..r }))
+        .collect()
 }
 
 enum BindValue {

@@ -423,69 +423,61 @@ impl EmbeddedHistory {
     /// Merges a table's small files into one once there are [`COMPACT_TRIGGER`] of them.
     /// Called with the commit lock held.
     async fn compact(&self) -> Result<(), StoreError> {
-        let parts: std::collections::BTreeSet<(u8, u8)> = {
-            let s = self.state();
-            s.manifest
+        // Each part of each table compacts on its own (a file holds one part).
+        let parts: std::collections::HashSet<(Table, u8)> = self
+            .state()
+            .manifest
+            .files
+            .iter()
+            .map(|f| (f.table, f.part))
+            .collect();
+        for (table, part) in parts {
+            let base = self.state().manifest.clone();
+            let small: Vec<FileEntry> = base
                 .files
                 .iter()
-                .map(|f| (f.table as u8, f.part))
-                .collect()
-        };
-        for table in Table::ALL {
-            for part in parts
-                .iter()
-                .filter(|(t, _)| *t == table as u8)
-                .map(|(_, p)| *p)
-            {
-                let base = self.state().manifest.clone();
-                let small: Vec<FileEntry> = base
-                    .files
-                    .iter()
-                    .filter(|f| f.table == table && f.part == part && f.rows < COMPACT_MAX_ROWS)
-                    .cloned()
-                    .collect();
-                if small.len() < COMPACT_TRIGGER {
-                    continue;
-                }
-                let dir = self.shared.dir.clone();
-                let merged = small.clone();
-                let next = tokio::task::spawn_blocking(move || -> Result<Manifest, StoreError> {
-                    let mut next = (*base).clone();
-                    next.files
-                        .retain(|f| !merged.iter().any(|m| m.file == f.file));
-                    fn merge<R: TableRow>(
-                        dir: &Path,
-                        next: &mut Manifest,
-                        files: &[FileEntry],
-                    ) -> Result<(), StoreError> {
-                        write_table(dir, next, &dedup(read_files::<R>(dir, files)?))
-                    }
-                    match table {
-                        Table::Readings => merge::<ReadingRow>(&dir, &mut next, &merged)?,
-                        Table::Aggregates => merge::<AggregateRow>(&dir, &mut next, &merged)?,
-                        Table::Alerts => merge::<AlertRow>(&dir, &mut next, &merged)?,
-                        Table::Events => merge::<EventRow>(&dir, &mut next, &merged)?,
-                        Table::Evidence => merge::<EvidenceRow>(&dir, &mut next, &merged)?,
-                        Table::CameraQuarantine => {
-                            merge::<QuarantineRow>(&dir, &mut next, &merged)?
-                        }
-                    }
-                    commit_manifest(&dir, &next)?;
-                    Ok(next)
-                })
-                .await
-                .map_err(|e| StoreError::Task(e.to_string()))??;
-                let mut s = self.state();
-                s.manifest = Arc::new(next);
-                let now = Instant::now();
-                s.garbage
-                    .extend(small.iter().map(|f| (now, self.shared.dir.join(&f.file))));
-                tracing::debug!(
-                    table = table.name(),
-                    files = small.len(),
-                    "compacted history files"
-                );
+                .filter(|f| f.table == table && f.part == part && f.rows < COMPACT_MAX_ROWS)
+                .cloned()
+                .collect();
+            if small.len() < COMPACT_TRIGGER {
+                continue;
             }
+            let dir = self.shared.dir.clone();
+            let merged = small.clone();
+            let next = tokio::task::spawn_blocking(move || -> Result<Manifest, StoreError> {
+                let mut next = (*base).clone();
+                next.files
+                    .retain(|f| !merged.iter().any(|m| m.file == f.file));
+                fn merge<R: TableRow>(
+                    dir: &Path,
+                    next: &mut Manifest,
+                    files: &[FileEntry],
+                ) -> Result<(), StoreError> {
+                    write_table(dir, next, &dedup(read_files::<R>(dir, files)?))
+                }
+                match table {
+                    Table::Readings => merge::<ReadingRow>(&dir, &mut next, &merged)?,
+                    Table::Aggregates => merge::<AggregateRow>(&dir, &mut next, &merged)?,
+                    Table::Alerts => merge::<AlertRow>(&dir, &mut next, &merged)?,
+                    Table::Events => merge::<EventRow>(&dir, &mut next, &merged)?,
+                    Table::Evidence => merge::<EvidenceRow>(&dir, &mut next, &merged)?,
+                    Table::CameraQuarantine => merge::<QuarantineRow>(&dir, &mut next, &merged)?,
+                }
+                commit_manifest(&dir, &next)?;
+                Ok(next)
+            })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+            let mut s = self.state();
+            s.manifest = Arc::new(next);
+            let now = Instant::now();
+            s.garbage
+                .extend(small.iter().map(|f| (now, self.shared.dir.join(&f.file))));
+            tracing::debug!(
+                table = table.name(),
+                files = small.len(),
+                "compacted history files"
+            );
         }
         Ok(())
     }
