@@ -235,7 +235,7 @@ mod tests {
     }
 
     #[test]
-    fn five_minutes_from_minutes_with_a_gap() {
+    fn five_minutes_from_minutes_with_a_gap_and_capture_capped_at_one() {
         run(&Golden {
             resolution: Resolution::FiveMinutes,
             input: "
@@ -244,11 +244,16 @@ mod tests {
                 # 2 minutes missing
                 aq-1 pm25 240000 1 60 60 60
                 aq-1 pm25 300000 2 8 3 5
+                # 6 readings in 5 minutes from a device expected once a minute: capture 1.0
+                aq-1 pm25 600000 2 2 1 1
+                aq-1 pm25 660000 2 2 1 1
+                aq-1 pm25 720000 2 2 1 1
                 aq-2 no2       0 3 30 5 15
             ",
             output: "
                 aq-1 pm25      0 3 90 10 60 30 0.6
                 aq-1 pm25 300000 2 8 3 5 4 0.4
+                aq-1 pm25 600000 6 6 1 1 1 1.0
                 aq-2 no2       0 3 30 5 15 10 -
             ",
         });
@@ -270,9 +275,8 @@ mod tests {
     }
 
     #[test]
-    fn a_day_is_the_local_day_and_capture_is_capped_at_one() {
+    fn a_day_is_the_local_day() {
         // 23:00 local (16:00 UTC) belongs to the day; 00:00 local of the next day does not.
-        // 2 readings a minute for a device expected once a minute still captures 1.0.
         run(&Golden {
             resolution: Resolution::Day,
             input: "

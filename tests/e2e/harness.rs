@@ -299,18 +299,7 @@ impl Env {
     }
 
     pub async fn get_json(&self, path: &str) -> Result<serde_json::Value> {
-        let r = self
-            .http
-            .get(self.api(path))
-            .bearer_auth(TOKEN)
-            .send()
-            .await?;
-        let status = r.status();
-        let body = r.text().await?;
-        if !status.is_success() {
-            bail!("GET {path}: {status}: {body}");
-        }
-        Ok(serde_json::from_str(&body)?)
+        get_json(&self.http, &self.api(path), TOKEN).await
     }
 
     /// Waits until an HTTP endpoint answers 200.
@@ -630,6 +619,17 @@ pub async fn aggregates_vs_recomputation(env: &Env) -> Result<(Vec<String>, Vec<
         stored.into_iter().map(|r| r.join(" ")).collect(),
         recomputed.into_iter().map(|r| r.join(" ")).collect(),
     ))
+}
+
+/// GETs `url` with a bearer `token`; an answer other than 2xx is an error naming it.
+pub async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> Result<serde_json::Value> {
+    let r = http.get(url).bearer_auth(token).send().await?;
+    let status = r.status();
+    let body = r.text().await?;
+    if !status.is_success() {
+        bail!("GET {url}: {status}: {body}");
+    }
+    Ok(serde_json::from_str(&body)?)
 }
 
 /// Polls `probe` until it returns Some, or fails after `timeout` naming `what`, the last error

@@ -25,18 +25,7 @@ pub(crate) struct Api<'a> {
 
 impl Api<'_> {
     async fn get(&self, path: &str) -> Result<serde_json::Value> {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await?;
-        let status = r.status();
-        let body = r.text().await?;
-        if !status.is_success() {
-            bail!("GET {path}: {status}: {body}");
-        }
-        Ok(serde_json::from_str(&body)?)
+        crate::harness::get_json(self.http, &format!("{}{path}", self.base), &self.token).await
     }
 }
 
@@ -102,27 +91,28 @@ async fn stored(
     Ok(out)
 }
 
-/// The windows recomputed from the good readings the API has for `device` in `[from, to)`.
-async fn recomputed(
-    api: &Api<'_>,
-    device: &str,
-    resolution: Resolution,
-    from: i64,
-    to: i64,
-) -> Result<BTreeMap<i64, Window>> {
+/// The good PM2.5 readings the API has for `device` in `[from, to)`, as `(ts, value)`.
+async fn good_readings(api: &Api<'_>, device: &str, from: i64, to: i64) -> Result<Vec<(i64, f64)>> {
     let body = api
         .get(&format!(
             "/api/v1/readings?device_id={device}&from={from}&to={to}&metric=pm25"
         ))
         .await?;
-    let mut out: BTreeMap<i64, Window> = BTreeMap::new();
+    let mut out = Vec::new();
     for r in body["readings"].as_array().context("readings")? {
-        if r["quality"] != "good" {
-            continue;
+        if r["quality"] == "good" {
+            let ts = ioc_contract::time::parse_rfc3339_ms(r["ts"].as_str().context("ts")?)
+                .context("ts")?;
+            out.push((ts, r["value"].as_f64().context("value")?));
         }
-        let ts =
-            ioc_contract::time::parse_rfc3339_ms(r["ts"].as_str().context("ts")?).context("ts")?;
-        let v = r["value"].as_f64().context("value")?;
+    }
+    Ok(out)
+}
+
+/// The windows of `resolution` recomputed from `readings`.
+fn recomputed(readings: &[(i64, f64)], resolution: Resolution) -> BTreeMap<i64, Window> {
+    let mut out: BTreeMap<i64, Window> = BTreeMap::new();
+    for &(ts, v) in readings {
         let w = out.entry(resolution.start(ts, ICT)).or_insert(Window {
             count: 0,
             sum: 0.0,
@@ -142,7 +132,7 @@ async fn recomputed(
         // Devices here are expected once a minute.
         w.capture = ioc_contract::capture(w.count, resolution.ms(), Some(60.0));
     }
-    Ok(out)
+    out
 }
 
 /// Waits until every resolution's windows equal the recomputation and the day holds `count`
@@ -163,10 +153,11 @@ async fn settled(
             if days.get(&day).map(|w| w.count) != Some(count) {
                 return Ok(None);
             }
+            let readings = good_readings(api, device, day, to).await?;
             let mut all = BTreeMap::new();
             for resolution in Resolution::ALL {
                 let got = stored(api, device, resolution, day, to).await?;
-                let want = recomputed(api, device, resolution, day, to).await?;
+                let want = recomputed(&readings, resolution);
                 let same = got.len() == want.len()
                     && got
                         .iter()

@@ -115,18 +115,7 @@ impl Up {
     }
 
     async fn get(&self, path: &str) -> Result<serde_json::Value> {
-        let r = self
-            .http
-            .get(self.url(path))
-            .bearer_auth(&self.token)
-            .send()
-            .await?;
-        let status = r.status();
-        let body = r.text().await?;
-        if !status.is_success() {
-            bail!("GET {path}: {status}: {body}");
-        }
-        Ok(serde_json::from_str(&body)?)
+        crate::harness::get_json(&self.http, &self.url(path), &self.token).await
     }
 
     async fn register(&self, device_id: &str) -> Result<()> {
