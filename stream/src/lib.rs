@@ -323,8 +323,10 @@ pub(crate) struct Operators {
     limiter: FleetLimiter,
     /// Resend counting (`recent.rs`).
     recent: Recent,
-    /// 1-minute windows (`windows.rs`, `aggregate.rs`); roll-ups (`rollup.rs`) keep no state.
+    /// 1-minute windows (`windows.rs`, `aggregate.rs`).
     engine: WindowEngine,
+    /// Roll-ups (`rollup.rs`): the stored finer windows of recent coarse windows.
+    rollups: rollup::Recent,
     /// The PM2.5 alert (`alerts.rs`).
     rule: Pm25Rule,
     versions: VersionClock,
@@ -375,6 +377,7 @@ impl LoopState {
                 limiter: restored_limiter(step.fleet.limit.rule(), topic, &positions),
                 recent: Recent::new(RECENT_READING_KEYS),
                 engine,
+                rollups: rollup::Recent::default(),
                 rule,
                 versions: VersionClock(0),
             },
@@ -599,7 +602,10 @@ impl Step<'_> {
             .into_iter()
             .chain(minutes.reemitted)
             .collect();
-        let Some(aggregates) = self.store_with_rollups(minutes, &mut ops.versions).await else {
+        let Some(aggregates) = self
+            .store_with_rollups(minutes, &mut ops.rollups, &mut ops.versions)
+            .await
+        else {
             return false;
         };
         if !alerts.is_empty()
@@ -791,8 +797,10 @@ impl Step<'_> {
     async fn store_with_rollups(
         &self,
         minutes: Vec<Aggregate>,
+        recent: &mut rollup::Recent,
         versions: &mut VersionClock,
     ) -> Option<Vec<Aggregate>> {
+        let offset = self.fleet.utc_offset_ms;
         let mut all = minutes;
         let mut finer = 0..all.len();
         let mut resolution = Resolution::Minute;
@@ -807,9 +815,10 @@ impl Step<'_> {
             let Some(coarser) = resolution.coarser().filter(|_| self.rollups) else {
                 return Some(all);
             };
-            let due = rollup::due(emitted, coarser, self.fleet.utc_offset_ms);
+            let due = rollup::due(emitted, coarser, offset);
+            let missing = recent.update(coarser, emitted, &due, offset);
             let mut children = Vec::new();
-            for read in rollup::child_reads(&due, coarser) {
+            for read in rollup::child_reads(&missing, coarser) {
                 children.extend(
                     self.retry("reading stored windows to roll up", || {
                         self.history
@@ -818,14 +827,16 @@ impl Step<'_> {
                     .await?,
                 );
             }
+            recent.remember(coarser, &missing, children, offset);
             let derived = rollup::derive(
                 coarser,
                 &due,
-                &children,
-                self.fleet.utc_offset_ms,
+                recent.children(coarser, &due),
+                offset,
                 |d| self.fleet.expected_interval_s(d),
                 versions.next(),
             );
+            recent.forget_old(coarser, &due);
             let start = all.len();
             all.extend(derived);
             finer = start..all.len();
