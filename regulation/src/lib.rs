@@ -1,0 +1,14 @@
+//! Environmental regulation arithmetic for the IOC, pure and I/O-free.
+//!
+//! - [`aqi`]: VN_AQI per Decision 1459/QĐ-TCMT: breakpoints, NowCast, hourly and daily
+//!   AQI, bands.
+//! - [`qcvn`]: limits as versioned data: QCVN 05:2023/BTNMT (ambient air) and
+//!   QCVN 40:2011/BTNMT (industrial wastewater), and exceedance.
+//! - [`csv`]: the `ioc aqi` file format: parse hourly means per station, produce the hourly
+//!   and daily reports (which serialise to JSON).
+//!
+//! Concentrations are µg/m³ throughout; metric names are the canonical catalogue's.
+
+pub mod aqi;
+pub mod csv;
+pub mod qcvn;
