@@ -114,6 +114,18 @@ enum Command {
         json: bool,
         file: PathBuf,
     },
+    /// VN_AQI (Decision 1459/QĐ-TCMT) from a CSV of hourly means, as the live pipeline computes
+    /// it: `station_id,time,pm25,pm10,o3,no2,so2,co` (µg/m³; `time` the hour-ending local time,
+    /// RFC 3339 with offset; an empty cell is missing). Prints one JSON object per station-hour,
+    /// or with --daily per station-day.
+    Aqi {
+        /// The CSV file, or - for standard input.
+        #[arg(long, value_name = "FILE.csv")]
+        input: PathBuf,
+        /// Daily AQI per station-day (hours ending 01:00 to 00:00) instead of hourly.
+        #[arg(long)]
+        daily: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -175,6 +187,9 @@ fn main() -> ExitCode {
     {
         return decode_command(&config, format, profile, device, *json, file);
     }
+    if let Command::Aqi { input, daily } = &cli.command {
+        return aqi_command(&config, input, *daily);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -186,6 +201,47 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `ioc aqi`: exit 0 with the report on standard output; 1 when the file is malformed (the
+/// error names the line); 2 when it cannot be read.
+fn aqi_command(config: &Config, input: &std::path::Path, daily: bool) -> ExitCode {
+    use std::io::{Read, Write};
+    let mut text = String::new();
+    let read = if input.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut text)
+    } else {
+        std::fs::File::open(input).and_then(|mut f| f.read_to_string(&mut text))
+    };
+    if let Err(e) = read {
+        eprintln!("ioc aqi: reading {}: {e}", input.display());
+        return ExitCode::from(2);
+    }
+    let rows = match ioc_regulation::csv::parse_hourly_csv(&text) {
+        Ok(rows) => rows,
+        Err(e) => {
+            eprintln!("ioc aqi: {}: {e}", input.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let lines: Vec<String> = if daily {
+        ioc_regulation::csv::daily_report(&rows, config.stream.min_day_hours)
+            .iter()
+            .filter_map(|r| serde_json::to_string(r).ok())
+            .collect()
+    } else {
+        ioc_regulation::csv::hourly_report(&rows)
+            .iter()
+            .filter_map(|r| serde_json::to_string(r).ok())
+            .collect()
+    };
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        if writeln!(out, "{line}").is_err() {
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// `ioc decode`: exit 0 when the payload is accepted (some values may still be rejected, and
@@ -587,7 +643,7 @@ async fn run(command: Command, config: Config) -> Result<()> {
             let history = History::ClickHouse(ClickHouseHistory::new(&config.clickhouse));
             tracing::info!(clickhouse = %config.clickhouse.url, database = %config.clickhouse.database, "stream starting");
             let fleet =
-                ioc_stream::Fleet::of(&config.ingest, follow_registry(&bus, &shutdown).await?);
+                ioc_stream::Fleet::of(&config, follow_registry(&bus, &shutdown).await?);
             ioc_stream::run(&config.stream, fleet, &bus, history, metrics, shutdown).await?;
             tracing::info!("stream stopped");
         }
@@ -692,7 +748,7 @@ async fn run(command: Command, config: Config) -> Result<()> {
             }
             println!("{}", serde_json::to_string(&report)?);
         }
-        Command::CheckConfig { .. } | Command::Decode { .. } => {
+        Command::CheckConfig { .. } | Command::Decode { .. } | Command::Aqi { .. } => {
             unreachable!("handled before the runtime starts")
         }
     }

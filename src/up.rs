@@ -284,7 +284,7 @@ pub async fn run(
     let stream_stop = CancellationToken::new();
     let stream = {
         let metrics = ioc_stream::StreamMetrics::register(&prometheus)?;
-        let fleet = ioc_stream::Fleet::of(&config.ingest, registry.clone());
+        let fleet = ioc_stream::Fleet::of(&config, registry.clone());
         let (cfg, bus, history, stop) = (
             config.stream.clone(),
             bus.clone(),

@@ -27,9 +27,32 @@ pub struct Config {
     pub clickhouse: ClickHouseConfig,
     pub ingest: IngestConfig,
     pub stream: StreamConfig,
+    pub regulation: RegulationConfig,
     pub api: ApiConfig,
     pub sim: SimConfig,
     pub up: UpConfig,
+}
+
+/// The limits exceedances are judged against, as data (`[regulation]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegulationConfig {
+    /// Ambient air limits (QCVN 05:2023).
+    pub ambient: ioc_regulation::qcvn::AmbientLimits,
+    /// Wastewater limits, one table per regulation a station may be held to.
+    pub wastewater: Vec<ioc_regulation::qcvn::WastewaterLimits>,
+}
+
+impl RegulationConfig {
+    /// The wastewater table of `regulation`.
+    pub fn wastewater(&self, regulation: &str) -> Option<&ioc_regulation::qcvn::WastewaterLimits> {
+        self.wastewater.iter().find(|t| t.regulation == regulation)
+    }
+
+    /// The regulations a wastewater station may be held to.
+    pub fn wastewater_names(&self) -> Vec<&str> {
+        self.wastewater.iter().map(|t| t.regulation.as_str()).collect()
+    }
 }
 
 /// `ioc up`: the whole pipeline in one process on an embedded broker, bus and history store.
@@ -247,6 +270,15 @@ pub struct StreamConfig {
     pub batch_linger: Duration,
     pub metrics_listen: SocketAddr,
     pub pm25_alert: Pm25AlertConfig,
+    /// An hourly mean counts for VN_AQI and QCVN only when its window's capture is at least
+    /// this (0 to 1).
+    pub min_hour_capture: f64,
+    /// The daily PM2.5 and PM10 means of VN_AQI need at least this many valid hours (the
+    /// decision sets no minimum).
+    pub min_day_hours: usize,
+    /// A 24-hour mean is compared with a QCVN 05 daily limit only over at least this many
+    /// valid hours.
+    pub min_day_hours_qcvn: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -761,6 +793,38 @@ pub fn validate(c: &Config) -> Vec<Problem> {
             "must be a positive number of µg/m³".into(),
         );
     }
+    if !(0.0..=1.0).contains(&c.stream.min_hour_capture) {
+        bad(
+            "stream.min_hour_capture",
+            "must be a share from 0 to 1 (0.75: three quarters of the hour's readings)".into(),
+        );
+    }
+    if c.stream.min_day_hours == 0 || c.stream.min_day_hours > 24 {
+        bad("stream.min_day_hours", "must be 1 to 24 hours".into());
+    }
+    if c.stream.min_day_hours_qcvn == 0 || c.stream.min_day_hours_qcvn > 24 {
+        bad("stream.min_day_hours_qcvn", "must be 1 to 24 hours".into());
+    }
+    if c.regulation
+        .wastewater(ioc_contract::DEFAULT_WASTEWATER_REGULATION)
+        .is_none()
+    {
+        bad(
+            "regulation.wastewater",
+            format!(
+                "must hold a table for {}, the regulation of stations that name none",
+                ioc_contract::DEFAULT_WASTEWATER_REGULATION
+            ),
+        );
+    }
+    let mut names: Vec<&str> = c.regulation.wastewater_names();
+    names.sort_unstable();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        bad(
+            "regulation.wastewater",
+            "two tables name the same regulation".into(),
+        );
+    }
     let [south, west, north, east] = c.api.service_area;
     if !((-90.0..=90.0).contains(&south)
         && (-90.0..=90.0).contains(&north)
@@ -806,6 +870,25 @@ mod tests {
         assert_eq!(c.mqtt.port, 1883);
         assert_eq!(c.ingest.ack_mode, AckMode::AfterKafka);
         assert_eq!(c.stream.allowed_lateness, Duration::from_secs(10));
+    }
+
+    /// The limits shipped as configuration are the regulations' tables, cell for cell (the
+    /// tables in `ioc-regulation` are golden-tested against DOMAIN.md).
+    #[test]
+    fn the_shipped_limits_are_qcvn_05_2023_and_qcvn_40_2011() {
+        let c = load_str(None, no_env()).unwrap();
+        assert_eq!(
+            c.regulation.ambient,
+            ioc_regulation::qcvn::AmbientLimits::qcvn_05_2023()
+        );
+        assert_eq!(
+            c.regulation.wastewater,
+            vec![ioc_regulation::qcvn::WastewaterLimits::qcvn_40_2011()]
+        );
+        assert_eq!(
+            c.regulation.wastewater_names(),
+            vec![ioc_contract::DEFAULT_WASTEWATER_REGULATION]
+        );
     }
 
     #[test]

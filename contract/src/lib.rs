@@ -509,6 +509,113 @@ pub struct Device {
     /// then only the admin token could register).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registered_by: Option<Actor>,
+    /// Whether its measurements are official ([`Grade`]); `None` is its kind's default
+    /// ([`Device::grade`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grade: Option<Grade>,
+    /// What a wastewater station's discharge is held to (absent: the defaults of
+    /// [`Discharge`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discharge: Option<Discharge>,
+}
+
+impl Device {
+    /// Its grade: as registered, else `reference` for air-quality and wastewater stations
+    /// (certified automatic stations, the common case) and `indicative` for anything else.
+    pub fn grade(&self) -> Grade {
+        self.grade.unwrap_or(match self.kind.as_str() {
+            "air_quality" | "wastewater" => Grade::Reference,
+            _ => Grade::Indicative,
+        })
+    }
+
+    /// A wastewater station's discharge settings, with their defaults filled in.
+    pub fn discharge(&self) -> Discharge {
+        self.discharge.clone().unwrap_or_default()
+    }
+}
+
+/// Whether a station's measurements count officially. Official VN_AQI and exceedances are
+/// published for reference stations only; indicative ones (low-cost sensors) get the same
+/// numbers marked `indicative`, never mixed into an official figure (DOMAIN.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Grade {
+    Reference,
+    Indicative,
+}
+
+impl Grade {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Grade::Reference => "reference",
+            Grade::Indicative => "indicative",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Grade> {
+        match name {
+            "reference" => Some(Grade::Reference),
+            "indicative" => Some(Grade::Indicative),
+            _ => None,
+        }
+    }
+}
+
+/// A QCVN 40 column: A for discharge into water used for domestic supply, B otherwise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Qcvn40Column {
+    A,
+    #[default]
+    B,
+}
+
+impl Qcvn40Column {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Qcvn40Column::A => "A",
+            Qcvn40Column::B => "B",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Qcvn40Column> {
+        match name {
+            "A" => Some(Qcvn40Column::A),
+            "B" => Some(Qcvn40Column::B),
+            _ => None,
+        }
+    }
+}
+
+/// The regulation wastewater stations are held to unless registered otherwise.
+pub const DEFAULT_WASTEWATER_REGULATION: &str = "QCVN 40:2011/BTNMT";
+
+/// What a wastewater station's discharge is judged by: the hourly means of its discharge
+/// channel against C × Kq × Kf of its column of its regulation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Discharge {
+    /// The channel measuring the outlet (the inlet is not judged). The empty channel is a
+    /// station's only one.
+    pub channel: String,
+    pub column: Qcvn40Column,
+    /// The receiving-water factor.
+    pub kq: f64,
+    /// The discharge-flow factor.
+    pub kf: f64,
+    pub regulation: String,
+}
+
+impl Default for Discharge {
+    fn default() -> Self {
+        Discharge {
+            channel: "outlet".into(),
+            column: Qcvn40Column::B,
+            kq: 1.0,
+            kf: 1.0,
+            regulation: DEFAULT_WASTEWATER_REGULATION.into(),
+        }
+    }
 }
 
 /// A device's life cycle.
@@ -579,6 +686,18 @@ pub struct DeviceChanges {
     pub installed_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub installer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grade: Option<Grade>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discharge_channel: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qcvn40_column: Option<Qcvn40Column>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kq: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kf: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regulation: Option<String>,
 }
 
 impl DeviceChanges {
@@ -606,6 +725,24 @@ impl DeviceChanges {
             }
         }
         device.installed_at = self.installed_at.or(device.installed_at);
+        device.grade = self.grade.or(device.grade);
+        let touches_discharge = self.discharge_channel.is_some()
+            || self.qcvn40_column.is_some()
+            || self.kq.is_some()
+            || self.kf.is_some()
+            || self.regulation.is_some();
+        if touches_discharge {
+            let d = device.discharge.get_or_insert_with(Discharge::default);
+            if let Some(c) = &self.discharge_channel {
+                d.channel.clone_from(c);
+            }
+            d.column = self.qcvn40_column.unwrap_or(d.column);
+            d.kq = self.kq.unwrap_or(d.kq);
+            d.kf = self.kf.unwrap_or(d.kf);
+            if let Some(r) = &self.regulation {
+                d.regulation.clone_from(r);
+            }
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -810,6 +947,10 @@ pub struct Topics {
     pub deadletter: String,
     pub aggregates: String,
     pub alerts: String,
+    /// Hourly and daily VN_AQI per air-quality station (`ioc_history::AqiRow`).
+    pub aqi: String,
+    /// QCVN exceedances and their withdrawals (`ioc_history::ExceedanceRow`).
+    pub exceedances: String,
     pub events: String,
     /// Camera events' personal data (plates, image references), apart from everything else.
     pub evidence: String,
@@ -829,6 +970,8 @@ impl Topics {
             deadletter: format!("{prefix}deadletter"),
             aggregates: format!("{prefix}aggregates"),
             alerts: format!("{prefix}alerts"),
+            aqi: format!("{prefix}aqi"),
+            exceedances: format!("{prefix}exceedances"),
             events: format!("{prefix}events"),
             evidence: format!("{prefix}evidence"),
             quarantine: format!("{prefix}quarantine"),
@@ -838,12 +981,14 @@ impl Topics {
         }
     }
 
-    pub fn all(&self) -> [&str; 10] {
+    pub fn all(&self) -> [&str; 12] {
         [
             &self.readings,
             &self.deadletter,
             &self.aggregates,
             &self.alerts,
+            &self.aqi,
+            &self.exceedances,
             &self.events,
             &self.evidence,
             &self.quarantine,

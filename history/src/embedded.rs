@@ -20,10 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow_array::{
-    Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, UInt64Array,
-};
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use std::any::Any;
+
 use ioc_contract::{Aggregate, Alert, Resolution};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
@@ -32,9 +30,10 @@ use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::record::{Keeping, Record, Table};
 use crate::{
-    AggregateRow, AlertRow, EventRow, EvidenceRow, GoodValueRow, HistoryFilter, OffsetRow,
-    Position, QuarantineRow, ReadingRow, WatermarkRow,
+    AggregateRow, AlertRow, GoodValueRow, HistoryFilter, OffsetRow, Position, ReadingRow,
+    WatermarkRow,
 };
 
 /// A table compacts once it has this many files smaller than [`COMPACT_MAX_ROWS`].
@@ -79,43 +78,31 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Table {
-    Readings,
-    Aggregates,
-    Alerts,
-    Events,
-    Evidence,
-    CameraQuarantine,
+/// The tables kept in files (the others live in the manifest's checkpoint).
+fn file_tables() -> impl Iterator<Item = Table> {
+    crate::tables()
+        .into_iter()
+        .filter(|t| t.keeping == Keeping::Files)
 }
 
-impl Table {
-    const ALL: [Table; 6] = [
-        Table::Readings,
-        Table::Aggregates,
-        Table::Alerts,
-        Table::Events,
-        Table::Evidence,
-        Table::CameraQuarantine,
-    ];
+/// Merges files of one table into one, deduplicated: compaction, for a table whose row type
+/// only [`Table::merge`] knows.
+pub(crate) type MergeFn = fn(&Path, &mut Manifest, &[FileEntry]) -> Result<(), StoreError>;
 
-    fn name(self) -> &'static str {
-        match self {
-            Table::Readings => "readings",
-            Table::Aggregates => "aggregates",
-            Table::Alerts => "alerts",
-            Table::Events => "events",
-            Table::Evidence => "evidence",
-            Table::CameraQuarantine => "camera_quarantine",
-        }
-    }
+pub(crate) fn merge<R: Record>(
+    dir: &Path,
+    next: &mut Manifest,
+    files: &[FileEntry],
+) -> Result<(), StoreError> {
+    write_table(dir, next, &dedup(read_files::<R>(dir, files)?))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct FileEntry {
-    table: Table,
-    /// Which part of the table the file holds ([`TableRow::part`]): files of the aggregates
+pub(crate) struct FileEntry {
+    /// The table's name ([`Record::TABLE`]).
+    #[serde(deserialize_with = "table_name")]
+    table: String,
+    /// Which part of the table the file holds ([`Record::part`]): files of the aggregates
     /// table hold one resolution each, so a query for minutes skips the files of days, whose
     /// time ranges would overlap everything of theirs.
     #[serde(default)]
@@ -127,9 +114,19 @@ struct FileEntry {
     max_time: i64,
 }
 
+/// A table's name in a manifest: manifests written before tables were defined with `record!`
+/// spelled the camera quarantine `cameraquarantine`.
+fn table_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let name = String::deserialize(d)?;
+    Ok(match name.as_str() {
+        "cameraquarantine" => "camera_quarantine".to_string(),
+        _ => name,
+    })
+}
+
 /// The commit point: live files and the stream's checkpoint as of the same moment.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Manifest {
+pub(crate) struct Manifest {
     next_file: u64,
     files: Vec<FileEntry>,
     checkpoint: Checkpoint,
@@ -162,44 +159,93 @@ impl Checkpoint {
     }
 }
 
-#[derive(Debug, Default, Clone)]
-struct Tables {
-    readings: Vec<ReadingRow>,
-    aggregates: Vec<AggregateRow>,
-    alerts: Vec<AlertRow>,
-    events: Vec<EventRow>,
-    evidence: Vec<EvidenceRow>,
-    quarantine: Vec<QuarantineRow>,
+/// Rows not yet in files, per table, each of its record type.
+#[derive(Default)]
+struct Tables(BTreeMap<&'static str, Box<dyn Pending>>);
+
+/// One table's rows in memory.
+trait Pending: Send + Sync {
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    fn is_empty(&self) -> bool;
+    /// Puts `later`'s rows (of the same type) after these.
+    fn append(&mut self, later: &mut dyn Pending);
+    fn write(&self, dir: &Path, manifest: &mut Manifest) -> Result<(), StoreError>;
+    fn boxed_clone(&self) -> Box<dyn Pending>;
+}
+
+impl<R: Record> Pending for Vec<R> {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn is_empty(&self) -> bool {
+        self.is_empty()
+    }
+    fn append(&mut self, later: &mut dyn Pending) {
+        if let Some(later) = later.as_any_mut().downcast_mut::<Vec<R>>() {
+            Vec::append(self, later);
+        }
+    }
+    fn write(&self, dir: &Path, manifest: &mut Manifest) -> Result<(), StoreError> {
+        write_table(dir, manifest, self)
+    }
+    fn boxed_clone(&self) -> Box<dyn Pending> {
+        Box::new(self.clone())
+    }
+}
+
+impl Clone for Tables {
+    fn clone(&self) -> Self {
+        Tables(self.0.iter().map(|(k, v)| (*k, v.boxed_clone())).collect())
+    }
 }
 
 impl Tables {
     fn is_empty(&self) -> bool {
-        self.readings.is_empty()
-            && self.aggregates.is_empty()
-            && self.alerts.is_empty()
-            && self.events.is_empty()
-            && self.evidence.is_empty()
-            && self.quarantine.is_empty()
+        self.0.values().all(|t| t.is_empty())
+    }
+
+    fn rows<R: Record>(&self) -> &[R] {
+        self.0
+            .get(R::TABLE)
+            .and_then(|t| t.as_any().downcast_ref::<Vec<R>>())
+            .map_or(&[], |v| v.as_slice())
+    }
+
+    fn push<R: Record>(&mut self, rows: impl IntoIterator<Item = R>) -> usize {
+        let table = self
+            .0
+            .entry(R::TABLE)
+            .or_insert_with(|| Box::new(Vec::<R>::new()))
+            .as_any_mut()
+            .downcast_mut::<Vec<R>>()
+            .expect("one record type per table name");
+        let before = table.len();
+        table.extend(rows);
+        table.len() - before
     }
 
     /// Puts `later` after these rows.
     fn append(&mut self, later: &mut Tables) {
-        self.readings.append(&mut later.readings);
-        self.aggregates.append(&mut later.aggregates);
-        self.alerts.append(&mut later.alerts);
-        self.events.append(&mut later.events);
-        self.evidence.append(&mut later.evidence);
-        self.quarantine.append(&mut later.quarantine);
+        for (name, rows) in std::mem::take(&mut later.0) {
+            match self.0.get_mut(name) {
+                Some(mine) => {
+                    let mut rows = rows;
+                    mine.append(rows.as_mut());
+                }
+                None => {
+                    self.0.insert(name, rows);
+                }
+            }
+        }
     }
 
     /// Writes every table's rows as new files listed in `manifest`.
     fn write(&self, dir: &Path, manifest: &mut Manifest) -> Result<(), StoreError> {
-        write_table(dir, manifest, &self.readings)?;
-        write_table(dir, manifest, &self.aggregates)?;
-        write_table(dir, manifest, &self.alerts)?;
-        write_table(dir, manifest, &self.events)?;
-        write_table(dir, manifest, &self.evidence)?;
-        write_table(dir, manifest, &self.quarantine)
+        self.0.values().try_for_each(|t| t.write(dir, manifest))
     }
 }
 
@@ -230,8 +276,8 @@ pub struct EmbeddedHistory {
 impl EmbeddedHistory {
     /// Opens (creating if needed) the store in `dir` and deletes files no commit lists.
     pub fn open(dir: &Path) -> Result<EmbeddedHistory, StoreError> {
-        for t in Table::ALL {
-            let d = dir.join(t.name());
+        for t in file_tables() {
+            let d = dir.join(t.name);
             std::fs::create_dir_all(&d).map_err(io(&d))?;
         }
         let path = dir.join(MANIFEST);
@@ -246,10 +292,10 @@ impl EmbeddedHistory {
         // Files of a commit that did not finish, or compacted away before a restart.
         let live: std::collections::HashSet<&str> =
             manifest.files.iter().map(|f| f.file.as_str()).collect();
-        for t in Table::ALL {
-            let d = dir.join(t.name());
+        for t in file_tables() {
+            let d = dir.join(t.name);
             for entry in std::fs::read_dir(&d).map_err(io(&d))?.flatten() {
-                let rel = format!("{}/{}", t.name(), entry.file_name().to_string_lossy());
+                let rel = format!("{}/{}", t.name, entry.file_name().to_string_lossy());
                 if !live.contains(rel.as_str()) {
                     let _ = std::fs::remove_file(entry.path());
                 }
@@ -275,46 +321,10 @@ impl EmbeddedHistory {
         self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn insert_readings(&self, rows: impl Iterator<Item = ReadingRow>) -> usize {
-        let mut s = self.state();
-        let before = s.pending.readings.len();
-        s.pending.readings.extend(rows);
-        s.pending.readings.len() - before
-    }
-
-    pub fn insert_aggregates(&self, rows: impl Iterator<Item = AggregateRow>) -> usize {
-        let mut s = self.state();
-        let before = s.pending.aggregates.len();
-        s.pending.aggregates.extend(rows);
-        s.pending.aggregates.len() - before
-    }
-
-    pub fn insert_alerts(&self, rows: impl Iterator<Item = AlertRow>) -> usize {
-        let mut s = self.state();
-        let before = s.pending.alerts.len();
-        s.pending.alerts.extend(rows);
-        s.pending.alerts.len() - before
-    }
-
-    pub fn insert_events(&self, rows: impl Iterator<Item = EventRow>) -> usize {
-        let mut s = self.state();
-        let before = s.pending.events.len();
-        s.pending.events.extend(rows);
-        s.pending.events.len() - before
-    }
-
-    pub fn insert_evidence(&self, rows: impl Iterator<Item = EvidenceRow>) -> usize {
-        let mut s = self.state();
-        let before = s.pending.evidence.len();
-        s.pending.evidence.extend(rows);
-        s.pending.evidence.len() - before
-    }
-
-    pub fn insert_quarantine(&self, rows: impl Iterator<Item = QuarantineRow>) -> usize {
-        let mut s = self.state();
-        let before = s.pending.quarantine.len();
-        s.pending.quarantine.extend(rows);
-        s.pending.quarantine.len() - before
+    /// Writes rows of a table kept in files (visible to queries at once, durable at the next
+    /// flush).
+    pub fn insert<R: Record>(&self, rows: impl IntoIterator<Item = R>) -> usize {
+        self.state().pending.push(rows)
     }
 
     pub fn insert_watermarks(&self, rows: Vec<WatermarkRow>) -> usize {
@@ -424,14 +434,17 @@ impl EmbeddedHistory {
     /// Called with the commit lock held.
     async fn compact(&self) -> Result<(), StoreError> {
         // Each part of each table compacts on its own (a file holds one part).
-        let parts: std::collections::HashSet<(Table, u8)> = self
+        let parts: std::collections::HashSet<(String, u8)> = self
             .state()
             .manifest
             .files
             .iter()
-            .map(|f| (f.table, f.part))
+            .map(|f| (f.table.clone(), f.part))
             .collect();
         for (table, part) in parts {
+            let Some(merge) = file_tables().find(|t| t.name == table).map(|t| t.merge) else {
+                continue;
+            };
             let base = self.state().manifest.clone();
             let small: Vec<FileEntry> = base
                 .files
@@ -448,21 +461,7 @@ impl EmbeddedHistory {
                 let mut next = (*base).clone();
                 next.files
                     .retain(|f| !merged.iter().any(|m| m.file == f.file));
-                fn merge<R: TableRow>(
-                    dir: &Path,
-                    next: &mut Manifest,
-                    files: &[FileEntry],
-                ) -> Result<(), StoreError> {
-                    write_table(dir, next, &dedup(read_files::<R>(dir, files)?))
-                }
-                match table {
-                    Table::Readings => merge::<ReadingRow>(&dir, &mut next, &merged)?,
-                    Table::Aggregates => merge::<AggregateRow>(&dir, &mut next, &merged)?,
-                    Table::Alerts => merge::<AlertRow>(&dir, &mut next, &merged)?,
-                    Table::Events => merge::<EventRow>(&dir, &mut next, &merged)?,
-                    Table::Evidence => merge::<EvidenceRow>(&dir, &mut next, &merged)?,
-                    Table::CameraQuarantine => merge::<QuarantineRow>(&dir, &mut next, &merged)?,
-                }
+                merge(&dir, &mut next, &merged)?;
                 commit_manifest(&dir, &next)?;
                 Ok(next)
             })
@@ -474,7 +473,7 @@ impl EmbeddedHistory {
             s.garbage
                 .extend(small.iter().map(|f| (now, self.shared.dir.join(&f.file))));
             tracing::debug!(
-                table = table.name(),
+                table,
                 files = small.len(),
                 "compacted history files"
             );
@@ -493,14 +492,14 @@ impl EmbeddedHistory {
         });
     }
 
-    /// Rows of one table overlapping `[from, to)` that pass `keep` (on key fields only: it runs
-    /// before deduplication), deduplicated by key. A file compacted away while the query ran is
-    /// retried once against the newer manifest.
-    async fn scan<R: TableRow>(
+    /// Rows of one part of a table overlapping `[from, to)` that pass `keep` (on key fields
+    /// only: it runs before deduplication), deduplicated by key. A file compacted away while
+    /// the query ran is retried once against the newer manifest.
+    async fn scan<R: Record>(
         &self,
         from: i64,
         to: i64,
-        part: Option<u8>,
+        part: u8,
         keep: impl Fn(&R) -> bool + Send + Sync + Clone + 'static,
     ) -> Result<Vec<R>, StoreError> {
         let mut attempt = 0;
@@ -513,16 +512,19 @@ impl EmbeddedHistory {
                     .iter()
                     .filter(|f| {
                         f.table == R::TABLE
-                            && part.is_none_or(|p| f.part == p)
+                            && f.part == part
                             && f.max_time >= from
                             && f.min_time < to
                     })
                     .cloned()
                     .collect();
-                let in_range = |r: &&R| (from..to).contains(&r.time()) && keep(r);
-                let memory: Vec<R> = R::rows(&s.flushing)
+                let in_range =
+                    |r: &&R| r.part() == part && (from..to).contains(&r.time()) && keep(r);
+                let memory: Vec<R> = s
+                    .flushing
+                    .rows::<R>()
                     .iter()
-                    .chain(R::rows(&s.pending))
+                    .chain(s.pending.rows::<R>())
                     .filter(in_range)
                     .cloned()
                     .collect();
@@ -558,45 +560,32 @@ impl EmbeddedHistory {
         }
     }
 
-    pub async fn readings(&self, f: &HistoryFilter) -> Result<Vec<ReadingRow>, StoreError> {
+    /// Rows of one table in the filter's range and part, narrowed by device and metric where
+    /// the table has them, in time (newest first where the table says so) then key order.
+    pub async fn query<R: Record>(&self, f: &HistoryFilter) -> Result<Vec<R>, StoreError> {
         let (device, metric) = (f.device_id.clone(), f.metric.clone());
+        let resolution = Some(f.resolution.as_str().to_string());
+        let regulation = f.regulation.clone();
+        let matches = |r: &R, column: &str, wanted: &Option<String>| {
+            wanted
+                .as_deref()
+                .is_none_or(|w| r.text(column).is_none_or(|v| v == w))
+        };
         let mut rows = self
-            .scan::<ReadingRow>(f.from, f.to, None, move |r| {
-                device.as_ref().is_none_or(|d| *d == r.device_id)
-                    && metric.as_ref().is_none_or(|m| *m == r.metric)
+            .scan::<R>(f.from, f.to, R::filter_part(f), move |r| {
+                matches(r, "device_id", &device)
+                    && matches(r, "metric", &metric)
+                    && matches(r, "resolution", &resolution)
+                    && matches(r, "regulation", &regulation)
             })
             .await?;
-        rows.sort_by(|a, b| {
-            (a.ts, &a.device_id, &a.channel, &a.metric).cmp(&(
-                b.ts,
-                &b.device_id,
-                &b.channel,
-                &b.metric,
-            ))
+        rows.sort_by_cached_key(|r| {
+            // `!t` orders as `-t` does, without overflow.
+            let t = if R::NEWEST_FIRST { !r.time() } else { r.time() };
+            (t, r.key())
         });
         rows.truncate(f.limit);
         Ok(rows)
-    }
-
-    pub async fn aggregates(&self, f: &HistoryFilter) -> Result<Vec<Aggregate>, StoreError> {
-        let (device, metric, resolution) = (f.device_id.clone(), f.metric.clone(), f.resolution);
-        let mut rows = self
-            .scan::<AggregateRow>(f.from, f.to, Some(resolution as u8), move |r| {
-                r.resolution == resolution
-                    && device.as_ref().is_none_or(|d| *d == r.device_id)
-                    && metric.as_ref().is_none_or(|m| *m == r.metric)
-            })
-            .await?;
-        rows.sort_by(|a, b| {
-            (a.window_start, &a.device_id, &a.channel, &a.metric).cmp(&(
-                b.window_start,
-                &b.device_id,
-                &b.channel,
-                &b.metric,
-            ))
-        });
-        rows.truncate(f.limit);
-        Ok(rows.into_iter().map(Aggregate::from).collect())
     }
 
     pub async fn windows(
@@ -608,49 +597,11 @@ impl EmbeddedHistory {
     ) -> Result<Vec<Aggregate>, StoreError> {
         let devices: std::collections::HashSet<String> = devices.iter().cloned().collect();
         let rows = self
-            .scan::<AggregateRow>(from, to, Some(resolution as u8), move |r| {
-                r.resolution == resolution && devices.contains(&r.device_id)
+            .scan::<AggregateRow>(from, to, resolution as u8, move |r| {
+                devices.contains(&r.device_id)
             })
             .await?;
         Ok(rows.into_iter().map(Aggregate::from).collect())
-    }
-
-    pub async fn alerts(&self, f: &HistoryFilter) -> Result<Vec<Alert>, StoreError> {
-        let (device, metric) = (f.device_id.clone(), f.metric.clone());
-        let mut rows = self
-            .scan::<AlertRow>(f.from, f.to, None, move |r| {
-                device.as_ref().is_none_or(|d| *d == r.device_id)
-                    && metric.as_ref().is_none_or(|m| *m == r.metric)
-            })
-            .await?;
-        rows.sort_by(|a, b| (a.raised_at, &a.alert_id).cmp(&(b.raised_at, &b.alert_id)));
-        rows.truncate(f.limit);
-        Ok(rows.into_iter().map(Alert::from).collect())
-    }
-
-    /// Events in range, newest first (the filter's metric does not apply).
-    pub async fn events(&self, f: &HistoryFilter) -> Result<Vec<EventRow>, StoreError> {
-        let device = f.device_id.clone();
-        let mut rows = self
-            .scan::<EventRow>(f.from, f.to, None, move |r| {
-                device.as_ref().is_none_or(|d| *d == r.device_id)
-            })
-            .await?;
-        rows.sort_by(|a, b| (b.ts, &a.event_id).cmp(&(a.ts, &b.event_id)));
-        rows.truncate(f.limit);
-        Ok(rows)
-    }
-
-    pub async fn evidence(&self, f: &HistoryFilter) -> Result<Vec<EvidenceRow>, StoreError> {
-        let device = f.device_id.clone();
-        let mut rows = self
-            .scan::<EvidenceRow>(f.from, f.to, None, move |r| {
-                device.as_ref().is_none_or(|d| *d == r.device_id)
-            })
-            .await?;
-        rows.sort_by(|a, b| (b.ts, &a.event_id).cmp(&(a.ts, &b.event_id)));
-        rows.truncate(f.limit);
-        Ok(rows)
     }
 
     pub async fn good_values(
@@ -661,7 +612,7 @@ impl EmbeddedHistory {
     ) -> Result<Vec<GoodValueRow>, StoreError> {
         let device = device_id.to_string();
         let rows = self
-            .scan::<ReadingRow>(from, to, None, move |r| r.device_id == device)
+            .scan::<ReadingRow>(from, to, 0, move |r| r.device_id == device)
             .await?;
         Ok(rows
             .into_iter()
@@ -679,7 +630,7 @@ impl EmbeddedHistory {
 
     pub async fn latest_alerts(&self) -> Result<Vec<Alert>, StoreError> {
         let rows = self
-            .scan::<AlertRow>(i64::MIN, i64::MAX, None, |_| true)
+            .scan::<AlertRow>(i64::MIN, i64::MAX, 0, |_| true)
             .await?;
         let mut latest: HashMap<(String, String, String), AlertRow> = HashMap::new();
         for r in rows {
@@ -696,7 +647,7 @@ impl EmbeddedHistory {
 }
 
 /// Keeps one row per key, the highest version winning (the later one on a tie).
-fn dedup<R: TableRow>(rows: Vec<R>) -> Vec<R> {
+fn dedup<R: Record>(rows: Vec<R>) -> Vec<R> {
     let mut best: HashMap<R::Key, R> = HashMap::with_capacity(rows.len());
     for r in rows {
         match best.get(&r.key()) {
@@ -710,7 +661,7 @@ fn dedup<R: TableRow>(rows: Vec<R>) -> Vec<R> {
 }
 
 /// Writes one table's rows as new Parquet files, one per part, and lists them in `manifest`.
-fn write_table<R: TableRow>(
+fn write_table<R: Record>(
     dir: &Path,
     manifest: &mut Manifest,
     rows: &[R],
@@ -731,13 +682,13 @@ fn write_table<R: TableRow>(
     Ok(())
 }
 
-fn write_file<R: TableRow>(
+fn write_file<R: Record>(
     dir: &Path,
     manifest: &mut Manifest,
     rows: &[R],
     part: u8,
 ) -> Result<(), StoreError> {
-    let rel = format!("{}/{:012}.parquet", R::TABLE.name(), manifest.next_file);
+    let rel = format!("{}/{:012}.parquet", R::TABLE, manifest.next_file);
     manifest.next_file += 1;
     let path = dir.join(&rel);
     let batch = R::to_batch(rows).map_err(|source| StoreError::Arrow {
@@ -758,7 +709,7 @@ fn write_file<R: TableRow>(
     file.sync_all().map_err(io(&path))?;
     let times = rows.iter().map(R::time);
     manifest.files.push(FileEntry {
-        table: R::TABLE,
+        table: R::TABLE.to_string(),
         part,
         file: rel,
         rows: rows.len() as u64,
@@ -769,8 +720,8 @@ fn write_file<R: TableRow>(
 }
 
 fn commit_manifest(dir: &Path, manifest: &Manifest) -> Result<(), StoreError> {
-    for t in Table::ALL {
-        let d = dir.join(t.name());
+    for t in file_tables() {
+        let d = dir.join(t.name);
         File::open(&d).and_then(|f| f.sync_all()).map_err(io(&d))?;
     }
     let tmp = dir.join("MANIFEST.json.tmp");
@@ -784,7 +735,7 @@ fn commit_manifest(dir: &Path, manifest: &Manifest) -> Result<(), StoreError> {
     File::open(dir).and_then(|f| f.sync_all()).map_err(io(dir))
 }
 
-fn read_files<R: TableRow>(dir: &Path, files: &[FileEntry]) -> Result<Vec<R>, StoreError> {
+fn read_files<R: Record>(dir: &Path, files: &[FileEntry]) -> Result<Vec<R>, StoreError> {
     let mut out = Vec::new();
     for f in files {
         out.extend(read_file::<R>(&dir.join(&f.file))?);
@@ -792,7 +743,7 @@ fn read_files<R: TableRow>(dir: &Path, files: &[FileEntry]) -> Result<Vec<R>, St
     Ok(out)
 }
 
-fn read_file<R: TableRow>(path: &Path) -> Result<Vec<R>, StoreError> {
+fn read_file<R: Record>(path: &Path) -> Result<Vec<R>, StoreError> {
     let file = File::open(path).map_err(io(path))?;
     let pq = |source| StoreError::Parquet {
         path: path.to_path_buf(),
@@ -808,588 +759,29 @@ fn read_file<R: TableRow>(path: &Path) -> Result<Vec<R>, StoreError> {
             path: path.to_path_buf(),
             source,
         })?;
-        out.extend(R::from_batch(&Columns {
-            batch: &batch,
-            path,
+        out.extend(R::from_batch(&batch).map_err(|column| StoreError::Column {
+            path: path.to_path_buf(),
+            column,
         })?);
     }
     Ok(out)
 }
 
-/// A row type stored as a table.
-trait TableRow: Clone + Send + Sync + 'static {
-    const TABLE: Table;
-    type Key: std::hash::Hash + Eq;
-    fn key(&self) -> Self::Key;
-    fn version(&self) -> u64;
-    /// The time the table is ranged by.
-    fn time(&self) -> i64;
-    /// Which of the table's parts the row is kept in (files hold one part each).
-    fn part(&self) -> u8 {
-        0
-    }
-    fn rows(tables: &Tables) -> &[Self];
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError>;
-    fn from_batch(c: &Columns) -> Result<Vec<Self>, StoreError>;
-}
-
-fn schema(fields: &[(&str, DataType, bool)]) -> SchemaRef {
-    Arc::new(Schema::new(
-        fields
-            .iter()
-            .map(|(n, t, null)| Field::new(*n, t.clone(), *null))
-            .collect::<Vec<_>>(),
-    ))
-}
-
-fn strs<R>(rows: &[R], f: impl Fn(&R) -> &str) -> ArrayRef {
-    Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
-}
-fn i64s<R>(rows: &[R], f: impl Fn(&R) -> i64) -> ArrayRef {
-    Arc::new(Int64Array::from_iter_values(rows.iter().map(f)))
-}
-fn f64s<R>(rows: &[R], f: impl Fn(&R) -> f64) -> ArrayRef {
-    Arc::new(Float64Array::from_iter_values(rows.iter().map(f)))
-}
-fn u64s<R>(rows: &[R], f: impl Fn(&R) -> u64) -> ArrayRef {
-    Arc::new(UInt64Array::from_iter_values(rows.iter().map(f)))
-}
-
-/// Typed access to a stored batch's columns.
-struct Columns<'a> {
-    batch: &'a RecordBatch,
-    path: &'a Path,
-}
-
-impl Columns<'_> {
-    fn len(&self) -> usize {
-        self.batch.num_rows()
-    }
-
-    fn col<T: 'static>(&self, column: &'static str) -> Result<&T, StoreError> {
-        self.batch
-            .column_by_name(column)
-            .and_then(|c| c.as_any().downcast_ref::<T>())
-            .ok_or_else(|| StoreError::Column {
-                path: self.path.to_path_buf(),
-                column,
-            })
-    }
-    /// A column files written by an older release lack: `None` where it is absent.
-    fn optional<T: 'static>(&self, column: &'static str) -> Result<Option<&T>, StoreError> {
-        match self.batch.column_by_name(column) {
-            None => Ok(None),
-            Some(_) => self.col(column).map(Some),
-        }
-    }
-    fn str(&self, c: &'static str) -> Result<&StringArray, StoreError> {
-        self.col(c)
-    }
-    fn i64(&self, c: &'static str) -> Result<&Int64Array, StoreError> {
-        self.col(c)
-    }
-    fn f64(&self, c: &'static str) -> Result<&Float64Array, StoreError> {
-        self.col(c)
-    }
-    fn u64(&self, c: &'static str) -> Result<&UInt64Array, StoreError> {
-        self.col(c)
-    }
-}
-
-impl TableRow for ReadingRow {
-    const TABLE: Table = Table::Readings;
-    type Key = (String, String, String, i64);
-    fn key(&self) -> Self::Key {
-        (
-            self.device_id.clone(),
-            self.channel.clone(),
-            self.metric.clone(),
-            self.ts,
-        )
-    }
-    fn version(&self) -> u64 {
-        self.version
-    }
-    fn time(&self) -> i64 {
-        self.ts
-    }
-    fn rows(t: &Tables) -> &[Self] {
-        &t.readings
-    }
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
-        use DataType::*;
-        RecordBatch::try_new(
-            schema(&[
-                ("device_id", Utf8, false),
-                ("channel", Utf8, false),
-                ("metric", Utf8, false),
-                ("ts", Int64, false),
-                ("value", Float64, false),
-                ("unit", Utf8, false),
-                ("interval_s", Float64, true),
-                ("quality", Utf8, false),
-                ("quality_reason", Utf8, false),
-                ("received_at", Int64, false),
-                ("message_id", Utf8, false),
-                ("version", UInt64, false),
-            ]),
-            vec![
-                strs(rows, |r| &r.device_id),
-                strs(rows, |r| &r.channel),
-                strs(rows, |r| &r.metric),
-                i64s(rows, |r| r.ts),
-                f64s(rows, |r| r.value),
-                strs(rows, |r| &r.unit),
-                Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.interval_s))),
-                strs(rows, |r| &r.quality),
-                strs(rows, |r| &r.quality_reason),
-                i64s(rows, |r| r.received_at),
-                strs(rows, |r| &r.message_id),
-                u64s(rows, |r| r.version),
-            ],
-        )
-    }
-    fn from_batch(c: &Columns) -> Result<Vec<Self>, StoreError> {
-        let (device, channel, metric) = (c.str("device_id")?, c.str("channel")?, c.str("metric")?);
-        let (ts, value, unit) = (c.i64("ts")?, c.f64("value")?, c.str("unit")?);
-        let (interval, quality, reason) = (
-            c.f64("interval_s")?,
-            c.str("quality")?,
-            c.str("quality_reason")?,
-        );
-        let (received, message, version) = (
-            c.i64("received_at")?,
-            c.str("message_id")?,
-            c.u64("version")?,
-        );
-        Ok((0..c.len())
-            .map(|i| ReadingRow {
-                device_id: device.value(i).to_string(),
-                channel: channel.value(i).to_string(),
-                metric: metric.value(i).to_string(),
-                ts: ts.value(i),
-                value: value.value(i),
-                unit: unit.value(i).to_string(),
-                interval_s: interval.is_valid(i).then(|| interval.value(i)),
-                quality: quality.value(i).to_string(),
-                quality_reason: reason.value(i).to_string(),
-                received_at: received.value(i),
-                message_id: message.value(i).to_string(),
-                version: version.value(i),
-            })
-            .collect())
-    }
-}
-
-impl TableRow for AggregateRow {
-    const TABLE: Table = Table::Aggregates;
-    type Key = (Resolution, String, String, String, i64);
-    fn key(&self) -> Self::Key {
-        (
-            self.resolution,
-            self.device_id.clone(),
-            self.channel.clone(),
-            self.metric.clone(),
-            self.window_start,
-        )
-    }
-    fn version(&self) -> u64 {
-        self.version
-    }
-    fn time(&self) -> i64 {
-        self.window_start
-    }
-    /// One part per resolution (files from before resolutions held minutes: part 0).
-    fn part(&self) -> u8 {
-        self.resolution as u8
-    }
-    fn rows(t: &Tables) -> &[Self] {
-        &t.aggregates
-    }
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
-        use DataType::*;
-        RecordBatch::try_new(
-            schema(&[
-                ("device_id", Utf8, false),
-                ("channel", Utf8, false),
-                ("metric", Utf8, false),
-                ("window_start", Int64, false),
-                ("window_end", Int64, false),
-                ("value_count", UInt64, false),
-                ("value_min", Float64, false),
-                ("value_max", Float64, false),
-                ("value_mean", Float64, false),
-                ("unit", Utf8, false),
-                ("version", UInt64, false),
-                ("resolution", Utf8, false),
-                ("value_sum", Float64, false),
-                ("capture", Float64, true),
-            ]),
-            vec![
-                strs(rows, |r| &r.device_id),
-                strs(rows, |r| &r.channel),
-                strs(rows, |r| &r.metric),
-                i64s(rows, |r| r.window_start),
-                i64s(rows, |r| r.window_end),
-                u64s(rows, |r| r.value_count),
-                f64s(rows, |r| r.value_min),
-                f64s(rows, |r| r.value_max),
-                f64s(rows, |r| r.value_mean),
-                strs(rows, |r| &r.unit),
-                u64s(rows, |r| r.version),
-                strs(rows, |r| r.resolution.as_str()),
-                f64s(rows, |r| r.value_sum),
-                Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.capture))),
-            ],
-        )
-    }
-    fn from_batch(c: &Columns) -> Result<Vec<Self>, StoreError> {
-        let (device, channel, metric) = (c.str("device_id")?, c.str("channel")?, c.str("metric")?);
-        let (start, end, count) = (
-            c.i64("window_start")?,
-            c.i64("window_end")?,
-            c.u64("value_count")?,
-        );
-        let (min, max, mean) = (
-            c.f64("value_min")?,
-            c.f64("value_max")?,
-            c.f64("value_mean")?,
-        );
-        let (unit, version) = (c.str("unit")?, c.u64("version")?);
-        // Files from before resolutions held 1-minute windows, without sum or capture.
-        let resolution = c.optional::<StringArray>("resolution")?;
-        let sum = c.optional::<Float64Array>("value_sum")?;
-        let capture = c.optional::<Float64Array>("capture")?;
-        (0..c.len())
-            .map(|i| {
-                let resolution = match resolution {
-                    None => Resolution::Minute,
-                    Some(r) => Resolution::parse(r.value(i)).ok_or(StoreError::Column {
-                        path: c.path.to_path_buf(),
-                        column: "resolution",
-                    })?,
-                };
-                Ok(AggregateRow {
-                    resolution,
-                    device_id: device.value(i).to_string(),
-                    channel: channel.value(i).to_string(),
-                    metric: metric.value(i).to_string(),
-                    window_start: start.value(i),
-                    window_end: end.value(i),
-                    value_count: count.value(i),
-                    value_sum: sum.map_or(mean.value(i) * count.value(i) as f64, |s| s.value(i)),
-                    value_min: min.value(i),
-                    value_max: max.value(i),
-                    value_mean: mean.value(i),
-                    capture: capture.and_then(|c| c.is_valid(i).then(|| c.value(i))),
-                    unit: unit.value(i).to_string(),
-                    version: version.value(i),
-                })
-            })
-            .collect()
-    }
-}
-
-impl TableRow for AlertRow {
-    const TABLE: Table = Table::Alerts;
-    type Key = String;
-    fn key(&self) -> Self::Key {
-        self.alert_id.clone()
-    }
-    fn version(&self) -> u64 {
-        self.version
-    }
-    fn time(&self) -> i64 {
-        self.raised_at
-    }
-    fn rows(t: &Tables) -> &[Self] {
-        &t.alerts
-    }
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
-        use DataType::*;
-        RecordBatch::try_new(
-            schema(&[
-                ("alert_id", Utf8, false),
-                ("rule", Utf8, false),
-                ("device_id", Utf8, false),
-                ("channel", Utf8, false),
-                ("metric", Utf8, false),
-                ("status", Utf8, false),
-                ("raised_at", Int64, false),
-                ("cleared_at", Int64, true),
-                ("value", Float64, false),
-                ("peak", Float64, false),
-                ("limit_value", Float64, false),
-                ("unit", Utf8, false),
-                ("message", Utf8, false),
-                ("version", UInt64, false),
-            ]),
-            vec![
-                strs(rows, |r| &r.alert_id),
-                strs(rows, |r| &r.rule),
-                strs(rows, |r| &r.device_id),
-                strs(rows, |r| &r.channel),
-                strs(rows, |r| &r.metric),
-                strs(rows, |r| &r.status),
-                i64s(rows, |r| r.raised_at),
-                Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.cleared_at))),
-                f64s(rows, |r| r.value),
-                f64s(rows, |r| r.peak),
-                f64s(rows, |r| r.limit_value),
-                strs(rows, |r| &r.unit),
-                strs(rows, |r| &r.message),
-                u64s(rows, |r| r.version),
-            ],
-        )
-    }
-    fn from_batch(c: &Columns) -> Result<Vec<Self>, StoreError> {
-        let (id, rule, device) = (c.str("alert_id")?, c.str("rule")?, c.str("device_id")?);
-        let (channel, metric, status) = (c.str("channel")?, c.str("metric")?, c.str("status")?);
-        let (raised, cleared, value) = (c.i64("raised_at")?, c.i64("cleared_at")?, c.f64("value")?);
-        let (peak, limit, unit) = (c.f64("peak")?, c.f64("limit_value")?, c.str("unit")?);
-        let (message, version) = (c.str("message")?, c.u64("version")?);
-        Ok((0..c.len())
-            .map(|i| AlertRow {
-                alert_id: id.value(i).to_string(),
-                rule: rule.value(i).to_string(),
-                device_id: device.value(i).to_string(),
-                channel: channel.value(i).to_string(),
-                metric: metric.value(i).to_string(),
-                status: status.value(i).to_string(),
-                raised_at: raised.value(i),
-                cleared_at: cleared.is_valid(i).then(|| cleared.value(i)),
-                value: value.value(i),
-                peak: peak.value(i),
-                limit_value: limit.value(i),
-                unit: unit.value(i).to_string(),
-                message: message.value(i).to_string(),
-                version: version.value(i),
-            })
-            .collect())
-    }
-}
-
-impl TableRow for EventRow {
-    const TABLE: Table = Table::Events;
-    type Key = String;
-    fn key(&self) -> Self::Key {
-        self.event_id.clone()
-    }
-    fn version(&self) -> u64 {
-        self.version
-    }
-    fn time(&self) -> i64 {
-        self.ts
-    }
-    fn rows(t: &Tables) -> &[Self] {
-        &t.events
-    }
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
-        use DataType::*;
-        RecordBatch::try_new(
-            schema(&[
-                ("event_id", Utf8, false),
-                ("device_id", Utf8, false),
-                ("ts", Int64, false),
-                ("kind", Utf8, false),
-                ("attributes", Utf8, false),
-                ("received_at", Int64, false),
-                ("message_id", Utf8, false),
-                ("version", UInt64, false),
-            ]),
-            vec![
-                strs(rows, |r| &r.event_id),
-                strs(rows, |r| &r.device_id),
-                i64s(rows, |r| r.ts),
-                strs(rows, |r| &r.kind),
-                strs(rows, |r| &r.attributes),
-                i64s(rows, |r| r.received_at),
-                strs(rows, |r| &r.message_id),
-                u64s(rows, |r| r.version),
-            ],
-        )
-    }
-    fn from_batch(c: &Columns) -> Result<Vec<Self>, StoreError> {
-        let (id, device, ts, kind) = (
-            c.str("event_id")?,
-            c.str("device_id")?,
-            c.i64("ts")?,
-            c.str("kind")?,
-        );
-        let (attributes, received, message, version) = (
-            c.str("attributes")?,
-            c.i64("received_at")?,
-            c.str("message_id")?,
-            c.u64("version")?,
-        );
-        Ok((0..c.len())
-            .map(|i| EventRow {
-                event_id: id.value(i).to_string(),
-                device_id: device.value(i).to_string(),
-                ts: ts.value(i),
-                kind: kind.value(i).to_string(),
-                attributes: attributes.value(i).to_string(),
-                received_at: received.value(i),
-                message_id: message.value(i).to_string(),
-                version: version.value(i),
-            })
-            .collect())
-    }
-}
-
-impl TableRow for EvidenceRow {
-    const TABLE: Table = Table::Evidence;
-    type Key = String;
-    fn key(&self) -> Self::Key {
-        self.event_id.clone()
-    }
-    fn version(&self) -> u64 {
-        self.version
-    }
-    fn time(&self) -> i64 {
-        self.ts
-    }
-    fn rows(t: &Tables) -> &[Self] {
-        &t.evidence
-    }
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
-        use DataType::*;
-        RecordBatch::try_new(
-            schema(&[
-                ("event_id", Utf8, false),
-                ("device_id", Utf8, false),
-                ("camera_id", Utf8, false),
-                ("ts", Int64, false),
-                ("kind", Utf8, false),
-                ("plate", Utf8, false),
-                ("plate_pseudonym", Utf8, false),
-                ("image_ref", Utf8, false),
-                ("received_at", Int64, false),
-                ("message_id", Utf8, false),
-                ("version", UInt64, false),
-            ]),
-            vec![
-                strs(rows, |r| &r.event_id),
-                strs(rows, |r| &r.device_id),
-                strs(rows, |r| &r.camera_id),
-                i64s(rows, |r| r.ts),
-                strs(rows, |r| &r.kind),
-                strs(rows, |r| &r.plate),
-                strs(rows, |r| &r.plate_pseudonym),
-                strs(rows, |r| &r.image_ref),
-                i64s(rows, |r| r.received_at),
-                strs(rows, |r| &r.message_id),
-                u64s(rows, |r| r.version),
-            ],
-        )
-    }
-    fn from_batch(c: &Columns) -> Result<Vec<Self>, StoreError> {
-        let (id, device, camera, ts) = (
-            c.str("event_id")?,
-            c.str("device_id")?,
-            c.str("camera_id")?,
-            c.i64("ts")?,
-        );
-        let (kind, plate, pseudonym, image) = (
-            c.str("kind")?,
-            c.str("plate")?,
-            c.str("plate_pseudonym")?,
-            c.str("image_ref")?,
-        );
-        let (received, message, version) = (
-            c.i64("received_at")?,
-            c.str("message_id")?,
-            c.u64("version")?,
-        );
-        Ok((0..c.len())
-            .map(|i| EvidenceRow {
-                event_id: id.value(i).to_string(),
-                device_id: device.value(i).to_string(),
-                camera_id: camera.value(i).to_string(),
-                ts: ts.value(i),
-                kind: kind.value(i).to_string(),
-                plate: plate.value(i).to_string(),
-                plate_pseudonym: pseudonym.value(i).to_string(),
-                image_ref: image.value(i).to_string(),
-                received_at: received.value(i),
-                message_id: message.value(i).to_string(),
-                version: version.value(i),
-            })
-            .collect())
-    }
-}
-
-impl TableRow for QuarantineRow {
-    const TABLE: Table = Table::CameraQuarantine;
-    type Key = String;
-    fn key(&self) -> Self::Key {
-        self.message_id.clone()
-    }
-    fn version(&self) -> u64 {
-        self.version
-    }
-    fn time(&self) -> i64 {
-        self.received_at
-    }
-    fn rows(t: &Tables) -> &[Self] {
-        &t.quarantine
-    }
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
-        use DataType::*;
-        RecordBatch::try_new(
-            schema(&[
-                ("message_id", Utf8, false),
-                ("code", Utf8, false),
-                ("reason", Utf8, false),
-                ("topic", Utf8, false),
-                ("device_id", Utf8, false),
-                ("received_at", Int64, false),
-                ("raw_base64", Utf8, false),
-                ("version", UInt64, false),
-            ]),
-            vec![
-                strs(rows, |r| &r.message_id),
-                strs(rows, |r| &r.code),
-                strs(rows, |r| &r.reason),
-                strs(rows, |r| &r.topic),
-                strs(rows, |r| &r.device_id),
-                i64s(rows, |r| r.received_at),
-                strs(rows, |r| &r.raw_base64),
-                u64s(rows, |r| r.version),
-            ],
-        )
-    }
-    fn from_batch(c: &Columns) -> Result<Vec<Self>, StoreError> {
-        let (id, code, reason, topic) = (
-            c.str("message_id")?,
-            c.str("code")?,
-            c.str("reason")?,
-            c.str("topic")?,
-        );
-        let (device, received, raw, version) = (
-            c.str("device_id")?,
-            c.i64("received_at")?,
-            c.str("raw_base64")?,
-            c.u64("version")?,
-        );
-        Ok((0..c.len())
-            .map(|i| QuarantineRow {
-                message_id: id.value(i).to_string(),
-                code: code.value(i).to_string(),
-                reason: reason.value(i).to_string(),
-                topic: topic.value(i).to_string(),
-                device_id: device.value(i).to_string(),
-                received_at: received.value(i),
-                raw_base64: raw.value(i).to_string(),
-                version: version.value(i),
-            })
-            .collect())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{EventRow, EvidenceRow};
+    use arrow_array::{Float64Array, Int64Array, RecordBatch, StringArray, UInt64Array};
+    use arrow_schema::{DataType, Field, Schema, SchemaRef};
+
+    fn schema(fields: &[(&str, DataType, bool)]) -> SchemaRef {
+        Arc::new(Schema::new(
+            fields
+                .iter()
+                .map(|(n, t, null)| Field::new(*n, t.clone(), *null))
+                .collect::<Vec<_>>(),
+        ))
+    }
 
     fn tmp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("ioc-hist-{name}-{}", std::process::id()));
@@ -1422,6 +814,7 @@ mod tests {
             to: i64::MAX,
             limit: 1_000_000,
             resolution: Resolution::Minute,
+            regulation: None,
         }
     }
 
@@ -1429,7 +822,7 @@ mod tests {
     async fn rows_and_checkpoint_commit_together_and_survive_reopen() {
         let dir = tmp("reopen");
         let h = EmbeddedHistory::open(&dir).unwrap();
-        h.insert_readings((0..10).map(|i| reading("aq-1", i * 1000, i as f64, 1, "good")));
+        h.insert((0..10).map(|i| reading("aq-1", i * 1000, i as f64, 1, "good")));
         h.insert_offsets(vec![OffsetRow {
             group_id: "g".into(),
             topic: "t".into(),
@@ -1439,13 +832,13 @@ mod tests {
             limiter: "as of 10".into(),
         }]);
         assert_eq!(
-            h.readings(&all()).await.unwrap().len(),
+            h.query::<ReadingRow>(&all()).await.unwrap().len(),
             10,
             "visible before a flush"
         );
         h.flush().await.unwrap();
         // Written after the last flush: gone after a crash, rows and checkpoint alike.
-        h.insert_readings(std::iter::once(reading("aq-1", 99_000, 1.0, 1, "good")));
+        h.insert(std::iter::once(reading("aq-1", 99_000, 1.0, 1, "good")));
         h.insert_offsets(vec![OffsetRow {
             group_id: "g".into(),
             topic: "t".into(),
@@ -1457,7 +850,7 @@ mod tests {
         drop(h);
 
         let h = EmbeddedHistory::open(&dir).unwrap();
-        let rows = h.readings(&all()).await.unwrap();
+        let rows = h.query::<ReadingRow>(&all()).await.unwrap();
         assert_eq!(rows.len(), 10);
         assert_eq!(rows[3], reading("aq-1", 3000, 3.0, 1, "good"));
         assert_eq!(
@@ -1485,18 +878,18 @@ mod tests {
         let h = EmbeddedHistory::open(&dir).unwrap();
         // Many flushes of the same keys with rising versions: compaction kicks in.
         for v in 1..=(COMPACT_TRIGGER as u64 + 3) {
-            h.insert_readings((0..5).map(|i| reading("aq-1", i * 1000, v as f64, v, "good")));
+            h.insert((0..5).map(|i| reading("aq-1", i * 1000, v as f64, v, "good")));
             h.flush().await.unwrap();
         }
         let files = h.state().manifest.files.len();
         assert!(files < COMPACT_TRIGGER, "compacted to {files} files");
-        h.insert_readings(std::iter::once(reading("aq-1", 0, -1.0, 1, "good")));
-        let rows = h.readings(&all()).await.unwrap();
+        h.insert(std::iter::once(reading("aq-1", 0, -1.0, 1, "good")));
+        let rows = h.query::<ReadingRow>(&all()).await.unwrap();
         assert_eq!(rows.len(), 5);
         let top = COMPACT_TRIGGER as f64 + 3.0;
         assert!(rows.iter().all(|r| r.value == top), "{rows:?}");
         // A newer bad copy hides the older good one from good_values.
-        h.insert_readings(std::iter::once(reading("aq-1", 1000, 0.0, 1000, "bad")));
+        h.insert(std::iter::once(reading("aq-1", 1000, 0.0, 1000, "bad")));
         let good = h.good_values("aq-1", 0, 10_000).await.unwrap();
         assert_eq!(good.len(), 4);
     }
@@ -1505,7 +898,7 @@ mod tests {
     async fn filters_by_device_metric_time_and_limit_in_time_order() {
         let dir = tmp("filter");
         let h = EmbeddedHistory::open(&dir).unwrap();
-        h.insert_readings(
+        h.insert(
             (0..20).map(|i| reading(if i % 2 == 0 { "a" } else { "b" }, i * 1000, 0.0, 1, "good")),
         );
         h.flush().await.unwrap();
@@ -1517,13 +910,13 @@ mod tests {
             limit: 3,
             ..Default::default()
         };
-        let ts: Vec<i64> = h.readings(&f).await.unwrap().iter().map(|r| r.ts).collect();
+        let ts: Vec<i64> = h.query::<ReadingRow>(&f).await.unwrap().iter().map(|r| r.ts).collect();
         assert_eq!(ts, vec![4000, 6000, 8000]);
         let none = HistoryFilter {
             metric: Some("no2".into()),
             ..f
         };
-        assert!(h.readings(&none).await.unwrap().is_empty());
+        assert!(h.query::<ReadingRow>(&none).await.unwrap().is_empty());
     }
 
     fn window(resolution: Resolution, start: i64, count: u64, version: u64) -> AggregateRow {
@@ -1550,7 +943,7 @@ mod tests {
         let dir = tmp("resolutions");
         let h = EmbeddedHistory::open(&dir).unwrap();
         let day = 1_795_539_600_000;
-        h.insert_aggregates(
+        h.insert(
             [
                 window(Resolution::Day, day, 100, 1),
                 window(Resolution::Minute, day + 3_600_000, 1, 1),
@@ -1560,7 +953,7 @@ mod tests {
         );
         h.flush().await.unwrap();
         // A revision of the day, as a roll-up re-derives it.
-        h.insert_aggregates(std::iter::once(window(Resolution::Day, day, 101, 2)));
+        h.insert(std::iter::once(window(Resolution::Day, day, 101, 2)));
         h.flush().await.unwrap();
         let parts: Vec<(u8, i64)> = h
             .state()
@@ -1587,7 +980,13 @@ mod tests {
             resolution,
             ..Default::default()
         };
-        let days = h.aggregates(&f(Resolution::Day)).await.unwrap();
+        let days: Vec<Aggregate> = h
+            .query::<AggregateRow>(&f(Resolution::Day))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(Aggregate::from)
+            .collect();
         assert_eq!(
             days.iter()
                 .map(|a| (a.resolution, a.count, a.capture))
@@ -1640,11 +1039,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let rows = AggregateRow::from_batch(&Columns {
-            batch: &batch,
-            path: Path::new("old.parquet"),
-        })
-        .unwrap();
+        let rows = AggregateRow::from_batch(&batch).unwrap();
         assert_eq!(
             (rows[0].resolution, rows[0].value_sum, rows[0].capture),
             (Resolution::Minute, 10.0, None)
@@ -1668,11 +1063,11 @@ mod tests {
     async fn events_are_one_row_per_id_across_commits_and_reopen_and_evidence_is_its_own_table() {
         let dir = tmp("events");
         let store = EmbeddedHistory::open(&dir).unwrap();
-        store.insert_events([event("e1", 1_000, 1), event("e2", 2_000, 1)].into_iter());
+        store.insert([event("e1", 1_000, 1), event("e2", 2_000, 1)].into_iter());
         store.flush().await.unwrap();
         // A resent event: same id, later copy.
-        store.insert_events([event("e1", 1_000, 5)].into_iter());
-        store.insert_evidence(
+        store.insert([event("e1", 1_000, 5)].into_iter());
+        store.insert(
             [EvidenceRow {
                 event_id: "e1".into(),
                 device_id: "cam-1".into(),
@@ -1697,7 +1092,7 @@ mod tests {
             limit: 100,
             ..Default::default()
         };
-        let events = store.events(&f).await.unwrap();
+        let events = store.query::<EventRow>(&f).await.unwrap();
         let got: Vec<(&str, u64)> = events
             .iter()
             .map(|e| (e.event_id.as_str(), e.version))

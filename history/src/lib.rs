@@ -8,6 +8,8 @@
 //! `ReplacingMergeTree`, and the same rule applied on read in the embedded store), so a repeated
 //! write is harmless. Times are Int64 epoch milliseconds.
 
+#[macro_use]
+pub mod record;
 pub mod clickhouse_store;
 pub mod embedded;
 
@@ -19,6 +21,25 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::clickhouse_store::ClickHouseHistory;
 pub use crate::embedded::EmbeddedHistory;
+pub use crate::record::Record;
+use crate::record::{Keeping, Table};
+
+/// Every table of history: what ClickHouse creates and the embedded store opens and compacts.
+/// A new record type is defined with `record!` and listed here.
+pub(crate) fn tables() -> [Table; 10] {
+    [
+        Table::of::<ReadingRow>(Keeping::Files),
+        Table::of::<AggregateRow>(Keeping::Files),
+        Table::of::<AqiRow>(Keeping::Files),
+        Table::of::<ExceedanceRow>(Keeping::Files),
+        Table::of::<AlertRow>(Keeping::Files),
+        Table::of::<EventRow>(Keeping::Files),
+        Table::of::<EvidenceRow>(Keeping::Files),
+        Table::of::<QuarantineRow>(Keeping::Files),
+        Table::of::<OffsetRow>(Keeping::Checkpoint),
+        Table::of::<WatermarkRow>(Keeping::Checkpoint),
+    ]
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
@@ -28,20 +49,21 @@ pub enum HistoryError {
     Embedded(#[from] embedded::StoreError),
 }
 
-#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
-pub struct ReadingRow {
-    pub device_id: String,
-    pub channel: String,
-    pub metric: String,
-    pub ts: i64,
-    pub value: f64,
-    pub unit: String,
-    pub interval_s: Option<f64>,
-    pub quality: String,
-    pub quality_reason: String,
-    pub received_at: i64,
-    pub message_id: String,
-    pub version: u64,
+record! {
+    pub struct ReadingRow in "readings", key(device_id: String, channel: String, metric: String, ts: i64), time(ts) {
+        pub device_id: String,
+        pub channel: String,
+        pub metric: String,
+        pub ts: i64,
+        pub value: f64,
+        pub unit: String,
+        pub interval_s: Option<f64>,
+        pub quality: String,
+        pub quality_reason: String,
+        pub received_at: i64,
+        pub message_id: String,
+        pub version: u64,
+    }
 }
 
 impl From<&Reading> for ReadingRow {
@@ -82,26 +104,52 @@ impl ReadingRow {
     }
 }
 
-/// A window aggregate. Each resolution has its own ClickHouse table (`aggregates` for 1 minute,
-/// as before resolutions existed; `aggregates_5m`, `_1h`, `_1d`), so the resolution is the
-/// table's, not a column there; the embedded store keeps it as a column.
-#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
-pub struct AggregateRow {
-    #[serde(skip)]
-    pub resolution: Resolution,
-    pub device_id: String,
-    pub channel: String,
-    pub metric: String,
-    pub window_start: i64,
-    pub window_end: i64,
-    pub value_count: u64,
-    pub value_sum: f64,
-    pub value_min: f64,
-    pub value_max: f64,
-    pub value_mean: f64,
-    pub capture: Option<f64>,
-    pub unit: String,
-    pub version: u64,
+record! {
+    /// A window aggregate. Each resolution is its own part: its own ClickHouse table
+    /// (`aggregates` for 1 minute, as before resolutions existed; `aggregates_5m`, `_1h`,
+    /// `_1d`), where the table says the resolution, and its own embedded files, where it is a
+    /// column.
+    pub struct AggregateRow in "aggregates",
+        key(resolution: Resolution, device_id: String, channel: String, metric: String, window_start: i64),
+        time(window_start) {
+        #[serde(skip)]
+        pub resolution: Resolution [added ""],
+        pub device_id: String,
+        pub channel: String,
+        pub metric: String,
+        pub window_start: i64,
+        pub window_end: i64,
+        pub value_count: u64,
+        /// Rows from before it was kept read as `mean × count`.
+        pub value_sum: f64 [added "DEFAULT value_mean * value_count"],
+        pub value_min: f64,
+        pub value_max: f64,
+        pub value_mean: f64,
+        pub capture: Option<f64> [added ""],
+        pub unit: String,
+        pub version: u64,
+    }
+    impl {
+        const PARTS: &'static [u8] = &[0, 1, 2, 3];
+        fn part(&self) -> u8 {
+            self.resolution as u8
+        }
+        fn set_part(&mut self, part: u8) {
+            self.resolution = resolution_of(part);
+        }
+        fn filter_part(filter: &HistoryFilter) -> u8 {
+            filter.resolution as u8
+        }
+        fn clickhouse_table(part: u8) -> &'static str {
+            aggregates_table(resolution_of(part))
+        }
+        fn upgraded(mut self) -> Self {
+            if self.value_sum.is_nan() {
+                self.value_sum = self.value_mean * self.value_count as f64;
+            }
+            self
+        }
+    }
 }
 
 impl From<&Aggregate> for AggregateRow {
@@ -146,6 +194,14 @@ impl From<AggregateRow> for Aggregate {
     }
 }
 
+/// The resolution of an aggregates part.
+fn resolution_of(part: u8) -> Resolution {
+    Resolution::ALL
+        .get(part as usize)
+        .copied()
+        .unwrap_or_default()
+}
+
 /// The ClickHouse table of one resolution's aggregates.
 pub fn aggregates_table(resolution: Resolution) -> &'static str {
     match resolution {
@@ -156,22 +212,95 @@ pub fn aggregates_table(resolution: Resolution) -> &'static str {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
-pub struct AlertRow {
-    pub alert_id: String,
-    pub rule: String,
-    pub device_id: String,
-    pub channel: String,
-    pub metric: String,
-    pub status: String,
-    pub raised_at: i64,
-    pub cleared_at: Option<i64>,
-    pub value: f64,
-    pub peak: f64,
-    pub limit_value: f64,
-    pub unit: String,
-    pub message: String,
-    pub version: u64,
+record! {
+    /// The VN_AQI (Decision 1459/QĐ-TCMT) of one air-quality station for one hour (`1h`,
+    /// labelled by its end) or one local day (`1d`), derived from the stored hourly windows
+    /// and re-derived, with a higher version, whenever one of them is. Also the `aqi` topic's
+    /// record. Sub-indices are fixed columns (18.16 has no Map type).
+    pub struct AqiRow in "aqi", key(device_id: String, resolution: String, window_start: i64),
+        time(window_start) {
+        pub device_id: String,
+        /// `1h` or `1d`.
+        pub resolution: String,
+        pub window_start: i64,
+        pub window_end: i64,
+        /// None where the decision gives none (no PM2.5 or PM10 sub-index).
+        pub aqi: Option<u32>,
+        /// The pollutant of the largest sub-index; empty without an AQI.
+        pub dominant: String,
+        pub pm25: Option<u32>,
+        pub pm10: Option<u32>,
+        pub o3_1h: Option<u32>,
+        pub o3_8h: Option<u32>,
+        pub no2: Option<u32>,
+        pub so2: Option<u32>,
+        pub co: Option<u32>,
+        /// Hourly only: the NowCast concentrations (µg/m³) the PM sub-indices come from.
+        pub nowcast_pm25: Option<f64>,
+        pub nowcast_pm10: Option<f64>,
+        /// Daily only: the hours the PM means are over.
+        pub valid_hours: Option<u32>,
+        /// `reference` or `indicative` (never mixed into an official figure).
+        pub grade: String,
+        /// Pollutants whose hour (for `1h`) had too little capture to count, comma-separated.
+        pub low_capture: String,
+        pub version: u64,
+    }
+}
+
+record! {
+    /// A regulatory limit exceeded by a station's mean over the limit's averaging period (QCVN
+    /// 05:2023 ambient: 1 h, 8 h running, 24 h; QCVN 40 wastewater: 1 h of the discharge
+    /// channel), derived from the stored hourly windows and re-derived when one of them is. A
+    /// revision that brings the mean within the limit re-emits it as `withdrawn`. Also the
+    /// `exceedances` topic's record.
+    pub struct ExceedanceRow in "exceedances",
+        key(device_id: String, channel: String, metric: String, regulation: String,
+            period: String, window_start: i64),
+        time(window_start) {
+        pub device_id: String,
+        pub channel: String,
+        pub metric: String,
+        /// e.g. `QCVN 05:2023/BTNMT`.
+        pub regulation: String,
+        /// `1h`, `8h` or `24h`.
+        pub period: String,
+        pub window_start: i64,
+        pub window_end: i64,
+        /// The measured mean over the period.
+        pub value: f64,
+        pub unit: String,
+        /// The legal band's low edge (pH); none for a maximum.
+        pub limit_low: Option<f64>,
+        /// The legal maximum (C × Kq × Kf where it applies), or the band's high edge.
+        pub limit_high: Option<f64>,
+        /// value ÷ limit; for a band, the distance outside it.
+        pub multiple: f64,
+        /// `reference` or `indicative`.
+        pub grade: String,
+        /// `exceeded` or `withdrawn`.
+        pub status: String,
+        pub version: u64,
+    }
+}
+
+record! {
+    pub struct AlertRow in "alerts", key(alert_id: String), time(raised_at) {
+        pub alert_id: String,
+        pub rule: String,
+        pub device_id: String,
+        pub channel: String,
+        pub metric: String,
+        pub status: String,
+        pub raised_at: i64,
+        pub cleared_at: Option<i64>,
+        pub value: f64,
+        pub peak: f64,
+        pub limit_value: f64,
+        pub unit: String,
+        pub message: String,
+        pub version: u64,
+    }
 }
 
 impl From<&Alert> for AlertRow {
@@ -216,18 +345,22 @@ impl From<AlertRow> for Alert {
     }
 }
 
-/// A discrete event (camera violations), keyed by `event_id`. No personal data in clear.
-#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
-pub struct EventRow {
-    pub event_id: String,
-    pub device_id: String,
-    pub ts: i64,
-    pub kind: String,
-    /// The event's attributes as a JSON object.
-    pub attributes: String,
-    pub received_at: i64,
-    pub message_id: String,
-    pub version: u64,
+record! {
+    /// A discrete event (camera violations), keyed by `event_id`. No personal data in clear.
+    pub struct EventRow in "events", key(event_id: String), time(ts) {
+        pub event_id: String,
+        pub device_id: String,
+        pub ts: i64,
+        pub kind: String,
+        /// The event's attributes as a JSON object.
+        pub attributes: String,
+        pub received_at: i64,
+        pub message_id: String,
+        pub version: u64,
+    }
+    impl {
+        const NEWEST_FIRST: bool = true;
+    }
 }
 
 impl From<&Event> for EventRow {
@@ -246,20 +379,26 @@ impl From<&Event> for EventRow {
     }
 }
 
-/// A camera event's personal data: the evidence table, apart from everything else.
-#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
-pub struct EvidenceRow {
-    pub event_id: String,
-    pub device_id: String,
-    pub camera_id: String,
-    pub ts: i64,
-    pub kind: String,
-    pub plate: String,
-    pub plate_pseudonym: String,
-    pub image_ref: String,
-    pub received_at: i64,
-    pub message_id: String,
-    pub version: u64,
+record! {
+    /// A camera event's personal data (plates, image references): the evidence table, apart
+    /// from everything else; nothing else reads or joins it. Only the API's audited,
+    /// enforcement-only route reads it.
+    pub struct EvidenceRow in "evidence", key(event_id: String), time(ts) {
+        pub event_id: String,
+        pub device_id: String,
+        pub camera_id: String,
+        pub ts: i64,
+        pub kind: String,
+        pub plate: String,
+        pub plate_pseudonym: String,
+        pub image_ref: String,
+        pub received_at: i64,
+        pub message_id: String,
+        pub version: u64,
+    }
+    impl {
+        const NEWEST_FIRST: bool = true;
+    }
 }
 
 impl From<&Evidence> for EvidenceRow {
@@ -280,18 +419,19 @@ impl From<&Evidence> for EvidenceRow {
     }
 }
 
-/// A rejected camera message, kept beside the evidence (its bytes may hold a plate). One row per
-/// message id: a camera message is rejected whole.
-#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
-pub struct QuarantineRow {
-    pub message_id: String,
-    pub code: String,
-    pub reason: String,
-    pub topic: String,
-    pub device_id: String,
-    pub received_at: i64,
-    pub raw_base64: String,
-    pub version: u64,
+record! {
+    /// A rejected camera message, kept beside the evidence (its bytes may hold a plate). One row per
+    /// message id: a camera message is rejected whole.
+    pub struct QuarantineRow in "camera_quarantine", key(message_id: String), time(received_at) {
+        pub message_id: String,
+        pub code: String,
+        pub reason: String,
+        pub topic: String,
+        pub device_id: String,
+        pub received_at: i64,
+        pub raw_base64: String,
+        pub version: u64,
+    }
 }
 
 impl From<&DeadLetter> for QuarantineRow {
@@ -309,25 +449,31 @@ impl From<&DeadLetter> for QuarantineRow {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
-pub struct WatermarkRow {
-    pub device_id: String,
-    pub closed_until: i64,
-    pub version: u64,
+record! {
+    /// The stream's checkpoint of window state: per device, every window ending at or before
+    /// `closed_until` has been closed and emitted. Tiny; read with max().
+    pub struct WatermarkRow in "stream_watermarks", key(device_id: String) {
+        pub device_id: String,
+        pub closed_until: i64,
+        pub version: u64,
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
-pub struct OffsetRow {
-    pub group_id: String,
-    pub topic: String,
-    pub partition: i32,
-    pub next_offset: i64,
-    pub version: u64,
-    /// State the consumer needs as of `next_offset` to replay from it exactly (the stream's
-    /// fleet-wide rate limit: `ioc_stream::limit`); empty for consumers that keep none. Last,
-    /// as on tables made before it was added.
-    #[serde(default)]
-    pub limiter: String,
+record! {
+    /// The stream's consumed position: per partition, everything below `next_offset` is stored
+    /// and, where it belongs to a window, that window is emitted. Written after the watermarks.
+    pub struct OffsetRow in "stream_offsets", key(group_id: String, topic: String, partition: i32) {
+        pub group_id: String,
+        pub topic: String,
+        pub partition: i32,
+        pub next_offset: i64,
+        pub version: u64,
+        /// State the consumer needs as of `next_offset` to replay from it exactly (the stream's
+        /// fleet-wide rate limit: `ioc_stream::limit`); empty for consumers that keep none.
+        /// Written in the same row as the offset so the two cannot disagree.
+        #[serde(default)]
+        pub limiter: String [added ""],
+    }
 }
 
 /// A consumer's checkpointed position in one partition, with the state it needs from there.
@@ -357,8 +503,10 @@ pub struct HistoryFilter {
     pub from: i64,
     pub to: i64,
     pub limit: usize,
-    /// Which aggregates table (only aggregate queries read it).
+    /// Which resolution, for tables that have one (aggregates, AQI).
     pub resolution: Resolution,
+    /// Which regulation, for tables that have one (exceedances).
+    pub regulation: Option<String>,
 }
 
 /// The history store of a deployment.
@@ -377,83 +525,36 @@ impl History {
         }
     }
 
-    pub async fn insert_readings<'a>(
-        &self,
-        readings: impl Iterator<Item = &'a Reading>,
-    ) -> Result<usize, HistoryError> {
+    /// Writes rows of one table (a repeated write of a key is harmless: the highest version
+    /// wins).
+    pub async fn insert<R: Record>(&self, rows: &[R]) -> Result<usize, HistoryError> {
         match self {
-            History::ClickHouse(h) => h.insert_readings(readings).await,
-            History::Embedded(h) => Ok(h.insert_readings(readings.map(ReadingRow::from))),
+            History::ClickHouse(h) => h.insert(rows).await,
+            History::Embedded(h) => Ok(h.insert(rows.iter().cloned())),
         }
     }
 
-    pub async fn insert_aggregates(&self, aggregates: &[Aggregate]) -> Result<usize, HistoryError> {
+    /// Rows of one table whose time is in the filter's range (and part: an aggregate's
+    /// resolution), narrowed by device and metric where the table has those columns,
+    /// deduplicated, in time order (newest first for events and evidence), at most
+    /// `limit`.
+    pub async fn query<R: Record>(&self, f: &HistoryFilter) -> Result<Vec<R>, HistoryError> {
         match self {
-            History::ClickHouse(h) => h.insert_aggregates(aggregates).await,
-            History::Embedded(h) => {
-                Ok(h.insert_aggregates(aggregates.iter().map(AggregateRow::from)))
-            }
-        }
-    }
-
-    pub async fn insert_alerts(&self, alerts: &[Alert]) -> Result<usize, HistoryError> {
-        match self {
-            History::ClickHouse(h) => h.insert_alerts(alerts).await,
-            History::Embedded(h) => Ok(h.insert_alerts(alerts.iter().map(AlertRow::from))),
-        }
-    }
-
-    pub async fn insert_events(&self, events: &[Event]) -> Result<usize, HistoryError> {
-        let rows = events.iter().map(EventRow::from);
-        match self {
-            History::ClickHouse(h) => h.insert_rows("events", rows).await,
-            History::Embedded(h) => Ok(h.insert_events(rows)),
-        }
-    }
-
-    pub async fn insert_evidence(&self, evidence: &[Evidence]) -> Result<usize, HistoryError> {
-        let rows = evidence.iter().map(EvidenceRow::from);
-        match self {
-            History::ClickHouse(h) => h.insert_rows("evidence", rows).await,
-            History::Embedded(h) => Ok(h.insert_evidence(rows)),
-        }
-    }
-
-    pub async fn insert_quarantine(&self, letters: &[DeadLetter]) -> Result<usize, HistoryError> {
-        let rows = letters.iter().map(QuarantineRow::from);
-        match self {
-            History::ClickHouse(h) => h.insert_rows("camera_quarantine", rows).await,
-            History::Embedded(h) => Ok(h.insert_quarantine(rows)),
-        }
-    }
-
-    /// Events in the filter's time range, newest first (deduplicated by event id).
-    pub async fn events(&self, f: &HistoryFilter) -> Result<Vec<EventRow>, HistoryError> {
-        match self {
-            History::ClickHouse(h) => h.events(f).await,
-            History::Embedded(h) => Ok(h.events(f).await?),
-        }
-    }
-
-    /// Evidence (plates in the clear) in the filter's time range, newest first. Only the API's
-    /// audited, enforcement-only route reads this.
-    pub async fn evidence(&self, f: &HistoryFilter) -> Result<Vec<EvidenceRow>, HistoryError> {
-        match self {
-            History::ClickHouse(h) => h.evidence(f).await,
-            History::Embedded(h) => Ok(h.evidence(f).await?),
+            History::ClickHouse(h) => h.query(f).await,
+            History::Embedded(h) => Ok(h.query(f).await?),
         }
     }
 
     pub async fn insert_watermarks(&self, rows: Vec<WatermarkRow>) -> Result<usize, HistoryError> {
         match self {
-            History::ClickHouse(h) => h.insert_watermarks(rows).await,
+            History::ClickHouse(h) => h.insert(&rows).await,
             History::Embedded(h) => Ok(h.insert_watermarks(rows)),
         }
     }
 
     pub async fn insert_offsets(&self, rows: Vec<OffsetRow>) -> Result<usize, HistoryError> {
         match self {
-            History::ClickHouse(h) => h.insert_offsets(rows).await,
+            History::ClickHouse(h) => h.insert(&rows).await,
             History::Embedded(h) => Ok(h.insert_offsets(rows)),
         }
     }
@@ -500,21 +601,6 @@ impl History {
         }
     }
 
-    pub async fn readings(&self, f: &HistoryFilter) -> Result<Vec<ReadingRow>, HistoryError> {
-        match self {
-            History::ClickHouse(h) => h.readings(f).await,
-            History::Embedded(h) => Ok(h.readings(f).await?),
-        }
-    }
-
-    /// Aggregates of the filter's resolution whose window starts in its range.
-    pub async fn aggregates(&self, f: &HistoryFilter) -> Result<Vec<Aggregate>, HistoryError> {
-        match self {
-            History::ClickHouse(h) => h.aggregates(f).await,
-            History::Embedded(h) => Ok(h.aggregates(f).await?),
-        }
-    }
-
     /// The stored windows of `resolution` of the given devices starting in `[from, to)`,
     /// deduplicated: what a coarser window is derived from.
     pub async fn windows(
@@ -527,13 +613,6 @@ impl History {
         match self {
             History::ClickHouse(h) => h.windows(resolution, devices, from, to).await,
             History::Embedded(h) => Ok(h.windows(resolution, devices, from, to).await?),
-        }
-    }
-
-    pub async fn alerts(&self, f: &HistoryFilter) -> Result<Vec<Alert>, HistoryError> {
-        match self {
-            History::ClickHouse(h) => h.alerts(f).await,
-            History::Embedded(h) => Ok(h.alerts(f).await?),
         }
     }
 

@@ -251,7 +251,7 @@ pub async fn events(
     audit_read(&state, by, "events.read", &filter).await?;
     let rows = state
         .history
-        .events(&filter)
+        .query::<EventRow>(&filter)
         .await
         .map_err(history_unavailable)?;
     let events: Vec<ApiEvent> = rows.into_iter().map(ApiEvent::from).collect();
@@ -299,7 +299,7 @@ pub async fn evidence(
     audit_read(&state, by, "evidence.read", &filter).await?;
     let rows = state
         .history
-        .evidence(&filter)
+        .query::<EvidenceRow>(&filter)
         .await
         .map_err(history_unavailable)?;
     let evidence: Vec<ApiEvidence> = rows.into_iter().map(ApiEvidence::from).collect();

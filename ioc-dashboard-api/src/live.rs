@@ -15,7 +15,8 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::routes::{ApiAggregate, ApiAlert, ApiReading};
+use crate::routes::{ApiAggregate, ApiAlert, ApiAqi, ApiReading};
+use ioc_history::AqiRow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -25,6 +26,20 @@ pub enum StreamName {
     Alerts,
     /// What ingest made of each message of devices being commissioned or serviced.
     Device,
+    /// Hourly and daily VN_AQI of air-quality stations.
+    Aqi,
+}
+
+impl StreamName {
+    /// The resolutions a subscription to the stream may name, its default first (none: the
+    /// stream has no resolution).
+    pub fn resolutions(self) -> &'static [Resolution] {
+        match self {
+            StreamName::Aggregates => &Resolution::ALL,
+            StreamName::Aqi => &[Resolution::Hour, Resolution::Day],
+            _ => &[],
+        }
+    }
 }
 
 /// One message for websocket clients: `{"stream": ..., "data": {...}}`, already serialized.
@@ -59,6 +74,14 @@ impl LiveMessage {
         LiveMessage {
             resolution: Some(a.resolution),
             ..LiveMessage::new(StreamName::Aggregates, &a.device_id, &ApiAggregate::from(a))
+        }
+    }
+
+    /// An hourly or daily AQI.
+    pub fn aqi(a: &AqiRow) -> LiveMessage {
+        LiveMessage {
+            resolution: Resolution::parse(&a.resolution),
+            ..LiveMessage::new(StreamName::Aqi, &a.device_id, &ApiAqi::from(a))
         }
     }
 }
@@ -263,6 +286,7 @@ pub fn tail(
             &topics.readings,
             &topics.aggregates,
             &topics.alerts,
+            &topics.aqi,
             &topics.deadletter,
             &topics.quarantine,
             &topics.tap,
@@ -293,6 +317,10 @@ pub fn tail(
             } else if topic == topics.aggregates {
                 if let Ok(a) = serde_json::from_slice::<Aggregate>(&payload) {
                     hub.publish(LiveMessage::aggregate(&a.upgraded()));
+                }
+            } else if topic == topics.aqi {
+                if let Ok(a) = serde_json::from_slice::<AqiRow>(&payload) {
+                    hub.publish(LiveMessage::aqi(&a));
                 }
             } else if topic == topics.alerts {
                 if let Ok(a) = serde_json::from_slice::<Alert>(&payload) {

@@ -15,10 +15,10 @@ use ioc_bus::registry;
 use ioc_contract::time::{format_ms, now_ms, parse_param_ms};
 use ioc_contract::{
     valid_device_id, valid_external_id, Actor, Aggregate, Alert, Device, DeviceChanges,
-    DeviceCredentials, DeviceStatus, Reading, RegistryEvent, Resolution, DEVICE_KINDS,
+    DeviceCredentials, DeviceStatus, Grade, Qcvn40Column, Reading, RegistryEvent, Resolution, DEVICE_KINDS,
     EXTERNAL_ID_KINDS, FORMAT_NAMES,
 };
-use ioc_history::HistoryFilter;
+use ioc_history::{AggregateRow, AlertRow, AqiRow, HistoryFilter, ReadingRow};
 use serde::Serialize;
 use serde_json::json;
 
@@ -49,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/readings", get(readings))
         .route("/api/v1/aggregates", get(aggregates))
         .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/aqi", get(aqi))
         .route("/api/v1/ws", get(websocket))
         .route(
             "/api/v1/tokens",
@@ -63,6 +64,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// An error answer.
+#[derive(Debug)]
 pub struct ApiFailure {
     status: StatusCode,
     code: &'static str,
@@ -173,7 +175,7 @@ fn json_object(body: &[u8]) -> ApiResult<Fields> {
 
 /// The details of a device that can be given at registration and changed later, each checked
 /// when present. What each field must be, for the messages of both routes.
-const DETAILS: [(&str, &str); 9] = [
+const DETAILS: [(&str, &str); 15] = [
     ("name", "1 to 200 characters"),
     ("lat", "a number from -90 to 90"),
     ("lon", "a number from -180 to 180"),
@@ -189,14 +191,44 @@ const DETAILS: [(&str, &str); 9] = [
         "RFC 3339 with an offset, or epoch milliseconds",
     ),
     ("installer", "1 to 200 characters"),
+    ("grade", "reference or indicative"),
+    (
+        "discharge_channel",
+        "the channel of the station's outlet: up to 64 characters (empty: its only channel)",
+    ),
+    ("qcvn40_column", "A or B"),
+    ("kq", "a positive number (QCVN 40 receiving-water factor)"),
+    ("kf", "a positive number (QCVN 40 discharge-flow factor)"),
+    ("regulation", "a regulation with configured limits"),
 ];
 
-/// Reads the [`DETAILS`] fields present in `fields` into changes, noting each problem.
-fn details(fields: &Fields, problems: &mut Vec<FieldProblem>) -> DeviceChanges {
+/// The [`DETAILS`] fields that only a wastewater station has.
+const DISCHARGE_FIELDS: [&str; 5] = ["discharge_channel", "qcvn40_column", "kq", "kf", "regulation"];
+
+/// Reads the [`DETAILS`] fields present in `fields` into changes for a device of `kind`,
+/// noting each problem. `regulations`: those with configured wastewater limits.
+fn details(
+    fields: &Fields,
+    kind: &str,
+    regulations: &[&str],
+    problems: &mut Vec<FieldProblem>,
+) -> DeviceChanges {
     let mut changes = DeviceChanges::default();
     for (field, expected) in DETAILS {
         let Some(value) = fields.get(field) else {
             continue;
+        };
+        if DISCHARGE_FIELDS.contains(&field) && kind != "wastewater" {
+            problems.push(FieldProblem {
+                field,
+                message: format!("only a wastewater station has it (this is {kind})"),
+            });
+            continue;
+        }
+        let factor = || {
+            value
+                .as_f64()
+                .filter(|v| v.is_finite() && *v > 0.0)
         };
         let text = |max: usize| {
             value
@@ -226,13 +258,32 @@ fn details(fields: &Fields, problems: &mut Vec<FieldProblem>) -> DeviceChanges {
             }
             .map(|v| changes.installed_at = Some(v)),
             "installer" => text(200).map(|v| changes.installer = Some(v)),
+            "grade" => value
+                .as_str()
+                .and_then(Grade::parse)
+                .map(|v| changes.grade = Some(v)),
+            "discharge_channel" => value
+                .as_str()
+                .filter(|c| c.len() <= 64)
+                .map(|c| changes.discharge_channel = Some(c.to_string())),
+            "qcvn40_column" => value
+                .as_str()
+                .and_then(Qcvn40Column::parse)
+                .map(|v| changes.qcvn40_column = Some(v)),
+            "kq" => factor().map(|v| changes.kq = Some(v)),
+            "kf" => factor().map(|v| changes.kf = Some(v)),
+            "regulation" => value
+                .as_str()
+                .filter(|r| regulations.contains(r))
+                .map(|r| changes.regulation = Some(r.to_string())),
             _ => unreachable!("every DETAILS field is read"),
         };
         if ok.is_none() {
-            problems.push(FieldProblem {
-                field,
-                message: format!("must be {expected}"),
-            });
+            let message = match field {
+                "regulation" => format!("must be one of {}", regulations.join(", ")),
+                _ => format!("must be {expected}"),
+            };
+            problems.push(FieldProblem { field, message });
         }
     }
     changes
@@ -240,10 +291,20 @@ fn details(fields: &Fields, problems: &mut Vec<FieldProblem>) -> DeviceChanges {
 
 /// Checks a registration, reporting every problem at once.
 /// `profiles`: the vendor profiles ingest knows (`flat-gateway` and `ingest.vendor_profiles`).
-fn validate_registration(body: &[u8], by: Actor, profiles: &[&str]) -> ApiResult<Device> {
+fn validate_registration(
+    body: &[u8],
+    by: Actor,
+    profiles: &[&str],
+    regulations: &[&str],
+) -> ApiResult<Device> {
     let fields = json_object(body)?;
     let mut problems = Vec::new();
-    let changes = details(&fields, &mut problems);
+    let kind = fields
+        .get("kind")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let changes = details(&fields, &kind, regulations, &mut problems);
     let mut problem =
         |field: &'static str, message: String| problems.push(FieldProblem { field, message });
     let string = |name: &str| {
@@ -260,7 +321,6 @@ fn validate_registration(body: &[u8], by: Actor, profiles: &[&str]) -> ApiResult
             "required: 1 to 64 characters of A-Z a-z 0-9 _ - .".into(),
         );
     }
-    let kind = string("kind").unwrap_or_default();
     if !DEVICE_KINDS.contains(&kind.as_str()) {
         problem(
             "kind",
@@ -348,10 +408,10 @@ fn validate_registration(body: &[u8], by: Actor, profiles: &[&str]) -> ApiResult
 }
 
 /// Checks a change of a device's details (`PATCH`): only [`DETAILS`] fields, at least one.
-fn validate_changes(body: &[u8]) -> ApiResult<DeviceChanges> {
+fn validate_changes(body: &[u8], kind: &str, regulations: &[&str]) -> ApiResult<DeviceChanges> {
     let fields = json_object(body)?;
     let mut problems = Vec::new();
-    let changes = details(&fields, &mut problems);
+    let changes = details(&fields, kind, regulations, &mut problems);
     for field in fields.keys() {
         if !DETAILS.iter().any(|(known, _)| known == field) {
             problems.push(FieldProblem {
@@ -401,6 +461,11 @@ struct ApiDevice {
     decoder: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     vendor_profile: Option<String>,
+    /// `reference` or `indicative` (its kind's default unless registered otherwise).
+    grade: &'static str,
+    /// A wastewater station's discharge settings, defaults filled in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    discharge: Option<ApiDischarge>,
     /// When ingest last received a message from it (stored or rejected), as far as this API
     /// instance has seen since it started.
     last_seen: Option<String>,
@@ -409,6 +474,15 @@ struct ApiDevice {
     last_rejection: Option<ApiRejection>,
     /// Its MQTT account (never the password), if it has one.
     mqtt: Option<accounts::ApiAccount>,
+}
+
+#[derive(Serialize)]
+struct ApiDischarge {
+    discharge_channel: String,
+    qcvn40_column: &'static str,
+    kq: f64,
+    kf: f64,
+    regulation: String,
 }
 
 #[derive(Serialize)]
@@ -444,6 +518,17 @@ impl ApiDevice {
             external_ids: d.external_ids.clone(),
             decoder: d.decoder.clone(),
             vendor_profile: d.vendor_profile.clone(),
+            grade: d.grade().as_str(),
+            discharge: (d.kind == "wastewater").then(|| {
+                let x = d.discharge();
+                ApiDischarge {
+                    discharge_channel: x.channel,
+                    qcvn40_column: x.column.as_str(),
+                    kq: x.kq,
+                    kf: x.kf,
+                    regulation: x.regulation,
+                }
+            }),
             last_seen: last_seen.map(format_ms),
             online: last_seen
                 .is_some_and(|t| (now - t) as f64 <= 3.0 * d.expected_interval_s * 1000.0),
@@ -477,6 +562,8 @@ fn same_registration(a: &Device, b: &Device) -> bool {
         &a.external_ids,
         &a.decoder,
         &a.vendor_profile,
+        a.grade,
+        &a.discharge,
     ) == (
         &b.kind,
         &b.name,
@@ -486,7 +573,14 @@ fn same_registration(a: &Device, b: &Device) -> bool {
         &b.external_ids,
         &b.decoder,
         &b.vendor_profile,
+        b.grade,
+        &b.discharge,
     )
+}
+
+/// The regulations a wastewater station may be held to: those with limits.
+fn regulations(_state: &AppState) -> Vec<&'static str> {
+    vec![ioc_contract::DEFAULT_WASTEWATER_REGULATION]
 }
 
 async fn register_device(
@@ -498,7 +592,7 @@ async fn register_device(
     let profiles: Vec<&str> = std::iter::once(ioc_ingest::flat::DEFAULT_PROFILE)
         .chain(state.ingest.vendor_profiles.iter().map(|p| p.name.as_str()))
         .collect();
-    let device = validate_registration(&body, by.clone(), &profiles)?;
+    let device = validate_registration(&body, by.clone(), &profiles, &regulations(&state))?;
     if let Some(existing) = state.registry.get(&device.device_id) {
         return if same_registration(&existing, &device) {
             Ok((StatusCode::OK, Json(show(&state, &existing))).into_response())
@@ -568,10 +662,10 @@ async fn update_device(
     body: Bytes,
 ) -> ApiResult<Json<ApiDevice>> {
     let by = authorize(&state, bearer(&headers), Permission::ManageDevices)?;
-    if state.registry.get(&id).is_none() {
+    let Some(existing) = state.registry.get(&id) else {
         return Err(not_found_device(&id));
-    }
-    let changes = validate_changes(&body)?;
+    };
+    let changes = validate_changes(&body, &existing.kind, &regulations(&state))?;
     // A decommissioned device loses its broker account first: if that fails, nothing changes.
     if changes.status == Some(DeviceStatus::Decommissioned) {
         accounts::revoke(&state, &id, by.clone()).await?;
@@ -687,6 +781,64 @@ impl From<&Aggregate> for ApiAggregate {
     }
 }
 
+/// An hourly or daily VN_AQI, as `/api/v1/aqi` and the `aqi` stream give it.
+#[derive(Debug, Serialize)]
+pub struct ApiAqi {
+    pub device_id: String,
+    pub window_start: String,
+    /// The hour-ending (or day-ending) label, in UTC.
+    pub window_end: String,
+    pub resolution: String,
+    /// Null where the decision gives none (no PM2.5 or PM10 sub-index).
+    pub aqi: Option<u32>,
+    pub dominant: Option<String>,
+    pub band: Option<ioc_regulation::aqi::Band>,
+    pub sub_indices: ioc_regulation::aqi::SubIndices,
+    /// µg/m³, to 1 decimal.
+    pub nowcast_pm25: Option<f64>,
+    pub nowcast_pm10: Option<f64>,
+    pub valid_hours: Option<u32>,
+    pub grade: String,
+    /// Pollutants whose hour had too little capture to count: missing for the AQI.
+    pub low_capture: Vec<String>,
+    pub version: u64,
+}
+
+impl From<&AqiRow> for ApiAqi {
+    fn from(a: &AqiRow) -> Self {
+        use ioc_regulation::csv::round1;
+        ApiAqi {
+            device_id: a.device_id.clone(),
+            window_start: format_ms(a.window_start),
+            window_end: format_ms(a.window_end),
+            resolution: a.resolution.clone(),
+            aqi: a.aqi,
+            dominant: (!a.dominant.is_empty()).then(|| a.dominant.clone()),
+            band: a.aqi.map(ioc_regulation::aqi::band),
+            sub_indices: ioc_regulation::aqi::SubIndices {
+                pm25: a.pm25,
+                pm10: a.pm10,
+                o3_1h: a.o3_1h,
+                o3_8h: a.o3_8h,
+                no2: a.no2,
+                so2: a.so2,
+                co: a.co,
+            },
+            nowcast_pm25: a.nowcast_pm25.map(round1),
+            nowcast_pm10: a.nowcast_pm10.map(round1),
+            valid_hours: a.valid_hours,
+            grade: a.grade.clone(),
+            low_capture: a
+                .low_capture
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect(),
+            version: a.version,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct ApiAlert {
     pub alert_id: String,
@@ -771,6 +923,7 @@ pub(crate) fn history_filter(
         to,
         limit,
         resolution,
+        regulation: q.get("regulation").cloned(),
     })
 }
 
@@ -801,7 +954,7 @@ async fn readings(
 ) -> ApiResult<Json<serde_json::Value>> {
     let rows = state
         .history
-        .readings(&filter)
+        .query::<ReadingRow>(&filter)
         .await
         .map_err(history_unavailable)?;
     let readings: Vec<ApiReading> = rows
@@ -817,11 +970,59 @@ async fn aggregates(
 ) -> ApiResult<Json<serde_json::Value>> {
     let rows = state
         .history
-        .aggregates(&filter)
+        .query::<AggregateRow>(&filter)
         .await
         .map_err(history_unavailable)?;
-    let aggregates: Vec<ApiAggregate> = rows.iter().map(ApiAggregate::from).collect();
+    let aggregates: Vec<ApiAggregate> = rows
+        .into_iter()
+        .map(|r| ApiAggregate::from(&Aggregate::from(r)))
+        .collect();
     Ok(Json(json!({ "aggregates": aggregates })))
+}
+
+/// `GET /api/v1/aqi?device_id=&from=&to=&resolution=1h|1d`: hourly (the default) or daily
+/// VN_AQI whose window starts in the range (default: the last day of hours, or the last 31
+/// days).
+async fn aqi(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<serde_json::Value>> {
+    authorize(&state, bearer(&headers), Permission::ReadTelemetry)?;
+    let resolution = match q.get("resolution").map(String::as_str) {
+        None | Some("1h") => Resolution::Hour,
+        Some("1d") => Resolution::Day,
+        Some(r) => {
+            return Err(ApiFailure::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("resolution {r:?} is not 1h or 1d"),
+            ))
+        }
+    };
+    let mut q = q;
+    if !q.contains_key("from") {
+        let to = match q.get("to") {
+            Some(t) => parse_param_ms(t),
+            None => Some(now_ms() + 1),
+        };
+        if let Some(to) = to {
+            let span = if resolution == Resolution::Day { 31 * 86_400_000 } else { 86_400_000 };
+            q.insert("from".into(), (to - span).to_string());
+        }
+    }
+    q.remove("resolution");
+    let filter = HistoryFilter {
+        resolution,
+        ..history_filter(&state, &q)?
+    };
+    let rows = state
+        .history
+        .query::<AqiRow>(&filter)
+        .await
+        .map_err(history_unavailable)?;
+    let aqi: Vec<ApiAqi> = rows.iter().map(ApiAqi::from).collect();
+    Ok(Json(json!({ "aqi": aqi })))
 }
 
 async fn alerts(
@@ -830,10 +1031,13 @@ async fn alerts(
 ) -> ApiResult<Json<serde_json::Value>> {
     let rows = state
         .history
-        .alerts(&filter)
+        .query::<AlertRow>(&filter)
         .await
         .map_err(history_unavailable)?;
-    let alerts: Vec<ApiAlert> = rows.iter().map(ApiAlert::from).collect();
+    let alerts: Vec<ApiAlert> = rows
+        .into_iter()
+        .map(|r| ApiAlert::from(&Alert::from(r)))
+        .collect();
     Ok(Json(json!({ "alerts": alerts })))
 }
 
@@ -929,4 +1133,93 @@ async fn serve_socket(
     )
     .await;
     state.metrics.ws_clients.dec();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use ioc_contract::Discharge;
+
+    const REGULATIONS: [&str; 1] = [ioc_contract::DEFAULT_WASTEWATER_REGULATION];
+
+    fn problems(e: ApiFailure) -> Vec<(&'static str, String)> {
+        e.problems.into_iter().map(|p| (p.field, p.message)).collect()
+    }
+
+    fn register(body: serde_json::Value) -> ApiResult<Device> {
+        validate_registration(
+            body.to_string().as_bytes(),
+            Actor::admin_token(),
+            &[],
+            &REGULATIONS,
+        )
+    }
+
+    #[test]
+    fn station_settings_default_by_kind_and_are_checked_at_registration() {
+        let base = serde_json::json!({"device_id": "ww-1", "kind": "wastewater", "name": "KCN Hoà Phú",
+            "lat": 12.6, "lon": 108.0, "expected_interval_s": 300});
+        let d = register(base.clone()).unwrap();
+        assert_eq!((d.grade(), d.discharge()), (Grade::Reference, Discharge::default()));
+        assert_eq!(
+            (d.discharge().channel.as_str(), d.discharge().column, d.discharge().kq),
+            ("outlet", Qcvn40Column::B, 1.0)
+        );
+
+        let mut set = base.clone();
+        for (k, v) in [
+            ("grade", serde_json::json!("indicative")),
+            ("discharge_channel", serde_json::json!("")),
+            ("qcvn40_column", serde_json::json!("A")),
+            ("kq", serde_json::json!(0.9)),
+            ("kf", serde_json::json!(1.1)),
+        ] {
+            set[k] = v;
+        }
+        let d = register(set).unwrap();
+        let x = d.discharge();
+        assert_eq!(d.grade(), Grade::Indicative);
+        assert_eq!(
+            (x.channel.as_str(), x.column, x.kq, x.kf, x.regulation.as_str()),
+            ("", Qcvn40Column::A, 0.9, 1.1, "QCVN 40:2011/BTNMT")
+        );
+
+        let mut bad = base.clone();
+        bad["grade"] = "official".into();
+        bad["qcvn40_column"] = "C".into();
+        bad["kq"] = 0.into();
+        bad["regulation"] = "QCVN 99".into();
+        let fields: Vec<&str> = problems(register(bad).unwrap_err())
+            .iter()
+            .map(|(f, _)| *f)
+            .collect();
+        assert_eq!(fields, vec!["grade", "qcvn40_column", "kq", "regulation"]);
+
+        let mut air = base;
+        air["kind"] = "air_quality".into();
+        air["kf"] = 2.into();
+        let p = problems(register(air.clone()).unwrap_err());
+        assert_eq!(p[0].0, "kf");
+        assert!(p[0].1.contains("only a wastewater station"), "{p:?}");
+        air.as_object_mut().unwrap().remove("kf");
+        assert_eq!(register(air).unwrap().grade(), Grade::Reference);
+    }
+
+    #[test]
+    fn a_change_of_station_settings_keeps_what_it_does_not_name() {
+        let changes = validate_changes(br#"{"kq": 0.8}"#, "wastewater", &REGULATIONS).unwrap();
+        let mut d = Device {
+            kind: "wastewater".into(),
+            ..Default::default()
+        };
+        changes.apply_to(&mut d);
+        assert_eq!((d.discharge().kq, d.discharge().kf, d.discharge().channel.as_str()), (0.8, 1.0, "outlet"));
+        validate_changes(br#"{"qcvn40_column": "A"}"#, "wastewater", &REGULATIONS)
+            .unwrap()
+            .apply_to(&mut d);
+        assert_eq!((d.discharge().kq, d.discharge().column), (0.8, Qcvn40Column::A));
+        let e = validate_changes(br#"{"kq": 0.8}"#, "traffic_counter", &REGULATIONS).unwrap_err();
+        assert_eq!(problems(e)[0].0, "kq");
+    }
 }

@@ -1,9 +1,10 @@
 //! One websocket session. Generic over its outgoing sink and incoming stream so unit tests
 //! drive it with channels; the route wires it to a real socket.
 //!
-//! Client → server: `{"op":"subscribe","stream":"readings"|"aggregates"|"alerts"|"device","device_ids":[...]}`
+//! Client → server: `{"op":"subscribe","stream":"readings"|"aggregates"|"alerts"|"device"|"aqi","device_ids":[...]}`
 //! (device_ids optional: all devices; for `aggregates`, `"resolution":"1m"|"5m"|"1h"|"1d"`,
-//! default `1m`; subscribing again replaces the stream's filter) and
+//! default `1m`, and for `aqi`, `"1h"|"1d"`, default `1h`: one resolution per stream and
+//! session; subscribing again replaces the stream's filter) and
 //! `{"op":"unsubscribe","stream":...}`. The `device`
 //! stream is what ingest made of each message of devices being commissioned or serviced.
 //! Server → client: `{"stream":...,"data":{...}}` for data; `{"op":"subscribed",...}`,
@@ -62,8 +63,8 @@ pub async fn session<Out, In>(
     Out: Sink<String> + Unpin,
     In: Stream<Item = ClientFrame> + Unpin,
 {
-    // The resolution of the aggregates subscription.
-    let mut resolution = Resolution::Minute;
+    // The resolution of each subscription that has one (absent: the stream's default).
+    let mut resolutions: HashMap<StreamName, Resolution> = HashMap::new();
     let mut recheck = tokio::time::interval(TOKEN_RECHECK);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -79,17 +80,25 @@ pub async fn session<Out, In>(
                 None | Some(ClientFrame::Close) => return,
                 Some(ClientFrame::Text(text)) => {
                     let reply = match serde_json::from_str::<Request>(&text) {
-                        Ok(r) if r.op == "subscribe" && r.resolution.is_some() && r.stream != StreamName::Aggregates => {
-                            json!({"op": "error", "message": format!("resolution applies only to the aggregates stream, not {:?}", r.stream)})
+                        Ok(r) if r.op == "subscribe" && r.resolution.is_some_and(|res| !r.stream.resolutions().contains(&res)) => {
+                            let allowed = r.stream.resolutions();
+                            let message = if allowed.is_empty() {
+                                format!("resolution applies only to the aggregates and aqi streams, not {:?}", r.stream)
+                            } else {
+                                let names: Vec<&str> = allowed.iter().map(|a| a.as_str()).collect();
+                                format!("the {:?} stream's resolution is one of {}", r.stream, names.join(", "))
+                            };
+                            json!({"op": "error", "message": message})
                         }
                         Ok(r) if r.op == "subscribe" => {
                             let filter = r.device_ids.map(|ids| ids.into_iter().collect::<HashSet<_>>());
                             subscriptions.insert(r.stream, filter);
-                            if r.stream == StreamName::Aggregates {
-                                resolution = r.resolution.unwrap_or_default();
-                                json!({"op": "subscribed", "stream": r.stream, "resolution": resolution})
-                            } else {
-                                json!({"op": "subscribed", "stream": r.stream})
+                            match r.resolution.or(r.stream.resolutions().first().copied()) {
+                                Some(res) => {
+                                    resolutions.insert(r.stream, res);
+                                    json!({"op": "subscribed", "stream": r.stream, "resolution": res})
+                                }
+                                None => json!({"op": "subscribed", "stream": r.stream}),
                             }
                         }
                         Ok(r) if r.op == "unsubscribe" => {
@@ -110,7 +119,9 @@ pub async fn session<Out, In>(
                         Some(None) => true,
                         Some(Some(ids)) => ids.contains(&m.device_id),
                         None => false,
-                    } && m.resolution.is_none_or(|r| r == resolution);
+                    } && m.resolution.is_none_or(|r| {
+                        resolutions.get(&m.stream).or(m.stream.resolutions().first()) == Some(&r)
+                    });
                     if wanted {
                         if out.send(m.json.clone()).await.is_err() {
                             return;

@@ -10,10 +10,15 @@
 //!   commit rule (pure), and the DataFusion query that aggregates closed and late windows;
 //! - [`rollup`]: 5-minute, hourly and daily windows derived from the stored finer windows each
 //!   time one is emitted (no state);
+//! - [`aqi`]: hourly and daily VN_AQI of air-quality stations, derived from the stored hourly
+//!   windows each time one is stored (no state);
+//! - [`exceedance`]: QCVN 05 ambient and QCVN 40 wastewater exceedances over their averaging
+//!   periods, judged again from the stored hourly windows each time one is stored (no state);
 //! - [`alerts`]: the PM2.5 threshold rule (pure).
 //!
 //! Per batch, in this order: rate limit; store raw readings; 1-minute windows; store them, then
-//! derive and store each coarser resolution from the one stored before it; alerts; publish;
+//! derive and store each coarser resolution from the one stored before it; the AQI and the
+//! exceedances of the stations whose hours were stored; alerts; publish;
 //! checkpoint each moved device's `closed_until`; checkpoint offsets up to what stored rows and
 //! closed windows cover. A crash between any two steps repeats work idempotently and loses none.
 //!
@@ -22,6 +27,8 @@
 
 pub mod aggregate;
 pub mod alerts;
+pub mod aqi;
+pub mod exceedance;
 pub mod limit;
 pub mod recent;
 pub mod rollup;
@@ -38,7 +45,10 @@ use ioc_bus::{Bus, Consumer, Producer, StartAt};
 use ioc_config::StreamConfig;
 use ioc_contract::rate::RateRule;
 use ioc_contract::{Aggregate, Alert, DeadLetter, ReadingBatch, RejectCode, Resolution, WINDOW_MS};
-use ioc_history::{History, OffsetRow, Position, WatermarkRow};
+use ioc_history::{
+    AggregateRow, AlertRow, AqiRow, ExceedanceRow, History, OffsetRow, Position, ReadingRow,
+    WatermarkRow,
+};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 use tokio_util::sync::CancellationToken;
 
@@ -183,14 +193,17 @@ pub struct Fleet {
     pub registry: RegistryView,
     /// `ingest.local_utc_offset`: daily windows are local days.
     pub utc_offset_ms: i64,
+    /// The limits stations are held to (`[regulation]`).
+    pub limits: std::sync::Arc<ioc_config::RegulationConfig>,
 }
 
 impl Fleet {
-    pub fn of(ingest: &ioc_config::IngestConfig, registry: RegistryView) -> Fleet {
+    pub fn of(config: &ioc_config::Config, registry: RegistryView) -> Fleet {
         Fleet {
-            limit: DeviceLimit::of(ingest),
+            limit: DeviceLimit::of(&config.ingest),
             registry,
-            utc_offset_ms: ingest.utc_offset_ms(),
+            utc_offset_ms: config.ingest.utc_offset_ms(),
+            limits: std::sync::Arc::new(config.regulation.clone()),
         }
     }
 
@@ -268,6 +281,8 @@ pub async fn run(
         shutdown: &shutdown,
         fleet: &fleet,
         rollups: true,
+        aqi: aqi::Settings::of(config, &fleet),
+        exceedances: exceedance::Settings::of(config, &fleet),
         #[cfg(test)]
         crash_after: None,
     };
@@ -503,6 +518,8 @@ pub(crate) struct Step<'a> {
     pub(crate) fleet: &'a Fleet,
     /// Whether coarser windows are derived (off only to measure what they cost).
     rollups: bool,
+    pub(crate) aqi: aqi::Settings,
+    pub(crate) exceedances: exceedance::Settings,
     /// Tests end the step at the Nth store read or write, as a SIGKILL would.
     #[cfg(test)]
     crash_after: Option<std::sync::Arc<std::sync::atomic::AtomicI64>>,
@@ -608,9 +625,16 @@ impl Step<'_> {
         else {
             return false;
         };
+        let Some((aqi, exceedances)) = self.regulatory(&aggregates, &mut ops.versions).await
+        else {
+            return false;
+        };
+        let alert_rows: Vec<AlertRow> = alerts.iter().map(AlertRow::from).collect();
         if !alerts.is_empty()
             && self
-                .retry("storing alerts", || self.history.insert_alerts(&alerts))
+                .retry("storing alerts", || {
+                    self.history.insert(&alert_rows)
+                })
                 .await
                 .is_none()
         {
@@ -621,6 +645,22 @@ impl Step<'_> {
             aggregates
                 .iter()
                 .map(|a| (&a.device_id, serde_json::to_vec(a))),
+        );
+        if !published.await {
+            return false;
+        }
+        let published = self.publish(
+            &self.bus.topics().aqi,
+            aqi.iter().map(|a| (&a.device_id, serde_json::to_vec(a))),
+        );
+        if !published.await {
+            return false;
+        }
+        let published = self.publish(
+            &self.bus.topics().exceedances,
+            exceedances
+                .iter()
+                .map(|e| (&e.device_id, serde_json::to_vec(e))),
         );
         if !published.await {
             return false;
@@ -675,10 +715,9 @@ impl Step<'_> {
         if n == 0 {
             return true;
         }
+        let rows: Vec<ReadingRow> = readings.map(ReadingRow::from).collect();
         let stored = self
-            .retry("storing readings", || {
-                self.history.insert_readings(readings.clone())
-            })
+            .retry("storing readings", || self.history.insert(&rows))
             .await;
         if stored.is_some() {
             self.metrics.readings_consumed.inc_by(n as u64);
@@ -807,10 +846,9 @@ impl Step<'_> {
         loop {
             let emitted = &all[finer.clone()];
             if !emitted.is_empty() {
-                self.retry("storing aggregates", || {
-                    self.history.insert_aggregates(emitted)
-                })
-                .await?;
+                let rows: Vec<AggregateRow> = emitted.iter().map(AggregateRow::from).collect();
+                self.retry("storing aggregates", || self.history.insert(&rows))
+                    .await?;
             }
             let Some(coarser) = resolution.coarser().filter(|_| self.rollups) else {
                 return Some(all);
@@ -842,6 +880,102 @@ impl Step<'_> {
             finer = start..all.len();
             resolution = coarser;
         }
+    }
+
+    /// The AQI and exceedance operators (`aqi.rs`, `exceedance.rs`): derive and store what the
+    /// stored hourly windows make due, from one read of each due station's hourly windows.
+    /// `None` on shutdown mid-way.
+    async fn regulatory(
+        &self,
+        stored: &[Aggregate],
+        versions: &mut VersionClock,
+    ) -> Option<(Vec<AqiRow>, Vec<ExceedanceRow>)> {
+        let registry = &self.fleet.registry;
+        let offset = self.fleet.utc_offset_ms;
+        let aqi_due = aqi::due(
+            stored,
+            |d| registry.get(d).is_some_and(|d| d.kind == "air_quality"),
+            offset,
+        );
+        let station = |d: &str| registry.get(d).and_then(|d| exceedance::Station::of(&d));
+        let judged_due = exceedance::due(stored, station, &self.fleet.limits, offset);
+        if aqi_due.is_empty() && judged_due.is_empty() {
+            return Some((Vec::new(), Vec::new()));
+        }
+        // One read of hourly windows per station over what both need; stations due over the
+        // same hours (the common case: all at the current hour) share it.
+        let mut ranges: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+        let ranges_of = aqi_due
+            .iter()
+            .map(|(d, due)| (d, due.range()))
+            .chain(judged_due.iter().map(|(d, due)| (d, due.range())));
+        for (device, (from, to)) in ranges_of {
+            let r = ranges.entry(device).or_insert((from, to));
+            *r = (r.0.min(from), r.1.max(to));
+        }
+        let mut reads: BTreeMap<(i64, i64), Vec<String>> = BTreeMap::new();
+        for (device, range) in &ranges {
+            reads.entry(*range).or_default().push(device.to_string());
+        }
+        let mut windows: HashMap<String, Vec<Aggregate>> = HashMap::new();
+        for ((from, to), devices) in reads {
+            let read = self
+                .retry("reading hourly windows for AQI and exceedances", || {
+                    self.history.windows(Resolution::Hour, &devices, from, to)
+                })
+                .await?;
+            for w in read {
+                windows.entry(w.device_id.clone()).or_default().push(w);
+            }
+        }
+        let version = versions.next();
+        let windows_of = |device: &str| windows.get(device).map_or(&[][..], Vec::as_slice);
+        let aqi: Vec<AqiRow> = aqi_due
+            .iter()
+            .flat_map(|(device, d)| {
+                let grade = registry
+                    .get(device)
+                    .map_or(ioc_contract::Grade::Reference, |d| d.grade());
+                aqi::derive(device, grade, d, windows_of(device), self.aqi, version)
+            })
+            .collect();
+        let mut exceedances = Vec::new();
+        for (device, d) in &judged_due {
+            let Some(station) = station(device) else {
+                continue;
+            };
+            let (from, to) = d.range();
+            let filter = ioc_history::HistoryFilter {
+                device_id: Some(device.clone()),
+                from,
+                to,
+                limit: usize::MAX,
+                ..Default::default()
+            };
+            let before = self
+                .retry("reading stored exceedances", || {
+                    self.history.query::<ExceedanceRow>(&filter)
+                })
+                .await?;
+            exceedances.extend(exceedance::derive(
+                device,
+                &station,
+                d,
+                windows_of(device),
+                &before,
+                &self.fleet.limits,
+                self.exceedances,
+                version,
+            ));
+        }
+        if !aqi.is_empty() {
+            self.retry("storing AQI", || self.history.insert(&aqi)).await?;
+        }
+        if !exceedances.is_empty() {
+            self.retry("storing exceedances", || self.history.insert(&exceedances))
+                .await?;
+        }
+        Some((aqi, exceedances))
     }
 
     /// Decides each record against its device's fleet-wide rate (`limit.rs`), in offset order;

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use ioc_bus::StartAt;
 use ioc_config::StreamConfig;
 use ioc_contract::{DeadLetter, Event, Evidence};
-use ioc_history::OffsetRow;
+use ioc_history::{EventRow, EvidenceRow, OffsetRow, QuarantineRow};
 
 use crate::{Step, StreamError, VersionClock};
 
@@ -193,9 +193,13 @@ pub(crate) async fn run(
             let written = step
                 .retry(&format!("storing {}", sink.table()), || async {
                     match &parsed {
-                        Parsed::Events(v) => step.history.insert_events(v).await,
-                        Parsed::Evidence(v) => step.history.insert_evidence(v).await,
-                        Parsed::Quarantine(v) => step.history.insert_quarantine(v).await,
+                        Parsed::Events(v) => step.history.insert(&rows_of::<_, EventRow>(v)).await,
+                        Parsed::Evidence(v) => {
+                            step.history.insert(&rows_of::<_, EvidenceRow>(v)).await
+                        }
+                        Parsed::Quarantine(v) => {
+                            step.history.insert(&rows_of::<_, QuarantineRow>(v)).await
+                        }
                     }
                 })
                 .await;
@@ -233,4 +237,9 @@ pub(crate) async fn run(
         committed.extend(rows.iter().map(|r| (r.partition, r.next_offset)));
     }
     Ok(())
+}
+
+/// History rows of bus records.
+fn rows_of<'a, T: 'a, R: From<&'a T>>(records: &'a [T]) -> Vec<R> {
+    records.iter().map(R::from).collect()
 }

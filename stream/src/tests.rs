@@ -192,6 +192,11 @@ impl Harness {
             registry.apply(RegistryEvent::Registered {
                 device: Device {
                     device_id: id.into(),
+                    kind: if id.starts_with("aq-") {
+                        "air_quality".into()
+                    } else {
+                        "wastewater".into()
+                    },
                     expected_interval_s: interval,
                     ..Default::default()
                 },
@@ -210,6 +215,7 @@ impl Harness {
                 },
                 registry,
                 utc_offset_ms: ICT,
+                limits: Arc::new(ioc_config::load_str(None, []).unwrap().regulation),
             },
             metrics: StreamMetrics::register(&prometheus::Registry::new()).unwrap(),
             shutdown,
@@ -246,6 +252,8 @@ impl Harness {
                 shutdown: &self.shutdown,
                 fleet: &self.fleet,
                 rollups: true,
+                aqi: crate::aqi::Settings::of(&self.config, &self.fleet),
+                exceedances: crate::exceedance::Settings::of(&self.config, &self.fleet),
                 crash_after: Some(budget),
             };
             let mut state = LoopState::restore(&self.config, &step, &topic)
@@ -308,7 +316,7 @@ async fn every_window_at_every_resolution_equals_a_recomputation_after_random_cr
         };
         let raw: Vec<Reading> = h
             .history
-            .readings(&all)
+            .query::<ReadingRow>(&all)
             .await
             .unwrap()
             .into_iter()
@@ -319,12 +327,15 @@ async fn every_window_at_every_resolution_equals_a_recomputation_after_random_cr
             let want = recompute(&raw, resolution, &expected_interval);
             let stored: Vec<Aggregate> = h
                 .history
-                .aggregates(&HistoryFilter {
+                .query::<AggregateRow>(&HistoryFilter {
                     resolution,
                     ..all.clone()
                 })
                 .await
-                .unwrap();
+                .unwrap()
+                .into_iter()
+                .map(Aggregate::from)
+                .collect::<Vec<_>>();
             let got: BTreeMap<_, _> = stored
                 .iter()
                 .map(|a| {
@@ -382,9 +393,104 @@ async fn every_window_at_every_resolution_equals_a_recomputation_after_random_cr
                 );
             }
         }
+
+        aqi_equals_ioc_aqi_over_the_recomputed_hours(&h, &raw, &expected_interval, seed).await;
         h.shutdown.cancel();
     }
     assert!(total_crashes > 100, "only {total_crashes} crashes");
+}
+
+/// The stored hourly and daily AQI equal what `ioc aqi` gives for a CSV of the hourly means
+/// recomputed from the final raw rows (an hour below the capture threshold as empty cells), and
+/// the `aqi` topic carries one content per record and version.
+async fn aqi_equals_ioc_aqi_over_the_recomputed_hours(
+    h: &Harness,
+    raw: &[Reading],
+    expected_interval: &HashMap<&str, f64>,
+    seed: u64,
+) {
+    use ioc_regulation::csv::{daily_report, hourly_report, parse_hourly_csv};
+    let hours = recompute(raw, Resolution::Hour, expected_interval);
+    let mut by_hour: BTreeMap<i64, [String; 6]> = BTreeMap::new();
+    for ((device, _, metric, start), (count, sum, _, _, capture)) in &hours {
+        let Some(i) = crate::aqi::POLLUTANTS.iter().position(|p| p == metric) else {
+            continue;
+        };
+        if device != "aq-1" {
+            continue;
+        }
+        let cells = by_hour.entry(*start).or_default();
+        if capture.is_none_or(|c| c >= h.config.min_hour_capture) {
+            cells[i] = format!("{}", sum / *count as f64);
+        }
+    }
+    let offset = chrono::FixedOffset::east_opt((ICT / 1000) as i32).unwrap();
+    let mut csv = String::from(ioc_regulation::csv::HEADER);
+    for (start, cells) in &by_hour {
+        let end = chrono::DateTime::from_timestamp_millis(start + 3_600_000)
+            .unwrap()
+            .with_timezone(&offset)
+            .to_rfc3339();
+        csv.push_str(&format!("\naq-1,{end},{}", cells.join(",")));
+    }
+    let rows = parse_hourly_csv(&csv).unwrap();
+    let stored = |resolution| async move {
+        h.history
+            .query::<AqiRow>(&HistoryFilter {
+                from: 0,
+                to: i64::MAX,
+                limit: usize::MAX,
+                resolution,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    };
+    let hourly: Vec<(String, Option<u32>, Option<f64>)> = stored(Resolution::Hour)
+        .await
+        .iter()
+        .map(|a| {
+            let end = chrono::DateTime::from_timestamp_millis(a.window_end)
+                .unwrap()
+                .with_timezone(&offset)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
+            (end, a.aqi, a.nowcast_pm25.map(ioc_regulation::csv::round1))
+        })
+        .collect();
+    let want: Vec<(String, Option<u32>, Option<f64>)> = hourly_report(&rows)
+        .into_iter()
+        .map(|o| (o.time, o.aqi, o.nowcast_pm25))
+        .collect();
+    assert!(want.len() > 30, "seed {seed}: {} hours", want.len());
+    assert_eq!(hourly, want, "seed {seed}: hourly AQI as `ioc aqi` gives it");
+    let daily: Vec<(String, Option<u32>, Option<u32>)> = stored(Resolution::Day)
+        .await
+        .iter()
+        .map(|a| {
+            let date = chrono::DateTime::from_timestamp_millis(a.window_start)
+                .unwrap()
+                .with_timezone(&offset)
+                .format("%Y-%m-%d")
+                .to_string();
+            (date, a.aqi, a.valid_hours)
+        })
+        .collect();
+    let want: Vec<(String, Option<u32>, Option<u32>)> = daily_report(&rows, h.config.min_day_hours)
+        .into_iter()
+        .map(|o| (o.date, o.aqi, Some(o.valid_hours)))
+        .collect();
+    assert_eq!(daily, want, "seed {seed}: daily AQI as `ioc aqi --daily` gives it");
+
+    let mut seen: HashMap<(String, String, i64, u64), String> = HashMap::new();
+    for record in h.bus.read_all(&h.bus.topics().aqi).await.unwrap() {
+        let a: AqiRow = serde_json::from_slice(&record.payload).unwrap();
+        let key = (a.device_id.clone(), a.resolution.clone(), a.window_start, a.version);
+        let content = format!("{a:?}");
+        if let Some(before) = seen.insert(key, content.clone()) {
+            assert_eq!(before, content, "seed {seed}: one AQI, one version, two contents");
+        }
+    }
+    assert!(!seen.is_empty());
 }
 
 /// Readings per second through the readings loop (embedded store, one thread), with the
@@ -423,6 +529,8 @@ async fn readings_per_second_with_and_without_rollups() {
                 shutdown: &h.shutdown,
                 fleet: &h.fleet,
                 rollups,
+                aqi: crate::aqi::Settings::of(&h.config, &h.fleet),
+                exceedances: crate::exceedance::Settings::of(&h.config, &h.fleet),
                 crash_after: None,
             };
             let topic = h.bus.topics().readings.clone();

@@ -2,6 +2,7 @@
 //! broker (tansu) and ClickHouse. `scripts/test.sh` starts the shared services first.
 
 mod access;
+mod aqi;
 mod bus;
 mod harness;
 mod onboarding;
@@ -286,5 +287,67 @@ fn decode_shows_what_ingest_makes_of_a_payload() {
     let event: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
     assert_eq!(event["event_id"], "CAM-1-7");
     assert!(event["plate_pseudonym"].as_str().unwrap().starts_with("p_"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `ioc aqi` recomputes the decision's worked example from a CSV of hourly means, hourly and
+/// daily, and names the line of a malformed row with a non-zero exit.
+#[test]
+fn aqi_recomputes_the_decisions_examples_from_a_csv() {
+    let dir = std::env::temp_dir().join(format!("ioc-aqi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The decision's 12 PM2.5 hourly means (oldest first), the last hour with O3 136.1.
+    let means = [
+        26.9, 24.7, 20.5, 23.5, 19.5, 16.5, 19.0, 16.5, 20.3, 22.4, 19.6, 20.6,
+    ];
+    let mut csv = String::from("station_id,time,pm25,pm10,o3,no2,so2,co\n");
+    for (i, m) in means.iter().enumerate() {
+        let o3 = if i == 11 { "136.1" } else { "" };
+        csv.push_str(&format!(
+            "DL-01,2026-03-01T{:02}:00:00+07:00,{m},,{o3},,,\n",
+            i + 1
+        ));
+    }
+    let file = dir.join("hours.csv");
+    std::fs::write(&file, &csv).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ioc"))
+            .arg("aqi")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--input", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 12);
+    assert_eq!(
+        lines[11],
+        serde_json::json!({"station_id": "DL-01", "time": "2026-03-01T12:00:00+07:00",
+            "aqi": 43, "dominant": "o3", "nowcast_pm25": 20.3, "nowcast_pm10": null})
+    );
+    // The first hour alone has no NowCast (fewer than 2 of the latest 3 hours): no AQI.
+    assert_eq!(lines[0]["aqi"], serde_json::Value::Null);
+
+    let out = run(&["--input", file.to_str().unwrap(), "--daily"]);
+    assert_eq!(out.status.code(), Some(0));
+    let day: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // PM2.5's day mean 20.8 gives 42; O3's highest hour 136.1 gives 43.
+    assert_eq!(
+        day,
+        serde_json::json!({"station_id": "DL-01", "date": "2026-03-01", "aqi": 43,
+            "dominant": "o3", "valid_hours": 12})
+    );
+
+    csv.push_str("DL-01,2026-03-01T13:00:00+07:00,abc,,,,,\n");
+    std::fs::write(&file, &csv).unwrap();
+    let out = run(&["--input", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 14: pm25 \"abc\" is not a number"), "{stderr}");
+    assert!(out.stdout.is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -574,7 +574,8 @@ async fn a_stream_offsets_table_from_an_older_release_gains_the_limiter_column()
 }
 
 /// A day of backdated readings rolls up to 5 minutes, hours and the local day, equal to what the
-/// raw rows give; a late reading revises its minute, five minutes, hour and day.
+/// raw rows give; a late reading revises its minute, five minutes, hour and day. Then its
+/// VN_AQI, revised by a late half-hour (`aqi.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backdated_day_rolls_up_and_a_late_reading_revises_every_resolution() -> Result<()> {
     let env = Env::new("rollups", "")?;
@@ -591,6 +592,11 @@ async fn a_backdated_day_rolls_up_and_a_late_reading_revises_every_resolution() 
         token: TOKEN.into(),
         logs: &env.dir,
     };
-    crate::rollups::a_backdated_day_rolls_up_and_a_late_reading_revises_it(&api, &mqtt, "aq-day")
-        .await
+    let day =
+        crate::rollups::a_backdated_day_rolls_up_and_a_late_reading_revises_it(&api, &mqtt, "aq-day")
+            .await?;
+    crate::aqi::the_backdated_day_gets_its_aqi_and_a_late_half_hour_revises_it(
+        &api, &mqtt, "aq-day", day,
+    )
+    .await
 }

@@ -24,7 +24,7 @@ pub(crate) struct Api<'a> {
 }
 
 impl Api<'_> {
-    async fn get(&self, path: &str) -> Result<serde_json::Value> {
+    pub(crate) async fn get(&self, path: &str) -> Result<serde_json::Value> {
         crate::harness::get_json(self.http, &format!("{}{path}", self.base), &self.token).await
     }
 }
@@ -182,12 +182,13 @@ async fn settled(
 
 /// Publishes a backdated local day for `device` (PM2.5 once a minute; 03:00–06:00 missing,
 /// 07:00–08:00 every other minute), checks every resolution against the readings, then sends
-/// one late reading and checks it revised its minute, five minutes, hour and day.
+/// one late reading and checks it revised its minute, five minutes, hour and day. Returns the
+/// day's start.
 pub(crate) async fn a_backdated_day_rolls_up_and_a_late_reading_revises_it(
     api: &Api<'_>,
     mqtt: &rumqttc::AsyncClient,
     device: &str,
-) -> Result<()> {
+) -> Result<i64> {
     let now = ioc_contract::time::now_ms();
     let day = Resolution::Day.start(now, ICT) - 2 * 86_400_000;
     let topic = format!("ioc/v1/devices/{device}/telemetry");
@@ -244,5 +245,5 @@ pub(crate) async fn a_backdated_day_rolls_up_and_a_late_reading_revises_it(
             }
         }
     }
-    Ok(())
+    Ok(day)
 }

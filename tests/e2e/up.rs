@@ -1102,7 +1102,8 @@ fn up_names_a_busy_port_and_the_flag_to_change_it_and_creates_nothing() {
     }
 }
 
-/// Roll-ups on `ioc up`, as on the distributed pipeline (`rollups.rs`).
+/// Roll-ups and the VN_AQI on `ioc up`, as on the distributed pipeline (`rollups.rs`,
+/// `aqi.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn up_rolls_up_a_backdated_day_and_revises_it_for_a_late_reading() -> Result<()> {
     let mut up = Up::new("rollups")?;
@@ -1126,9 +1127,16 @@ async fn up_rolls_up_a_backdated_day_and_revises_it_for_a_late_reading() -> Resu
         token: up.token.clone(),
         logs: &up.dir,
     };
-    let checked = crate::rollups::a_backdated_day_rolls_up_and_a_late_reading_revises_it(
-        &api, &client, "aq-day",
-    )
+    let checked = async {
+        let day = crate::rollups::a_backdated_day_rolls_up_and_a_late_reading_revises_it(
+            &api, &client, "aq-day",
+        )
+        .await?;
+        crate::aqi::the_backdated_day_gets_its_aqi_and_a_late_half_hour_revises_it(
+            &api, &client, "aq-day", day,
+        )
+        .await
+    }
     .await;
     poll.abort();
     stop_cleanly(&mut proc);
