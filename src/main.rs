@@ -690,6 +690,7 @@ async fn run(command: Command, config: Config) -> Result<()> {
                 listener,
                 api,
                 config.ingest.clone(),
+                config.regulation.clone(),
                 connections,
                 accounts,
                 bus,

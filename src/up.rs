@@ -298,6 +298,7 @@ pub async fn run(
     };
     let api_stop = CancellationToken::new();
     let api_task = {
+        let regulation = config.regulation.clone();
         let (ingest, bus, registry, history, prometheus, stop) = (
             config.ingest.clone(),
             bus.clone(),
@@ -311,6 +312,7 @@ pub async fn run(
                 http,
                 api,
                 ingest,
+                regulation,
                 logins,
                 ioc_dashboard_api::accounts::Accounts::Registry,
                 bus,

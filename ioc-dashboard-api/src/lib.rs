@@ -92,6 +92,8 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     /// Ingest's configuration, for replaying dead letters through the same path.
     pub ingest: Arc<IngestConfig>,
+    /// The limits stations are held to: which regulations a station may name.
+    pub regulation: Arc<ioc_config::RegulationConfig>,
     /// Held while a replay runs.
     pub replaying: Arc<tokio::sync::Mutex<()>>,
     pub bus: Bus,
@@ -112,6 +114,7 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     config: ApiConfig,
     ingest: IngestConfig,
+    regulation: ioc_config::RegulationConfig,
     connections: connections::ConnectionLog,
     accounts: accounts::Accounts,
     bus: Bus,
@@ -133,6 +136,7 @@ pub async fn run(
     let state = AppState {
         config: Arc::new(config),
         ingest: Arc::new(ingest),
+        regulation: Arc::new(regulation),
         replaying: Arc::default(),
         producer: bus.producer(std::time::Duration::from_millis(1))?,
         bus,

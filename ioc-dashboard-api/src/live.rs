@@ -15,8 +15,8 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::routes::{ApiAggregate, ApiAlert, ApiAqi, ApiReading};
-use ioc_history::AqiRow;
+use crate::routes::{ApiAggregate, ApiAlert, ApiAqi, ApiExceedance, ApiReading};
+use ioc_history::{AqiRow, ExceedanceRow};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -28,6 +28,8 @@ pub enum StreamName {
     Device,
     /// Hourly and daily VN_AQI of air-quality stations.
     Aqi,
+    /// QCVN exceedances and their withdrawals.
+    Exceedances,
 }
 
 impl StreamName {
@@ -287,6 +289,7 @@ pub fn tail(
             &topics.aggregates,
             &topics.alerts,
             &topics.aqi,
+            &topics.exceedances,
             &topics.deadletter,
             &topics.quarantine,
             &topics.tap,
@@ -321,6 +324,14 @@ pub fn tail(
             } else if topic == topics.aqi {
                 if let Ok(a) = serde_json::from_slice::<AqiRow>(&payload) {
                     hub.publish(LiveMessage::aqi(&a));
+                }
+            } else if topic == topics.exceedances {
+                if let Ok(e) = serde_json::from_slice::<ExceedanceRow>(&payload) {
+                    hub.publish(LiveMessage::new(
+                        StreamName::Exceedances,
+                        &e.device_id,
+                        &ApiExceedance::from(&e),
+                    ));
                 }
             } else if topic == topics.alerts {
                 if let Ok(a) = serde_json::from_slice::<Alert>(&payload) {

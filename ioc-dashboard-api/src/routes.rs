@@ -18,7 +18,7 @@ use ioc_contract::{
     DeviceCredentials, DeviceStatus, Grade, Qcvn40Column, Reading, RegistryEvent, Resolution, DEVICE_KINDS,
     EXTERNAL_ID_KINDS, FORMAT_NAMES,
 };
-use ioc_history::{AggregateRow, AlertRow, AqiRow, HistoryFilter, ReadingRow};
+use ioc_history::{AggregateRow, AlertRow, AqiRow, ExceedanceRow, HistoryFilter, ReadingRow};
 use serde::Serialize;
 use serde_json::json;
 
@@ -50,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/aggregates", get(aggregates))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/aqi", get(aqi))
+        .route("/api/v1/exceedances", get(exceedances))
         .route("/api/v1/ws", get(websocket))
         .route(
             "/api/v1/tokens",
@@ -578,9 +579,9 @@ fn same_registration(a: &Device, b: &Device) -> bool {
     )
 }
 
-/// The regulations a wastewater station may be held to: those with limits.
-fn regulations(_state: &AppState) -> Vec<&'static str> {
-    vec![ioc_contract::DEFAULT_WASTEWATER_REGULATION]
+/// The regulations a wastewater station may be held to: those with limits in `[regulation]`.
+fn regulations(state: &AppState) -> Vec<&str> {
+    state.regulation.wastewater_names()
 }
 
 async fn register_device(
@@ -839,6 +840,55 @@ impl From<&AqiRow> for ApiAqi {
     }
 }
 
+/// A QCVN exceedance, as `/api/v1/exceedances` and the `exceedances` stream give it.
+#[derive(Debug, Serialize)]
+pub struct ApiExceedance {
+    pub device_id: String,
+    pub channel: String,
+    pub metric: String,
+    pub regulation: String,
+    /// The averaging period: `1h`, `8h` or `24h`.
+    pub period: String,
+    pub window_start: String,
+    pub window_end: String,
+    /// The measured mean over the period.
+    pub value: f64,
+    pub unit: String,
+    /// `{"max": 150}`, or for pH `{"low": 5.5, "high": 9}`.
+    pub limit: serde_json::Value,
+    /// value ÷ limit (for pH, how far outside its band), to 2 decimals.
+    pub multiple: f64,
+    pub grade: String,
+    /// `exceeded`, or `withdrawn` when a revision brought the mean within the limit.
+    pub status: String,
+    pub version: u64,
+}
+
+impl From<&ExceedanceRow> for ApiExceedance {
+    fn from(e: &ExceedanceRow) -> Self {
+        let limit = match (e.limit_low, e.limit_high) {
+            (Some(low), Some(high)) => json!({"low": low, "high": high}),
+            (_, high) => json!({ "max": high }),
+        };
+        ApiExceedance {
+            device_id: e.device_id.clone(),
+            channel: e.channel.clone(),
+            metric: e.metric.clone(),
+            regulation: e.regulation.clone(),
+            period: e.period.clone(),
+            window_start: format_ms(e.window_start),
+            window_end: format_ms(e.window_end),
+            value: (e.value * 1000.0).round() / 1000.0,
+            unit: e.unit.clone(),
+            limit,
+            multiple: (e.multiple * 100.0).round() / 100.0,
+            grade: e.grade.clone(),
+            status: e.status.clone(),
+            version: e.version,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct ApiAlert {
     pub alert_id: String,
@@ -1023,6 +1073,21 @@ async fn aqi(
         .map_err(history_unavailable)?;
     let aqi: Vec<ApiAqi> = rows.iter().map(ApiAqi::from).collect();
     Ok(Json(json!({ "aqi": aqi })))
+}
+
+/// `GET /api/v1/exceedances?device_id=&regulation=&from=&to=`: QCVN exceedances (and their
+/// withdrawals) whose period starts in the range.
+async fn exceedances(
+    State(state): State<AppState>,
+    HistoryRequest(filter): HistoryRequest,
+) -> ApiResult<Json<serde_json::Value>> {
+    let rows = state
+        .history
+        .query::<ExceedanceRow>(&filter)
+        .await
+        .map_err(history_unavailable)?;
+    let exceedances: Vec<ApiExceedance> = rows.iter().map(ApiExceedance::from).collect();
+    Ok(Json(json!({ "exceedances": exceedances })))
 }
 
 async fn alerts(

@@ -25,6 +25,8 @@ const ICT: i64 = 7 * 3_600_000;
 const DAY0: i64 = 1_795_539_600_000;
 const LATENESS_MS: i64 = 10_000;
 const IDLE_MS: i64 = 60_000;
+/// ww-1's outlet COD limit in these tests (QCVN 40's column B is 150).
+const COD_LIMIT: f64 = 110.0;
 
 /// A seeded generator (xorshift), so failures repeat; the crate's tests share it.
 pub(crate) struct Rng(pub(crate) u64);
@@ -202,9 +204,19 @@ impl Harness {
                 },
             });
         }
-        let mut config = ioc_config::load_str(None, []).unwrap().stream;
+        let loaded = ioc_config::load_str(None, []).unwrap();
+        let mut config = loaded.stream;
         config.allowed_lateness = Duration::from_millis(LATENESS_MS as u64);
         config.idle_timeout = Duration::from_millis(IDLE_MS as u64);
+        // The random data's gaps leave few whole days, and its COD hovers around 100 mg/L: a
+        // shorter day and a tighter COD limit (limits are data) give it exceedances to judge.
+        config.min_day_hours_qcvn = 4;
+        let mut limits = loaded.regulation;
+        for l in &mut limits.wastewater[0].limits {
+            if l.metric == "cod" {
+                l.b = ioc_regulation::qcvn::Limit::Max(COD_LIMIT);
+            }
+        }
         Harness {
             bus: Bus::Embedded { log, topics },
             history: History::Embedded(EmbeddedHistory::open(&dir.join("history")).unwrap()),
@@ -215,7 +227,7 @@ impl Harness {
                 },
                 registry,
                 utc_offset_ms: ICT,
-                limits: Arc::new(ioc_config::load_str(None, []).unwrap().regulation),
+                limits: Arc::new(limits),
             },
             metrics: StreamMetrics::register(&prometheus::Registry::new()).unwrap(),
             shutdown,
@@ -395,9 +407,99 @@ async fn every_window_at_every_resolution_equals_a_recomputation_after_random_cr
         }
 
         aqi_equals_ioc_aqi_over_the_recomputed_hours(&h, &raw, &expected_interval, seed).await;
+        exceedances_equal_the_limits_over_the_recomputed_hours(&h, &raw, &expected_interval, seed)
+            .await;
         h.shutdown.cancel();
     }
     assert!(total_crashes > 100, "only {total_crashes} crashes");
+}
+
+/// The exceedances stored as `exceeded` are exactly the means over the recomputed hourly windows
+/// beyond the harness's COD limit (ww-1's outlet, [`COD_LIMIT`]) and QCVN 05 (aq-1's PM2.5 day over
+/// 45 µg/m³ from 2026, NO2 hour over 200 and day over 100), each with its mean; whatever else
+/// was published is withdrawn.
+async fn exceedances_equal_the_limits_over_the_recomputed_hours(
+    h: &Harness,
+    raw: &[Reading],
+    expected_interval: &HashMap<&str, f64>,
+    seed: u64,
+) {
+    let hours = recompute(raw, Resolution::Hour, expected_interval);
+    let valid = |capture: &Option<f64>| capture.is_none_or(|c| c >= h.config.min_hour_capture);
+    let mut want: BTreeMap<(String, String, String, i64), f64> = BTreeMap::new();
+    let mut days: BTreeMap<(String, i64), Vec<f64>> = BTreeMap::new();
+    for ((device, channel, metric, start), (count, sum, _, _, capture)) in &hours {
+        if !valid(capture) {
+            continue;
+        }
+        let mean = sum / *count as f64;
+        match (device.as_str(), metric.as_str()) {
+            ("ww-1", "cod") if mean > COD_LIMIT => {
+                want.insert((channel.clone(), metric.clone(), "1h".into(), *start), mean);
+            }
+            ("aq-1", "no2") if mean > 200.0 => {
+                want.insert((channel.clone(), metric.clone(), "1h".into(), *start), mean);
+            }
+            _ => {}
+        }
+        if device == "aq-1" {
+            days.entry((metric.clone(), Resolution::Day.start(*start, ICT)))
+                .or_default()
+                .push(mean);
+        }
+    }
+    for ((metric, day), means) in days {
+        let limit = match metric.as_str() {
+            "pm25" => 45.0,
+            "no2" => 100.0,
+            _ => continue,
+        };
+        let mean = means.iter().sum::<f64>() / means.len() as f64;
+        if means.len() >= h.config.min_day_hours_qcvn && mean > limit {
+            want.insert((String::new(), metric, "24h".into(), day), mean);
+        }
+    }
+    let stored = h
+        .history
+        .query::<ExceedanceRow>(&HistoryFilter {
+            from: 0,
+            to: i64::MAX,
+            limit: usize::MAX,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let got: BTreeMap<(String, String, String, i64), f64> = stored
+        .iter()
+        .filter(|e| e.status == "exceeded")
+        .map(|e| {
+            (
+                (e.channel.clone(), e.metric.clone(), e.period.clone(), e.window_start),
+                e.value,
+            )
+        })
+        .collect();
+    assert!(
+        want.keys().any(|k| k.2 == "1h") && want.keys().any(|k| k.2 == "24h"),
+        "seed {seed}: the data exceeds hourly and daily limits: {want:?}"
+    );
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "seed {seed}: the exceedances are the means beyond their limits"
+    );
+    for (k, v) in &want {
+        assert!((got[k] - v).abs() <= 1e-9 * v, "seed {seed}: {k:?} {} vs {v}", got[k]);
+    }
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for record in h.bus.read_all(&h.bus.topics().exceedances).await.unwrap() {
+        let e: ExceedanceRow = serde_json::from_slice(&record.payload).unwrap();
+        let key = format!("{:?}", (&e.device_id, &e.metric, &e.period, e.window_start, e.version));
+        let content = format!("{e:?}");
+        if let Some(before) = seen.insert(key, content.clone()) {
+            assert_eq!(before, content, "seed {seed}: one exceedance, one version, two contents");
+        }
+    }
 }
 
 /// The stored hourly and daily AQI equal what `ioc aqi` gives for a CSV of the hourly means

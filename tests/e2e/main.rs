@@ -4,6 +4,7 @@
 mod access;
 mod aqi;
 mod bus;
+mod exceedances;
 mod harness;
 mod onboarding;
 mod pipeline;

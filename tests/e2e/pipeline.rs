@@ -575,7 +575,8 @@ async fn a_stream_offsets_table_from_an_older_release_gains_the_limiter_column()
 
 /// A day of backdated readings rolls up to 5 minutes, hours and the local day, equal to what the
 /// raw rows give; a late reading revises its minute, five minutes, hour and day. Then its
-/// VN_AQI, revised by a late half-hour (`aqi.rs`).
+/// VN_AQI, revised by a late half-hour (`aqi.rs`), and a wastewater station's QCVN 40
+/// exceedances, one withdrawn by a late hour (`exceedances.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backdated_day_rolls_up_and_a_late_reading_revises_every_resolution() -> Result<()> {
     let env = Env::new("rollups", "")?;
@@ -584,6 +585,7 @@ async fn a_backdated_day_rolls_up_and_a_late_reading_revises_every_resolution() 
     let (_api, _stream, _ingest) = start_pipeline(&env).await?;
     env.wait_ingest_subscribed().await?;
     env.register("aq-day", "air_quality").await?;
+    env.register("ww-day", "wastewater").await?;
     env.wait_ingest_knows_registered().await?;
     let (mqtt, _poll) = env.mqtt_client("test-rollups");
     let api = crate::rollups::Api {
@@ -597,6 +599,10 @@ async fn a_backdated_day_rolls_up_and_a_late_reading_revises_every_resolution() 
             .await?;
     crate::aqi::the_backdated_day_gets_its_aqi_and_a_late_half_hour_revises_it(
         &api, &mqtt, "aq-day", day,
+    )
+    .await?;
+    crate::exceedances::a_wastewater_day_exceeds_qcvn_40_and_a_late_hour_withdraws_it(
+        &api, &mqtt, "ww-day",
     )
     .await
 }

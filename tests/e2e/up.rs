@@ -119,14 +119,12 @@ impl Up {
     }
 
     async fn register(&self, device_id: &str) -> Result<()> {
-        let shown = register_device(
-            &self.http,
-            &self.url(""),
-            &self.token,
-            device_id,
-            "air_quality",
-        )
-        .await?;
+        self.register_kind(device_id, "air_quality").await
+    }
+
+    async fn register_kind(&self, device_id: &str, kind: &str) -> Result<()> {
+        let shown =
+            register_device(&self.http, &self.url(""), &self.token, device_id, kind).await?;
         self.remember(device_id, &shown["mqtt"]);
         Ok(())
     }
@@ -1102,8 +1100,8 @@ fn up_names_a_busy_port_and_the_flag_to_change_it_and_creates_nothing() {
     }
 }
 
-/// Roll-ups and the VN_AQI on `ioc up`, as on the distributed pipeline (`rollups.rs`,
-/// `aqi.rs`).
+/// Roll-ups, the VN_AQI and QCVN 40 exceedances on `ioc up`, as on the distributed pipeline
+/// (`rollups.rs`, `aqi.rs`, `exceedances.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn up_rolls_up_a_backdated_day_and_revises_it_for_a_late_reading() -> Result<()> {
     let mut up = Up::new("rollups")?;
@@ -1113,14 +1111,19 @@ async fn up_rolls_up_a_backdated_day_and_revises_it_for_a_late_reading() -> Resu
     ];
     let (mut proc, _) = up.start(&[], &env).await?;
     up.register("aq-day").await?;
-    let (client, mut eventloop) = up.mqtt("aq-day");
-    let poll = tokio::spawn(async move {
-        loop {
-            if eventloop.poll().await.is_err() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+    up.register_kind("ww-day", "wastewater").await?;
+    let poll = |mut eventloop: rumqttc::EventLoop| {
+        tokio::spawn(async move {
+            loop {
+                if eventloop.poll().await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             }
-        }
-    });
+        })
+    };
+    let (client, eventloop) = up.mqtt("aq-day");
+    let (station, station_events) = up.mqtt("ww-day");
+    let polls = [poll(eventloop), poll(station_events)];
     let api = crate::rollups::Api {
         http: &up.http,
         base: up.url(""),
@@ -1135,10 +1138,16 @@ async fn up_rolls_up_a_backdated_day_and_revises_it_for_a_late_reading() -> Resu
         crate::aqi::the_backdated_day_gets_its_aqi_and_a_late_half_hour_revises_it(
             &api, &client, "aq-day", day,
         )
+        .await?;
+        crate::exceedances::a_wastewater_day_exceeds_qcvn_40_and_a_late_hour_withdraws_it(
+            &api, &station, "ww-day",
+        )
         .await
     }
     .await;
-    poll.abort();
+    for p in polls {
+        p.abort();
+    }
     stop_cleanly(&mut proc);
     checked?;
     let _ = std::fs::remove_dir_all(&up.dir);

@@ -1,0 +1,133 @@
+//! QCVN 40 exceedances end to end, the same check on both modes: a wastewater station publishes
+//! a backdated day over MQTT (COD and pH on its outlet once a minute; COD 200 mg/L through
+//! 09:00–10:00, pH 9.5 through 14:00–15:00; its inlet at 900 mg/L, which is not judged). The API
+//! gives exactly the two exceedances QCVN 40:2011 column B gives; then a late hour of low COD
+//! brings 09:00's mean to 125, and that exceedance is re-emitted as withdrawn with a higher
+//! version, the pH one untouched.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ioc_contract::Resolution;
+use rumqttc::QoS;
+
+use crate::harness::eventually;
+use crate::rollups::Api;
+
+const ICT: i64 = 7 * 3_600_000;
+const HOUR: i64 = 3_600_000;
+
+#[derive(Debug, Clone, PartialEq)]
+struct Exceedance {
+    metric: String,
+    period: String,
+    start: i64,
+    value: f64,
+    multiple: f64,
+    limit: serde_json::Value,
+    status: String,
+    version: u64,
+}
+
+async fn stored(api: &Api<'_>, device: &str, day: i64) -> Result<Vec<Exceedance>> {
+    let to = day + 24 * HOUR;
+    let body = api
+        .get(&format!(
+            "/api/v1/exceedances?device_id={device}&regulation=QCVN%2040:2011/BTNMT&from={day}&to={to}"
+        ))
+        .await?;
+    let mut out = Vec::new();
+    for e in body["exceedances"].as_array().context("exceedances")? {
+        anyhow::ensure!(
+            e["channel"] == "outlet" && e["grade"] == "reference" && e["unit"].is_string(),
+            "{e}"
+        );
+        out.push(Exceedance {
+            metric: e["metric"].as_str().context("metric")?.into(),
+            period: e["period"].as_str().context("period")?.into(),
+            start: ioc_contract::time::parse_rfc3339_ms(e["window_start"].as_str().context("start")?)
+                .context("window_start")?,
+            value: e["value"].as_f64().context("value")?,
+            multiple: e["multiple"].as_f64().context("multiple")?,
+            limit: e["limit"].clone(),
+            status: e["status"].as_str().context("status")?.into(),
+            version: e["version"].as_u64().context("version")?,
+        });
+    }
+    out.sort_by(|a, b| (&a.metric, a.start).cmp(&(&b.metric, b.start)));
+    Ok(out)
+}
+
+/// Publishes the day, checks its exceedances, then withdraws one with a late hour.
+pub(crate) async fn a_wastewater_day_exceeds_qcvn_40_and_a_late_hour_withdraws_it(
+    api: &Api<'_>,
+    mqtt: &rumqttc::AsyncClient,
+    device: &str,
+) -> Result<()> {
+    let day = Resolution::Day.start(ioc_contract::time::now_ms(), ICT) - 2 * 86_400_000;
+    let topic = format!("ioc/v1/devices/{device}/telemetry");
+    for minute in 0..1440i64 {
+        let hour = minute / 60;
+        let ts = day + minute * 60_000 + 10_000;
+        let cod = if hour == 9 { 200.0 } else { 100.0 };
+        let ph = if hour == 14 { 9.5 } else { 7.2 };
+        let body = format!(
+            r#"{{"ts":{ts},"channel":"outlet","values":{{"cod":{cod},"ph":{ph}}}}}"#
+        );
+        mqtt.publish(&topic, QoS::AtLeastOnce, false, body).await?;
+        if hour == 9 {
+            let body = format!(r#"{{"ts":{ts},"channel":"inlet","values":{{"cod":900}}}}"#);
+            mqtt.publish(&topic, QoS::AtLeastOnce, false, body).await?;
+        }
+    }
+    let nine = day + 9 * HOUR;
+    let before = eventually(
+        "the day's QCVN 40 exceedances",
+        Duration::from_secs(120),
+        api.logs,
+        || async {
+            let got = stored(api, device, day).await?;
+            let brief: Vec<(&str, &str, i64, &str)> = got
+                .iter()
+                .map(|e| (e.metric.as_str(), e.period.as_str(), e.start, e.status.as_str()))
+                .collect();
+            let want = vec![
+                ("cod", "1h", nine, "exceeded"),
+                ("ph", "1h", day + 14 * HOUR, "exceeded"),
+            ];
+            Ok((brief == want).then_some(got))
+        },
+    )
+    .await?;
+    assert_eq!(
+        (before[0].value, before[0].multiple, &before[0].limit),
+        (200.0, 1.33, &serde_json::json!({"max": 150.0})),
+        "COD against column B's 150 × Kq 1 × Kf 1"
+    );
+    assert_eq!(
+        (before[1].value, before[1].multiple, &before[1].limit),
+        (9.5, 0.5, &serde_json::json!({"low": 5.5, "high": 9.0})),
+        "pH against its band"
+    );
+
+    // An hour of late COD readings between the others: 09:00's mean becomes 125.
+    for minute in 9 * 60..10 * 60i64 {
+        let ts = day + minute * 60_000 + 40_000;
+        let body = format!(r#"{{"ts":{ts},"channel":"outlet","values":{{"cod":50}}}}"#);
+        mqtt.publish(&topic, QoS::AtLeastOnce, false, body).await?;
+    }
+    let after = eventually(
+        "09:00's COD exceedance withdrawn",
+        Duration::from_secs(120),
+        api.logs,
+        || async {
+            let got = stored(api, device, day).await?;
+            Ok((got.len() == 2 && got[0].status == "withdrawn").then_some(got))
+        },
+    )
+    .await?;
+    assert_eq!(after[0].value, 125.0, "the revised mean");
+    assert!(after[0].version > before[0].version, "re-emitted with a higher version");
+    assert_eq!(after[1], before[1], "the pH exceedance is as it was");
+    Ok(())
+}
