@@ -690,7 +690,7 @@ async fn run(command: Command, config: Config) -> Result<()> {
                 listener,
                 api,
                 config.ingest.clone(),
-                config.regulation.clone(),
+                ioc_dashboard_api::Regulatory::of(&config),
                 connections,
                 accounts,
                 bus,

@@ -298,7 +298,7 @@ pub async fn run(
     };
     let api_stop = CancellationToken::new();
     let api_task = {
-        let regulation = config.regulation.clone();
+        let regulation = ioc_dashboard_api::Regulatory::of(&config);
         let (ingest, bus, registry, history, prometheus, stop) = (
             config.ingest.clone(),
             bus.clone(),

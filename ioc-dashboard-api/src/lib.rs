@@ -92,8 +92,8 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     /// Ingest's configuration, for replaying dead letters through the same path.
     pub ingest: Arc<IngestConfig>,
-    /// The limits stations are held to: which regulations a station may name.
-    pub regulation: Arc<ioc_config::RegulationConfig>,
+    /// The limits stations are held to, and what makes an hour count.
+    pub regulation: Arc<Regulatory>,
     /// Held while a replay runs.
     pub replaying: Arc<tokio::sync::Mutex<()>>,
     pub bus: Bus,
@@ -108,13 +108,30 @@ pub struct AppState {
     pub prometheus: Registry,
 }
 
+/// What the API judges regulatory figures by: `[regulation]` and `stream.min_hour_capture`, as
+/// the stream does.
+#[derive(Debug, Clone)]
+pub struct Regulatory {
+    pub limits: ioc_config::RegulationConfig,
+    pub min_hour_capture: f64,
+}
+
+impl Regulatory {
+    pub fn of(config: &ioc_config::Config) -> Regulatory {
+        Regulatory {
+            limits: config.regulation.clone(),
+            min_hour_capture: config.stream.min_hour_capture,
+        }
+    }
+}
+
 /// Serves the API on `listener` until `shutdown`. The caller has bound the listener (so it can
 /// report a busy port clearly) and started the registry follower.
 pub async fn run(
     listener: tokio::net::TcpListener,
     config: ApiConfig,
     ingest: IngestConfig,
-    regulation: ioc_config::RegulationConfig,
+    regulation: Regulatory,
     connections: connections::ConnectionLog,
     accounts: accounts::Accounts,
     bus: Bus,

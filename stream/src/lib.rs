@@ -281,6 +281,7 @@ pub async fn run(
         shutdown: &shutdown,
         fleet: &fleet,
         rollups: true,
+        regulatory: true,
         aqi: aqi::Settings::of(config, &fleet),
         exceedances: exceedance::Settings::of(config, &fleet),
         #[cfg(test)]
@@ -518,6 +519,8 @@ pub(crate) struct Step<'a> {
     pub(crate) fleet: &'a Fleet,
     /// Whether coarser windows are derived (off only to measure what they cost).
     rollups: bool,
+    /// Whether the AQI and exceedances are derived (likewise).
+    regulatory: bool,
     pub(crate) aqi: aqi::Settings,
     pub(crate) exceedances: exceedance::Settings,
     /// Tests end the step at the Nth store read or write, as a SIGKILL would.
@@ -625,9 +628,13 @@ impl Step<'_> {
         else {
             return false;
         };
-        let Some((aqi, exceedances)) = self.regulatory(&aggregates, &mut ops.versions).await
-        else {
-            return false;
+        let (aqi, exceedances) = if self.regulatory {
+            match self.derive_regulatory(&aggregates, &mut ops.versions).await {
+                Some(derived) => derived,
+                None => return false,
+            }
+        } else {
+            Default::default()
         };
         let alert_rows: Vec<AlertRow> = alerts.iter().map(AlertRow::from).collect();
         if !alerts.is_empty()
@@ -885,7 +892,7 @@ impl Step<'_> {
     /// The AQI and exceedance operators (`aqi.rs`, `exceedance.rs`): derive and store what the
     /// stored hourly windows make due, from one read of each due station's hourly windows.
     /// `None` on shutdown mid-way.
-    async fn regulatory(
+    async fn derive_regulatory(
         &self,
         stored: &[Aggregate],
         versions: &mut VersionClock,

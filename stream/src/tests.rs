@@ -264,6 +264,7 @@ impl Harness {
                 shutdown: &self.shutdown,
                 fleet: &self.fleet,
                 rollups: true,
+                regulatory: true,
                 aqi: crate::aqi::Settings::of(&self.config, &self.fleet),
                 exceedances: crate::exceedance::Settings::of(&self.config, &self.fleet),
                 crash_after: Some(budget),
@@ -595,17 +596,20 @@ async fn aqi_equals_ioc_aqi_over_the_recomputed_hours(
     assert!(!seen.is_empty());
 }
 
-/// Readings per second through the readings loop (embedded store, one thread), with the
-/// roll-ups on and with 1-minute windows only, alternating in one run: README, "Measured".
-/// `cargo test --release --workspace -- --ignored --nocapture readings_per_second`
+/// Readings per second through the readings loop (embedded store, one thread): 1-minute
+/// windows only, with the roll-ups, and with the roll-ups, VN_AQI and exceedances, alternating
+/// in one run; and what the AQI and exceedance operators cost per station-hour: README,
+/// "Measured". `cargo test --release --workspace -- --ignored --nocapture readings_per_second`
 #[tokio::test]
 #[ignore]
 async fn readings_per_second_with_and_without_rollups() {
-    // 100 stations, 3 metrics every 10 s of event time, for 3 hours: 324 000 readings a round.
+    // 100 air stations, 3 AQI pollutants every 10 s of event time, for 3 hours: 324 000
+    // readings and 300 station-hours a round.
     let ids: Vec<String> = (0..100).map(|i| format!("aq-{i:03}")).collect();
     let devices: Vec<(&str, f64)> = ids.iter().map(|d| (d.as_str(), 10.0)).collect();
+    let hours = 3;
     let mut messages = Vec::new();
-    for step in 0..3 * 360 {
+    for step in 0..hours * 360 {
         let ts = DAY0 + step * 10_000;
         for d in &ids {
             messages.push(ReadingBatch {
@@ -618,10 +622,16 @@ async fn readings_per_second_with_and_without_rollups() {
         }
     }
     let readings: usize = messages.iter().map(|m| m.readings.len()).sum();
-    let mut results: Vec<(bool, f64)> = Vec::new();
+    let station_hours = (ids.len() as i64 * hours) as f64;
+    const MODES: [(&str, bool, bool); 3] = [
+        ("1-minute only", false, false),
+        ("roll-ups", true, false),
+        ("roll-ups, AQI, exceedances", true, true),
+    ];
+    let mut results: Vec<(usize, f64)> = Vec::new();
     for round in 0..3 {
-        for rollups in [false, true] {
-            let h = Harness::with_devices(&format!("bench-{round}-{rollups}"), &devices);
+        for (mode, (name, rollups, regulatory)) in MODES.iter().enumerate() {
+            let h = Harness::with_devices(&format!("bench-{round}-{mode}"), &devices);
             let producer = h.bus.producer(Duration::from_millis(1)).unwrap();
             let step = Step {
                 bus: &h.bus,
@@ -630,7 +640,8 @@ async fn readings_per_second_with_and_without_rollups() {
                 metrics: &h.metrics,
                 shutdown: &h.shutdown,
                 fleet: &h.fleet,
-                rollups,
+                rollups: *rollups,
+                regulatory: *regulatory,
                 aqi: crate::aqi::Settings::of(&h.config, &h.fleet),
                 exceedances: crate::exceedance::Settings::of(&h.config, &h.fleet),
                 crash_after: None,
@@ -656,24 +667,24 @@ async fn readings_per_second_with_and_without_rollups() {
                 }
             }
             let seconds = started.elapsed().as_secs_f64();
-            println!(
-                "round {round}, roll-ups {}: {:.0} readings/s",
-                if rollups { "on " } else { "off" },
-                readings as f64 / seconds
-            );
-            results.push((rollups, readings as f64 / seconds));
+            println!("round {round}, {name}: {:.0} readings/s", readings as f64 / seconds);
+            results.push((mode, seconds));
             h.shutdown.cancel();
         }
     }
-    let median = |on: bool| {
-        let mut v: Vec<f64> = results.iter().filter(|r| r.0 == on).map(|r| r.1).collect();
+    let median = |mode: usize| {
+        let mut v: Vec<f64> = results.iter().filter(|r| r.0 == mode).map(|r| r.1).collect();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
+    let rate = |mode: usize| readings as f64 / median(mode);
     println!(
-        "median: 1-minute only {:.0} readings/s, with roll-ups {:.0} readings/s: roll-ups cost {:.1} % per reading",
-        median(false),
-        median(true),
-        (median(false) / median(true) - 1.0) * 100.0
+        "median: 1-minute only {:.0} readings/s, with roll-ups {:.0} (+{:.1} % per reading), with roll-ups, AQI and exceedances {:.0} (+{:.1} %); the AQI and exceedance operators {:.2} ms per station-hour",
+        rate(0),
+        rate(1),
+        (median(1) / median(0) - 1.0) * 100.0,
+        rate(2),
+        (median(2) / median(0) - 1.0) * 100.0,
+        (median(2) - median(1)) * 1000.0 / station_hours,
     );
 }

@@ -219,5 +219,41 @@ pub(crate) async fn the_backdated_day_gets_its_aqi_and_a_late_half_hour_revises_
         }
     }
     assert!(after_d[&day].version > days[&day].version, "the day re-emitted");
+
+    // The annual report's PM2.5 mean is over the same valid hours (a few out of a year so far:
+    // too few to judge it by the year column).
+    let (from, to) = (day - 11 * HOUR, day + 24 * HOUR);
+    let body = api
+        .get(&format!(
+            "/api/v1/aggregates?device_id={device}&from={from}&to={to}&resolution=1h&metric=pm25"
+        ))
+        .await?;
+    let valid: Vec<f64> = body["aggregates"]
+        .as_array()
+        .context("aggregates")?
+        .iter()
+        .filter(|a| a["capture"].as_f64().is_none_or(|c| c >= MIN_HOUR_CAPTURE))
+        .filter_map(|a| a["mean"].as_f64())
+        .collect();
+    let year = DateTime::from_timestamp_millis(day + ICT)
+        .context("year")?
+        .format("%Y")
+        .to_string();
+    let annual = api
+        .get(&format!("/api/v1/annual?device_id={device}&year={year}"))
+        .await?;
+    let pm25 = annual["means"]
+        .as_array()
+        .context("means")?
+        .iter()
+        .find(|m| m["metric"] == "pm25")
+        .with_context(|| format!("no PM2.5 year mean in {annual}"))?;
+    let mean = valid.iter().sum::<f64>() / valid.len() as f64;
+    assert_eq!(pm25["valid_hours"].as_u64(), Some(valid.len() as u64), "{pm25}");
+    assert_eq!(pm25["mean"].as_f64(), Some((mean * 10.0).round() / 10.0), "{pm25}");
+    assert_eq!(
+        (&pm25["limit"], &pm25["exceeded"], &annual["regulation"]),
+        (&serde_json::json!(25.0), &serde_json::Value::Null, &serde_json::json!("QCVN 05:2023/BTNMT"))
+    );
     Ok(())
 }
