@@ -242,6 +242,58 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_aqi_stream_is_hourly_unless_it_names_daily_and_each_stream_keeps_its_resolution() {
+        let aqi = |resolution: &str, aqi: u32| ioc_history::AqiRow {
+            device_id: "aq-1".into(),
+            resolution: resolution.into(),
+            window_start: 0,
+            window_end: 3_600_000,
+            aqi: Some(aqi),
+            dominant: "pm25".into(),
+            pm25: Some(aqi),
+            pm10: None,
+            o3_1h: None,
+            o3_8h: None,
+            no2: None,
+            so2: None,
+            co: None,
+            nowcast_pm25: Some(20.27),
+            nowcast_pm10: None,
+            valid_hours: None,
+            grade: "reference".into(),
+            low_capture: String::new(),
+            version: 1,
+        };
+        let hub = LiveHub::new(16);
+        let (mut client, _task) = start(&hub, metrics());
+        client.send(r#"{"op":"subscribe","stream":"aqi"}"#).await;
+        assert_eq!(client.next().await["resolution"], "1h");
+        client
+            .send(r#"{"op":"subscribe","stream":"aggregates","resolution":"1d"}"#)
+            .await;
+        assert_eq!(client.next().await["resolution"], "1d");
+        hub.publish(LiveMessage::aqi(&aqi("1d", 1)));
+        hub.publish(LiveMessage::aqi(&aqi("1h", 41)));
+        let m = client.next().await;
+        assert_eq!(
+            (
+                m["stream"].as_str(),
+                m["data"]["aqi"].as_u64(),
+                m["data"]["band"]["colour"].as_str(),
+                m["data"]["nowcast_pm25"].as_f64()
+            ),
+            (Some("aqi"), Some(41), Some("#00e400"), Some(20.3)),
+            "the aggregates stream's 1d does not change the aqi stream's 1h"
+        );
+        client
+            .send(r#"{"op":"subscribe","stream":"aqi","resolution":"1m"}"#)
+            .await;
+        let e = client.next().await;
+        assert_eq!(e["op"], "error");
+        assert!(e["message"].as_str().unwrap().contains("1h, 1d"), "{e}");
+    }
+
+    #[tokio::test]
     async fn an_aggregates_subscription_gets_one_resolution_1m_unless_it_names_another() {
         let hub = LiveHub::new(16);
         let (mut client, _task) = start(&hub, metrics());

@@ -277,12 +277,51 @@ mod tests {
     const ICT: i64 = 7 * 3_600_000;
 
     /// A golden case: finer windows in, derived windows out, written as text so a case reads
-    /// like a table. Input lines: `device metric start_offset_ms count sum min max`; output
-    /// lines: `device metric start_offset_ms count sum min max mean capture`.
-    struct Golden {
+    /// like a table (`stream/golden/rollup/*.txt`). Input lines: `device metric
+    /// start_offset_ms count sum min max`; output lines: `device metric start_offset_ms count
+    /// sum min max mean capture`.
+    struct Golden<'a> {
         resolution: Resolution,
-        input: &'static str,
-        output: &'static str,
+        input: &'a str,
+        output: &'a str,
+    }
+
+    impl<'a> Golden<'a> {
+        /// `resolution R`, then `input` and its lines, then `output` and its lines; `#`
+        /// comments anywhere.
+        fn parse(text: &'a str) -> Golden<'a> {
+            let resolution = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("resolution "))
+                .and_then(|r| Resolution::parse(r.trim()))
+                .expect("a `resolution` line");
+            let input_at = text.find("\ninput\n").expect("an `input` line") + "\ninput\n".len();
+            let output_at = text.find("\noutput\n").expect("an `output` line");
+            Golden {
+                resolution,
+                input: &text[input_at..output_at],
+                output: &text[output_at + "\noutput\n".len()..],
+            }
+        }
+    }
+
+    /// Every golden file, each case named in a failure.
+    #[test]
+    fn every_golden_file_of_roll_ups_and_capture() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/rollup");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+            .collect();
+        files.sort();
+        assert!(files.len() >= 3, "golden files in {}", dir.display());
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let case = Golden::parse(&text);
+            let outcome = std::panic::catch_unwind(|| run(&case));
+            assert!(outcome.is_ok(), "golden case {} failed", file.display());
+        }
     }
 
     fn windows(text: &str, resolution: Resolution) -> Vec<Aggregate> {
@@ -357,63 +396,6 @@ mod tests {
             }
             assert_eq!(g.window_end - g.window_start, g.resolution.ms());
         }
-    }
-
-    #[test]
-    fn five_minutes_from_minutes_with_a_gap_and_capture_capped_at_one() {
-        run(&Golden {
-            resolution: Resolution::FiveMinutes,
-            input: "
-                aq-1 pm25      0 1 10 10 10
-                aq-1 pm25  60000 1 20 20 20
-                # 2 minutes missing
-                aq-1 pm25 240000 1 60 60 60
-                aq-1 pm25 300000 2 8 3 5
-                # 6 readings in 5 minutes from a device expected once a minute: capture 1.0
-                aq-1 pm25 600000 2 2 1 1
-                aq-1 pm25 660000 2 2 1 1
-                aq-1 pm25 720000 2 2 1 1
-                aq-2 no2       0 3 30 5 15
-            ",
-            output: "
-                aq-1 pm25      0 3 90 10 60 30 0.6
-                aq-1 pm25 300000 2 8 3 5 4 0.4
-                aq-1 pm25 600000 6 6 1 1 1 1.0
-                aq-2 no2       0 3 30 5 15 10 -
-            ",
-        });
-    }
-
-    #[test]
-    fn an_hour_is_the_count_weighted_mean_of_its_five_minutes_not_the_mean_of_means() {
-        // 50 readings averaging 10 and 10 averaging 70: the hour's mean is 20, not 40.
-        run(&Golden {
-            resolution: Resolution::Hour,
-            input: "
-                aq-1 pm25       0 50 500 8 12
-                aq-1 pm25 3300000 10 700 60 80
-            ",
-            output: "
-                aq-1 pm25 0 60 1200 8 80 20 1.0
-            ",
-        });
-    }
-
-    #[test]
-    fn a_day_is_the_local_day() {
-        // 23:00 local (16:00 UTC) belongs to the day; 00:00 local of the next day does not.
-        run(&Golden {
-            resolution: Resolution::Day,
-            input: "
-                aq-1 pm25        0 120 1200 1 20
-                aq-1 pm25 82800000 120 2400 2 40
-                aq-1 pm25 86400000 60 60 1 1
-            ",
-            output: "
-                aq-1 pm25        0 240 3600 1 40 15 0.16666666666666666
-                aq-1 pm25 86400000 60 60 1 1 1 0.041666666666666664
-            ",
-        });
     }
 
     #[test]
