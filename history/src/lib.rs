@@ -274,11 +274,14 @@ record! {
         pub limit_low: Option<f64>,
         /// The legal maximum (C × Kq × Kf where it applies), or the band's high edge.
         pub limit_high: Option<f64>,
-        /// value ÷ limit; for a band, the distance outside it.
+        /// value ÷ limit; for a band, the distance outside it (0 inside it).
         pub multiple: f64,
+        /// The valid hours the mean is over (1, 8, or the day's).
+        pub valid_hours: u32,
         /// `reference` or `indicative`.
         pub grade: String,
-        /// `exceeded` or `withdrawn`.
+        /// `exceeded`, or `withdrawn` once a revision brought the mean within the limit (its
+        /// value then kept up to date) or left it uncountable (its value as last judged).
         pub status: String,
         pub version: u64,
     }

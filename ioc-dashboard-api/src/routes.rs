@@ -266,7 +266,7 @@ fn details(
                 .map(|v| changes.grade = Some(v)),
             "discharge_channel" => value
                 .as_str()
-                .filter(|c| c.len() <= 64)
+                .filter(|c| c.chars().count() <= 64 && !c.chars().any(char::is_control))
                 .map(|c| changes.discharge_channel = Some(c.to_string())),
             "qcvn40_column" => value
                 .as_str()
@@ -564,8 +564,8 @@ fn same_registration(a: &Device, b: &Device) -> bool {
         &a.external_ids,
         &a.decoder,
         &a.vendor_profile,
-        a.grade,
-        &a.discharge,
+        a.grade(),
+        (a.kind == "wastewater").then(|| a.discharge()),
     ) == (
         &b.kind,
         &b.name,
@@ -575,8 +575,8 @@ fn same_registration(a: &Device, b: &Device) -> bool {
         &b.external_ids,
         &b.decoder,
         &b.vendor_profile,
-        b.grade,
-        &b.discharge,
+        b.grade(),
+        (b.kind == "wastewater").then(|| b.discharge()),
     )
 }
 
@@ -857,8 +857,10 @@ pub struct ApiExceedance {
     pub unit: String,
     /// `{"max": 150}`, or for pH `{"low": 5.5, "high": 9}`.
     pub limit: serde_json::Value,
-    /// value ÷ limit (for pH, how far outside its band), to 2 decimals.
+    /// value ÷ limit (for pH, how far outside its band), to 3 decimals.
     pub multiple: f64,
+    /// The valid hours the mean is over.
+    pub valid_hours: u32,
     pub grade: String,
     /// `exceeded`, or `withdrawn` when a revision brought the mean within the limit.
     pub status: String,
@@ -882,7 +884,8 @@ impl From<&ExceedanceRow> for ApiExceedance {
             value: (e.value * 1000.0).round() / 1000.0,
             unit: e.unit.clone(),
             limit,
-            multiple: (e.multiple * 100.0).round() / 100.0,
+            multiple: (e.multiple * 1000.0).round() / 1000.0,
+            valid_hours: e.valid_hours,
             grade: e.grade.clone(),
             status: e.status.clone(),
             version: e.version,

@@ -153,6 +153,8 @@ struct Judged {
     end: i64,
     /// The mean and unit, where the period's mean is countable.
     mean: Option<(f64, String)>,
+    /// The valid hours the mean is over.
+    valid_hours: u32,
     limit: Option<Limit>,
 }
 
@@ -195,7 +197,7 @@ pub fn derive(
     let mut judged: Vec<Judged> = Vec::new();
     for (&(channel, metric), by_hour) in &hours {
         let unit = units[&(channel, metric)].to_string();
-        let mut judge = |period: Period, start: i64, end: i64, mean: Option<f64>| {
+        let mut judge = |period: Period, start: i64, end: i64, mean: Option<f64>, valid_hours: usize| {
             let (regulation, limit) = match station {
                 Station::Air { .. } => (
                     limits.ambient.regulation.clone(),
@@ -225,13 +227,14 @@ pub fn derive(
                     start,
                     end,
                     mean: mean.map(|m| (m, unit.clone())),
+                    valid_hours: valid_hours as u32,
                     limit,
                 });
             }
         };
         for &h in &due.hours {
             if let Some(mean) = by_hour.get(&h) {
-                judge(Period::Hour, h, h + HOUR_MS, *mean);
+                judge(Period::Hour, h, h + HOUR_MS, *mean, usize::from(mean.is_some()));
             }
         }
         if matches!(station, Station::Air { .. }) {
@@ -247,8 +250,11 @@ pub fn derive(
                 let means: Option<Vec<f64>> = (0..EIGHT)
                     .map(|k| by_hour.get(&(start + k * HOUR_MS)).copied().flatten())
                     .collect();
+                let valid = (0..EIGHT)
+                    .filter(|k| by_hour.get(&(start + k * HOUR_MS)).is_some_and(Option::is_some))
+                    .count();
                 let mean = means.map(|m| m.iter().sum::<f64>() / EIGHT as f64);
-                judge(Period::EightHours, start, e + HOUR_MS, mean);
+                judge(Period::EightHours, start, e + HOUR_MS, mean, valid);
             }
             for &day in &due.days {
                 let valid: Vec<f64> = by_hour
@@ -260,7 +266,7 @@ pub fn derive(
                 }
                 let mean = (valid.len() >= settings.min_day_hours.max(1))
                     .then(|| valid.iter().sum::<f64>() / valid.len() as f64);
-                judge(Period::Day, day, day + DAY_MS, mean);
+                judge(Period::Day, day, day + DAY_MS, mean, valid.len());
             }
         }
     }
@@ -268,6 +274,9 @@ pub fn derive(
     let latest: BTreeMap<_, &ExceedanceRow> = latest(stored);
     let grade = station.grade().as_str();
     let mut out = Vec::new();
+    let mut judged_keys: BTreeSet<Key> = BTreeSet::new();
+    // The periods the due hours and days are judged over, whatever the metric and channel.
+    let mut windows: BTreeSet<(String, i64)> = BTreeSet::new();
     for j in judged {
         let key = (
             j.channel.clone(),
@@ -276,47 +285,70 @@ pub fn derive(
             j.period.as_str().to_string(),
             j.start,
         );
+        windows.insert((key.3.clone(), key.4));
         let before = latest.get(&key).copied();
+        judged_keys.insert(key);
         let limit = j.limit.expect("judged means have a limit");
         let (limit_low, limit_high) = match limit {
             Limit::Max(max) => (None, Some(max)),
             Limit::Band { low, high } => (Some(low), Some(high)),
         };
-        let exceeded = j
-            .mean
-            .as_ref()
-            .and_then(|(m, _)| exceedance(*m, limit).map(|multiple| (*m, multiple)));
-        let row = match (exceeded, before) {
-            (Some((value, multiple)), _) => ExceedanceRow {
-                device_id: device_id.to_string(),
-                channel: j.channel,
-                metric: j.metric,
-                regulation: j.regulation,
-                period: j.period.as_str().to_string(),
-                window_start: j.start,
-                window_end: j.end,
-                value,
-                unit: j.mean.map(|(_, u)| u).unwrap_or_default(),
-                limit_low,
-                limit_high,
-                multiple,
-                grade: grade.to_string(),
-                status: "exceeded".into(),
-                version,
-            },
-            // Within the limit now, or no longer countable: withdraw what was published.
-            (None, Some(b)) if b.status == "exceeded" => ExceedanceRow {
-                value: j.mean.map_or(b.value, |(m, _)| m),
+        let mean = j.mean.as_ref().map(|(m, _)| *m);
+        let beyond = mean.and_then(|m| exceedance(m, limit));
+        let row = ExceedanceRow {
+            device_id: device_id.to_string(),
+            channel: j.channel,
+            metric: j.metric,
+            regulation: j.regulation,
+            period: j.period.as_str().to_string(),
+            window_start: j.start,
+            window_end: j.end,
+            value: mean.unwrap_or(f64::NAN),
+            unit: j.mean.map(|(_, u)| u).unwrap_or_default(),
+            limit_low,
+            limit_high,
+            // Within the limit: what share of a maximum it is (0 inside a band).
+            multiple: beyond.unwrap_or(match limit {
+                Limit::Max(max) => mean.map_or(f64::NAN, |m| m / max),
+                Limit::Band { .. } => 0.0,
+            }),
+            valid_hours: j.valid_hours,
+            grade: grade.to_string(),
+            status: if beyond.is_some() { "exceeded" } else { "withdrawn" }.into(),
+            version,
+        };
+        let row = match (beyond, before) {
+            (Some(_), _) => row,
+            // No longer countable: withdrawn as it was last judged.
+            (None, Some(b)) if mean.is_none() && b.status == "exceeded" => ExceedanceRow {
+                valid_hours: row.valid_hours,
                 status: "withdrawn".into(),
                 version,
                 ..b.clone()
             },
-            (None, _) => continue,
+            (None, Some(_)) if mean.is_none() => continue,
+            // Within the limit now: withdrawn, and kept up to date once it was published.
+            (None, Some(_)) => row,
+            (None, None) => continue,
         };
         if before.is_some_and(|b| same(b, &row)) {
             continue;
         }
         out.push(row);
+    }
+    // What was published for these periods and is no longer judged at all (the station's
+    // discharge channel or regulation changed, a limit left `[regulation]`): withdrawn.
+    for (key, b) in &latest {
+        if b.status == "exceeded"
+            && !judged_keys.contains(key)
+            && windows.contains(&(key.3.clone(), key.4))
+        {
+            out.push(ExceedanceRow {
+                status: "withdrawn".into(),
+                version,
+                ..(*b).clone()
+            });
+        }
     }
     out
 }
@@ -526,10 +558,36 @@ mod tests {
         assert!(judge(&station, &[hour("outlet", "cod", h, 160.0)], &first).is_empty());
         // A late reading brings the hour to 140: withdrawn, with the new mean.
         let withdrawn = judge(&station, &[hour("outlet", "cod", h, 140.0)], &first);
-        assert_eq!(brief(&withdrawn), vec![("cod", "1h", h, 1.067, "withdrawn")]);
+        assert_eq!(brief(&withdrawn), vec![("cod", "1h", h, 0.933, "withdrawn")]);
         assert_eq!(withdrawn[0].value, 140.0);
-        // Withdrawn stays withdrawn.
+        // Withdrawn stays withdrawn, its mean kept up to date; the same again says nothing.
         let both = [first[0].clone(), ExceedanceRow { version: 8, ..withdrawn[0].clone() }];
-        assert!(judge(&station, &[hour("outlet", "cod", h, 120.0)], &both).is_empty());
+        let later = judge(&station, &[hour("outlet", "cod", h, 120.0)], &both);
+        assert_eq!(brief(&later), vec![("cod", "1h", h, 0.8, "withdrawn")]);
+        assert!(judge(&station, &[hour("outlet", "cod", h, 140.0)], &both).is_empty());
+        // Too empty to count any more: withdrawn as last judged.
+        let mut empty = hour("outlet", "cod", h, 400.0);
+        empty.capture = Some(0.2);
+        let gone = judge(&station, &[empty], &first);
+        assert_eq!(brief(&gone), vec![("cod", "1h", h, 1.067, "withdrawn")]);
+        assert_eq!((gone[0].value, gone[0].valid_hours), (160.0, 0));
+    }
+
+    #[test]
+    fn an_exceedance_no_longer_judged_is_withdrawn() {
+        let h = DAY + 9 * HOUR_MS;
+        let station = wastewater(Qcvn40Column::B, 1.0, 1.0);
+        let first = judge(&station, &[hour("outlet", "cod", h, 160.0)], &[]);
+        // The station's outlet is now another channel: the old key is not judged again.
+        let moved = Station::Wastewater {
+            grade: Grade::Reference,
+            discharge: Discharge {
+                channel: "outlet-2".into(),
+                ..Discharge::default()
+            },
+        };
+        let got = judge(&moved, &[hour("outlet-2", "cod", h, 100.0)], &first);
+        assert_eq!(brief(&got), vec![("cod", "1h", h, 1.067, "withdrawn")]);
+        assert_eq!(got[0].channel, "outlet");
     }
 }

@@ -672,6 +672,14 @@ impl Step<'_> {
         if !published.await {
             return false;
         }
+        if !exceedances.is_empty()
+            && self
+                .retry("storing exceedances", || self.history.insert(&exceedances))
+                .await
+                .is_none()
+        {
+            return false;
+        }
         if !self
             .publish(
                 &self.bus.topics().alerts,
@@ -889,9 +897,11 @@ impl Step<'_> {
         }
     }
 
-    /// The AQI and exceedance operators (`aqi.rs`, `exceedance.rs`): derive and store what the
-    /// stored hourly windows make due, from one read of each due station's hourly windows.
-    /// `None` on shutdown mid-way.
+    /// The AQI and exceedance operators (`aqi.rs`, `exceedance.rs`): derive what the stored
+    /// hourly windows make due, from one read of each due station's hourly windows, and store
+    /// the AQI. The exceedances are stored by the caller once published: they are emitted only
+    /// when they change, so a replay must find unstored what it did not publish. `None` on
+    /// shutdown mid-way.
     async fn derive_regulatory(
         &self,
         stored: &[Aggregate],
@@ -977,10 +987,6 @@ impl Step<'_> {
         }
         if !aqi.is_empty() {
             self.retry("storing AQI", || self.history.insert(&aqi)).await?;
-        }
-        if !exceedances.is_empty() {
-            self.retry("storing exceedances", || self.history.insert(&exceedances))
-                .await?;
         }
         Some((aqi, exceedances))
     }

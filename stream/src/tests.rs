@@ -63,6 +63,25 @@ fn reading(device: &str, metric: &str, ts: i64, value: f64, quality: Quality) ->
     }
 }
 
+/// One message's readings: ww-1's outlet COD, or aq-1's PM2.5 (of `quality`) with every other
+/// AQI pollutant: CO over its 8-hour limit about half the time, O3 above it always and often
+/// dominant, its 8-hour means either side of 400.
+fn readings_of(device: &str, ts: i64, value: f64, quality: Quality) -> Vec<Reading> {
+    if device != "aq-1" {
+        return vec![reading(device, "cod", ts, value, quality)];
+    }
+    let mut readings = vec![reading(device, "pm25", ts, value, quality)];
+    for (metric, v) in [
+        ("no2", value / 3.0),
+        ("pm10", value * 1.2),
+        ("o3", value * 4.0),
+        ("co", value * 100.0),
+    ] {
+        readings.push(reading(device, metric, ts, v, Quality::Good));
+    }
+    readings
+}
+
 /// What a partition holds, in offset order: two stations over a day and a half crossing the
 /// local midnight, with gaps of minutes to hours, readings a few minutes out of order, bad
 /// readings, resends, and at the end a backfill of hours that were missing plus a few
@@ -80,15 +99,9 @@ fn partition(rng: &mut Rng) -> Vec<ReadingBatch> {
             } else {
                 Quality::Good
             };
-            let metric = if device == "aq-1" { "pm25" } else { "cod" };
-            let mut batch = ReadingBatch {
-                readings: vec![reading(device, metric, ts, value, quality)],
+            let batch = ReadingBatch {
+                readings: readings_of(device, ts, value, quality),
             };
-            if device == "aq-1" {
-                batch
-                    .readings
-                    .push(reading(device, "no2", ts, value / 3.0, Quality::Good));
-            }
             match rng.below(100) {
                 // A gap of hours, backfilled at the end (a station's stored files).
                 0..=1 => {
@@ -96,9 +109,8 @@ fn partition(rng: &mut Rng) -> Vec<ReadingBatch> {
                     for _ in 0..rng.below(180) {
                         ts += step;
                         let value = (rng.below(2000) as f64) / 10.0;
-                        let metric = if device == "aq-1" { "pm25" } else { "cod" };
                         backfill.push(ReadingBatch {
-                            readings: vec![reading(device, metric, ts, value, Quality::Good)],
+                            readings: readings_of(device, ts, value, Quality::Good),
                         });
                     }
                 }
@@ -120,12 +132,11 @@ fn partition(rng: &mut Rng) -> Vec<ReadingBatch> {
             messages.swap(i, i + 1);
         }
         messages.extend(backfill);
-        // Stragglers days late: a reading for an hour that was complete long ago.
+        // Stragglers days late: readings for an hour that was complete long ago.
         for _ in 0..3 {
             let ts = DAY0 + 20 * 3_600_000 + rng.below(span as u64) as i64;
-            let metric = if device == "aq-1" { "pm25" } else { "cod" };
             messages.push(ReadingBatch {
-                readings: vec![reading(device, metric, ts, 999.0, Quality::Good)],
+                readings: readings_of(device, ts, 999.0, Quality::Good),
             });
         }
     }
@@ -208,9 +219,12 @@ impl Harness {
         let mut config = loaded.stream;
         config.allowed_lateness = Duration::from_millis(LATENESS_MS as u64);
         config.idle_timeout = Duration::from_millis(IDLE_MS as u64);
-        // The random data's gaps leave few whole days, and its COD hovers around 100 mg/L: a
-        // shorter day and a tighter COD limit (limits are data) give it exceedances to judge.
+        // The random data's gaps leave few whole hours and days, and its COD hovers around
+        // 100 mg/L: a shorter day and a tighter COD limit (limits are data) give it
+        // exceedances to judge.
         config.min_day_hours_qcvn = 4;
+        // Likewise hours of a quarter of their readings count, so 8 valid hours in a row occur.
+        config.min_hour_capture = 0.25;
         let mut limits = loaded.regulation;
         for l in &mut limits.wastewater[0].limits {
             if l.metric == "cod" {
@@ -315,6 +329,7 @@ impl Harness {
 #[tokio::test]
 async fn every_window_at_every_resolution_equals_a_recomputation_after_random_crashes() {
     let mut total_crashes = 0;
+    let mut periods = std::collections::BTreeSet::new();
     for seed in 1..=6u64 {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let messages = partition(&mut rng);
@@ -408,11 +423,22 @@ async fn every_window_at_every_resolution_equals_a_recomputation_after_random_cr
         }
 
         aqi_equals_ioc_aqi_over_the_recomputed_hours(&h, &raw, &expected_interval, seed).await;
-        exceedances_equal_the_limits_over_the_recomputed_hours(&h, &raw, &expected_interval, seed)
-            .await;
+        exceedances_equal_the_limits_over_the_recomputed_hours(
+            &h,
+            &raw,
+            &expected_interval,
+            seed,
+            &mut periods,
+        )
+        .await;
         h.shutdown.cancel();
     }
     assert!(total_crashes > 100, "only {total_crashes} crashes");
+    assert_eq!(
+        periods.into_iter().collect::<Vec<_>>(),
+        vec!["1h", "24h", "8h"],
+        "the data exceeds limits over every period"
+    );
 }
 
 /// The exceedances stored as `exceeded` are exactly the means over the recomputed hourly windows
@@ -424,35 +450,55 @@ async fn exceedances_equal_the_limits_over_the_recomputed_hours(
     raw: &[Reading],
     expected_interval: &HashMap<&str, f64>,
     seed: u64,
+    periods: &mut std::collections::BTreeSet<String>,
 ) {
     let hours = recompute(raw, Resolution::Hour, expected_interval);
     let valid = |capture: &Option<f64>| capture.is_none_or(|c| c >= h.config.min_hour_capture);
     let mut want: BTreeMap<(String, String, String, i64), f64> = BTreeMap::new();
     let mut days: BTreeMap<(String, i64), Vec<f64>> = BTreeMap::new();
+    let mut valid_hours: HashMap<(String, i64), f64> = HashMap::new();
     for ((device, channel, metric, start), (count, sum, _, _, capture)) in &hours {
         if !valid(capture) {
             continue;
         }
         let mean = sum / *count as f64;
-        match (device.as_str(), metric.as_str()) {
-            ("ww-1", "cod") if mean > COD_LIMIT => {
-                want.insert((channel.clone(), metric.clone(), "1h".into(), *start), mean);
-            }
-            ("aq-1", "no2") if mean > 200.0 => {
-                want.insert((channel.clone(), metric.clone(), "1h".into(), *start), mean);
-            }
-            _ => {}
+        let hourly_limit = match (device.as_str(), metric.as_str()) {
+            ("ww-1", "cod") => Some(COD_LIMIT),
+            ("aq-1", "no2" | "o3") => Some(200.0),
+            ("aq-1", "co") => Some(30_000.0),
+            _ => None,
+        };
+        if hourly_limit.is_some_and(|l| mean > l) {
+            want.insert((channel.clone(), metric.clone(), "1h".into(), *start), mean);
         }
         if device == "aq-1" {
             days.entry((metric.clone(), Resolution::Day.start(*start, ICT)))
                 .or_default()
                 .push(mean);
+            valid_hours.insert((metric.clone(), *start), mean);
+        }
+    }
+    // 8-hour running means over 8 valid hours, ending at an hour with a window.
+    for ((device, _, metric, end), _) in &hours {
+        let limit = match (device.as_str(), metric.as_str()) {
+            ("aq-1", "co") => 10_000.0,
+            ("aq-1", "o3") => 120.0,
+            _ => continue,
+        };
+        let start = end - 7 * 3_600_000;
+        let means: Option<Vec<f64>> = (0..8)
+            .map(|k| valid_hours.get(&(metric.clone(), start + k * 3_600_000)).copied())
+            .collect();
+        if let Some(mean) = means.map(|m| m.iter().sum::<f64>() / 8.0) {
+            if mean > limit {
+                want.insert((String::new(), metric.clone(), "8h".into(), start), mean);
+            }
         }
     }
     for ((metric, day), means) in days {
         let limit = match metric.as_str() {
             "pm25" => 45.0,
-            "no2" => 100.0,
+            "pm10" | "no2" => 100.0,
             _ => continue,
         };
         let mean = means.iter().sum::<f64>() / means.len() as f64;
@@ -480,10 +526,7 @@ async fn exceedances_equal_the_limits_over_the_recomputed_hours(
             )
         })
         .collect();
-    assert!(
-        want.keys().any(|k| k.2 == "1h") && want.keys().any(|k| k.2 == "24h"),
-        "seed {seed}: the data exceeds hourly and daily limits: {want:?}"
-    );
+    periods.extend(want.keys().map(|k| k.2.clone()));
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
         want.keys().collect::<Vec<_>>(),
@@ -492,14 +535,36 @@ async fn exceedances_equal_the_limits_over_the_recomputed_hours(
     for (k, v) in &want {
         assert!((got[k] - v).abs() <= 1e-9 * v, "seed {seed}: {k:?} {} vs {v}", got[k]);
     }
+    // The topic carries one content per version, and its latest record of each exceedance is
+    // the stored one (a record stored is one published).
     let mut seen: HashMap<String, String> = HashMap::new();
+    let mut latest: HashMap<String, ExceedanceRow> = HashMap::new();
     for record in h.bus.read_all(&h.bus.topics().exceedances).await.unwrap() {
         let e: ExceedanceRow = serde_json::from_slice(&record.payload).unwrap();
-        let key = format!("{:?}", (&e.device_id, &e.metric, &e.period, e.window_start, e.version));
+        let id = format!("{:?}", (&e.device_id, &e.channel, &e.metric, &e.period, e.window_start));
+        let key = format!("{id}/{}", e.version);
         let content = format!("{e:?}");
         if let Some(before) = seen.insert(key, content.clone()) {
             assert_eq!(before, content, "seed {seed}: one exceedance, one version, two contents");
         }
+        if latest.get(&id).is_none_or(|l| l.version <= e.version) {
+            latest.insert(id, e);
+        }
+    }
+    assert_eq!(latest.len(), stored.len(), "seed {seed}: every stored exceedance was published");
+    // (serde_json reads a float back to within an ulp.)
+    let rounded = |e: &ExceedanceRow| ExceedanceRow {
+        value: (e.value * 1e9).round(),
+        multiple: (e.multiple * 1e9).round(),
+        ..e.clone()
+    };
+    for e in &stored {
+        let id = format!("{:?}", (&e.device_id, &e.channel, &e.metric, &e.period, e.window_start));
+        assert_eq!(
+            latest.get(&id).map(rounded),
+            Some(rounded(e)),
+            "seed {seed}: the topic's latest is the stored one"
+        );
     }
 }
 
@@ -549,7 +614,8 @@ async fn aqi_equals_ioc_aqi_over_the_recomputed_hours(
             .await
             .unwrap()
     };
-    let hourly: Vec<(String, Option<u32>, Option<f64>)> = stored(Resolution::Hour)
+    type Hourly = (String, Option<u32>, Option<String>, Option<f64>, Option<f64>);
+    let hourly: Vec<Hourly> = stored(Resolution::Hour)
         .await
         .iter()
         .map(|a| {
@@ -557,16 +623,23 @@ async fn aqi_equals_ioc_aqi_over_the_recomputed_hours(
                 .unwrap()
                 .with_timezone(&offset)
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
-            (end, a.aqi, a.nowcast_pm25.map(ioc_regulation::csv::round1))
+            (
+                end,
+                a.aqi,
+                (!a.dominant.is_empty()).then(|| a.dominant.clone()),
+                a.nowcast_pm25.map(ioc_regulation::csv::round1),
+                a.nowcast_pm10.map(ioc_regulation::csv::round1),
+            )
         })
         .collect();
-    let want: Vec<(String, Option<u32>, Option<f64>)> = hourly_report(&rows)
+    let want: Vec<Hourly> = hourly_report(&rows)
         .into_iter()
-        .map(|o| (o.time, o.aqi, o.nowcast_pm25))
+        .map(|o| (o.time, o.aqi, o.dominant, o.nowcast_pm25, o.nowcast_pm10))
         .collect();
     assert!(want.len() > 30, "seed {seed}: {} hours", want.len());
     assert_eq!(hourly, want, "seed {seed}: hourly AQI as `ioc aqi` gives it");
-    let daily: Vec<(String, Option<u32>, Option<u32>)> = stored(Resolution::Day)
+    type Daily = (String, Option<u32>, Option<String>, Option<u32>);
+    let daily: Vec<Daily> = stored(Resolution::Day)
         .await
         .iter()
         .map(|a| {
@@ -575,13 +648,17 @@ async fn aqi_equals_ioc_aqi_over_the_recomputed_hours(
                 .with_timezone(&offset)
                 .format("%Y-%m-%d")
                 .to_string();
-            (date, a.aqi, a.valid_hours)
+            (date, a.aqi, (!a.dominant.is_empty()).then(|| a.dominant.clone()), a.valid_hours)
         })
         .collect();
-    let want: Vec<(String, Option<u32>, Option<u32>)> = daily_report(&rows, h.config.min_day_hours)
+    let want: Vec<Daily> = daily_report(&rows, h.config.min_day_hours)
         .into_iter()
-        .map(|o| (o.date, o.aqi, Some(o.valid_hours)))
+        .map(|o| (o.date, o.aqi, o.dominant, Some(o.valid_hours)))
         .collect();
+    assert!(
+        daily.iter().any(|d| d.2.as_deref() == Some("o3")) || hourly.iter().any(|h| h.2.as_deref() == Some("o3")),
+        "seed {seed}: O3 dominates somewhere, so its sub-indices are compared too"
+    );
     assert_eq!(daily, want, "seed {seed}: daily AQI as `ioc aqi --daily` gives it");
 
     let mut seen: HashMap<(String, String, i64, u64), String> = HashMap::new();

@@ -3,7 +3,8 @@
 //! 09:00–10:00, pH 9.5 through 14:00–15:00; its inlet at 900 mg/L, which is not judged). The API
 //! gives exactly the two exceedances QCVN 40:2011 column B gives; then a late hour of low COD
 //! brings 09:00's mean to 125, and that exceedance is re-emitted as withdrawn with a higher
-//! version, the pH one untouched.
+//! version, the pH one untouched. An air-quality station's day of NO2 gives its QCVN 05 hour and
+//! day.
 
 use std::time::Duration;
 
@@ -29,17 +30,25 @@ struct Exceedance {
     version: u64,
 }
 
-async fn stored(api: &Api<'_>, device: &str, day: i64) -> Result<Vec<Exceedance>> {
+/// The exceedances of `regulation` the API has for `device` over the day, on `channel` only.
+async fn stored_of(
+    api: &Api<'_>,
+    device: &str,
+    regulation: &str,
+    channel: &str,
+    day: i64,
+) -> Result<Vec<Exceedance>> {
     let to = day + 24 * HOUR;
+    let regulation = regulation.replace(' ', "%20");
     let body = api
         .get(&format!(
-            "/api/v1/exceedances?device_id={device}&regulation=QCVN%2040:2011/BTNMT&from={day}&to={to}"
+            "/api/v1/exceedances?device_id={device}&regulation={regulation}&from={day}&to={to}"
         ))
         .await?;
     let mut out = Vec::new();
     for e in body["exceedances"].as_array().context("exceedances")? {
         anyhow::ensure!(
-            e["channel"] == "outlet" && e["grade"] == "reference" && e["unit"].is_string(),
+            e["channel"] == channel && e["grade"] == "reference" && e["unit"].is_string(),
             "{e}"
         );
         out.push(Exceedance {
@@ -54,8 +63,12 @@ async fn stored(api: &Api<'_>, device: &str, day: i64) -> Result<Vec<Exceedance>
             version: e["version"].as_u64().context("version")?,
         });
     }
-    out.sort_by(|a, b| (&a.metric, a.start).cmp(&(&b.metric, b.start)));
+    out.sort_by(|a, b| (&a.metric, &a.period, a.start).cmp(&(&b.metric, &b.period, b.start)));
     Ok(out)
+}
+
+async fn stored(api: &Api<'_>, device: &str, day: i64) -> Result<Vec<Exceedance>> {
+    stored_of(api, device, "QCVN 40:2011/BTNMT", "outlet", day).await
 }
 
 /// Publishes the day, checks its exceedances, then withdraws one with a late hour.
@@ -101,7 +114,7 @@ pub(crate) async fn a_wastewater_day_exceeds_qcvn_40_and_a_late_hour_withdraws_i
     .await?;
     assert_eq!(
         (before[0].value, before[0].multiple, &before[0].limit),
-        (200.0, 1.33, &serde_json::json!({"max": 150.0})),
+        (200.0, 1.333, &serde_json::json!({"max": 150.0})),
         "COD against column B's 150 × Kq 1 × Kf 1"
     );
     assert_eq!(
@@ -126,8 +139,50 @@ pub(crate) async fn a_wastewater_day_exceeds_qcvn_40_and_a_late_hour_withdraws_i
         },
     )
     .await?;
-    assert_eq!(after[0].value, 125.0, "the revised mean");
+    assert_eq!((after[0].value, after[0].multiple), (125.0, 0.833), "the revised mean");
     assert!(after[0].version > before[0].version, "re-emitted with a higher version");
     assert_eq!(after[1], before[1], "the pH exceedance is as it was");
+    Ok(())
+}
+
+/// An air-quality station's backdated day of NO2 (120 µg/m³, 250 through 05:00–06:00): QCVN
+/// 05:2023 gives the hour against its 1-hour 200 and the day's mean of 125.4 against its 24-hour
+/// 100; nothing else (no 8-hour column for NO2).
+pub(crate) async fn an_air_day_exceeds_qcvn_05_hourly_and_daily(
+    api: &Api<'_>,
+    mqtt: &rumqttc::AsyncClient,
+    device: &str,
+) -> Result<()> {
+    let day = Resolution::Day.start(ioc_contract::time::now_ms(), ICT) - 2 * 86_400_000;
+    let topic = format!("ioc/v1/devices/{device}/telemetry");
+    for minute in 0..1440i64 {
+        let ts = day + minute * 60_000 + 20_000;
+        let no2 = if minute / 60 == 5 { 250.0 } else { 120.0 };
+        let body = format!(r#"{{"ts":{ts},"values":{{"no2":{no2}}}}}"#);
+        mqtt.publish(&topic, QoS::AtLeastOnce, false, body).await?;
+    }
+    let got = eventually(
+        "the day's QCVN 05 exceedances",
+        Duration::from_secs(120),
+        api.logs,
+        || async {
+            let got = stored_of(api, device, "QCVN 05:2023/BTNMT", "", day).await?;
+            let complete = got.iter().any(|e| e.period == "24h" && e.value > 125.0);
+            Ok((got.len() == 2 && complete).then_some(got))
+        },
+    )
+    .await?;
+    let brief: Vec<(&str, &str, i64, f64, f64)> = got
+        .iter()
+        .map(|e| (e.metric.as_str(), e.period.as_str(), e.start, e.value, e.multiple))
+        .collect();
+    assert_eq!(
+        brief,
+        vec![
+            ("no2", "1h", day + 5 * HOUR, 250.0, 1.25),
+            ("no2", "24h", day, 125.417, 1.254),
+        ]
+    );
+    assert_eq!(got[1].limit, serde_json::json!({"max": 100.0}));
     Ok(())
 }

@@ -586,6 +586,7 @@ async fn a_backdated_day_rolls_up_and_a_late_reading_revises_every_resolution() 
     env.wait_ingest_subscribed().await?;
     env.register("aq-day", "air_quality").await?;
     env.register("ww-day", "wastewater").await?;
+    env.register("aq-05", "air_quality").await?;
     env.wait_ingest_knows_registered().await?;
     let (mqtt, _poll) = env.mqtt_client("test-rollups");
     let api = crate::rollups::Api {
@@ -604,5 +605,6 @@ async fn a_backdated_day_rolls_up_and_a_late_reading_revises_every_resolution() 
     crate::exceedances::a_wastewater_day_exceeds_qcvn_40_and_a_late_hour_withdraws_it(
         &api, &mqtt, "ww-day",
     )
-    .await
+    .await?;
+    crate::exceedances::an_air_day_exceeds_qcvn_05_hourly_and_daily(&api, &mqtt, "aq-05").await
 }

@@ -1112,6 +1112,7 @@ async fn up_rolls_up_a_backdated_day_and_revises_it_for_a_late_reading() -> Resu
     let (mut proc, _) = up.start(&[], &env).await?;
     up.register("aq-day").await?;
     up.register_kind("ww-day", "wastewater").await?;
+    up.register("aq-05").await?;
     let poll = |mut eventloop: rumqttc::EventLoop| {
         tokio::spawn(async move {
             loop {
@@ -1123,7 +1124,8 @@ async fn up_rolls_up_a_backdated_day_and_revises_it_for_a_late_reading() -> Resu
     };
     let (client, eventloop) = up.mqtt("aq-day");
     let (station, station_events) = up.mqtt("ww-day");
-    let polls = [poll(eventloop), poll(station_events)];
+    let (air, air_events) = up.mqtt("aq-05");
+    let polls = [poll(eventloop), poll(station_events), poll(air_events)];
     let api = crate::rollups::Api {
         http: &up.http,
         base: up.url(""),
@@ -1142,7 +1144,9 @@ async fn up_rolls_up_a_backdated_day_and_revises_it_for_a_late_reading() -> Resu
         crate::exceedances::a_wastewater_day_exceeds_qcvn_40_and_a_late_hour_withdraws_it(
             &api, &station, "ww-day",
         )
-        .await
+        .await?;
+        crate::exceedances::an_air_day_exceeds_qcvn_05_hourly_and_daily(&api, &air, "aq-05")
+            .await
     }
     .await;
     for p in polls {
