@@ -142,6 +142,31 @@ pub(crate) async fn a_wastewater_day_exceeds_qcvn_40_and_a_late_hour_withdraws_i
     assert_eq!((after[0].value, after[0].multiple), (125.0, 0.833), "the revised mean");
     assert!(after[0].version > before[0].version, "re-emitted with a higher version");
     assert_eq!(after[1], before[1], "the pH exceedance is as it was");
+
+    // The station's settings change by PATCH, shown with the device and audited.
+    let patched = api
+        .http
+        .patch(format!("{}/api/v1/devices/{device}", api.base))
+        .bearer_auth(&api.token)
+        .json(&serde_json::json!({"qcvn40_column": "A", "kq": 0.9}))
+        .send()
+        .await?;
+    anyhow::ensure!(patched.status() == 200, "PATCH: {}", patched.text().await?);
+    let shown: serde_json::Value = patched.json().await?;
+    assert_eq!(
+        shown["discharge"],
+        serde_json::json!({"discharge_channel": "outlet", "qcvn40_column": "A", "kq": 0.9,
+            "kf": 1.0, "regulation": "QCVN 40:2011/BTNMT"})
+    );
+    assert_eq!(shown["grade"], "reference");
+    let audit = api
+        .get(&format!("/api/v1/audit?device_id={device}&action=device.updated"))
+        .await?;
+    let detail = audit["entries"][0]["detail"].to_string();
+    assert!(
+        detail.contains("qcvn40_column") && detail.contains("0.9"),
+        "the change is in the audit: {audit}"
+    );
     Ok(())
 }
 
