@@ -357,6 +357,31 @@ struct MinuteWindows {
     reemitted: Vec<Aggregate>,
     /// Devices whose `closed_until` moved.
     closed_devices: Vec<(String, i64)>,
+    /// What says which coarse windows are complete (`rollup::due`).
+    marks: rollup::Marks,
+}
+
+/// Where `closed` left the devices it moved and those of `late` windows: their `closed_until`
+/// before and after, and which have no open window left.
+fn marks_of<'a>(
+    engine: &WindowEngine,
+    closed: &'a crate::windows::Closed,
+    late: impl Iterator<Item = &'a str>,
+) -> rollup::Marks {
+    let mut marks = rollup::Marks {
+        before: closed.before.clone(),
+        ..Default::default()
+    };
+    let devices = closed.devices.iter().map(|(d, _)| d.as_str()).chain(late);
+    for d in devices {
+        if let Some(u) = engine.closed_until(d) {
+            marks.closed_until.insert(d.to_string(), u);
+        }
+        if engine.is_settled(d) {
+            marks.settled.insert(d.to_string());
+        }
+    }
+    marks
 }
 
 /// Everything the readings loop keeps between batches.
@@ -605,6 +630,7 @@ impl Step<'_> {
             return false;
         };
         let closed_devices = minutes.closed_devices;
+        let marks = minutes.marks;
         if minutes.in_order.is_empty() && minutes.reemitted.is_empty() && closed_devices.is_empty()
         {
             return true;
@@ -623,7 +649,7 @@ impl Step<'_> {
             .chain(minutes.reemitted)
             .collect();
         let Some(aggregates) = self
-            .store_with_rollups(minutes, &mut ops.rollups, &mut ops.versions)
+            .store_with_rollups(minutes, &marks, &mut ops.rollups, &mut ops.versions)
             .await
         else {
             return false;
@@ -765,9 +791,11 @@ impl Step<'_> {
             }
         }
         let closed = engine.advance(now);
+        let marks = marks_of(engine, &closed, late.iter().map(|k| k.device_id.as_str()));
         if closed.windows.is_empty() && late.is_empty() {
             return Some(MinuteWindows {
                 closed_devices: closed.devices,
+                marks,
                 ..MinuteWindows::default()
             });
         }
@@ -842,15 +870,17 @@ impl Step<'_> {
             in_order,
             reemitted,
             closed_devices: closed.devices,
+            marks,
         })
     }
 
-    /// Stores the 1-minute windows, then derives and stores the coarser windows containing
-    /// them, each resolution from the one stored just before (`rollup.rs`). Returns every
-    /// window stored; `None` on shutdown mid-way.
+    /// Stores the 1-minute windows, then derives and stores the coarser windows they, and the
+    /// devices' moved `closed_until`, make due, each resolution from the one stored just before
+    /// (`rollup.rs`). Returns every window stored; `None` on shutdown mid-way.
     async fn store_with_rollups(
         &self,
         minutes: Vec<Aggregate>,
+        marks: &rollup::Marks,
         recent: &mut rollup::Recent,
         versions: &mut VersionClock,
     ) -> Option<Vec<Aggregate>> {
@@ -868,7 +898,7 @@ impl Step<'_> {
             let Some(coarser) = resolution.coarser().filter(|_| self.rollups) else {
                 return Some(all);
             };
-            let due = rollup::due(emitted, coarser, offset);
+            let due = rollup::due(emitted, coarser, offset, marks);
             let missing = recent.update(coarser, emitted, &due, offset);
             let mut children = Vec::new();
             for read in rollup::child_reads(&missing, coarser) {

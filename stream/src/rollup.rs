@@ -2,12 +2,14 @@
 //! next finer resolution (5 minutes from 1-minute windows, hours from 5-minute ones, days from
 //! hours), never from readings; no coarse window is held open in memory.
 //!
-//! The rule is one line: whenever a window is emitted (closed in order, or re-emitted for a late
-//! reading), the coarser window containing it is derived again from what is stored, with a
-//! higher version. So a coarse window is always the union of its stored finer windows: the
-//! current hour grows minute by minute (its `capture` says how complete it is), a days-late
-//! backfill revises its minute, then the five minutes, the hour and the day, and once the data
-//! stops every stored window at every resolution equals a recomputation from the raw readings.
+//! The rule ([`due`]): a coarse window is derived from what is stored, with a higher version,
+//! when it completes (its device's `closed_until` passes its end, or the device has no open
+//! window left, as when it falls idle), and again whenever a window in it is emitted after
+//! that (a late reading). So a coarse window is the union of its stored finer windows once
+//! complete: the current hour is derived when it ends, not after every minute (the 1-minute
+//! windows are the live view); a days-late backfill revises its minute, then the five
+//! minutes, the hour and the day; and once the data stops every stored window at every
+//! resolution equals a recomputation from the raw readings.
 //! The derivation runs in the same step as the 1-minute windows it follows, before the offsets
 //! move, so a crash anywhere in between replays the step and derives again; nothing coarse pins
 //! the offset checkpoint.
@@ -30,13 +32,56 @@ use ioc_contract::{capture, Aggregate, Resolution};
 /// Per device, the starts of the windows of one resolution to derive.
 pub type Due = BTreeMap<String, BTreeSet<i64>>;
 
-/// The windows of `resolution` that contain `emitted` windows (of the next finer resolution).
-pub fn due(emitted: &[Aggregate], resolution: Resolution, utc_offset_ms: i64) -> Due {
+/// Where a batch left each device's 1-minute windows: what says a coarse window is complete.
+#[derive(Debug, Default, Clone)]
+pub struct Marks {
+    /// `closed_until` after the batch, of every device that emitted a window or moved.
+    pub closed_until: HashMap<String, i64>,
+    /// `closed_until` before the batch, of the devices whose `closed_until` moved.
+    pub before: HashMap<String, i64>,
+    /// Devices with no open window: everything they sent is closed (they fell idle, or report
+    /// sparsely).
+    pub settled: BTreeSet<String>,
+}
+
+impl Marks {
+    /// Every window complete: what a test of derivation alone, or a device at rest, has.
+    pub fn all_settled<'a>(devices: impl IntoIterator<Item = &'a str>) -> Marks {
+        Marks {
+            settled: devices.into_iter().map(str::to_string).collect(),
+            ..Marks::default()
+        }
+    }
+
+    fn complete(&self, device: &str, end: i64) -> bool {
+        self.settled.contains(device) || self.closed_until.get(device).is_some_and(|u| end <= *u)
+    }
+}
+
+/// The windows of `resolution` to derive after `emitted` windows (of the next finer resolution)
+/// were stored: those containing one that are complete (their device's `closed_until` has
+/// passed their end, or the device is settled), and each moved device's window that was in
+/// progress and is now complete (its last finer windows may have been stored in earlier
+/// batches, or not exist). A window still in progress waits for its end: the current hour is
+/// derived once, when it completes, rather than after every minute; a late reading re-derives
+/// the complete windows containing it.
+pub fn due(emitted: &[Aggregate], resolution: Resolution, utc_offset_ms: i64, marks: &Marks) -> Due {
     let mut due = Due::new();
     for a in emitted {
-        due.entry(a.device_id.clone())
-            .or_default()
-            .insert(resolution.start(a.window_start, utc_offset_ms));
+        let start = resolution.start(a.window_start, utc_offset_ms);
+        if marks.complete(&a.device_id, start + resolution.ms()) {
+            due.entry(a.device_id.clone()).or_default().insert(start);
+        }
+    }
+    for (device, before) in &marks.before {
+        // A device's first window has nothing in progress before it.
+        if *before <= 0 {
+            continue;
+        }
+        let start = resolution.start(before - 1, utc_offset_ms);
+        if marks.complete(device, start + resolution.ms()) {
+            due.entry(device.clone()).or_default().insert(start);
+        }
     }
     due
 }
@@ -356,7 +401,7 @@ mod tests {
     fn run(g: &Golden) {
         let finer = g.resolution.finer().unwrap();
         let children = windows(g.input, finer);
-        let due = due(&children, g.resolution, ICT);
+        let due = due(&children, g.resolution, ICT, &Marks::all_settled(["aq-1", "aq-2"]));
         let got = derive(
             g.resolution,
             &due,
@@ -409,7 +454,7 @@ mod tests {
             w
         };
         let first = vec![minute(0, 0, 1)];
-        let due = due(&first, Resolution::Hour, ICT);
+        let due = due(&first, Resolution::Hour, ICT, &Marks::all_settled(["aq-1", "aq-2"]));
         let missing = recent.update(Resolution::Hour, &first, &due, ICT);
         assert_eq!(missing, due, "nothing kept yet: read it");
         // What the read found: an earlier five minutes and the one just stored.
@@ -437,7 +482,7 @@ mod tests {
         );
         for h in 1..4 {
             let w = vec![minute(h, 0, 1)];
-            let d = super::due(&w, Resolution::Hour, ICT);
+            let d = super::due(&w, Resolution::Hour, ICT, &Marks::all_settled(["aq-1", "aq-2"]));
             let missing = recent.update(Resolution::Hour, &w, &d, ICT);
             recent.remember(Resolution::Hour, &missing, w, ICT);
             recent.forget_old(Resolution::Hour, &d);

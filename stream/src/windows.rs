@@ -69,6 +69,8 @@ pub enum Observed {
 pub struct Closed {
     pub windows: Vec<(WindowKey, OpenWindow)>,
     pub devices: Vec<(String, i64)>,
+    /// Each moved device's `closed_until` before it moved.
+    pub before: HashMap<String, i64>,
 }
 
 #[derive(Debug)]
@@ -100,6 +102,12 @@ impl WindowEngine {
 
     pub fn closed_until(&self, device_id: &str) -> Option<i64> {
         self.devices.get(device_id).map(|d| d.closed_until)
+    }
+
+    /// Whether everything the device sent is in closed windows (it fell idle, or reports
+    /// sparsely enough that its last window closed).
+    pub fn is_settled(&self, device_id: &str) -> bool {
+        self.devices.get(device_id).is_none_or(|d| d.open.is_empty())
     }
 
     pub fn open_windows(&self) -> usize {
@@ -169,6 +177,7 @@ impl WindowEngine {
             if until == device.closed_until {
                 continue;
             }
+            closed.before.insert(device_id.clone(), device.closed_until);
             device.closed_until = until;
             closed.devices.push((device_id.clone(), until));
             while let Some(first) = device.open.first() {
