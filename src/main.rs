@@ -145,7 +145,7 @@ fn main() -> ExitCode {
             Ok(config) => {
                 // What only ingest can judge (a vendor profile's units and time format), judged
                 // as ingest will judge it at start.
-                let problems: Vec<String> = config
+                let mut problems: Vec<String> = config
                     .ingest
                     .vendor_profiles
                     .iter()
@@ -155,6 +155,12 @@ fn main() -> ExitCode {
                         Some(format!("ingest.vendor_profiles[{i}] ({}): {e}", p.name))
                     })
                     .collect();
+                // Alert rules, planned as the stream will plan them.
+                let rules = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("tokio runtime")
+                    .block_on(ioc_stream::rules::check(&config.stream.rules));
+                problems.extend(rules.iter().map(ToString::to_string));
                 if !problems.is_empty() {
                     for problem in problems {
                         eprintln!("{}: {problem}", file.display());

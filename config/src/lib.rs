@@ -279,7 +279,50 @@ pub struct StreamConfig {
     /// A 24-hour mean is compared with a QCVN 05 daily limit only over at least this many
     /// valid hours.
     pub min_day_hours_qcvn: usize,
+    /// Alert rules (`[[stream.rules]]`): SQL over the stream's named inputs.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
 }
+
+/// One alert rule: a SQL query whose every result row is a firing instance (`ioc_stream::rules`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Unique; letters, digits, `_`, `-`, `.`.
+    pub name: String,
+    /// `air`, `water`, `traffic` or `device`.
+    pub category: String,
+    /// `critical`, `major`, `minor` or `warning`.
+    pub severity: String,
+    /// A query over the inputs; each row one instance, with `device_id` and a numeric `value`.
+    pub sql: String,
+    /// Rows of this query clear their instances (default: an instance clears when `sql` no
+    /// longer returns it), so an alert hovering at its limit does not flap.
+    #[serde(default)]
+    pub clear_sql: Option<String>,
+    /// How long, in event time, the condition must hold before the alert fires.
+    #[serde(default, rename = "for", with = "humantime_serde")]
+    pub for_: Option<Duration>,
+    /// How long an alert stays firing after its condition last held.
+    #[serde(default, with = "humantime_serde")]
+    pub keep_firing_for: Option<Duration>,
+    /// Notify again this often while firing and unacknowledged.
+    #[serde(default, with = "humantime_serde")]
+    pub renotify: Option<Duration>,
+    /// Result columns besides `device_id` and `channel` that tell instances apart.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// The alert's message; `{column}` is replaced by the row's value of that column.
+    #[serde(default)]
+    pub message: String,
+    /// Who is notified (names of configured recipients).
+    #[serde(default)]
+    pub recipients: Vec<String>,
+}
+
+/// Rule categories and severities, by name.
+pub const RULE_CATEGORIES: [&str; 4] = ["air", "water", "traffic", "device"];
+pub const RULE_SEVERITIES: [&str; 4] = ["critical", "major", "minor", "warning"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -805,6 +848,46 @@ pub fn validate(c: &Config) -> Vec<Problem> {
     if c.stream.min_day_hours_qcvn == 0 || c.stream.min_day_hours_qcvn > 24 {
         bad("stream.min_day_hours_qcvn", "must be 1 to 24 hours".into());
     }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, r) in c.stream.rules.iter().enumerate() {
+        let path = |field: &str| format!("stream.rules[{i}] ({}).{field}", r.name);
+        let valid_name = !r.name.is_empty()
+            && r.name.len() <= 64
+            && r.name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "_-.".contains(ch));
+        if !valid_name {
+            bad(&path("name"), "must be 1 to 64 of A-Z a-z 0-9 _ - .".into());
+        } else if !names.insert(r.name.as_str()) {
+            bad(&path("name"), "another rule has this name".into());
+        }
+        if !RULE_CATEGORIES.contains(&r.category.as_str()) {
+            bad(
+                &path("category"),
+                format!("must be one of {}", RULE_CATEGORIES.join(", ")),
+            );
+        }
+        if !RULE_SEVERITIES.contains(&r.severity.as_str()) {
+            bad(
+                &path("severity"),
+                format!("must be one of {}", RULE_SEVERITIES.join(", ")),
+            );
+        }
+        if r.sql.trim().is_empty() {
+            bad(&path("sql"), "must be a query".into());
+        }
+        if r.renotify.is_some_and(|d| d < Duration::from_secs(60)) {
+            bad(&path("renotify"), "must be at least 1m (or absent: never)".into());
+        }
+        for label in &r.labels {
+            if matches!(label.as_str(), "device_id" | "channel" | "value") {
+                bad(
+                    &path("labels"),
+                    format!("{label:?} is always part of an instance; list only other columns"),
+                );
+            }
+        }
+    }
     if c.regulation
         .wastewater(ioc_contract::DEFAULT_WASTEWATER_REGULATION)
         .is_none()
@@ -889,6 +972,46 @@ mod tests {
             c.regulation.wastewater_names(),
             vec![ioc_contract::DEFAULT_WASTEWATER_REGULATION]
         );
+    }
+
+    #[test]
+    fn a_rule_s_fields_are_checked_each_with_its_path() {
+        let file = r#"
+[[stream.rules]]
+name = "aqi poor"
+category = "noise"
+severity = "major"
+sql = " "
+renotify = "10s"
+labels = ["channel"]
+[[stream.rules]]
+name = "ok"
+category = "air"
+severity = "minor"
+sql = "SELECT device_id, aqi AS value FROM aqi_1h WHERE aqi >= 101"
+for = "2h"
+"#;
+        let problems = match load_str(Some(("rules.toml", file)), no_env()) {
+            Err(ConfigError::Invalid(problems)) => problems,
+            other => panic!("{other:?}"),
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "stream.rules[0] (aqi poor).name",
+                "stream.rules[0] (aqi poor).category",
+                "stream.rules[0] (aqi poor).sql",
+                "stream.rules[0] (aqi poor).renotify",
+                "stream.rules[0] (aqi poor).labels",
+            ]
+        );
+        let c = load_str(
+            Some(("rules.toml", &file.replace("aqi poor", "aqi_poor").replace("noise", "air").replace("sql = \" \"", "sql = \"SELECT 1\"").replace("\"10s\"", "\"1h\"").replace("[\"channel\"]", "[]"))),
+            no_env(),
+        )
+        .unwrap();
+        assert_eq!(c.stream.rules[1].for_, Some(Duration::from_secs(7200)));
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod exceedance;
 pub mod limit;
 pub mod recent;
 pub mod rollup;
+pub mod rules;
 pub mod sink;
 #[cfg(test)]
 mod tests;
@@ -68,6 +69,8 @@ pub enum StreamError {
     Bus(#[from] ioc_bus::BusError),
     #[error("history: {0}")]
     History(#[from] ioc_history::HistoryError),
+    #[error("invalid alert rules:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Rules(Vec<rules::RuleProblem>),
 }
 
 /// The stream's Prometheus metrics (`ioc_stream_*`).
@@ -271,6 +274,10 @@ pub async fn run(
     metrics: StreamMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), StreamError> {
+    let problems = rules::check(&config.rules).await;
+    if !problems.is_empty() {
+        return Err(StreamError::Rules(problems));
+    }
     history.ensure_schema().await?;
     let producer = bus.producer(Duration::from_millis(5))?;
     let step = Step {

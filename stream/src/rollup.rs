@@ -79,7 +79,10 @@ pub fn due(emitted: &[Aggregate], resolution: Resolution, utc_offset_ms: i64, ma
             continue;
         }
         let start = resolution.start(before - 1, utc_offset_ms);
-        if marks.complete(device, start + resolution.ms()) {
+        let end = start + resolution.ms();
+        // Only a window still in progress at `before`: one that ended there was derived by
+        // the move that brought `closed_until` to its end.
+        if end > *before && marks.complete(device, end) {
             due.entry(device.clone()).or_default().insert(start);
         }
     }

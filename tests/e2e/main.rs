@@ -77,6 +77,27 @@ fields = [{ key = "co", metric = "co", unit = "furlongs" }]
         ),
         "{stderr}"
     );
+    // Alert rules are planned by DataFusion over the stream's inputs, each problem with its rule.
+    let (code, stderr) = check_config(
+        &dir,
+        "rules.toml",
+        r#"[[stream.rules]]
+name = "aqi_poor"
+category = "air"
+severity = "major"
+sql = "SELECT device_id, aqi AS value FROM aqi_1h WHERE aqi >= 101"
+
+[[stream.rules]]
+name = "cod_high"
+category = "water"
+severity = "critical"
+sql = "SELECT device_id, value_mean AS value FROM aggregates_1h WHERE metric = 'cod' AND value_means > 150"
+"#,
+    );
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("stream.rules[1] (cod_high).sql: "), "{stderr}");
+    assert!(stderr.contains("value_means"), "{stderr}");
+    assert!(!stderr.contains("aqi_poor"), "the good rule passes: {stderr}");
     let (code, stderr) = check_config(&dir, "good.toml", "[stream.pm25_alert]\nlimit = 45\n");
     assert_eq!(code, Some(0), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
