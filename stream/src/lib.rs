@@ -29,6 +29,7 @@ pub mod aggregate;
 pub mod alerts;
 pub mod aqi;
 pub mod exceedance;
+pub mod lifecycle;
 pub mod limit;
 pub mod recent;
 pub mod rollup;
