@@ -994,6 +994,15 @@ impl axum::extract::FromRequestParts<AppState> for HistoryRequest {
         authorize(state, bearer(&parts.headers), Permission::ReadTelemetry)?;
         let Query(q) = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
             .map_err(|e| ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+        // A resolution the route would ignore is a mistake worth naming.
+        let path = parts.uri.path();
+        if q.contains_key("resolution") && path != "/api/v1/aggregates" {
+            return Err(ApiFailure::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("resolution applies to /api/v1/aggregates and /api/v1/aqi, not {path}"),
+            ));
+        }
         Ok(HistoryRequest(history_filter(state, &q)?))
     }
 }

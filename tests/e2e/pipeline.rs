@@ -316,6 +316,19 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
     assert_eq!(unauthorized.status(), 401);
     let body: serde_json::Value = unauthorized.json().await?;
     assert_eq!(body["error"], "unauthorized");
+    // A resolution is refused where the route has none, rather than ignored.
+    let ignored = env
+        .http
+        .get(env.api("/api/v1/readings?resolution=1h"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await?;
+    assert_eq!(ignored.status(), 400);
+    let body: serde_json::Value = ignored.json().await?;
+    assert!(
+        body["message"].as_str().unwrap_or_default().contains("/api/v1/aggregates"),
+        "{body}"
+    );
     let (status, body) = post_device(
         &env,
         serde_json::json!({"device_id": "bad id", "kind": "toaster", "lat": 100}),
