@@ -648,8 +648,7 @@ async fn run(command: Command, config: Config) -> Result<()> {
             .await?;
             let history = History::ClickHouse(ClickHouseHistory::new(&config.clickhouse));
             tracing::info!(clickhouse = %config.clickhouse.url, database = %config.clickhouse.database, "stream starting");
-            let fleet =
-                ioc_stream::Fleet::of(&config, follow_registry(&bus, &shutdown).await?);
+            let fleet = ioc_stream::Fleet::of(&config, follow_registry(&bus, &shutdown).await?);
             ioc_stream::run(&config.stream, fleet, &bus, history, metrics, shutdown).await?;
             tracing::info!("stream stopped");
         }

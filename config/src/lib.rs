@@ -51,7 +51,10 @@ impl RegulationConfig {
 
     /// The regulations a wastewater station may be held to.
     pub fn wastewater_names(&self) -> Vec<&str> {
-        self.wastewater.iter().map(|t| t.regulation.as_str()).collect()
+        self.wastewater
+            .iter()
+            .map(|t| t.regulation.as_str())
+            .collect()
     }
 }
 
@@ -877,7 +880,10 @@ pub fn validate(c: &Config) -> Vec<Problem> {
             bad(&path("sql"), "must be a query".into());
         }
         if r.renotify.is_some_and(|d| d < Duration::from_secs(60)) {
-            bad(&path("renotify"), "must be at least 1m (or absent: never)".into());
+            bad(
+                &path("renotify"),
+                "must be at least 1m (or absent: never)".into(),
+            );
         }
         for label in &r.labels {
             if matches!(label.as_str(), "device_id" | "channel" | "value") {
@@ -1007,7 +1013,15 @@ for = "2h"
             ]
         );
         let c = load_str(
-            Some(("rules.toml", &file.replace("aqi poor", "aqi_poor").replace("noise", "air").replace("sql = \" \"", "sql = \"SELECT 1\"").replace("\"10s\"", "\"1h\"").replace("[\"channel\"]", "[]"))),
+            Some((
+                "rules.toml",
+                &file
+                    .replace("aqi poor", "aqi_poor")
+                    .replace("noise", "air")
+                    .replace("sql = \" \"", "sql = \"SELECT 1\"")
+                    .replace("\"10s\"", "\"1h\"")
+                    .replace("[\"channel\"]", "[]"),
+            )),
             no_env(),
         )
         .unwrap();

@@ -14,8 +14,7 @@ use serde::Deserialize;
 
 use crate::record::{clickhouse_key, Record, Table};
 use crate::{
-    aggregates_table, AggregateRow, AlertRow, GoodValueRow, HistoryError, HistoryFilter,
-    Position,
+    aggregates_table, AggregateRow, AlertRow, GoodValueRow, HistoryError, HistoryFilter, Position,
 };
 
 /// The statement that creates one of a table's ClickHouse tables, from its definition:
@@ -63,15 +62,15 @@ impl ClickHouseHistory {
             .await?;
         for table in crate::tables() {
             for name in (table.clickhouse_tables)() {
-                root.query(&create_table(db, name, &table)).execute().await?;
+                root.query(&create_table(db, name, &table))
+                    .execute()
+                    .await?;
                 let present = || async {
-                    root.query(
-                        "SELECT name FROM system.columns WHERE database = ? AND table = ?",
-                    )
-                    .bind(db)
-                    .bind(name)
-                    .fetch_all::<String>()
-                    .await
+                    root.query("SELECT name FROM system.columns WHERE database = ? AND table = ?")
+                        .bind(db)
+                        .bind(name)
+                        .fetch_all::<String>()
+                        .await
                 };
                 let columns = present().await?;
                 for c in table.columns {
@@ -79,7 +78,11 @@ impl ClickHouseHistory {
                     if columns.iter().any(|p| p == c.name) {
                         continue;
                     }
-                    tracing::info!(table = name, column = c.name, "adding a column to an existing table");
+                    tracing::info!(
+                        table = name,
+                        column = c.name,
+                        "adding a column to an existing table"
+                    );
                     let default = c.added.unwrap_or_default();
                     let added = root
                         .query(&format!(
@@ -142,7 +145,11 @@ impl ClickHouseHistory {
         } else {
             time.to_string()
         })
-        .chain(clickhouse_key(R::COLUMNS, R::KEY).into_iter().map(String::from))
+        .chain(
+            clickhouse_key(R::COLUMNS, R::KEY)
+                .into_iter()
+                .map(String::from),
+        )
         .collect::<Vec<_>>()
         .join(", ");
         // Table and column names are ours, never input.

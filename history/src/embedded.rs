@@ -472,11 +472,7 @@ impl EmbeddedHistory {
             let now = Instant::now();
             s.garbage
                 .extend(small.iter().map(|f| (now, self.shared.dir.join(&f.file))));
-            tracing::debug!(
-                table,
-                files = small.len(),
-                "compacted history files"
-            );
+            tracing::debug!(table, files = small.len(), "compacted history files");
         }
         Ok(())
     }
@@ -913,7 +909,13 @@ mod tests {
             limit: 3,
             ..Default::default()
         };
-        let ts: Vec<i64> = h.query::<ReadingRow>(&f).await.unwrap().iter().map(|r| r.ts).collect();
+        let ts: Vec<i64> = h
+            .query::<ReadingRow>(&f)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.ts)
+            .collect();
         assert_eq!(ts, vec![4000, 6000, 8000]);
         let none = HistoryFilter {
             metric: Some("no2".into()),

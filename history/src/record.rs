@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use arrow_array::{
-    Array, ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
-    UInt32Array, UInt64Array,
+    Array, ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, UInt32Array,
+    UInt64Array,
 };
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use ioc_contract::Resolution;
@@ -31,12 +31,7 @@ pub struct Column {
 
 /// A row type stored as a table (see [`record!`]).
 pub trait Record:
-    Clone
-    + Send
-    + Sync
-    + clickhouse::RowOwned
-    + clickhouse::RowRead
-    + clickhouse::RowWrite
+    Clone + Send + Sync + clickhouse::RowOwned + clickhouse::RowRead + clickhouse::RowWrite
 {
     /// The table's name (the embedded store's directory; the ClickHouse table of part 0).
     const TABLE: &'static str;
@@ -204,7 +199,9 @@ impl Value for Resolution {
     }
     fn decode(array: &dyn Array) -> Option<Vec<Self>> {
         let a = array.as_any().downcast_ref::<StringArray>()?;
-        (0..a.len()).map(|i| Resolution::parse(a.value(i))).collect()
+        (0..a.len())
+            .map(|i| Resolution::parse(a.value(i)))
+            .collect()
     }
     /// Files from before resolutions held 1-minute windows.
     fn absent() -> Self {
@@ -358,6 +355,10 @@ impl Table {
 pub fn clickhouse_key(columns: &[Column], key: &[&'static str]) -> Vec<&'static str> {
     key.iter()
         .copied()
-        .filter(|k| columns.iter().any(|c| c.name == *k && c.clickhouse.is_some()))
+        .filter(|k| {
+            columns
+                .iter()
+                .any(|c| c.name == *k && c.clickhouse.is_some())
+        })
         .collect()
 }

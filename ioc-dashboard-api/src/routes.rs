@@ -15,8 +15,8 @@ use ioc_bus::registry;
 use ioc_contract::time::{format_ms, now_ms, parse_param_ms};
 use ioc_contract::{
     valid_device_id, valid_external_id, Actor, Aggregate, Alert, Device, DeviceChanges,
-    DeviceCredentials, DeviceStatus, Grade, Qcvn40Column, Reading, RegistryEvent, Resolution, DEVICE_KINDS,
-    EXTERNAL_ID_KINDS, FORMAT_NAMES,
+    DeviceCredentials, DeviceStatus, Grade, Qcvn40Column, Reading, RegistryEvent, Resolution,
+    DEVICE_KINDS, EXTERNAL_ID_KINDS, FORMAT_NAMES,
 };
 use ioc_history::{AggregateRow, AlertRow, AqiRow, ExceedanceRow, HistoryFilter, ReadingRow};
 use serde::Serialize;
@@ -205,7 +205,13 @@ const DETAILS: [(&str, &str); 15] = [
 ];
 
 /// The [`DETAILS`] fields that only a wastewater station has.
-const DISCHARGE_FIELDS: [&str; 5] = ["discharge_channel", "qcvn40_column", "kq", "kf", "regulation"];
+const DISCHARGE_FIELDS: [&str; 5] = [
+    "discharge_channel",
+    "qcvn40_column",
+    "kq",
+    "kf",
+    "regulation",
+];
 
 /// Reads the [`DETAILS`] fields present in `fields` into changes for a device of `kind`,
 /// noting each problem. `regulations`: those with configured wastewater limits.
@@ -227,11 +233,7 @@ fn details(
             });
             continue;
         }
-        let factor = || {
-            value
-                .as_f64()
-                .filter(|v| v.is_finite() && *v > 0.0)
-        };
+        let factor = || value.as_f64().filter(|v| v.is_finite() && *v > 0.0);
         let text = |max: usize| {
             value
                 .as_str()
@@ -1070,7 +1072,11 @@ async fn aqi(
             None => Some(now_ms() + 1),
         };
         if let Some(to) = to {
-            let span = if resolution == Resolution::Day { 31 * 86_400_000 } else { 86_400_000 };
+            let span = if resolution == Resolution::Day {
+                31 * 86_400_000
+            } else {
+                86_400_000
+            };
             q.insert("from".into(), (to - span).to_string());
         }
     }
@@ -1141,7 +1147,9 @@ pub fn annual_means(
         if limit(&w.metric).is_none() || w.capture.is_some_and(|c| c < min_capture) {
             continue;
         }
-        let e = by.entry((&w.channel, &w.metric)).or_insert((0.0, 0, &w.unit));
+        let e = by
+            .entry((&w.channel, &w.metric))
+            .or_insert((0.0, 0, &w.unit));
         e.0 += w.mean;
         e.1 += 1;
     }
@@ -1348,7 +1356,10 @@ mod tests {
     const REGULATIONS: [&str; 1] = [ioc_contract::DEFAULT_WASTEWATER_REGULATION];
 
     fn problems(e: ApiFailure) -> Vec<(&'static str, String)> {
-        e.problems.into_iter().map(|p| (p.field, p.message)).collect()
+        e.problems
+            .into_iter()
+            .map(|p| (p.field, p.message))
+            .collect()
     }
 
     fn register(body: serde_json::Value) -> ApiResult<Device> {
@@ -1365,9 +1376,16 @@ mod tests {
         let base = serde_json::json!({"device_id": "ww-1", "kind": "wastewater", "name": "KCN Hoà Phú",
             "lat": 12.6, "lon": 108.0, "expected_interval_s": 300});
         let d = register(base.clone()).unwrap();
-        assert_eq!((d.grade(), d.discharge()), (Grade::Reference, Discharge::default()));
         assert_eq!(
-            (d.discharge().channel.as_str(), d.discharge().column, d.discharge().kq),
+            (d.grade(), d.discharge()),
+            (Grade::Reference, Discharge::default())
+        );
+        assert_eq!(
+            (
+                d.discharge().channel.as_str(),
+                d.discharge().column,
+                d.discharge().kq
+            ),
             ("outlet", Qcvn40Column::B, 1.0)
         );
 
@@ -1385,7 +1403,13 @@ mod tests {
         let x = d.discharge();
         assert_eq!(d.grade(), Grade::Indicative);
         assert_eq!(
-            (x.channel.as_str(), x.column, x.kq, x.kf, x.regulation.as_str()),
+            (
+                x.channel.as_str(),
+                x.column,
+                x.kq,
+                x.kf,
+                x.regulation.as_str()
+            ),
             ("", Qcvn40Column::A, 0.9, 1.1, "QCVN 40:2011/BTNMT")
         );
 
@@ -1447,8 +1471,14 @@ mod tests {
             .map(|m| (m.metric.as_str(), m.mean, m.valid_hours, m.exceeded))
             .collect();
         // PM2.5 30 over 80 % of the hours, above 25; NO2 20 over 50 %: not judged.
-        assert_eq!(brief, vec![("no2", 20.0, 50, None), ("pm25", 30.0, 80, Some(true))]);
-        assert_eq!((means[1].limit, means[1].multiple, means[1].coverage), (25.0, 1.2, 0.8));
+        assert_eq!(
+            brief,
+            vec![("no2", 20.0, 50, None), ("pm25", 30.0, 80, Some(true))]
+        );
+        assert_eq!(
+            (means[1].limit, means[1].multiple, means[1].coverage),
+            (25.0, 1.2, 0.8)
+        );
     }
 
     #[test]
@@ -1459,11 +1489,21 @@ mod tests {
             ..Default::default()
         };
         changes.apply_to(&mut d);
-        assert_eq!((d.discharge().kq, d.discharge().kf, d.discharge().channel.as_str()), (0.8, 1.0, "outlet"));
+        assert_eq!(
+            (
+                d.discharge().kq,
+                d.discharge().kf,
+                d.discharge().channel.as_str()
+            ),
+            (0.8, 1.0, "outlet")
+        );
         validate_changes(br#"{"qcvn40_column": "A"}"#, "wastewater", &REGULATIONS)
             .unwrap()
             .apply_to(&mut d);
-        assert_eq!((d.discharge().kq, d.discharge().column), (0.8, Qcvn40Column::A));
+        assert_eq!(
+            (d.discharge().kq, d.discharge().column),
+            (0.8, Qcvn40Column::A)
+        );
         let e = validate_changes(br#"{"kq": 0.8}"#, "traffic_counter", &REGULATIONS).unwrap_err();
         assert_eq!(problems(e)[0].0, "kq");
     }

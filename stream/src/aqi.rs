@@ -54,7 +54,10 @@ pub struct Due {
 impl Due {
     /// The stored hourly windows the derivation reads: `[from, to)` of window starts.
     pub fn range(&self) -> (i64, i64) {
-        let first_hour = self.hours.first().map(|h| h - (NOWCAST_HOURS - 1) * HOUR_MS);
+        let first_hour = self
+            .hours
+            .first()
+            .map(|h| h - (NOWCAST_HOURS - 1) * HOUR_MS);
         let first_day = self.days.first().map(|d| d - O3_PREVIOUS_HOURS * HOUR_MS);
         let last_hour = self.hours.last().map(|h| h + HOUR_MS);
         let last_day = self.days.last().map(|d| d + DAY_MS);
@@ -153,7 +156,14 @@ pub fn derive(
             .filter(|m| metrics.get(m).is_some_and(|w| !valid(w)))
             .collect();
         let h = hours.hourly(device_id, (start + HOUR_MS) / 1000);
-        out.push(hourly_row(device_id, *start, &h, grade, low_capture.join(","), version));
+        out.push(hourly_row(
+            device_id,
+            *start,
+            &h,
+            grade,
+            low_capture.join(","),
+            version,
+        ));
     }
     for day in &due.days {
         if by_hour.range(*day..day + DAY_MS).next().is_none() {
@@ -180,7 +190,14 @@ fn hourly_row(
     low_capture: String,
     version: u64,
 ) -> AqiRow {
-    let mut row = row(device_id, Resolution::Hour, start, h.aqi, h.dominant, &h.sub_indices);
+    let mut row = row(
+        device_id,
+        Resolution::Hour,
+        start,
+        h.aqi,
+        h.dominant,
+        &h.sub_indices,
+    );
     row.nowcast_pm25 = h.nowcast_pm25;
     row.nowcast_pm10 = h.nowcast_pm10;
     row.grade = grade.as_str().to_string();
@@ -190,7 +207,14 @@ fn hourly_row(
 }
 
 fn daily_row(device_id: &str, start: i64, d: &Daily, grade: Grade, version: u64) -> AqiRow {
-    let mut row = row(device_id, Resolution::Day, start, d.aqi, d.dominant, &d.sub_indices);
+    let mut row = row(
+        device_id,
+        Resolution::Day,
+        start,
+        d.aqi,
+        d.dominant,
+        &d.sub_indices,
+    );
     row.valid_hours = Some(d.valid_hours);
     row.grade = grade.as_str().to_string();
     row.version = version;
@@ -276,7 +300,11 @@ mod tests {
         assert_eq!(d.hours.first(), Some(&(DAY + 5 * HOUR_MS)));
         assert_eq!(d.days, BTreeSet::from([DAY]));
         // The hour starting 17:00 ends 18:00: the next day's first 8-hour O3 mean includes it.
-        let late = due(&[hour("o3", DAY + 17 * HOUR_MS, 1.0, 1.0)], |_| true, OFFSET);
+        let late = due(
+            &[hour("o3", DAY + 17 * HOUR_MS, 1.0, 1.0)],
+            |_| true,
+            OFFSET,
+        );
         assert_eq!(late["aq-1"].days, BTreeSet::from([DAY, DAY + DAY_MS]));
         assert!(due(&stored, |_| false, OFFSET).is_empty());
         assert_eq!(
@@ -305,9 +333,15 @@ mod tests {
         let rows = derive("aq-1", Grade::Reference, &due, &windows, settings(), 9);
         assert_eq!(rows.len(), 1);
         let r = &rows[0];
-        assert_eq!((r.aqi, r.dominant.as_str(), r.pm25), (Some(41), "pm25", Some(41)));
+        assert_eq!(
+            (r.aqi, r.dominant.as_str(), r.pm25),
+            (Some(41), "pm25", Some(41))
+        );
         assert_eq!(r.nowcast_pm25.map(ioc_regulation::csv::round1), Some(20.3));
-        assert_eq!((r.window_end, r.version, r.grade.as_str()), (last + HOUR_MS, 9, "reference"));
+        assert_eq!(
+            (r.window_end, r.version, r.grade.as_str()),
+            (last + HOUR_MS, 9, "reference")
+        );
 
         // The newest hour half-empty: it is missing, and says so.
         windows[11].capture = Some(0.5);
@@ -321,7 +355,14 @@ mod tests {
     fn only_hours_and_days_with_windows_get_records() {
         let windows = [hour("pm25", DAY + 2 * HOUR_MS, 30.0, 1.0)];
         let made = due(&windows, |_| true, OFFSET);
-        let rows = derive("aq-1", Grade::Reference, &made["aq-1"], &windows, settings(), 1);
+        let rows = derive(
+            "aq-1",
+            Grade::Reference,
+            &made["aq-1"],
+            &windows,
+            settings(),
+            1,
+        );
         let kinds: Vec<(&str, i64)> = rows
             .iter()
             .map(|r| (r.resolution.as_str(), r.window_start))

@@ -104,10 +104,12 @@ impl Due {
     /// The stored hourly windows (and exceedances) the judgement reads: `[from, to)` of window
     /// starts. An 8-hour mean ending at a due hour or the 7 after it reaches 7 hours back.
     pub fn range(&self) -> (i64, i64) {
-        let hours = self
-            .hours
-            .first()
-            .map(|h| (h - (EIGHT - 1) * HOUR_MS, self.hours.last().unwrap_or(h) + EIGHT * HOUR_MS));
+        let hours = self.hours.first().map(|h| {
+            (
+                h - (EIGHT - 1) * HOUR_MS,
+                self.hours.last().unwrap_or(h) + EIGHT * HOUR_MS,
+            )
+        });
         let days = self
             .days
             .first()
@@ -133,12 +135,16 @@ pub fn due(
         let s = stations
             .entry(&w.device_id)
             .or_insert_with(|| station(&w.device_id));
-        if !s.as_ref().is_some_and(|s| s.judges(limits, &w.channel, &w.metric)) {
+        if !s
+            .as_ref()
+            .is_some_and(|s| s.judges(limits, &w.channel, &w.metric))
+        {
             continue;
         }
         let d = due.entry(w.device_id.clone()).or_default();
         d.hours.insert(w.window_start);
-        d.days.insert(Resolution::Day.start(w.window_start, utc_offset_ms));
+        d.days
+            .insert(Resolution::Day.start(w.window_start, utc_offset_ms));
     }
     due
 }
@@ -197,44 +203,51 @@ pub fn derive(
     let mut judged: Vec<Judged> = Vec::new();
     for (&(channel, metric), by_hour) in &hours {
         let unit = units[&(channel, metric)].to_string();
-        let mut judge = |period: Period, start: i64, end: i64, mean: Option<f64>, valid_hours: usize| {
-            let (regulation, limit) = match station {
-                Station::Air { .. } => (
-                    limits.ambient.regulation.clone(),
-                    limits
-                        .ambient
-                        .limit(metric, period, date(start))
-                        .map(Limit::Max),
-                ),
-                Station::Wastewater { discharge, .. } => {
-                    let table = limits.wastewater(&discharge.regulation);
-                    let column = match discharge.column {
-                        Qcvn40Column::A => Column::A,
-                        Qcvn40Column::B => Column::B,
-                    };
-                    (
-                        discharge.regulation.clone(),
-                        table.and_then(|t| t.limit(metric, column, discharge.kq, discharge.kf)),
-                    )
+        let mut judge =
+            |period: Period, start: i64, end: i64, mean: Option<f64>, valid_hours: usize| {
+                let (regulation, limit) = match station {
+                    Station::Air { .. } => (
+                        limits.ambient.regulation.clone(),
+                        limits
+                            .ambient
+                            .limit(metric, period, date(start))
+                            .map(Limit::Max),
+                    ),
+                    Station::Wastewater { discharge, .. } => {
+                        let table = limits.wastewater(&discharge.regulation);
+                        let column = match discharge.column {
+                            Qcvn40Column::A => Column::A,
+                            Qcvn40Column::B => Column::B,
+                        };
+                        (
+                            discharge.regulation.clone(),
+                            table.and_then(|t| t.limit(metric, column, discharge.kq, discharge.kf)),
+                        )
+                    }
+                };
+                if limit.is_some() {
+                    judged.push(Judged {
+                        channel: channel.to_string(),
+                        metric: metric.to_string(),
+                        regulation,
+                        period,
+                        start,
+                        end,
+                        mean: mean.map(|m| (m, unit.clone())),
+                        valid_hours: valid_hours as u32,
+                        limit,
+                    });
                 }
             };
-            if limit.is_some() {
-                judged.push(Judged {
-                    channel: channel.to_string(),
-                    metric: metric.to_string(),
-                    regulation,
-                    period,
-                    start,
-                    end,
-                    mean: mean.map(|m| (m, unit.clone())),
-                    valid_hours: valid_hours as u32,
-                    limit,
-                });
-            }
-        };
         for &h in &due.hours {
             if let Some(mean) = by_hour.get(&h) {
-                judge(Period::Hour, h, h + HOUR_MS, *mean, usize::from(mean.is_some()));
+                judge(
+                    Period::Hour,
+                    h,
+                    h + HOUR_MS,
+                    *mean,
+                    usize::from(mean.is_some()),
+                );
             }
         }
         if matches!(station, Station::Air { .. }) {
@@ -251,7 +264,11 @@ pub fn derive(
                     .map(|k| by_hour.get(&(start + k * HOUR_MS)).copied().flatten())
                     .collect();
                 let valid = (0..EIGHT)
-                    .filter(|k| by_hour.get(&(start + k * HOUR_MS)).is_some_and(Option::is_some))
+                    .filter(|k| {
+                        by_hour
+                            .get(&(start + k * HOUR_MS))
+                            .is_some_and(Option::is_some)
+                    })
                     .count();
                 let mean = means.map(|m| m.iter().sum::<f64>() / EIGHT as f64);
                 judge(Period::EightHours, start, e + HOUR_MS, mean, valid);
@@ -314,7 +331,12 @@ pub fn derive(
             }),
             valid_hours: j.valid_hours,
             grade: grade.to_string(),
-            status: if beyond.is_some() { "exceeded" } else { "withdrawn" }.into(),
+            status: if beyond.is_some() {
+                "exceeded"
+            } else {
+                "withdrawn"
+            }
+            .into(),
             version,
         };
         let row = match (beyond, before) {
@@ -446,7 +468,11 @@ mod tests {
         }
     }
 
-    fn judge(station: &Station, windows: &[Aggregate], stored: &[ExceedanceRow]) -> Vec<ExceedanceRow> {
+    fn judge(
+        station: &Station,
+        windows: &[Aggregate],
+        stored: &[ExceedanceRow],
+    ) -> Vec<ExceedanceRow> {
         let l = limits();
         let made = due(windows, |_| Some(station.clone()), &l, OFFSET);
         let Some(d) = made.get("s-1") else {
@@ -493,13 +519,19 @@ mod tests {
         // Kq·Kf 0.9 × 0.8 scales COD (150 → 108) and TSS (100 → 72), not temperature or pH.
         let got = judge(&wastewater(Qcvn40Column::B, 0.9, 0.8), &windows, &[]);
         let cod = got.iter().find(|r| r.metric == "cod").unwrap();
-        assert_eq!(cod.limit_high.map(|l| (l * 1000.0).round()), Some(108_000.0));
+        assert_eq!(
+            cod.limit_high.map(|l| (l * 1000.0).round()),
+            Some(108_000.0)
+        );
         assert!(got.iter().any(|r| r.metric == "tss"));
         let t = got.iter().find(|r| r.metric == "temperature").unwrap();
         assert_eq!(t.limit_high, Some(40.0));
         // Column A: pH 6–9, so 5.8 is out, which column B's 5.5–9 allows; 9.0 is on the edge.
         let ph = |v| [hour("outlet", "ph", h, v)];
-        assert_eq!(judge(&wastewater(Qcvn40Column::A, 1.0, 1.0), &ph(5.8), &[]).len(), 1);
+        assert_eq!(
+            judge(&wastewater(Qcvn40Column::A, 1.0, 1.0), &ph(5.8), &[]).len(),
+            1
+        );
         assert!(judge(&wastewater(Qcvn40Column::B, 1.0, 1.0), &ph(5.8), &[]).is_empty());
         assert!(judge(&wastewater(Qcvn40Column::A, 1.0, 1.0), &ph(9.0), &[]).is_empty());
         let high = judge(&wastewater(Qcvn40Column::A, 1.0, 1.0), &ph(9.4), &[]);
@@ -534,15 +566,22 @@ mod tests {
 
         // PM2.5 at 48 for a whole day: above 45 from 2026-01-01, within the 50 of 2025.
         let day = |start: i64| -> Vec<Aggregate> {
-            (0..24).map(|k| hour("", "pm25", start + k * HOUR_MS, 48.0)).collect()
+            (0..24)
+                .map(|k| hour("", "pm25", start + k * HOUR_MS, 48.0))
+                .collect()
         };
         let got = judge(&air(), &day(DAY), &[]);
         assert_eq!(got.len(), 1);
-        assert_eq!((got[0].period.as_str(), got[0].limit_high), ("24h", Some(45.0)));
+        assert_eq!(
+            (got[0].period.as_str(), got[0].limit_high),
+            ("24h", Some(45.0))
+        );
         // 2025-12-31 00:00 +07:00.
         let last_of_2025 = DAY - 60 * DAY_MS;
         assert_eq!(
-            DateTime::from_timestamp_millis(last_of_2025 + OFFSET).unwrap().date_naive(),
+            DateTime::from_timestamp_millis(last_of_2025 + OFFSET)
+                .unwrap()
+                .date_naive(),
             NaiveDate::from_ymd_opt(2025, 12, 31).unwrap()
         );
         assert!(judge(&air(), &day(last_of_2025), &[]).is_empty());
@@ -558,10 +597,19 @@ mod tests {
         assert!(judge(&station, &[hour("outlet", "cod", h, 160.0)], &first).is_empty());
         // A late reading brings the hour to 140: withdrawn, with the new mean.
         let withdrawn = judge(&station, &[hour("outlet", "cod", h, 140.0)], &first);
-        assert_eq!(brief(&withdrawn), vec![("cod", "1h", h, 0.933, "withdrawn")]);
+        assert_eq!(
+            brief(&withdrawn),
+            vec![("cod", "1h", h, 0.933, "withdrawn")]
+        );
         assert_eq!(withdrawn[0].value, 140.0);
         // Withdrawn stays withdrawn, its mean kept up to date; the same again says nothing.
-        let both = [first[0].clone(), ExceedanceRow { version: 8, ..withdrawn[0].clone() }];
+        let both = [
+            first[0].clone(),
+            ExceedanceRow {
+                version: 8,
+                ..withdrawn[0].clone()
+            },
+        ];
         let later = judge(&station, &[hour("outlet", "cod", h, 120.0)], &both);
         assert_eq!(brief(&later), vec![("cod", "1h", h, 0.8, "withdrawn")]);
         assert!(judge(&station, &[hour("outlet", "cod", h, 140.0)], &both).is_empty());

@@ -673,9 +673,7 @@ impl Step<'_> {
         let alert_rows: Vec<AlertRow> = alerts.iter().map(AlertRow::from).collect();
         if !alerts.is_empty()
             && self
-                .retry("storing alerts", || {
-                    self.history.insert(&alert_rows)
-                })
+                .retry("storing alerts", || self.history.insert(&alert_rows))
                 .await
                 .is_none()
         {
@@ -1024,7 +1022,8 @@ impl Step<'_> {
             ));
         }
         if !aqi.is_empty() {
-            self.retry("storing AQI", || self.history.insert(&aqi)).await?;
+            self.retry("storing AQI", || self.history.insert(&aqi))
+                .await?;
         }
         Some((aqi, exceedances))
     }

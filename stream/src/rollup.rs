@@ -65,7 +65,12 @@ impl Marks {
 /// batches, or not exist). A window still in progress waits for its end: the current hour is
 /// derived once, when it completes, rather than after every minute; a late reading re-derives
 /// the complete windows containing it.
-pub fn due(emitted: &[Aggregate], resolution: Resolution, utc_offset_ms: i64, marks: &Marks) -> Due {
+pub fn due(
+    emitted: &[Aggregate],
+    resolution: Resolution,
+    utc_offset_ms: i64,
+    marks: &Marks,
+) -> Due {
     let mut due = Due::new();
     for a in emitted {
         let start = resolution.start(a.window_start, utc_offset_ms);
@@ -404,7 +409,12 @@ mod tests {
     fn run(g: &Golden) {
         let finer = g.resolution.finer().unwrap();
         let children = windows(g.input, finer);
-        let due = due(&children, g.resolution, ICT, &Marks::all_settled(["aq-1", "aq-2"]));
+        let due = due(
+            &children,
+            g.resolution,
+            ICT,
+            &Marks::all_settled(["aq-1", "aq-2"]),
+        );
         let got = derive(
             g.resolution,
             &due,
@@ -457,7 +467,12 @@ mod tests {
             w
         };
         let first = vec![minute(0, 0, 1)];
-        let due = due(&first, Resolution::Hour, ICT, &Marks::all_settled(["aq-1", "aq-2"]));
+        let due = due(
+            &first,
+            Resolution::Hour,
+            ICT,
+            &Marks::all_settled(["aq-1", "aq-2"]),
+        );
         let missing = recent.update(Resolution::Hour, &first, &due, ICT);
         assert_eq!(missing, due, "nothing kept yet: read it");
         // What the read found: an earlier five minutes and the one just stored.
@@ -485,7 +500,12 @@ mod tests {
         );
         for h in 1..4 {
             let w = vec![minute(h, 0, 1)];
-            let d = super::due(&w, Resolution::Hour, ICT, &Marks::all_settled(["aq-1", "aq-2"]));
+            let d = super::due(
+                &w,
+                Resolution::Hour,
+                ICT,
+                &Marks::all_settled(["aq-1", "aq-2"]),
+            );
             let missing = recent.update(Resolution::Hour, &w, &d, ICT);
             recent.remember(Resolution::Hour, &missing, w, ICT);
             recent.forget_old(Resolution::Hour, &d);

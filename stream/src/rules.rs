@@ -110,7 +110,10 @@ pub async fn check(rules: &[RuleConfig]) -> Vec<RuleProblem> {
     };
     let mut problems = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
-        let queries = [("sql", Some(&rule.sql)), ("clear_sql", rule.clear_sql.as_ref())];
+        let queries = [
+            ("sql", Some(&rule.sql)),
+            ("clear_sql", rule.clear_sql.as_ref()),
+        ];
         for (field, sql) in queries {
             let Some(sql) = sql else { continue };
             let path = format!("stream.rules[{i}] ({}).{field}", rule.name);
@@ -124,7 +127,12 @@ pub async fn check(rules: &[RuleConfig]) -> Vec<RuleProblem> {
                     continue;
                 }
             };
-            let column = |name: &str| schema.field_with_name(name).ok().map(|f| f.data_type().clone());
+            let column = |name: &str| {
+                schema
+                    .field_with_name(name)
+                    .ok()
+                    .map(|f| f.data_type().clone())
+            };
             let mut missing = |message: String| {
                 problems.push(RuleProblem {
                     path: path.clone(),
@@ -134,7 +142,9 @@ pub async fn check(rules: &[RuleConfig]) -> Vec<RuleProblem> {
             match column("device_id") {
                 Some(DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) => {}
                 Some(other) => missing(format!("its device_id column is {other}, not text")),
-                None => missing("its result has no device_id column: each row is one device's instance".into()),
+                None => missing(
+                    "its result has no device_id column: each row is one device's instance".into(),
+                ),
             }
             match column("value") {
                 Some(t) if t.is_numeric() => {}
@@ -143,7 +153,9 @@ pub async fn check(rules: &[RuleConfig]) -> Vec<RuleProblem> {
             }
             for label in &rule.labels {
                 if column(label).is_none() {
-                    missing(format!("its result has no {label:?} column, which the rule names as a label"));
+                    missing(format!(
+                        "its result has no {label:?} column, which the rule names as a label"
+                    ));
                 }
             }
         }
@@ -161,7 +173,11 @@ pub async fn evaluate(
     ctx: &SessionContext,
     rule: &RuleConfig,
 ) -> Result<Vec<Instance>, DataFusionError> {
-    let batches = ctx.sql_with_options(&rule.sql, options()).await?.collect().await?;
+    let batches = ctx
+        .sql_with_options(&rule.sql, options())
+        .await?
+        .collect()
+        .await?;
     let mut out = Vec::new();
     for batch in batches {
         let text = |name: &str| -> Result<Option<StringArray>, DataFusionError> {
@@ -171,8 +187,9 @@ pub async fn evaluate(
             let col = cast(col, &DataType::Utf8)?;
             Ok(col.as_any().downcast_ref::<StringArray>().cloned())
         };
-        let device = text("device_id")?
-            .ok_or_else(|| DataFusionError::Plan(format!("rule {}: no device_id column", rule.name)))?;
+        let device = text("device_id")?.ok_or_else(|| {
+            DataFusionError::Plan(format!("rule {}: no device_id column", rule.name))
+        })?;
         let channel = text("channel")?;
         let value = batch
             .column_by_name("value")
@@ -181,7 +198,9 @@ pub async fn evaluate(
         let value = value
             .as_any()
             .downcast_ref::<Float64Array>()
-            .ok_or_else(|| DataFusionError::Plan(format!("rule {}: value is not a number", rule.name)))?
+            .ok_or_else(|| {
+                DataFusionError::Plan(format!("rule {}: value is not a number", rule.name))
+            })?
             .clone();
         let labels: Vec<Option<StringArray>> = rule
             .labels
@@ -263,7 +282,10 @@ mod tests {
         labelled.labels = vec!["dominant".into()];
         labelled.clear_sql = Some("SELECT device_id FROM aqi_1h".into());
         let rules = [
-            rule("ok", "SELECT device_id, aqi AS value FROM aqi_1h WHERE aqi >= 101"),
+            rule(
+                "ok",
+                "SELECT device_id, aqi AS value FROM aqi_1h WHERE aqi >= 101",
+            ),
             rule("typo", "SELEC device_id FROM aqi_1h"),
             rule("table", "SELECT device_id, 1 AS value FROM aqi_2h"),
             rule("column", "SELECT device_id, aqii AS value FROM aqi_1h"),
@@ -289,9 +311,21 @@ mod tests {
         );
         assert!(problems[1].message.contains("aqi_2h"), "{}", problems[1]);
         assert!(problems[2].message.contains("aqii"), "{}", problems[2]);
-        assert!(problems[3].message.contains("not a number"), "{}", problems[3]);
-        assert!(problems[5].message.contains("\"dominant\""), "{}", problems[5]);
-        assert!(problems[6].message.contains("no value column"), "{}", problems[6]);
+        assert!(
+            problems[3].message.contains("not a number"),
+            "{}",
+            problems[3]
+        );
+        assert!(
+            problems[5].message.contains("\"dominant\""),
+            "{}",
+            problems[5]
+        );
+        assert!(
+            problems[6].message.contains("no value column"),
+            "{}",
+            problems[6]
+        );
     }
 
     #[tokio::test]

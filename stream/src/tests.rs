@@ -487,7 +487,11 @@ async fn exceedances_equal_the_limits_over_the_recomputed_hours(
         };
         let start = end - 7 * 3_600_000;
         let means: Option<Vec<f64>> = (0..8)
-            .map(|k| valid_hours.get(&(metric.clone(), start + k * 3_600_000)).copied())
+            .map(|k| {
+                valid_hours
+                    .get(&(metric.clone(), start + k * 3_600_000))
+                    .copied()
+            })
             .collect();
         if let Some(mean) = means.map(|m| m.iter().sum::<f64>() / 8.0) {
             if mean > limit {
@@ -521,7 +525,12 @@ async fn exceedances_equal_the_limits_over_the_recomputed_hours(
         .filter(|e| e.status == "exceeded")
         .map(|e| {
             (
-                (e.channel.clone(), e.metric.clone(), e.period.clone(), e.window_start),
+                (
+                    e.channel.clone(),
+                    e.metric.clone(),
+                    e.period.clone(),
+                    e.window_start,
+                ),
                 e.value,
             )
         })
@@ -533,7 +542,11 @@ async fn exceedances_equal_the_limits_over_the_recomputed_hours(
         "seed {seed}: the exceedances are the means beyond their limits"
     );
     for (k, v) in &want {
-        assert!((got[k] - v).abs() <= 1e-9 * v, "seed {seed}: {k:?} {} vs {v}", got[k]);
+        assert!(
+            (got[k] - v).abs() <= 1e-9 * v,
+            "seed {seed}: {k:?} {} vs {v}",
+            got[k]
+        );
     }
     // The topic carries one content per version, and its latest record of each exceedance is
     // the stored one (a record stored is one published).
@@ -541,17 +554,33 @@ async fn exceedances_equal_the_limits_over_the_recomputed_hours(
     let mut latest: HashMap<String, ExceedanceRow> = HashMap::new();
     for record in h.bus.read_all(&h.bus.topics().exceedances).await.unwrap() {
         let e: ExceedanceRow = serde_json::from_slice(&record.payload).unwrap();
-        let id = format!("{:?}", (&e.device_id, &e.channel, &e.metric, &e.period, e.window_start));
+        let id = format!(
+            "{:?}",
+            (
+                &e.device_id,
+                &e.channel,
+                &e.metric,
+                &e.period,
+                e.window_start
+            )
+        );
         let key = format!("{id}/{}", e.version);
         let content = format!("{e:?}");
         if let Some(before) = seen.insert(key, content.clone()) {
-            assert_eq!(before, content, "seed {seed}: one exceedance, one version, two contents");
+            assert_eq!(
+                before, content,
+                "seed {seed}: one exceedance, one version, two contents"
+            );
         }
         if latest.get(&id).is_none_or(|l| l.version <= e.version) {
             latest.insert(id, e);
         }
     }
-    assert_eq!(latest.len(), stored.len(), "seed {seed}: every stored exceedance was published");
+    assert_eq!(
+        latest.len(),
+        stored.len(),
+        "seed {seed}: every stored exceedance was published"
+    );
     // (serde_json reads a float back to within an ulp.)
     let rounded = |e: &ExceedanceRow| ExceedanceRow {
         value: (e.value * 1e9).round(),
@@ -559,7 +588,16 @@ async fn exceedances_equal_the_limits_over_the_recomputed_hours(
         ..e.clone()
     };
     for e in &stored {
-        let id = format!("{:?}", (&e.device_id, &e.channel, &e.metric, &e.period, e.window_start));
+        let id = format!(
+            "{:?}",
+            (
+                &e.device_id,
+                &e.channel,
+                &e.metric,
+                &e.period,
+                e.window_start
+            )
+        );
         assert_eq!(
             latest.get(&id).map(rounded),
             Some(rounded(e)),
@@ -614,7 +652,13 @@ async fn aqi_equals_ioc_aqi_over_the_recomputed_hours(
             .await
             .unwrap()
     };
-    type Hourly = (String, Option<u32>, Option<String>, Option<f64>, Option<f64>);
+    type Hourly = (
+        String,
+        Option<u32>,
+        Option<String>,
+        Option<f64>,
+        Option<f64>,
+    );
     let hourly: Vec<Hourly> = stored(Resolution::Hour)
         .await
         .iter()
@@ -637,7 +681,10 @@ async fn aqi_equals_ioc_aqi_over_the_recomputed_hours(
         .map(|o| (o.time, o.aqi, o.dominant, o.nowcast_pm25, o.nowcast_pm10))
         .collect();
     assert!(want.len() > 30, "seed {seed}: {} hours", want.len());
-    assert_eq!(hourly, want, "seed {seed}: hourly AQI as `ioc aqi` gives it");
+    assert_eq!(
+        hourly, want,
+        "seed {seed}: hourly AQI as `ioc aqi` gives it"
+    );
     type Daily = (String, Option<u32>, Option<String>, Option<u32>);
     let daily: Vec<Daily> = stored(Resolution::Day)
         .await
@@ -648,7 +695,12 @@ async fn aqi_equals_ioc_aqi_over_the_recomputed_hours(
                 .with_timezone(&offset)
                 .format("%Y-%m-%d")
                 .to_string();
-            (date, a.aqi, (!a.dominant.is_empty()).then(|| a.dominant.clone()), a.valid_hours)
+            (
+                date,
+                a.aqi,
+                (!a.dominant.is_empty()).then(|| a.dominant.clone()),
+                a.valid_hours,
+            )
         })
         .collect();
     let want: Vec<Daily> = daily_report(&rows, h.config.min_day_hours)
@@ -656,18 +708,30 @@ async fn aqi_equals_ioc_aqi_over_the_recomputed_hours(
         .map(|o| (o.date, o.aqi, o.dominant, Some(o.valid_hours)))
         .collect();
     assert!(
-        daily.iter().any(|d| d.2.as_deref() == Some("o3")) || hourly.iter().any(|h| h.2.as_deref() == Some("o3")),
+        daily.iter().any(|d| d.2.as_deref() == Some("o3"))
+            || hourly.iter().any(|h| h.2.as_deref() == Some("o3")),
         "seed {seed}: O3 dominates somewhere, so its sub-indices are compared too"
     );
-    assert_eq!(daily, want, "seed {seed}: daily AQI as `ioc aqi --daily` gives it");
+    assert_eq!(
+        daily, want,
+        "seed {seed}: daily AQI as `ioc aqi --daily` gives it"
+    );
 
     let mut seen: HashMap<(String, String, i64, u64), String> = HashMap::new();
     for record in h.bus.read_all(&h.bus.topics().aqi).await.unwrap() {
         let a: AqiRow = serde_json::from_slice(&record.payload).unwrap();
-        let key = (a.device_id.clone(), a.resolution.clone(), a.window_start, a.version);
+        let key = (
+            a.device_id.clone(),
+            a.resolution.clone(),
+            a.window_start,
+            a.version,
+        );
         let content = format!("{a:?}");
         if let Some(before) = seen.insert(key, content.clone()) {
-            assert_eq!(before, content, "seed {seed}: one AQI, one version, two contents");
+            assert_eq!(
+                before, content,
+                "seed {seed}: one AQI, one version, two contents"
+            );
         }
     }
     assert!(!seen.is_empty());
@@ -744,13 +808,20 @@ async fn readings_per_second_with_and_without_rollups() {
                 }
             }
             let seconds = started.elapsed().as_secs_f64();
-            println!("round {round}, {name}: {:.0} readings/s", readings as f64 / seconds);
+            println!(
+                "round {round}, {name}: {:.0} readings/s",
+                readings as f64 / seconds
+            );
             results.push((mode, seconds));
             h.shutdown.cancel();
         }
     }
     let median = |mode: usize| {
-        let mut v: Vec<f64> = results.iter().filter(|r| r.0 == mode).map(|r| r.1).collect();
+        let mut v: Vec<f64> = results
+            .iter()
+            .filter(|r| r.0 == mode)
+            .map(|r| r.1)
+            .collect();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };

@@ -107,7 +107,9 @@ impl WindowEngine {
     /// Whether everything the device sent is in closed windows (it fell idle, or reports
     /// sparsely enough that its last window closed).
     pub fn is_settled(&self, device_id: &str) -> bool {
-        self.devices.get(device_id).is_none_or(|d| d.open.is_empty())
+        self.devices
+            .get(device_id)
+            .is_none_or(|d| d.open.is_empty())
     }
 
     pub fn open_windows(&self) -> usize {

@@ -33,7 +33,12 @@ fn parse_ms(v: &serde_json::Value) -> Result<i64> {
 }
 
 /// The AQI records the API has for `device` at `resolution` over the day, by window start.
-async fn stored(api: &Api<'_>, device: &str, resolution: &str, day: i64) -> Result<BTreeMap<i64, Aqi>> {
+async fn stored(
+    api: &Api<'_>,
+    device: &str,
+    resolution: &str,
+    day: i64,
+) -> Result<BTreeMap<i64, Aqi>> {
     let to = day + 86_400_000;
     let body = api
         .get(&format!(
@@ -42,10 +47,16 @@ async fn stored(api: &Api<'_>, device: &str, resolution: &str, day: i64) -> Resu
         .await?;
     let mut out = BTreeMap::new();
     for a in body["aqi"].as_array().context("aqi")? {
-        anyhow::ensure!(a["resolution"] == resolution && a["grade"] == "reference", "{a}");
+        anyhow::ensure!(
+            a["resolution"] == resolution && a["grade"] == "reference",
+            "{a}"
+        );
         let (start, end) = (parse_ms(&a["window_start"])?, parse_ms(&a["window_end"])?);
         let len = if resolution == "1h" { HOUR } else { 24 * HOUR };
-        anyhow::ensure!(end == start + len, "window_end is the hour-ending label: {a}");
+        anyhow::ensure!(
+            end == start + len,
+            "window_end is the hour-ending label: {a}"
+        );
         if let Some(level) = a["band"]["level"].as_u64() {
             let aqi = a["aqi"].as_u64().context("aqi with a band")?;
             let want = ioc_regulation::aqi::band(aqi as u32).level as u64;
@@ -187,9 +198,19 @@ pub(crate) async fn the_backdated_day_gets_its_aqi_and_a_late_half_hour_revises_
 ) -> Result<()> {
     let (hours, days) = settled(api, device, day).await?;
     let seven = day + 7 * HOUR;
-    assert_eq!(hours[&seven].low_capture, vec!["pm25"], "the half-empty hour is missing");
-    assert_eq!(hours[&seven].aqi, None, "07:00 has 1 of its latest 3 hours valid");
-    assert!(!hours.contains_key(&(day + 4 * HOUR)), "no AQI for an hour without windows");
+    assert_eq!(
+        hours[&seven].low_capture,
+        vec!["pm25"],
+        "the half-empty hour is missing"
+    );
+    assert_eq!(
+        hours[&seven].aqi, None,
+        "07:00 has 1 of its latest 3 hours valid"
+    );
+    assert!(
+        !hours.contains_key(&(day + 4 * HOUR)),
+        "no AQI for an hour without windows"
+    );
     assert!(hours[&(day + 12 * HOUR)].aqi.is_some());
     assert!(days[&day].aqi.is_some());
 
@@ -209,16 +230,25 @@ pub(crate) async fn the_backdated_day_gets_its_aqi_and_a_late_half_hour_revises_
         },
     )
     .await?;
-    assert!(after_h[&seven].aqi.is_some(), "07:00 now has 2 of its latest 3 hours");
+    assert!(
+        after_h[&seven].aqi.is_some(),
+        "07:00 now has 2 of its latest 3 hours"
+    );
     for (start, new) in &after_h {
         let old = &hours[start];
         if (seven..seven + 12 * HOUR).contains(start) {
-            assert!(new.version > old.version, "hour {start} re-emitted: {old:?} → {new:?}");
+            assert!(
+                new.version > old.version,
+                "hour {start} re-emitted: {old:?} → {new:?}"
+            );
         } else {
             assert_eq!(new, old, "hour {start} unchanged");
         }
     }
-    assert!(after_d[&day].version > days[&day].version, "the day re-emitted");
+    assert!(
+        after_d[&day].version > days[&day].version,
+        "the day re-emitted"
+    );
 
     // The annual report's PM2.5 mean is over the same valid hours (a few out of a year so far:
     // too few to judge it by the year column).
@@ -249,11 +279,23 @@ pub(crate) async fn the_backdated_day_gets_its_aqi_and_a_late_half_hour_revises_
         .find(|m| m["metric"] == "pm25")
         .with_context(|| format!("no PM2.5 year mean in {annual}"))?;
     let mean = valid.iter().sum::<f64>() / valid.len() as f64;
-    assert_eq!(pm25["valid_hours"].as_u64(), Some(valid.len() as u64), "{pm25}");
-    assert_eq!(pm25["mean"].as_f64(), Some((mean * 10.0).round() / 10.0), "{pm25}");
+    assert_eq!(
+        pm25["valid_hours"].as_u64(),
+        Some(valid.len() as u64),
+        "{pm25}"
+    );
+    assert_eq!(
+        pm25["mean"].as_f64(),
+        Some((mean * 10.0).round() / 10.0),
+        "{pm25}"
+    );
     assert_eq!(
         (&pm25["limit"], &pm25["exceeded"], &annual["regulation"]),
-        (&serde_json::json!(25.0), &serde_json::Value::Null, &serde_json::json!("QCVN 05:2023/BTNMT"))
+        (
+            &serde_json::json!(25.0),
+            &serde_json::Value::Null,
+            &serde_json::json!("QCVN 05:2023/BTNMT")
+        )
     );
     Ok(())
 }

@@ -54,8 +54,10 @@ async fn stored_of(
         out.push(Exceedance {
             metric: e["metric"].as_str().context("metric")?.into(),
             period: e["period"].as_str().context("period")?.into(),
-            start: ioc_contract::time::parse_rfc3339_ms(e["window_start"].as_str().context("start")?)
-                .context("window_start")?,
+            start: ioc_contract::time::parse_rfc3339_ms(
+                e["window_start"].as_str().context("start")?,
+            )
+            .context("window_start")?,
             value: e["value"].as_f64().context("value")?,
             multiple: e["multiple"].as_f64().context("multiple")?,
             limit: e["limit"].clone(),
@@ -84,9 +86,8 @@ pub(crate) async fn a_wastewater_day_exceeds_qcvn_40_and_a_late_hour_withdraws_i
         let ts = day + minute * 60_000 + 10_000;
         let cod = if hour == 9 { 200.0 } else { 100.0 };
         let ph = if hour == 14 { 9.5 } else { 7.2 };
-        let body = format!(
-            r#"{{"ts":{ts},"channel":"outlet","values":{{"cod":{cod},"ph":{ph}}}}}"#
-        );
+        let body =
+            format!(r#"{{"ts":{ts},"channel":"outlet","values":{{"cod":{cod},"ph":{ph}}}}}"#);
         mqtt.publish(&topic, QoS::AtLeastOnce, false, body).await?;
         if hour == 9 {
             let body = format!(r#"{{"ts":{ts},"channel":"inlet","values":{{"cod":900}}}}"#);
@@ -102,7 +103,14 @@ pub(crate) async fn a_wastewater_day_exceeds_qcvn_40_and_a_late_hour_withdraws_i
             let got = stored(api, device, day).await?;
             let brief: Vec<(&str, &str, i64, &str)> = got
                 .iter()
-                .map(|e| (e.metric.as_str(), e.period.as_str(), e.start, e.status.as_str()))
+                .map(|e| {
+                    (
+                        e.metric.as_str(),
+                        e.period.as_str(),
+                        e.start,
+                        e.status.as_str(),
+                    )
+                })
                 .collect();
             let want = vec![
                 ("cod", "1h", nine, "exceeded"),
@@ -142,8 +150,15 @@ pub(crate) async fn a_wastewater_day_exceeds_qcvn_40_and_a_late_hour_withdraws_i
         },
     )
     .await?;
-    assert_eq!((after[0].value, after[0].multiple), (125.0, 0.833), "the revised mean");
-    assert!(after[0].version > before[0].version, "re-emitted with a higher version");
+    assert_eq!(
+        (after[0].value, after[0].multiple),
+        (125.0, 0.833),
+        "the revised mean"
+    );
+    assert!(
+        after[0].version > before[0].version,
+        "re-emitted with a higher version"
+    );
     assert_eq!(after[1], before[1], "the pH exceedance is as it was");
 
     // The station's settings change by PATCH, shown with the device and audited.
@@ -163,7 +178,9 @@ pub(crate) async fn a_wastewater_day_exceeds_qcvn_40_and_a_late_hour_withdraws_i
     );
     assert_eq!(shown["grade"], "reference");
     let audit = api
-        .get(&format!("/api/v1/audit?device_id={device}&action=device.updated"))
+        .get(&format!(
+            "/api/v1/audit?device_id={device}&action=device.updated"
+        ))
         .await?;
     let detail = audit["entries"][0]["detail"].to_string();
     assert!(
@@ -203,7 +220,15 @@ pub(crate) async fn an_air_day_exceeds_qcvn_05_hourly_and_daily(
     .await?;
     let brief: Vec<(&str, &str, i64, f64, f64)> = got
         .iter()
-        .map(|e| (e.metric.as_str(), e.period.as_str(), e.start, e.value, e.multiple))
+        .map(|e| {
+            (
+                e.metric.as_str(),
+                e.period.as_str(),
+                e.start,
+                e.value,
+                e.multiple,
+            )
+        })
         .collect();
     assert_eq!(
         brief,

@@ -95,9 +95,15 @@ sql = "SELECT device_id, value_mean AS value FROM aggregates_1h WHERE metric = '
 "#,
     );
     assert_eq!(code, Some(2));
-    assert!(stderr.contains("stream.rules[1] (cod_high).sql: "), "{stderr}");
+    assert!(
+        stderr.contains("stream.rules[1] (cod_high).sql: "),
+        "{stderr}"
+    );
     assert!(stderr.contains("value_means"), "{stderr}");
-    assert!(!stderr.contains("aqi_poor"), "the good rule passes: {stderr}");
+    assert!(
+        !stderr.contains("aqi_poor"),
+        "the good rule passes: {stderr}"
+    );
     let (code, stderr) = check_config(&dir, "good.toml", "[stream.pm25_alert]\nlimit = 45\n");
     assert_eq!(code, Some(0), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -340,7 +346,12 @@ fn aqi_recomputes_the_decisions_examples_from_a_csv() {
             .unwrap()
     };
     let out = run(&["--input", file.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -369,7 +380,10 @@ fn aqi_recomputes_the_decisions_examples_from_a_csv() {
     let out = run(&["--input", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("line 14: pm25 \"abc\" is not a number"), "{stderr}");
+    assert!(
+        stderr.contains("line 14: pm25 \"abc\" is not a number"),
+        "{stderr}"
+    );
     assert!(out.stdout.is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -326,7 +326,10 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
     assert_eq!(ignored.status(), 400);
     let body: serde_json::Value = ignored.json().await?;
     assert!(
-        body["message"].as_str().unwrap_or_default().contains("/api/v1/aggregates"),
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/api/v1/aggregates"),
         "{body}"
     );
     let (status, body) = post_device(
@@ -608,9 +611,10 @@ async fn a_backdated_day_rolls_up_and_a_late_reading_revises_every_resolution() 
         token: TOKEN.into(),
         logs: &env.dir,
     };
-    let day =
-        crate::rollups::a_backdated_day_rolls_up_and_a_late_reading_revises_it(&api, &mqtt, "aq-day")
-            .await?;
+    let day = crate::rollups::a_backdated_day_rolls_up_and_a_late_reading_revises_it(
+        &api, &mqtt, "aq-day",
+    )
+    .await?;
     crate::aqi::the_backdated_day_gets_its_aqi_and_a_late_half_hour_revises_it(
         &api, &mqtt, "aq-day", day,
     )

@@ -1145,8 +1145,7 @@ async fn up_rolls_up_a_backdated_day_and_revises_it_for_a_late_reading() -> Resu
             &api, &station, "ww-day",
         )
         .await?;
-        crate::exceedances::an_air_day_exceeds_qcvn_05_hourly_and_daily(&api, &air, "aq-05")
-            .await
+        crate::exceedances::an_air_day_exceeds_qcvn_05_hourly_and_daily(&api, &air, "aq-05").await
     }
     .await;
     for p in polls {
