@@ -17,6 +17,8 @@ use ioc_history::AqiRow;
 use ioc_regulation::aqi::{Daily, Hourly, SubIndices};
 use ioc_regulation::csv::{Hours, StationHour};
 
+use crate::RegulatorySettings as Settings;
+
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 86_400_000;
 /// The pollutants VN_AQI reads, by metric name.
@@ -25,24 +27,6 @@ pub const POLLUTANTS: [&str; 6] = ["pm25", "pm10", "o3", "no2", "so2", "co"];
 const NOWCAST_HOURS: i64 = ioc_regulation::aqi::NOWCAST_HOURS as i64;
 /// A day's daily AQI reads the previous day's last 7 hours (8-hour O3 means).
 const O3_PREVIOUS_HOURS: i64 = ioc_regulation::aqi::O3_PREVIOUS_HOURS as i64;
-
-/// `stream.min_hour_capture`, `stream.min_day_hours` and the local day's offset.
-#[derive(Debug, Clone, Copy)]
-pub struct Settings {
-    pub min_hour_capture: f64,
-    pub min_day_hours: usize,
-    pub utc_offset_ms: i64,
-}
-
-impl Settings {
-    pub fn of(config: &ioc_config::StreamConfig, fleet: &crate::Fleet) -> Settings {
-        Settings {
-            min_hour_capture: config.min_hour_capture,
-            min_day_hours: config.min_day_hours,
-            utc_offset_ms: fleet.utc_offset_ms,
-        }
-    }
-}
 
 /// Per station, the hours (starts) and local days (starts) whose AQI a batch may have changed.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -170,7 +154,7 @@ pub fn derive(
             continue;
         }
         let date = at(*day, offset).date_naive();
-        let d = hours.daily(device_id, date, offset, settings.min_day_hours);
+        let d = hours.daily(device_id, date, offset, settings.min_day_hours_aqi);
         out.push(daily_row(device_id, *day, &d, grade, version));
     }
     out
@@ -282,7 +266,8 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             min_hour_capture: 0.75,
-            min_day_hours: 1,
+            min_day_hours_aqi: 1,
+            min_day_hours_qcvn: 18,
             utc_offset_ms: OFFSET,
         }
     }

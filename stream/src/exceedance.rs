@@ -13,7 +13,7 @@
 //! An hour counts only when its window's capture is at least `stream.min_hour_capture`. A mean
 //! beyond its limit is an exceedance; one that a revision brings within the limit (or makes
 //! uncountable) is re-emitted as `withdrawn`, never deleted. A record is emitted only when what
-//! it says changes, so a growing hour that stays above its limit at the same mean is not
+//! it says changes, so a settled station's hour judged again at the same mean is not
 //! repeated.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,29 +24,12 @@ use ioc_contract::{Aggregate, Device, Discharge, Grade, Qcvn40Column, Resolution
 use ioc_history::ExceedanceRow;
 use ioc_regulation::qcvn::{exceedance, Column, Limit, Period};
 
+use crate::RegulatorySettings as Settings;
+
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 86_400_000;
 /// Hours in a running 8-hour mean.
 const EIGHT: i64 = 8;
-
-/// What the judgement needs beyond the windows and the limits.
-#[derive(Debug, Clone, Copy)]
-pub struct Settings {
-    pub min_hour_capture: f64,
-    /// `stream.min_day_hours_qcvn`.
-    pub min_day_hours: usize,
-    pub utc_offset_ms: i64,
-}
-
-impl Settings {
-    pub fn of(config: &ioc_config::StreamConfig, fleet: &crate::Fleet) -> Settings {
-        Settings {
-            min_hour_capture: config.min_hour_capture,
-            min_day_hours: config.min_day_hours_qcvn,
-            utc_offset_ms: fleet.utc_offset_ms,
-        }
-    }
-}
 
 /// What a station is held to.
 #[derive(Debug, Clone)]
@@ -281,7 +264,7 @@ pub fn derive(
                 if by_hour.range(day..day + DAY_MS).next().is_none() {
                     continue;
                 }
-                let mean = (valid.len() >= settings.min_day_hours.max(1))
+                let mean = (valid.len() >= settings.min_day_hours_qcvn.max(1))
                     .then(|| valid.iter().sum::<f64>() / valid.len() as f64);
                 judge(Period::Day, day, day + DAY_MS, mean, valid.len());
             }
@@ -426,7 +409,8 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             min_hour_capture: 0.75,
-            min_day_hours: 18,
+            min_day_hours_aqi: 1,
+            min_day_hours_qcvn: 18,
             utc_offset_ms: OFFSET,
         }
     }

@@ -217,6 +217,27 @@ impl Fleet {
     }
 }
 
+/// What makes an hour and a day count for the AQI and exceedance operators: `stream.min_hour_capture`,
+/// `stream.min_day_hours` (AQI), `stream.min_day_hours_qcvn`, and the local day's offset.
+#[derive(Debug, Clone, Copy)]
+pub struct RegulatorySettings {
+    pub min_hour_capture: f64,
+    pub min_day_hours_aqi: usize,
+    pub min_day_hours_qcvn: usize,
+    pub utc_offset_ms: i64,
+}
+
+impl RegulatorySettings {
+    pub fn of(config: &StreamConfig, fleet: &Fleet) -> RegulatorySettings {
+        RegulatorySettings {
+            min_hour_capture: config.min_hour_capture,
+            min_day_hours_aqi: config.min_day_hours,
+            min_day_hours_qcvn: config.min_day_hours_qcvn,
+            utc_offset_ms: fleet.utc_offset_ms,
+        }
+    }
+}
+
 /// The per-device rate limit the stream holds the whole fleet to: `ingest.device_rate_limit`
 /// messages per second with bursts of `ingest.device_burst` (0: none).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -290,8 +311,7 @@ pub async fn run(
         fleet: &fleet,
         rollups: true,
         regulatory: true,
-        aqi: aqi::Settings::of(config, &fleet),
-        exceedances: exceedance::Settings::of(config, &fleet),
+        regulation: RegulatorySettings::of(config, &fleet),
         #[cfg(test)]
         crash_after: None,
     };
@@ -554,8 +574,7 @@ pub(crate) struct Step<'a> {
     rollups: bool,
     /// Whether the AQI and exceedances are derived (likewise).
     regulatory: bool,
-    pub(crate) aqi: aqi::Settings,
-    pub(crate) exceedances: exceedance::Settings,
+    pub(crate) regulation: RegulatorySettings,
     /// Tests end the step at the Nth store read or write, as a SIGKILL would.
     #[cfg(test)]
     crash_after: Option<std::sync::Arc<std::sync::atomic::AtomicI64>>,
@@ -989,7 +1008,14 @@ impl Step<'_> {
                 let grade = registry
                     .get(device)
                     .map_or(ioc_contract::Grade::Reference, |d| d.grade());
-                aqi::derive(device, grade, d, windows_of(device), self.aqi, version)
+                aqi::derive(
+                    device,
+                    grade,
+                    d,
+                    windows_of(device),
+                    self.regulation,
+                    version,
+                )
             })
             .collect();
         let mut exceedances = Vec::new();
@@ -1017,7 +1043,7 @@ impl Step<'_> {
                 windows_of(device),
                 &before,
                 &self.fleet.limits,
-                self.exceedances,
+                self.regulation,
                 version,
             ));
         }

@@ -164,14 +164,8 @@ mod tests {
 
     #[test]
     fn every_golden_lifecycle_file() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/lifecycle");
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "txt"))
-            .collect();
-        files.sort();
-        assert!(files.len() >= 4, "golden files in {}", dir.display());
+        let files = crate::tests::golden_files("lifecycle");
+        assert!(files.len() >= 4, "golden files: {files:?}");
         let failures: Vec<String> = files
             .iter()
             .filter_map(|f| {

@@ -361,14 +361,8 @@ mod tests {
     /// Every golden file, each case named in a failure.
     #[test]
     fn every_golden_file_of_roll_ups_and_capture() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/rollup");
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "txt"))
-            .collect();
-        files.sort();
-        assert!(files.len() >= 3, "golden files in {}", dir.display());
+        let files = crate::tests::golden_files("rollup");
+        assert!(files.len() >= 3, "golden files: {files:?}");
         for file in files {
             let text = std::fs::read_to_string(&file).unwrap();
             let case = Golden::parse(&text);

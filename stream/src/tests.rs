@@ -28,6 +28,20 @@ const IDLE_MS: i64 = 60_000;
 /// ww-1's outlet COD limit in these tests (QCVN 40's column B is 150).
 const COD_LIMIT: f64 = 110.0;
 
+/// The golden case files under `stream/golden/<name>/`, in name order.
+pub(crate) fn golden_files(name: &str) -> Vec<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("golden")
+        .join(name);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .collect();
+    files.sort();
+    files
+}
+
 /// A seeded generator (xorshift), so failures repeat; the crate's tests share it.
 pub(crate) struct Rng(pub(crate) u64);
 
@@ -279,8 +293,7 @@ impl Harness {
                 fleet: &self.fleet,
                 rollups: true,
                 regulatory: true,
-                aqi: crate::aqi::Settings::of(&self.config, &self.fleet),
-                exceedances: crate::exceedance::Settings::of(&self.config, &self.fleet),
+                regulation: RegulatorySettings::of(&self.config, &self.fleet),
                 crash_after: Some(budget),
             };
             let mut state = LoopState::restore(&self.config, &step, &topic)
@@ -783,8 +796,7 @@ async fn readings_per_second_with_and_without_rollups() {
                 fleet: &h.fleet,
                 rollups: *rollups,
                 regulatory: *regulatory,
-                aqi: crate::aqi::Settings::of(&h.config, &h.fleet),
-                exceedances: crate::exceedance::Settings::of(&h.config, &h.fleet),
+                regulation: RegulatorySettings::of(&h.config, &h.fleet),
                 crash_after: None,
             };
             let topic = h.bus.topics().readings.clone();
