@@ -361,7 +361,7 @@ pub fn round1(x: f64) -> f64 {
 
 /// The local date an hour-ending time belongs to: an hour ending at 00:00 is the previous
 /// day's last hour.
-pub fn aqi_date(time: DateTime<FixedOffset>) -> NaiveDate {
+fn aqi_date(time: DateTime<FixedOffset>) -> NaiveDate {
     (time - TimeDelta::hours(1)).date_naive()
 }
 
