@@ -5,6 +5,7 @@
 #   - ClickHouse server (Debian package, 18.16 on bookworm) on 127.0.0.1:8123
 #   - tansu, a Kafka-protocol broker (cargo install, cached in ~/.cache/ioc/tansu) on 127.0.0.1:9092
 #   - Debian's chromium and npm's playwright-core (tests/browser) for the browser test
+#   - aiosmtpd (PyPI), the SMTP server the email notification test starts
 # Safe to run again: it installs only what is missing and starts only what is not answering.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +41,12 @@ fi
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   log "installing playwright-core for the browser test (npm ci; it never downloads a browser)"
   npm ci --prefix tests/browser --silent --no-audit --no-fund >&2
+fi
+
+# A real SMTP server for the notification tests: aiosmtpd (PyPI), started by the tests.
+if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+  log "installing aiosmtpd (pip) for the email notification test"
+  python3 -m pip install --quiet --disable-pip-version-check 'aiosmtpd>=1.4,<2' >&2
 fi
 
 # ClickHouse

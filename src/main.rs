@@ -56,8 +56,10 @@ enum Command {
     },
     /// MQTT → decode and validate → Kafka (readings and dead letters).
     Ingest,
-    /// Kafka readings → ClickHouse history, 1-minute aggregates and alerts.
+    /// Kafka readings → ClickHouse history, windows, VN_AQI, QCVN exceedances and alerts.
     Stream,
+    /// Alert transitions → webhook and email notifications (durable, retried, digested).
+    Notify,
     /// HTTP and websocket API for the dashboards.
     Api {
         /// Address to listen on (default: api.listen).
@@ -159,7 +161,9 @@ fn main() -> ExitCode {
                 let rules = tokio::runtime::Builder::new_current_thread()
                     .build()
                     .expect("tokio runtime")
-                    .block_on(ioc_stream::rules::check(&config.stream.rules));
+                    .block_on(ioc_stream::rules::check(&ioc_config::rules::in_force(
+                        &config.stream,
+                    )));
                 problems.extend(rules.iter().map(ToString::to_string));
                 if !problems.is_empty() {
                     for problem in problems {
@@ -200,7 +204,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(run(cli.command, config)) {
+    match runtime.block_on(run(cli.command, config, cli.config.clone())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ioc: {e:#}");
@@ -569,8 +573,39 @@ async fn follow_registry(bus: &Bus, shutdown: &CancellationToken) -> Result<Regi
     Ok(view)
 }
 
-async fn run(command: Command, config: Config) -> Result<()> {
+/// Where the stream reads its rules again on reload: the configuration file (and
+/// `stream.rules_path`, and the environment) as at start; SIGHUP and a change of any of those
+/// files ask for it.
+fn rule_source(config_path: Option<PathBuf>, config: &Config) -> ioc_stream::reload::RuleSource {
+    let mut watch: Vec<PathBuf> = config_path.iter().cloned().collect();
+    watch.extend(ioc_config::rules_files(&config.stream.rules_path).unwrap_or_default());
+    if std::path::Path::new(&config.stream.rules_path).is_dir() {
+        watch.push(PathBuf::from(&config.stream.rules_path));
+    }
+    let requested = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let requested = requested.clone();
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the alert rules");
+                requested.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+    }
+    ioc_stream::reload::RuleSource {
+        load: std::sync::Arc::new(move || {
+            ioc_config::load(config_path.as_deref(), std::env::vars())
+                .map(|c| ioc_config::rules::in_force(&c.stream))
+                .map_err(|e| e.problems().iter().map(ToString::to_string).collect())
+        }),
+        requested,
+        watch,
+    }
+}
+
+async fn run(command: Command, config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let shutdown = shutdown_on_signals();
+    let rule_source = rule_source(config_path, &config);
     let bus = Bus::Kafka(KafkaBus::new(config.kafka.clone()));
     match command {
         Command::Up {
@@ -587,7 +622,7 @@ async fn run(command: Command, config: Config) -> Result<()> {
                 sim,
                 admin_token,
             };
-            up::run(options, config, shutdown).await?;
+            up::run(options, config, rule_source, shutdown).await?;
         }
         Command::Ingest => {
             bus.ensure_topics().await.context("creating Kafka topics")?;
@@ -649,8 +684,41 @@ async fn run(command: Command, config: Config) -> Result<()> {
             let history = History::ClickHouse(ClickHouseHistory::new(&config.clickhouse));
             tracing::info!(clickhouse = %config.clickhouse.url, database = %config.clickhouse.database, "stream starting");
             let fleet = ioc_stream::Fleet::of(&config, follow_registry(&bus, &shutdown).await?);
-            ioc_stream::run(&config.stream, fleet, &bus, history, metrics, shutdown).await?;
+            ioc_stream::run(
+                &config.stream,
+                fleet,
+                rule_source,
+                &bus,
+                history,
+                metrics,
+                shutdown,
+            )
+            .await?;
             tracing::info!("stream stopped");
+        }
+        Command::Notify => {
+            bus.ensure_topics().await.context("creating Kafka topics")?;
+            let history = History::ClickHouse(ClickHouseHistory::new(&config.clickhouse));
+            let registry = follow_registry(&bus, &shutdown).await?;
+            let metrics = ioc_notify::NotifyMetrics::register(&prometheus::Registry::new())?;
+            tracing::info!(
+                recipients = config.notify.recipients.len(),
+                "notify starting"
+            );
+            ioc_notify::run(
+                ioc_notify::Settings {
+                    config: config.notify.clone(),
+                    rules: ioc_config::rules::in_force(&config.stream),
+                    utc_offset_ms: config.ingest.utc_offset_ms(),
+                },
+                &bus,
+                registry,
+                history,
+                metrics,
+                shutdown,
+            )
+            .await?;
+            tracing::info!("notify stopped");
         }
         Command::Api {
             http_listen,

@@ -152,6 +152,7 @@ async fn join(name: &str, handle: tokio::task::JoinHandle<Result<()>>) -> Result
 pub async fn run(
     options: UpOptions,
     mut config: Config,
+    rule_source: ioc_stream::reload::RuleSource,
     shutdown: CancellationToken,
 ) -> Result<()> {
     // Both ports before anything is created, so a busy one is the only effect and message.
@@ -292,7 +293,26 @@ pub async fn run(
             stream_stop.clone(),
         );
         supervise("stream", &shutdown, async move {
-            ioc_stream::run(&cfg, fleet, &bus, history, metrics, stop).await?;
+            ioc_stream::run(&cfg, fleet, rule_source, &bus, history, metrics, stop).await?;
+            Ok(())
+        })
+    };
+    let notify_stop = CancellationToken::new();
+    let notify = {
+        let metrics = ioc_notify::NotifyMetrics::register(&prometheus)?;
+        let settings = ioc_notify::Settings {
+            config: config.notify.clone(),
+            rules: ioc_config::rules::in_force(&config.stream),
+            utc_offset_ms: config.ingest.utc_offset_ms(),
+        };
+        let (bus, registry, history, stop) = (
+            bus.clone(),
+            registry.clone(),
+            history.clone(),
+            notify_stop.clone(),
+        );
+        supervise("notify", &shutdown, async move {
+            ioc_notify::run(settings, &bus, registry, history, metrics, stop).await?;
             Ok(())
         })
     };
@@ -392,7 +412,7 @@ pub async fn run(
     shutdown.cancelled().await;
     // In order: stop the sources, let ingest make what it took durable, let the stream finish
     // its batch, then commit history and flush the bus one last time.
-    tracing::info!("stopping: simulator, ingest, stream, API, then the final flushes");
+    tracing::info!("stopping: simulator, ingest, stream, notify, API, then the final flushes");
     log.flush_eagerly();
     sim_stop.cancel();
     let mut result = Ok(());
@@ -403,6 +423,8 @@ pub async fn run(
     result = result.and(join("ingest", ingest).await);
     stream_stop.cancel();
     result = result.and(join("stream", stream).await);
+    notify_stop.cancel();
+    result = result.and(join("notify", notify).await);
     api_stop.cancel();
     result = result.and(join("api", api_task).await);
     history_stop.cancel();

@@ -136,7 +136,7 @@ impl EmbeddedLog {
             let log = TopicLog::open(
                 &dir.join(name),
                 name,
-                name == topics.registry || name == topics.audit,
+                name == topics.registry || name == topics.audit || name == topics.rules,
                 options.segment_bytes,
             )?;
             map.insert(name.to_string(), Arc::new(log));

@@ -76,8 +76,9 @@ impl KafkaBus {
         c
     }
 
-    /// Creates the deployment's topics if they do not exist. The registry and the audit log have
-    /// one partition so that their events keep one order; the rest use `kafka.partitions`.
+    /// Creates the deployment's topics if they do not exist. The registry, the audit log and the
+    /// rules have one partition so that their events keep one order; the rest use
+    /// `kafka.partitions`.
     pub async fn ensure_topics(&self) -> Result<(), BusError> {
         let admin: AdminClient<DefaultClientContext> = self.base().create()?;
         let new: Vec<NewTopic> = self
@@ -85,7 +86,10 @@ impl KafkaBus {
             .all()
             .into_iter()
             .map(|name| {
-                let partitions = if name == self.topics.registry || name == self.topics.audit {
+                let partitions = if name == self.topics.registry
+                    || name == self.topics.audit
+                    || name == self.topics.rules
+                {
                     1
                 } else {
                     self.config.partitions
@@ -207,6 +211,18 @@ fn partition_count<C: rdkafka::consumer::ConsumerContext>(
         return Err(BusError::NoSuchTopic(topic.to_string()));
     }
     Ok(t.partitions().len() as i32)
+}
+
+/// The partition a record keyed `key` goes to among `partitions`: librdkafka's default
+/// (`consistent_random`) partitioner for a non-empty key, CRC-32 of the key modulo the count.
+/// Every producer here keys by device id, so a device's records of every topic with the same
+/// count land on the same partition number: what makes the stream process that consumes a
+/// device's readings also the one that receives its alert commands.
+pub fn key_partition(key: &str, partitions: i32) -> i32 {
+    if partitions <= 1 {
+        return 0;
+    }
+    (crc32fast::hash(key.as_bytes()) % partitions as u32) as i32
 }
 
 /// Where a consumer starts in a partition.

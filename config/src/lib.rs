@@ -10,6 +10,8 @@
 //! Stages receive only their own section plus the connection sections they use; there is no
 //! global configuration.
 
+pub mod rules;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -29,8 +31,74 @@ pub struct Config {
     pub stream: StreamConfig,
     pub regulation: RegulationConfig,
     pub api: ApiConfig,
+    pub notify: NotifyConfig,
     pub sim: SimConfig,
     pub up: UpConfig,
+}
+
+/// `ioc notify`: who is told of alerts, and how (`[notify]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Names the stage's checkpoint of `alert-transitions`.
+    pub group_id: String,
+    /// The dashboard's address, for the link in each notification.
+    pub dashboard_url: String,
+    /// A delivery that has failed for this long is given up (and recorded as expired).
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// At most one message per recipient this often: what comes meanwhile is sent together,
+    /// as one digest.
+    #[serde(with = "humantime_serde")]
+    pub min_interval: Duration,
+    /// Who is told of the alerts of rules that name no recipients.
+    pub default_recipients: Vec<String>,
+    pub recipients: Vec<RecipientConfig>,
+    pub smtp: SmtpConfig,
+}
+
+/// One recipient: a webhook or email addresses (`[[notify.recipients]]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipientConfig {
+    pub name: String,
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
+    /// Email addresses (sent through `[notify.smtp]`).
+    #[serde(default)]
+    pub email: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// Sent with every request (an `Authorization` header, say).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Signs each body: `X-IOC-Signature: sha256=<hex HMAC-SHA256 of the body>` (empty: none).
+    #[serde(default)]
+    pub secret: String,
+    #[serde(default = "default_webhook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_webhook_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// The SMTP server email goes through (`host` empty: no email).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub from: String,
+    /// Upgrade the connection with STARTTLS (required when set).
+    pub starttls: bool,
+    /// Log in when set.
+    pub username: String,
+    pub password: String,
 }
 
 /// The limits exceedances are judged against, as data (`[regulation]`).
@@ -244,6 +312,23 @@ impl IngestConfig {
     }
 }
 
+/// `local@domain`, nothing more: the SMTP server is the judge of the rest.
+fn plausible_email(a: &str) -> bool {
+    match a.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !a
+                    .chars()
+                    .any(|c| c.is_whitespace() || c == ',' || c == '<' || c == '>')
+                && !domain.contains('@')
+        }
+        None => false,
+    }
+}
+
 /// `+HH:MM` or `-HH:MM` (up to ±14:00) as milliseconds east of UTC.
 pub fn parse_utc_offset(s: &str) -> Option<i64> {
     let b = s.as_bytes();
@@ -282,13 +367,29 @@ pub struct StreamConfig {
     /// A 24-hour mean is compared with a QCVN 05 daily limit only over at least this many
     /// valid hours.
     pub min_day_hours_qcvn: usize,
-    /// Alert rules (`[[stream.rules]]`): SQL over the stream's named inputs.
+    /// Alert rules (`[[stream.rules]]`): SQL over the stream's named inputs. A rule named as
+    /// a built-in one replaces it.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// Built-in rules turned off, by name.
+    #[serde(default)]
+    pub disabled_rules: Vec<String>,
+    /// More rules: a TOML file of `[[rules]]` tables, or a folder of such `*.toml` files (read
+    /// in name order); empty: none. Read again on reload.
+    #[serde(default)]
+    pub rules_path: String,
+    /// A device is offline after this many of its own `expected_interval_s` without a reading.
+    pub offline_after: f64,
+    /// A sensor is stuck after this many readings in a row with the same value, per metric
+    /// (`default` for the rest; 0 turns the check off for a metric).
+    pub stuck_after: BTreeMap<String, u32>,
+    /// Windows older than this raise and resolve alerts as usual but notify no one (a backfill).
+    #[serde(with = "humantime_serde")]
+    pub notify_max_age: Duration,
 }
 
 /// One alert rule: a SQL query whose every result row is a firing instance (`ioc_stream::rules`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     /// Unique; letters, digits, `_`, `-`, `.`.
@@ -318,9 +419,14 @@ pub struct RuleConfig {
     /// The alert's message; `{column}` is replaced by the row's value of that column.
     #[serde(default)]
     pub message: String,
-    /// Who is notified (names of configured recipients).
+    /// Who is notified (names of `[[notify.recipients]]`; none: `notify.default_recipients`).
     #[serde(default)]
     pub recipients: Vec<String>,
+    /// An alert still unacknowledged this long after it fired is sent to `escalate_to`.
+    #[serde(default, with = "humantime_serde")]
+    pub escalate_after: Option<Duration>,
+    #[serde(default)]
+    pub escalate_to: Vec<String>,
 }
 
 /// Rule categories and severities, by name.
@@ -505,12 +611,75 @@ pub fn load_str(
                 message: e.message().to_string(),
             }])
         })?;
-    let problems = validate(&config);
+    let mut config = config;
+    let mut problems = Vec::new();
+    for (_, rules) in read_rules_files(&config.stream.rules_path, &mut problems) {
+        config.stream.rules.extend(rules);
+    }
+    problems.extend(validate(&config));
     if problems.is_empty() {
         Ok(config)
     } else {
         Err(ConfigError::Invalid(problems))
     }
+}
+
+/// The files `stream.rules_path` names: itself, or the `*.toml` in it, in name order.
+pub fn rules_files(rules_path: &str) -> std::io::Result<Vec<std::path::PathBuf>> {
+    if rules_path.is_empty() {
+        return Ok(Vec::new());
+    }
+    let path = std::path::Path::new(rules_path);
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<_> = std::fs::read_dir(path)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The rules of each file of `stream.rules_path`; a file that cannot be read or parsed is a
+/// problem naming it.
+fn read_rules_files(
+    rules_path: &str,
+    problems: &mut Vec<Problem>,
+) -> Vec<(String, Vec<RuleConfig>)> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RulesFile {
+        #[serde(default)]
+        rules: Vec<RuleConfig>,
+    }
+    let files = match rules_files(rules_path) {
+        Ok(f) => f,
+        Err(e) => {
+            problems.push(Problem {
+                path: "stream.rules_path".into(),
+                message: format!("cannot read the folder {rules_path:?}: {e}"),
+            });
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for file in files {
+        let origin = file.display().to_string();
+        let parsed = std::fs::read_to_string(&file)
+            .map_err(|e| format!("cannot read it: {e}"))
+            .and_then(|text| {
+                toml::from_str::<RulesFile>(&text).map_err(|e| e.message().to_string())
+            });
+        match parsed {
+            Ok(f) => out.push((origin, f.rules)),
+            Err(message) => problems.push(Problem {
+                path: format!("stream.rules_path ({origin})"),
+                message,
+            }),
+        }
+    }
+    out
 }
 
 fn join(prefix: &str, key: &str) -> String {
@@ -851,6 +1020,97 @@ pub fn validate(c: &Config) -> Vec<Problem> {
     if c.stream.min_day_hours_qcvn == 0 || c.stream.min_day_hours_qcvn > 24 {
         bad("stream.min_day_hours_qcvn", "must be 1 to 24 hours".into());
     }
+    if !(c.stream.offline_after.is_finite() && c.stream.offline_after >= 1.0) {
+        bad(
+            "stream.offline_after",
+            "must be at least 1 (expected intervals without a reading)".into(),
+        );
+    }
+    if !c.stream.stuck_after.contains_key("default") {
+        bad(
+            "stream.stuck_after",
+            "must have a `default` (readings in a row; 0: off)".into(),
+        );
+    }
+    for (metric, n) in &c.stream.stuck_after {
+        if *n == 1 {
+            bad(
+                &format!("stream.stuck_after.{metric}"),
+                "must be 0 (off) or at least 2 readings in a row".into(),
+            );
+        }
+    }
+    let recipients: std::collections::BTreeSet<&str> = c
+        .notify
+        .recipients
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    for (i, r) in c.notify.recipients.iter().enumerate() {
+        let path = |field: &str| format!("notify.recipients[{i}] ({}).{field}", r.name);
+        if r.webhook.is_none() && r.email.is_empty() {
+            bad(
+                &path("webhook"),
+                "a recipient needs a webhook or email addresses".into(),
+            );
+        }
+        if let Some(w) = &r.webhook {
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                bad(
+                    &path("webhook.url"),
+                    format!("{:?} is not an http:// or https:// URL", w.url),
+                );
+            }
+        }
+        for (j, a) in r.email.iter().enumerate() {
+            if !plausible_email(a) {
+                bad(
+                    &format!("{}[{j}]", path("email")),
+                    format!("{a:?} is not an email address"),
+                );
+            }
+        }
+        if !r.email.is_empty() && c.notify.smtp.host.is_empty() {
+            bad(&path("email"), "email needs notify.smtp.host".into());
+        }
+    }
+    let known = |list: &[String], path: String, bad: &mut dyn FnMut(&str, String)| {
+        for (j, name) in list.iter().enumerate() {
+            if !recipients.contains(name.as_str()) {
+                bad(
+                    &format!("{path}[{j}]"),
+                    format!("{name:?} is not one of notify.recipients"),
+                );
+            }
+        }
+    };
+    known(
+        &c.notify.default_recipients,
+        "notify.default_recipients".into(),
+        &mut bad,
+    );
+    for (i, r) in c.stream.rules.iter().enumerate() {
+        let path = |field: &str| format!("stream.rules[{i}] ({}).{field}", r.name);
+        known(&r.recipients, path("recipients"), &mut bad);
+        known(&r.escalate_to, path("escalate_to"), &mut bad);
+        if r.escalate_after.is_some() && r.escalate_to.is_empty() {
+            bad(
+                &path("escalate_to"),
+                "escalate_after needs someone to escalate to".into(),
+            );
+        }
+    }
+    for (i, name) in c.stream.disabled_rules.iter().enumerate() {
+        if !rules::BUILTIN.contains(&name.as_str()) {
+            bad(
+                &format!("stream.disabled_rules[{i}]"),
+                format!(
+                    "{name:?} is not a built-in rule (they are {})",
+                    rules::BUILTIN.join(", ")
+                ),
+            );
+        }
+    }
     let mut names = std::collections::BTreeSet::new();
     for (i, r) in c.stream.rules.iter().enumerate() {
         let path = |field: &str| format!("stream.rules[{i}] ({}).{field}", r.name);
@@ -879,10 +1139,10 @@ pub fn validate(c: &Config) -> Vec<Problem> {
         if r.sql.trim().is_empty() {
             bad(&path("sql"), "must be a query".into());
         }
-        if r.renotify.is_some_and(|d| d < Duration::from_secs(60)) {
+        if r.renotify.is_some_and(|d| d < Duration::from_secs(10)) {
             bad(
                 &path("renotify"),
-                "must be at least 1m (or absent: never)".into(),
+                "must be at least 10s (or absent: never)".into(),
             );
         }
         for label in &r.labels {
@@ -988,7 +1248,7 @@ name = "aqi poor"
 category = "noise"
 severity = "major"
 sql = " "
-renotify = "10s"
+renotify = "5s"
 labels = ["channel"]
 [[stream.rules]]
 name = "ok"
@@ -1019,7 +1279,7 @@ for = "2h"
                     .replace("aqi poor", "aqi_poor")
                     .replace("noise", "air")
                     .replace("sql = \" \"", "sql = \"SELECT 1\"")
-                    .replace("\"10s\"", "\"1h\"")
+                    .replace("\"5s\"", "\"1h\"")
                     .replace("[\"channel\"]", "[]"),
             )),
             no_env(),

@@ -348,54 +348,269 @@ impl std::fmt::Display for Resolution {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Where an alert stands. Alerts stored before the lifecycle read `active` as `firing` and
+/// `cleared` as `resolved`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum AlertStatus {
-    Active,
-    Cleared,
+pub enum AlertState {
+    #[serde(alias = "active")]
+    Firing,
+    Acknowledged,
+    #[serde(alias = "cleared")]
+    Resolved,
 }
 
-impl AlertStatus {
+impl AlertState {
+    pub const ALL: [AlertState; 3] = [
+        AlertState::Firing,
+        AlertState::Acknowledged,
+        AlertState::Resolved,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
-            AlertStatus::Active => "active",
-            AlertStatus::Cleared => "cleared",
+            AlertState::Firing => "firing",
+            AlertState::Acknowledged => "acknowledged",
+            AlertState::Resolved => "resolved",
         }
     }
 
-    pub fn parse(s: &str) -> Option<AlertStatus> {
+    pub fn parse(s: &str) -> Option<AlertState> {
         match s {
-            "active" => Some(AlertStatus::Active),
-            "cleared" => Some(AlertStatus::Cleared),
+            "firing" | "active" => Some(AlertState::Firing),
+            "acknowledged" => Some(AlertState::Acknowledged),
+            "resolved" | "cleared" => Some(AlertState::Resolved),
             _ => None,
         }
     }
+
+    pub fn is_open(self) -> bool {
+        self != AlertState::Resolved
+    }
 }
 
-/// One alert episode: raised when a rule's condition starts holding, updated (same `alert_id`,
-/// higher `version`) when it clears.
+/// Why an alert resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResolveReason {
+    /// Its clear condition held (or, without one, its condition no longer did).
+    Cleared,
+    /// By hand, with a comment.
+    Manual,
+    /// A revised window removed the value that raised it.
+    Revised,
+    /// Its device was decommissioned.
+    Decommissioned,
+    /// Its rule was removed or replaced.
+    #[serde(rename = "rule_removed")]
+    RuleRemoved,
+}
+
+impl ResolveReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResolveReason::Cleared => "cleared",
+            ResolveReason::Manual => "manual",
+            ResolveReason::Revised => "revised",
+            ResolveReason::Decommissioned => "decommissioned",
+            ResolveReason::RuleRemoved => "rule_removed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ResolveReason> {
+        [
+            ResolveReason::Cleared,
+            ResolveReason::Manual,
+            ResolveReason::Revised,
+            ResolveReason::Decommissioned,
+            ResolveReason::RuleRemoved,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+}
+
+/// One alert: one episode of one rule instance (the rule, the device, the channel and the
+/// rule's labels), from firing (optionally acknowledged) to resolved. Each transition
+/// republishes it under the same `alert_id` with a higher `version`; a new episode after
+/// resolution is a new alert.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
-    /// Idempotency key: `{rule}:{device_id}:{channel}:{raised_at}`. A replay makes the same id.
+    /// `{rule}:{instance}:{started_at}`: a replay makes the same id.
     pub alert_id: String,
     pub rule: String,
+    /// `air`, `water`, `traffic`, `device` (empty on alerts from before rules had one).
+    #[serde(default)]
+    pub category: String,
+    /// `critical`, `major`, `minor`, `warning`.
+    #[serde(default)]
+    pub severity: String,
     pub device_id: String,
     pub channel: String,
+    #[serde(default)]
     pub metric: String,
-    pub status: AlertStatus,
+    /// The rule instance: `device_id/channel` and each label's value (`/`-separated).
+    #[serde(default)]
+    pub instance: String,
+    /// The rule's labels and their values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(alias = "status")]
+    pub state: AlertState,
     /// Start of the first window in which the condition held (UTC epoch ms).
-    pub raised_at: i64,
-    /// Start of the first window in which it no longer held.
+    #[serde(default)]
+    pub started_at: i64,
+    /// When it fired: the end of the window after which the condition had held for `for`
+    /// (event time). Alerts from before the lifecycle: the start of the first window.
+    #[serde(alias = "raised_at")]
+    pub fired_at: i64,
+    #[serde(default, alias = "cleared_at", skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cleared_at: Option<i64>,
-    /// The window mean that raised the alert.
+    pub resolve_reason: Option<ResolveReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged: Option<Action>,
+    /// Who resolved it by hand, when, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_by: Option<Action>,
+    /// The value that fired it.
     pub value: f64,
-    /// Highest window mean seen while the alert was active.
+    /// The highest value seen while it was firing.
     pub peak: f64,
-    pub limit: f64,
+    /// The limit the value is held to, where the rule names one.
+    #[serde(default)]
+    pub limit: Option<f64>,
+    #[serde(default)]
     pub unit: String,
     pub message: String,
+    /// Raised or resolved by windows older than `stream.notify_max_age` (a backfill): recorded
+    /// as usual, notified to no one.
+    #[serde(default)]
+    pub backfill: bool,
+    /// Raised while its device was in maintenance (or its readings calibrating): notified to
+    /// no one.
+    #[serde(default)]
+    pub muted: bool,
     pub version: u64,
+}
+
+impl Alert {
+    pub fn is_open(&self) -> bool {
+        self.state.is_open()
+    }
+}
+
+/// Someone's act on an alert: who, when (UTC epoch ms), and their comment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Action {
+    pub by: String,
+    pub at: i64,
+    #[serde(default)]
+    pub comment: String,
+    /// The command it came by: a replayed command finds its own act done, not a conflict.
+    #[serde(default)]
+    pub request_id: String,
+}
+
+/// What changed an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransitionKind {
+    Fired,
+    Acknowledged,
+    Resolved,
+}
+
+impl TransitionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransitionKind::Fired => "fired",
+            TransitionKind::Acknowledged => "acknowledged",
+            TransitionKind::Resolved => "resolved",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TransitionKind> {
+        [
+            TransitionKind::Fired,
+            TransitionKind::Acknowledged,
+            TransitionKind::Resolved,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// One transition of one alert (the `alert-transitions` topic): each kind happens at most once
+/// per alert, so `(alert_id, kind)` is its idempotency key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertTransition {
+    pub alert_id: String,
+    pub kind: TransitionKind,
+    /// Event time for firing and automatic resolution (a window's end); the act's time for an
+    /// acknowledgement or a manual resolution.
+    pub at: i64,
+    /// The command that caused it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Notifies no one: a backfill, a device in maintenance, or an alert that never notified.
+    #[serde(default)]
+    pub silent: bool,
+    /// The alert as the transition left it.
+    pub alert: Alert,
+}
+
+impl AlertTransition {
+    /// `alert_id/kind`: what a receiver of its notification drops a repeat by.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}/{}", self.alert_id, self.kind.as_str())
+    }
+}
+
+/// What someone asks of an alert (`alert-commands`, keyed by device id so that it reaches the
+/// stream process owning the device's partition, the alert's single writer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertCommand {
+    pub request_id: String,
+    pub alert_id: String,
+    pub device_id: String,
+    pub action: CommandAction,
+    pub by: String,
+    pub at: i64,
+    #[serde(default)]
+    pub comment: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandAction {
+    Acknowledge,
+    Resolve,
+}
+
+/// The stream's answer to a command (`alert-replies`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertReply {
+    pub request_id: String,
+    pub alert_id: String,
+    pub outcome: ReplyOutcome,
+    /// What stands in the way, for people (`conflict`, `unknown`).
+    #[serde(default)]
+    pub message: String,
+    /// The alert as it stands after the command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<Alert>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyOutcome {
+    /// Done (or done before by this same request).
+    Done,
+    /// Someone else acknowledged or resolved it first.
+    Conflict,
+    /// No open alert by that id on its device.
+    Unknown,
 }
 
 /// A discrete event, keyed by `event_id` (today: AI camera violations). Carries no personal
@@ -764,10 +979,19 @@ pub enum Role {
     Installer,
     /// Traffic enforcement officers: what an operator sees, plus camera events and evidence.
     Enforcement,
+    /// Environment officers: what an operator sees, and acting on (acknowledging, resolving)
+    /// the alerts of the `air` and `water` categories.
+    Environment,
 }
 
 /// Every role, by name.
-pub const ROLES: [&str; 4] = ["admin", "operator", "installer", "enforcement"];
+pub const ROLES: [&str; 5] = [
+    "admin",
+    "operator",
+    "installer",
+    "enforcement",
+    "environment",
+];
 
 impl Role {
     pub fn as_str(self) -> &'static str {
@@ -776,6 +1000,7 @@ impl Role {
             Role::Operator => "operator",
             Role::Installer => "installer",
             Role::Enforcement => "enforcement",
+            Role::Environment => "environment",
         }
     }
 
@@ -785,6 +1010,7 @@ impl Role {
             "operator" => Role::Operator,
             "installer" => Role::Installer,
             "enforcement" => Role::Enforcement,
+            "environment" => Role::Environment,
             _ => return None,
         })
     }
@@ -956,7 +1182,15 @@ pub struct Topics {
     pub evidence: String,
     /// Rejected camera messages: they may hold plates, so not the general dead-letter topic.
     pub quarantine: String,
+    /// Every alert transition (`AlertTransition`).
+    pub alert_transitions: String,
+    /// Acknowledgements and manual resolutions, API to stream (`AlertCommand`).
+    pub alert_commands: String,
+    /// The stream's answers to them (`AlertReply`).
+    pub alert_replies: String,
     pub registry: String,
+    /// The alert rules in force, every change, and reload requests (`ioc_config::rules::RulesRecord`).
+    pub rules: String,
     /// Reads of personal data (camera events, evidence): who read what, when. Kept forever.
     pub audit: String,
     /// What ingest made of each message of devices being commissioned or serviced.
@@ -975,13 +1209,17 @@ impl Topics {
             events: format!("{prefix}events"),
             evidence: format!("{prefix}evidence"),
             quarantine: format!("{prefix}quarantine"),
+            alert_transitions: format!("{prefix}alert-transitions"),
+            alert_commands: format!("{prefix}alert-commands"),
+            alert_replies: format!("{prefix}alert-replies"),
             registry: format!("{prefix}registry"),
+            rules: format!("{prefix}rules"),
             audit: format!("{prefix}audit"),
             tap: format!("{prefix}tap"),
         }
     }
 
-    pub fn all(&self) -> [&str; 12] {
+    pub fn all(&self) -> [&str; 16] {
         [
             &self.readings,
             &self.deadletter,
@@ -992,7 +1230,11 @@ impl Topics {
             &self.events,
             &self.evidence,
             &self.quarantine,
+            &self.alert_transitions,
+            &self.alert_commands,
+            &self.alert_replies,
             &self.registry,
+            &self.rules,
             &self.audit,
             &self.tap,
         ]

@@ -140,6 +140,18 @@ impl ClickHouseHistory {
                 texts.push(v);
             }
         }
+        for (column, values) in &f.any_of {
+            if !R::has_text_column(column) {
+                continue;
+            }
+            if values.is_empty() {
+                parts.push("0".into());
+                continue;
+            }
+            let marks = vec!["?"; values.len()].join(", ");
+            parts.push(format!("{column} IN ({marks})"));
+            texts.extend(values.iter().map(String::as_str));
+        }
         let order = std::iter::once(if R::NEWEST_FIRST {
             format!("{time} DESC")
         } else {
@@ -250,8 +262,8 @@ impl ClickHouseHistory {
         let rows = self
             .client
             .query(
-                "SELECT ?fields FROM alerts FINAL WHERE (rule, device_id, channel, raised_at) IN \
-                 (SELECT rule, device_id, channel, max(raised_at) FROM alerts GROUP BY rule, device_id, channel)",
+                "SELECT ?fields FROM alerts FINAL WHERE (rule, instance, raised_at) IN \
+                 (SELECT rule, instance, max(raised_at) FROM alerts GROUP BY rule, instance)",
             )
             .fetch_all::<AlertRow>()
             .await?;

@@ -562,6 +562,7 @@ impl EmbeddedHistory {
         let (device, metric) = (f.device_id.clone(), f.metric.clone());
         let resolution = Some(f.resolution.as_str().to_string());
         let regulation = f.regulation.clone();
+        let any_of = f.any_of.clone();
         let matches = |r: &R, column: &str, wanted: &Option<String>| {
             wanted
                 .as_deref()
@@ -573,6 +574,9 @@ impl EmbeddedHistory {
                     && matches(r, "metric", &metric)
                     && matches(r, "resolution", &resolution)
                     && matches(r, "regulation", &regulation)
+                    && any_of.iter().all(|(column, values)| {
+                        r.text(column).is_none_or(|v| values.iter().any(|w| w == v))
+                    })
             })
             .await?;
         rows.sort_by_cached_key(|r| {
@@ -628,9 +632,9 @@ impl EmbeddedHistory {
         let rows = self
             .scan::<AlertRow>(i64::MIN, i64::MAX, 0, |_| true)
             .await?;
-        let mut latest: HashMap<(String, String, String), AlertRow> = HashMap::new();
+        let mut latest: HashMap<(String, String), AlertRow> = HashMap::new();
         for r in rows {
-            let key = (r.rule.clone(), r.device_id.clone(), r.channel.clone());
+            let key = (r.rule.clone(), r.instance.clone());
             match latest.get(&key) {
                 Some(l) if l.raised_at >= r.raised_at => {}
                 _ => {
@@ -814,6 +818,7 @@ mod tests {
             limit: 1_000_000,
             resolution: Resolution::Minute,
             regulation: None,
+            any_of: Vec::new(),
         }
     }
 

@@ -15,7 +15,8 @@ pub mod embedded;
 
 use clickhouse::Row;
 use ioc_contract::{
-    Aggregate, Alert, AlertStatus, DeadLetter, Event, Evidence, Quality, Reading, Resolution,
+    Aggregate, Alert, AlertState, AlertTransition, DeadLetter, Event, Evidence, Quality, Reading,
+    Resolution, ResolveReason, TransitionKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -26,13 +27,15 @@ use crate::record::{Keeping, Table};
 
 /// Every table of history: what ClickHouse creates and the embedded store opens and compacts.
 /// A new record type is defined with `record!` and listed here.
-pub(crate) fn tables() -> [Table; 10] {
+pub(crate) fn tables() -> [Table; 12] {
     [
         Table::of::<ReadingRow>(Keeping::Files),
         Table::of::<AggregateRow>(Keeping::Files),
         Table::of::<AqiRow>(Keeping::Files),
         Table::of::<ExceedanceRow>(Keeping::Files),
         Table::of::<AlertRow>(Keeping::Files),
+        Table::of::<TransitionRow>(Keeping::Files),
+        Table::of::<DeliveryRow>(Keeping::Files),
         Table::of::<EventRow>(Keeping::Files),
         Table::of::<EvidenceRow>(Keeping::Files),
         Table::of::<QuarantineRow>(Keeping::Files),
@@ -288,6 +291,8 @@ record! {
 }
 
 record! {
+    /// The latest state of each alert. Columns keep their names from before the lifecycle:
+    /// `status` holds the state, `raised_at` when it fired, `cleared_at` when it resolved.
     pub struct AlertRow in "alerts", key(alert_id: String), time(raised_at) {
         pub alert_id: String,
         pub rule: String,
@@ -303,48 +308,178 @@ record! {
         pub unit: String,
         pub message: String,
         pub version: u64,
+        pub category: String [added ""],
+        pub severity: String [added ""],
+        pub instance: String [added "DEFAULT concat(device_id, '/', channel)"],
+        /// The labels as a JSON object.
+        pub labels: String [added ""],
+        pub started_at: i64 [added "DEFAULT raised_at"],
+        pub resolve_reason: String [added ""],
+        /// The acknowledgement and the manual resolution as JSON `Action`s (empty: none).
+        pub acknowledged: String [added ""],
+        pub resolved_by: String [added ""],
+        pub backfill: u32 [added ""],
+        pub muted: u32 [added ""],
+    }
+    impl {
+        fn upgraded(mut self) -> Self {
+            if self.instance.is_empty() {
+                self.instance = format!("{}/{}", self.device_id, self.channel);
+            }
+            if self.started_at == 0 {
+                self.started_at = self.raised_at;
+            }
+            self
+        }
     }
 }
 
 impl From<&Alert> for AlertRow {
     fn from(a: &Alert) -> Self {
+        let json = |a: &Option<ioc_contract::Action>| {
+            a.as_ref()
+                .and_then(|a| serde_json::to_string(a).ok())
+                .unwrap_or_default()
+        };
         AlertRow {
             alert_id: a.alert_id.clone(),
             rule: a.rule.clone(),
             device_id: a.device_id.clone(),
             channel: a.channel.clone(),
             metric: a.metric.clone(),
-            status: a.status.as_str().to_string(),
-            raised_at: a.raised_at,
-            cleared_at: a.cleared_at,
+            status: a.state.as_str().to_string(),
+            raised_at: a.fired_at,
+            cleared_at: a.resolved_at,
             value: a.value,
             peak: a.peak,
-            limit_value: a.limit,
+            limit_value: a.limit.unwrap_or(f64::NAN),
             unit: a.unit.clone(),
             message: a.message.clone(),
             version: a.version,
+            category: a.category.clone(),
+            severity: a.severity.clone(),
+            instance: a.instance.clone(),
+            labels: if a.labels.is_empty() {
+                String::new()
+            } else {
+                serde_json::to_string(&a.labels).unwrap_or_default()
+            },
+            started_at: a.started_at,
+            resolve_reason: a
+                .resolve_reason
+                .map(|r| r.as_str().to_string())
+                .unwrap_or_default(),
+            acknowledged: json(&a.acknowledged),
+            resolved_by: json(&a.resolved_by),
+            backfill: u32::from(a.backfill),
+            muted: u32::from(a.muted),
         }
     }
 }
 
 impl From<AlertRow> for Alert {
     fn from(r: AlertRow) -> Self {
+        let action = |s: &str| serde_json::from_str(s).ok();
+        let state = AlertState::parse(&r.status).unwrap_or(AlertState::Firing);
         Alert {
             alert_id: r.alert_id,
             rule: r.rule,
+            category: r.category,
+            severity: r.severity,
             device_id: r.device_id,
             channel: r.channel,
             metric: r.metric,
-            status: AlertStatus::parse(&r.status).unwrap_or(AlertStatus::Active),
-            raised_at: r.raised_at,
-            cleared_at: r.cleared_at,
+            instance: r.instance,
+            labels: serde_json::from_str(&r.labels).unwrap_or_default(),
+            state,
+            started_at: r.started_at,
+            fired_at: r.raised_at,
+            resolved_at: r.cleared_at,
+            // Alerts cleared before the lifecycle cleared by their condition.
+            resolve_reason: ResolveReason::parse(&r.resolve_reason)
+                .or((state == AlertState::Resolved).then_some(ResolveReason::Cleared)),
+            acknowledged: action(&r.acknowledged),
+            resolved_by: action(&r.resolved_by),
             value: r.value,
             peak: r.peak,
-            limit: r.limit_value,
+            limit: Some(r.limit_value).filter(|l| !l.is_nan()),
             unit: r.unit,
             message: r.message,
+            backfill: r.backfill != 0,
+            muted: r.muted != 0,
             version: r.version,
         }
+    }
+}
+
+record! {
+    /// Every transition of every alert, with the alert as it left it (JSON).
+    pub struct TransitionRow in "alert_transitions", key(alert_id: String, kind: String), time(at) {
+        pub alert_id: String,
+        pub kind: String,
+        pub at: i64,
+        pub device_id: String,
+        pub rule: String,
+        pub request_id: String,
+        pub silent: u32,
+        pub alert: String,
+        pub version: u64,
+    }
+}
+
+record! {
+    /// One notification of one alert event to one recipient, and every attempt to deliver it
+    /// (`ioc notify`). `event` is `fired`, `resolved`, `renotify-N` or `escalated`.
+    pub struct DeliveryRow in "deliveries", key(alert_id: String, event: String, recipient: String), time(created_at) {
+        pub alert_id: String,
+        pub event: String,
+        pub recipient: String,
+        pub device_id: String,
+        pub rule: String,
+        /// `webhook` or `email`.
+        pub channel: String,
+        /// `pending`, `sent`, or `expired` (given up after `notify.max_age`).
+        pub status: String,
+        pub created_at: i64,
+        /// When the next attempt is due.
+        pub next_at: i64,
+        pub attempts: u32,
+        pub sent_at: Option<i64>,
+        pub last_error: String,
+        /// Every attempt, as a JSON array of `{"at", "ok", "error", "digest"}`.
+        pub attempt_log: String,
+        /// What is sent (JSON).
+        pub notification: String,
+        pub version: u64,
+    }
+}
+
+impl From<&AlertTransition> for TransitionRow {
+    fn from(t: &AlertTransition) -> Self {
+        TransitionRow {
+            alert_id: t.alert_id.clone(),
+            kind: t.kind.as_str().to_string(),
+            at: t.at,
+            device_id: t.alert.device_id.clone(),
+            rule: t.alert.rule.clone(),
+            request_id: t.request_id.clone().unwrap_or_default(),
+            silent: u32::from(t.silent),
+            alert: serde_json::to_string(&t.alert).unwrap_or_default(),
+            version: t.alert.version,
+        }
+    }
+}
+
+impl TransitionRow {
+    pub fn transition(&self) -> Option<AlertTransition> {
+        Some(AlertTransition {
+            alert_id: self.alert_id.clone(),
+            kind: TransitionKind::parse(&self.kind)?,
+            at: self.at,
+            request_id: Some(self.request_id.clone()).filter(|r| !r.is_empty()),
+            silent: self.silent != 0,
+            alert: serde_json::from_str(&self.alert).ok()?,
+        })
     }
 }
 
@@ -510,6 +645,9 @@ pub struct HistoryFilter {
     pub resolution: Resolution,
     /// Which regulation, for tables that have one (exceedances).
     pub regulation: Option<String>,
+    /// Further text columns, each with the values a row may have (any of them), for tables
+    /// that have the column. The column names are the caller's constants, never input.
+    pub any_of: Vec<(&'static str, Vec<String>)>,
 }
 
 /// The history store of a deployment.
@@ -583,7 +721,7 @@ impl History {
         }
     }
 
-    /// The latest alert of every (rule, device, channel): the state a restarted stream resumes.
+    /// The latest alert of every rule instance: the state a restarted stream resumes.
     pub async fn latest_alerts(&self) -> Result<Vec<Alert>, HistoryError> {
         match self {
             History::ClickHouse(h) => h.latest_alerts().await,

@@ -24,6 +24,17 @@ pub enum Permission {
     ReadEvidence,
     /// Tokens and the audit log: admin.
     Administer,
+    /// Acknowledge and resolve alerts: admin, operator, and environment (for the `air` and
+    /// `water` categories only: [`may_act_on`]).
+    ActOnAlerts,
+}
+
+/// Whether `role`, allowed [`Permission::ActOnAlerts`], may act on an alert of `category`.
+pub fn may_act_on(role: Role, category: &str) -> bool {
+    match role {
+        Role::Environment => matches!(category, "air" | "water"),
+        _ => Permission::ActOnAlerts.allows(role),
+    }
 }
 
 impl Permission {
@@ -34,8 +45,10 @@ impl Permission {
                 Role::Operator,
                 Role::Installer,
                 Role::Enforcement,
+                Role::Environment,
             ],
             Permission::ManageDevices => &[Role::Admin, Role::Installer],
+            Permission::ActOnAlerts => &[Role::Admin, Role::Operator, Role::Environment],
             Permission::ReadEvents => &[Role::Admin, Role::Enforcement],
             Permission::ReadEvidence => &[Role::Enforcement],
             Permission::Administer => &[Role::Admin],
@@ -140,8 +153,21 @@ mod tests {
             Role::Operator,
             Role::Installer,
             Role::Enforcement,
+            Role::Environment,
         ] {
             assert!(Permission::ReadTelemetry.allows(role));
+            assert_eq!(
+                Permission::ActOnAlerts.allows(role),
+                matches!(role, Role::Admin | Role::Operator | Role::Environment)
+            );
+            assert_eq!(
+                may_act_on(role, "device"),
+                matches!(role, Role::Admin | Role::Operator)
+            );
+            assert_eq!(
+                may_act_on(role, "water"),
+                matches!(role, Role::Admin | Role::Operator | Role::Environment)
+            );
             assert_eq!(
                 Permission::ReadEvidence.allows(role),
                 role == Role::Enforcement

@@ -8,6 +8,7 @@
 //! - [`commissioning`]: the installer's checklist of one device, from [`connections`] (what the
 //!   broker says about MQTT clients) and [`live::Activity`] (what ingest made of its messages).
 //! - [`replay`]: dead letters of devices not yet registered, processed again once they are.
+//! - [`alerts`]: alerts, acknowledging and resolving them through the stream, and the rules.
 //! - [`live`]: tails the readings, aggregates and alerts topics and fans them out.
 //! - [`ws`]: one websocket session, generic over its sink and stream so tests can drive it.
 //! - [`run`]: binds and serves until shutdown.
@@ -18,6 +19,7 @@
 
 pub mod access;
 pub mod accounts;
+pub mod alerts;
 pub mod auth;
 pub mod broker;
 pub mod commissioning;
@@ -106,14 +108,19 @@ pub struct AppState {
     pub accounts: accounts::Accounts,
     pub metrics: ApiMetrics,
     pub prometheus: Registry,
+    /// Waiters for the stream's answers to alert commands.
+    pub replies: alerts::Replies,
+    /// The rules in force, as the `rules` topic has them.
+    pub rules_view: Arc<alerts::RulesView>,
 }
 
-/// What the API judges regulatory figures by: `[regulation]` and `stream.min_hour_capture`, as
-/// the stream does.
+/// What the API judges regulatory figures by (`[regulation]` and `stream.min_hour_capture`, as
+/// the stream does), and the alert rules in force.
 #[derive(Debug, Clone)]
 pub struct Regulatory {
     pub limits: ioc_config::RegulationConfig,
     pub min_hour_capture: f64,
+    pub rules: Vec<ioc_config::RuleConfig>,
 }
 
 impl Regulatory {
@@ -121,6 +128,7 @@ impl Regulatory {
         Regulatory {
             limits: config.regulation.clone(),
             min_hour_capture: config.stream.min_hour_capture,
+            rules: ioc_config::rules::in_force(&config.stream),
         }
     }
 }
@@ -143,11 +151,15 @@ pub async fn run(
     let metrics = ApiMetrics::register(&prometheus).expect("api metrics register once");
     let live = live::LiveHub::new(config.ws_buffer);
     let activity = live::Activity::default();
+    let replies = alerts::Replies::default();
+    let rules_view = Arc::new(alerts::RulesView::default());
+    let rules_follower = alerts::follow_rules(&bus, rules_view.clone(), shutdown.clone())?;
     let tail = live::tail(
         &bus,
         live.clone(),
         activity.clone(),
         registry.clone(),
+        replies.clone(),
         shutdown.clone(),
     )?;
     let state = AppState {
@@ -165,6 +177,8 @@ pub async fn run(
         accounts,
         metrics,
         prometheus,
+        replies,
+        rules_view,
     };
     let app = routes::router(state);
     let result = axum::serve(listener, app)
@@ -172,5 +186,6 @@ pub async fn run(
         .await
         .map_err(ApiError::Serve);
     tail.abort();
+    rules_follower.abort();
     result
 }

@@ -15,7 +15,8 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::routes::{ApiAggregate, ApiAlert, ApiAqi, ApiExceedance, ApiReading};
+use crate::alerts::{ApiAlert, ApiTransition};
+use crate::routes::{ApiAggregate, ApiAqi, ApiExceedance, ApiReading};
 use ioc_history::{AqiRow, ExceedanceRow};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -30,6 +31,9 @@ pub enum StreamName {
     Aqi,
     /// QCVN exceedances and their withdrawals.
     Exceedances,
+    /// Every alert transition (fired, acknowledged, resolved).
+    #[serde(rename = "alert_transitions")]
+    AlertTransitions,
 }
 
 impl StreamName {
@@ -280,6 +284,7 @@ pub fn tail(
     hub: LiveHub,
     activity: Activity,
     registry: RegistryView,
+    replies: crate::alerts::Replies,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, ioc_bus::BusError> {
     let topics = bus.topics().clone();
@@ -288,6 +293,8 @@ pub fn tail(
             &topics.readings,
             &topics.aggregates,
             &topics.alerts,
+            &topics.alert_transitions,
+            &topics.alert_replies,
             &topics.aqi,
             &topics.exceedances,
             &topics.deadletter,
@@ -340,6 +347,18 @@ pub fn tail(
                         &a.device_id,
                         &ApiAlert::from(&a),
                     ));
+                }
+            } else if topic == topics.alert_transitions {
+                if let Ok(t) = serde_json::from_slice::<ioc_contract::AlertTransition>(&payload) {
+                    hub.publish(LiveMessage::new(
+                        StreamName::AlertTransitions,
+                        &t.alert.device_id,
+                        &ApiTransition::from(&t),
+                    ));
+                }
+            } else if topic == topics.alert_replies {
+                if let Ok(r) = serde_json::from_slice::<ioc_contract::AlertReply>(&payload) {
+                    replies.deliver(r);
                 }
             } else if topic == topics.tap {
                 if let Ok(tap) = serde_json::from_slice::<TapRecord>(&payload) {

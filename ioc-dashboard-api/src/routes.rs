@@ -14,11 +14,11 @@ use futures::{SinkExt, StreamExt};
 use ioc_bus::registry;
 use ioc_contract::time::{format_ms, now_ms, parse_param_ms};
 use ioc_contract::{
-    valid_device_id, valid_external_id, Actor, Aggregate, Alert, Device, DeviceChanges,
-    DeviceCredentials, DeviceStatus, Grade, Qcvn40Column, Reading, RegistryEvent, Resolution,
-    DEVICE_KINDS, EXTERNAL_ID_KINDS, FORMAT_NAMES,
+    valid_device_id, valid_external_id, Actor, Aggregate, Device, DeviceChanges, DeviceCredentials,
+    DeviceStatus, Grade, Qcvn40Column, Reading, RegistryEvent, Resolution, DEVICE_KINDS,
+    EXTERNAL_ID_KINDS, FORMAT_NAMES,
 };
-use ioc_history::{AggregateRow, AlertRow, AqiRow, ExceedanceRow, HistoryFilter, ReadingRow};
+use ioc_history::{AggregateRow, AqiRow, ExceedanceRow, HistoryFilter, ReadingRow};
 use serde::Serialize;
 use serde_json::json;
 
@@ -27,7 +27,7 @@ use crate::live::DeviceActivity;
 use crate::live::StreamName;
 use crate::ws::{session, ClientFrame, Subscriptions};
 use crate::AppState;
-use crate::{access, accounts, commissioning, replay};
+use crate::{access, accounts, alerts, commissioning, replay};
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -48,7 +48,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/devices/{id}/live", get(device_live))
         .route("/api/v1/readings", get(readings))
         .route("/api/v1/aggregates", get(aggregates))
-        .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/alerts", get(alerts::list))
+        .route("/api/v1/alerts/{id}", get(alerts::get_one))
+        .route("/api/v1/alerts/{id}/ack", post(alerts::acknowledge))
+        .route("/api/v1/alerts/{id}/resolve", post(alerts::resolve))
+        .route("/api/v1/rules", get(alerts::rules))
+        .route("/api/v1/rules/reload", post(alerts::reload_rules))
         .route("/api/v1/aqi", get(aqi))
         .route("/api/v1/exceedances", get(exceedances))
         .route("/api/v1/annual", get(annual))
@@ -895,43 +900,6 @@ impl From<&ExceedanceRow> for ApiExceedance {
     }
 }
 
-#[derive(Debug, Serialize)]
-pub struct ApiAlert {
-    pub alert_id: String,
-    pub rule: String,
-    pub device_id: String,
-    pub channel: String,
-    pub metric: String,
-    pub status: &'static str,
-    pub raised_at: String,
-    pub cleared_at: Option<String>,
-    pub value: f64,
-    pub peak: f64,
-    pub limit: f64,
-    pub unit: String,
-    pub message: String,
-}
-
-impl From<&Alert> for ApiAlert {
-    fn from(a: &Alert) -> Self {
-        ApiAlert {
-            alert_id: a.alert_id.clone(),
-            rule: a.rule.clone(),
-            device_id: a.device_id.clone(),
-            channel: a.channel.clone(),
-            metric: a.metric.clone(),
-            status: a.status.as_str(),
-            raised_at: format_ms(a.raised_at),
-            cleared_at: a.cleared_at.map(format_ms),
-            value: a.value,
-            peak: a.peak,
-            limit: a.limit,
-            unit: a.unit.clone(),
-            message: a.message.clone(),
-        }
-    }
-}
-
 /// Parses `device_id`, `metric`, `from`, `to` (RFC 3339 or epoch ms; default: the last hour)
 /// and `limit`.
 pub(crate) fn history_filter(
@@ -980,6 +948,7 @@ pub(crate) fn history_filter(
         limit,
         resolution,
         regulation: q.get("regulation").cloned(),
+        any_of: Vec::new(),
     })
 }
 
@@ -1235,22 +1204,6 @@ async fn annual(
         "grade": device.grade().as_str(),
         "means": means,
     })))
-}
-
-async fn alerts(
-    State(state): State<AppState>,
-    HistoryRequest(filter): HistoryRequest,
-) -> ApiResult<Json<serde_json::Value>> {
-    let rows = state
-        .history
-        .query::<AlertRow>(&filter)
-        .await
-        .map_err(history_unavailable)?;
-    let alerts: Vec<ApiAlert> = rows
-        .into_iter()
-        .map(|r| ApiAlert::from(&Alert::from(r)))
-        .collect();
-    Ok(Json(json!({ "alerts": alerts })))
 }
 
 /// Browsers cannot set headers on a websocket: its token comes as `?token=`. Returns the

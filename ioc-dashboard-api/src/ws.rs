@@ -1,7 +1,7 @@
 //! One websocket session. Generic over its outgoing sink and incoming stream so unit tests
 //! drive it with channels; the route wires it to a real socket.
 //!
-//! Client → server: `{"op":"subscribe","stream":"readings"|"aggregates"|"alerts"|"device"|"aqi"|"exceedances","device_ids":[...]}`
+//! Client → server: `{"op":"subscribe","stream":"readings"|"aggregates"|"alerts"|"alert_transitions"|"device"|"aqi"|"exceedances","device_ids":[...]}`
 //! (device_ids optional: all devices; for `aggregates`, `"resolution":"1m"|"5m"|"1h"|"1d"`,
 //! default `1m`, and for `aqi`, `"1h"|"1d"`, default `1h`: one resolution per stream and
 //! session; subscribing again replaces the stream's filter) and

@@ -161,6 +161,25 @@ pub fn derive(
     settings: Settings,
     version: u64,
 ) -> Vec<ExceedanceRow> {
+    derive_judged(
+        device_id, station, due, windows, stored, limits, settings, version,
+    )
+    .0
+}
+
+/// [`derive`]'s records, and every countable period judged, exceeded or `within` (what alert
+/// rules read: a period within its limit clears an alert, though nothing is stored for it).
+#[allow(clippy::too_many_arguments)]
+pub fn derive_judged(
+    device_id: &str,
+    station: &Station,
+    due: &Due,
+    windows: &[Aggregate],
+    stored: &[ExceedanceRow],
+    limits: &RegulationConfig,
+    settings: Settings,
+    version: u64,
+) -> (Vec<ExceedanceRow>, Vec<ExceedanceRow>) {
     // Per (channel, metric), each valid hour's mean by start; `None` for an hour too empty.
     let mut hours: BTreeMap<(&str, &str), BTreeMap<i64, Option<f64>>> = BTreeMap::new();
     let mut units: BTreeMap<(&str, &str), &str> = BTreeMap::new();
@@ -274,6 +293,7 @@ pub fn derive(
     let latest: BTreeMap<_, &ExceedanceRow> = latest(stored);
     let grade = station.grade().as_str();
     let mut out = Vec::new();
+    let mut judgments = Vec::new();
     let mut judged_keys: BTreeSet<Key> = BTreeSet::new();
     // The periods the due hours and days are judged over, whatever the metric and channel.
     let mut windows: BTreeSet<(String, i64)> = BTreeSet::new();
@@ -322,6 +342,17 @@ pub fn derive(
             .into(),
             version,
         };
+        if mean.is_some() {
+            judgments.push(ExceedanceRow {
+                status: if beyond.is_some() {
+                    "exceeded"
+                } else {
+                    "within"
+                }
+                .into(),
+                ..row.clone()
+            });
+        }
         let row = match (beyond, before) {
             (Some(_), _) => row,
             // No longer countable: withdrawn as it was last judged.
@@ -355,7 +386,7 @@ pub fn derive(
             });
         }
     }
-    out
+    (out, judgments)
 }
 
 type Key = (String, String, String, String, i64);

@@ -14,13 +14,21 @@
 //!   windows each time one is stored (no state);
 //! - [`exceedance`]: QCVN 05 ambient and QCVN 40 wastewater exceedances over their averaging
 //!   periods, judged again from the stored hourly windows each time one is stored (no state);
-//! - [`alerts`]: the PM2.5 threshold rule (pure).
+//! - [`stuck`]: runs of one value per series, from the 1-minute windows closed in order;
+//! - [`alerts`]: the alert rules in force (`rules.rs`, built-in and configured), evaluated
+//!   window by window over everything the batch emitted, each instance through its lifecycle
+//!   (`lifecycle.rs`, pure); this process is the single writer of its devices' alerts, and
+//!   applies the acknowledgements and manual resolutions the API sends for them.
 //!
 //! Per batch, in this order: rate limit; store raw readings; 1-minute windows; store them, then
 //! derive and store each coarser resolution from the one stored before it; the AQI and the
-//! exceedances of the stations whose hours were stored; alerts; publish;
+//! exceedances of the stations whose hours were stored; alert rules over all of it (and the
+//! devices' silence); store alerts and transitions; publish;
 //! checkpoint each moved device's `closed_until`; checkpoint offsets up to what stored rows and
 //! closed windows cover. A crash between any two steps repeats work idempotently and loses none.
+//!
+//! Between batches the loop applies the alert commands its devices received, and any new
+//! version of the rules ([`reload`]: the `rules` topic, SIGHUP, a changed rules file).
 //!
 //! [`sink`]: beside that loop, the topics stored as they are (camera events, evidence,
 //! quarantined camera messages), each with its own offset checkpoint.
@@ -32,9 +40,11 @@ pub mod exceedance;
 pub mod lifecycle;
 pub mod limit;
 pub mod recent;
+pub mod reload;
 pub mod rollup;
 pub mod rules;
 pub mod sink;
+pub mod stuck;
 #[cfg(test)]
 mod tests;
 pub mod windows;
@@ -46,16 +56,19 @@ use ioc_bus::registry::RegistryView;
 use ioc_bus::{Bus, Consumer, Producer, StartAt};
 use ioc_config::StreamConfig;
 use ioc_contract::rate::RateRule;
-use ioc_contract::{Aggregate, Alert, DeadLetter, ReadingBatch, RejectCode, Resolution, WINDOW_MS};
+use ioc_contract::{
+    Aggregate, AlertCommand, AlertReply, AlertTransition, DeadLetter, DeviceStatus, ReadingBatch,
+    RejectCode, Resolution, WINDOW_MS,
+};
 use ioc_history::{
     AggregateRow, AlertRow, AqiRow, ExceedanceRow, History, OffsetRow, Position, ReadingRow,
-    WatermarkRow,
+    Record, TransitionRow, WatermarkRow,
 };
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::ClosingRows;
-use crate::alerts::Pm25Rule;
+use crate::alerts::Alerts;
 use crate::limit::FleetLimiter;
 use crate::recent::Recent;
 use crate::windows::{Observed, WindowEngine, WindowKey};
@@ -72,6 +85,8 @@ pub enum StreamError {
     History(#[from] ioc_history::HistoryError),
     #[error("invalid alert rules:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Rules(Vec<rules::RuleProblem>),
+    #[error("alert rules could not be evaluated: {0}")]
+    Evaluation(#[from] datafusion::error::DataFusionError),
 }
 
 /// The stream's Prometheus metrics (`ioc_stream_*`).
@@ -137,8 +152,8 @@ impl StreamMetrics {
                 "Aggregates stored and published (re-emissions included)",
             )?,
             alerts_emitted: counter(
-                "ioc_stream_alerts_emitted_total",
-                "Alert raises and clears stored and published",
+                "ioc_stream_alert_transitions_total",
+                "Alert transitions (fired, acknowledged, resolved) stored and published (a replay's repeats included)",
             )?,
             store_retries: counter(
                 "ioc_stream_store_retries_total",
@@ -291,17 +306,33 @@ impl DeviceLimit {
 pub async fn run(
     config: &StreamConfig,
     fleet: Fleet,
+    source: reload::RuleSource,
     bus: &Bus,
     history: History,
     metrics: StreamMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), StreamError> {
-    let problems = rules::check(&config.rules).await;
-    if !problems.is_empty() {
-        return Err(StreamError::Rules(problems));
-    }
+    let in_force = ioc_config::rules::in_force(config);
+    let rules = rules::compile(&in_force)
+        .await
+        .map_err(StreamError::Rules)?;
     history.ensure_schema().await?;
     let producer = bus.producer(Duration::from_millis(5))?;
+    let by = format!("ioc stream ({})", config.group_id);
+    reload::seed(&in_force, &producer, bus, &by).await?;
+    let updates = reload::follow(bus, shutdown.clone())?;
+    reload::watch(
+        source.watch.clone(),
+        source.requested.clone(),
+        shutdown.clone(),
+    );
+    let rules = RulesInForce {
+        compiled: rules,
+        configs: in_force,
+        updates,
+        source,
+        by,
+    };
     let step = Step {
         bus,
         history: &history,
@@ -311,6 +342,7 @@ pub async fn run(
         fleet: &fleet,
         rollups: true,
         regulatory: true,
+        alerting: true,
         regulation: RegulatorySettings::of(config, &fleet),
         #[cfg(test)]
         crash_after: None,
@@ -318,19 +350,48 @@ pub async fn run(
     let sinks = futures::future::try_join_all(sink::Sink::ALL.map(|s| sink::run(s, config, &step)));
     // Either failing ends the stage (its error is the stage's), rather than leaving half of it
     // running.
-    tokio::try_join!(readings_loop(config, &step), sinks).map(|_| ())
+    tokio::try_join!(readings_loop(config, &step, rules), sinks).map(|_| ())
 }
 
 /// The readings loop (crate docs).
-async fn readings_loop(config: &StreamConfig, step: &Step<'_>) -> Result<(), StreamError> {
+async fn readings_loop(
+    config: &StreamConfig,
+    step: &Step<'_>,
+    rules: RulesInForce,
+) -> Result<(), StreamError> {
+    let RulesInForce {
+        compiled: rules,
+        configs: mut in_force,
+        mut updates,
+        source,
+        by,
+    } = rules;
     let (bus, metrics, shutdown) = (step.bus, step.metrics, step.shutdown);
     let topic = bus.topics().readings.clone();
+    let total = bus.partitions_of(&topic)?;
     let partitions: Vec<i32> = if config.partitions.is_empty() {
-        (0..bus.partitions_of(&topic)?).collect()
+        (0..total).collect()
     } else {
         config.partitions.clone()
     };
-    let mut state = LoopState::restore(config, step, &topic).await?;
+    let owner = Owner {
+        partitions: partitions.clone(),
+        total,
+    };
+    let mut state = LoopState::restore(config, step, &topic, owner, rules).await?;
+    let commands_topic = bus.topics().alert_commands.clone();
+    let mut commands = bus.consumer_at(
+        &commands_topic,
+        partitions.iter().map(|p| {
+            (
+                *p,
+                state
+                    .commands_committed
+                    .get(p)
+                    .map_or(StartAt::Beginning, |o| StartAt::Offset(*o)),
+            )
+        }),
+    )?;
     let mut consumer = bus.consumer_at(
         &topic,
         partitions.iter().map(|p| {
@@ -357,8 +418,78 @@ async fn readings_loop(config: &StreamConfig, step: &Step<'_>) -> Result<(), Str
         {
             break; // shut down while a write was being retried; nothing was checkpointed for it
         }
+        let waiting = drain_commands(&mut commands).await;
+        if !step
+            .commands(&config.group_id, &commands_topic, waiting, &mut state)
+            .await
+        {
+            break;
+        }
+        if !step
+            .rules_updates(&mut state, &mut updates, &source, &mut in_force, &by)
+            .await
+        {
+            break;
+        }
     }
     Ok(())
+}
+
+/// The rules as the readings loop starts with them, and where new versions come from.
+struct RulesInForce {
+    compiled: Vec<rules::Compiled>,
+    configs: Vec<ioc_config::RuleConfig>,
+    updates: tokio::sync::mpsc::UnboundedReceiver<ioc_config::rules::RulesRecord>,
+    source: reload::RuleSource,
+    /// Who this process is, in the audit log.
+    by: String,
+}
+
+/// The partitions of the readings topic this process consumes, of how many: its devices are
+/// those keyed to them (`ioc_bus::key_partition`).
+#[derive(Debug, Clone)]
+pub(crate) struct Owner {
+    partitions: Vec<i32>,
+    total: i32,
+}
+
+impl Owner {
+    fn owns(&self, device_id: &str) -> bool {
+        self.partitions
+            .contains(&ioc_bus::key_partition(device_id, self.total))
+    }
+
+    /// The process that answers the API's reload requests: the one that owns partition 0.
+    fn leads(&self) -> bool {
+        self.partitions.contains(&0)
+    }
+}
+
+/// The alert commands already on the bus, without waiting for more.
+async fn drain_commands(consumer: &mut Consumer) -> Vec<(i32, i64, Option<AlertCommand>)> {
+    let mut out = Vec::new();
+    while out.len() < 1000 {
+        let next = tokio::time::timeout(Duration::from_millis(1), consumer.recv()).await;
+        match next {
+            Ok(Ok(m)) => {
+                let command = serde_json::from_slice::<AlertCommand>(&m.payload).ok();
+                if command.is_none() {
+                    tracing::error!(
+                        partition = m.partition,
+                        offset = m.offset,
+                        "alert-commands record is not an alert command; skipped"
+                    );
+                }
+                out.push((m.partition, m.offset, command));
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "bus consume error (alert commands)");
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    out
 }
 
 /// The readings loop's operators, in the order a batch passes them, with their state.
@@ -371,16 +502,26 @@ pub(crate) struct Operators {
     engine: WindowEngine,
     /// Roll-ups (`rollup.rs`): the stored finer windows of recent coarse windows.
     rollups: rollup::Recent,
-    /// The PM2.5 alert (`alerts.rs`).
-    rule: Pm25Rule,
+    /// Runs of one value (`stuck.rs`).
+    runs: stuck::Runs,
+    /// The alert rules and their instances (`alerts.rs`).
+    alerts: Alerts,
+    /// When this process last received a reading of each device (processing time).
+    last_seen: HashMap<String, i64>,
+    /// When this process started: no device counts as silent from before it.
+    started_at: i64,
+    /// When the rules over `devices` alone (offline) last ran.
+    devices_checked: i64,
     versions: VersionClock,
 }
 
 /// What the 1-minute windows operator emitted for one batch.
 #[derive(Default)]
 struct MinuteWindows {
-    /// Windows closed in order (from memory): the alert rule follows these.
+    /// Windows closed in order (from memory).
     in_order: Vec<Aggregate>,
+    /// Each closed window's run of one value (`stuck.rs`).
+    runs: Vec<stuck::Run>,
     /// Windows recomputed for late readings.
     reemitted: Vec<Aggregate>,
     /// Devices whose `closed_until` moved.
@@ -412,6 +553,19 @@ fn marks_of<'a>(
     marks
 }
 
+/// How often the rules over `devices` alone (a device's silence) run, in processing time.
+const DEVICE_CHECK_MS: i64 = 5_000;
+
+/// What the AQI and exceedance operators derived for one batch.
+#[derive(Default)]
+struct Regulatory {
+    aqi: Vec<AqiRow>,
+    /// Exceedance records to store and publish (changes only).
+    exceedances: Vec<ExceedanceRow>,
+    /// Every period judged, within its limit or not: what alert rules read.
+    judged: Vec<ExceedanceRow>,
+}
+
 /// Everything the readings loop keeps between batches.
 pub(crate) struct LoopState {
     ops: Operators,
@@ -419,18 +573,49 @@ pub(crate) struct LoopState {
     next_expected: HashMap<i32, i64>,
     /// Per partition, the offset last checkpointed.
     committed: HashMap<i32, i64>,
+    /// Per partition of `alert-commands`, the offset after the last command applied.
+    commands_committed: HashMap<i32, i64>,
+    owner: Owner,
 }
 
 impl LoopState {
+    /// The state of a process owning the whole (one-partition) readings topic, with the
+    /// rules in force of `config` (tests).
+    #[cfg(test)]
+    pub(crate) async fn restore_all(
+        config: &StreamConfig,
+        step: &Step<'_>,
+        topic: &str,
+    ) -> LoopState {
+        let rules = rules::compile(&ioc_config::rules::in_force(config))
+            .await
+            .expect("the rules in force plan");
+        let owner = Owner {
+            partitions: vec![0],
+            total: 1,
+        };
+        LoopState::restore(config, step, topic, owner, rules)
+            .await
+            .expect("restores")
+    }
+
     /// The state as of the checkpoint in history: offsets with the rate limiter's state, each
     /// device's `closed_until`, the latest alerts.
     async fn restore(
         config: &StreamConfig,
         step: &Step<'_>,
         topic: &str,
+        owner: Owner,
+        rules: Vec<rules::Compiled>,
     ) -> Result<LoopState, StreamError> {
         let history = step.history;
         let positions = history.offsets(&config.group_id, topic).await?;
+        let commands_committed: HashMap<i32, i64> = history
+            .offsets(&config.group_id, &step.bus.topics().alert_commands)
+            .await?
+            .iter()
+            .map(|p| (p.partition, p.next_offset))
+            .collect();
         let checkpoint: HashMap<i32, i64> = positions
             .iter()
             .map(|p| (p.partition, p.next_offset))
@@ -439,19 +624,26 @@ impl LoopState {
             config.allowed_lateness.as_millis() as i64,
             config.idle_timeout.as_millis() as i64,
         );
-        let mut rule = Pm25Rule::new(config.pm25_alert.limit);
-        restore(history, &mut engine, &mut rule).await?;
+        let mut alerts = Alerts::new(rules, config.notify_max_age.as_millis() as i64);
+        restore(history, &mut engine, &mut alerts, &owner).await?;
+        let now = ioc_contract::time::now_ms();
         Ok(LoopState {
             ops: Operators {
                 limiter: restored_limiter(step.fleet.limit.rule(), topic, &positions),
                 recent: Recent::new(RECENT_READING_KEYS),
                 engine,
                 rollups: rollup::Recent::default(),
-                rule,
+                runs: stuck::Runs::default(),
+                alerts,
+                last_seen: HashMap::new(),
+                started_at: now,
+                devices_checked: i64::MIN,
                 versions: VersionClock(0),
             },
             next_expected: checkpoint.clone(),
             committed: checkpoint,
+            commands_committed,
+            owner,
         })
     }
 }
@@ -511,13 +703,16 @@ fn restored_limiter(rule: Option<RateRule>, topic: &str, positions: &[Position])
 async fn restore(
     history: &History,
     engine: &mut WindowEngine,
-    rule: &mut Pm25Rule,
+    alerts: &mut Alerts,
+    owner: &Owner,
 ) -> Result<(), StreamError> {
     for (device, until) in history.closed_until().await? {
         engine.restore_closed_until(&device, until);
     }
     for alert in history.latest_alerts().await? {
-        rule.restore(alert);
+        if owner.owns(&alert.device_id) {
+            alerts.restore(alert);
+        }
     }
     Ok(())
 }
@@ -574,6 +769,8 @@ pub(crate) struct Step<'a> {
     rollups: bool,
     /// Whether the AQI and exceedances are derived (likewise).
     regulatory: bool,
+    /// Whether alert rules run (likewise).
+    alerting: bool,
     pub(crate) regulation: RegulatorySettings,
     /// Tests end the step at the Nth store read or write, as a SIGKILL would.
     #[cfg(test)]
@@ -626,7 +823,10 @@ impl Step<'_> {
     ) -> bool {
         let next_expected = &mut state.next_expected;
         records.retain(|c| fresh(next_expected, c.partition, c.offset, topic, self.metrics));
-        if !self.process(records, &mut state.ops, now).await {
+        if !self
+            .process(records, &mut state.ops, &state.owner, now)
+            .await
+        {
             return false;
         }
         let ops = &mut state.ops;
@@ -646,7 +846,13 @@ impl Step<'_> {
 
     /// One pass of the loop described in the crate docs, at processing time `now`. Returns
     /// false on shutdown mid-way.
-    async fn process(&self, mut records: Vec<Consumed>, ops: &mut Operators, now: i64) -> bool {
+    async fn process(
+        &self,
+        mut records: Vec<Consumed>,
+        ops: &mut Operators,
+        owner: &Owner,
+        now: i64,
+    ) -> bool {
         if !self.limit_rate(&mut records, &mut ops.limiter).await {
             return false;
         }
@@ -658,18 +864,15 @@ impl Step<'_> {
         };
         let closed_devices = minutes.closed_devices;
         let marks = minutes.marks;
-        if minutes.in_order.is_empty() && minutes.reemitted.is_empty() && closed_devices.is_empty()
+        let devices_due = now - ops.devices_checked >= DEVICE_CHECK_MS;
+        if minutes.in_order.is_empty()
+            && minutes.reemitted.is_empty()
+            && closed_devices.is_empty()
+            && !devices_due
         {
             return true;
         }
-
-        // Alerts follow the 1-minute windows that closed in order (not re-emitted ones).
-        let mut alerts: Vec<Alert> = Vec::new();
-        for agg in &minutes.in_order {
-            if let Some(alert) = ops.rule.evaluate(agg, ops.versions.next()) {
-                alerts.push(alert);
-            }
-        }
+        let runs = minutes.runs;
         let minutes: Vec<Aggregate> = minutes
             .in_order
             .into_iter()
@@ -681,7 +884,7 @@ impl Step<'_> {
         else {
             return false;
         };
-        let (aqi, exceedances) = if self.regulatory {
+        let regulatory = if self.regulatory {
             match self.derive_regulatory(&aggregates, &mut ops.versions).await {
                 Some(derived) => derived,
                 None => return false,
@@ -689,15 +892,25 @@ impl Step<'_> {
         } else {
             Default::default()
         };
-        let alert_rows: Vec<AlertRow> = alerts.iter().map(AlertRow::from).collect();
-        if !alerts.is_empty()
-            && self
-                .retry("storing alerts", || self.history.insert(&alert_rows))
+        let Regulatory {
+            aqi,
+            exceedances,
+            judged,
+        } = regulatory;
+        let transitions = if !self.alerting {
+            Vec::new()
+        } else {
+            match self
+                .evaluate_rules(ops, owner, &aggregates, &aqi, &judged, &runs, now)
                 .await
-                .is_none()
-        {
-            return false;
-        }
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(error = %e, "alert rules failed; the batch will be retried from the bus");
+                    return false;
+                }
+            }
+        };
         let published = self.publish(
             &self.bus.topics().aggregates,
             aggregates
@@ -731,21 +944,14 @@ impl Step<'_> {
         {
             return false;
         }
-        if !self
-            .publish(
-                &self.bus.topics().alerts,
-                alerts.iter().map(|a| (&a.device_id, serde_json::to_vec(a))),
-            )
-            .await
-        {
+        if !self.emit_transitions(&transitions).await {
             return false;
         }
         self.metrics
             .aggregates_emitted
             .inc_by(aggregates.len() as u64);
-        self.metrics.alerts_emitted.inc_by(alerts.len() as u64);
-        for alert in &alerts {
-            tracing::info!(alert_id = %alert.alert_id, status = alert.status.as_str(), "{}", alert.message);
+        if devices_due {
+            ops.devices_checked = now;
         }
 
         if !closed_devices.is_empty() {
@@ -805,6 +1011,14 @@ impl Step<'_> {
         let mut late: BTreeSet<WindowKey> = BTreeSet::new();
         for c in records {
             engine.mark_consumed(c.partition, c.offset);
+            if let Some(first) = c.batch.as_ref().and_then(|b| b.readings.first()) {
+                match ops.last_seen.get_mut(&first.device_id) {
+                    Some(seen) => *seen = now,
+                    None => {
+                        ops.last_seen.insert(first.device_id.clone(), now);
+                    }
+                }
+            }
             for r in c.batch.iter().flat_map(|b| b.readings.iter()) {
                 if ops.recent.seen(crate::recent::reading_key(r)) {
                     self.metrics.duplicates.inc();
@@ -817,10 +1031,12 @@ impl Step<'_> {
         }
         let closed = engine.advance(now);
         let marks = marks_of(engine, &closed, late.iter().map(|k| k.device_id.as_str()));
+        let runs = ops.runs.follow(&closed.windows);
         if closed.windows.is_empty() && late.is_empty() {
             return Some(MinuteWindows {
                 closed_devices: closed.devices,
                 marks,
+                runs,
                 ..MinuteWindows::default()
             });
         }
@@ -893,6 +1109,7 @@ impl Step<'_> {
         }
         Some(MinuteWindows {
             in_order,
+            runs,
             reemitted,
             closed_devices: closed.devices,
             marks,
@@ -961,7 +1178,7 @@ impl Step<'_> {
         &self,
         stored: &[Aggregate],
         versions: &mut VersionClock,
-    ) -> Option<(Vec<AqiRow>, Vec<ExceedanceRow>)> {
+    ) -> Option<Regulatory> {
         let registry = &self.fleet.registry;
         let offset = self.fleet.utc_offset_ms;
         let aqi_due = aqi::due(
@@ -972,7 +1189,7 @@ impl Step<'_> {
         let station = |d: &str| registry.get(d).and_then(|d| exceedance::Station::of(&d));
         let judged_due = exceedance::due(stored, station, &self.fleet.limits, offset);
         if aqi_due.is_empty() && judged_due.is_empty() {
-            return Some((Vec::new(), Vec::new()));
+            return Some(Regulatory::default());
         }
         // One read of hourly windows per station over what both need; stations due over the
         // same hours (the common case: all at the current hour) share it.
@@ -1019,6 +1236,7 @@ impl Step<'_> {
             })
             .collect();
         let mut exceedances = Vec::new();
+        let mut judged = Vec::new();
         for (device, d) in &judged_due {
             let Some(station) = station(device) else {
                 continue;
@@ -1036,7 +1254,7 @@ impl Step<'_> {
                     self.history.query::<ExceedanceRow>(&filter)
                 })
                 .await?;
-            exceedances.extend(exceedance::derive(
+            let (changed, all) = exceedance::derive_judged(
                 device,
                 &station,
                 d,
@@ -1045,13 +1263,293 @@ impl Step<'_> {
                 &self.fleet.limits,
                 self.regulation,
                 version,
-            ));
+            );
+            exceedances.extend(changed);
+            judged.extend(all);
         }
         if !aqi.is_empty() {
             self.retry("storing AQI", || self.history.insert(&aqi))
                 .await?;
         }
-        Some((aqi, exceedances))
+        Some(Regulatory {
+            aqi,
+            exceedances,
+            judged,
+        })
+    }
+
+    /// The alerts operator (`alerts.rs`) over what the batch emitted; the transitions in order.
+    #[allow(clippy::too_many_arguments)]
+    async fn evaluate_rules(
+        &self,
+        ops: &mut Operators,
+        owner: &Owner,
+        aggregates: &[Aggregate],
+        aqi: &[AqiRow],
+        judged: &[ExceedanceRow],
+        runs: &[stuck::Run],
+        now: i64,
+    ) -> Result<Vec<AlertTransition>, StreamError> {
+        let arrow = |e: datafusion::arrow::error::ArrowError| StreamError::Evaluation(e.into());
+        let mut tables: Vec<(&'static str, datafusion::arrow::array::RecordBatch)> = Vec::new();
+        for (name, resolution) in [
+            ("aggregates_1m", Resolution::Minute),
+            ("aggregates_5m", Resolution::FiveMinutes),
+            ("aggregates_1h", Resolution::Hour),
+            ("aggregates_1d", Resolution::Day),
+        ] {
+            let rows: Vec<AggregateRow> = aggregates
+                .iter()
+                .filter(|a| a.resolution == resolution)
+                .map(AggregateRow::from)
+                .collect();
+            if !rows.is_empty() {
+                tables.push((name, AggregateRow::to_batch(&rows).map_err(arrow)?));
+            }
+        }
+        for (name, resolution) in [("aqi_1h", "1h"), ("aqi_1d", "1d")] {
+            let rows: Vec<AqiRow> = aqi
+                .iter()
+                .filter(|a| a.resolution == resolution)
+                .cloned()
+                .collect();
+            if !rows.is_empty() {
+                tables.push((name, AqiRow::to_batch(&rows).map_err(arrow)?));
+            }
+        }
+        if !judged.is_empty() {
+            tables.push((
+                "exceedances",
+                ExceedanceRow::to_batch(judged).map_err(arrow)?,
+            ));
+        }
+        if !runs.is_empty() {
+            tables.push(("runs", stuck::to_batch(runs).map_err(arrow)?));
+        }
+        let devices: Vec<_> = self
+            .fleet
+            .registry
+            .list()
+            .into_iter()
+            .filter(|d| owner.owns(&d.device_id))
+            .collect();
+        let devices_batch =
+            rules::devices_batch(&devices, &ops.last_seen, ops.started_at, now).map_err(arrow)?;
+        let mut versions = || ops.versions.next();
+        let muted = |d: &str| {
+            self.fleet
+                .registry
+                .get(d)
+                .is_some_and(|d| d.status == DeviceStatus::Maintenance)
+        };
+        let devices_due = now - ops.devices_checked >= DEVICE_CHECK_MS;
+        let mut out = ops
+            .alerts
+            .evaluate(
+                &tables,
+                &devices_batch,
+                devices_due,
+                now,
+                &muted,
+                &mut versions,
+            )
+            .await?;
+        if devices_due {
+            for d in devices
+                .iter()
+                .filter(|d| d.status == DeviceStatus::Decommissioned)
+            {
+                out.extend(ops.alerts.decommissioned(&d.device_id, now, &mut versions));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores the alerts' new states and their transitions, then publishes both: a crash
+    /// between repeats them with the same keys. False on shutdown mid-way.
+    async fn emit_transitions(&self, transitions: &[AlertTransition]) -> bool {
+        if transitions.is_empty() {
+            return true;
+        }
+        let alerts: Vec<AlertRow> = transitions
+            .iter()
+            .map(|t| AlertRow::from(&t.alert))
+            .collect();
+        let rows: Vec<TransitionRow> = transitions.iter().map(TransitionRow::from).collect();
+        if self
+            .retry("storing alerts", || self.history.insert(&alerts))
+            .await
+            .is_none()
+            || self
+                .retry("storing alert transitions", || self.history.insert(&rows))
+                .await
+                .is_none()
+        {
+            return false;
+        }
+        let topics = self.bus.topics();
+        if !self
+            .publish(
+                &topics.alerts,
+                transitions
+                    .iter()
+                    .map(|t| (&t.alert.device_id, serde_json::to_vec(&t.alert))),
+            )
+            .await
+            || !self
+                .publish(
+                    &topics.alert_transitions,
+                    transitions
+                        .iter()
+                        .map(|t| (&t.alert.device_id, serde_json::to_vec(t))),
+                )
+                .await
+        {
+            return false;
+        }
+        self.metrics.alerts_emitted.inc_by(transitions.len() as u64);
+        for t in transitions {
+            tracing::info!(alert_id = %t.alert_id, transition = t.kind.as_str(), "{}", t.alert.message);
+        }
+        true
+    }
+
+    /// Applies any new version of the rules read from the `rules` topic (resolving the open
+    /// alerts of rules removed or whose query changed), and reloads when asked (SIGHUP, a
+    /// changed file, or, for the process owning partition 0, the API). False on shutdown.
+    async fn rules_updates(
+        &self,
+        state: &mut LoopState,
+        updates: &mut tokio::sync::mpsc::UnboundedReceiver<ioc_config::rules::RulesRecord>,
+        source: &reload::RuleSource,
+        in_force: &mut Vec<ioc_config::RuleConfig>,
+        by: &str,
+    ) -> bool {
+        use ioc_config::rules::{version_of, RulesRecord};
+        let mut requests: Vec<(Option<String>, String)> = Vec::new();
+        if source
+            .requested
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            requests.push((None, by.to_string()));
+        }
+        while let Ok(record) = updates.try_recv() {
+            match record {
+                RulesRecord::Version { version, rules, .. } => {
+                    if version == version_of(in_force) {
+                        continue;
+                    }
+                    let compiled = match rules::compile(&rules).await {
+                        Ok(c) => c,
+                        Err(problems) => {
+                            tracing::error!(%version, ?problems, "a published version of the rules does not plan here; keeping the rules in force");
+                            continue;
+                        }
+                    };
+                    let ops = &mut state.ops;
+                    let now = ioc_contract::time::now_ms();
+                    let transitions = ops
+                        .alerts
+                        .replace_rules(compiled, now, &mut || ops.versions.next());
+                    tracing::info!(%version, rules = rules.len(), resolved = transitions.len(), "new rules in force");
+                    *in_force = rules;
+                    if !self.emit_transitions(&transitions).await {
+                        return false;
+                    }
+                }
+                RulesRecord::ReloadRequested { request_id, by, .. } if state.owner.leads() => {
+                    requests.push((Some(request_id), by));
+                }
+                _ => {}
+            }
+        }
+        for (request_id, who) in requests {
+            let done = self
+                .retry("reloading the rules", || {
+                    reload::reload(
+                        source,
+                        &in_force[..],
+                        self.producer,
+                        self.bus,
+                        &who,
+                        request_id.clone(),
+                    )
+                })
+                .await;
+            if done.is_none() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Applies the alert commands read since the last batch, in order: each one's transition
+    /// stored and published, then its reply, then the commands' offsets checkpointed. A crash
+    /// before the checkpoint applies them again, which finds them done. False on shutdown.
+    async fn commands(
+        &self,
+        group_id: &str,
+        topic: &str,
+        commands: Vec<(i32, i64, Option<AlertCommand>)>,
+        state: &mut LoopState,
+    ) -> bool {
+        if commands.is_empty() {
+            return true;
+        }
+        let ops = &mut state.ops;
+        let mut transitions = Vec::new();
+        let mut replies: Vec<AlertReply> = Vec::new();
+        let mut next: HashMap<i32, i64> = HashMap::new();
+        for (partition, offset, command) in &commands {
+            next.insert(*partition, offset + 1);
+            let Some(command) = command else { continue };
+            if state
+                .commands_committed
+                .get(partition)
+                .is_some_and(|c| offset < c)
+            {
+                continue;
+            }
+            let (reply, transition) = ops.alerts.command(command, &mut || ops.versions.next());
+            transitions.extend(transition);
+            replies.push(reply);
+        }
+        if !self.emit_transitions(&transitions).await {
+            return false;
+        }
+        let replies_topic = &self.bus.topics().alert_replies;
+        if !self
+            .publish(
+                replies_topic,
+                replies.iter().map(|r| (&r.alert_id, serde_json::to_vec(r))),
+            )
+            .await
+        {
+            return false;
+        }
+        let version = ops.versions.next();
+        let rows: Vec<OffsetRow> = next
+            .iter()
+            .map(|(partition, next_offset)| OffsetRow {
+                group_id: group_id.to_string(),
+                topic: topic.to_string(),
+                partition: *partition,
+                next_offset: *next_offset,
+                version,
+                limiter: String::new(),
+            })
+            .collect();
+        if self
+            .retry("checkpointing alert commands", || {
+                self.history.insert_offsets(rows.clone())
+            })
+            .await
+            .is_none()
+        {
+            return false;
+        }
+        state.commands_committed.extend(next);
+        true
     }
 
     /// Decides each record against its device's fleet-wide rate (`limit.rs`), in offset order;

@@ -36,7 +36,49 @@ pub fn devices_schema() -> SchemaRef {
         Field::new("grade", DataType::Utf8, false),
         Field::new("commune", DataType::Utf8, true),
         Field::new("expected_interval_s", DataType::Float64, false),
+        // When this process last received a reading of it (epoch ms), and the seconds since
+        // (counted from the process's start at most, so a restart raises nothing at once).
+        Field::new("last_seen", DataType::Int64, true),
+        Field::new("silent_s", DataType::Float64, false),
     ]))
+}
+
+/// The `devices` input: `devices` with when this process last received a reading of each
+/// (`last_seen`), and the seconds since, counted from `started_at` at most (so the stream's
+/// own restart makes no device look silent).
+pub fn devices_batch(
+    devices: &[Arc<ioc_contract::Device>],
+    last_seen: &std::collections::HashMap<String, i64>,
+    started_at: i64,
+    now: i64,
+) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    use datafusion::arrow::array::{ArrayRef, Int64Array};
+    let text = |f: &dyn Fn(&ioc_contract::Device) -> String| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(devices.iter().map(|d| f(d))))
+    };
+    let seen: Vec<Option<i64>> = devices
+        .iter()
+        .map(|d| last_seen.get(&d.device_id).copied())
+        .collect();
+    RecordBatch::try_new(
+        devices_schema(),
+        vec![
+            text(&|d| d.device_id.clone()),
+            text(&|d| d.kind.clone()),
+            text(&|d| d.status.as_str().to_string()),
+            text(&|d| d.grade().as_str().to_string()),
+            Arc::new(StringArray::from_iter(
+                devices.iter().map(|d| d.commune.clone()),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                devices.iter().map(|d| d.expected_interval_s),
+            )),
+            Arc::new(Int64Array::from_iter(seen.iter().copied())),
+            Arc::new(Float64Array::from_iter_values(seen.iter().map(|s| {
+                (now - s.unwrap_or(started_at).max(started_at)).max(0) as f64 / 1000.0
+            }))),
+        ],
+    )
 }
 
 /// Every input a rule may read, by table name.
@@ -49,8 +91,24 @@ pub fn inputs() -> Vec<(&'static str, SchemaRef)> {
         ("aqi_1h", AqiRow::arrow_schema()),
         ("aqi_1d", AqiRow::arrow_schema()),
         ("exceedances", ExceedanceRow::arrow_schema()),
+        ("runs", runs_schema()),
         ("devices", devices_schema()),
     ]
+}
+
+/// Runs of one value (`stuck`): per series, at the end of each 1-minute window, how many
+/// readings in a row have had the same value.
+pub fn runs_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("device_id", DataType::Utf8, false),
+        Field::new("channel", DataType::Utf8, false),
+        Field::new("metric", DataType::Utf8, false),
+        Field::new("window_start", DataType::Int64, false),
+        Field::new("window_end", DataType::Int64, false),
+        Field::new("last_value", DataType::Float64, false),
+        Field::new("unit", DataType::Utf8, false),
+        Field::new("run", DataType::Int64, false),
+    ]))
 }
 
 /// A problem with one rule: where (`stream.rules[i] (name).field`) and what.
@@ -67,13 +125,61 @@ impl std::fmt::Display for RuleProblem {
 }
 
 /// One firing instance: a result row of a rule's query.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Instance {
     pub device_id: String,
     pub channel: String,
     /// The rule's labels, in their order, as text.
     pub labels: Vec<String>,
     pub value: f64,
+    /// Every column of the row as text for people (numbers to one decimal), for the message.
+    pub columns: Vec<(String, String)>,
+}
+
+impl Instance {
+    /// A column's text, if the row has it.
+    pub fn column(&self, name: &str) -> Option<&str> {
+        self.columns
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `device_id/channel` and each label (the key of the instance within its rule).
+    pub fn key(&self) -> String {
+        instance_key(&self.device_id, &self.channel, &self.labels)
+    }
+}
+
+pub fn instance_key(device_id: &str, channel: &str, labels: &[String]) -> String {
+    let mut key = format!("{device_id}/{channel}");
+    for l in labels {
+        key.push('/');
+        key.push_str(l);
+    }
+    key
+}
+
+/// The inputs whose rows come in windows: each rule is driven by exactly one of them, and
+/// evaluated once per window of it (`devices` alone: once per check of the fleet).
+pub const WINDOWED: [&str; 8] = [
+    "aggregates_1m",
+    "aggregates_5m",
+    "aggregates_1h",
+    "aggregates_1d",
+    "aqi_1h",
+    "aqi_1d",
+    "exceedances",
+    "runs",
+];
+
+/// A rule that passed [`check`], with the input that drives it.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub config: RuleConfig,
+    /// One of [`WINDOWED`], or `devices`.
+    pub input: &'static str,
+    pub timing: crate::lifecycle::Timing,
 }
 
 /// A session with `tables` registered as the named inputs (an input not given is empty).
@@ -99,17 +205,24 @@ fn options() -> SQLOptions {
 
 /// Plans every rule's queries against empty inputs; every problem found, each with its path.
 pub async fn check(rules: &[RuleConfig]) -> Vec<RuleProblem> {
+    compile(rules).await.err().unwrap_or_default()
+}
+
+/// The rules ready to run, or every problem found in them, each with its path.
+pub async fn compile(rules: &[RuleConfig]) -> Result<Vec<Compiled>, Vec<RuleProblem>> {
     let ctx = match context(Vec::new()) {
         Ok(ctx) => ctx,
         Err(e) => {
-            return vec![RuleProblem {
+            return Err(vec![RuleProblem {
                 path: "stream.rules".into(),
                 message: format!("the inputs could not be set up: {e}"),
-            }]
+            }])
         }
     };
     let mut problems = Vec::new();
+    let mut compiled = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
+        let mut input: Option<&'static str> = None;
         let queries = [
             ("sql", Some(&rule.sql)),
             ("clear_sql", rule.clear_sql.as_ref()),
@@ -118,7 +231,33 @@ pub async fn check(rules: &[RuleConfig]) -> Vec<RuleProblem> {
             let Some(sql) = sql else { continue };
             let path = format!("stream.rules[{i}] ({}).{field}", rule.name);
             let schema = match ctx.sql_with_options(sql, options()).await {
-                Ok(df) => df.schema().as_arrow().clone(),
+                Ok(df) => {
+                    let read = tables_read(df.logical_plan());
+                    let windowed: Vec<&'static str> = WINDOWED
+                        .into_iter()
+                        .filter(|t| read.iter().any(|r| r == t))
+                        .collect();
+                    match (windowed.as_slice(), field) {
+                        ([], _) => input = input.or(Some("devices")),
+                        ([one], "sql") => input = Some(one),
+                        ([one], _) if input.is_none_or(|i| i == *one || i == "devices") => {}
+                        ([one], _) => problems.push(RuleProblem {
+                            path: path.clone(),
+                            message: format!(
+                                "it reads {one}, but the rule's sql reads {}: a clear query reads the input its rule does",
+                                input.unwrap_or_default()
+                            ),
+                        }),
+                        (many, _) => problems.push(RuleProblem {
+                            path: path.clone(),
+                            message: format!(
+                                "it reads {}: a rule is evaluated window by window of one input (and may join devices)",
+                                many.join(", ")
+                            ),
+                        }),
+                    }
+                    df.schema().as_arrow().clone()
+                }
                 Err(e) => {
                     problems.push(RuleProblem {
                         path,
@@ -146,9 +285,11 @@ pub async fn check(rules: &[RuleConfig]) -> Vec<RuleProblem> {
                     "its result has no device_id column: each row is one device's instance".into(),
                 ),
             }
+            // A clear query names instances; only the rule's own query reports a value.
             match column("value") {
                 Some(t) if t.is_numeric() => {}
                 Some(other) => missing(format!("its value column is {other}, not a number")),
+                None if field == "clear_sql" => {}
                 None => missing("its result has no value column (the number the alert reports; name one `AS value`)".into()),
             }
             for label in &rule.labels {
@@ -159,8 +300,37 @@ pub async fn check(rules: &[RuleConfig]) -> Vec<RuleProblem> {
                 }
             }
         }
+        if let Some(input) = input {
+            compiled.push(Compiled {
+                config: rule.clone(),
+                input,
+                timing: crate::lifecycle::Timing {
+                    for_ms: rule.for_.map_or(0, |d| d.as_millis() as i64),
+                    keep_firing_for_ms: rule.keep_firing_for.map_or(0, |d| d.as_millis() as i64),
+                    has_clear: rule.clear_sql.is_some(),
+                },
+            });
+        }
     }
-    problems
+    if problems.is_empty() {
+        Ok(compiled)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The tables a plan scans, subqueries included.
+fn tables_read(plan: &datafusion::logical_expr::LogicalPlan) -> Vec<String> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::logical_expr::LogicalPlan;
+    let mut read = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            read.push(scan.table_name.table().to_string());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    read
 }
 
 /// DataFusion's message, without the backtrace-like detail it may append.
@@ -173,8 +343,17 @@ pub async fn evaluate(
     ctx: &SessionContext,
     rule: &RuleConfig,
 ) -> Result<Vec<Instance>, DataFusionError> {
+    run(ctx, rule, &rule.sql).await
+}
+
+/// The instances one of `rule`'s queries (`sql` or `clear_sql`) finds.
+pub async fn run(
+    ctx: &SessionContext,
+    rule: &RuleConfig,
+    sql: &str,
+) -> Result<Vec<Instance>, DataFusionError> {
     let batches = ctx
-        .sql_with_options(&rule.sql, options())
+        .sql_with_options(sql, options())
         .await?
         .collect()
         .await?;
@@ -191,10 +370,41 @@ pub async fn evaluate(
             DataFusionError::Plan(format!("rule {}: no device_id column", rule.name))
         })?;
         let channel = text("channel")?;
-        let value = batch
-            .column_by_name("value")
-            .ok_or_else(|| DataFusionError::Plan(format!("rule {}: no value column", rule.name)))?;
-        let value = cast(value, &DataType::Float64)?;
+        // A clear query may have no value (every row then names an instance, value NaN).
+        let value = match batch.column_by_name("value") {
+            Some(v) => cast(v, &DataType::Float64)?,
+            None if sql != rule.sql => {
+                Arc::new(Float64Array::from(vec![f64::NAN; batch.num_rows()]))
+            }
+            None => {
+                return Err(DataFusionError::Plan(format!(
+                    "rule {}: no value column",
+                    rule.name
+                )))
+            }
+        };
+        // Every column as text for the message: numbers to one decimal.
+        let shown: Vec<(String, StringArray)> = batch
+            .schema()
+            .fields()
+            .iter()
+            .zip(batch.columns())
+            .filter_map(|(f, c)| {
+                let c = if f.data_type().is_floating() {
+                    let c = cast(c, &DataType::Float64).ok()?;
+                    let c = c.as_any().downcast_ref::<Float64Array>()?.clone();
+                    Arc::new(StringArray::from_iter(
+                        c.iter().map(|v| v.map(|v| format!("{:.1}", v))),
+                    )) as datafusion::arrow::array::ArrayRef
+                } else {
+                    cast(c, &DataType::Utf8).ok()?
+                };
+                Some((
+                    f.name().clone(),
+                    c.as_any().downcast_ref::<StringArray>()?.clone(),
+                ))
+            })
+            .collect();
         let value = value
             .as_any()
             .downcast_ref::<Float64Array>()
@@ -223,6 +433,11 @@ pub async fn evaluate(
                 channel: at(&channel),
                 labels: labels.iter().map(at).collect(),
                 value: value.value(i),
+                columns: shown
+                    .iter()
+                    .filter(|(_, a)| !a.is_null(i))
+                    .map(|(n, a)| (n.clone(), a.value(i).to_string()))
+                    .collect(),
             });
         }
     }
@@ -249,6 +464,8 @@ mod tests {
             labels: Vec::new(),
             message: String::new(),
             recipients: Vec::new(),
+            escalate_after: None,
+            escalate_to: Vec::new(),
         }
     }
 
@@ -305,7 +522,6 @@ mod tests {
                 "stream.rules[5] (ddl).sql",
                 "stream.rules[6] (poor).sql",
                 "stream.rules[6] (poor).clear_sql",
-                "stream.rules[6] (poor).clear_sql",
             ],
             "{problems:#?}"
         );
@@ -322,7 +538,7 @@ mod tests {
             problems[5]
         );
         assert!(
-            problems[6].message.contains("no value column"),
+            problems[6].message.contains("\"dominant\""),
             "{}",
             problems[6]
         );
@@ -351,8 +567,14 @@ mod tests {
                 channel: String::new(),
                 labels: vec!["pm25".into()],
                 value: 210.0,
+                columns: vec![
+                    ("device_id".into(), "aq-1".into()),
+                    ("value".into(), "210".into()),
+                    ("dominant".into(), "pm25".into()),
+                ],
             }]
         );
+        assert_eq!(got[0].key(), "aq-1//pm25");
         // Another input is empty, not an error.
         let none = evaluate(&ctx, &rule("q", "SELECT device_id, value FROM exceedances"))
             .await

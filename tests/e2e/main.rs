@@ -2,6 +2,7 @@
 //! broker (tansu) and ClickHouse. `scripts/test.sh` starts the shared services first.
 
 mod access;
+mod alerting;
 mod aqi;
 mod bus;
 mod exceedances;

@@ -200,7 +200,7 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
 
     let alerts = env
         .get_json(&format!(
-            "/api/v1/alerts?device_id=aq-alert&from={}",
+            "/api/v1/alerts?device_id=aq-alert&rule=pm25_1min_mean_above_limit&from={}",
             base - 60_000
         ))
         .await?;
@@ -210,13 +210,22 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
         1,
         "one alert for the episode, not one per window: {alerts:?}"
     );
-    assert_eq!(alerts[0]["status"], "cleared");
-    assert_eq!(alerts[0]["raised_at"], ioc_contract::time::format_ms(base));
+    // The condition first held in the window at `base`; with no `for`, the alert fired at
+    // that window's end, and resolved at the end of the first window back within the limit.
+    assert_eq!(alerts[0]["state"], "resolved");
+    assert_eq!(alerts[0]["resolve_reason"], "cleared");
+    assert_eq!(alerts[0]["started_at"], ioc_contract::time::format_ms(base));
     assert_eq!(
-        alerts[0]["cleared_at"],
-        ioc_contract::time::format_ms(base + 120_000)
+        alerts[0]["fired_at"],
+        ioc_contract::time::format_ms(base + 60_000)
+    );
+    assert_eq!(
+        alerts[0]["resolved_at"],
+        ioc_contract::time::format_ms(base + 180_000)
     );
     assert_eq!(alerts[0]["peak"], 95.0);
+    assert_eq!(alerts[0]["category"], "air");
+    assert_eq!(alerts[0]["rule"], "pm25_1min_mean_above_limit");
 
     // History over HTTP, times as RFC 3339 UTC with milliseconds.
     let readings = env
@@ -281,7 +290,7 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
     let mut seen_streams = HashSet::new();
     let mut alert_statuses = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !(seen_streams.contains("readings") && alert_statuses.contains(&"cleared".to_string())) {
+    while !(seen_streams.contains("readings") && alert_statuses.contains(&"resolved".to_string())) {
         let message = tokio::time::timeout_at(deadline, ws.next())
             .await?
             .expect("socket open")?;
@@ -290,12 +299,12 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
             if let Some(stream) = v["stream"].as_str() {
                 seen_streams.insert(stream.to_string());
                 if stream == "alerts" && v["data"]["device_id"] == "aq-alert" {
-                    alert_statuses.push(v["data"]["status"].as_str().unwrap_or("").to_string());
+                    alert_statuses.push(v["data"]["state"].as_str().unwrap_or("").to_string());
                 }
             }
         }
     }
-    assert_eq!(alert_statuses, vec!["active", "cleared"]);
+    assert_eq!(alert_statuses, vec!["firing", "resolved"]);
 
     // API contract details. The live page and health are open.
     let page = env.http.get(env.api("/")).send().await?;

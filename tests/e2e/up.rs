@@ -348,9 +348,11 @@ async fn up_runs_the_pipeline_and_a_restart_keeps_registry_and_history() -> Resu
         assert_eq!(agg["mean"], lo + 29.5, "{agg}");
     }
 
-    // The second window's mean (89.5 µg/m³) is above the PM2.5 limit (50): one alert, raised
-    // at that window, still active.
-    let alerts_path = format!("/api/v1/alerts?device_id=aq-up&from={base}&to={to}");
+    // The second window's mean (89.5 µg/m³) is above the PM2.5 limit (50): one alert, its
+    // condition first held in that window, fired at its end, still firing.
+    let alerts_path = format!(
+        "/api/v1/alerts?device_id=aq-up&rule=pm25_1min_mean_above_limit&from={base}&to={to}"
+    );
     let alerts = up
         .eventually("the PM2.5 alert", Duration::from_secs(30), || async {
             let a = up.get(&alerts_path).await?;
@@ -359,10 +361,14 @@ async fn up_runs_the_pipeline_and_a_restart_keeps_registry_and_history() -> Resu
         })
         .await?;
     assert_eq!(alerts.len(), 1, "{alerts:?}");
-    assert_eq!(alerts[0]["status"], "active");
+    assert_eq!(alerts[0]["state"], "firing");
     assert_eq!(
-        alerts[0]["raised_at"],
+        alerts[0]["started_at"],
         ioc_contract::time::format_ms(window(1).0)
+    );
+    assert_eq!(
+        alerts[0]["fired_at"],
+        ioc_contract::time::format_ms(window(1).1)
     );
 
     // Ctrl-C (SIGTERM here) shuts down cleanly.
@@ -411,11 +417,11 @@ async fn up_runs_the_pipeline_and_a_restart_keeps_registry_and_history() -> Resu
         },
     )
     .await?;
-    // The alert state survived too: still one alert, still active, not raised again.
+    // The alert state survived too: still one alert, still firing, not fired again.
     let after = up.get(&alerts_path).await?;
     assert_eq!(after["alerts"].as_array().map(Vec::len), Some(1), "{after}");
     assert_eq!(after["alerts"][0]["alert_id"], alerts[0]["alert_id"]);
-    assert_eq!(after["alerts"][0]["status"], "active");
+    assert_eq!(after["alerts"][0]["state"], "firing");
     stop_cleanly(&mut second);
     let _ = std::fs::remove_dir_all(&up.dir);
     Ok(())

@@ -1,0 +1,222 @@
+//! The built-in alert rules (README, "Alert rules") and the rules in force: every stream and
+//! API process derives the same list from the same configuration.
+
+use std::collections::BTreeSet;
+
+use crate::{RuleConfig, StreamConfig};
+
+pub const PM25_RULE: &str = "pm25_1min_mean_above_limit";
+pub const AQI_POOR_RULE: &str = "aqi_1h_poor";
+pub const AQI_VERY_BAD_RULE: &str = "aqi_1h_very_bad";
+pub const QCVN_AIR_RULE: &str = "qcvn05_exceedance";
+pub const QCVN_WATER_RULE: &str = "qcvn40_exceedance";
+pub const OFFLINE_RULE: &str = "device_offline";
+pub const STUCK_RULE: &str = "sensor_stuck";
+
+fn builtin_rule(name: &str, category: &str, severity: &str, sql: String) -> RuleConfig {
+    RuleConfig {
+        name: name.into(),
+        category: category.into(),
+        severity: severity.into(),
+        sql,
+        clear_sql: None,
+        for_: None,
+        keep_firing_for: None,
+        renotify: None,
+        labels: Vec::new(),
+        message: String::new(),
+        recipients: Vec::new(),
+        escalate_after: None,
+        escalate_to: Vec::new(),
+    }
+}
+
+/// The built-in rules (README, "Alert rules"), from the settings they read.
+pub fn builtin(config: &StreamConfig) -> Vec<RuleConfig> {
+    // Severity from how far beyond its limit the mean is.
+    let by_multiple = "CASE WHEN multiple >= 2 THEN 'critical' WHEN multiple >= 1.5 THEN 'major' \
+                       ELSE 'minor' END AS severity";
+    let exceedance = |kind: &str| {
+        format!(
+            "SELECT e.device_id, e.channel, e.metric, e.regulation, e.period, e.value, e.unit, \
+             e.limit_high AS \"limit\", e.multiple, {by_multiple} FROM exceedances e \
+             JOIN devices d ON d.device_id = e.device_id \
+             WHERE e.status = 'exceeded' AND d.kind = '{kind}'"
+        )
+    };
+    let stuck_default = config.stuck_after.get("default").copied().unwrap_or(0);
+    let stuck_cases: String = config
+        .stuck_after
+        .iter()
+        .filter(|(m, _)| *m != "default")
+        .map(|(m, n)| format!(" WHEN '{}' THEN {n}", m.replace('\'', "''")))
+        .collect();
+    let stuck_after = if stuck_cases.is_empty() {
+        stuck_default.to_string()
+    } else {
+        format!("CASE metric{stuck_cases} ELSE {stuck_default} END")
+    };
+    let limit = config.pm25_alert.limit;
+    let mut rules = vec![
+        RuleConfig {
+            message: "PM2.5 1-minute mean {value} {unit} at {device_id} is above the limit of {limit} {unit}".into(),
+            ..builtin_rule(
+                PM25_RULE,
+                "air",
+                "minor",
+                format!(
+                    "SELECT device_id, channel, metric, value_mean AS value, unit, {limit:?} AS \"limit\" \
+                     FROM aggregates_1m WHERE metric = 'pm25' AND value_mean > {limit:?}"
+                ),
+            )
+        },
+        RuleConfig {
+            // Clears only below 91, so an hour hovering at 100 or 101 does not flap.
+            clear_sql: Some("SELECT device_id FROM aqi_1h WHERE aqi < 91".into()),
+            message: "Hourly VN_AQI {value} (Kém or worse) at {device_id}, dominant {dominant}".into(),
+            ..builtin_rule(
+                AQI_POOR_RULE,
+                "air",
+                "major",
+                "SELECT device_id, aqi AS value, dominant, 101 AS \"limit\" FROM aqi_1h WHERE aqi >= 101"
+                    .into(),
+            )
+        },
+        RuleConfig {
+            clear_sql: Some("SELECT device_id FROM aqi_1h WHERE aqi < 181".into()),
+            message: "Hourly VN_AQI {value} (Rất xấu or worse) at {device_id}, dominant {dominant}"
+                .into(),
+            ..builtin_rule(
+                AQI_VERY_BAD_RULE,
+                "air",
+                "critical",
+                "SELECT device_id, aqi AS value, dominant, 201 AS \"limit\" FROM aqi_1h WHERE aqi >= 201"
+                    .into(),
+            )
+        },
+        RuleConfig {
+            labels: vec!["metric".into(), "regulation".into(), "period".into()],
+            message: "{metric} {period} mean {value} {unit} at {device_id} exceeds {regulation} (limit {limit}, {multiple}×)".into(),
+            ..builtin_rule(QCVN_AIR_RULE, "air", "minor", exceedance("air_quality"))
+        },
+        RuleConfig {
+            labels: vec!["metric".into(), "regulation".into(), "period".into()],
+            message: "{metric} {period} mean {value} {unit} at {device_id} exceeds {regulation} (limit {limit}, {multiple}×)".into(),
+            ..builtin_rule(QCVN_WATER_RULE, "water", "minor", exceedance("wastewater"))
+        },
+        RuleConfig {
+            message: "{device_id} has sent nothing for {value} s (expected every {expected_interval_s} s)".into(),
+            ..builtin_rule(
+                OFFLINE_RULE,
+                "device",
+                "major",
+                format!(
+                    "SELECT device_id, silent_s AS value, 's' AS unit, \
+                     {n:?} * expected_interval_s AS \"limit\", expected_interval_s FROM devices \
+                     WHERE status = 'active' AND silent_s >= {n:?} * expected_interval_s",
+                    n = config.offline_after
+                ),
+            )
+        },
+    ];
+    if stuck_default > 0 || !stuck_cases.is_empty() {
+        rules.push(RuleConfig {
+            labels: vec!["metric".into()],
+            message: "{metric} at {device_id} has read {last_value} {unit} {value} times in a row"
+                .into(),
+            ..builtin_rule(
+                STUCK_RULE,
+                "device",
+                "minor",
+                format!(
+                    "SELECT device_id, channel, metric, run AS value, last_value, unit FROM runs \
+                     WHERE {stuck_after} > 0 AND run >= {stuck_after}"
+                ),
+            )
+        });
+    }
+    rules
+}
+
+/// The rules in force: the configured ones (first, so that a problem's `stream.rules[i]` is
+/// the configured rule's index), then the built-in ones not turned off nor replaced.
+pub fn in_force(config: &StreamConfig) -> Vec<RuleConfig> {
+    let configured: BTreeSet<&str> = config.rules.iter().map(|r| r.name.as_str()).collect();
+    let builtin = builtin(config).into_iter().filter(|r| {
+        !configured.contains(r.name.as_str()) && !config.disabled_rules.contains(&r.name)
+    });
+    config.rules.iter().cloned().chain(builtin).collect()
+}
+
+/// Names of the built-in rules.
+pub const BUILTIN: [&str; 7] = [
+    PM25_RULE,
+    AQI_POOR_RULE,
+    AQI_VERY_BAD_RULE,
+    QCVN_AIR_RULE,
+    QCVN_WATER_RULE,
+    OFFLINE_RULE,
+    STUCK_RULE,
+];
+
+/// A record of the `rules` topic: every stream and API process follows it, so all of them
+/// see the same rules, and every change is kept with who made it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RulesRecord {
+    /// The rules in force from now on; `version` is [`version_of`] them.
+    Version {
+        version: String,
+        rules: Vec<RuleConfig>,
+        /// `config` (a stream's start), `reload` (SIGHUP, a changed file, the API).
+        source: String,
+        by: String,
+        at: i64,
+        #[serde(default)]
+        request_id: Option<String>,
+    },
+    /// Someone asks for the rules to be read again (`POST /api/v1/rules/reload`).
+    ReloadRequested {
+        request_id: String,
+        by: String,
+        at: i64,
+    },
+    /// A reload found problems: the rules in force stay.
+    Refused {
+        #[serde(default)]
+        request_id: Option<String>,
+        problems: Vec<String>,
+        by: String,
+        at: i64,
+    },
+}
+
+/// The identity of a set of rules: the SHA-256 of their JSON, 16 hex digits.
+pub fn version_of(rules: &[RuleConfig]) -> String {
+    let json = serde_json::to_string(rules).unwrap_or_default();
+    ioc_contract::sha256_hex(&json)[..16].to_string()
+}
+
+/// What changed between two sets of rules, by name: added, removed, changed.
+pub fn changes(
+    before: &[RuleConfig],
+    after: &[RuleConfig],
+) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let find = |set: &[RuleConfig], name: &str| set.iter().find(|r| r.name == name).cloned();
+    let added = after
+        .iter()
+        .filter(|r| find(before, &r.name).is_none())
+        .map(|r| r.name.clone())
+        .collect();
+    let removed = before
+        .iter()
+        .filter(|r| find(after, &r.name).is_none())
+        .map(|r| r.name.clone())
+        .collect();
+    let changed = after
+        .iter()
+        .filter(|r| find(before, &r.name).is_some_and(|b| &b != *r))
+        .map(|r| r.name.clone())
+        .collect();
+    (added, removed, changed)
+}

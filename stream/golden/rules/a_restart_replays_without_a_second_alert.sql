@@ -1,0 +1,1 @@
+-- builtin: pm25_1min_mean_above_limit

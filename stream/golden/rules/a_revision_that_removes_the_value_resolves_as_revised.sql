@@ -1,0 +1,2 @@
+-- A late reading brings the window that fired the alert back under the limit.
+-- builtin: pm25_1min_mean_above_limit

@@ -1,0 +1,2 @@
+-- The same value 30 times in a row (stream.stuck_after.default).
+-- builtin: sensor_stuck

@@ -1,0 +1,2 @@
+-- Hourly AQI hovering at 101 (Kém): the built-in rule clears only below 91.
+-- builtin: aqi_1h_poor

@@ -1,0 +1,2 @@
+-- The built-in PM2.5 rule: one alert while the 1-minute mean stays above 50 µg/m³.
+-- builtin: pm25_1min_mean_above_limit

@@ -1,0 +1,2 @@
+-- Every QCVN 40 exceedance of a wastewater station; severity from the multiple of the limit.
+-- builtin: qcvn40_exceedance

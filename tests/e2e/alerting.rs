@@ -1,0 +1,711 @@
+//! Alerts end to end on the real services: a wastewater station breaches QCVN 40 → one alert,
+//! one webhook delivery (signed) and one email to a real SMTP server (aiosmtpd); a reminder
+//! while unacknowledged; two people acknowledge at once (one wins, one 409) and the reminders
+//! stop; back within limits → resolved, one resolution notice. Meanwhile a second webhook is
+//! down for its first 60 s: it receives everything once it is back, and the healthy one's
+//! deliveries are not delayed (measured).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use axum::http::{HeaderMap, StatusCode};
+use ioc_contract::Resolution;
+use reqwest::Method;
+use rumqttc::QoS;
+use serde_json::{json, Value};
+
+use crate::access::{call, issue};
+use crate::harness::{free_port, Env, TOKEN};
+use crate::pipeline::start_pipeline;
+
+const ICT: i64 = 7 * 3_600_000;
+const HOUR: i64 = 3_600_000;
+const SECRET: &str = "e2e-webhook-secret";
+
+/// One request a test webhook received.
+#[derive(Debug, Clone)]
+struct Received {
+    endpoint: String,
+    at: Instant,
+    key: String,
+    signature: Option<String>,
+    raw: Vec<u8>,
+    body: Value,
+}
+
+impl Received {
+    /// The idempotency keys of the notifications it carried (a digest carries several).
+    fn keys(&self) -> Vec<String> {
+        match self.body["notifications"].as_array() {
+            Some(items) => items
+                .iter()
+                .filter_map(|n| n["idempotency_key"].as_str().map(String::from))
+                .collect(),
+            None => self.body["idempotency_key"]
+                .as_str()
+                .map(String::from)
+                .into_iter()
+                .collect(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Hooks {
+    received: Arc<Mutex<Vec<Received>>>,
+    /// `/down` answers 503 until then.
+    down_until: Arc<Mutex<Instant>>,
+    failed: Arc<Mutex<u32>>,
+}
+
+impl Hooks {
+    fn of(&self, endpoint: &str) -> Vec<Received> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.endpoint == endpoint)
+            .cloned()
+            .collect()
+    }
+
+    fn down_until(&self) -> Instant {
+        *self.down_until.lock().unwrap()
+    }
+
+    fn keys(&self, endpoint: &str) -> Vec<String> {
+        self.of(endpoint).iter().flat_map(Received::keys).collect()
+    }
+}
+
+/// Two webhooks: `/healthy`, and `/down`, which fails until [`Hooks::down_until`] (at first:
+/// for an hour).
+async fn start_hooks() -> Result<(u16, Hooks)> {
+    let hooks = Hooks {
+        received: Arc::default(),
+        down_until: Arc::new(Mutex::new(Instant::now() + Duration::from_secs(3600))),
+        failed: Arc::default(),
+    };
+    let record = |endpoint: &'static str| {
+        let hooks = hooks.clone();
+        move |headers: HeaderMap, body: axum::body::Bytes| {
+            let hooks = hooks.clone();
+            async move {
+                if endpoint == "down" && Instant::now() < hooks.down_until() {
+                    *hooks.failed.lock().unwrap() += 1;
+                    return StatusCode::SERVICE_UNAVAILABLE;
+                }
+                let header = |n: &str| {
+                    headers
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .map(String::from)
+                };
+                hooks.received.lock().unwrap().push(Received {
+                    endpoint: endpoint.into(),
+                    at: Instant::now(),
+                    key: header("idempotency-key").unwrap_or_default(),
+                    signature: header("x-ioc-signature"),
+                    body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                    raw: body.to_vec(),
+                });
+                StatusCode::OK
+            }
+        }
+    };
+    let app = axum::Router::new()
+        .route("/healthy", axum::routing::post(record("healthy")))
+        .route("/down", axum::routing::post(record("down")));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((port, hooks))
+}
+
+/// A real SMTP server (aiosmtpd) delivering into a maildir; killed on drop.
+struct Smtp {
+    child: std::process::Child,
+    maildir: PathBuf,
+}
+
+impl Smtp {
+    fn start(dir: &Path, port: u16) -> Result<Smtp> {
+        let maildir = dir.join("maildir");
+        let log = std::fs::File::create(dir.join("smtpd.log"))?;
+        let child = std::process::Command::new("python3")
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting aiosmtpd (scripts/services.sh installs it)")?;
+        crate::harness::wait_port(port, Duration::from_secs(20))?;
+        Ok(Smtp { child, maildir })
+    }
+
+    fn messages(&self) -> Vec<String> {
+        let mut out: Vec<(std::time::SystemTime, String)> =
+            std::fs::read_dir(self.maildir.join("new"))
+                .map(|d| {
+                    d.flatten()
+                        .filter_map(|e| {
+                            let modified = e.metadata().ok()?.modified().ok()?;
+                            Some((modified, std::fs::read_to_string(e.path()).ok()?))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+        out.sort();
+        // Bodies are quoted-printable: undo its soft line breaks (the keys are plain ASCII).
+        out.into_iter()
+            .map(|(_, m)| m.replace("=\r\n", "").replace("=\n", ""))
+            .collect()
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// COD and pH once a minute on the outlet over `[from_hour, to_hour)` of `day` (COD
+/// `cod(hour)` give or take 0.5, mean exact over an hour; the values move, as a live
+/// analyser's do, so the stuck-sensor rule stays quiet), and one reading just after, so the
+/// last hour completes.
+async fn publish_hours(
+    mqtt: &rumqttc::AsyncClient,
+    device: &str,
+    day: i64,
+    hours: std::ops::Range<i64>,
+    cod: impl Fn(i64) -> f64,
+) -> Result<()> {
+    let topic = format!("ioc/v1/devices/{device}/telemetry");
+    for minute in hours.start * 60..hours.end * 60 + 1 {
+        let ts = day + minute * 60_000 + 10_000;
+        let wobble = [-0.5, 0.0, 0.5][(minute % 3) as usize];
+        let body = format!(
+            r#"{{"ts":{ts},"channel":"outlet","values":{{"cod":{},"ph":{}}}}}"#,
+            cod(minute / 60) + wobble,
+            7.2 + wobble / 5.0
+        );
+        mqtt.publish(&topic, QoS::AtLeastOnce, false, body).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qcvn_40_breach_notifies_once_a_reminder_until_acknowledged_and_one_resolution(
+) -> Result<()> {
+    let (hook_port, hooks) = start_hooks().await?;
+    let smtp_port = free_port();
+    // The built-in QCVN 40 rule, with a reminder every 10 s while unacknowledged.
+    let defaults = ioc_config::load_str(None, std::iter::empty())?.stream;
+    let builtin = ioc_config::rules::builtin(&defaults)
+        .into_iter()
+        .find(|r| r.name == ioc_config::rules::QCVN_WATER_RULE)
+        .context("built-in rule")?;
+    let extra = format!(
+        r#"
+[[stream.rules]]
+name = "{name}"
+category = "water"
+severity = "minor"
+sql = {sql}
+labels = ["metric", "regulation", "period"]
+message = {message}
+renotify = "10s"
+
+[notify]
+min_interval = "1s"
+dashboard_url = "http://ioc.daklak.example/"
+default_recipients = ["ops", "flaky", "officer"]
+recipients = [
+  {{ name = "ops", webhook = {{ url = "http://127.0.0.1:{hook_port}/healthy", secret = "{SECRET}" }} }},
+  {{ name = "flaky", webhook = {{ url = "http://127.0.0.1:{hook_port}/down" }} }},
+  {{ name = "officer", email = ["officer@stnmt.daklak.gov.vn"] }},
+]
+
+[notify.smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+from = "ioc@daklak.gov.vn"
+"#,
+        name = builtin.name,
+        sql = toml_string(&builtin.sql),
+        message = toml_string(&builtin.message),
+    );
+    let env = Env::new("alerting", &extra)?;
+    let smtp = Smtp::start(&env.dir, smtp_port)?;
+    env.insert_config("ingest", "device_rate_limit = 0.0")?;
+    // The episode is two days old: notify anyway (a real backfill would not).
+    env.insert_config("stream", "notify_max_age = \"30d\"")?;
+    let (_api, _stream, _ingest) = start_pipeline(&env).await?;
+    let mut notify = env.ioc("notify", &["notify"])?;
+    env.wait_ingest_subscribed().await?;
+    let base = env.api("");
+    let http = &env.http;
+    let (status, body) = call(
+        http,
+        &base,
+        Method::POST,
+        "/api/v1/devices",
+        TOKEN,
+        Some(json!({
+            "device_id": "ww-alert", "kind": "wastewater", "name": "Trạm xả thải KCN Hòa Phú",
+            "commune": "Hòa Phú", "lat": 12.6, "lon": 108.0, "expected_interval_s": 300,
+            "status": "active"
+        })),
+    )
+    .await?;
+    anyhow::ensure!(status == StatusCode::CREATED, "{status} {body}");
+    env.wait_ingest_knows_registered().await?;
+    let (mqtt, _poll) = env.mqtt_client("test-alerting");
+    let day = Resolution::Day.start(ioc_contract::time::now_ms(), ICT) - 2 * 86_400_000;
+
+    // 08:00–10:00, COD 100 then 200 mg/L (column B: 150): 09:00 exceeds. The second webhook
+    // is down for the next 60 s.
+    *hooks.down_until.lock().unwrap() = Instant::now() + Duration::from_secs(60);
+    publish_hours(&mqtt, "ww-alert", day, 8..10, |h| {
+        if h == 9 {
+            200.0
+        } else {
+            100.0
+        }
+    })
+    .await?;
+    let alerts_path = format!(
+        "/api/v1/alerts?device_id=ww-alert&rule=qcvn40_exceedance&from={}",
+        day
+    );
+    let alert = env
+        .eventually("the QCVN 40 alert", Duration::from_secs(120), || async {
+            let a = env.get_json(&alerts_path).await?;
+            let rows = a["alerts"].as_array().cloned().unwrap_or_default();
+            Ok(rows.into_iter().next())
+        })
+        .await?;
+    let fired_seen = Instant::now();
+    let id = alert["alert_id"].as_str().context("alert_id")?.to_string();
+    assert_eq!(alert["state"], "firing", "{alert}");
+    assert_eq!(alert["category"], "water");
+    assert_eq!(alert["labels"]["metric"], "cod");
+    assert!(
+        (alert["value"].as_f64().context("value")? - 200.0).abs() < 1e-6,
+        "{alert}"
+    );
+    assert_eq!(alert["limit"], 150.0);
+    assert_eq!(
+        alert["started_at"],
+        ioc_contract::time::format_ms(day + 9 * HOUR)
+    );
+
+    // One signed webhook request, one email.
+    let fired_key = format!("{id}/fired");
+    let first = env
+        .eventually(
+            "the webhook notification",
+            Duration::from_secs(30),
+            || async {
+                Ok(hooks
+                    .of("healthy")
+                    .into_iter()
+                    .find(|r| r.keys().contains(&fired_key)))
+            },
+        )
+        .await?;
+    assert_eq!(first.key, fired_key);
+    assert_eq!(
+        first.signature.as_deref(),
+        Some(ioc_notify::send::signature(SECRET, &first.raw).as_str()),
+        "signed with the recipient's secret"
+    );
+    let text = first.body["text_vi"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("Trạm xả thải KCN Hòa Phú (Hòa Phú)")
+            && text.contains("200 mg/L")
+            && text.contains("150 mg/L"),
+        "{text}"
+    );
+    assert!(first.body["link"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("http://ioc.daklak.example/"));
+    let mail = env
+        .eventually("the email", Duration::from_secs(30), || async {
+            Ok(smtp.messages().into_iter().next())
+        })
+        .await?;
+    assert!(
+        mail.contains(&format!("Idempotency-Key: {fired_key}")),
+        "{mail}"
+    );
+    assert!(mail.contains("To: officer@stnmt.daklak.gov.vn"), "{mail}");
+    // The healthy endpoint was not held up by the one that is down.
+    let healthy_latency = first.at.saturating_duration_since(fired_seen);
+    assert!(
+        Instant::now() < hooks.down_until(),
+        "the flaky endpoint is still down while the healthy one is served"
+    );
+
+    // Unacknowledged: a reminder after 10 s.
+    let reminder = format!("{id}/renotify-1");
+    env.eventually("a reminder", Duration::from_secs(30), || async {
+        Ok(hooks.keys("healthy").contains(&reminder).then_some(()))
+    })
+    .await?;
+
+    // Two people acknowledge at once: one stands, the other is told who was first.
+    let lan = issue(http, &base, TOKEN, "environment", "officer-lan").await?;
+    let minh = issue(http, &base, TOKEN, "operator", "operator-minh").await?;
+    let ack = format!("/api/v1/alerts/{id}/ack");
+    let (a, b) = tokio::join!(
+        call(
+            http,
+            &base,
+            Method::POST,
+            &ack,
+            &lan,
+            Some(json!({"comment": "calling the plant"}))
+        ),
+        call(
+            http,
+            &base,
+            Method::POST,
+            &ack,
+            &minh,
+            Some(json!({"comment": "seen"}))
+        ),
+    );
+    let (a, b) = (a?, b?);
+    let mut statuses = [a.0.as_u16(), b.0.as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409], "{a:?} {b:?}");
+    let (won, lost) = if a.0 == StatusCode::OK {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    let winner = won.1["alert"]["acknowledged"]["by"]
+        .as_str()
+        .context("by")?
+        .to_string();
+    assert!(
+        lost.1["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&winner),
+        "the 409 names who was first: {lost:?}"
+    );
+    let acked_at = Instant::now();
+    let reminders_at_ack = hooks
+        .keys("healthy")
+        .iter()
+        .filter(|k| k.contains("/renotify-"))
+        .count();
+
+    // Back within limits: 10:00–12:00 at COD 100 resolves it.
+    publish_hours(&mqtt, "ww-alert", day, 10..12, |_| 100.0).await?;
+    let resolved_key = format!("{id}/resolved");
+    env.eventually(
+        "the resolution notice",
+        Duration::from_secs(120),
+        || async { Ok(hooks.keys("healthy").contains(&resolved_key).then_some(())) },
+    )
+    .await?;
+    env.eventually("the resolution email", Duration::from_secs(30), || async {
+        let m = smtp.messages();
+        Ok(m.iter().any(|m| m.contains(&resolved_key)).then_some(m))
+    })
+    .await?;
+
+    // The flaky endpoint gets everything once it is back (as a digest or one by one).
+    let wanted: BTreeSet<String> = [fired_key.clone(), resolved_key.clone()].into();
+    env.eventually(
+        "the down endpoint's backlog",
+        Duration::from_secs(90),
+        || async {
+            let got: BTreeSet<String> = hooks.keys("down").into_iter().collect();
+            Ok(wanted.is_subset(&got).then_some(()))
+        },
+    )
+    .await?;
+    let flaky_first = hooks.of("down").first().map(|r| r.at).context("flaky")?;
+    assert!(flaky_first >= hooks.down_until());
+    assert!(
+        *hooks.failed.lock().unwrap() >= 2,
+        "it was retried while down"
+    );
+
+    // Acknowledged: no reminder since (a reminder is due every 10 s, and the resolution and the
+    // backlog took longer than that), and each notification once per endpoint.
+    let healthy = hooks.keys("healthy");
+    let reminders = healthy.iter().filter(|k| k.contains("/renotify-")).count();
+    assert!(
+        acked_at.elapsed() > Duration::from_secs(12),
+        "waited long enough for a reminder to show"
+    );
+    assert_eq!(
+        reminders, reminders_at_ack,
+        "no reminder once acknowledged: {healthy:?}"
+    );
+    let unique: BTreeSet<&String> = healthy.iter().collect();
+    assert_eq!(unique.len(), healthy.len(), "no repeats: {healthy:?}");
+    let mails = smtp.messages();
+    assert_eq!(
+        mails.iter().filter(|m| m.contains(&fired_key)).count(),
+        1,
+        "one email of the firing"
+    );
+
+    // One alert for the episode, its transitions and deliveries on it.
+    let all = env.get_json(&alerts_path).await?;
+    assert_eq!(all["alerts"].as_array().map(Vec::len), Some(1), "{all}");
+    assert_eq!(all["alerts"][0]["state"], "resolved");
+    let detail = env.get_json(&format!("/api/v1/alerts/{id}")).await?;
+    let kinds: Vec<&str> = detail["transitions"]
+        .as_array()
+        .context("transitions")?
+        .iter()
+        .filter_map(|t| t["transition"].as_str())
+        .collect();
+    assert_eq!(kinds, vec!["fired", "acknowledged", "resolved"], "{detail}");
+    let deliveries = detail["deliveries"].as_array().context("deliveries")?;
+    assert!(
+        deliveries.iter().all(|d| d["status"] == "sent"),
+        "{deliveries:#?}"
+    );
+    assert!(deliveries
+        .iter()
+        .any(|d| d["recipient"] == "flaky" && d["attempts"].as_u64() > Some(1)));
+    eprintln!(
+        "alerting: healthy webhook got the firing {:.1} s after the alert was visible in the API, \
+         while the other endpoint was down (it got its backlog {:.1} s after coming back)",
+        healthy_latency.as_secs_f64(),
+        flaky_first
+            .saturating_duration_since(hooks.down_until())
+            .as_secs_f64()
+    );
+    assert!(notify.is_running(), "notify kept running");
+    Ok(())
+}
+
+fn toml_string(s: &str) -> String {
+    toml_escape(s)
+}
+
+fn toml_escape(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The PM2.5 1-minute means of each device's ten minutes: two episodes above 50 µg/m³.
+const EPISODES: [f64; 10] = [10.0, 10.0, 60.0, 70.0, 80.0, 20.0, 20.0, 65.0, 75.0, 20.0];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_streams_two_ingests_and_sigkills_give_one_alert_per_episode_and_every_transition(
+) -> Result<()> {
+    use rand::{Rng, SeedableRng};
+    let env = Env::new("alertchaos", "")?;
+    env.insert_config("ingest", "device_rate_limit = 0.0")?;
+    let _api = env.ioc("api", &["api"])?;
+    env.wait_http(&env.api("/healthz"), Duration::from_secs(60))
+        .await?;
+    let stream_b_port = free_port();
+    let ingest_b_port = free_port();
+    let stream_a = || {
+        env.ioc_with_env(
+            "stream-a",
+            &["stream"],
+            &[("IOC_STREAM__PARTITIONS", "[0]".into())],
+        )
+    };
+    let stream_b = || {
+        env.ioc_with_env(
+            "stream-b",
+            &["stream"],
+            &[
+                ("IOC_STREAM__PARTITIONS", "[1, 2]".into()),
+                (
+                    "IOC_STREAM__METRICS_LISTEN",
+                    format!("127.0.0.1:{stream_b_port}"),
+                ),
+            ],
+        )
+    };
+    let ingest_a = || env.ioc("ingest", &["ingest"]);
+    let ingest_b = || {
+        env.ioc_with_env(
+            "ingest-b",
+            &["ingest"],
+            &[
+                ("IOC_INGEST__CLIENT_ID", format!("{}-ingest-2", env.id)),
+                (
+                    "IOC_INGEST__METRICS_LISTEN",
+                    format!("127.0.0.1:{ingest_b_port}"),
+                ),
+            ],
+        )
+    };
+    let mut procs = vec![stream_a()?, stream_b()?, ingest_a()?, ingest_b()?];
+    for port in [
+        env.stream_metrics_port,
+        stream_b_port,
+        env.ingest_metrics_port,
+        ingest_b_port,
+    ] {
+        env.wait_http(
+            &format!("http://127.0.0.1:{port}/healthz"),
+            Duration::from_secs(60),
+        )
+        .await?;
+    }
+    env.wait_ingest_subscribed().await?;
+    let devices: Vec<String> = (1..=6).map(|i| format!("aq-c{i}")).collect();
+    for d in &devices {
+        env.register(d, "air_quality").await?;
+    }
+    env.wait_ingest_knows_registered().await?;
+    env.wait_ingest_knows_registered_at(ingest_b_port).await?;
+
+    let now = ioc_contract::time::now_ms();
+    let base = now - now % 60_000 - 30 * 60_000;
+    let (mqtt, _poll) = env.mqtt_client("test-alertchaos");
+    let publisher = {
+        let (mqtt, devices) = (mqtt.clone(), devices.clone());
+        tokio::spawn(async move {
+            for (minute, mean) in EPISODES.iter().enumerate() {
+                for k in 0..4i64 {
+                    for d in &devices {
+                        let ts = base + minute as i64 * 60_000 + k * 15_000;
+                        let body = format!(r#"{{"ts":{ts},"values":{{"pm25":{mean}}}}}"#);
+                        mqtt.publish(
+                            format!("ioc/v1/devices/{d}/telemetry"),
+                            QoS::AtLeastOnce,
+                            false,
+                            body,
+                        )
+                        .await?;
+                        tokio::time::sleep(Duration::from_millis(60)).await;
+                    }
+                }
+            }
+            anyhow::Ok(())
+        })
+    };
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(std::process::id() as u64);
+    let mut kills = [0u32; 4];
+    while !publisher.is_finished() {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1200..3000))).await;
+        let i = rng.random_range(0..4usize);
+        procs[i].kill();
+        procs[i] = match i {
+            0 => stream_a()?,
+            1 => stream_b()?,
+            2 => ingest_a()?,
+            _ => ingest_b()?,
+        };
+        kills[i] += 1;
+    }
+    publisher.await??;
+    eprintln!(
+        "alertchaos: killed stream a/b {}/{} and ingest a/b {}/{} times",
+        kills[0], kills[1], kills[2], kills[3]
+    );
+    assert!(
+        kills.iter().sum::<u32>() >= 4,
+        "killed several times: {kills:?}"
+    );
+
+    // Each device: two episodes, two alerts, each fired and resolved once.
+    let rule = ioc_config::rules::PM25_RULE;
+    for d in &devices {
+        let path = format!("/api/v1/alerts?device_id={d}&rule={rule}&from={base}");
+        let alerts = env
+            .eventually(
+                &format!("{d}'s two resolved alerts"),
+                Duration::from_secs(120),
+                || async {
+                    let a = env.get_json(&path).await?;
+                    let rows = a["alerts"].as_array().cloned().unwrap_or_default();
+                    Ok(
+                        (rows.len() >= 2 && rows.iter().all(|r| r["state"] == "resolved"))
+                            .then_some(rows),
+                    )
+                },
+            )
+            .await?;
+        let started: Vec<&str> = alerts
+            .iter()
+            .filter_map(|a| a["started_at"].as_str())
+            .collect();
+        assert_eq!(
+            started,
+            vec![
+                ioc_contract::time::format_ms(base + 2 * 60_000),
+                ioc_contract::time::format_ms(base + 7 * 60_000)
+            ],
+            "{d}: one alert per episode: {alerts:#?}"
+        );
+    }
+    // Every transition stored (distinct keys: a replay stores the same key again), and the
+    // same ones on the bus.
+    let stored: BTreeSet<(String, String)> = env
+        .clickhouse("SELECT alert_id, kind FROM alert_transitions")
+        .await?
+        .into_iter()
+        .filter(|r| r[0].starts_with(rule))
+        .map(|r| (r[0].clone(), r[1].clone()))
+        .collect();
+    assert_eq!(stored.len(), devices.len() * 4, "{stored:#?}");
+    let ids: BTreeSet<&String> = stored.iter().map(|(a, _)| a).collect();
+    assert_eq!(ids.len(), devices.len() * 2);
+    for id in ids {
+        for kind in ["fired", "resolved"] {
+            assert!(
+                stored.contains(&(id.clone(), kind.to_string())),
+                "{id} {kind}"
+            );
+        }
+    }
+    let on_bus = topic_transitions(&env, rule).await?;
+    assert_eq!(on_bus, stored, "the bus has every stored transition");
+    Ok(())
+}
+
+/// The distinct `(alert_id, kind)` of the `alert-transitions` topic, of one rule.
+async fn topic_transitions(env: &Env, rule: &str) -> Result<BTreeSet<(String, String)>> {
+    use futures::StreamExt;
+    use rdkafka::Message as _;
+    let consumer = env.topic_reader("alert-transitions")?;
+    let mut out = BTreeSet::new();
+    let mut stream = consumer.stream();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(3), stream.next()).await {
+        let m = m?;
+        let v: Value = serde_json::from_slice(m.payload().unwrap_or_default())?;
+        let id = v["alert_id"].as_str().unwrap_or_default();
+        if id.starts_with(rule) {
+            out.insert((
+                id.to_string(),
+                v["kind"].as_str().unwrap_or_default().to_string(),
+            ));
+        }
+    }
+    Ok(out)
+}
