@@ -592,7 +592,9 @@ fn rule_source(config_path: Option<PathBuf>, config: &Config) -> ioc_stream::rel
             }
         });
     }
+    let watched_since = ioc_stream::reload::stamps(&watch);
     ioc_stream::reload::RuleSource {
+        watched_since,
         load: std::sync::Arc::new(move || {
             ioc_config::load(config_path.as_deref(), std::env::vars())
                 .map(|c| ioc_config::rules::in_force(&c.stream))

@@ -319,10 +319,13 @@ pub async fn run(
     history.ensure_schema().await?;
     let producer = bus.producer(Duration::from_millis(5))?;
     let by = format!("ioc stream ({})", config.group_id);
+    // Read the topic's end first, so that a reload asked for from now on is not missed.
+    let (_, end) = reload::latest(bus).await?;
+    let updates = reload::follow(bus, end, shutdown.clone())?;
     reload::seed(&in_force, &producer, bus, &by).await?;
-    let updates = reload::follow(bus, shutdown.clone())?;
     reload::watch(
         source.watch.clone(),
+        source.watched_since.clone(),
         source.requested.clone(),
         shutdown.clone(),
     );

@@ -30,8 +30,10 @@ pub struct RuleSource {
     pub load: Arc<dyn Fn() -> Result<Vec<RuleConfig>, Vec<String>> + Send + Sync>,
     /// Set by SIGHUP (and by the file watcher): reload before the next batch.
     pub requested: Arc<AtomicBool>,
-    /// Files whose change reloads.
+    /// Files whose change reloads, and their modification times when the configuration was
+    /// read.
     pub watch: Vec<PathBuf>,
+    pub watched_since: Vec<Option<SystemTime>>,
 }
 
 impl RuleSource {
@@ -41,21 +43,24 @@ impl RuleSource {
             load: Arc::new(move || Ok(rules.clone())),
             requested: Arc::default(),
             watch: Vec::new(),
+            watched_since: Vec::new(),
         }
     }
 }
 
-/// The latest version on the topic, if any.
-pub async fn latest(bus: &Bus) -> Result<Option<(String, Vec<RuleConfig>)>, BusError> {
+/// The latest version on the topic, if any, and the offset after the last record read.
+pub async fn latest(bus: &Bus) -> Result<(Option<(String, Vec<RuleConfig>)>, i64), BusError> {
     let mut latest = None;
+    let mut next = 0;
     for record in bus.read_all(&bus.topics().rules).await? {
+        next = next.max(record.offset + 1);
         if let Ok(RulesRecord::Version { version, rules, .. }) =
             serde_json::from_slice::<RulesRecord>(&record.payload)
         {
             latest = Some((version, rules));
         }
     }
-    Ok(latest)
+    Ok((latest, next))
 }
 
 pub async fn publish(producer: &Producer, bus: &Bus, record: &RulesRecord) -> Result<(), BusError> {
@@ -63,12 +68,14 @@ pub async fn publish(producer: &Producer, bus: &Bus, record: &RulesRecord) -> Re
     producer.send(&bus.topics().rules, "rules", &payload).await
 }
 
-/// Follows the topic from its end.
+/// Follows the topic (one partition) from `offset`: what [`latest`] read up to, so that nothing
+/// written since (a reload request) is missed.
 pub fn follow(
     bus: &Bus,
+    offset: i64,
     shutdown: CancellationToken,
 ) -> Result<mpsc::UnboundedReceiver<RulesRecord>, BusError> {
-    let mut consumer = bus.consumer(&[&bus.topics().rules], StartAt::End)?;
+    let mut consumer = bus.consumer_at(&bus.topics().rules, [(0, StartAt::Offset(offset))])?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
@@ -77,6 +84,8 @@ pub fn follow(
                 m = consumer.recv() => m,
             };
             match m {
+                // The bus may resume a little before `offset` (tansu's record batches).
+                Ok(m) if m.offset < offset => {}
                 Ok(m) => match serde_json::from_slice::<RulesRecord>(&m.payload) {
                     Ok(r) => {
                         if tx.send(r).is_err() {
@@ -97,19 +106,29 @@ pub fn follow(
     Ok(rx)
 }
 
-/// Sets `requested` whenever a watched file's modification time changes (polled every 2 s).
-pub fn watch(paths: Vec<PathBuf>, requested: Arc<AtomicBool>, shutdown: CancellationToken) {
+/// The modification times of `paths` (none for a missing file).
+pub fn stamps(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    paths
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// Sets `requested` whenever a watched file's modification time differs from `since` (the
+/// times when the configuration was read: a change while the process started counts), polled
+/// every 2 s.
+pub fn watch(
+    paths: Vec<PathBuf>,
+    since: Vec<Option<SystemTime>>,
+    requested: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
     if paths.is_empty() {
         return;
     }
-    let stamp = move |paths: &[PathBuf]| -> Vec<Option<SystemTime>> {
-        paths
-            .iter()
-            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-            .collect()
-    };
+    let stamp = |paths: &[PathBuf]| stamps(paths);
     tokio::spawn(async move {
-        let mut last = stamp(&paths);
+        let mut last = since;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -205,7 +224,7 @@ pub async fn seed(
     by: &str,
 ) -> Result<(), BusError> {
     let version = version_of(rules);
-    let before = latest(bus).await?;
+    let (before, _) = latest(bus).await?;
     if before.as_ref().is_some_and(|(v, _)| *v == version) {
         return Ok(());
     }

@@ -709,3 +709,164 @@ async fn topic_transitions(env: &Env, rule: &str) -> Result<BTreeSet<(String, St
     }
     Ok(out)
 }
+
+/// Rules reload without a restart: an invalid file is refused with its problem (422) and the
+/// rules in force keep firing; a valid change (seen by the file watcher) takes effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rules_file_reloads_without_restart_and_an_invalid_one_is_refused() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("ioc-rules-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("rules.toml");
+    let rule = |name: &str, threshold: u32| {
+        format!(
+            "[[rules]]\nname = \"{name}\"\ncategory = \"air\"\nseverity = \"major\"\n\
+             sql = \"SELECT device_id, value_mean AS value FROM aggregates_1m WHERE metric = 'pm10' AND value_mean > {threshold}\"\n"
+        )
+    };
+    std::fs::write(&file, rule("pm10_high", 100))?;
+    let env = Env::new("reload", "")?;
+    env.insert_config(
+        "stream",
+        &format!("rules_path = {:?}", file.display().to_string()),
+    )?;
+    let (_api, _stream, _ingest) = start_pipeline(&env).await?;
+    env.wait_ingest_subscribed().await?;
+    env.register("aq-reload", "air_quality").await?;
+    env.wait_ingest_knows_registered().await?;
+    let base = env.api("");
+    let names = |v: &Value| -> Vec<String> {
+        v["rules"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|r| r["name"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let first = env
+        .eventually(
+            "the file's rule in force",
+            Duration::from_secs(30),
+            || async {
+                let r = env.get_json("/api/v1/rules").await?;
+                Ok(names(&r).contains(&"pm10_high".to_string()).then_some(r))
+            },
+        )
+        .await?;
+
+    // The stream answers reload requests once its loop runs (before, the API answers 202).
+    env.eventually(
+        "the stream to answer a reload",
+        Duration::from_secs(60),
+        || async {
+            let (status, body) = call(
+                &env.http,
+                &base,
+                Method::POST,
+                "/api/v1/rules/reload",
+                TOKEN,
+                None,
+            )
+            .await?;
+            anyhow::ensure!(status != StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+            Ok((status == StatusCode::OK).then_some(()))
+        },
+    )
+    .await?;
+
+    // An invalid rule: refused with which rule and what, nothing changes.
+    std::fs::write(
+        &file,
+        rule("pm10_high", 100) + &rule("broken", 1).replace("aggregates_1m", "aggregates_2m"),
+    )?;
+    let (status, body) = call(
+        &env.http,
+        &base,
+        Method::POST,
+        "/api/v1/rules/reload",
+        TOKEN,
+        None,
+    )
+    .await?;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let problems = body["problems"].to_string();
+    assert!(
+        problems.contains("(broken).sql") && problems.contains("aggregates_2m"),
+        "{body}"
+    );
+    let after = env.get_json("/api/v1/rules").await?;
+    assert_eq!(
+        after["version"], first["version"],
+        "the rules in force stay"
+    );
+
+    // The old rule still fires.
+    let (mqtt, _poll) = env.mqtt_client("test-reload");
+    let now = ioc_contract::time::now_ms();
+    let t0 = now - now % 60_000 - 20 * 60_000;
+    let publish = |minute: i64, pm10: f64| {
+        let mqtt = mqtt.clone();
+        async move {
+            for k in 0..4 {
+                let ts = t0 + minute * 60_000 + k * 15_000;
+                let body = format!(r#"{{"ts":{ts},"values":{{"pm10":{pm10}}}}}"#);
+                mqtt.publish(
+                    "ioc/v1/devices/aq-reload/telemetry",
+                    QoS::AtLeastOnce,
+                    false,
+                    body,
+                )
+                .await?;
+            }
+            anyhow::Ok(())
+        }
+    };
+    publish(0, 150.0).await?;
+    publish(1, 150.0).await?;
+    let alerts_of = |rule: &'static str| {
+        let path = format!("/api/v1/alerts?device_id=aq-reload&rule={rule}&from={t0}");
+        let env = &env;
+        async move {
+            let a = env.get_json(&path).await?;
+            anyhow::Ok(a["alerts"].as_array().cloned().unwrap_or_default())
+        }
+    };
+    env.eventually("the old rule's alert", Duration::from_secs(60), || async {
+        Ok((!alerts_of("pm10_high").await?.is_empty()).then_some(()))
+    })
+    .await?;
+
+    // A valid change, picked up from the file without a restart or a request.
+    std::fs::write(&file, rule("pm10_high", 100) + &rule("pm10_moderate", 40))?;
+    let changed = env
+        .eventually(
+            "the new version in force",
+            Duration::from_secs(30),
+            || async {
+                let r = env.get_json("/api/v1/rules").await?;
+                Ok(names(&r)
+                    .contains(&"pm10_moderate".to_string())
+                    .then_some(r))
+            },
+        )
+        .await?;
+    assert_ne!(changed["version"], first["version"]);
+    publish(2, 60.0).await?;
+    publish(3, 60.0).await?;
+    env.eventually("the new rule's alert", Duration::from_secs(60), || async {
+        Ok((!alerts_of("pm10_moderate").await?.is_empty()).then_some(()))
+    })
+    .await?;
+    // Audited.
+    let audit = env.get_json("/api/v1/audit?action=rules.changed").await?;
+    let entries = audit["entries"].as_array().context("entries")?;
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["detail"]["added"].to_string().contains("pm10_moderate")),
+        "{audit}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
