@@ -61,8 +61,8 @@ impl<F: Fn(&str) -> bool + Sync> DeviceInfo for F {
 /// The operator's state (module docs).
 pub struct Alerts {
     rules: Vec<Compiled>,
-    /// By (rule, instance key).
-    instances: HashMap<(String, String), InstanceState>,
+    /// By rule, then instance key.
+    instances: HashMap<String, HashMap<String, InstanceState>>,
     /// The latest window start evaluated in order, by (rule, device).
     last_window: HashMap<(String, String), i64>,
     notify_max_age_ms: i64,
@@ -198,8 +198,12 @@ impl Alerts {
 
     /// Restores an instance from its latest stored alert.
     pub fn restore(&mut self, alert: Alert) {
-        let key = (alert.rule.clone(), alert.instance.clone());
-        let st = self.instances.entry(key).or_default();
+        let st = self
+            .instances
+            .entry(alert.rule.clone())
+            .or_default()
+            .entry(alert.instance.clone())
+            .or_default();
         if st
             .alert
             .as_ref()
@@ -228,7 +232,11 @@ impl Alerts {
             .iter()
             .map(|r| (r.config.name.clone(), [0; 3]))
             .collect();
-        for ((rule, _), st) in &self.instances {
+        for (rule, st) in self
+            .instances
+            .iter()
+            .flat_map(|(r, m)| m.values().map(move |st| (r, st)))
+        {
             let Some(c) = out.get_mut(rule) else { continue };
             let open = st.alert.as_ref().filter(|a| a.is_open());
             match (st.lifecycle, open) {
@@ -245,6 +253,7 @@ impl Alerts {
     pub fn open(&self) -> impl Iterator<Item = &Alert> {
         self.instances
             .values()
+            .flat_map(HashMap::values)
             .filter_map(|s| s.alert.as_ref())
             .filter(|a| a.is_open())
     }
@@ -334,8 +343,9 @@ impl Alerts {
             };
             // The instances this window decides: those it returned, and those it could have.
             let mut keys: BTreeSet<String> = held.keys().cloned().collect();
-            for ((r, key), st) in &self.instances {
-                if r != name || st.lifecycle == State::Inactive {
+            let of_rule = self.instances.entry(name.clone()).or_default();
+            for (key, st) in of_rule.iter() {
+                if st.lifecycle == State::Inactive {
                     continue;
                 }
                 let (device, channel, metric) = match &st.alert {
@@ -360,10 +370,8 @@ impl Alerts {
                     .get(&(name.clone(), device.clone()))
                     .copied()
                     .unwrap_or(i64::MIN);
-                let st = self
-                    .instances
-                    .entry((name.clone(), key.clone()))
-                    .or_default();
+                let of_rule = self.instances.entry(name.clone()).or_default();
+                let st = of_rule.entry(key.clone()).or_default();
                 if end <= st.decided_until {
                     continue;
                 }
@@ -438,7 +446,7 @@ impl Alerts {
                     None => {}
                 }
                 if st.lifecycle == State::Inactive && st.alert.is_none() {
-                    self.instances.remove(&(name.clone(), key));
+                    of_rule.remove(&key);
                 }
             }
             if input != "devices" {
@@ -462,7 +470,7 @@ impl Alerts {
         version: &mut (dyn FnMut() -> u64 + Send),
     ) -> Vec<AlertTransition> {
         let mut out = Vec::new();
-        for st in self.instances.values_mut() {
+        for st in self.instances.values_mut().flat_map(HashMap::values_mut) {
             let Some(alert) = st
                 .alert
                 .as_mut()
@@ -497,7 +505,11 @@ impl Alerts {
             .map(|r| (r.config.name.clone(), r.config.clone()))
             .collect();
         let mut out = Vec::new();
-        for ((rule, _), st) in self.instances.iter_mut() {
+        for (rule, st) in self
+            .instances
+            .iter_mut()
+            .flat_map(|(r, m)| m.values_mut().map(move |st| (r, st)))
+        {
             let changed = match (kept.get(rule.as_str()), old.get(rule)) {
                 (Some(new), Some(old)) => new.config.sql != old.sql,
                 (None, _) => true,
@@ -534,11 +546,15 @@ impl Alerts {
             message,
             alert: alert.cloned(),
         };
-        let found = self.instances.values_mut().find(|st| {
-            st.alert
-                .as_ref()
-                .is_some_and(|a| a.alert_id == cmd.alert_id)
-        });
+        let found = self
+            .instances
+            .values_mut()
+            .flat_map(HashMap::values_mut)
+            .find(|st| {
+                st.alert
+                    .as_ref()
+                    .is_some_and(|a| a.alert_id == cmd.alert_id)
+            });
         let Some(st) = found else {
             return (
                 reply(
