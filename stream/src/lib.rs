@@ -23,7 +23,8 @@
 //! Per batch, in this order: rate limit; store raw readings; 1-minute windows; store them, then
 //! derive and store each coarser resolution from the one stored before it; the AQI and the
 //! exceedances of the stations whose hours were stored; alert rules over all of it (and the
-//! devices' silence); store alerts and transitions; publish;
+//! devices' silence); publish the windows, AQI and exceedances, then store the exceedances;
+//! store, then publish, the alerts' transitions;
 //! checkpoint each moved device's `closed_until`; checkpoint offsets up to what stored rows and
 //! closed windows cover. A crash between any two steps repeats work idempotently and loses none.
 //!
