@@ -355,6 +355,35 @@ impl Bus {
         }
     }
 
+    /// A consumer reading the given partitions of several topics, each from its own position,
+    /// with [`Bus::consumer_at`]'s caveat: on Kafka it may first deliver records before a
+    /// requested offset.
+    pub fn consumer_from(&self, starts: &[(&str, i32, StartAt)]) -> Result<Consumer, BusError> {
+        match self {
+            Bus::Kafka(k) => {
+                let consumer = k.ungrouped_consumer()?;
+                let mut tpl = TopicPartitionList::new();
+                for &(topic, partition, start) in starts {
+                    let start = match start {
+                        StartAt::Offset(o) => StartAt::Offset((o - MAX_BATCH_RECORDS).max(0)),
+                        other => other,
+                    };
+                    tpl.add_partition_offset(topic, partition, start.into())?;
+                }
+                consumer.assign(&tpl)?;
+                Ok(Consumer::Kafka(consumer))
+            }
+            Bus::Embedded { log, .. } => Ok(Consumer::Embedded(EmbeddedConsumer {
+                readers: starts
+                    .iter()
+                    .filter(|(_, p, _)| *p == 0)
+                    .map(|&(topic, _, s)| log.reader(topic, s.into()))
+                    .collect::<Result<_, _>>()?,
+                turn: 0,
+            })),
+        }
+    }
+
     /// A consumer reading the given partitions of `topic`, each from its own position. On
     /// Kafka it may first deliver up to [`MAX_BATCH_RECORDS`] records before a requested
     /// offset (a broker may not serve a fetch from inside a record batch), so the caller must

@@ -446,6 +446,9 @@ pub struct ApiConfig {
     pub admin_token: String,
     pub query_limit: usize,
     pub ws_buffer: usize,
+    /// The websocket protocol's limits (`[api.ws]`).
+    #[serde(default)]
+    pub ws: WsConfig,
     /// The area devices are expected in, `[south, west, north, east]` in degrees: the
     /// commissioning checklist flags a device placed outside it.
     pub service_area: [f64; 4],
@@ -455,6 +458,47 @@ pub struct ApiConfig {
     /// device accounts, so on Mosquitto it is a dynamic-security admin.
     pub mqtt_username: String,
     pub mqtt_password: String,
+}
+
+/// The websocket's limits (`[api.ws]`): what a client may ask for, how far back it may resume,
+/// and when it is cut off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WsConfig {
+    /// Bytes a client's outgoing queue may hold; past it, the client is told how much it
+    /// missed and sent fresh snapshots once its queue drains.
+    pub queue_bytes: usize,
+    /// Bytes of recent messages kept per stream for clients that resume (`recover`).
+    pub history_bytes: usize,
+    /// Records per partition and topic read back at start, so a new API instance can resume
+    /// clients and answer snapshots at once.
+    pub warm_records: i64,
+    /// How often the server pings each client and sends its positions.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// A client that sends nothing (not even a pong) for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connected clients the instance accepts.
+    pub max_connections: usize,
+    pub max_connections_per_token: usize,
+    /// Subscriptions the sessions of one token may hold together.
+    pub max_subscriptions_per_token: usize,
+}
+
+impl Default for WsConfig {
+    fn default() -> WsConfig {
+        WsConfig {
+            queue_bytes: 1 << 20,
+            history_bytes: 32 << 20,
+            warm_records: 5_000,
+            heartbeat: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_connections_per_token: 200,
+            max_subscriptions_per_token: 2_000,
+        }
+    }
 }
 
 /// How devices get MQTT accounts (`api.device_accounts`).
@@ -1192,6 +1236,31 @@ pub fn validate(c: &Config) -> Vec<Problem> {
     }
     if c.api.ws_buffer == 0 {
         bad("api.ws_buffer", "must be at least 1".into());
+    }
+    let ws = &c.api.ws;
+    if ws.queue_bytes < 4096 {
+        bad("api.ws.queue_bytes", "must be at least 4096".into());
+    }
+    if ws.warm_records < 0 {
+        bad("api.ws.warm_records", "must be 0 or more".into());
+    }
+    if ws.heartbeat < Duration::from_secs(1) || ws.idle_timeout <= ws.heartbeat {
+        bad(
+            "api.ws.idle_timeout",
+            "must be longer than api.ws.heartbeat, itself at least 1s".into(),
+        );
+    }
+    for (name, n) in [
+        ("max_connections", ws.max_connections),
+        ("max_connections_per_token", ws.max_connections_per_token),
+        (
+            "max_subscriptions_per_token",
+            ws.max_subscriptions_per_token,
+        ),
+    ] {
+        if n == 0 {
+            bad(&format!("api.ws.{name}"), "must be at least 1".into());
+        }
     }
     if !(c.sim.rate.is_finite() && c.sim.rate > 0.0) {
         bad(

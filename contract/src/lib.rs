@@ -15,6 +15,7 @@
 pub mod catalogue;
 pub mod rate;
 pub mod readings_json;
+pub mod registry;
 pub mod time;
 pub mod units;
 
@@ -1137,6 +1138,14 @@ pub enum RegistryEvent {
         by: Actor,
         at: i64,
     },
+    /// The bus's history began. The first of these on the registry topic names the epoch of
+    /// every position the API gives websocket clients: a bus rebuilt from nothing has another,
+    /// so a client's old positions are known to be of a history that is gone. Written by the
+    /// first API instance to find none.
+    BusEpoch {
+        epoch: String,
+        at: i64,
+    },
 }
 
 impl RegistryEvent {
@@ -1150,6 +1159,7 @@ impl RegistryEvent {
             RegistryEvent::Replayed { device_id, .. } => device_id,
             RegistryEvent::CredentialsIssued { credentials } => &credentials.device_id,
             RegistryEvent::CredentialsRevoked { device_id, .. } => device_id,
+            RegistryEvent::BusEpoch { .. } => "epoch",
         }
     }
 }

@@ -201,7 +201,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<IngestReport, IngestError> {
     let producer = bus.producer(config.producer_linger)?;
-    let ingestor = crate::Ingestor::new(config, registry, bus.topics().clone())?;
+    let ingestor = crate::Ingestor::new(config, registry, bus.topics().clone())
+        .map_err(IngestError::Config)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(CHANNEL);
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {

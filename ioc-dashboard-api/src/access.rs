@@ -23,7 +23,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::auth::{authorize, bearer, random_hex, sha256_hex, Permission};
-use crate::routes::{history_filter, write_registry, ApiFailure, ApiResult, FieldProblem};
+use crate::devices::write_registry;
+use crate::error::{ApiFailure, ApiResult, FieldProblem};
+use crate::history::history_filter;
 use crate::AppState;
 
 #[derive(Serialize)]

@@ -4,7 +4,7 @@
 //!
 //! A device logs in with username and client id both its device id, and a random password
 //! shown once; the registry keeps its SHA-256 and the topics it may publish on
-//! ([`ioc_ingest::route::Router::device_topics`]). Where the account lives depends on the mode
+//! ([`ioc_normalize::route::Router::device_topics`]). Where the account lives depends on the mode
 //! ([`Accounts`]): on Mosquitto's dynamic security plugin (the broker enforces the topics), or
 //! only in the registry (`ioc up`'s broker checks logins against it).
 
@@ -20,8 +20,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::auth::{authorize, bearer, random_hex, Permission};
+use crate::devices::write_registry;
 use crate::dynsec::Dynsec;
-use crate::routes::{not_found_device, write_registry, ApiFailure, ApiResult};
+use crate::error::{not_found_device, ApiFailure, ApiResult};
 use crate::AppState;
 
 /// Where device accounts live.
@@ -80,7 +81,7 @@ pub(crate) async fn prepare(
         device_id: device.device_id.clone(),
         username: device.device_id.clone(),
         client_id: device.device_id.clone(),
-        topics: ioc_ingest::route::Router::new(&state.ingest.routes).device_topics(device),
+        topics: ioc_normalize::route::Router::new(&state.ingest.routes).device_topics(device),
         sha256: sha256_hex(&password),
         issued_at: now_ms(),
         issued_by: by.clone(),

@@ -35,7 +35,8 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use crate::auth::{authorize, bearer, may_act_on, random_hex, Permission};
-use crate::routes::{history_filter, ApiFailure, ApiResult};
+use crate::error::{ApiFailure, ApiResult};
+use crate::history::history_filter;
 use crate::AppState;
 
 /// How long an acknowledgement or resolution waits for the stream's reply before it answers

@@ -7,7 +7,7 @@
 use axum::http::{header, HeaderMap, StatusCode};
 use ioc_contract::{Actor, Role};
 
-use crate::routes::{ApiFailure, ApiResult};
+use crate::error::{ApiFailure, ApiResult};
 use crate::AppState;
 
 /// What a route needs.

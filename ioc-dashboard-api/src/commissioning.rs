@@ -18,8 +18,8 @@ use serde::Serialize;
 
 use crate::auth::{authorize, bearer, Permission};
 use crate::connections::ClientState;
+use crate::error::{ApiFailure, ApiResult};
 use crate::live::DeviceActivity;
-use crate::routes::{ApiFailure, ApiResult};
 use crate::AppState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -1,6 +1,9 @@
 //! `ioc api`: the IOC dashboards' HTTP and websocket API on one port.
 //!
-//! - [`routes`]: the router, the device registry and history routes.
+//! - [`routes`]: the router; [`error`]: the JSON refusals; [`views`]: what clients see of
+//!   records, for REST and the websocket alike.
+//! - [`devices`]: the device registry's routes; [`history`]: readings, aggregates, AQI,
+//!   exceedances and annual means from ClickHouse.
 //! - [`auth`]: tokens and roles: who may call what.
 //! - [`accounts`]: devices' MQTT accounts, on Mosquitto through [`dynsec`] or in the registry.
 //! - [`broker`]: the API's own MQTT sessions with the broker (its log, its dynamic security).
@@ -10,7 +13,8 @@
 //! - [`replay`]: dead letters of devices not yet registered, processed again once they are.
 //! - [`alerts`]: alerts, acknowledging and resolving them through the stream, and the rules.
 //! - [`live`]: tails the readings, aggregates and alerts topics and fans them out.
-//! - [`ws`]: one websocket session, generic over its sink and stream so tests can drive it.
+//! - [`ws`]: one websocket session, generic over its sink and stream so tests can drive it;
+//!   [`socket`]: the routes that upgrade to one.
 //! - [`run`]: binds and serves until shutdown.
 //!
 //! `/`, `/healthz` and `/metrics` are open; everything under `/api/v1/` needs a token whose role
@@ -24,10 +28,15 @@ pub mod auth;
 pub mod broker;
 pub mod commissioning;
 pub mod connections;
+pub mod devices;
 pub mod dynsec;
+pub mod error;
+pub mod history;
 pub mod live;
 pub mod replay;
 pub mod routes;
+pub mod socket;
+pub mod views;
 pub mod ws;
 
 use std::sync::Arc;
@@ -45,6 +54,41 @@ pub enum ApiError {
     Bus(#[from] ioc_bus::BusError),
     #[error("serving HTTP: {0}")]
     Serve(std::io::Error),
+    #[error("the bus's epoch: {0}")]
+    Epoch(String),
+}
+
+/// The bus's epoch: the first [`ioc_contract::RegistryEvent::BusEpoch`] on the registry topic,
+/// written now if there is none. Several instances starting at once may each write one; all
+/// take the first in the log, so positions mean the same on every instance.
+async fn bus_epoch(
+    bus: &Bus,
+    producer: &Producer,
+    registry: &RegistryView,
+) -> Result<String, ApiError> {
+    if let Some(epoch) = registry.epoch() {
+        return Ok(epoch);
+    }
+    let epoch = auth::random_hex(8).map_err(|e| ApiError::Epoch(e.to_string()))?;
+    let event = ioc_contract::RegistryEvent::BusEpoch {
+        epoch,
+        at: ioc_contract::time::now_ms(),
+    };
+    let payload = serde_json::to_vec(&event).expect("registry events serialize");
+    // Not folded in by this writer: the follower folds the topic's first in log order.
+    producer
+        .send(&bus.topics().registry, event.key(), &payload)
+        .await?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        if let Some(epoch) = registry.epoch() {
+            return Ok(epoch);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Err(ApiError::Epoch(
+        "the registry follower did not read the epoch back within 30 s".into(),
+    ))
 }
 
 /// The API's Prometheus metrics (`ioc_api_*`).
@@ -53,6 +97,10 @@ pub struct ApiMetrics {
     pub ws_clients: IntGauge,
     pub ws_sent: IntCounter,
     pub ws_lagged: IntCounter,
+    pub ws_recovered: IntCounter,
+    pub ws_resets: IntCounter,
+    pub ws_resyncs: IntCounter,
+    pub ws_refused: IntCounter,
     pub requests_unauthorized: IntCounter,
     pub requests_forbidden: IntCounter,
 }
@@ -75,6 +123,22 @@ impl ApiMetrics {
             ws_lagged: counter(
                 "ioc_api_ws_lagged_messages_total",
                 "Messages slow websocket clients missed (they are told)",
+            )?,
+            ws_recovered: counter(
+                "ioc_api_ws_recovered_total",
+                "Subscriptions resumed with exactly what the client missed",
+            )?,
+            ws_resets: counter(
+                "ioc_api_ws_resets_total",
+                "Resumes this instance could not make (a reset and a fresh snapshot instead)",
+            )?,
+            ws_resyncs: counter(
+                "ioc_api_ws_resyncs_total",
+                "Clients resynchronized with fresh snapshots after their queue overflowed",
+            )?,
+            ws_refused: counter(
+                "ioc_api_ws_refused_total",
+                "Websocket connections refused at a connection cap",
             )?,
             requests_unauthorized: counter(
                 "ioc_api_unauthorized_requests_total",
@@ -103,6 +167,8 @@ pub struct AppState {
     pub registry: RegistryView,
     pub history: History,
     pub live: live::LiveHub,
+    /// Websocket connections and subscriptions per token.
+    pub ws_caps: ws::Caps,
     pub activity: live::Activity,
     pub connections: connections::ConnectionLog,
     pub accounts: accounts::Accounts,
@@ -149,7 +215,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ApiError> {
     let metrics = ApiMetrics::register(&prometheus).expect("api metrics register once");
-    let live = live::LiveHub::new(config.ws_buffer);
+    let live = live::LiveHub::new(config.ws_buffer, config.ws.history_bytes);
+    let producer = bus.producer(std::time::Duration::from_millis(1))?;
+    live.set_epoch(&bus_epoch(&bus, &producer, &registry).await?);
     let activity = live::Activity::default();
     let replies = alerts::Replies::default();
     let rules_view = Arc::new(alerts::RulesView::default());
@@ -160,18 +228,21 @@ pub async fn run(
         activity.clone(),
         registry.clone(),
         replies.clone(),
+        config.ws.warm_records,
         shutdown.clone(),
-    )?;
+    )
+    .await?;
     let state = AppState {
         config: Arc::new(config),
         ingest: Arc::new(ingest),
         regulation: Arc::new(regulation),
         replaying: Arc::default(),
-        producer: bus.producer(std::time::Duration::from_millis(1))?,
+        producer,
         bus,
         registry,
         history,
         live,
+        ws_caps: ws::Caps::default(),
         activity,
         connections,
         accounts,

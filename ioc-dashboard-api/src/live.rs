@@ -1,22 +1,26 @@
 //! Live data for websocket clients: one bus tail per API instance (outside any consumer
-//! group, so every instance sees everything), fanned out through a bounded broadcast channel.
-//! Each message is serialized once, whatever the number of clients.
+//! group, so every instance sees everything) into a [`LiveHub`], which keeps each stream's
+//! latest values (snapshots) and recent past (resumes) and fans messages out through a bounded
+//! broadcast channel. Each message is serialized once, whatever the number of clients, and
+//! carries its bus position, which means the same on every instance.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+
+use axum::extract::ws::Utf8Bytes;
 
 use ioc_bus::registry::RegistryView;
 use ioc_bus::{Bus, Consumer, StartAt};
 use ioc_contract::time::format_ms;
 use ioc_contract::{
-    Aggregate, Alert, DeadLetter, Reading, ReadingBatch, RejectCode, Resolution, TapRecord,
+    Aggregate, Alert, DeadLetter, Device, Reading, ReadingBatch, RejectCode, Resolution, TapRecord,
 };
 use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::alerts::{ApiAlert, ApiTransition};
-use crate::routes::{ApiAggregate, ApiAqi, ApiExceedance, ApiReading};
+use crate::views::{ApiAggregate, ApiAqi, ApiExceedance, ApiReading};
 use ioc_history::{AqiRow, ExceedanceRow};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -37,6 +41,16 @@ pub enum StreamName {
 }
 
 impl StreamName {
+    pub const ALL: [StreamName; 7] = [
+        StreamName::Readings,
+        StreamName::Aggregates,
+        StreamName::Alerts,
+        StreamName::Device,
+        StreamName::Aqi,
+        StreamName::Exceedances,
+        StreamName::AlertTransitions,
+    ];
+
     /// The resolutions a subscription to the stream may name, its default first (none: the
     /// stream has no resolution).
     pub fn resolutions(self) -> &'static [Resolution] {
@@ -46,72 +60,462 @@ impl StreamName {
             _ => &[],
         }
     }
+
+    /// The bus topic behind the stream.
+    pub fn topic(self, topics: &ioc_contract::Topics) -> &str {
+        match self {
+            StreamName::Readings => &topics.readings,
+            StreamName::Aggregates => &topics.aggregates,
+            StreamName::Alerts => &topics.alerts,
+            StreamName::Device => &topics.tap,
+            StreamName::Aqi => &topics.aqi,
+            StreamName::Exceedances => &topics.exceedances,
+            StreamName::AlertTransitions => &topics.alert_transitions,
+        }
+    }
+
+    /// Whether the stream's messages are values, of which only the latest per device and key
+    /// matters (so a client may ask for them conflated); the others are events.
+    pub fn is_values(self) -> bool {
+        matches!(
+            self,
+            StreamName::Readings
+                | StreamName::Aggregates
+                | StreamName::Aqi
+                | StreamName::Exceedances
+        )
+    }
 }
 
-/// One message for websocket clients: `{"stream": ..., "data": {...}}`, already serialized.
+/// Where a message stands in the bus: its record's partition and offset, and its index among
+/// the messages made of that record (one readings record holds several readings). Serialized
+/// as `[partition, offset, index]`; the same on every API instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+pub struct Pos(pub i32, pub i64, pub i32);
+
+impl Pos {
+    /// Everything of `partition` before `offset`.
+    pub fn before(partition: i32, offset: i64) -> Pos {
+        Pos(partition, offset - 1, i32::MAX)
+    }
+
+    /// Whether `self` comes after `other` in their partition.
+    pub fn after(self, other: Pos) -> bool {
+        (self.1, self.2) > (other.1, other.2)
+    }
+}
+
+/// One message for websocket clients, `{"stream": ..., "pos": [p, o, i], "data": {...}}`,
+/// serialized once whatever the number of clients, with what filters look at.
 #[derive(Debug)]
 pub struct LiveMessage {
     pub stream: StreamName,
     pub device_id: String,
-    /// An aggregate's resolution (sessions subscribe to one).
+    /// The registered device, as the registry had it when the message came.
+    pub device: Option<Arc<Device>>,
+    /// An aggregate's or an AQI's resolution (sessions subscribe to one).
     pub resolution: Option<Resolution>,
-    pub json: String,
+    pub metric: Option<String>,
+    /// What, within its device, the message is the latest value of (a reading's channel and
+    /// metric, an alert's rule instance): snapshots keep the latest per device and key, and
+    /// conflation coalesces by it. `None`: an event, kept in no snapshot.
+    pub key: Option<String>,
+    /// The message ends its key's entry in snapshots (a resolved alert).
+    pub retire: bool,
+    /// Its value, for the fleet map (a reading's, an aggregate's mean, an AQI).
+    pub value: Option<f64>,
+    pub pos: Pos,
+    pub json: Utf8Bytes,
 }
 
 impl LiveMessage {
-    pub fn new<T: Serialize>(stream: StreamName, device_id: &str, data: &T) -> LiveMessage {
+    pub fn new<T: Serialize>(
+        stream: StreamName,
+        pos: Pos,
+        device_id: &str,
+        data: &T,
+    ) -> LiveMessage {
         #[derive(Serialize)]
         struct Envelope<'a, T> {
             stream: StreamName,
+            pos: Pos,
             data: &'a T,
         }
-        let json =
-            serde_json::to_string(&Envelope { stream, data }).expect("live messages serialize");
+        let json = serde_json::to_string(&Envelope { stream, pos, data })
+            .expect("live messages serialize");
         LiveMessage {
             stream,
             device_id: device_id.to_string(),
+            device: None,
             resolution: None,
-            json,
+            metric: None,
+            key: None,
+            retire: false,
+            value: None,
+            pos,
+            json: json.into(),
+        }
+    }
+
+    pub fn reading(r: &Reading, pos: Pos) -> LiveMessage {
+        LiveMessage {
+            metric: Some(r.metric.clone()),
+            key: Some(format!("{}/{}", r.channel, r.metric)),
+            value: Some(r.value),
+            ..LiveMessage::new(
+                StreamName::Readings,
+                pos,
+                &r.device_id,
+                &ApiReading::from(r),
+            )
         }
     }
 
     /// An aggregate of `resolution`.
-    pub fn aggregate(a: &Aggregate) -> LiveMessage {
+    pub fn aggregate(a: &Aggregate, pos: Pos) -> LiveMessage {
         LiveMessage {
             resolution: Some(a.resolution),
-            ..LiveMessage::new(StreamName::Aggregates, &a.device_id, &ApiAggregate::from(a))
+            metric: Some(a.metric.clone()),
+            key: Some(format!(
+                "{}/{}/{}",
+                a.resolution.as_str(),
+                a.channel,
+                a.metric
+            )),
+            ..LiveMessage::new(
+                StreamName::Aggregates,
+                pos,
+                &a.device_id,
+                &ApiAggregate::from(a),
+            )
         }
     }
 
     /// An hourly or daily AQI.
-    pub fn aqi(a: &AqiRow) -> LiveMessage {
+    pub fn aqi(a: &AqiRow, pos: Pos) -> LiveMessage {
         LiveMessage {
             resolution: Resolution::parse(&a.resolution),
-            ..LiveMessage::new(StreamName::Aqi, &a.device_id, &ApiAqi::from(a))
+            key: Some(a.resolution.clone()),
+            value: a.aqi.map(f64::from),
+            ..LiveMessage::new(StreamName::Aqi, pos, &a.device_id, &ApiAqi::from(a))
+        }
+    }
+
+    pub fn exceedance(e: &ExceedanceRow, pos: Pos) -> LiveMessage {
+        LiveMessage {
+            metric: Some(e.metric.clone()),
+            key: Some(format!(
+                "{}/{}/{}/{}",
+                e.channel, e.metric, e.regulation, e.period
+            )),
+            ..LiveMessage::new(
+                StreamName::Exceedances,
+                pos,
+                &e.device_id,
+                &ApiExceedance::from(e),
+            )
+        }
+    }
+
+    /// An alert's new state: snapshots hold each device's open alerts.
+    pub fn alert(a: &Alert, pos: Pos) -> LiveMessage {
+        LiveMessage {
+            metric: Some(a.metric.clone()),
+            key: Some(format!("{}/{}", a.rule, a.instance)),
+            retire: a.state == ioc_contract::AlertState::Resolved,
+            ..LiveMessage::new(StreamName::Alerts, pos, &a.device_id, &ApiAlert::from(a))
         }
     }
 }
 
-/// The fan-out point. Slow clients lag instead of slowing everyone down.
+/// What a subscription selects; every part given must match.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub device_ids: Option<HashSet<String>>,
+    pub kinds: Option<HashSet<String>>,
+    pub communes: Option<HashSet<String>>,
+    /// `[south, west, north, east]` in degrees.
+    pub bbox: Option<[f64; 4]>,
+    pub metrics: Option<HashSet<String>>,
+    /// For the streams that have one (absent: the stream's default).
+    pub resolution: Option<Resolution>,
+}
+
+impl Filter {
+    pub fn devices(ids: impl IntoIterator<Item = String>) -> Filter {
+        Filter {
+            device_ids: Some(ids.into_iter().collect()),
+            ..Filter::default()
+        }
+    }
+
+    pub fn matches(&self, m: &LiveMessage) -> bool {
+        if let Some(ids) = &self.device_ids {
+            if !ids.contains(&m.device_id) {
+                return false;
+            }
+        }
+        if let Some(resolution) = m.resolution {
+            if Some(&resolution) != self.resolution.as_ref().or(m.stream.resolutions().first()) {
+                return false;
+            }
+        }
+        if let Some(metrics) = &self.metrics {
+            if !m.metric.as_ref().is_some_and(|x| metrics.contains(x)) {
+                return false;
+            }
+        }
+        if self.kinds.is_none() && self.communes.is_none() && self.bbox.is_none() {
+            return true;
+        }
+        let Some(d) = &m.device else {
+            return false;
+        };
+        self.kinds.as_ref().is_none_or(|k| k.contains(&d.kind))
+            && self
+                .communes
+                .as_ref()
+                .is_none_or(|c| d.commune.as_ref().is_some_and(|x| c.contains(x)))
+            && self.bbox.is_none_or(|[south, west, north, east]| {
+                (south..=north).contains(&d.lat) && (west..=east).contains(&d.lon)
+            })
+    }
+}
+
+/// A client's last position, to resume from.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recover {
+    pub epoch: String,
+    /// The last position it has of each partition.
+    pub position: Vec<Pos>,
+}
+
+/// A subscription's start: what the client gets before live messages, and the position they
+/// continue from.
+#[derive(Debug)]
+pub struct Start {
+    pub epoch: String,
+    /// Per partition, the last position the client has once it has `items`.
+    pub position: Vec<Pos>,
+    /// The snapshot (latest per device and key), or, when `recovered`, what it missed, in order.
+    pub items: Vec<Arc<LiveMessage>>,
+    pub recovered: bool,
+    /// Why a recovery asked for could not be made (the client gets a snapshot instead).
+    pub reset: Option<String>,
+}
+
+/// One stream's recent past on this instance.
+#[derive(Debug, Default)]
+struct StreamState {
+    /// Per partition, the last message taken in.
+    head: Vec<Pos>,
+    /// Per partition, the last message no longer in `ring` (or before the first).
+    evicted: Vec<Pos>,
+    ring: VecDeque<Arc<LiveMessage>>,
+    ring_bytes: usize,
+    /// The latest message per (device, key), for snapshots.
+    latest: HashMap<(String, String), Arc<LiveMessage>>,
+}
+
+impl StreamState {
+    fn partition(&mut self, p: i32) -> usize {
+        let i = p.max(0) as usize;
+        while self.head.len() <= i {
+            let q = self.head.len() as i32;
+            self.head.push(Pos::before(q, 0));
+            self.evicted.push(Pos::before(q, 0));
+        }
+        i
+    }
+}
+
+#[derive(Debug, Default)]
+struct HubState {
+    epoch: String,
+    streams: HashMap<StreamName, StreamState>,
+}
+
+/// The fan-out point: each message is taken in once (its stream's recent past and latest
+/// values updated, then broadcast). Slow clients lag instead of slowing everyone down.
 #[derive(Clone)]
 pub struct LiveHub {
     tx: broadcast::Sender<Arc<LiveMessage>>,
+    state: Arc<Mutex<HubState>>,
+    history_bytes: usize,
 }
 
 impl LiveHub {
-    pub fn new(capacity: usize) -> LiveHub {
+    /// A hub whose broadcast holds `capacity` messages a session has not read yet, keeping
+    /// `history_bytes` of each stream's recent messages for clients that resume.
+    pub fn new(capacity: usize, history_bytes: usize) -> LiveHub {
         let (tx, _) = broadcast::channel(capacity.max(1));
-        LiveHub { tx }
+        LiveHub {
+            tx,
+            state: Arc::default(),
+            history_bytes,
+        }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_epoch(&self, epoch: &str) {
+        self.lock().epoch = epoch.to_string();
+    }
+
+    pub fn epoch(&self) -> String {
+        self.lock().epoch.clone()
+    }
+
+    /// Where a stream's partitions start on this instance: messages before `offsets` are not
+    /// taken in (a consumer may deliver a few from before where it was asked to start).
+    pub fn start_stream(&self, stream: StreamName, offsets: &[i64]) {
+        let mut state = self.lock();
+        let s = state.streams.entry(stream).or_default();
+        s.head = offsets
+            .iter()
+            .enumerate()
+            .map(|(p, o)| Pos::before(p as i32, *o))
+            .collect();
+        s.evicted = s.head.clone();
+    }
+
+    /// Takes a message in, unless its position is not past its partition's last one (a
+    /// record read twice), and broadcasts it.
     pub fn publish(&self, message: LiveMessage) {
-        // No receivers is fine: nobody is watching.
-        let _ = self.tx.send(Arc::new(message));
+        let message = Arc::new(message);
+        let mut state = self.lock();
+        let s = state.streams.entry(message.stream).or_default();
+        let p = s.partition(message.pos.0);
+        if !message.pos.after(s.head[p]) {
+            return;
+        }
+        s.head[p] = message.pos;
+        if let Some(key) = &message.key {
+            let entry = (message.device_id.clone(), key.clone());
+            if message.retire {
+                s.latest.remove(&entry);
+            } else {
+                s.latest.insert(entry, message.clone());
+            }
+        }
+        s.ring_bytes += message.json.len();
+        s.ring.push_back(message.clone());
+        while s.ring_bytes > self.history_bytes {
+            let Some(old) = s.ring.pop_front() else { break };
+            s.ring_bytes -= old.json.len();
+            let q = s.partition(old.pos.0);
+            s.evicted[q] = old.pos;
+        }
+        // Sent under the lock: a session that starts a subscription (under the lock too)
+        // either finds the message in its snapshot or receives it after, never both or
+        // neither; it drops what it receives at or before its start position.
+        let _ = self.tx.send(message);
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveMessage>> {
+    /// A stream's latest message per device and key.
+    pub fn latest(&self, stream: StreamName) -> Vec<Arc<LiveMessage>> {
+        let state = self.lock();
+        state
+            .streams
+            .get(&stream)
+            .map(|s| s.latest.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn receiver(&self) -> broadcast::Receiver<Arc<LiveMessage>> {
         self.tx.subscribe()
     }
+
+    /// Starts a subscription: what the client gets first and the position live messages
+    /// continue from. With `recover`, what it missed since its position, if this instance
+    /// still has all of it in the same epoch; otherwise a snapshot and why.
+    pub fn start(&self, stream: StreamName, filter: &Filter, recover: Option<&Recover>) -> Start {
+        let mut state = self.lock();
+        let epoch = state.epoch.clone();
+        let s = state.streams.entry(stream).or_default();
+        let mut reset = None;
+        if let Some(r) = recover {
+            match recoverable(s, &epoch, r) {
+                Ok(from) => {
+                    let items = s
+                        .ring
+                        .iter()
+                        .filter(|m| {
+                            let p = m.pos.0.max(0) as usize;
+                            from.get(p).is_none_or(|f| m.pos.after(*f)) && filter.matches(m)
+                        })
+                        .cloned()
+                        .collect();
+                    // A client ahead of this instance (it came from another) keeps its
+                    // position: what it already has is not sent again.
+                    let position = s
+                        .head
+                        .iter()
+                        .zip(&from)
+                        .map(|(h, f)| if f.after(*h) { *f } else { *h })
+                        .collect();
+                    return Start {
+                        epoch,
+                        position,
+                        items,
+                        recovered: true,
+                        reset: None,
+                    };
+                }
+                Err(why) => reset = Some(why),
+            }
+        }
+        let mut items: Vec<Arc<LiveMessage>> = s
+            .latest
+            .values()
+            .filter(|m| filter.matches(m))
+            .cloned()
+            .collect();
+        // In bus order within each partition, as a client applying them in turn expects.
+        items.sort_by_key(|m| (m.pos.1, m.pos.0, m.pos.2));
+        Start {
+            epoch,
+            position: s.head.clone(),
+            items,
+            recovered: false,
+            reset,
+        }
+    }
+}
+
+/// Per partition, the position a recovery continues from, or why it cannot be made.
+fn recoverable(s: &mut StreamState, epoch: &str, r: &Recover) -> Result<Vec<Pos>, String> {
+    if r.epoch != epoch {
+        return Err(format!(
+            "the bus's history changed: your positions are of epoch {:?}, this one is {epoch:?}",
+            r.epoch
+        ));
+    }
+    let mut from: Vec<Pos> = s.head.clone();
+    let mut given = vec![false; from.len()];
+    for pos in &r.position {
+        let p = s.partition(pos.0);
+        if from.len() <= p {
+            from.resize(p + 1, Pos::before(pos.0, 0));
+            given.resize(p + 1, false);
+        }
+        from[p] = *pos;
+        given[p] = true;
+    }
+    if let Some(p) = given.iter().position(|g| !g) {
+        return Err(format!("your position names no offset for partition {p}"));
+    }
+    for (p, f) in from.iter().enumerate() {
+        if s.evicted[p].after(*f) {
+            return Err(format!(
+                "what you missed of partition {p} is older than this instance keeps (api.ws.history_bytes)"
+            ));
+        }
+    }
+    Ok(from)
 }
 
 /// What this API instance has seen of a device since it started.
@@ -276,105 +680,130 @@ impl From<&TapRecord> for ApiTap {
     }
 }
 
-/// Starts tailing the live topics from their current end, and the dead-letter and quarantine
-/// topics for devices' activity (their reasons never quote a plate; their raw bytes are not
-/// kept).
-pub fn tail(
+/// Starts tailing the bus: each stream's topic from `warm` records before its end (so this
+/// instance answers snapshots and resumes at once), the alert replies from their end, and the
+/// dead-letter, quarantine and events topics for devices' activity (their reasons never quote a
+/// plate; their raw bytes are not kept).
+pub async fn tail(
     bus: &Bus,
     hub: LiveHub,
     activity: Activity,
     registry: RegistryView,
     replies: crate::alerts::Replies,
+    warm: i64,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, ioc_bus::BusError> {
     let topics = bus.topics().clone();
-    let mut consumer = bus.consumer(
-        &[
-            &topics.readings,
-            &topics.aggregates,
-            &topics.alerts,
-            &topics.alert_transitions,
-            &topics.alert_replies,
-            &topics.aqi,
-            &topics.exceedances,
-            &topics.deadletter,
-            &topics.quarantine,
-            &topics.tap,
-            &topics.events,
-        ],
-        StartAt::End,
-    )?;
+    // Watermarks and partition counts are blocking look-ups.
+    let starts = {
+        let bus = bus.clone();
+        let topics = topics.clone();
+        tokio::task::spawn_blocking(move || -> Result<_, ioc_bus::BusError> {
+            let mut streams = Vec::new();
+            for stream in StreamName::ALL {
+                let topic = stream.topic(&topics);
+                let mut offsets = Vec::new();
+                for p in 0..bus.partitions(topic)? {
+                    let (low, high) = bus.watermarks(topic, p)?;
+                    offsets.push((high - warm).max(low));
+                }
+                streams.push((stream, offsets));
+            }
+            let mut ends = Vec::new();
+            for topic in [
+                &topics.alert_replies,
+                &topics.deadletter,
+                &topics.quarantine,
+                &topics.events,
+            ] {
+                ends.push((topic.clone(), bus.partitions(topic)?));
+            }
+            Ok((streams, ends))
+        })
+        .await
+        .expect("watermark look-up does not panic")?
+    };
+    let (streams, ends) = starts;
+    let mut from: Vec<(&str, i32, StartAt)> = Vec::new();
+    for (stream, offsets) in &streams {
+        hub.start_stream(*stream, offsets);
+        for (p, o) in offsets.iter().enumerate() {
+            from.push((stream.topic(&topics), p as i32, StartAt::Offset(*o)));
+        }
+    }
+    for (topic, partitions) in &ends {
+        for p in 0..*partitions {
+            from.push((topic, p, StartAt::End));
+        }
+    }
+    let mut consumer = bus.consumer_from(&from)?;
     Ok(tokio::spawn(async move {
         loop {
-            let message = tokio::select! {
+            let record = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 m = recv(&mut consumer) => m,
             };
-            let Some((topic, payload)) = message else {
+            let Some(record) = record else {
                 continue;
             };
-            if topic == topics.readings {
-                if let Ok(batch) = serde_json::from_slice::<ReadingBatch>(&payload) {
-                    for r in &batch.readings {
-                        hub.publish(LiveMessage::new(
-                            StreamName::Readings,
-                            &r.device_id,
-                            &ApiReading::from(r),
-                        ));
+            let (topic, payload) = (&record.topic, &record.payload);
+            let pos = |i: usize| Pos(record.partition, record.offset, i as i32);
+            let publish = |mut m: LiveMessage| {
+                m.device = registry.get(&m.device_id);
+                hub.publish(m);
+            };
+            if *topic == topics.readings {
+                if let Ok(batch) = serde_json::from_slice::<ReadingBatch>(payload) {
+                    for (i, r) in batch.readings.iter().enumerate() {
+                        publish(LiveMessage::reading(r, pos(i)));
                     }
                     activity.readings(batch);
                 }
-            } else if topic == topics.aggregates {
-                if let Ok(a) = serde_json::from_slice::<Aggregate>(&payload) {
-                    hub.publish(LiveMessage::aggregate(&a.upgraded()));
+            } else if *topic == topics.aggregates {
+                if let Ok(a) = serde_json::from_slice::<Aggregate>(payload) {
+                    publish(LiveMessage::aggregate(&a.upgraded(), pos(0)));
                 }
-            } else if topic == topics.aqi {
-                if let Ok(a) = serde_json::from_slice::<AqiRow>(&payload) {
-                    hub.publish(LiveMessage::aqi(&a));
+            } else if *topic == topics.aqi {
+                if let Ok(a) = serde_json::from_slice::<AqiRow>(payload) {
+                    publish(LiveMessage::aqi(&a, pos(0)));
                 }
-            } else if topic == topics.exceedances {
-                if let Ok(e) = serde_json::from_slice::<ExceedanceRow>(&payload) {
-                    hub.publish(LiveMessage::new(
-                        StreamName::Exceedances,
-                        &e.device_id,
-                        &ApiExceedance::from(&e),
-                    ));
+            } else if *topic == topics.exceedances {
+                if let Ok(e) = serde_json::from_slice::<ExceedanceRow>(payload) {
+                    publish(LiveMessage::exceedance(&e, pos(0)));
                 }
-            } else if topic == topics.alerts {
-                if let Ok(a) = serde_json::from_slice::<Alert>(&payload) {
-                    hub.publish(LiveMessage::new(
-                        StreamName::Alerts,
-                        &a.device_id,
-                        &ApiAlert::from(&a),
-                    ));
+            } else if *topic == topics.alerts {
+                if let Ok(a) = serde_json::from_slice::<Alert>(payload) {
+                    publish(LiveMessage::alert(&a, pos(0)));
                 }
-            } else if topic == topics.alert_transitions {
-                if let Ok(t) = serde_json::from_slice::<ioc_contract::AlertTransition>(&payload) {
-                    hub.publish(LiveMessage::new(
+            } else if *topic == topics.alert_transitions {
+                if let Ok(t) = serde_json::from_slice::<ioc_contract::AlertTransition>(payload) {
+                    publish(LiveMessage::new(
                         StreamName::AlertTransitions,
+                        pos(0),
                         &t.alert.device_id,
                         &ApiTransition::from(&t),
                     ));
                 }
-            } else if topic == topics.alert_replies {
-                if let Ok(r) = serde_json::from_slice::<ioc_contract::AlertReply>(&payload) {
+            } else if *topic == topics.alert_replies {
+                if let Ok(r) = serde_json::from_slice::<ioc_contract::AlertReply>(payload) {
                     replies.deliver(r);
                 }
-            } else if topic == topics.tap {
-                if let Ok(tap) = serde_json::from_slice::<TapRecord>(&payload) {
-                    hub.publish(LiveMessage::new(
+            } else if *topic == topics.tap {
+                if let Ok(tap) = serde_json::from_slice::<TapRecord>(payload) {
+                    publish(LiveMessage::new(
                         StreamName::Device,
+                        pos(0),
                         &tap.device_id,
                         &ApiTap::from(&tap),
                     ));
                 }
-            } else if topic == topics.deadletter || topic == topics.quarantine {
-                if let Ok(letter) = serde_json::from_slice::<DeadLetter>(&payload) {
+            } else if *topic == topics.deadletter || *topic == topics.quarantine {
+                if let Ok(letter) = serde_json::from_slice::<DeadLetter>(payload) {
                     activity.rejected(letter, &registry);
                 }
-            } else if topic == topics.events {
+            } else if *topic == topics.events {
                 // A camera's accepted event: only that it was seen (no pseudonym is kept).
-                if let Ok(e) = serde_json::from_slice::<ioc_contract::Event>(&payload) {
+                if let Ok(e) = serde_json::from_slice::<ioc_contract::Event>(payload) {
                     activity.note(&e.device_id, &e.message_id, e.received_at, Vec::new(), None);
                 }
             }
@@ -382,9 +811,9 @@ pub fn tail(
     }))
 }
 
-async fn recv(consumer: &mut Consumer) -> Option<(String, Vec<u8>)> {
+async fn recv(consumer: &mut Consumer) -> Option<ioc_bus::Record> {
     match consumer.recv().await {
-        Ok(m) => Some((m.topic, m.payload)),
+        Ok(m) => Some(m),
         Err(e) => {
             tracing::warn!(error = %e, "live tail consume error");
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;

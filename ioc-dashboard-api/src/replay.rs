@@ -18,12 +18,13 @@ use axum::Json;
 use base64::Engine as _;
 use ioc_contract::time::now_ms;
 use ioc_contract::{DeadLetter, RegistryEvent, RejectCode};
-use ioc_ingest::decode::DecodeContext;
-use ioc_ingest::Ingestor;
+use ioc_normalize::decode::DecodeContext;
+use ioc_normalize::Ingestor;
 use serde_json::json;
 
 use crate::auth::{authorize, bearer, Permission};
-use crate::routes::{write_registry, ApiFailure, ApiResult};
+use crate::devices::write_registry;
+use crate::error::{ApiFailure, ApiResult};
 use crate::AppState;
 
 /// What a replay found and did.

@@ -351,7 +351,7 @@ async fn an_installer_sees_a_new_device_go_from_nothing_to_ready() -> Result<()>
     }
     let tapped = loop {
         let frame = next_frame(&mut live).await?;
-        if frame["stream"] == "device" {
+        if frame["stream"] == "device" && frame.get("op").is_none() {
             break frame;
         }
     };

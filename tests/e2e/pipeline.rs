@@ -296,7 +296,8 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
             .expect("socket open")?;
         if let Message::Text(text) = message {
             let v: serde_json::Value = serde_json::from_str(&text)?;
-            if let Some(stream) = v["stream"].as_str() {
+            // Data frames, not the protocol's (`subscribed`, `position`, ... have an `op`).
+            if let Some(stream) = v["stream"].as_str().filter(|_| v.get("op").is_none()) {
                 seen_streams.insert(stream.to_string());
                 if stream == "alerts" && v["data"]["device_id"] == "aq-alert" {
                     alert_statuses.push(v["data"]["state"].as_str().unwrap_or("").to_string());

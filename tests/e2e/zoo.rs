@@ -109,7 +109,8 @@ fn expectation(
     registry: RegistryView,
     published: &[Published],
 ) -> Result<(Expected, HashMap<String, &'static str>)> {
-    let ingestor = ioc_ingest::Ingestor::new(&config.ingest, registry, Topics::with_prefix("x."))?;
+    let ingestor = ioc_ingest::Ingestor::new(&config.ingest, registry, Topics::with_prefix("x."))
+        .map_err(anyhow::Error::msg)?;
     let mut expected = Expected::default();
     let mut ids: HashMap<String, &'static str> = HashMap::new();
     let ctx = DecodeContext {

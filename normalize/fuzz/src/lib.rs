@@ -1,9 +1,9 @@
 //! What every decoder must uphold whatever bytes it is given, checked by the fuzz targets.
 
 use ioc_contract::{catalogue, Quality};
-use ioc_ingest::decode::{DecodeContext, Decoded};
-use ioc_ingest::flat::Profile;
-use ioc_ingest::Format;
+use ioc_normalize::decode::{DecodeContext, Decoded};
+use ioc_normalize::flat::Profile;
+use ioc_normalize::Format;
 
 pub fn ctx() -> DecodeContext {
     DecodeContext {

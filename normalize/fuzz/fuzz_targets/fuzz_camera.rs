@@ -1,10 +1,10 @@
 #![no_main]
 
-use ioc_ingest::camera::{decode_camera, PlateKey};
+use ioc_normalize::camera::{decode_camera, PlateKey};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let ctx = ioc_ingest_fuzz::ctx();
+    let ctx = ioc_normalize_fuzz::ctx();
     match decode_camera(data, &ctx) {
         Ok(e) => {
             assert!(e.speed_kmh.is_none_or(f64::is_finite), "{e:?}");
