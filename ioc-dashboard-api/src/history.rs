@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ioc_contract::time::{now_ms, parse_param_ms};
 use ioc_contract::{valid_device_id, Aggregate, Resolution};
@@ -57,6 +58,10 @@ pub(crate) fn history_filter(
         Some(r) => Resolution::parse(r)
             .ok_or_else(|| bad(format!("resolution {r:?} is not one of 1m, 5m, 1h, 1d")))?,
     };
+    let mut any_of = Vec::new();
+    if let Some(area) = area(state, q)? {
+        any_of.push(("device_id", area));
+    }
     Ok(HistoryFilter {
         device_id: q.get("device_id").cloned(),
         metric: q.get("metric").cloned(),
@@ -65,12 +70,66 @@ pub(crate) fn history_filter(
         limit,
         resolution,
         regulation: q.get("regulation").cloned(),
-        any_of: Vec::new(),
+        any_of,
     })
 }
 
-/// An authorized history request: the token checked and the query parsed into a filter.
-pub(crate) struct HistoryRequest(HistoryFilter);
+/// The devices of the area a query names by `commune` and/or `bbox` (`south,west,north,east`),
+/// as the registry has them now; `None` when it names none.
+fn area(state: &AppState, q: &HashMap<String, String>) -> ApiResult<Option<Vec<String>>> {
+    let commune = q.get("commune");
+    let bbox = match q.get("bbox") {
+        None => None,
+        Some(b) => {
+            let parts: Vec<f64> = b.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+            match parts[..] {
+                [south, west, north, east]
+                    if parts.iter().all(|x| x.is_finite()) && south < north && west < east =>
+                {
+                    Some([south, west, north, east])
+                }
+                _ => {
+                    return Err(ApiFailure::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("bbox is south,west,north,east in degrees (south < north, west < east), not {b:?}"),
+                    ))
+                }
+            }
+        }
+    };
+    if commune.is_none() && bbox.is_none() {
+        return Ok(None);
+    }
+    let ids = state
+        .registry
+        .list()
+        .iter()
+        .filter(|d| commune.is_none_or(|c| d.commune.as_ref() == Some(c)))
+        .filter(|d| {
+            bbox.is_none_or(|[south, west, north, east]| {
+                (south..=north).contains(&d.lat) && (west..=east).contains(&d.lon)
+            })
+        })
+        .map(|d| d.device_id.clone())
+        .collect();
+    Ok(Some(ids))
+}
+
+/// An authorized history request: the token checked, the query parsed into a filter, and how
+/// the answer is wanted.
+pub(crate) struct HistoryRequest {
+    filter: HistoryFilter,
+    /// `points`: downsampled to at most this many buckets per series.
+    points: Option<usize>,
+    /// `format=csv` or `Accept: text/csv`.
+    csv: bool,
+}
+
+/// Most buckets a downsampled series may ask for.
+pub const MAX_POINTS: usize = 5_000;
+/// Most rows read to downsample (the answer says when it was reached).
+const DOWNSAMPLE_ROWS: usize = 500_000;
 
 impl axum::extract::FromRequestParts<AppState> for HistoryRequest {
     type Rejection = ApiFailure;
@@ -91,44 +150,233 @@ impl axum::extract::FromRequestParts<AppState> for HistoryRequest {
                 format!("resolution applies to /api/v1/aggregates and /api/v1/aqi, not {path}"),
             ));
         }
-        Ok(HistoryRequest(history_filter(state, &q)?))
+        let bad = |m: String| ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", m);
+        known_params(&q, HISTORY_PARAMS)?;
+        let csv = match q.get("format").map(String::as_str) {
+            None => crate::csv::wanted(None, &parts.headers),
+            Some("csv") => true,
+            Some("json") => false,
+            Some(f) => return Err(bad(format!("format is json or csv, not {f:?}"))),
+        };
+        let points = match q.get("points") {
+            None => None,
+            Some(_) if path != "/api/v1/readings" && path != "/api/v1/aggregates" => {
+                return Err(bad(format!(
+                    "points (downsampling) applies to /api/v1/readings and /api/v1/aggregates, not {path}"
+                )))
+            }
+            Some(p) => match p.parse::<usize>() {
+                Ok(n) if (1..=MAX_POINTS).contains(&n) => Some(n),
+                _ => return Err(bad(format!("points must be from 1 to {MAX_POINTS}, not {p:?}"))),
+            },
+        };
+        let mut filter = history_filter(state, &q)?;
+        if points.is_some() && !q.contains_key("limit") {
+            filter.limit = DOWNSAMPLE_ROWS;
+        }
+        Ok(HistoryRequest {
+            filter,
+            points,
+            csv,
+        })
     }
+}
+
+/// What the history routes take.
+const HISTORY_PARAMS: &[&str] = &[
+    "device_id",
+    "metric",
+    "from",
+    "to",
+    "limit",
+    "resolution",
+    "regulation",
+    "commune",
+    "bbox",
+    "points",
+    "format",
+];
+
+/// Refuses a parameter the route does not take (a typo would otherwise be silently ignored).
+fn known_params(q: &HashMap<String, String>, known: &[&str]) -> ApiResult<()> {
+    match q.keys().find(|k| !known.contains(&k.as_str())) {
+        None => Ok(()),
+        Some(k) => Err(ApiFailure::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "unknown parameter {k:?}: this route takes {}",
+                known.join(", ")
+            ),
+        )),
+    }
+}
+
+/// A list answer: JSON `{name: [...]}`, or CSV.
+fn answer<T: Serialize>(name: &str, rows: &[T], csv: bool) -> Response {
+    if csv {
+        let values: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| serde_json::to_value(r).expect("views serialize"))
+            .collect();
+        return crate::csv::response(name, &values);
+    }
+    Json(json!({ name: rows })).into_response()
+}
+
+/// One downsampled series: per bucket of the range, the minimum, maximum and mean of what fell
+/// in it (min and max keep a chart's spikes; empty buckets are left out).
+#[derive(Debug, Serialize)]
+pub struct Series {
+    pub device_id: String,
+    pub channel: String,
+    pub metric: String,
+    pub unit: String,
+    pub points: Vec<Bucket>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Bucket {
+    pub t: String,
+    pub min: f64,
+    pub max: f64,
+    pub mean: f64,
+    pub count: u64,
+}
+
+/// Buckets `(series key, unit, time, value, weight)` samples into at most `points` buckets of
+/// `[from, to)` per series.
+fn downsample(
+    samples: impl Iterator<Item = ((String, String, String), String, i64, f64, f64, f64, u64)>,
+    from: i64,
+    to: i64,
+    points: usize,
+) -> (Vec<Series>, i64) {
+    let width = ((to - from) as f64 / points as f64).ceil().max(1.0) as i64;
+    let mut series: BTreeMap<
+        (String, String, String),
+        (String, BTreeMap<i64, (f64, f64, f64, u64)>),
+    > = BTreeMap::new();
+    for (key, unit, t, min, max, sum, count) in samples {
+        let bucket = from + (t - from).div_euclid(width) * width;
+        let (_, buckets) = series.entry(key).or_insert_with(|| (unit, BTreeMap::new()));
+        let b = buckets
+            .entry(bucket)
+            .or_insert((f64::INFINITY, f64::NEG_INFINITY, 0.0, 0));
+        b.0 = b.0.min(min);
+        b.1 = b.1.max(max);
+        b.2 += sum;
+        b.3 += count;
+    }
+    let round = |x: f64| (x * 1000.0).round() / 1000.0;
+    let out = series
+        .into_iter()
+        .map(|((device_id, channel, metric), (unit, buckets))| Series {
+            device_id,
+            channel,
+            metric,
+            unit,
+            points: buckets
+                .into_iter()
+                .map(|(t, (min, max, sum, count))| Bucket {
+                    t: ioc_contract::time::format_ms(t),
+                    min: round(min),
+                    max: round(max),
+                    mean: round(sum / count.max(1) as f64),
+                    count,
+                })
+                .collect(),
+        })
+        .collect();
+    (out, width)
+}
+
+/// A downsampled answer: JSON `{"series":[...],"bucket_ms","truncated"}`, or CSV with a row
+/// per bucket.
+fn downsampled(series: Vec<Series>, width: i64, truncated: bool, csv: bool) -> Response {
+    if csv {
+        let rows: Vec<serde_json::Value> = series
+            .iter()
+            .flat_map(|s| {
+                s.points.iter().map(move |b| {
+                    json!({"device_id": s.device_id, "channel": s.channel, "metric": s.metric,
+                        "unit": s.unit, "ts": b.t, "min": b.min, "max": b.max, "mean": b.mean,
+                        "count": b.count})
+                })
+            })
+            .collect();
+        return crate::csv::response("series", &rows);
+    }
+    Json(json!({"series": series, "bucket_ms": width, "truncated": truncated})).into_response()
 }
 
 fn history_unavailable(e: ioc_history::HistoryError) -> ApiFailure {
     ApiFailure::unavailable("history is unavailable", e)
 }
 
+/// `GET /api/v1/readings`: raw readings, or with `points=N` per series (device, channel,
+/// metric) at most N buckets of min, max and mean.
 pub(crate) async fn readings(
     State(state): State<AppState>,
-    HistoryRequest(filter): HistoryRequest,
-) -> ApiResult<Json<serde_json::Value>> {
+    request: HistoryRequest,
+) -> ApiResult<Response> {
+    let f = &request.filter;
     let rows = state
         .history
-        .query::<ReadingRow>(&filter)
+        .query::<ReadingRow>(f)
         .await
         .map_err(history_unavailable)?;
+    if let Some(points) = request.points {
+        let truncated = rows.len() >= f.limit;
+        let samples = rows.into_iter().map(|r| {
+            let r = r.into_reading();
+            (
+                (r.device_id, r.channel, r.metric),
+                r.unit,
+                r.ts,
+                r.value,
+                r.value,
+                r.value,
+                1,
+            )
+        });
+        let (series, width) = downsample(samples, f.from, f.to, points);
+        return Ok(downsampled(series, width, truncated, request.csv));
+    }
     let readings: Vec<ApiReading> = rows
         .into_iter()
         .map(|r| ApiReading::from(&r.into_reading()))
         .collect();
-    Ok(Json(json!({ "readings": readings })))
+    Ok(answer("readings", &readings, request.csv))
 }
 
+/// `GET /api/v1/aggregates`: windows of a resolution, or with `points=N` merged into at most N
+/// buckets per series (min of mins, max of maxes, mean weighted by count).
 pub(crate) async fn aggregates(
     State(state): State<AppState>,
-    HistoryRequest(filter): HistoryRequest,
-) -> ApiResult<Json<serde_json::Value>> {
+    request: HistoryRequest,
+) -> ApiResult<Response> {
+    let f = &request.filter;
     let rows = state
         .history
-        .query::<AggregateRow>(&filter)
+        .query::<AggregateRow>(f)
         .await
         .map_err(history_unavailable)?;
+    if let Some(points) = request.points {
+        let truncated = rows.len() >= f.limit;
+        let samples = rows.into_iter().map(|r| {
+            let a = Aggregate::from(r);
+            let key = (a.device_id, a.channel, a.metric);
+            (key, a.unit, a.window_start, a.min, a.max, a.sum, a.count)
+        });
+        let (series, width) = downsample(samples, f.from, f.to, points);
+        return Ok(downsampled(series, width, truncated, request.csv));
+    }
     let aggregates: Vec<ApiAggregate> = rows
         .into_iter()
         .map(|r| ApiAggregate::from(&Aggregate::from(r)))
         .collect();
-    Ok(Json(json!({ "aggregates": aggregates })))
+    Ok(answer("aggregates", &aggregates, request.csv))
 }
 
 /// `GET /api/v1/aqi?device_id=&from=&to=&resolution=1h|1d`: hourly (the default) or daily
@@ -138,8 +386,33 @@ pub(crate) async fn aqi(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Response> {
     authorize(&state, bearer(&headers), Permission::ReadTelemetry)?;
+    known_params(
+        &q,
+        &[
+            "device_id",
+            "from",
+            "to",
+            "limit",
+            "resolution",
+            "commune",
+            "bbox",
+            "format",
+        ],
+    )?;
+    let csv = match q.get("format").map(String::as_str) {
+        None => crate::csv::wanted(None, &headers),
+        Some("csv") => true,
+        Some("json") => false,
+        Some(f) => {
+            return Err(ApiFailure::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("format is json or csv, not {f:?}"),
+            ))
+        }
+    };
     let resolution = match q.get("resolution").map(String::as_str) {
         None | Some("1h") => Resolution::Hour,
         Some("1d") => Resolution::Day,
@@ -177,22 +450,22 @@ pub(crate) async fn aqi(
         .await
         .map_err(history_unavailable)?;
     let aqi: Vec<ApiAqi> = rows.iter().map(ApiAqi::from).collect();
-    Ok(Json(json!({ "aqi": aqi })))
+    Ok(answer("aqi", &aqi, csv))
 }
 
 /// `GET /api/v1/exceedances?device_id=&regulation=&from=&to=`: QCVN exceedances (and their
 /// withdrawals) whose period starts in the range.
 pub(crate) async fn exceedances(
     State(state): State<AppState>,
-    HistoryRequest(filter): HistoryRequest,
-) -> ApiResult<Json<serde_json::Value>> {
+    request: HistoryRequest,
+) -> ApiResult<Response> {
     let rows = state
         .history
-        .query::<ExceedanceRow>(&filter)
+        .query::<ExceedanceRow>(&request.filter)
         .await
         .map_err(history_unavailable)?;
     let exceedances: Vec<ApiExceedance> = rows.iter().map(ApiExceedance::from).collect();
-    Ok(Json(json!({ "exceedances": exceedances })))
+    Ok(answer("exceedances", &exceedances, request.csv))
 }
 
 /// One pollutant's calendar-year mean against QCVN 05's year column.
@@ -372,5 +645,32 @@ mod tests {
             (means[1].limit, means[1].multiple, means[1].coverage),
             (25.0, 1.2, 0.8)
         );
+    }
+
+    #[test]
+    fn downsampling_keeps_each_buckets_extremes_and_weighs_means_by_count() {
+        let key = || ("aq-1".to_string(), String::new(), "pm25".to_string());
+        // Ten minutes into five buckets of two; a spike in the third.
+        let samples = (0..10).map(|m| {
+            let v = if m == 5 { 300.0 } else { 10.0 + m as f64 };
+            (key(), "µg/m³".to_string(), m * 60_000, v, v, v, 1)
+        });
+        let (series, width) = downsample(samples, 0, 600_000, 5);
+        assert_eq!(width, 120_000);
+        assert_eq!(series.len(), 1);
+        let p = &series[0].points;
+        assert_eq!(p.len(), 5);
+        assert_eq!(
+            (p[2].min, p[2].max, p[2].mean, p[2].count),
+            (14.0, 300.0, 157.0, 2)
+        );
+        assert_eq!(p[0].t, "1970-01-01T00:00:00.000Z");
+        // Aggregates: the mean weighted by each window's count.
+        let windows = [(0, 1.0, 3.0, 4.0, 2), (60_000, 5.0, 9.0, 54.0, 6)]
+            .into_iter()
+            .map(|(t, min, max, sum, n)| (key(), "µg/m³".to_string(), t, min, max, sum, n));
+        let (series, _) = downsample(windows, 0, 120_000, 1);
+        let b = &series[0].points[0];
+        assert_eq!((b.min, b.max, b.mean, b.count), (1.0, 9.0, 7.25, 8));
     }
 }

@@ -28,6 +28,7 @@ pub mod auth;
 pub mod broker;
 pub mod commissioning;
 pub mod connections;
+pub mod csv;
 pub mod devices;
 pub mod dynsec;
 pub mod error;

@@ -121,6 +121,8 @@ pub const TOKEN_RECHECK: Duration = Duration::from_secs(1);
 /// How often conflated updates that became due are sent, and a lagging client's queue is
 /// checked for room.
 const FLUSH_EVERY: Duration = Duration::from_millis(25);
+/// Most bytes the writer hands the socket before flushing.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// How long a closing session waits for its last frames to be taken.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -329,14 +331,27 @@ where
         missed: None,
         reason: "",
     };
+    // Takes what is queued and flushes once: under load one write carries many frames.
     let writer = async {
-        while let Some(frame) = rx.recv().await {
-            let len = frame.len();
-            let last = matches!(frame, OutFrame::Close(..));
-            if out.send(frame).await.is_err() {
+        while let Some(first) = rx.recv().await {
+            let mut frame = Some(first);
+            let mut taken = 0;
+            let mut last = false;
+            while let Some(f) = frame.take() {
+                taken += f.len();
+                last = matches!(f, OutFrame::Close(..));
+                if out.feed(f).await.is_err() {
+                    return;
+                }
+                if last || taken > WRITE_BATCH_BYTES {
+                    break;
+                }
+                frame = rx.try_recv().ok();
+            }
+            if out.flush().await.is_err() {
                 return;
             }
-            bytes.fetch_sub(len, Ordering::SeqCst);
+            bytes.fetch_sub(taken, Ordering::SeqCst);
             if last {
                 let _ = out.close().await;
                 return;

@@ -19,8 +19,13 @@ use crate::harness::{free_port, Env, TOKEN};
 use crate::pipeline::{register_sim_fleet, start_pipeline};
 
 const PROBES: usize = 20;
-/// Probe messages per second, across the probes.
-const PROBE_RATE: u64 = 100;
+/// Probe messages per second, across the probes (`IOC_BENCH_PROBE_RATE`).
+fn probe_rate() -> u64 {
+    std::env::var("IOC_BENCH_PROBE_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
 const PHASE: Duration = Duration::from_secs(20);
 
 /// What one client saw in a phase.
@@ -229,10 +234,12 @@ async fn websocket_fan_out() -> Result<()> {
             .await?;
     }
     env.wait_ingest_knows_registered().await?;
-    let _sim = env.ioc("sim", &["sim", "--count", "1000000", "--rate", "50"])?;
+    // The simulator's own rate (`IOC_BENCH_SIM_RATE` messages/s): the rest of the fleet's load.
+    let sim_rate = std::env::var("IOC_BENCH_SIM_RATE").unwrap_or_else(|_| "10".into());
+    let _sim = env.ioc("sim", &["sim", "--count", "1000000", "--rate", &sim_rate])?;
     let (mqtt, _poll) = env.mqtt_client("bench-probes");
     let probes = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(1000 / PROBE_RATE));
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / probe_rate()));
         for n in 0u64.. {
             tick.tick().await;
             let device = format!("probe-{:02}", n as usize % PROBES);

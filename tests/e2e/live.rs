@@ -92,10 +92,12 @@ async fn two_api_instances_give_the_same_positions_and_a_client_resumes_on_the_o
 
     let (mqtt, _poll) = env.mqtt_client("test-live-device");
     let topic = ioc_contract::telemetry_topic("aq-live");
+    // Distinct stamps (a tight loop can repeat a millisecond: the same reading key).
+    let base = ioc_contract::time::now_ms();
     let publish = |value: i64| {
         let body = format!(
             r#"{{"ts":{},"values":{{"pm25":{value}}}}}"#,
-            ioc_contract::time::now_ms()
+            base + value * 10
         );
         let mqtt = mqtt.clone();
         let topic = topic.clone();
@@ -211,6 +213,63 @@ async fn two_api_instances_give_the_same_positions_and_a_client_resumes_on_the_o
         .send()
         .await?;
     assert_eq!(bad.status(), 400);
+
+    // History of the same readings from ClickHouse: downsampled, by area, and as CSV.
+    let series_url = env.api(&format!(
+        "/api/v1/readings?bbox=12.6,108.0,12.7,108.1&metric=pm25&points=3&from={}",
+        ioc_contract::time::now_ms() - 600_000
+    ));
+    let series = env
+        .eventually("31 readings stored", Duration::from_secs(30), || async {
+            let v = crate::harness::get_json(&env.http, &series_url, TOKEN).await?;
+            let count: u64 = v["series"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|s| s["device_id"] == "aq-live")
+                .flat_map(|s| s["points"].as_array().cloned().unwrap_or_default())
+                .map(|p| p["count"].as_u64().unwrap_or(0))
+                .sum();
+            Ok((count == 31).then_some(v))
+        })
+        .await?;
+    let points = series["series"][0]["points"].as_array().context("points")?;
+    assert!(points.len() <= 3, "{series}");
+    let max = points
+        .iter()
+        .filter_map(|p| p["max"].as_f64())
+        .fold(0.0, f64::max);
+    assert_eq!(max, 30.0, "{series}");
+    let csv = env
+        .http
+        .get(env.api("/api/v1/readings?device_id=aq-live&from=0"))
+        .bearer_auth(TOKEN)
+        .header("Accept", "text/csv")
+        .send()
+        .await?;
+    assert_eq!(
+        csv.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("text/csv; charset=utf-8")
+    );
+    let text = csv.text().await?;
+    let mut lines = text.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap_or("")
+            .starts_with("device_id,channel,metric,ts,"),
+        "{text}"
+    );
+    assert_eq!(lines.count(), 31, "one line per stored reading: {text}");
+    let wrong = env
+        .http
+        .get(env.api("/api/v1/aqi?points=5"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await?;
+    assert_eq!(wrong.status(), 400);
     Ok(())
 }
 
