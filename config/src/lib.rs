@@ -449,6 +449,9 @@ pub struct ApiConfig {
     /// The websocket protocol's limits (`[api.ws]`).
     #[serde(default)]
     pub ws: WsConfig,
+    /// The open-data routes (`[api.open_data]`).
+    #[serde(default)]
+    pub open_data: OpenDataConfig,
     /// The area devices are expected in, `[south, west, north, east]` in degrees: the
     /// commissioning checklist flags a device placed outside it.
     pub service_area: [f64; 4],
@@ -497,6 +500,26 @@ impl Default for WsConfig {
             max_connections: 10_000,
             max_connections_per_token: 200,
             max_subscriptions_per_token: 2_000,
+        }
+    }
+}
+
+/// `/open/v1/`: the stations' data with no token (`[api.open_data]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenDataConfig {
+    pub enabled: bool,
+    /// Requests per second from one client address, and its burst.
+    pub rate: f64,
+    pub burst: f64,
+}
+
+impl Default for OpenDataConfig {
+    fn default() -> OpenDataConfig {
+        OpenDataConfig {
+            enabled: true,
+            rate: 2.0,
+            burst: 20.0,
         }
     }
 }
@@ -1236,6 +1259,14 @@ pub fn validate(c: &Config) -> Vec<Problem> {
     }
     if c.api.ws_buffer == 0 {
         bad("api.ws_buffer", "must be at least 1".into());
+    }
+    let open = &c.api.open_data;
+    if !(open.rate.is_finite() && open.rate > 0.0 && open.burst.is_finite() && open.burst >= 1.0) {
+        bad(
+            "api.open_data.rate",
+            "must be a positive number of requests per second, with api.open_data.burst at least 1"
+                .into(),
+        );
     }
     let ws = &c.api.ws;
     if ws.queue_bytes < 4096 {

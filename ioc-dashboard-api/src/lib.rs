@@ -13,6 +13,7 @@
 //! - [`replay`]: dead letters of devices not yet registered, processed again once they are.
 //! - [`alerts`]: alerts, acknowledging and resolving them through the stream, and the rules.
 //! - [`live`]: tails the readings, aggregates and alerts topics and fans them out.
+//! - [`open_data`]: the stations' hourly and daily data for the province's portal, no token.
 //! - [`ws`]: one websocket session, generic over its sink and stream so tests can drive it;
 //!   [`socket`]: the routes that upgrade to one.
 //! - [`run`]: binds and serves until shutdown.
@@ -34,6 +35,7 @@ pub mod dynsec;
 pub mod error;
 pub mod history;
 pub mod live;
+pub mod open_data;
 pub mod replay;
 pub mod routes;
 pub mod socket;
@@ -170,6 +172,8 @@ pub struct AppState {
     pub live: live::LiveHub,
     /// Websocket connections and subscriptions per token.
     pub ws_caps: ws::Caps,
+    /// Open-data requests per client address.
+    pub open_limiter: open_data::OpenLimiter,
     pub activity: live::Activity,
     pub connections: connections::ConnectionLog,
     pub accounts: accounts::Accounts,
@@ -244,6 +248,7 @@ pub async fn run(
         history,
         live,
         ws_caps: ws::Caps::default(),
+        open_limiter: open_data::OpenLimiter::default(),
         activity,
         connections,
         accounts,
@@ -253,10 +258,13 @@ pub async fn run(
         rules_view,
     };
     let app = routes::router(state);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .map_err(ApiError::Serve);
+    let result = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+    .map_err(ApiError::Serve);
     tail.abort();
     rules_follower.abort();
     result

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::error::not_found;
 use crate::AppState;
-use crate::{access, accounts, alerts, commissioning, devices, history, replay, socket};
+use crate::{access, accounts, alerts, commissioning, devices, history, open_data, replay, socket};
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -56,6 +56,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/audit", get(access::audit))
         .route("/api/v1/events", get(access::events))
         .route("/api/v1/evidence", get(access::evidence))
+        .route("/open/v1/stations", get(open_data::stations))
+        .route("/open/v1/aggregates", get(open_data::aggregates))
+        .route("/open/v1/aqi", get(open_data::aqi))
         .fallback(not_found)
         .with_state(state)
 }

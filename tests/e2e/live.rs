@@ -263,6 +263,38 @@ async fn two_api_instances_give_the_same_positions_and_a_client_resumes_on_the_o
         "{text}"
     );
     assert_eq!(lines.count(), 31, "one line per stored reading: {text}");
+    // Open data: no token, stations only, CSV too, and rate limited per address.
+    let open = env.http.get(env.api("/open/v1/stations")).send().await?;
+    assert_eq!(open.status(), 200);
+    let stations: Value = open.json().await?;
+    assert!(stations.to_string().contains("aq-live"), "{stations}");
+    assert!(
+        !stations.to_string().contains("mqtt"),
+        "no credentials: {stations}"
+    );
+    let listed = env
+        .http
+        .get(env.api("/open/v1/stations?format=csv"))
+        .send()
+        .await?;
+    assert_eq!(listed.status(), 200);
+    let text = listed.text().await?;
+    assert!(text.starts_with("device_id,"), "{text}");
+    assert!(text.contains("aq-live,"), "{text}");
+    let hourly = env
+        .http
+        .get(env.api("/open/v1/aggregates?device_id=aq-live&resolution=2h"))
+        .send()
+        .await?;
+    assert_eq!(hourly.status(), 400, "hourly or daily only");
+    let mut limited = 0;
+    for _ in 0..30 {
+        let r = env.http.get(env.api("/open/v1/stations")).send().await?;
+        if r.status() == 429 {
+            limited += 1;
+        }
+    }
+    assert!(limited > 0, "past the burst (20), refused with 429");
     let wrong = env
         .http
         .get(env.api("/api/v1/aqi?points=5"))
@@ -275,7 +307,10 @@ async fn two_api_instances_give_the_same_positions_and_a_client_resumes_on_the_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_over_its_connection_cap_is_closed_with_the_reason() -> Result<()> {
-    let env = Env::new("live_caps", "[api.ws]\nmax_connections_per_token = 2\n")?;
+    let env = Env::new(
+        "live_caps",
+        "[api.ws]\nmax_connections_per_token = 2\n[api.open_data]\nenabled = false\n",
+    )?;
     let _api = env.ioc("api", &["api"])?;
     env.wait_http(&env.api("/healthz"), Duration::from_secs(60))
         .await?;
@@ -306,5 +341,9 @@ async fn a_token_over_its_connection_cap_is_closed_with_the_reason() -> Result<(
         Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 4002),
         other => bail!("a close frame, not {other:?}"),
     }
+    // Open data switched off here.
+    let off = env.http.get(env.api("/open/v1/stations")).send().await?;
+    assert_eq!(off.status(), 404);
+    assert!(off.text().await?.contains("api.open_data.enabled"));
     Ok(())
 }
