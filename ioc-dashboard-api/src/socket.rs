@@ -36,7 +36,7 @@ pub(crate) async fn websocket(
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     let (token_live, key) = authorize_socket(&state, &q)?;
-    Ok(upgrade.on_upgrade(move |socket| {
+    Ok(sized(upgrade).on_upgrade(move |socket| {
         serve_socket(socket, state, key, Vec::new(), Vec::new(), token_live)
     }))
 }
@@ -70,9 +70,19 @@ pub(crate) async fn device_live(
         .into_iter()
         .map(|s| (s, Filter::devices([id.clone()])))
         .collect();
-    Ok(upgrade.on_upgrade(move |socket| {
+    Ok(sized(upgrade).on_upgrade(move |socket| {
         serve_socket(socket, state, key, first, subscriptions, token_live)
     }))
+}
+
+/// Client messages are small requests. tungstenite zeroes its whole read buffer before every
+/// read attempt, and a session's socket is polled each time the session wakes (each broadcast
+/// message): with the 128 KiB default that memset was 62 % of the API's CPU at 1 000 clients.
+fn sized(upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
+    upgrade
+        .read_buffer_size(4096)
+        .max_message_size(64 * 1024)
+        .max_frame_size(64 * 1024)
 }
 
 async fn serve_socket(

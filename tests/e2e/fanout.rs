@@ -52,7 +52,10 @@ async fn phase(url: &str, n: usize, requests: &[String]) -> Result<Vec<Seen>> {
     let seen: Vec<Arc<Mutex<Seen>>> = (0..n).map(|_| Arc::default()).collect();
     let mut sockets = Vec::with_capacity(n);
     for i in 0..n {
-        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        // Small read buffers: tungstenite zeroes the whole buffer before each read.
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(16 * 1024);
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false)
             .await
             .with_context(|| format!("client {i} connects"))?;
         if !requests.is_empty() {
@@ -277,6 +280,7 @@ async fn websocket_fan_out() -> Result<()> {
         ("ioc api, mixed filters", &api_url, clients, &mixed),
         ("bare broadcast", &bare_url, clients, &Vec::new()),
     ] {
+        eprintln!("phase: {name}, {n} clients");
         let seen = phase(url, n, requests).await?;
         let (rate, p50, p99, growth) = summarize(&seen);
         let rss = if url == &api_url {
