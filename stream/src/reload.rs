@@ -183,21 +183,7 @@ pub async fn reload(
         tracing::info!(%version, "reloading the rules: unchanged");
         return Ok(());
     }
-    let (added, removed, changed) = changes(current, &rules);
-    if !(added.is_empty() && removed.is_empty() && changed.is_empty()) {
-        let entry = AuditEntry {
-            at,
-            by: Actor {
-                name: by.to_string(),
-                role: Role::Admin,
-            },
-            action: "rules.changed".into(),
-            target: version.clone(),
-            detail: serde_json::json!({
-                "added": added, "removed": removed, "changed": changed,
-                "from": version_of(current),
-            }),
-        };
+    if let Some(entry) = changed_entry(current, &rules, "reload", by, at) {
         ioc_bus::audit::record(producer, bus, &entry).await?;
     }
     publish(
@@ -215,6 +201,34 @@ pub async fn reload(
     .await
 }
 
+/// The audit entry of a change of the rules in force from `before` to `after` (what was added,
+/// removed and changed, from which version, from where), or `None` when nothing changed.
+fn changed_entry(
+    before: &[RuleConfig],
+    after: &[RuleConfig],
+    source: &str,
+    by: &str,
+    at: i64,
+) -> Option<AuditEntry> {
+    let (added, removed, changed) = changes(before, after);
+    if added.is_empty() && removed.is_empty() && changed.is_empty() {
+        return None;
+    }
+    Some(AuditEntry {
+        at,
+        by: Actor {
+            name: by.to_string(),
+            role: Role::Admin,
+        },
+        action: "rules.changed".into(),
+        target: version_of(after),
+        detail: serde_json::json!({
+            "added": added, "removed": removed, "changed": changed,
+            "from": version_of(before), "source": source,
+        }),
+    })
+}
+
 /// At start: publishes the configuration's rules as a new version if the topic's latest
 /// differs (audited), and returns them.
 pub async fn seed(
@@ -229,21 +243,10 @@ pub async fn seed(
         return Ok(());
     }
     let previous = before.map(|(_, r)| r).unwrap_or_default();
-    let (added, removed, changed) = changes(&previous, rules);
     let at = ioc_contract::time::now_ms();
-    let entry = AuditEntry {
-        at,
-        by: Actor {
-            name: by.to_string(),
-            role: Role::Admin,
-        },
-        action: "rules.changed".into(),
-        target: version.clone(),
-        detail: serde_json::json!({
-            "added": added, "removed": removed, "changed": changed, "source": "config",
-        }),
-    };
-    ioc_bus::audit::record(producer, bus, &entry).await?;
+    if let Some(entry) = changed_entry(&previous, rules, "config", by, at) {
+        ioc_bus::audit::record(producer, bus, &entry).await?;
+    }
     publish(
         producer,
         bus,
