@@ -2,7 +2,7 @@
 //! object, a column per field (the identifying ones first, the others in name order), nested
 //! values as JSON in their cell.
 
-use axum::http::{header, HeaderMap};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
@@ -15,15 +15,6 @@ const LEADING: [&str; 6] = [
     "window_start",
     "ts",
 ];
-
-/// Whether the request asks for CSV.
-pub fn wanted(format: Option<&str>, headers: &HeaderMap) -> bool {
-    format == Some("csv")
-        || headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|a| a.split(',').any(|t| t.trim().starts_with("text/csv")))
-}
 
 /// The rows as CSV (RFC 4180: CRLF line ends, quotes doubled).
 pub fn render(rows: &[Value]) -> String {

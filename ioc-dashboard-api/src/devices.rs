@@ -18,11 +18,11 @@ use ioc_contract::{
 use serde::Serialize;
 use serde_json::json;
 
-use crate::accounts;
 use crate::auth::{authorize, bearer, Permission};
 use crate::error::{not_found_device, ApiFailure, ApiResult, FieldProblem};
 use crate::live::{DeviceActivity, StreamName};
 use crate::AppState;
+use crate::{accounts, params};
 
 type Fields = serde_json::Map<String, serde_json::Value>;
 
@@ -567,14 +567,7 @@ struct DeviceQuery {
 impl DeviceQuery {
     fn parse(q: &HashMap<String, String>) -> ApiResult<DeviceQuery> {
         let bad = |m: String| ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", m);
-        if let Some(k) = q
-            .keys()
-            .find(|k| !["kind", "commune", "status", "online", "bbox"].contains(&k.as_str()))
-        {
-            return Err(bad(format!(
-                "unknown parameter {k:?}: filter devices by kind, commune, status, online or bbox"
-            )));
-        }
+        params::known(q, &["kind", "commune", "status", "online", "bbox"])?;
         let kind = q.get("kind").cloned();
         if let Some(k) = kind.as_deref().filter(|k| !DEVICE_KINDS.contains(k)) {
             return Err(bad(format!(
@@ -597,24 +590,7 @@ impl DeviceQuery {
             Some("false") => Some(false),
             Some(o) => return Err(bad(format!("online is true or false, not {o:?}"))),
         };
-        let bbox = match q.get("bbox") {
-            None => None,
-            Some(b) => {
-                let parts: Vec<f64> = b.split(',').filter_map(|x| x.trim().parse().ok()).collect();
-                match parts[..] {
-                    [south, west, north, east]
-                        if parts.iter().all(|x| x.is_finite()) && south < north && west < east =>
-                    {
-                        Some([south, west, north, east])
-                    }
-                    _ => {
-                        return Err(bad(format!(
-                            "bbox is south,west,north,east in degrees (south < north, west < east), not {b:?}"
-                        )))
-                    }
-                }
-            }
-        };
+        let bbox = params::bbox(q)?;
         Ok(DeviceQuery {
             kind,
             commune: q.get("commune").cloned(),
@@ -632,9 +608,7 @@ impl DeviceQuery {
                 .is_none_or(|c| d.commune.as_ref() == Some(c))
             && self.status.is_none_or(|s| s == d.status)
             && self.online.is_none_or(|o| o == online)
-            && self.bbox.is_none_or(|[south, west, north, east]| {
-                (south..=north).contains(&d.lat) && (west..=east).contains(&d.lon)
-            })
+            && self.bbox.is_none_or(|b| params::in_bbox(b, d.lat, d.lon))
     }
 }
 

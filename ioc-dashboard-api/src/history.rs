@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::auth::{authorize, bearer, Permission};
 use crate::error::{not_found_device, ApiFailure, ApiResult};
+use crate::params;
 use crate::views::{ApiAggregate, ApiAqi, ApiExceedance, ApiReading};
 use crate::AppState;
 
@@ -78,26 +79,7 @@ pub(crate) fn history_filter(
 /// as the registry has them now; `None` when it names none.
 fn area(state: &AppState, q: &HashMap<String, String>) -> ApiResult<Option<Vec<String>>> {
     let commune = q.get("commune");
-    let bbox = match q.get("bbox") {
-        None => None,
-        Some(b) => {
-            let parts: Vec<f64> = b.split(',').filter_map(|x| x.trim().parse().ok()).collect();
-            match parts[..] {
-                [south, west, north, east]
-                    if parts.iter().all(|x| x.is_finite()) && south < north && west < east =>
-                {
-                    Some([south, west, north, east])
-                }
-                _ => {
-                    return Err(ApiFailure::new(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        format!("bbox is south,west,north,east in degrees (south < north, west < east), not {b:?}"),
-                    ))
-                }
-            }
-        }
-    };
+    let bbox = params::bbox(q)?;
     if commune.is_none() && bbox.is_none() {
         return Ok(None);
     }
@@ -106,11 +88,7 @@ fn area(state: &AppState, q: &HashMap<String, String>) -> ApiResult<Option<Vec<S
         .list()
         .iter()
         .filter(|d| commune.is_none_or(|c| d.commune.as_ref() == Some(c)))
-        .filter(|d| {
-            bbox.is_none_or(|[south, west, north, east]| {
-                (south..=north).contains(&d.lat) && (west..=east).contains(&d.lon)
-            })
-        })
+        .filter(|d| bbox.is_none_or(|b| params::in_bbox(b, d.lat, d.lon)))
         .map(|d| d.device_id.clone())
         .collect();
     Ok(Some(ids))
@@ -151,13 +129,8 @@ impl axum::extract::FromRequestParts<AppState> for HistoryRequest {
             ));
         }
         let bad = |m: String| ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", m);
-        known_params(&q, HISTORY_PARAMS)?;
-        let csv = match q.get("format").map(String::as_str) {
-            None => crate::csv::wanted(None, &parts.headers),
-            Some("csv") => true,
-            Some("json") => false,
-            Some(f) => return Err(bad(format!("format is json or csv, not {f:?}"))),
-        };
+        params::known(&q, HISTORY_PARAMS)?;
+        let csv = params::csv(&q, &parts.headers)?;
         let points = match q.get("points") {
             None => None,
             Some(_) if path != "/api/v1/readings" && path != "/api/v1/aggregates" => {
@@ -196,21 +169,6 @@ const HISTORY_PARAMS: &[&str] = &[
     "points",
     "format",
 ];
-
-/// Refuses a parameter the route does not take (a typo would otherwise be silently ignored).
-fn known_params(q: &HashMap<String, String>, known: &[&str]) -> ApiResult<()> {
-    match q.keys().find(|k| !known.contains(&k.as_str())) {
-        None => Ok(()),
-        Some(k) => Err(ApiFailure::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!(
-                "unknown parameter {k:?}: this route takes {}",
-                known.join(", ")
-            ),
-        )),
-    }
-}
 
 /// A list answer: JSON `{name: [...]}`, or CSV.
 fn answer<T: Serialize>(name: &str, rows: &[T], csv: bool) -> Response {
@@ -388,7 +346,7 @@ pub(crate) async fn aqi(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     authorize(&state, bearer(&headers), Permission::ReadTelemetry)?;
-    known_params(
+    params::known(
         &q,
         &[
             "device_id",
@@ -401,18 +359,7 @@ pub(crate) async fn aqi(
             "format",
         ],
     )?;
-    let csv = match q.get("format").map(String::as_str) {
-        None => crate::csv::wanted(None, &headers),
-        Some("csv") => true,
-        Some("json") => false,
-        Some(f) => {
-            return Err(ApiFailure::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("format is json or csv, not {f:?}"),
-            ))
-        }
-    };
+    let csv = params::csv(&q, &headers)?;
     let resolution = match q.get("resolution").map(String::as_str) {
         None | Some("1h") => Resolution::Hour,
         Some("1d") => Resolution::Day,

@@ -36,6 +36,7 @@ pub mod error;
 pub mod history;
 pub mod live;
 pub mod open_data;
+pub mod params;
 pub mod replay;
 pub mod routes;
 pub mod socket;

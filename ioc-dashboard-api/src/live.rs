@@ -276,9 +276,9 @@ impl Filter {
                 .communes
                 .as_ref()
                 .is_none_or(|c| d.commune.as_ref().is_some_and(|x| c.contains(x)))
-            && self.bbox.is_none_or(|[south, west, north, east]| {
-                (south..=north).contains(&d.lat) && (west..=east).contains(&d.lon)
-            })
+            && self
+                .bbox
+                .is_none_or(|b| crate::params::in_bbox(b, d.lat, d.lon))
     }
 }
 

@@ -19,6 +19,7 @@ use ioc_history::{AggregateRow, AqiRow, HistoryFilter};
 use serde_json::json;
 
 use crate::error::{ApiFailure, ApiResult};
+use crate::params;
 use crate::views::{ApiAggregate, ApiAqi};
 use crate::AppState;
 
@@ -99,20 +100,7 @@ pub(crate) async fn stations(
                 "lon": d.lon, "commune": d.commune, "status": d.status.as_str()})
         })
         .collect();
-    Ok(list("stations", rows, csv(&q, &headers)?))
-}
-
-fn csv(q: &HashMap<String, String>, headers: &HeaderMap) -> ApiResult<bool> {
-    match q.get("format").map(String::as_str) {
-        None => Ok(crate::csv::wanted(None, headers)),
-        Some("csv") => Ok(true),
-        Some("json") => Ok(false),
-        Some(f) => Err(ApiFailure::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("format is json or csv, not {f:?}"),
-        )),
-    }
+    Ok(list("stations", rows, params::csv(&q, &headers)?))
 }
 
 fn list(name: &str, rows: Vec<serde_json::Value>, csv: bool) -> Response {
@@ -144,12 +132,7 @@ fn open_filter(state: &AppState, q: &HashMap<String, String>) -> ApiResult<Histo
         "bbox",
         "format",
     ];
-    if let Some(k) = q.keys().find(|k| !known.contains(&k.as_str())) {
-        return Err(bad(format!(
-            "unknown parameter {k:?}: open data takes {}",
-            known.join(", ")
-        )));
-    }
+    params::known(q, &known)?;
     let resolution = match q.get("resolution").map(String::as_str) {
         None | Some("1h") => Resolution::Hour,
         Some("1d") => Resolution::Day,
@@ -188,7 +171,7 @@ pub(crate) async fn aggregates(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     gate(&state, addr)?;
-    let csv = csv(&q, &headers)?;
+    let csv = params::csv(&q, &headers)?;
     let filter = open_filter(&state, &q)?;
     let rows = state
         .history
@@ -212,7 +195,7 @@ pub(crate) async fn aqi(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     gate(&state, addr)?;
-    let csv = csv(&q, &headers)?;
+    let csv = params::csv(&q, &headers)?;
     if q.contains_key("metric") {
         return Err(ApiFailure::new(
             StatusCode::BAD_REQUEST,
