@@ -6,6 +6,8 @@
 #   - tansu, a Kafka-protocol broker (cargo install, cached in ~/.cache/ioc/tansu) on 127.0.0.1:9092
 #   - Debian's chromium and npm's playwright-core (tests/browser) for the browser test
 #   - aiosmtpd (PyPI), the SMTP server the email notification test starts
+#   - schemathesis and jsonschema (PyPI, in a venv under /var/tmp/ioc-tools): the e2e tests run
+#     them against the API's OpenAPI document and its FIWARE entities
 # Safe to run again: it installs only what is missing and starts only what is not answering.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +49,18 @@ fi
 if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
   log "installing aiosmtpd (pip) for the email notification test"
   python3 -m pip install --quiet --disable-pip-version-check 'aiosmtpd>=1.4,<2' >&2
+fi
+
+# schemathesis, and jsonschema for the FIWARE schemas, in a venv of their own: their many pinned
+# dependencies stay out of the system's.
+SCHEMATHESIS_VERSION=4.32.5
+TOOLS_VENV=/var/tmp/ioc-tools/venv
+if ! "$TOOLS_VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION" \
+  || ! "$TOOLS_VENV/bin/python" -c 'import jsonschema, referencing, rfc3339_validator' 2>/dev/null; then
+  log "installing schemathesis $SCHEMATHESIS_VERSION and jsonschema (pip, in $TOOLS_VENV) for the API's tests"
+  python3 -m venv "$TOOLS_VENV"
+  "$TOOLS_VENV/bin/pip" install --quiet --disable-pip-version-check \
+    "schemathesis==$SCHEMATHESIS_VERSION" 'jsonschema==4.26.0' 'rfc3339-validator==0.1.4' >&2
 fi
 
 # ClickHouse

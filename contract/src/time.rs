@@ -19,12 +19,18 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
         .map(|t| t.timestamp_millis())
 }
 
-/// Parses an API time parameter: RFC 3339 with offset, or integer epoch milliseconds.
+/// The latest time a parameter may name: 2100-01-01T00:00:00Z.
+pub const MAX_PARAM_MS: i64 = 4_102_444_800_000;
+
+/// Parses an API time parameter: RFC 3339 with offset, or epoch milliseconds (digits only),
+/// from 1970 to [`MAX_PARAM_MS`] (so that arithmetic on it cannot overflow).
 pub fn parse_param_ms(s: &str) -> Option<i64> {
-    if let Ok(ms) = s.parse::<i64>() {
-        return Some(ms);
-    }
-    parse_rfc3339_ms(s)
+    let ms = if !s.is_empty() && s.len() <= 13 && s.bytes().all(|b| b.is_ascii_digit()) {
+        s.parse::<i64>().ok()?
+    } else {
+        parse_rfc3339_ms(s)?
+    };
+    (0..=MAX_PARAM_MS).contains(&ms).then_some(ms)
 }
 
 /// Current wall-clock time in epoch milliseconds.
@@ -53,5 +59,19 @@ mod tests {
             "no offset is not RFC 3339"
         );
         assert_eq!(parse_param_ms("1000"), Some(1000));
+        for out_of_range in [
+            "-1",
+            "+5",
+            "9223372036854775807",
+            "4102444800001",
+            "2101-01-01T00:00:00Z",
+            "",
+        ] {
+            assert_eq!(parse_param_ms(out_of_range), None, "{out_of_range:?}");
+        }
+        assert_eq!(
+            parse_param_ms("2100-01-01T07:00:00+07:00"),
+            Some(MAX_PARAM_MS)
+        );
     }
 }

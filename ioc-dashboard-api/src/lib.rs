@@ -1,7 +1,9 @@
 //! `ioc api`: the IOC dashboards' HTTP and websocket API on one port.
 //!
-//! - [`routes`]: the router; [`error`]: the JSON refusals; [`views`]: what clients see of
-//!   records, for REST and the websocket alike.
+//! - [`routes`]: the router, built from [`openapi`]'s ops: each route's roles, parameters and
+//!   answers, from which come both `/api/v1/openapi.json` and the guard that enforces them.
+//! - [`error`]: the JSON refusals; [`views`]: what clients see of records, for REST and the
+//!   websocket alike.
 //! - [`devices`]: the device registry's routes; [`history`]: readings, aggregates, AQI,
 //!   exceedances and annual means from ClickHouse.
 //! - [`auth`]: tokens and roles: who may call what.
@@ -14,12 +16,13 @@
 //! - [`alerts`]: alerts, acknowledging and resolving them through the stream, and the rules.
 //! - [`live`]: tails the readings, aggregates and alerts topics and fans them out.
 //! - [`open_data`]: the stations' hourly and daily data for the province's portal, no token.
+//! - [`fiware`]: the same windows and the registry as FIWARE Smart Data Models entities.
 //! - [`ws`]: one websocket session, generic over its sink and stream so tests can drive it;
 //!   [`socket`]: the routes that upgrade to one.
 //! - [`run`]: binds and serves until shutdown.
 //!
-//! `/`, `/healthz` and `/metrics` are open; everything under `/api/v1/` needs a token whose role
-//! allows it (`Authorization: Bearer ...`, or `?token=` on the websocket route, since browsers
+//! `/`, `/healthz`, `/metrics`, `/open/v1/` and `/api/v1/openapi.json` are open; everything
+//! else under `/api/v1/` needs a token whose role allows it (`Authorization: Bearer ...`, or `?token=` on the websocket route, since browsers
 //! cannot set headers on a websocket).
 
 pub mod access;
@@ -33,9 +36,11 @@ pub mod csv;
 pub mod devices;
 pub mod dynsec;
 pub mod error;
+pub mod fiware;
 pub mod history;
 pub mod live;
 pub mod open_data;
+pub mod openapi;
 pub mod params;
 pub mod replay;
 pub mod routes;

@@ -13,7 +13,8 @@ use ioc_bus::registry::RegistryView;
 use ioc_bus::{Bus, Consumer, StartAt};
 use ioc_contract::time::format_ms;
 use ioc_contract::{
-    Aggregate, Alert, DeadLetter, Device, Reading, ReadingBatch, RejectCode, Resolution, TapRecord,
+    Aggregate, Alert, DeadLetter, Device, Reading, ReadingBatch, RegistryEvent, RejectCode,
+    Resolution, TapRecord,
 };
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -38,10 +39,13 @@ pub enum StreamName {
     /// Every alert transition (fired, acknowledged, resolved).
     #[serde(rename = "alert_transitions")]
     AlertTransitions,
+    /// Each device's registry status (commissioning, active, maintenance, decommissioned) and
+    /// its changes; the whole registry is in its snapshot.
+    Status,
 }
 
 impl StreamName {
-    pub const ALL: [StreamName; 7] = [
+    pub const ALL: [StreamName; 8] = [
         StreamName::Readings,
         StreamName::Aggregates,
         StreamName::Alerts,
@@ -49,6 +53,7 @@ impl StreamName {
         StreamName::Aqi,
         StreamName::Exceedances,
         StreamName::AlertTransitions,
+        StreamName::Status,
     ];
 
     /// The resolutions a subscription to the stream may name, its default first (none: the
@@ -71,6 +76,7 @@ impl StreamName {
             StreamName::Aqi => &topics.aqi,
             StreamName::Exceedances => &topics.exceedances,
             StreamName::AlertTransitions => &topics.alert_transitions,
+            StreamName::Status => &topics.registry,
         }
     }
 
@@ -214,6 +220,30 @@ impl LiveMessage {
                 &e.device_id,
                 &ApiExceedance::from(e),
             )
+        }
+    }
+
+    /// A device's registry status as of `at`, set by `by` (none: at its registration).
+    pub fn status(device: Arc<Device>, at: i64, by: Option<&str>, pos: Pos) -> LiveMessage {
+        #[derive(Serialize)]
+        struct ApiStatus<'a> {
+            device_id: &'a str,
+            kind: &'a str,
+            status: &'static str,
+            at: String,
+            by: Option<&'a str>,
+        }
+        let data = ApiStatus {
+            device_id: &device.device_id,
+            kind: &device.kind,
+            status: device.status.as_str(),
+            at: format_ms(at),
+            by: by.or(device.registered_by.as_ref().map(|a| a.name.as_str())),
+        };
+        LiveMessage {
+            key: Some("status".into()),
+            device: Some(device.clone()),
+            ..LiveMessage::new(StreamName::Status, pos, &device.device_id, &data)
         }
     }
 
@@ -705,6 +735,12 @@ pub async fn tail(
                 let mut offsets = Vec::new();
                 for p in 0..bus.partitions(topic)? {
                     let (low, high) = bus.watermarks(topic, p)?;
+                    // The status snapshot is every device's: the registry from its start.
+                    let warm = if stream == StreamName::Status {
+                        high
+                    } else {
+                        warm
+                    };
                     offsets.push((high - warm).max(low));
                 }
                 streams.push((stream, offsets));
@@ -749,7 +785,9 @@ pub async fn tail(
             let (topic, payload) = (&record.topic, &record.payload);
             let pos = |i: usize| Pos(record.partition, record.offset, i as i32);
             let publish = |mut m: LiveMessage| {
-                m.device = registry.get(&m.device_id);
+                if m.device.is_none() {
+                    m.device = registry.get(&m.device_id);
+                }
                 hub.publish(m);
             };
             if *topic == topics.readings {
@@ -783,6 +821,32 @@ pub async fn tail(
                         &t.alert.device_id,
                         &ApiTransition::from(&t),
                     ));
+                }
+            } else if *topic == topics.registry {
+                // The registry's own follower may not have applied this record yet: the
+                // device is taken from the record where it has it.
+                match serde_json::from_slice::<RegistryEvent>(payload) {
+                    Ok(RegistryEvent::Registered { device }) => {
+                        let at = device.registered_at;
+                        publish(LiveMessage::status(Arc::new(device), at, None, pos(0)));
+                    }
+                    Ok(RegistryEvent::Updated {
+                        device_id,
+                        changes,
+                        by,
+                        at,
+                    }) => {
+                        if let (Some(status), Some(device)) =
+                            (changes.status, registry.get(&device_id))
+                        {
+                            let device = Arc::new(Device {
+                                status,
+                                ..(*device).clone()
+                            });
+                            publish(LiveMessage::status(device, at, Some(&by.name), pos(0)));
+                        }
+                    }
+                    _ => {}
                 }
             } else if *topic == topics.alert_replies {
                 if let Ok(r) = serde_json::from_slice::<ioc_contract::AlertReply>(payload) {
@@ -855,6 +919,31 @@ mod tests {
             metric: metric.map(str::to_string),
             raw_base64: String::new(),
         }
+    }
+
+    #[test]
+    fn a_status_message_carries_its_device_so_a_kind_filter_needs_no_registry() {
+        let device = Arc::new(Device {
+            device_id: "ww-1".into(),
+            kind: "wastewater".into(),
+            status: ioc_contract::DeviceStatus::Maintenance,
+            ..Default::default()
+        });
+        let m = LiveMessage::status(device, 1_796_086_800_000, Some("lan"), Pos(0, 7, 0));
+        let v: serde_json::Value = serde_json::from_str(m.json.as_str()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"stream": "status", "pos": [0, 7, 0], "data": {
+                "device_id": "ww-1", "kind": "wastewater", "status": "maintenance",
+                "at": "2026-12-01T01:00:00.000Z", "by": "lan"}})
+        );
+        assert_eq!(m.key.as_deref(), Some("status"), "the latest per device");
+        let kinds = |k: &str| Filter {
+            kinds: Some([k.to_string()].into()),
+            ..Filter::default()
+        };
+        assert!(kinds("wastewater").matches(&m));
+        assert!(!kinds("air_quality").matches(&m));
     }
 
     #[test]

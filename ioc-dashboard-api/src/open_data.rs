@@ -52,7 +52,7 @@ impl OpenLimiter {
 }
 
 /// Checks the switch and the client's rate.
-fn gate(state: &AppState, addr: SocketAddr) -> ApiResult<()> {
+pub(crate) fn gate(state: &AppState, addr: SocketAddr) -> ApiResult<()> {
     let open = &state.config.open_data;
     if !open.enabled {
         return Err(ApiFailure::new(
@@ -76,12 +76,17 @@ fn gate(state: &AppState, addr: SocketAddr) -> ApiResult<()> {
     Ok(())
 }
 
+/// Whether a device's data is open: a station's.
+pub(crate) fn is_open_station(d: &ioc_contract::Device) -> bool {
+    OPEN_KINDS.contains(&d.kind.as_str())
+}
+
 fn open_stations(state: &AppState) -> Vec<std::sync::Arc<ioc_contract::Device>> {
     state
         .registry
         .list()
         .into_iter()
-        .filter(|d| OPEN_KINDS.contains(&d.kind.as_str()))
+        .filter(|d| is_open_station(d))
         .collect()
 }
 
@@ -104,12 +109,15 @@ pub(crate) async fn stations(
 }
 
 fn list(name: &str, rows: Vec<serde_json::Value>, csv: bool) -> Response {
-    let mut response = if csv {
+    cors(if csv {
         crate::csv::response(name, &rows)
     } else {
         Json(json!({ name: rows })).into_response()
-    };
-    // Anyone's portal may show it.
+    })
+}
+
+/// Anyone's portal may show it.
+pub(crate) fn cors(mut response: Response) -> Response {
     response.headers_mut().insert(
         header::ACCESS_CONTROL_ALLOW_ORIGIN,
         "*".parse().expect("static header"),
@@ -121,18 +129,6 @@ fn list(name: &str, rows: Vec<serde_json::Value>, csv: bool) -> Response {
 /// (default) or `1d`, and only open stations.
 fn open_filter(state: &AppState, q: &HashMap<String, String>) -> ApiResult<HistoryFilter> {
     let bad = |m: String| ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", m);
-    let known = [
-        "device_id",
-        "metric",
-        "from",
-        "to",
-        "limit",
-        "resolution",
-        "commune",
-        "bbox",
-        "format",
-    ];
-    params::known(q, &known)?;
     let resolution = match q.get("resolution").map(String::as_str) {
         None | Some("1h") => Resolution::Hour,
         Some("1d") => Resolution::Day,

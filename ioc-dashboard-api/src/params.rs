@@ -1,4 +1,5 @@
-//! Query parameters the routes share: unknown ones refused, `bbox`, and `format`.
+//! Query parameters the routes share: `bbox` and `format`. (Unknown ones are refused before a
+//! handler runs, by the guard of the route's op: [`crate::openapi`].)
 
 use std::collections::HashMap;
 
@@ -10,23 +11,17 @@ fn bad(message: String) -> ApiFailure {
     ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
-/// Refuses a parameter the route does not take (a typo would otherwise be silently ignored).
-pub fn known(q: &HashMap<String, String>, known: &[&str]) -> ApiResult<()> {
-    match q.keys().find(|k| !known.contains(&k.as_str())) {
-        None => Ok(()),
-        Some(k) => Err(bad(format!(
-            "unknown parameter {k:?}: this route takes {}",
-            known.join(", ")
-        ))),
-    }
-}
-
 /// `bbox=south,west,north,east` in degrees.
 pub fn bbox(q: &HashMap<String, String>) -> ApiResult<Option<[f64; 4]>> {
     let Some(b) = q.get("bbox") else {
         return Ok(None);
     };
-    let parts: Vec<f64> = b.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+    // Every part a number: "1,2,x,3,4" is not a box with a typo dropped.
+    let parts: Vec<f64> = b
+        .split(',')
+        .map(|x| x.trim().parse().ok())
+        .collect::<Option<Vec<f64>>>()
+        .unwrap_or_default();
     match parts[..] {
         [south, west, north, east]
             if parts.iter().all(|x| x.is_finite()) && south < north && west < east =>

@@ -1,65 +1,645 @@
-//! The router: every route and the resource module that answers it, plus the open routes
-//! (`/`, `/healthz`, `/metrics`).
+//! The router: every route, the resource module that answers it, and its [`Op`] (who may call
+//! it, what it takes and answers), from which `/api/v1/openapi.json` is generated. The open
+//! routes (`/`, `/healthz`, `/metrics`) are here too.
 
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use ioc_contract::{DEVICE_KINDS, DEVICE_STATUSES};
 use serde_json::json;
 
+use crate::auth::Permission::{
+    ActOnAlerts, Administer, ManageDevices, ReadEvents, ReadEvidence, ReadTelemetry,
+};
 use crate::error::not_found;
+use crate::openapi::{schema, Kind, Op, Param, Reply, Routes};
 use crate::AppState;
-use crate::{access, accounts, alerts, commissioning, devices, history, open_data, replay, socket};
+use crate::{
+    access, accounts, alerts, commissioning, devices, fiware, history, open_data, replay, socket,
+};
+
+const ID: Param = Param::path("id", Kind::DeviceId, "the device's id");
+const DEVICE_ID: Param = Param::query("device_id", Kind::DeviceId, "one device");
+const METRIC: Param = Param::query("metric", Kind::Text, "one metric, e.g. pm25");
+const FROM: Param = Param::query(
+    "from",
+    Kind::Time,
+    "start (inclusive): RFC 3339 with an offset, or epoch milliseconds",
+);
+const TO: Param = Param::query(
+    "to",
+    Kind::Time,
+    "end (exclusive): RFC 3339 with an offset, or epoch milliseconds; default now",
+);
+const LIMIT: Param = Param::query("limit", Kind::Limit, "at most this many rows");
+const COMMUNE: Param = Param::query("commune", Kind::Text, "the devices of one commune or ward");
+const BBOX: Param = Param::query(
+    "bbox",
+    Kind::Bbox,
+    "the devices in south,west,north,east (degrees; south < north, west < east)",
+);
+const FORMAT: Param = Param::query(
+    "format",
+    Kind::OneOf(&["json", "csv"]),
+    "json (default) or csv; `Accept: text/csv` asks for CSV too",
+);
+const POINTS: Param = Param::query(
+    "points",
+    Kind::Int {
+        min: 1,
+        max: history::MAX_POINTS as i64,
+    },
+    "downsampled: per series at most this many buckets of min, max and mean",
+);
+const HOURLY_OR_DAILY: Param = Param::query(
+    "resolution",
+    Kind::OneOf(&["1h", "1d"]),
+    "hourly (default) or daily",
+);
+const ALERT: Param = Param::path("id", Kind::Text, "the alert's id");
+
+const ANY_RESOLUTION: Param = Param::query(
+    "resolution",
+    Kind::OneOf(&["1m", "5m", "1h", "1d"]),
+    "the windows' width (default 1h)",
+);
+
+/// FIWARE entities in keyValues form: a JSON array.
+fn entities() -> serde_json::Value {
+    json!({"type": "array", "items": schema::object(&[
+        ("id", schema::string()),
+        ("type", schema::string()),
+    ])})
+}
+
+fn with_alert() -> serde_json::Value {
+    schema::object(&[("alert", schema::alert())])
+}
+
+fn pending() -> serde_json::Value {
+    schema::object(&[
+        ("request_id", schema::string()),
+        ("message", schema::string()),
+    ])
+}
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(index))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route(
-            "/api/v1/devices",
-            get(devices::list_devices).post(devices::register_device),
+    let history = [DEVICE_ID, METRIC, FROM, TO, LIMIT, COMMUNE, BBOX, FORMAT];
+    let routes = Routes::new(state.clone())
+        .add(
+            Op::get("/", "index", "The live page").reply(200, Reply::Html),
+            index,
         )
-        .route(
-            "/api/v1/devices/{id}",
-            get(devices::get_device).patch(devices::update_device),
+        .add(
+            Op::get(
+                "/healthz",
+                "health",
+                "Whether the API is up, and its registry's size",
+            )
+            .reply(
+                200,
+                Reply::Json(|| schema::object(&[("status", schema::string())])),
+            ),
+            healthz,
         )
-        .route("/api/v1/devices/{id}/replay", post(replay::replay))
-        .route(
-            "/api/v1/devices/{id}/credentials",
-            post(accounts::rotate).delete(accounts::delete),
+        .add(
+            Op::get("/metrics", "metrics", "Prometheus metrics").reply(200, Reply::Prometheus),
+            metrics,
         )
-        .route(
-            "/api/v1/devices/{id}/commissioning",
-            get(commissioning::commissioning),
+        // Devices.
+        .add(
+            Op::get("/api/v1/devices", "listDevices", "The registered devices")
+                .token(ReadTelemetry)
+                .params(&[
+                    Param::query("kind", Kind::OneOf(&DEVICE_KINDS), "one kind"),
+                    COMMUNE,
+                    Param::query("status", Kind::OneOf(&DEVICE_STATUSES), "one status"),
+                    Param::query("online", Kind::Bool, "seen within 3 expected intervals"),
+                    BBOX,
+                ])
+                .reply(
+                    200,
+                    Reply::Json(|| schema::list("devices", schema::device())),
+                ),
+            devices::list_devices,
         )
-        .route("/api/v1/devices/{id}/live", get(socket::device_live))
-        .route("/api/v1/map", get(devices::map))
-        .route("/api/v1/readings", get(history::readings))
-        .route("/api/v1/aggregates", get(history::aggregates))
-        .route("/api/v1/alerts", get(alerts::list))
-        .route("/api/v1/alerts/{id}", get(alerts::get_one))
-        .route("/api/v1/alerts/{id}/ack", post(alerts::acknowledge))
-        .route("/api/v1/alerts/{id}/resolve", post(alerts::resolve))
-        .route("/api/v1/rules", get(alerts::rules))
-        .route("/api/v1/rules/reload", post(alerts::reload_rules))
-        .route("/api/v1/aqi", get(history::aqi))
-        .route("/api/v1/exceedances", get(history::exceedances))
-        .route("/api/v1/annual", get(history::annual))
-        .route("/api/v1/ws", get(socket::websocket))
-        .route(
-            "/api/v1/tokens",
-            get(access::list_tokens).post(access::issue_token),
+        .add(
+            Op::post("/api/v1/devices", "registerDevice", "Register a device")
+                .token(ManageDevices)
+                .body(schema::registration, true)
+                .reply(201, Reply::Json(schema::device))
+                .errors(&[409, 422]),
+            devices::register_device,
         )
-        .route("/api/v1/tokens/{id}", delete(access::revoke_token))
-        .route("/api/v1/audit", get(access::audit))
-        .route("/api/v1/events", get(access::events))
-        .route("/api/v1/evidence", get(access::evidence))
-        .route("/open/v1/stations", get(open_data::stations))
-        .route("/open/v1/aggregates", get(open_data::aggregates))
-        .route("/open/v1/aqi", get(open_data::aqi))
+        .add(
+            Op::get("/api/v1/devices/{id}", "getDevice", "One device")
+                .token(ReadTelemetry)
+                .params(&[ID])
+                .reply(200, Reply::Json(schema::device)),
+            devices::get_device,
+        )
+        .add(
+            Op::patch(
+                "/api/v1/devices/{id}",
+                "updateDevice",
+                "Change a device's details",
+            )
+            .token(ManageDevices)
+            .params(&[ID])
+            .body(schema::device_changes, true)
+            .reply(200, Reply::Json(schema::device))
+            .errors(&[409, 422]),
+            devices::update_device,
+        )
+        .add(
+            Op::post(
+                "/api/v1/devices/{id}/replay",
+                "replayDevice",
+                "Process again the dead letters of a device not registered when they came",
+            )
+            .token(ManageDevices)
+            .params(&[ID])
+            .reply(
+                200,
+                Reply::Json(|| {
+                    schema::object(&[
+                        ("device_id", schema::string()),
+                        ("messages", schema::integer()),
+                        ("readings", schema::integer()),
+                    ])
+                }),
+            ),
+            replay::replay,
+        )
+        .add(
+            Op::post(
+                "/api/v1/devices/{id}/credentials",
+                "rotateCredentials",
+                "Give a device a new MQTT password (shown once)",
+            )
+            .token(ManageDevices)
+            .params(&[ID])
+            .reply(
+                201,
+                Reply::Json(|| {
+                    schema::object(&[("device_id", schema::string()), ("mqtt", schema::account())])
+                }),
+            )
+            .errors(&[409]),
+            accounts::rotate,
+        )
+        .add(
+            Op::delete(
+                "/api/v1/devices/{id}/credentials",
+                "deleteCredentials",
+                "Remove a device's MQTT account",
+            )
+            .token(ManageDevices)
+            .params(&[ID])
+            .reply(204, Reply::Empty)
+            .errors(&[409]),
+            accounts::delete,
+        )
+        .add(
+            Op::get(
+                "/api/v1/devices/{id}/commissioning",
+                "commissioning",
+                "A device's commissioning checklist",
+            )
+            .token(ReadTelemetry)
+            .params(&[ID])
+            .reply(200, Reply::Json(schema::any_object)),
+            commissioning::commissioning,
+        )
+        .add(
+            Op::get(
+                "/api/v1/devices/{id}/live",
+                "deviceLive",
+                "Websocket: a device's checklist, then what ingest makes of its messages",
+            )
+            .socket(ReadTelemetry)
+            .params(&[ID]),
+            socket::device_live,
+        )
+        .add(
+            Op::get(
+                "/api/v1/map",
+                "map",
+                "The whole fleet for a map: positions, latest values, hourly AQI, open alerts",
+            )
+            .token(ReadTelemetry)
+            .params(&[
+                Param::query("kind", Kind::OneOf(&DEVICE_KINDS), "one kind"),
+                COMMUNE,
+                Param::query("status", Kind::OneOf(&DEVICE_STATUSES), "one status"),
+                Param::query("online", Kind::Bool, "seen within 3 expected intervals"),
+                BBOX,
+            ])
+            .reply(
+                200,
+                Reply::Json(|| {
+                    schema::object(&[
+                        (
+                            "fields",
+                            json!({"type": "array", "items": {"type": "string"}}),
+                        ),
+                        (
+                            "devices",
+                            json!({"type": "array", "items": {"type": "array"}}),
+                        ),
+                    ])
+                }),
+            ),
+            devices::map,
+        )
+        // History.
+        .add(
+            Op::get(
+                "/api/v1/readings",
+                "readings",
+                "Raw readings, or downsampled",
+            )
+            .token(ReadTelemetry)
+            .params(&history)
+            .params(&[POINTS])
+            .reply(200, Reply::JsonOrCsv(schema::readings)),
+            history::readings,
+        )
+        .add(
+            Op::get(
+                "/api/v1/aggregates",
+                "aggregates",
+                "Windows of a resolution, or downsampled",
+            )
+            .token(ReadTelemetry)
+            .params(&history)
+            .params(&[
+                POINTS,
+                Param::query(
+                    "resolution",
+                    Kind::OneOf(&["1m", "5m", "1h", "1d"]),
+                    "the windows' width (default 1m)",
+                ),
+            ])
+            .reply(200, Reply::JsonOrCsv(schema::aggregates)),
+            history::aggregates,
+        )
+        .add(
+            Op::get("/api/v1/aqi", "aqi", "Hourly or daily VN_AQI")
+                .token(ReadTelemetry)
+                .params(&[
+                    DEVICE_ID,
+                    FROM,
+                    TO,
+                    LIMIT,
+                    HOURLY_OR_DAILY,
+                    COMMUNE,
+                    BBOX,
+                    FORMAT,
+                ])
+                .reply(200, Reply::JsonOrCsv(|| schema::list("aqi", schema::aqi()))),
+            history::aqi,
+        )
+        .add(
+            Op::get("/api/v1/exceedances", "exceedances", "QCVN exceedances")
+                .token(ReadTelemetry)
+                .params(&history)
+                .params(&[Param::query("regulation", Kind::Text, "one regulation")])
+                .reply(
+                    200,
+                    Reply::JsonOrCsv(|| schema::list("exceedances", schema::exceedance())),
+                ),
+            history::exceedances,
+        )
+        .add(
+            Op::get(
+                "/api/v1/annual",
+                "annual",
+                "A station's calendar-year means against QCVN 05",
+            )
+            .token(ReadTelemetry)
+            .params(&[
+                DEVICE_ID.required(),
+                Param::query(
+                    "year",
+                    Kind::Int {
+                        min: 2000,
+                        max: 2100,
+                    },
+                    "the calendar year",
+                )
+                .required(),
+            ])
+            .reply(
+                200,
+                Reply::Json(|| {
+                    schema::object(&[
+                        ("device_id", schema::string()),
+                        ("year", schema::integer()),
+                        ("means", json!({"type": "array"})),
+                    ])
+                }),
+            )
+            .errors(&[404]),
+            history::annual,
+        )
+        .add(
+            Op::get(
+                "/api/v1/fiware",
+                "fiware",
+                "FIWARE Smart Data Models entities (keyValues): observations per window, devices",
+            )
+            .token(ReadTelemetry)
+            .params(&[
+                Param::query("type", Kind::OneOf(&fiware::TYPES), "the entity type").required(),
+                DEVICE_ID,
+                FROM,
+                TO,
+                LIMIT,
+                ANY_RESOLUTION,
+                COMMUNE,
+                BBOX,
+            ])
+            .reply(200, Reply::Json(entities)),
+            fiware::api,
+        )
+        // Alerts and rules.
+        .add(
+            Op::get("/api/v1/alerts", "listAlerts", "Alerts, newest first")
+                .token(ReadTelemetry)
+                .params(&[
+                    Param::query(
+                        "state",
+                        Kind::ListOf(&["firing", "acknowledged", "resolved"]),
+                        "comma-separated states",
+                    ),
+                    Param::query(
+                        "severity",
+                        Kind::ListOf(&ioc_config::RULE_SEVERITIES),
+                        "comma-separated severities",
+                    ),
+                    Param::query(
+                        "category",
+                        Kind::ListOf(&ioc_config::RULE_CATEGORIES),
+                        "comma-separated categories",
+                    ),
+                    Param::query("rule", Kind::Text, "comma-separated rule names"),
+                    DEVICE_ID,
+                    Param::query("commune", Kind::Text, "comma-separated communes"),
+                    FROM,
+                    TO,
+                    LIMIT,
+                ])
+                .reply(200, Reply::Json(|| schema::list("alerts", schema::alert()))),
+            alerts::list,
+        )
+        .add(
+            Op::get(
+                "/api/v1/alerts/{id}",
+                "getAlert",
+                "One alert with its transitions and notifications",
+            )
+            .token(ReadTelemetry)
+            .params(&[ALERT])
+            .reply(200, Reply::Json(with_alert)),
+            alerts::get_one,
+        )
+        .add(
+            Op::post(
+                "/api/v1/alerts/{id}/ack",
+                "acknowledgeAlert",
+                "Acknowledge an alert (mutes its re-notification)",
+            )
+            .token(ActOnAlerts)
+            .params(&[ALERT])
+            .body(schema::comment, false)
+            .reply(200, Reply::Json(with_alert))
+            .reply(202, Reply::Json(pending))
+            .errors(&[409]),
+            alerts::acknowledge,
+        )
+        .add(
+            Op::post(
+                "/api/v1/alerts/{id}/resolve",
+                "resolveAlert",
+                "Resolve an alert by hand, with a comment saying why",
+            )
+            .token(ActOnAlerts)
+            .params(&[ALERT])
+            .body(schema::comment, true)
+            .reply(200, Reply::Json(with_alert))
+            .reply(202, Reply::Json(pending))
+            .errors(&[409]),
+            alerts::resolve,
+        )
+        .add(
+            Op::get(
+                "/api/v1/rules",
+                "listRules",
+                "The alert rules in force and their open alerts",
+            )
+            .token(ReadTelemetry)
+            .reply(
+                200,
+                Reply::Json(|| {
+                    schema::object(&[
+                        ("version", schema::string()),
+                        ("rules", json!({"type": "array"})),
+                    ])
+                }),
+            ),
+            alerts::rules,
+        )
+        .add(
+            Op::post(
+                "/api/v1/rules/reload",
+                "reloadRules",
+                "Reload the rules from configuration",
+            )
+            .token(Administer)
+            .reply(
+                200,
+                Reply::Json(|| {
+                    schema::object(&[("version", schema::string()), ("rules", schema::integer())])
+                }),
+            )
+            .reply(202, Reply::Json(pending))
+            .errors(&[422]),
+            alerts::reload_rules,
+        )
+        // Live.
+        .add(
+            Op::get(
+                "/api/v1/ws",
+                "websocket",
+                "Websocket: snapshots, live streams and resume (README: Live websocket)",
+            )
+            .socket(ReadTelemetry),
+            socket::websocket,
+        )
+        // Access.
+        .add(
+            Op::get("/api/v1/tokens", "listTokens", "The tokens in force")
+                .token(Administer)
+                .reply(200, Reply::Json(|| schema::list("tokens", schema::token()))),
+            access::list_tokens,
+        )
+        .add(
+            Op::post(
+                "/api/v1/tokens",
+                "issueToken",
+                "Issue a token (its secret shown once)",
+            )
+            .token(Administer)
+            .body(schema::token_request, true)
+            .reply(201, Reply::Json(schema::token))
+            .errors(&[422]),
+            access::issue_token,
+        )
+        .add(
+            Op::delete("/api/v1/tokens/{id}", "revokeToken", "Revoke a token")
+                .token(Administer)
+                .params(&[Param::path("id", Kind::Text, "the token's id")])
+                .reply(
+                    200,
+                    Reply::Json(|| schema::object(&[("token_id", schema::string())])),
+                ),
+            access::revoke_token,
+        )
+        .add(
+            Op::get("/api/v1/audit", "audit", "The audit log, newest first")
+                .token(Administer)
+                .params(&[
+                    DEVICE_ID,
+                    Param::query("action", Kind::Text, "one action, e.g. device.registered"),
+                    FROM,
+                    TO,
+                    LIMIT,
+                ])
+                .reply(
+                    200,
+                    Reply::Json(|| {
+                        schema::object(&[
+                            (
+                                "entries",
+                                json!({"type": "array", "items": schema::audit_entry()}),
+                            ),
+                            ("truncated", schema::boolean()),
+                        ])
+                    }),
+                ),
+            access::audit,
+        )
+        .add(
+            Op::get(
+                "/api/v1/events",
+                "events",
+                "Camera events with plate pseudonyms (personal data: each read is audited)",
+            )
+            .token(ReadEvents)
+            .params(&[DEVICE_ID, FROM, TO, LIMIT])
+            .reply(200, Reply::Json(|| schema::list("events", schema::event()))),
+            access::events,
+        )
+        .add(
+            Op::get(
+                "/api/v1/evidence",
+                "evidence",
+                "Camera evidence with plates in the clear (personal data: each read is audited)",
+            )
+            .token(ReadEvidence)
+            .params(&[DEVICE_ID, FROM, TO, LIMIT])
+            .reply(
+                200,
+                Reply::Json(|| schema::list("evidence", schema::event())),
+            ),
+            access::evidence,
+        )
+        // Open data: no token.
+        .add(
+            Op::get(
+                "/open/v1/stations",
+                "openStations",
+                "Open data: the air and wastewater stations",
+            )
+            .params(&[FORMAT])
+            .reply(
+                200,
+                Reply::JsonOrCsv(|| schema::list("stations", schema::station())),
+            )
+            .errors(&[404, 429]),
+            open_data::stations,
+        )
+        .add(
+            Op::get(
+                "/open/v1/aggregates",
+                "openAggregates",
+                "Open data: the stations' hourly or daily means",
+            )
+            .params(&[
+                DEVICE_ID,
+                METRIC,
+                FROM,
+                TO,
+                LIMIT,
+                HOURLY_OR_DAILY,
+                COMMUNE,
+                BBOX,
+                FORMAT,
+            ])
+            .reply(
+                200,
+                Reply::JsonOrCsv(|| schema::list("aggregates", schema::aggregate())),
+            )
+            .errors(&[404, 429]),
+            open_data::aggregates,
+        )
+        .add(
+            Op::get(
+                "/open/v1/aqi",
+                "openAqi",
+                "Open data: the stations' hourly or daily VN_AQI",
+            )
+            .params(&[
+                DEVICE_ID,
+                FROM,
+                TO,
+                LIMIT,
+                HOURLY_OR_DAILY,
+                COMMUNE,
+                BBOX,
+                FORMAT,
+            ])
+            .reply(200, Reply::JsonOrCsv(|| schema::list("aqi", schema::aqi())))
+            .errors(&[404, 429]),
+            open_data::aqi,
+        )
+        .add(
+            Op::get(
+                "/open/v1/fiware",
+                "openFiware",
+                "Open data: the stations as FIWARE Smart Data Models entities (keyValues)",
+            )
+            .params(&[
+                Param::query("type", Kind::OneOf(&fiware::OPEN_TYPES), "the entity type")
+                    .required(),
+                DEVICE_ID,
+                FROM,
+                TO,
+                LIMIT,
+                ANY_RESOLUTION,
+                COMMUNE,
+                BBOX,
+            ])
+            .reply(200, Reply::Json(entities))
+            .errors(&[404, 429]),
+            fiware::open,
+        );
+    routes
+        .finish()
         .fallback(not_found)
+        .layer(axum::middleware::map_response(crate::openapi::json_errors))
         .with_state(state)
 }
 

@@ -3,7 +3,8 @@
 //! simulator runs, probe devices publish readings stamped with the time they are sent; clients
 //! with mixed filters on one `ioc api` measure each probe reading's latency from that stamp,
 //! and the same clients on a bare tokio-tungstenite broadcast of the same readings topic (no
-//! filters, no protocol) give the reference, in the same run.
+//! filters, no protocol) give the reference, in the same run. First, one client beside
+//! `IOC_BENCH_STALLED` (50) clients that never read shows that a stalled client slows no one.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -273,7 +274,28 @@ async fn websocket_fan_out() -> Result<()> {
     let all = vec![mixed[0].clone()];
     let api_pid = api.child.id();
     let rss_before = rss_mb(api_pid);
-    let mut rows = Vec::new();
+    // A fast client beside stalled ones (subscribed to everything, never reading: their
+    // socket buffers fill, then their queues overflow): it must see what a lone client sees.
+    let stalled_n: usize = std::env::var("IOC_BENCH_STALLED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let mut stalled = Vec::new();
+    for _ in 0..stalled_n {
+        let (mut ws, _) = tokio_tungstenite::connect_async(api_url.as_str()).await?;
+        ws.send(Message::Text(all[0].clone().into())).await?;
+        stalled.push(ws);
+    }
+    eprintln!("phase: ioc api, 1 client beside {stalled_n} stalled");
+    let seen = phase(&api_url, 1, &all).await?;
+    let (rate, p50, p99, growth) = summarize(&seen);
+    let beside_stalled = format!(
+        "| ioc api, 1 client beside {stalled_n} stalled | 1 | {rate:.0} | {p50} | {p99} | {growth} | {:.0} |",
+        rss_mb(api_pid)
+    );
+    drop(stalled);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut rows = vec![beside_stalled];
     for (name, url, n, requests) in [
         ("ioc api, 1 client", &api_url, 1, &all),
         ("bare broadcast, 1 client", &bare_url, 1, &Vec::new()),

@@ -287,6 +287,37 @@ async fn two_api_instances_give_the_same_positions_and_a_client_resumes_on_the_o
         "{text}"
     );
     assert_eq!(lines.count(), 31, "one line per stored reading: {text}");
+    // Device status: a snapshot of the registry, then each change, live, filtered by kind.
+    let mut watch = connect(second).await?;
+    let subscribe = json!({"op": "subscribe", "stream": "status", "kinds": ["air_quality"]});
+    watch
+        .send(Message::Text(subscribe.to_string().into()))
+        .await?;
+    let subscribed = expect(&mut watch, "subscribed").await?;
+    let snapshot = subscribed["snapshot"].as_array().context("snapshot")?;
+    let mine: Vec<&Value> = snapshot
+        .iter()
+        .filter(|f| f["data"]["device_id"] == "aq-live")
+        .collect();
+    assert_eq!(mine.len(), 1, "{subscribed}");
+    assert_ne!(mine[0]["data"]["status"], "maintenance", "{subscribed}");
+    let (status, body) = crate::access::call(
+        &env.http,
+        &env.api(""),
+        reqwest::Method::PATCH,
+        "/api/v1/devices/aq-live",
+        TOKEN,
+        Some(json!({"status": "maintenance"})),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    let changed = expect(&mut watch, "data").await?;
+    assert_eq!(changed["stream"], "status", "{changed}");
+    assert_eq!(
+        (&changed["data"]["device_id"], &changed["data"]["status"]),
+        (&json!("aq-live"), &json!("maintenance")),
+        "{changed}"
+    );
     // Open data: no token, stations only, CSV too, and rate limited per address.
     let open = env.http.get(env.api("/open/v1/stations")).send().await?;
     assert_eq!(open.status(), 200);
