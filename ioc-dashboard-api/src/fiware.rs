@@ -12,9 +12,9 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ioc_contract::time::{format_ms, now_ms, parse_param_ms};
+use ioc_contract::time::format_ms;
 use ioc_contract::{Aggregate, Device, Resolution};
-use ioc_history::{AggregateRow, AqiRow, HistoryFilter};
+use ioc_history::{AggregateRow, AqiRow};
 use serde_json::{json, Map, Value};
 
 use crate::error::{ApiFailure, ApiResult};
@@ -269,19 +269,7 @@ async fn entities(
         Some(r) => Resolution::parse(r)
             .ok_or_else(|| bad(format!("resolution {r:?} is not one of 1m, 5m, 1h, 1d")))?,
     };
-    let mut q = q.clone();
-    q.remove("type");
-    q.remove("resolution");
-    if !q.contains_key("from") {
-        let span = if resolution == Resolution::Day { 31 } else { 1 } * 86_400_000;
-        let to = q
-            .get("to")
-            .and_then(|t| parse_param_ms(t))
-            .unwrap_or_else(|| now_ms() + 1);
-        q.insert("from".into(), (to - span).to_string());
-    }
-    let mut filter: HistoryFilter = crate::history::history_filter(state, &q)?;
-    filter.resolution = resolution;
+    let mut filter = crate::history::windows_filter(state, q, resolution)?;
     let kind = kind_of(entity_type);
     let devices: HashMap<String, std::sync::Arc<Device>> = state
         .registry

@@ -75,6 +75,30 @@ pub(crate) fn history_filter(
     })
 }
 
+/// The filter of a query on windows of `resolution`, as [`history_filter`] reads it, but with
+/// the range defaulting to the last day (the last 31 days for daily windows).
+pub(crate) fn windows_filter(
+    state: &AppState,
+    q: &HashMap<String, String>,
+    resolution: Resolution,
+) -> ApiResult<HistoryFilter> {
+    let mut q = q.clone();
+    q.remove("resolution");
+    if !q.contains_key("from") {
+        let days = if resolution == Resolution::Day { 31 } else { 1 };
+        // A `to` that does not parse is history_filter's to refuse.
+        let to = q
+            .get("to")
+            .and_then(|t| parse_param_ms(t))
+            .unwrap_or_else(|| now_ms() + 1);
+        q.insert("from".into(), (to - days * 86_400_000).to_string());
+    }
+    Ok(HistoryFilter {
+        resolution,
+        ..history_filter(state, &q)?
+    })
+}
+
 /// The devices of the area a query names by `commune` and/or `bbox` (`south,west,north,east`),
 /// as the registry has them now; `None` when it names none.
 fn area(state: &AppState, q: &HashMap<String, String>) -> ApiResult<Option<Vec<String>>> {
@@ -333,26 +357,7 @@ pub(crate) async fn aqi(
             ))
         }
     };
-    let mut q = q;
-    if !q.contains_key("from") {
-        let to = match q.get("to") {
-            Some(t) => parse_param_ms(t),
-            None => Some(now_ms() + 1),
-        };
-        if let Some(to) = to {
-            let span = if resolution == Resolution::Day {
-                31 * 86_400_000
-            } else {
-                86_400_000
-            };
-            q.insert("from".into(), (to - span).to_string());
-        }
-    }
-    q.remove("resolution");
-    let filter = HistoryFilter {
-        resolution,
-        ..history_filter(&state, &q)?
-    };
+    let filter = windows_filter(&state, &q, resolution)?;
     let rows = state
         .history
         .query::<AqiRow>(&filter)

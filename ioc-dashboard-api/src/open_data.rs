@@ -138,19 +138,7 @@ fn open_filter(state: &AppState, q: &HashMap<String, String>) -> ApiResult<Histo
             )))
         }
     };
-    let mut q = q.clone();
-    q.remove("resolution");
-    q.remove("format");
-    if !q.contains_key("from") {
-        let span = if resolution == Resolution::Day { 31 } else { 1 } * 86_400_000;
-        let to = q
-            .get("to")
-            .and_then(|t| ioc_contract::time::parse_param_ms(t))
-            .unwrap_or_else(|| now_ms() + 1);
-        q.insert("from".into(), (to - span).to_string());
-    }
-    let mut filter = crate::history::history_filter(state, &q)?;
-    filter.resolution = resolution;
+    let mut filter = crate::history::windows_filter(state, q, resolution)?;
     let stations: Vec<String> = open_stations(state)
         .iter()
         .map(|d| d.device_id.clone())
