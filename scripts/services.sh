@@ -40,8 +40,8 @@ if [ ! -x "$TANSU" ]; then
     cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore --root "$TANSU_ROOT" >&2
 fi
 
-if [ ! -d tests/browser/node_modules/playwright-core ]; then
-  log "installing playwright-core for the browser test (npm ci; it never downloads a browser)"
+if [ ! -d tests/browser/node_modules/playwright-core ] || [ ! -d tests/browser/node_modules/axe-core ]; then
+  log "installing playwright-core and axe-core for the browser test (npm ci; it never downloads a browser)"
   npm ci --prefix tests/browser --silent --no-audit --no-fund >&2
 fi
 

@@ -457,6 +457,8 @@ pub struct ApiConfig {
     pub service_area: [f64; 4],
     /// How devices get MQTT accounts in the distributed mode.
     pub device_accounts: DeviceAccounts,
+    /// The dashboard map's base tiles (`{z}`, `{x}`, `{y}` in an http(s) URL), or empty: none.
+    pub tile_url: String,
     /// The API's own broker account: it follows the broker's log and, with `dynsec`, manages
     /// device accounts, so on Mosquitto it is a dynamic-security admin.
     pub mqtt_username: String,
@@ -540,6 +542,12 @@ pub enum DeviceAccounts {
 }
 
 impl ApiConfig {
+    /// The origin (`https://host:port`) of [`ApiConfig::tile_url`], the one outside address the
+    /// dashboard may load from; `None` without tiles.
+    pub fn tile_origin(&self) -> Option<String> {
+        tile_origin(&self.tile_url)
+    }
+
     /// Whether `(lat, lon)` lies in [`ApiConfig::service_area`].
     pub fn in_service_area(&self, lat: f64, lon: f64) -> bool {
         let [south, west, north, east] = self.service_area;
@@ -1254,6 +1262,15 @@ pub fn validate(c: &Config) -> Vec<Problem> {
             "must be [south, west, north, east] in degrees, south < north and west < east".into(),
         );
     }
+    if !c.api.tile_url.is_empty() && tile_origin(&c.api.tile_url).is_none() {
+        bad(
+            "api.tile_url",
+            format!(
+                "{:?} must be an http(s) URL with {{z}}, {{x}} and {{y}}, e.g. \"https://tiles.example.vn/{{z}}/{{x}}/{{y}}.png\", or empty for no tiles",
+                c.api.tile_url
+            ),
+        );
+    }
     if c.api.query_limit == 0 {
         bad("api.query_limit", "must be at least 1".into());
     }
@@ -1305,9 +1322,45 @@ pub fn validate(c: &Config) -> Vec<Problem> {
     p
 }
 
+/// The origin of a tile URL template, if it is an http(s) URL naming `{z}`, `{x}` and `{y}`
+/// whose host has only the characters a host may have.
+fn tile_origin(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    if !matches!(scheme, "http" | "https") || !["{z}", "{x}", "{y}"].iter().all(|p| url.contains(p))
+    {
+        return None;
+    }
+    let host = rest.split('/').next()?;
+    let ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    ok.then(|| format!("{scheme}://{host}"))
+}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tile_url_names_its_origin_or_is_refused() {
+        assert_eq!(
+            tile_origin("https://tiles.daklak.gov.vn/{z}/{x}/{y}.png").as_deref(),
+            Some("https://tiles.daklak.gov.vn")
+        );
+        assert_eq!(
+            tile_origin("http://10.0.0.5:8081/osm/{z}/{x}/{y}.png").as_deref(),
+            Some("http://10.0.0.5:8081")
+        );
+        for bad in [
+            "tiles/{z}/{x}/{y}",
+            "ftp://h/{z}/{x}/{y}",
+            "https://h/{z}/{x}.png",
+            "https://h;x/{z}/{x}/{y}",
+            "https:///{z}/{x}/{y}",
+        ] {
+            assert_eq!(tile_origin(bad), None, "{bad}");
+        }
+    }
 
     fn no_env() -> Vec<(String, String)> {
         Vec::new()

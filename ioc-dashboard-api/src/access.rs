@@ -106,6 +106,22 @@ pub async fn issue_token(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// `GET /api/v1/me`: the caller, and the dashboard view its role opens on.
+pub async fn me(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    let actor = authorize(&state, bearer(&headers), Permission::ReadTelemetry)?;
+    let view = match actor.role {
+        Role::Environment => "environment",
+        Role::Installer => "installer",
+        _ => "operator",
+    };
+    Ok(Json(
+        json!({ "name": actor.name, "role": actor.role.as_str(), "view": view }),
+    ))
+}
+
 pub async fn list_tokens(
     State(state): State<AppState>,
     headers: HeaderMap,

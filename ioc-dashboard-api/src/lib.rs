@@ -1,5 +1,6 @@
 //! `ioc api`: the IOC dashboards' HTTP and websocket API on one port.
 //!
+//! - [`assets`]: the dashboard's page and files, embedded.
 //! - [`routes`]: the router, built from [`openapi`]'s ops: each route's roles, parameters and
 //!   answers, from which come both `/api/v1/openapi.json` and the guard that enforces them.
 //! - [`error`]: the JSON refusals; [`views`]: what clients see of records, for REST and the
@@ -28,6 +29,7 @@
 pub mod access;
 pub mod accounts;
 pub mod alerts;
+pub mod assets;
 pub mod auth;
 pub mod broker;
 pub mod commissioning;

@@ -167,6 +167,8 @@ pub enum Reply {
     Socket,
     /// No body.
     Empty,
+    /// A file of the dashboard: a script, a style sheet or GeoJSON.
+    Asset,
 }
 
 /// One route: its method and path, who may call it, what it takes and what it answers.
@@ -360,6 +362,11 @@ impl Op {
                 }),
                 Reply::Html => json!({"text/html": {"schema": {"type": "string"}}}),
                 Reply::Prometheus => json!({"text/plain": {"schema": {"type": "string"}}}),
+                Reply::Asset => json!({
+                    "text/javascript": {"schema": {"type": "string"}},
+                    "text/css": {"schema": {"type": "string"}},
+                    "application/geo+json": {"schema": {"type": "object"}},
+                }),
                 Reply::Socket | Reply::Empty => {
                     let description = match reply {
                         Reply::Socket => "switches to the websocket protocol",

@@ -4,7 +4,7 @@
 
 use axum::extract::State;
 use axum::http::header;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use ioc_contract::{DEVICE_KINDS, DEVICE_STATUSES};
 use serde_json::json;
@@ -16,7 +16,8 @@ use crate::error::not_found;
 use crate::openapi::{schema, Kind, Op, Param, Reply, Routes};
 use crate::AppState;
 use crate::{
-    access, accounts, alerts, commissioning, devices, fiware, history, open_data, replay, socket,
+    access, accounts, alerts, assets, commissioning, devices, fiware, history, open_data, replay,
+    socket,
 };
 
 const ID: Param = Param::path("id", Kind::DeviceId, "the device's id");
@@ -88,8 +89,34 @@ pub fn router(state: AppState) -> Router {
     let history = [DEVICE_ID, METRIC, FROM, TO, LIMIT, COMMUNE, BBOX, FORMAT];
     let routes = Routes::new(state.clone())
         .add(
-            Op::get("/", "index", "The live page").reply(200, Reply::Html),
-            index,
+            Op::get("/", "index", "The dashboard").reply(200, Reply::Html),
+            assets::index,
+        )
+        .add(
+            Op::get("/assets/{file}", "asset", "The dashboard's scripts, styles and map outline")
+                .params(&[Param::path(
+                    "file",
+                    Kind::Text,
+                    "app.js, i18n.js, app.css, province.geojson, leaflet.js, leaflet.css, uPlot.iife.min.js, uPlot.min.css",
+                )])
+                .reply(200, Reply::Asset)
+                .errors(&[404]),
+            assets::asset,
+        )
+        .add(
+            Op::get("/api/v1/me", "me", "Who the token is: its name, role and default view")
+                .token(ReadTelemetry)
+                .reply(
+                    200,
+                    Reply::Json(|| {
+                        schema::object(&[
+                            ("name", schema::string()),
+                            ("role", schema::string()),
+                            ("view", schema::string()),
+                        ])
+                    }),
+                ),
+            access::me,
         )
         .add(
             Op::get(
@@ -641,10 +668,6 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(axum::middleware::map_response(crate::openapi::json_errors))
         .with_state(state)
-}
-
-async fn index() -> Html<&'static str> {
-    Html(include_str!("index.html"))
 }
 
 async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {

@@ -662,13 +662,14 @@ where
     }
 }
 
-/// Opens the live page at `url` in headless Chromium (tests/browser/live-page.js) while the
-/// caller keeps data flowing; returns what the page showed: `{status, devices, updated, alerts}`.
-pub async fn live_page(url: &str) -> Result<serde_json::Value> {
+/// Opens the dashboard at `url` in headless Chromium (tests/browser/dashboard.js) and returns
+/// what it saw; saves a screenshot at `screenshot`.
+pub async fn dashboard_page(url: &str, screenshot: &Path) -> Result<serde_json::Value> {
     let browser = tokio::process::Command::new("node")
-        .arg(repo_root().join("tests/browser/live-page.js"))
+        .arg(repo_root().join("tests/browser/dashboard.js"))
         .arg(url)
-        .arg("20")
+        .arg(screenshot)
+        .arg("30")
         .output()
         .await?;
     if !browser.status.success() {

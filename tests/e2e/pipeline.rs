@@ -307,11 +307,21 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
     }
     assert_eq!(alert_statuses, vec!["firing", "resolved"]);
 
-    // API contract details. The live page and health are open.
+    // API contract details. The dashboard and health are open; the page allows scripts of its
+    // own origin only.
     let page = env.http.get(env.api("/")).send().await?;
     assert_eq!(page.status(), 200);
+    let csp = page
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(csp.contains("script-src 'self';"), "{csp}");
+    assert!(page.text().await?.contains("/assets/app.js"));
+    let app = env.http.get(env.api("/assets/app.js")).send().await?;
     assert!(
-        page.text().await?.contains("/api/v1/ws?token="),
+        app.text().await?.contains("/api/v1/ws?token="),
         "the page reads the websocket"
     );
     let health: serde_json::Value = env
@@ -413,11 +423,13 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
     let feeder = {
         let mqtt = mqtt.clone();
         tokio::spawn(async move {
-            for i in 0..100 {
+            // Past the limit (50) from the seventh second, for up to three minutes: its
+            // windows close and fire an alert for the inbox below.
+            for i in 0..600 {
                 let body = format!(
                     r#"{{"ts":{},"values":{{"pm25":{}}}}}"#,
                     ioc_contract::time::now_ms(),
-                    30 + i
+                    30 + i.min(100)
                 );
                 let _ = mqtt
                     .publish(
@@ -431,14 +443,13 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
             }
         })
     };
-    let seen = crate::harness::live_page(&format!("{}?token={TOKEN}", env.api("/"))).await?;
-    feeder.abort();
-    assert_eq!(seen["status"], "live", "{seen}");
-    assert_eq!(
-        seen["updated"], true,
-        "values updated without a reload: {seen}"
-    );
-    let listed: HashSet<&str> = seen["devices"]
+    let seen = crate::harness::dashboard_page(
+        &format!("{}?token={TOKEN}", env.api("/")),
+        &env.dir.join("operator.png"),
+    )
+    .await?;
+    assert_eq!(seen["updated"], true, "live data without a reload: {seen}");
+    let listed: HashSet<&str> = seen["markers"]
         .as_array()
         .unwrap()
         .iter()
@@ -448,6 +459,46 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
         listed.contains("aq-alert") && listed.contains("aq-001") && listed.len() == 13,
         "{seen}"
     );
+
+    // The feeder's readings above the limit fire an alert: one operator acknowledges it from
+    // the inbox with the keyboard, and a second operator's open page shows it acknowledged.
+    let firing = env
+        .eventually(
+            "a firing alert of aq-alert",
+            Duration::from_secs(120),
+            || async {
+                let v = env
+                    .get_json("/api/v1/alerts?device_id=aq-alert&state=firing&from=0")
+                    .await?;
+                Ok(v["alerts"][0]["alert_id"].as_str().map(str::to_string))
+            },
+        )
+        .await?;
+    let out = tokio::process::Command::new("node")
+        .arg(crate::harness::repo_root().join("tests/browser/acknowledge.js"))
+        .arg(format!("{}?token={TOKEN}", env.api("/")))
+        .arg("đã gọi nhà máy")
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "acknowledging in the browser: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let acked: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(acked["alert"], firing.as_str(), "{acked}");
+    assert_eq!(acked["before"], "firing", "{acked}");
+    assert!(
+        acked["seen"]
+            .as_str()
+            .unwrap_or("")
+            .contains("đã gọi nhà máy"),
+        "the second session shows who acknowledged and why: {acked}"
+    );
+    assert_eq!(acked["button_left"], false, "{acked}");
+    let stored = env.get_json(&format!("/api/v1/alerts/{firing}")).await?;
+    assert_eq!(stored["alert"]["state"], "acknowledged", "{stored}");
+    feeder.abort();
 
     // SIGTERM: every stage drains and exits cleanly.
     for (name, process) in [

@@ -11,7 +11,7 @@ use futures::{SinkExt, StreamExt};
 use rumqttc::QoS;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::harness::{device_login, eventually, free_port, live_page, register_device, Proc};
+use crate::harness::{dashboard_page, device_login, eventually, free_port, register_device, Proc};
 
 /// One `ioc up` data directory and its ports; processes are started on it one after another.
 struct Up {
@@ -649,26 +649,74 @@ async fn up_with_sim_shows_live_devices_in_a_browser() -> Result<()> {
         Ok((d["devices"].as_array().map(Vec::len) == Some(17)).then_some(()))
     })
     .await?;
-    let seen = live_page(&format!("{}?token={}", up.url("/"), up.token)).await?;
-    assert_eq!(seen["status"], "live", "{seen}");
-    assert_eq!(
-        seen["updated"], true,
-        "values updated without a reload: {seen}"
-    );
-    let listed: HashSet<&str> = seen["devices"]
+    let screenshot = up.dir.join("operator.png");
+    let seen = dashboard_page(&format!("{}?token={}", up.url("/"), up.token), &screenshot).await?;
+    assert!(seen["status"].is_string(), "{seen}");
+    assert_eq!(seen["updated"], true, "live data without a reload: {seen}");
+    let markers: HashSet<&str> = seen["markers"]
         .as_array()
-        .context("devices")?
+        .context("markers")?
         .iter()
         .filter_map(|d| d.as_str())
         .collect();
-    assert_eq!(listed.len(), 17, "the default fleet: {seen}");
+    assert_eq!(
+        markers.len(),
+        17,
+        "every simulated device on the map: {seen}"
+    );
     for one_of_each_format in [
         "aq-001", "aqs-001", "aqf-001", "ww-001", "tc-001", "cam-001",
     ] {
         assert!(
-            listed.contains(one_of_each_format),
+            markers.contains(one_of_each_format),
             "{one_of_each_format}: {seen}"
         );
+    }
+    let reporting = seen["tiles"]["tile-reporting"].as_str().unwrap_or("");
+    assert!(
+        reporting.split('/').count() == 2 && !reporting.starts_with("0/"),
+        "stations reporting, of the stations: {seen}"
+    );
+    // No tile URL is configured: the outline and the markers are drawn all the same, and the
+    // page loads nothing from elsewhere and breaks no rule of its Content-Security-Policy.
+    assert_eq!(seen["outside"], serde_json::json!([]), "{seen}");
+    assert_eq!(seen["blocked"], serde_json::json!([]), "{seen}");
+    assert_eq!(
+        (&seen["before"]["lang"], &seen["before"]["aqi"]),
+        (
+            &serde_json::json!("vi"),
+            &serde_json::json!("AQI hiện tại (cao nhất)")
+        ),
+        "Vietnamese by default: {seen}"
+    );
+    assert_eq!(
+        (
+            &seen["after"]["lang"],
+            &seen["after"]["aqi"],
+            &seen["after"]["status"]
+        ),
+        (
+            &serde_json::json!("en"),
+            &serde_json::json!("AQI now (highest)"),
+            &serde_json::json!("Live")
+        ),
+        "the language switch: {seen}"
+    );
+    let serious: Vec<&serde_json::Value> = seen["violations"]
+        .as_array()
+        .context("violations")?
+        .iter()
+        .filter(|v| matches!(v["impact"].as_str(), Some("serious" | "critical")))
+        .collect();
+    assert!(serious.is_empty(), "axe-core: {serious:?}");
+    assert!(
+        std::fs::metadata(&screenshot)?.len() > 10_000,
+        "a screenshot"
+    );
+    // Kept with the test's other artifacts when IOC_ARTIFACTS names a folder.
+    if let Some(dir) = std::env::var_os("IOC_ARTIFACTS") {
+        std::fs::create_dir_all(&dir)?;
+        std::fs::copy(&screenshot, std::path::Path::new(&dir).join("operator.png"))?;
     }
     stop_cleanly(&mut proc);
     let _ = std::fs::remove_dir_all(&up.dir);

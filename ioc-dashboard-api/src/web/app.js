@@ -1,0 +1,385 @@
+// The IOC dashboard's operator view: the province map with live markers, summary tiles and the
+// alert feed, fed by the REST API and the live websocket (snapshot, then live; resumed with its
+// last position after a network blip, without a reload). No inline script: the page runs under
+// a strict Content-Security-Policy.
+"use strict";
+(function () {
+  const WORDS = window.IOC_I18N;
+  const ZONE = "Asia/Ho_Chi_Minh";
+  const $ = (sel) => document.querySelector(sel);
+  const el = (tag, attrs, ...children) => {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === "text") e.textContent = v;
+      else e.setAttribute(k, v);
+    }
+    for (const c of children) e.append(c);
+    return e;
+  };
+
+  const state = {
+    token: "",
+    lang: localStorage.getItem("ioc.lang") || "vi",
+    devices: new Map(), // device_id -> {device_id, kind, lat, lon, status, online}
+    latest: new Map(), // device_id -> Map(key -> {value, unit})
+    aqi: new Map(), // device_id -> {aqi, band}
+    alerts: new Map(), // alert_id -> alert (open ones)
+    statuses: new Map(), // device_id -> status
+    epoch: null,
+    positions: {}, // stream -> [[p, o, i], ...]
+    socket: null,
+    retry: 0,
+  };
+
+  const t = (key) => (WORDS[state.lang] && WORDS[state.lang][key]) || WORDS.vi[key] || key;
+  const number = (v, digits = 1) =>
+    new Intl.NumberFormat(state.lang === "vi" ? "vi-VN" : "en-GB", { maximumFractionDigits: digits }).format(v);
+  const time = (iso) =>
+    new Intl.DateTimeFormat(state.lang === "vi" ? "vi-VN" : "en-GB", {
+      timeZone: ZONE, dateStyle: "short", timeStyle: "short",
+    }).format(new Date(iso));
+
+  function applyLanguage() {
+    document.documentElement.lang = state.lang;
+    $("#lang").value = state.lang;
+    for (const e of document.querySelectorAll("[data-i18n]")) e.textContent = t(e.dataset.i18n);
+    setStatus($("#status").dataset.state);
+    render();
+  }
+
+  function setStatus(s) {
+    const status = $("#status");
+    status.dataset.state = s;
+    status.dataset.i18n = s;
+    status.textContent = t(s);
+  }
+
+  async function api(path, options = {}) {
+    const headers = Object.assign({ Authorization: `Bearer ${state.token}` }, options.headers || {});
+    const r = await fetch(path, Object.assign({}, options, { headers }));
+    if (r.status === 401) {
+      signOut(t("bad_token"));
+      throw new Error("unauthorized");
+    }
+    return r;
+  }
+
+  // Sign-in: a token from ?token= (then taken out of the address bar) or the session's storage.
+  function signOut(message) {
+    sessionStorage.removeItem("ioc.token");
+    if (state.socket) state.socket.close();
+    $("#operator").hidden = true;
+    $("#login").hidden = false;
+    $("#login-error").textContent = message || "";
+  }
+
+  async function signIn(token) {
+    state.token = token;
+    const r = await api("/api/v1/me");
+    if (!r.ok) return;
+    sessionStorage.setItem("ioc.token", token);
+    $("#login").hidden = true;
+    $("#operator").hidden = false;
+    await start();
+  }
+
+  // The map: the province's outline always, the configured tiles only if there are any.
+  let map = null;
+  const markers = new Map();
+  function makeMap() {
+    if (map) return;
+    map = L.map("map", { zoomControl: true, attributionControl: true });
+    map.attributionControl.setPrefix("Leaflet");
+    const tiles = document.body.dataset.tiles;
+    if (tiles) L.tileLayer(tiles, { maxZoom: 18 }).addTo(map);
+    map.setView([12.9, 108.5], 8);
+    fetch("/assets/province.geojson")
+      .then((r) => r.json())
+      .then((outline) => {
+        const layer = L.geoJSON(outline, {
+          style: { color: "#123c69", weight: 2, fillColor: "#123c69", fillOpacity: 0.05 },
+          interactive: false,
+        }).addTo(map);
+        const source = outline.features && outline.features[0] && outline.features[0].properties;
+        if (source && source.source) map.attributionControl.addAttribution(source.source);
+        if (layer.getBounds().isValid()) map.fitBounds(layer.getBounds(), { padding: [10, 10] });
+      })
+      .catch(() => {});
+  }
+
+  const BAND_NONE = { level: 0, colour: "#9aa5b1" };
+  // What a marker shows: air stations by their hourly AQI band, wastewater stations by whether
+  // a water alert is open, the others by being online.
+  function look(d) {
+    if (d.kind === "air_quality") {
+      const a = state.aqi.get(d.device_id);
+      const band = (a && a.band) || BAND_NONE;
+      const name = a && a.band ? `${a.aqi} · ${a.band[state.lang] || a.band.vi}` : t("no_band");
+      return { colour: band.colour, label: name };
+    }
+    if (d.kind === "wastewater") {
+      const open = [...state.alerts.values()].some((x) => x.device_id === d.device_id && x.category === "water");
+      return open ? { colour: "#b3261e", label: t("water_alert") } : { colour: "#1f9d55", label: t("water_ok") };
+    }
+    return d.online ? { colour: "#2b6cb0", label: t("online") } : { colour: "#9aa5b1", label: t("offline") };
+  }
+
+  function popup(d) {
+    const box = el("div", { class: "popup" });
+    box.append(el("strong", { text: `${d.name || d.device_id} (${d.device_id})` }));
+    const dl = el("dl");
+    const add = (k, v) => dl.append(el("dt", { text: k }), el("dd", { text: v }));
+    add(t(d.kind), `${t(state.statuses.get(d.device_id) || d.status)} · ${d.online ? t("online") : t("offline")}`);
+    add("", look(d).label);
+    const values = state.latest.get(d.device_id);
+    add(t("latest"), values && values.size
+      ? [...values].map(([k, v]) => `${k} ${number(v.value)} ${v.unit || ""}`.trim()).join(", ")
+      : t("no_values"));
+    const open = [...state.alerts.values()].filter((a) => a.device_id === d.device_id);
+    if (open.length) add(t("open_alerts"), open.map((a) => a.message).join("; "));
+    box.append(dl);
+    return box;
+  }
+
+  function renderMarkers() {
+    if (!map) return;
+    for (const d of state.devices.values()) {
+      if (!Number.isFinite(d.lat) || !Number.isFinite(d.lon)) continue;
+      const { colour, label } = look(d);
+      let m = markers.get(d.device_id);
+      if (!m) {
+        m = L.circleMarker([d.lat, d.lon], {
+          radius: 9, weight: 2, color: "#1d2430", fillOpacity: 0.9, className: "device-marker",
+        });
+        m.bindPopup(() => popup(state.devices.get(d.device_id)));
+        m.addTo(map);
+        markers.set(d.device_id, m);
+      }
+      m.setStyle({ fillColor: colour });
+      m.bindTooltip(`${d.device_id}: ${label}`);
+      const path = m.getElement && m.getElement();
+      if (path) path.setAttribute("data-device", d.device_id);
+    }
+    const legend = $("#legend");
+    legend.replaceChildren();
+    const seen = new Map();
+    for (const a of state.aqi.values()) if (a.band) seen.set(a.band.level, a.band);
+    for (const band of [...seen.values()].sort((x, y) => x.level - y.level)) {
+      const sw = el("span", { class: "swatch" });
+      sw.style.background = band.colour;
+      legend.append(el("li", {}, sw, band[state.lang] || band.vi));
+    }
+  }
+
+  function renderTiles() {
+    const devices = [...state.devices.values()];
+    const stations = devices.filter((d) => d.kind === "air_quality" || d.kind === "wastewater");
+    const reporting = stations.filter((d) => d.online).length;
+    const tile = (id, big, small) => {
+      $(`#${id} .big`).textContent = big;
+      $(`#${id} .small`).textContent = small;
+    };
+    tile("tile-reporting", `${reporting}/${stations.length}`, `${t("air_quality")}, ${t("wastewater")}`);
+    let top = null;
+    for (const [id, a] of state.aqi) if (a.aqi != null && (!top || a.aqi > top.aqi)) top = Object.assign({ id }, a);
+    tile("tile-aqi", top ? String(top.aqi) : "–",
+      top ? `${top.band ? top.band[state.lang] || top.band.vi : ""} · ${top.id}` : t("no_aqi"));
+    const open = [...state.alerts.values()];
+    const by = (s) => open.filter((a) => a.severity === s).length;
+    tile("tile-alerts", String(open.length),
+      ["critical", "major", "minor", "warning"].map((s) => `${t(s)} ${by(s)}`).join(" · "));
+    const offline = devices.filter((d) => !d.online);
+    tile("tile-offline", String(offline.length), `${t("of")} ${devices.length}`);
+    const counts = {};
+    for (const d of devices) {
+      const s = state.statuses.get(d.device_id) || d.status;
+      counts[s] = (counts[s] || 0) + 1;
+    }
+    tile("tile-status", String(counts.active || 0),
+      Object.entries(counts).map(([s, n]) => `${t(s)} ${n}`).join(" · "));
+  }
+
+  function renderAlerts() {
+    const list = $("#alerts");
+    list.replaceChildren();
+    const open = [...state.alerts.values()].sort((a, b) => (a.fired_at < b.fired_at ? 1 : -1));
+    if (!open.length) list.append(el("li", { class: "none", text: t("no_alerts") }));
+    for (const a of open) {
+      const li = el("li", { "data-alert": a.alert_id, "data-severity": a.severity, "data-state": a.state });
+      li.append(el("div", { class: "state", text: `${t(a.severity)} · ${t(a.state)}` }));
+      li.append(el("div", { text: a.message }));
+      li.append(el("div", { class: "meta", text: `${a.device_id} · ${time(a.fired_at)}` }));
+      if (a.acknowledged) {
+        li.append(el("div", { class: "meta", text: `${t("acknowledged_by")} ${a.acknowledged.by}${a.acknowledged.comment ? `: ${a.acknowledged.comment}` : ""}` }));
+      } else if (a.state === "firing") {
+        const b = el("button", { type: "button", "data-ack": a.alert_id, text: t("acknowledge") });
+        b.addEventListener("click", () => acknowledge(a.alert_id));
+        li.append(b);
+      }
+      list.append(li);
+    }
+  }
+
+  function render() {
+    if ($("#operator").hidden) return;
+    renderTiles();
+    renderMarkers();
+    renderAlerts();
+  }
+
+  async function acknowledge(id) {
+    const comment = window.prompt(t("comment_prompt"), "") || "";
+    const r = await api(`/api/v1/alerts/${encodeURIComponent(id)}/ack`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ comment }),
+    });
+    const body = await r.json().catch(() => ({}));
+    if (body.alert) onAlert(body.alert);
+    else if (!r.ok && body.message) window.alert(body.message);
+  }
+
+  function onAlert(a) {
+    if (a.state === "resolved") state.alerts.delete(a.alert_id);
+    else state.alerts.set(a.alert_id, a);
+  }
+
+  // The fleet (positions, online) from the map route; online is a matter of time, so it is
+  // read again every 30 s.
+  async function loadFleet() {
+    const r = await api("/api/v1/map");
+    if (!r.ok) return;
+    const { fields, devices } = await r.json();
+    const listed = await (await api("/api/v1/devices")).json();
+    const names = new Map(listed.devices.map((d) => [d.device_id, d.name]));
+    for (const row of devices) {
+      const d = Object.fromEntries(fields.map((f, i) => [f, row[i]]));
+      d.name = names.get(d.device_id);
+      state.devices.set(d.device_id, d);
+      if (!state.latest.has(d.device_id)) {
+        state.latest.set(d.device_id, new Map(Object.entries(d.latest || {}).map(([k, v]) => [k, { value: v }])));
+      }
+    }
+    render();
+  }
+
+  const SUBSCRIPTIONS = [
+    { stream: "readings", max_rate: 1 },
+    { stream: "aqi", resolution: "1h" },
+    { stream: "alerts" },
+    { stream: "status" },
+  ];
+
+  function onData(frame) {
+    const d = frame.data;
+    switch (frame.stream) {
+      case "readings": {
+        const key = d.channel ? `${d.channel}/${d.metric}` : d.metric;
+        if (!state.latest.has(d.device_id)) state.latest.set(d.device_id, new Map());
+        state.latest.get(d.device_id).set(key, { value: d.value, unit: d.unit });
+        break;
+      }
+      case "aqi":
+        state.aqi.set(d.device_id, { aqi: d.aqi, band: d.band });
+        break;
+      case "alerts":
+        onAlert(d);
+        break;
+      case "status":
+        state.statuses.set(d.device_id, d.status);
+        break;
+    }
+  }
+
+  function remember(stream, pos) {
+    const list = (state.positions[stream] = (state.positions[stream] || []).filter((p) => p[0] !== pos[0]));
+    list.push(pos);
+  }
+
+  let renderPending = false;
+  function renderSoon() {
+    if (renderPending) return;
+    renderPending = true;
+    setTimeout(() => { renderPending = false; render(); }, 250);
+  }
+
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const ws = new WebSocket(`${scheme}://${location.host}/api/v1/ws?token=${encodeURIComponent(state.token)}`);
+    state.socket = ws;
+    ws.onopen = () => {
+      for (const s of SUBSCRIPTIONS) {
+        const request = Object.assign({ op: "subscribe" }, s);
+        if (state.epoch && state.positions[s.stream]) {
+          request.recover = { epoch: state.epoch, position: state.positions[s.stream] };
+        }
+        ws.send(JSON.stringify(request));
+      }
+    };
+    ws.onmessage = (event) => {
+      const frame = JSON.parse(event.data);
+      if (!frame.op) {
+        // How many live frames came, for whoever watches the page (the browser test does).
+        document.body.dataset.liveFrames = String(Number(document.body.dataset.liveFrames || 0) + 1);
+        onData(frame);
+        remember(frame.stream, frame.pos);
+        renderSoon();
+        return;
+      }
+      if (frame.op === "subscribed") {
+        state.epoch = frame.epoch;
+        state.positions[frame.stream] = frame.position;
+        if (!frame.recovered && frame.stream === "alerts") state.alerts.clear();
+        for (const f of frame.snapshot || frame.missed || []) onData(f);
+        state.retry = 0;
+        setStatus("live");
+        renderSoon();
+      } else if (frame.op === "position") {
+        state.positions[frame.stream] = frame.position;
+      } else if (frame.op === "reset") {
+        delete state.positions[frame.stream];
+      } else if (frame.op === "closed" && /revoked/.test(frame.reason || "")) {
+        signOut(frame.reason);
+      }
+    };
+    ws.onclose = () => {
+      if ($("#operator").hidden) return;
+      setStatus("reconnecting");
+      const wait = Math.min(10000, 500 * 2 ** state.retry++);
+      setTimeout(connect, wait);
+    };
+  }
+
+  let started = false;
+  async function start() {
+    if (started) return;
+    started = true;
+    makeMap();
+    await loadFleet();
+    setInterval(() => loadFleet().catch(() => {}), 30000);
+    connect();
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    applyLanguage();
+    $("#lang").addEventListener("change", (e) => {
+      state.lang = e.target.value;
+      localStorage.setItem("ioc.lang", state.lang);
+      applyLanguage();
+    });
+    $("#login").addEventListener("submit", (e) => {
+      e.preventDefault();
+      signIn($("#token").value).catch(() => {});
+    });
+    const params = new URLSearchParams(location.search);
+    const given = params.get("token");
+    if (given) {
+      params.delete("token");
+      const rest = params.toString();
+      history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : "") + location.hash);
+    }
+    const token = given || sessionStorage.getItem("ioc.token");
+    if (token) signIn(token).catch(() => {});
+    else signOut();
+  });
+})();

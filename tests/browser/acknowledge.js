@@ -1,0 +1,44 @@
+// Two operators have the dashboard open. The first reaches a firing alert's Acknowledge button
+// with the keyboard alone (Tab), presses Enter and gives a comment; the second session must see
+// the alert turn acknowledged, by whom and why, without a reload. Prints one JSON line.
+// Usage: node acknowledge.js URL COMMENT
+"use strict";
+const { chromium } = require("playwright-core");
+
+(async () => {
+  const [url, comment] = process.argv.slice(2);
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  try {
+    const open = async () => {
+      const page = await (await browser.newContext({ viewport: { width: 1400, height: 900 } })).newPage();
+      await page.goto(url);
+      await page.waitForSelector('#status[data-state="live"]', { timeout: 30000 });
+      return page;
+    };
+    const [first, second] = [await open(), await open()];
+    await first.waitForSelector("#alerts button[data-ack]", { timeout: 60000 });
+    first.on("dialog", (d) => d.accept(comment));
+    let id = null;
+    for (let i = 0; i < 80 && !id; i++) {
+      await first.keyboard.press("Tab");
+      id = await first.evaluate(() => document.activeElement && document.activeElement.dataset.ack || null);
+    }
+    if (!id) throw new Error("no Acknowledge button is reachable with Tab");
+    await second.waitForSelector(`#alerts li[data-alert="${id}"]`, { timeout: 30000 });
+    const before = await second.getAttribute(`#alerts li[data-alert="${id}"]`, "data-state");
+    await first.keyboard.press("Enter");
+    await second.waitForSelector(`#alerts li[data-alert="${id}"][data-state="acknowledged"]`, { timeout: 30000 });
+    const seen = await second.textContent(`#alerts li[data-alert="${id}"]`);
+    const button = await second.$(`#alerts li[data-alert="${id}"] button[data-ack]`);
+    console.log(JSON.stringify({ alert: id, before, seen, button_left: button !== null }));
+  } finally {
+    await browser.close();
+  }
+})().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
