@@ -5,7 +5,7 @@
 //! when one is configured (`api.tile_url`), and nothing else.
 
 use axum::extract::{Path, State};
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 
 use crate::error::{ApiFailure, ApiResult};
@@ -60,25 +60,53 @@ pub fn names() -> Vec<&'static str> {
     FILES.iter().map(|(name, _, _)| *name).collect()
 }
 
-/// `GET /assets/{file}`.
-pub(crate) async fn asset(Path(name): Path<String>) -> ApiResult<Response> {
-    let Some((_, kind, bytes)) = FILES.iter().find(|(n, _, _)| *n == name) else {
+/// Each file gzipped, made once on first request.
+static GZIPPED: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(bytes).expect("writing to a Vec");
+    encoder.finish().expect("writing to a Vec")
+}
+
+/// Whether the request's `Accept-Encoding` takes gzip.
+fn takes_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',').any(|e| {
+                let mut parts = e.split(';');
+                parts.next().is_some_and(|name| name.trim() == "gzip")
+                    && !parts.any(|q| q.trim().replace(' ', "") == "q=0")
+            })
+        })
+}
+
+/// `GET /assets/{file}`, gzipped for a client that takes it.
+pub(crate) async fn asset(Path(name): Path<String>, headers: HeaderMap) -> ApiResult<Response> {
+    let Some(i) = FILES.iter().position(|(n, _, _)| *n == name) else {
         return Err(ApiFailure::new(
             axum::http::StatusCode::NOT_FOUND,
             "not_found",
             format!("no asset {name:?}"),
         ));
     };
-    Ok((
-        [
-            (header::CONTENT_TYPE, *kind),
-            // Not fingerprinted: a browser checks again rather than keeping an old app.js.
-            (header::CACHE_CONTROL, "no-cache"),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        ],
-        *bytes,
-    )
-        .into_response())
+    let (_, kind, bytes) = FILES[i];
+    let common = [
+        (header::CONTENT_TYPE, kind),
+        // Not fingerprinted: a browser checks again rather than keeping an old app.js.
+        (header::CACHE_CONTROL, "no-cache"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::VARY, "accept-encoding"),
+    ];
+    if takes_gzip(&headers) {
+        let gzipped = GZIPPED.get_or_init(|| FILES.iter().map(|(_, _, b)| gzip(b)).collect());
+        let body = gzipped[i].as_slice();
+        return Ok((common, [(header::CONTENT_ENCODING, "gzip")], body).into_response());
+    }
+    Ok((common, bytes).into_response())
 }
 
 /// The page's Content-Security-Policy: only this origin, and the tile server for images.
@@ -131,6 +159,32 @@ mod tests {
             "{tiles}"
         );
         assert_eq!(escape_attribute("a\"<b>&"), "a&quot;&lt;b&gt;&amp;");
+    }
+
+    #[test]
+    fn a_file_is_gzipped_only_for_a_client_that_takes_it() {
+        let asks = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT_ENCODING, v.parse().unwrap());
+            takes_gzip(&h)
+        };
+        assert!(asks("gzip, deflate, br"));
+        assert!(asks("br;q=1.0, gzip;q=0.8"));
+        assert!(!asks("gzip;q=0"));
+        assert!(!asks("br"));
+        assert!(!takes_gzip(&HeaderMap::new()));
+        let leaflet = FILES.iter().find(|f| f.0 == "leaflet.js").unwrap().2;
+        let small = gzip(leaflet);
+        assert!(
+            small.len() * 2 < leaflet.len(),
+            "{} of {}",
+            small.len(),
+            leaflet.len()
+        );
+        let mut back = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&small[..]), &mut back)
+            .unwrap();
+        assert_eq!(back, leaflet);
     }
 
     #[test]
