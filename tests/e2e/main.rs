@@ -109,7 +109,14 @@ sql = "SELECT device_id, value_mean AS value FROM aggregates_1h WHERE metric = '
         !stderr.contains("aqi_poor"),
         "the good rule passes: {stderr}"
     );
-    let (code, stderr) = check_config(&dir, "good.toml", "[stream.pm25_alert]\nlimit = 45\n");
+    // The map's tile URL: an http(s) template, or nothing.
+    let (code, stderr) = check_config(&dir, "tiles.toml", "[api]\ntile_url = \"tiles/{z}.png\"\n");
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("api.tile_url") && stderr.contains("{z}, {x} and {y}"),
+        "{stderr}"
+    );
+    let (code, stderr) = check_config(&dir, "good.toml", "[stream.pm25_alert]\nlimit = 45\n[api]\ntile_url = \"https://tiles.daklak.gov.vn/{z}/{x}/{y}.png\"\n");
     assert_eq!(code, Some(0), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
