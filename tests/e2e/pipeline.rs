@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use futures::{SinkExt, StreamExt};
 use rand::{Rng, SeedableRng};
 use rumqttc::QoS;
@@ -682,5 +682,80 @@ async fn a_backdated_day_rolls_up_and_a_late_reading_revises_every_resolution() 
         &api, &mqtt, "ww-day",
     )
     .await?;
-    crate::exceedances::an_air_day_exceeds_qcvn_05_hourly_and_daily(&api, &mqtt, "aq-05").await
+    crate::exceedances::an_air_day_exceeds_qcvn_05_hourly_and_daily(&api, &mqtt, "aq-05").await?;
+
+    // The environment officer's view of the same stations in a browser: the AQI with its band's
+    // name, the exceedances, the chart of hourly means and its CSV.
+    let view = |station: &'static str| {
+        let url = format!("{}?token={TOKEN}", env.api("/"));
+        let shot = env.dir.join(format!("environment-{station}.png"));
+        async move {
+            let out = tokio::process::Command::new("node")
+                .arg(crate::harness::repo_root().join("tests/browser/environment.js"))
+                .arg(url)
+                .arg(station)
+                .arg(&shot)
+                .output()
+                .await?;
+            anyhow::ensure!(
+                out.status.success(),
+                "the environment view of {station}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if let Some(dir) = std::env::var_os("IOC_ARTIFACTS") {
+                std::fs::create_dir_all(&dir)?;
+                std::fs::copy(
+                    &shot,
+                    std::path::Path::new(&dir).join(shot.file_name().unwrap()),
+                )?;
+            }
+            Ok::<serde_json::Value, anyhow::Error>(serde_json::from_slice(&out.stdout)?)
+        }
+    };
+    let air = view("aq-day").await?;
+    assert!(
+        air["aqi_1h"]
+            .as_str()
+            .is_some_and(|a| a.parse::<u32>().is_ok()),
+        "{air}"
+    );
+    let band = air["band_1h"].as_str().unwrap_or("");
+    assert!(
+        ["Tốt", "Trung bình", "Kém", "Xấu", "Rất xấu", "Nguy hại"].contains(&band),
+        "the band's name as Decision 1459 gives it: {air}"
+    );
+    assert_eq!(air["metric"], "pm25", "{air}");
+    assert!(
+        air["points"].as_u64().is_some_and(|n| n >= 20),
+        "a day of hours: {air}"
+    );
+    assert_eq!(air["canvas"].as_u64().map(|n| n >= 1), Some(true), "{air}");
+    assert!(
+        air["csv_header"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("device_id,channel,metric,")),
+        "{air}"
+    );
+    assert_eq!(
+        air["csv_rows"], air["points"],
+        "the CSV is what the chart shows: {air}"
+    );
+    assert_eq!(air["heading_en"], "QCVN exceedances", "{air}");
+    let no2 = view("aq-05").await?;
+    let rows = no2["exceedances"].as_array().context("exceedances")?;
+    assert!(
+        rows.iter()
+            .any(|r| r[0] == "no2" && r[3].as_str().is_some_and(|l| l.contains("200"))),
+        "the 1-hour NO2 exceedance with its limit: {no2}"
+    );
+    for seen in [&air, &no2] {
+        let serious: Vec<&serde_json::Value> = seen["violations"]
+            .as_array()
+            .context("violations")?
+            .iter()
+            .filter(|v| matches!(v["impact"].as_str(), Some("serious" | "critical")))
+            .collect();
+        assert!(serious.is_empty(), "axe-core: {serious:?}");
+    }
+    Ok(())
 }

@@ -45,6 +45,7 @@
     for (const e of document.querySelectorAll("[data-i18n]")) e.textContent = t(e.dataset.i18n);
     setStatus($("#status").dataset.state);
     render();
+    if (view === "environment" && !$("#environment").hidden) loadEnvironment().catch(() => {});
   }
 
   function setStatus(s) {
@@ -69,6 +70,8 @@
     sessionStorage.removeItem("ioc.token");
     if (state.socket) state.socket.close();
     $("#operator").hidden = true;
+    $("#environment").hidden = true;
+    $("#views").hidden = true;
     $("#login").hidden = false;
     $("#login-error").textContent = message || "";
   }
@@ -77,9 +80,12 @@
     state.token = token;
     const r = await api("/api/v1/me");
     if (!r.ok) return;
+    const me = await r.json();
     sessionStorage.setItem("ioc.token", token);
     $("#login").hidden = true;
-    $("#operator").hidden = false;
+    $("#views").hidden = false;
+    const asked = location.hash.replace("#", "");
+    showView(VIEWS.includes(asked) ? asked : me.view === "environment" ? "environment" : "operator");
     await start();
   }
 
@@ -227,6 +233,135 @@
     renderAlerts();
   }
 
+  // Views: the operator's and the environment officer's, one shown at a time.
+  const VIEWS = ["operator", "environment"];
+  let view = "operator";
+  function showView(name) {
+    view = name;
+    for (const v of VIEWS) $(`#${v}`).hidden = v !== name;
+    for (const b of document.querySelectorAll("#views button")) {
+      b.setAttribute("aria-pressed", String(b.dataset.view === name));
+    }
+    if (name === "operator") {
+      if (map) map.invalidateSize();
+      render();
+    } else {
+      fillStations();
+      loadEnvironment().catch(() => {});
+    }
+  }
+
+  // The environment officer's view of one station: its hourly and daily AQI with the band as
+  // Decision 1459 names and colours it, its QCVN exceedances, and a chart of its hourly means.
+  const HOUR = 3600000;
+  function fillStations() {
+    const select = $("#env-station");
+    const stations = [...state.devices.values()]
+      .filter((d) => d.kind === "air_quality" || d.kind === "wastewater")
+      .sort((a, b) => a.device_id.localeCompare(b.device_id));
+    const current = select.value;
+    select.replaceChildren(...stations.map((d) =>
+      el("option", { value: d.device_id, text: `${d.device_id}${d.name ? ` · ${d.name}` : ""}` })));
+    if (stations.some((d) => d.device_id === current)) select.value = current;
+  }
+
+  function rangeFrom() {
+    return Date.now() - ($("#env-range").value === "7d" ? 7 * 24 : 24) * HOUR;
+  }
+
+  function limitText(limit) {
+    if (!limit) return "";
+    if (limit.max != null) return `≤ ${number(limit.max)}`;
+    return `${number(limit.low)}–${number(limit.high)}`;
+  }
+
+  function showAqi(id, rows) {
+    const card = $(id);
+    const latest = rows.filter((r) => r.aqi != null).sort((a, b) => (a.window_start < b.window_start ? 1 : -1))[0];
+    card.querySelector(".big").textContent = latest ? String(latest.aqi) : "–";
+    const band = card.querySelector(".band");
+    band.replaceChildren();
+    if (latest && latest.band) {
+      const sw = el("span", { class: "swatch" });
+      sw.style.background = latest.band.colour;
+      band.append(sw, latest.band[state.lang] || latest.band.vi);
+    }
+    card.querySelector(".small").textContent = latest
+      ? `${t("dominant")}: ${latest.dominant || "–"} · ${time(latest.window_end)}`
+      : t("no_aqi");
+  }
+
+  let chart = null;
+  let windows = [];
+  async function loadEnvironment() {
+    const id = $("#env-station").value;
+    if (!id) return;
+    const from = rangeFrom();
+    const q = (path) => api(`${path}${path.includes("?") ? "&" : "?"}device_id=${encodeURIComponent(id)}&from=${from}`).then((r) => r.json());
+    const d = state.devices.get(id);
+    $("#env-aqi").hidden = !d || d.kind !== "air_quality";
+    if (d && d.kind === "air_quality") {
+      const [hourly, daily] = await Promise.all([
+        q("/api/v1/aqi?resolution=1h"),
+        api(`/api/v1/aqi?resolution=1d&device_id=${encodeURIComponent(id)}&from=${Date.now() - 8 * 24 * HOUR}`).then((r) => r.json()),
+      ]);
+      showAqi("#env-aqi-1h", hourly.aqi || []);
+      showAqi("#env-aqi-1d", daily.aqi || []);
+    }
+    const exceedances = (await q("/api/v1/exceedances")).exceedances || [];
+    const body = $("#env-exceedances tbody");
+    body.replaceChildren();
+    if (!exceedances.length) body.append(el("tr", {}, el("td", { colspan: "8", text: t("no_exceedances") })));
+    for (const e of exceedances.sort((a, b) => (a.window_start < b.window_start ? 1 : -1))) {
+      body.append(el("tr", { "data-status": e.status },
+        el("td", { text: e.metric }), el("td", { text: e.regulation }), el("td", { text: e.period }),
+        el("td", { text: `${limitText(e.limit)} ${e.unit}` }), el("td", { text: `${number(e.value)} ${e.unit}` }),
+        el("td", { text: `× ${number(e.multiple, 2)}` }), el("td", { text: time(e.window_start) }),
+        el("td", { text: t(e.status) })));
+    }
+    windows = (await q("/api/v1/aggregates?resolution=1h")).aggregates || [];
+    const metrics = [...new Set(windows.map((w) => w.metric))].sort();
+    const pick = $("#env-metric");
+    const chosen = metrics.includes(pick.value) ? pick.value : metrics[0];
+    pick.replaceChildren(...metrics.map((m) => el("option", { value: m, text: m })));
+    if (chosen) pick.value = chosen;
+    drawChart();
+  }
+
+  function drawChart() {
+    const metric = $("#env-metric").value;
+    const rows = windows.filter((w) => w.metric === metric)
+      .sort((a, b) => (a.window_start < b.window_start ? -1 : 1));
+    const box = $("#chart");
+    if (chart) { chart.destroy(); chart = null; }
+    box.replaceChildren();
+    box.dataset.points = String(rows.length);
+    if (!rows.length) { box.append(el("p", { text: t("no_data") })); return; }
+    const xs = rows.map((w) => Date.parse(w.window_start) / 1000);
+    const unit = rows[0].unit;
+    chart = new uPlot({
+      width: Math.max(300, box.clientWidth || 800), height: 300,
+      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), ZONE),
+      series: [
+        {},
+        { label: `${metric} (${unit})`, stroke: "#123c69", width: 2, value: (u, v) => (v == null ? "–" : number(v)) },
+        { label: "min", stroke: "#9aa5b1", dash: [4, 4] },
+        { label: "max", stroke: "#b3261e", dash: [4, 4] },
+      ],
+    }, [xs, rows.map((w) => w.mean), rows.map((w) => w.min), rows.map((w) => w.max)], box);
+  }
+
+  async function downloadCsv() {
+    const id = $("#env-station").value;
+    const metric = $("#env-metric").value;
+    if (!id || !metric) return;
+    const r = await api(`/api/v1/aggregates?resolution=1h&format=csv&device_id=${encodeURIComponent(id)}&metric=${encodeURIComponent(metric)}&from=${rangeFrom()}`);
+    const a = el("a", { href: URL.createObjectURL(await r.blob()), download: `${id}-${metric}-1h.csv` });
+    document.body.append(a);
+    a.click();
+    a.remove();
+  }
+
   async function acknowledge(id) {
     const comment = window.prompt(t("comment_prompt"), "") || "";
     const r = await api(`/api/v1/alerts/${encodeURIComponent(id)}/ack`, {
@@ -261,6 +396,11 @@
       }
     }
     render();
+    if (view === "environment") {
+      const had = $("#env-station").value;
+      fillStations();
+      if (!had) loadEnvironment().catch(() => {});
+    }
   }
 
   const SUBSCRIPTIONS = [
@@ -343,7 +483,7 @@
       }
     };
     ws.onclose = () => {
-      if ($("#operator").hidden) return;
+      if ($("#views").hidden) return;
       setStatus("reconnecting");
       const wait = Math.min(10000, 500 * 2 ** state.retry++);
       setTimeout(connect, wait);
@@ -367,6 +507,16 @@
       localStorage.setItem("ioc.lang", state.lang);
       applyLanguage();
     });
+    for (const b of document.querySelectorAll("#views button")) {
+      b.addEventListener("click", () => {
+        history.replaceState(null, "", `${location.pathname}${location.search}#${b.dataset.view}`);
+        showView(b.dataset.view);
+      });
+    }
+    $("#env-station").addEventListener("change", () => loadEnvironment().catch(() => {}));
+    $("#env-range").addEventListener("change", () => loadEnvironment().catch(() => {}));
+    $("#env-metric").addEventListener("change", drawChart);
+    $("#env-csv").addEventListener("click", () => downloadCsv().catch(() => {}));
     $("#login").addEventListener("submit", (e) => {
       e.preventDefault();
       signIn($("#token").value).catch(() => {});

@@ -3,6 +3,14 @@
 "use strict";
 window.IOC_I18N = {
   vi: {
+    view_operator: "Vận hành", view_environment: "Môi trường", station: "Trạm",
+    range: "Khoảng thời gian", last_24h: "24 giờ qua", last_7d: "7 ngày qua",
+    aqi_hourly: "AQI giờ", aqi_daily: "AQI ngày", dominant: "Chất ô nhiễm chính",
+    exceedances: "Vượt quy chuẩn (QCVN)", parameter: "Thông số", regulation: "Quy chuẩn",
+    period: "Thời gian trung bình", limit: "Giới hạn", measured: "Giá trị đo", multiple: "Bội số",
+    from_time: "Bắt đầu", state: "Trạng thái", exceeded: "Vượt", withdrawn: "Đã rút lại",
+    no_exceedances: "Không có lần vượt quy chuẩn", hourly_means: "Trung bình giờ",
+    download_csv: "Tải CSV", no_data: "Chưa có dữ liệu",
     title: "Trung tâm điều hành thông minh Đắk Lắk",
     connecting: "Đang kết nối", live: "Trực tiếp", reconnecting: "Đang kết nối lại",
     language: "Ngôn ngữ", token: "Mã truy cập", sign_in: "Đăng nhập",
@@ -23,6 +31,14 @@ window.IOC_I18N = {
     water_alert: "Có cảnh báo nước thải", water_ok: "Trong giới hạn", no_band: "Không có AQI",
   },
   en: {
+    view_operator: "Operations", view_environment: "Environment", station: "Station",
+    range: "Period", last_24h: "Last 24 hours", last_7d: "Last 7 days",
+    aqi_hourly: "Hourly AQI", aqi_daily: "Daily AQI", dominant: "Dominant pollutant",
+    exceedances: "QCVN exceedances", parameter: "Parameter", regulation: "Regulation",
+    period: "Averaging period", limit: "Limit", measured: "Measured", multiple: "Multiple",
+    from_time: "From", state: "State", exceeded: "Exceeded", withdrawn: "Withdrawn",
+    no_exceedances: "No exceedances", hourly_means: "Hourly means",
+    download_csv: "Download CSV", no_data: "No data yet",
     title: "Đắk Lắk Intelligent Operations Center",
     connecting: "Connecting", live: "Live", reconnecting: "Reconnecting",
     language: "Language", token: "Access token", sign_in: "Sign in",
