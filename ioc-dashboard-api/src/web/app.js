@@ -328,6 +328,12 @@
     drawChart();
   }
 
+  function tick(ms) {
+    return new Intl.DateTimeFormat(state.lang === "vi" ? "vi-VN" : "en-GB", {
+      timeZone: ZONE, day: "2-digit", month: "2-digit", hour: "2-digit", minute: "2-digit",
+    }).format(new Date(ms));
+  }
+
   function drawChart() {
     const metric = $("#env-metric").value;
     const rows = windows.filter((w) => w.metric === metric)
@@ -342,8 +348,13 @@
     chart = new uPlot({
       width: Math.max(300, box.clientWidth || 800), height: 300,
       tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), ZONE),
+      // Ticks in the chosen language's format and the province's time zone.
+      axes: [
+        { space: 90, values: (u, splits) => splits.map((ts) => tick(ts * 1000)) },
+        { values: (u, splits) => splits.map((v) => number(v)) },
+      ],
       series: [
-        {},
+        { label: state.lang === "vi" ? "Thời gian" : "Time", value: (u, ts) => (ts == null ? "–" : tick(ts * 1000)) },
         { label: `${metric} (${unit})`, stroke: "#123c69", width: 2, value: (u, v) => (v == null ? "–" : number(v)) },
         { label: "min", stroke: "#9aa5b1", dash: [4, 4] },
         { label: "max", stroke: "#b3261e", dash: [4, 4] },
