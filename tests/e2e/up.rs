@@ -718,6 +718,75 @@ async fn up_with_sim_shows_live_devices_in_a_browser() -> Result<()> {
         std::fs::create_dir_all(&dir)?;
         std::fs::copy(&screenshot, std::path::Path::new(&dir).join("operator.png"))?;
     }
+
+    // An installer registers a device on a phone and watches it commission to all green.
+    let installer_shot = up.dir.join("installer.png");
+    let mut browser = tokio::process::Command::new("node")
+        .arg(crate::harness::repo_root().join("tests/browser/installer.js"))
+        .arg(format!("{}?token={}", up.url("/"), up.token))
+        .arg("aq-new")
+        .arg(&installer_shot)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        browser.stdout.take().context("stdout")?,
+    ));
+    let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .context("the page registers the device within 60 s")??
+        .context("a line of the installer's page")?;
+    let shown: serde_json::Value = serde_json::from_str(&first)?;
+    assert!(
+        shown["refused"].as_str().is_some_and(|r| r.contains("lat")),
+        "a bad latitude is refused, the field named: {shown}"
+    );
+    let mqtt = &shown["registered"];
+    let (device, mut events) = rumqttc::AsyncClient::new(device_login(mqtt, up.mqtt_port)?, 100);
+    let _poll = tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let topic = mqtt["topic"].as_str().context("topic")?.to_string();
+    for i in 0..6 {
+        let body = format!(
+            r#"{{"ts":{},"values":{{"pm25":{}}}}}"#,
+            ioc_contract::time::now_ms(),
+            20 + i
+        );
+        device
+            .publish(&topic, QoS::AtLeastOnce, false, body)
+            .await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let last = tokio::time::timeout(Duration::from_secs(90), lines.next_line())
+        .await
+        .context("the checklist turns green within 90 s")??
+        .context("the page's last line")?;
+    assert!(browser.wait().await?.success());
+    let seen: serde_json::Value = serde_json::from_str(&last)?;
+    let items = seen["items"].as_array().context("items")?;
+    assert!(
+        items.len() >= 6 && items.iter().all(|i| i[1] == "pass"),
+        "every item green: {seen}"
+    );
+    assert!(
+        seen["raw"].as_str().is_some_and(|r| r.contains("pm25")),
+        "{seen}"
+    );
+    assert!(
+        seen["decoded"][0]
+            .as_str()
+            .is_some_and(|d| d.starts_with("pm25 = ")),
+        "{seen}"
+    );
+    assert!(
+        seen["scroll_width"].as_u64().is_some_and(|w| w <= 390),
+        "fits a phone's width: {seen}"
+    );
+    if let Some(dir) = std::env::var_os("IOC_ARTIFACTS") {
+        std::fs::copy(
+            &installer_shot,
+            std::path::Path::new(&dir).join("installer.png"),
+        )?;
+    }
     stop_cleanly(&mut proc);
     let _ = std::fs::remove_dir_all(&up.dir);
     Ok(())

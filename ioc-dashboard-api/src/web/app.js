@@ -71,6 +71,7 @@
     if (state.socket) state.socket.close();
     $("#operator").hidden = true;
     $("#environment").hidden = true;
+    $("#installer").hidden = true;
     $("#views").hidden = true;
     $("#login").hidden = false;
     $("#login-error").textContent = message || "";
@@ -85,7 +86,7 @@
     $("#login").hidden = true;
     $("#views").hidden = false;
     const asked = location.hash.replace("#", "");
-    showView(VIEWS.includes(asked) ? asked : me.view === "environment" ? "environment" : "operator");
+    showView(VIEWS.includes(asked) ? asked : VIEWS.includes(me.view) ? me.view : "operator");
     await start();
   }
 
@@ -234,7 +235,7 @@
   }
 
   // Views: the operator's and the environment officer's, one shown at a time.
-  const VIEWS = ["operator", "environment"];
+  const VIEWS = ["operator", "environment", "installer"];
   let view = "operator";
   function showView(name) {
     view = name;
@@ -245,10 +246,86 @@
     if (name === "operator") {
       if (map) map.invalidateSize();
       render();
-    } else {
+    } else if (name === "environment") {
       fillStations();
       loadEnvironment().catch(() => {});
     }
+  }
+
+  // The installer's view: register a device (the API's checks, every problem at once), its
+  // MQTT account shown this once, then its commissioning checklist turning green live as its
+  // first messages arrive, with the raw message and what the decoder made of it.
+  async function register(event) {
+    event.preventDefault();
+    const body = {};
+    for (const [k, v] of new FormData($("#register"))) {
+      if (v === "") continue;
+      body[k] = ["lat", "lon", "expected_interval_s"].includes(k) && !Number.isNaN(Number(v)) ? Number(v) : v;
+    }
+    const r = await api("/api/v1/devices", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    });
+    const out = await r.json().catch(() => ({}));
+    const problems = $("#register-problems");
+    problems.replaceChildren();
+    if (!r.ok) {
+      const list = out.problems && out.problems.length ? out.problems : [{ field: "", message: out.message || r.statusText }];
+      for (const p of list) {
+        problems.append(el("li", { "data-field": p.field, text: p.field ? `${t(p.field)} (${p.field}): ${p.message}` : p.message }));
+      }
+      return;
+    }
+    if (out.mqtt && out.mqtt.password) {
+      $("#cred-username").textContent = out.mqtt.username;
+      $("#cred-password").textContent = out.mqtt.password;
+      $("#cred-client").textContent = out.mqtt.client_id;
+      $("#cred-topic").textContent = out.mqtt.topic;
+      $("#credentials").hidden = false;
+    }
+    $("#register").reset();
+    watch(out.device_id);
+  }
+
+  let watching = null;
+  function watch(id) {
+    if (watching) watching.close();
+    $("#watched").textContent = id;
+    $("#commissioning").hidden = false;
+    $("#raw").textContent = t("no_message");
+    $("#decoded").replaceChildren();
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const ws = new WebSocket(`${scheme}://${location.host}/api/v1/devices/${encodeURIComponent(id)}/live?token=${encodeURIComponent(state.token)}`);
+    watching = ws;
+    let again = null;
+    const recheck = () => {
+      clearTimeout(again);
+      again = setTimeout(async () => {
+        const r = await api(`/api/v1/devices/${encodeURIComponent(id)}/commissioning`);
+        if (r.ok && watching === ws) showChecklist(await r.json());
+      }, 300);
+    };
+    const poll = setInterval(() => (watching === ws ? recheck() : clearInterval(poll)), 3000);
+    ws.onmessage = (event) => {
+      const frame = JSON.parse(event.data);
+      if (frame.stream === "checklist") showChecklist(frame.data);
+      else if (frame.stream === "device") { showMessage(frame.data); recheck(); }
+      else if (frame.stream === "readings") recheck();
+    };
+  }
+
+  function showChecklist(list) {
+    const verdict = $("#verdict");
+    verdict.dataset.verdict = list.verdict;
+    verdict.textContent = t(list.verdict);
+    $("#checklist").replaceChildren(...list.items.map((i) =>
+      el("li", { "data-item": i.item, "data-status": i.status, text: `${t(i.item)} — ${t(i.status)}: ${i.evidence}` })));
+  }
+
+  function showMessage(m) {
+    $("#raw").textContent = m.raw_text != null ? m.raw_text : m.withheld || `base64: ${m.raw_base64 || ""}`;
+    $("#decoded").replaceChildren(
+      ...m.readings.map((r) => el("li", { "data-quality": r.quality, text: `${r.metric}${r.channel ? ` (${r.channel})` : ""} = ${number(r.value, 3)} ${r.unit} · ${r.quality}${r.quality_reason ? ` (${r.quality_reason})` : ""}` })),
+      ...m.rejections.map((x) => el("li", { class: "rejected", text: `${t("rejected")}: ${x.code || ""} ${x.reason || ""}`.trim() })));
   }
 
   // The environment officer's view of one station: its hourly and daily AQI with the band as
@@ -528,6 +605,18 @@
     $("#env-range").addEventListener("change", () => loadEnvironment().catch(() => {}));
     $("#env-metric").addEventListener("change", drawChart);
     $("#env-csv").addEventListener("click", () => downloadCsv().catch(() => {}));
+    $("#register").addEventListener("submit", (e) => register(e).catch(() => {}));
+    $("#watch-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const id = $("#watch-id").value.trim();
+      if (id) watch(id);
+    });
+    for (const b of document.querySelectorAll("button.copy")) {
+      b.addEventListener("click", () => {
+        const text = $(`#${b.dataset.copy}`).textContent;
+        if (navigator.clipboard) navigator.clipboard.writeText(text).then(() => { b.textContent = t("copied"); }, () => {});
+      });
+    }
     $("#login").addEventListener("submit", (e) => {
       e.preventDefault();
       signIn($("#token").value).catch(() => {});
