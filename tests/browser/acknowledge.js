@@ -30,11 +30,21 @@ const { chromium } = require("playwright-core");
     if (!id) throw new Error("no Acknowledge button is reachable with Tab");
     await second.waitForSelector(`#alerts li[data-alert="${id}"]`, { timeout: 30000 });
     const before = await second.getAttribute(`#alerts li[data-alert="${id}"]`, "data-state");
+    const answer = first.waitForResponse((r) => r.url().includes("/ack"), { timeout: 30000 });
     await first.keyboard.press("Enter");
-    await second.waitForSelector(`#alerts li[data-alert="${id}"][data-state="acknowledged"]`, { timeout: 30000 });
+    const acked = await answer;
+    const status = acked.status();
+    // The act goes through the stream that owns the device, then back over the bus to every
+    // API and page: on a loaded machine that can take a while.
+    await second
+      .waitForSelector(`#alerts li[data-alert="${id}"][data-state="acknowledged"]`, { timeout: 90000 })
+      .catch(async (e) => {
+        const now = await second.getAttribute(`#alerts li[data-alert="${id}"]`, "data-state").catch(() => "gone");
+        throw new Error(`the second session still shows ${id} as ${now} (the ack was answered ${status}): ${e.message}`);
+      });
     const seen = await second.textContent(`#alerts li[data-alert="${id}"]`);
     const button = await second.$(`#alerts li[data-alert="${id}"] button[data-ack]`);
-    console.log(JSON.stringify({ alert: id, before, seen, button_left: button !== null }));
+    console.log(JSON.stringify({ alert: id, before, status, seen, button_left: button !== null }));
   } finally {
     await browser.close();
   }

@@ -477,7 +477,9 @@ async fn two_ingest_processes_on_a_shared_subscription_store_once_and_count_each
 async fn flooding_devices_are_held_to_their_rate_across_two_ingest_processes() -> Result<()> {
     const FLOOD: usize = 400;
     const CAMERA_FLOOD: usize = FLOOD / 2;
-    const QUIET: usize = 10;
+    // No more than the burst: on a loaded machine ingest may read a backlog of the quiet
+    // device's messages at once, and their receipt times then come close together.
+    const QUIET: usize = FLOOD_BURST as usize;
     let env = Env::new("flood2", "")?;
     env.insert_config(
         "ingest",
@@ -492,7 +494,7 @@ async fn flooding_devices_are_held_to_their_rate_across_two_ingest_processes() -
 
     // 400 readings messages about 5 ms apart (about 200 a second, ten times the rate), a
     // second of event time apart so that windows close and the checkpoint moves during the
-    // flood, a camera's 200 events among them, and a quiet device's ten.
+    // flood, a camera's 200 events among them, and a quiet device's five.
     let start = ioc_contract::time::now_ms() - 600_000;
     let mut quiet_sent = 0;
     for i in 0..FLOOD {
