@@ -708,7 +708,7 @@ pub const MAP_FIELDS: [&str; 9] = [
     "open_alerts",
 ];
 
-fn round6(x: f64) -> f64 {
+pub(crate) fn round6(x: f64) -> f64 {
     (x * 1e6).round() / 1e6
 }
 

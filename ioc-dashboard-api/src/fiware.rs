@@ -89,12 +89,10 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
+/// A device's position as GeoJSON, longitude first, to the map's six decimals (~0.1 m).
 fn point(d: &Device) -> Value {
+    use crate::devices::round6;
     json!({"type": "Point", "coordinates": [round6(d.lon), round6(d.lat)]})
-}
-
-fn round6(x: f64) -> f64 {
-    (x * 1e6).round() / 1e6
 }
 
 fn urn(entity_type: &str, parts: &[&str]) -> String {

@@ -266,21 +266,34 @@ impl Op {
     }
 
     fn tag(&self) -> &'static str {
-        let segment = |p: &'static str| p.split('/').nth(3).unwrap_or("service");
-        match self.path {
-            p if p.starts_with("/open/") => "open data",
-            p if p.starts_with("/api/v1/devices") => "devices",
-            "/api/v1/readings"
-            | "/api/v1/aggregates"
-            | "/api/v1/aqi"
-            | "/api/v1/exceedances"
-            | "/api/v1/annual" => "history",
-            "/api/v1/alerts" | "/api/v1/rules" => "alerts",
-            p if p.starts_with("/api/v1/alerts") || p.starts_with("/api/v1/rules") => "alerts",
-            "/api/v1/tokens" | "/api/v1/audit" | "/api/v1/events" | "/api/v1/evidence" => "access",
-            p if p.starts_with("/api/v1/tokens") => "access",
-            p if p.starts_with("/api/") => segment(p),
-            _ => "service",
+        let under = |prefixes: &[&str]| prefixes.iter().any(|p| self.path.starts_with(p));
+        if under(&["/open/"]) {
+            "open data"
+        } else if under(&["/api/v1/devices", "/api/v1/map"]) {
+            "devices"
+        } else if under(&["/api/v1/alerts", "/api/v1/rules"]) {
+            "alerts"
+        } else if under(&[
+            "/api/v1/tokens",
+            "/api/v1/audit",
+            "/api/v1/events",
+            "/api/v1/evidence",
+            "/api/v1/me",
+        ]) {
+            "access"
+        } else if under(&[
+            "/api/v1/readings",
+            "/api/v1/aggregates",
+            "/api/v1/aqi",
+            "/api/v1/exceedances",
+            "/api/v1/annual",
+            "/api/v1/fiware",
+        ]) {
+            "history"
+        } else if under(&["/api/v1/ws"]) {
+            "live"
+        } else {
+            "service"
         }
     }
 

@@ -66,6 +66,18 @@ const ANY_RESOLUTION: Param = Param::query(
     "the windows' width (default 1h)",
 );
 
+/// The device list's and the map's filters.
+const DEVICE_FILTERS: [Param; 5] = [
+    Param::query("kind", Kind::OneOf(&DEVICE_KINDS), "one kind"),
+    COMMUNE,
+    Param::query("status", Kind::OneOf(&DEVICE_STATUSES), "one status"),
+    Param::query("online", Kind::Bool, "seen within 3 expected intervals"),
+    BBOX,
+];
+
+/// What the FIWARE routes take besides the entity type.
+const FIWARE_FILTERS: [Param; 7] = [DEVICE_ID, FROM, TO, LIMIT, ANY_RESOLUTION, COMMUNE, BBOX];
+
 /// FIWARE entities in keyValues form: a JSON array.
 fn entities() -> serde_json::Value {
     json!({"type": "array", "items": schema::object(&[
@@ -138,13 +150,7 @@ pub fn router(state: AppState) -> Router {
         .add(
             Op::get("/api/v1/devices", "listDevices", "The registered devices")
                 .token(ReadTelemetry)
-                .params(&[
-                    Param::query("kind", Kind::OneOf(&DEVICE_KINDS), "one kind"),
-                    COMMUNE,
-                    Param::query("status", Kind::OneOf(&DEVICE_STATUSES), "one status"),
-                    Param::query("online", Kind::Bool, "seen within 3 expected intervals"),
-                    BBOX,
-                ])
+                .params(&DEVICE_FILTERS)
                 .reply(
                     200,
                     Reply::Json(|| schema::list("devices", schema::device())),
@@ -256,13 +262,7 @@ pub fn router(state: AppState) -> Router {
                 "The whole fleet for a map: positions, latest values, hourly AQI, open alerts",
             )
             .token(ReadTelemetry)
-            .params(&[
-                Param::query("kind", Kind::OneOf(&DEVICE_KINDS), "one kind"),
-                COMMUNE,
-                Param::query("status", Kind::OneOf(&DEVICE_STATUSES), "one status"),
-                Param::query("online", Kind::Bool, "seen within 3 expected intervals"),
-                BBOX,
-            ])
+            .params(&DEVICE_FILTERS)
             .reply(
                 200,
                 Reply::Json(|| {
@@ -380,14 +380,8 @@ pub fn router(state: AppState) -> Router {
             .token(ReadTelemetry)
             .params(&[
                 Param::query("type", Kind::OneOf(&fiware::TYPES), "the entity type").required(),
-                DEVICE_ID,
-                FROM,
-                TO,
-                LIMIT,
-                ANY_RESOLUTION,
-                COMMUNE,
-                BBOX,
             ])
+            .params(&FIWARE_FILTERS)
             .reply(200, Reply::Json(entities)),
             fiware::api,
         )
@@ -651,14 +645,8 @@ pub fn router(state: AppState) -> Router {
             .params(&[
                 Param::query("type", Kind::OneOf(&fiware::OPEN_TYPES), "the entity type")
                     .required(),
-                DEVICE_ID,
-                FROM,
-                TO,
-                LIMIT,
-                ANY_RESOLUTION,
-                COMMUNE,
-                BBOX,
             ])
+            .params(&FIWARE_FILTERS)
             .reply(200, Reply::Json(entities))
             .errors(&[404, 429]),
             fiware::open,

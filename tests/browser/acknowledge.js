@@ -3,15 +3,11 @@
 // the alert turn acknowledged, by whom and why, without a reload. Prints one JSON line.
 // Usage: node acknowledge.js URL COMMENT
 "use strict";
-const { chromium } = require("playwright-core");
+const { launch } = require("./chromium");
 
 (async () => {
   const [url, comment] = process.argv.slice(2);
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  const browser = await launch();
   try {
     const open = async () => {
       const page = await (await browser.newContext({ viewport: { width: 1400, height: 900 } })).newPage();

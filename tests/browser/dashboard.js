@@ -5,16 +5,12 @@
 // Usage: node dashboard.js URL SCREENSHOT.png [seconds-to-wait]
 "use strict";
 const path = require("path");
-const { chromium } = require("playwright-core");
+const { launch } = require("./chromium");
 
 (async () => {
   const [url, screenshot, waitSeconds = "30"] = process.argv.slice(2);
   const wait = Number(waitSeconds) * 1000;
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  const browser = await launch();
   try {
     const context = await browser.newContext({ viewport: { width: 1600, height: 1000 } });
     const page = await context.newPage();
@@ -41,7 +37,7 @@ const { chromium } = require("playwright-core");
     await page.waitForTimeout(500);
     const markers = await page.$$eval("path.device-marker", (ps) => ps.map((p) => p.getAttribute("data-device")));
     const tiles = await page.$$eval(".tile", (ts) => Object.fromEntries(ts.map((t) => [t.id, t.querySelector(".big").textContent])));
-    const outline = await page.$$eval("path.leaflet-interactive, path", (ps) => ps.length);
+    const outline = await page.$$eval("#map path:not(.device-marker)", (ps) => ps.length);
     const status = await page.textContent("#status");
     const label = () => page.textContent("#tile-aqi h2");
     const before = { lang: await page.getAttribute("html", "lang"), aqi: await label() };

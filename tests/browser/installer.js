@@ -3,15 +3,11 @@
 // then waits for the commissioning checklist to turn all green as the device's messages arrive
 // and prints what the page shows as a second line. Usage: node installer.js URL DEVICE SHOT.png
 "use strict";
-const { chromium } = require("playwright-core");
+const { launch } = require("./chromium");
 
 (async () => {
   const [url, device, screenshot] = process.argv.slice(2);
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  const browser = await launch();
   try {
     const context = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
     const page = await context.newPage();

@@ -2,14 +2,11 @@
 // navigation to its first live data. Usage: node page-weight.js URL [down-kbit/s] [rtt-ms]
 // (default 1600 kbit/s down, 750 up, 150 ms: a slow 3G link). Prints one JSON line.
 "use strict";
-const { chromium } = require("playwright-core");
+const { launch } = require("./chromium");
 
 (async () => {
   const [url, down = "1600", rtt = "150"] = process.argv.slice(2);
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"],
-  });
+  const browser = await launch();
   try {
     const page = await browser.newPage();
     const cdp = await page.context().newCDPSession(page);

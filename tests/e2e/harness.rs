@@ -662,6 +662,18 @@ where
     }
 }
 
+/// The serious and critical accessibility violations axe-core found, in a browser script's
+/// report (`violations`: `[{id, impact, nodes, help}]`).
+pub fn serious_violations(seen: &serde_json::Value) -> Result<Vec<serde_json::Value>> {
+    Ok(seen["violations"]
+        .as_array()
+        .context("no violations list in the report")?
+        .iter()
+        .filter(|v| matches!(v["impact"].as_str(), Some("serious" | "critical")))
+        .cloned()
+        .collect())
+}
+
 /// Opens the dashboard at `url` in headless Chromium (tests/browser/dashboard.js) and returns
 /// what it saw; saves a screenshot at `screenshot`.
 pub async fn dashboard_page(url: &str, screenshot: &Path) -> Result<serde_json::Value> {

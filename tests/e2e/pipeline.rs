@@ -751,12 +751,7 @@ async fn a_backdated_day_rolls_up_and_a_late_reading_revises_every_resolution() 
         "the 1-hour NO2 exceedance with its limit: {no2}"
     );
     for seen in [&air, &no2] {
-        let serious: Vec<&serde_json::Value> = seen["violations"]
-            .as_array()
-            .context("violations")?
-            .iter()
-            .filter(|v| matches!(v["impact"].as_str(), Some("serious" | "critical")))
-            .collect();
+        let serious = crate::harness::serious_violations(seen)?;
         assert!(serious.is_empty(), "axe-core: {serious:?}");
     }
     Ok(())

@@ -702,13 +702,12 @@ async fn up_with_sim_shows_live_devices_in_a_browser() -> Result<()> {
         ),
         "the language switch: {seen}"
     );
-    let serious: Vec<&serde_json::Value> = seen["violations"]
-        .as_array()
-        .context("violations")?
-        .iter()
-        .filter(|v| matches!(v["impact"].as_str(), Some("serious" | "critical")))
-        .collect();
+    let serious = crate::harness::serious_violations(&seen)?;
     assert!(serious.is_empty(), "axe-core: {serious:?}");
+    assert!(
+        seen["outline"].as_u64().is_some_and(|n| n >= 1),
+        "the province's outline is drawn without tiles: {seen}"
+    );
     assert!(
         std::fs::metadata(&screenshot)?.len() > 10_000,
         "a screenshot"
