@@ -284,6 +284,21 @@ async fn every_format_with_faults_is_stored_absorbed_or_dead_lettered() -> Resul
             ));
         }
     }
+    // One of each rejection by hand as well: the faults are seeded, but which device is due
+    // when depends on the wall clock, so a run of the fleet alone can miss a kind.
+    for payload in [
+        format!(
+            r#"{{"ts":{},"values":{{"pm25":12,"co":0.8}},"units":{{"co":"furlong"}}}}"#,
+            start + 2
+        ),
+        format!(r#"{{"ts":{},"values":{{"pm25":"#, start + 3),
+    ] {
+        published.push((
+            format!("ioc/v1/devices/{v1}/telemetry"),
+            payload.into_bytes(),
+            "ioc-json",
+        ));
+    }
     published.push((
         "ioc/v1/gateways/gw-001/flat".into(),
         br#"{"imei":"869999999999999","time":"26/11/2026 08:05:00","PM2_5":"35,2"}"#.to_vec(),
