@@ -15,6 +15,7 @@
 pub mod audit;
 pub mod embedded;
 pub mod registry;
+pub mod retry;
 
 use std::time::Duration;
 

@@ -55,6 +55,9 @@ pub struct NotifyConfig {
     pub default_recipients: Vec<String>,
     pub recipients: Vec<RecipientConfig>,
     pub smtp: SmtpConfig,
+    /// CA certificates (PEM) trusted besides the public roots, for https webhooks and SMTP
+    /// STARTTLS: a province's own CA. Empty: the public roots only.
+    pub ca_file: String,
 }
 
 /// One recipient: a webhook or email addresses (`[[notify.recipients]]`).
@@ -422,11 +425,33 @@ pub struct RuleConfig {
     /// Who is notified (names of `[[notify.recipients]]`; none: `notify.default_recipients`).
     #[serde(default)]
     pub recipients: Vec<String>,
-    /// An alert still unacknowledged this long after it fired is sent to `escalate_to`.
+    /// An alert still unacknowledged this long after its first notification is sent to `escalate_to`.
     #[serde(default, with = "humantime_serde")]
     pub escalate_after: Option<Duration>,
     #[serde(default)]
     pub escalate_to: Vec<String>,
+}
+
+impl RuleConfig {
+    /// A rule of just its query: no clear query, hold time, reminders, labels or recipients of
+    /// its own.
+    pub fn new(name: &str, category: &str, severity: &str, sql: impl Into<String>) -> RuleConfig {
+        RuleConfig {
+            name: name.into(),
+            category: category.into(),
+            severity: severity.into(),
+            sql: sql.into(),
+            clear_sql: None,
+            for_: None,
+            keep_firing_for: None,
+            renotify: None,
+            labels: Vec::new(),
+            message: String::new(),
+            recipients: Vec::new(),
+            escalate_after: None,
+            escalate_to: Vec::new(),
+        }
+    }
 }
 
 /// Rule categories and severities, by name.
@@ -1147,6 +1172,16 @@ pub fn validate(c: &Config) -> Vec<Problem> {
         }
         if !r.email.is_empty() && c.notify.smtp.host.is_empty() {
             bad(&path("email"), "email needs notify.smtp.host".into());
+        }
+    }
+    if !c.notify.ca_file.is_empty() {
+        match std::fs::read_to_string(&c.notify.ca_file) {
+            Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => {}
+            Ok(_) => bad(
+                "notify.ca_file",
+                format!("{:?} holds no PEM certificate", c.notify.ca_file),
+            ),
+            Err(e) => bad("notify.ca_file", format!("{:?}: {e}", c.notify.ca_file)),
         }
     }
     let known = |list: &[String], path: String, bad: &mut dyn FnMut(&str, String)| {

@@ -13,24 +13,6 @@ pub const QCVN_WATER_RULE: &str = "qcvn40_exceedance";
 pub const OFFLINE_RULE: &str = "device_offline";
 pub const STUCK_RULE: &str = "sensor_stuck";
 
-fn builtin_rule(name: &str, category: &str, severity: &str, sql: String) -> RuleConfig {
-    RuleConfig {
-        name: name.into(),
-        category: category.into(),
-        severity: severity.into(),
-        sql,
-        clear_sql: None,
-        for_: None,
-        keep_firing_for: None,
-        renotify: None,
-        labels: Vec::new(),
-        message: String::new(),
-        recipients: Vec::new(),
-        escalate_after: None,
-        escalate_to: Vec::new(),
-    }
-}
-
 /// The built-in rules (README, "Alert rules"), from the settings they read.
 pub fn builtin(config: &StreamConfig) -> Vec<RuleConfig> {
     // Severity from how far beyond its limit the mean is.
@@ -60,7 +42,7 @@ pub fn builtin(config: &StreamConfig) -> Vec<RuleConfig> {
     let mut rules = vec![
         RuleConfig {
             message: "PM2.5 1-minute mean {value} {unit} at {device_id} is above the limit of {limit} {unit}".into(),
-            ..builtin_rule(
+            ..RuleConfig::new(
                 PM25_RULE,
                 "air",
                 "minor",
@@ -74,39 +56,37 @@ pub fn builtin(config: &StreamConfig) -> Vec<RuleConfig> {
             // Clears only below 91, so an hour hovering at 100 or 101 does not flap.
             clear_sql: Some("SELECT device_id FROM aqi_1h WHERE aqi < 91".into()),
             message: "Hourly VN_AQI {value} (Kém or worse) at {device_id}, dominant {dominant}".into(),
-            ..builtin_rule(
+            ..RuleConfig::new(
                 AQI_POOR_RULE,
                 "air",
                 "major",
                 "SELECT device_id, aqi AS value, dominant, 101 AS \"limit\" FROM aqi_1h WHERE aqi >= 101"
-                    .into(),
             )
         },
         RuleConfig {
             clear_sql: Some("SELECT device_id FROM aqi_1h WHERE aqi < 181".into()),
             message: "Hourly VN_AQI {value} (Rất xấu or worse) at {device_id}, dominant {dominant}"
                 .into(),
-            ..builtin_rule(
+            ..RuleConfig::new(
                 AQI_VERY_BAD_RULE,
                 "air",
                 "critical",
                 "SELECT device_id, aqi AS value, dominant, 201 AS \"limit\" FROM aqi_1h WHERE aqi >= 201"
-                    .into(),
             )
         },
         RuleConfig {
             labels: vec!["metric".into(), "regulation".into(), "period".into()],
             message: "{metric} {period} mean {value} {unit} at {device_id} exceeds {regulation} (limit {limit}, {multiple}×)".into(),
-            ..builtin_rule(QCVN_AIR_RULE, "air", "minor", exceedance("air_quality"))
+            ..RuleConfig::new(QCVN_AIR_RULE, "air", "minor", exceedance("air_quality"))
         },
         RuleConfig {
             labels: vec!["metric".into(), "regulation".into(), "period".into()],
             message: "{metric} {period} mean {value} {unit} at {device_id} exceeds {regulation} (limit {limit}, {multiple}×)".into(),
-            ..builtin_rule(QCVN_WATER_RULE, "water", "minor", exceedance("wastewater"))
+            ..RuleConfig::new(QCVN_WATER_RULE, "water", "minor", exceedance("wastewater"))
         },
         RuleConfig {
             message: "{device_id} has sent nothing for {value} s (expected every {expected_interval_s} s)".into(),
-            ..builtin_rule(
+            ..RuleConfig::new(
                 OFFLINE_RULE,
                 "device",
                 "major",
@@ -124,7 +104,7 @@ pub fn builtin(config: &StreamConfig) -> Vec<RuleConfig> {
             labels: vec!["metric".into()],
             message: "{metric} at {device_id} has read {last_value} {unit} {value} times in a row"
                 .into(),
-            ..builtin_rule(
+            ..RuleConfig::new(
                 STUCK_RULE,
                 "device",
                 "minor",

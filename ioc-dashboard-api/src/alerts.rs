@@ -152,36 +152,47 @@ impl From<&AlertTransition> for ApiTransition {
     }
 }
 
-/// Waiters for the stream's replies, by request id (fed by the live tail).
-#[derive(Clone, Default)]
-pub struct Replies(Arc<Mutex<HashMap<String, oneshot::Sender<AlertReply>>>>);
+/// Requests sent over the bus that a handler here waits on, by request id: what answers one
+/// (read back from the bus) is handed to its waiter. Most answers are for another instance.
+pub struct Waiters<T>(Arc<Mutex<HashMap<String, oneshot::Sender<T>>>>);
 
-impl Replies {
-    fn wait(&self, request_id: &str) -> oneshot::Receiver<AlertReply> {
+impl<T> Clone for Waiters<T> {
+    fn clone(&self) -> Self {
+        Waiters(self.0.clone())
+    }
+}
+
+impl<T> Default for Waiters<T> {
+    fn default() -> Self {
+        Waiters(Arc::default())
+    }
+}
+
+impl<T> Waiters<T> {
+    fn wait(&self, request_id: &str) -> oneshot::Receiver<T> {
         let (tx, rx) = oneshot::channel();
         self.0
             .lock()
-            .expect("replies lock")
+            .expect("waiters lock")
             .insert(request_id.to_string(), tx);
         rx
     }
 
     fn forget(&self, request_id: &str) {
-        self.0.lock().expect("replies lock").remove(request_id);
+        self.0.lock().expect("waiters lock").remove(request_id);
     }
 
-    /// Hands a reply to whoever here waits for it (most replies are for another instance).
-    pub fn deliver(&self, reply: AlertReply) {
-        let waiter = self
-            .0
-            .lock()
-            .expect("replies lock")
-            .remove(&reply.request_id);
+    /// Hands `answer` to whoever here waits for `request_id`.
+    pub fn deliver(&self, request_id: &str, answer: T) {
+        let waiter = self.0.lock().expect("waiters lock").remove(request_id);
         if let Some(tx) = waiter {
-            let _ = tx.send(reply);
+            let _ = tx.send(answer);
         }
     }
 }
+
+/// Waiters for the stream's replies to acknowledgements and resolutions (fed by the live tail).
+pub type Replies = Waiters<AlertReply>;
 
 fn bad(message: String) -> ApiFailure {
     ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -266,6 +277,18 @@ pub async fn list(
 }
 
 /// The stored alert `id` (its id names its device and when it started).
+/// The rows of one alert (its versions, transitions or deliveries) from `from` on.
+fn of_alert(id: &str, device: String, from: i64) -> HistoryFilter {
+    HistoryFilter {
+        device_id: Some(device),
+        from,
+        to: i64::MAX,
+        limit: usize::MAX,
+        any_of: vec![("alert_id", vec![id.to_string()])],
+        ..Default::default()
+    }
+}
+
 async fn find(state: &AppState, id: &str) -> ApiResult<Alert> {
     let not_found = || {
         ApiFailure::new(
@@ -275,14 +298,7 @@ async fn find(state: &AppState, id: &str) -> ApiResult<Alert> {
         )
     };
     let (started_at, device) = parse_id(id).ok_or_else(not_found)?;
-    let filter = HistoryFilter {
-        device_id: Some(device),
-        from: started_at,
-        to: i64::MAX,
-        limit: usize::MAX,
-        any_of: vec![("alert_id", vec![id.to_string()])],
-        ..Default::default()
-    };
+    let filter = of_alert(id, device, started_at);
     let rows = state
         .history
         .query::<AlertRow>(&filter)
@@ -312,14 +328,7 @@ pub async fn get_one(
 ) -> ApiResult<Json<serde_json::Value>> {
     authorize(&state, bearer(&headers), Permission::ReadTelemetry)?;
     let alert = find(&state, &id).await?;
-    let filter = HistoryFilter {
-        device_id: Some(alert.device_id.clone()),
-        from: alert.started_at,
-        to: i64::MAX,
-        limit: usize::MAX,
-        any_of: vec![("alert_id", vec![id.clone()])],
-        ..Default::default()
-    };
+    let filter = of_alert(&id, alert.device_id.clone(), alert.started_at);
     let mut transitions: Vec<AlertTransition> = state
         .history
         .query::<TransitionRow>(&filter)
@@ -512,7 +521,7 @@ async fn act(
 #[derive(Default)]
 pub struct RulesView {
     current: std::sync::RwLock<Option<(String, Vec<ioc_config::RuleConfig>)>>,
-    waiters: Mutex<HashMap<String, oneshot::Sender<RulesRecord>>>,
+    waiters: Waiters<RulesRecord>,
 }
 
 impl RulesView {
@@ -531,9 +540,7 @@ impl RulesView {
             RulesRecord::ReloadRequested { .. } => None,
         };
         if let Some(id) = request {
-            if let Some(tx) = self.waiters.lock().expect("waiters lock").remove(&id) {
-                let _ = tx.send(record);
-            }
+            self.waiters.deliver(&id, record);
         }
     }
 }
@@ -572,13 +579,7 @@ pub async fn reload_rules(
 ) -> ApiResult<Response> {
     let by = authorize(&state, bearer(&headers), Permission::Administer)?;
     let request_id = random_hex(16).map_err(|e| ApiFailure::unavailable("no randomness", e))?;
-    let (tx, rx) = oneshot::channel();
-    state
-        .rules_view
-        .waiters
-        .lock()
-        .expect("waiters lock")
-        .insert(request_id.clone(), tx);
+    let rx = state.rules_view.waiters.wait(&request_id);
     let record = RulesRecord::ReloadRequested {
         request_id: request_id.clone(),
         by: by.name.clone(),
@@ -590,12 +591,7 @@ pub async fn reload_rules(
         .send(&state.bus.topics().rules, "rules", &payload)
         .await
     {
-        state
-            .rules_view
-            .waiters
-            .lock()
-            .expect("waiters lock")
-            .remove(&request_id);
+        state.rules_view.waiters.forget(&request_id);
         return Err(ApiFailure::unavailable(
             "the reload could not be asked for",
             e,
@@ -631,12 +627,7 @@ pub async fn reload_rules(
         )
             .into_response()),
         _ => {
-            state
-                .rules_view
-                .waiters
-                .lock()
-                .expect("waiters lock")
-                .remove(&request_id);
+            state.rules_view.waiters.forget(&request_id);
             Ok((
                 StatusCode::ACCEPTED,
                 Json(json!({

@@ -850,7 +850,7 @@ pub async fn tail(
                 }
             } else if *topic == topics.alert_replies {
                 if let Ok(r) = serde_json::from_slice::<ioc_contract::AlertReply>(payload) {
-                    replies.deliver(r);
+                    replies.deliver(&r.request_id.clone(), r);
                 }
             } else if *topic == topics.tap {
                 if let Ok(tap) = serde_json::from_slice::<TapRecord>(payload) {

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ioc_bus::registry::RegistryView;
+use ioc_bus::retry::until_shutdown;
 use ioc_bus::{Bus, StartAt};
 use ioc_config::{NotifyConfig, RuleConfig};
 use ioc_contract::{Alert, AlertState, AlertTransition, TransitionKind};
@@ -113,10 +114,28 @@ impl Queue {
 /// An open alert the stage may re-notify or escalate.
 struct Open {
     alert: Alert,
-    /// When it was last notified (wall clock), and how many reminders went.
-    notified_at: i64,
+    sent: Sent,
+}
+
+/// What was sent of one alert: when first and last (wall clock), how many reminders, and
+/// whether it was escalated. Restored from the deliveries table at start.
+#[derive(Clone, Copy)]
+struct Sent {
+    first_at: i64,
+    last_at: i64,
     reminders: u32,
     escalated: bool,
+}
+
+impl Sent {
+    fn new(at: i64) -> Sent {
+        Sent {
+            first_at: at,
+            last_at: at,
+            reminders: 0,
+            escalated: false,
+        }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -150,8 +169,16 @@ pub async fn run(
         .collect();
     let mut queues: HashMap<String, Arc<Queue>> = HashMap::new();
     let mut workers = Vec::new();
+    let ca_pem = match config.ca_file.as_str() {
+        "" => None,
+        path => Some(
+            std::fs::read(path)
+                .map_err(|e| NotifyError::Recipient(format!("notify.ca_file {path:?}: {e}")))?,
+        ),
+    };
     for r in &config.recipients {
-        let channel = Channel::of(r, &config.smtp).map_err(NotifyError::Recipient)?;
+        let channel =
+            Channel::of(r, &config.smtp, ca_pem.as_deref()).map_err(NotifyError::Recipient)?;
         let queue = Arc::new(Queue::default());
         queues.insert(r.name.clone(), queue.clone());
         workers.push(tokio::spawn(worker(
@@ -179,21 +206,22 @@ pub async fn run(
         })
         .await?;
     let mut known: HashSet<(String, String, String)> = HashSet::new();
-    let mut last_notified: HashMap<String, (i64, u32, bool)> = HashMap::new();
+    let mut sent: HashMap<String, Sent> = HashMap::new();
     for d in recent {
         known.insert((d.alert_id.clone(), d.event.clone(), d.recipient.clone()));
-        let entry = last_notified
+        let entry = sent
             .entry(d.alert_id.clone())
-            .or_insert((0, 0, false));
-        entry.0 = entry.0.max(d.created_at);
+            .or_insert(Sent::new(d.created_at));
+        entry.first_at = entry.first_at.min(d.created_at);
+        entry.last_at = entry.last_at.max(d.created_at);
         if let Some(n) = d
             .event
             .strip_prefix("renotify-")
             .and_then(|n| n.parse().ok())
         {
-            entry.1 = entry.1.max(n);
+            entry.reminders = entry.reminders.max(n);
         }
-        entry.2 |= d.event == "escalated";
+        entry.escalated |= d.event == "escalated";
         if d.status == "pending" {
             if let Some(q) = queues.get(&d.recipient) {
                 q.push([d]);
@@ -211,19 +239,8 @@ pub async fn run(
         })
         .await?;
     for a in open_rows.into_iter().map(Alert::from) {
-        let (notified_at, reminders, escalated) = last_notified
-            .get(&a.alert_id)
-            .copied()
-            .unwrap_or((now, 0, false));
-        open.insert(
-            a.alert_id.clone(),
-            Open {
-                alert: a,
-                notified_at,
-                reminders,
-                escalated,
-            },
-        );
+        let sent = sent.get(&a.alert_id).copied().unwrap_or(Sent::new(now));
+        open.insert(a.alert_id.clone(), Open { alert: a, sent });
     }
 
     let topic = bus.topics().alert_transitions.clone();
@@ -321,9 +338,12 @@ pub async fn run(
                 limiter: String::new(),
             })
             .collect();
-        if retry(&shutdown, "checkpointing alert transitions", || {
-            history.insert_offsets(offsets.clone())
-        })
+        if until_shutdown(
+            &shutdown,
+            "checkpointing alert transitions",
+            || {},
+            || history.insert_offsets(offsets.clone()),
+        )
         .await
         .is_none()
         {
@@ -422,9 +442,7 @@ impl Stage<'_> {
                     t.alert_id.clone(),
                     Open {
                         alert: t.alert.clone(),
-                        notified_at: now,
-                        reminders: 0,
-                        escalated: false,
+                        sent: Sent::new(now),
                     },
                 );
                 "fired"
@@ -467,10 +485,10 @@ impl Stage<'_> {
                 continue;
             };
             if let Some(every) = rule.renotify {
-                if now - o.notified_at >= every.as_millis() as i64 {
-                    o.reminders += 1;
-                    o.notified_at = now;
-                    let event = format!("renotify-{}", o.reminders);
+                if now - o.sent.last_at >= every.as_millis() as i64 {
+                    o.sent.reminders += 1;
+                    o.sent.last_at = now;
+                    let event = format!("renotify-{}", o.sent.reminders);
                     let alert = o.alert.clone();
                     rows.extend(self.deliveries(
                         &alert,
@@ -483,10 +501,10 @@ impl Stage<'_> {
             }
             let o = open.get_mut(&id).expect("listed");
             if let Some(after) = rule.escalate_after {
-                // Its age from when it fired (event time: near the wall clock for live data;
-                // a backfill notifies no one).
-                if !o.escalated && now - o.alert.fired_at >= after.as_millis() as i64 {
-                    o.escalated = true;
+                // Unacknowledged for `after` since it was first sent, not since its window
+                // ended: a window that closes hours late still gives people time to act.
+                if !o.sent.escalated && now - o.sent.first_at >= after.as_millis() as i64 {
+                    o.sent.escalated = true;
                     let alert = o.alert.clone();
                     rows.extend(self.deliveries(
                         &alert,
@@ -506,9 +524,12 @@ impl Stage<'_> {
         if rows.is_empty() {
             return true;
         }
-        if retry(self.shutdown, "recording deliveries", || {
-            self.history.insert(&rows)
-        })
+        if until_shutdown(
+            self.shutdown,
+            "recording deliveries",
+            || {},
+            || self.history.insert(&rows),
+        )
         .await
         .is_none()
         {
@@ -647,9 +668,12 @@ async fn worker(
                 }
             }
         }
-        if retry(&shutdown, "recording delivery attempts", || {
-            history.insert(&finished)
-        })
+        if until_shutdown(
+            &shutdown,
+            "recording delivery attempts",
+            || {},
+            || history.insert(&finished),
+        )
         .await
         .is_none()
         {
@@ -667,32 +691,6 @@ async fn worker(
             .collect();
         if !retried.is_empty() {
             queue.items.lock().expect("queue lock").extend(retried);
-        }
-    }
-}
-
-/// Retries `op` until it succeeds; `None` on shutdown.
-async fn retry<T, E: std::fmt::Display, F, Fut>(
-    shutdown: &CancellationToken,
-    what: &str,
-    mut op: F,
-) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match op().await {
-            Ok(v) => return Some(v),
-            Err(e) => {
-                tracing::error!(error = %e, retry_in = ?backoff, "{what} failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.cancelled() => return None,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
         }
     }
 }

@@ -7,6 +7,7 @@ use hmac::{Hmac, Mac};
 use ioc_config::{RecipientConfig, SmtpConfig, WebhookConfig};
 use lettre::message::{header::ContentType, Mailbox};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::json;
 use sha2::Sha256;
@@ -27,11 +28,24 @@ pub enum Channel {
 }
 
 impl Channel {
-    pub fn of(recipient: &RecipientConfig, smtp: &SmtpConfig) -> Result<Channel, String> {
+    /// `ca_pem`: CA certificates trusted besides the public roots (`notify.ca_file`).
+    pub fn of(
+        recipient: &RecipientConfig,
+        smtp: &SmtpConfig,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Channel, String> {
         if let Some(w) = &recipient.webhook {
-            let client = reqwest::Client::builder()
+            let mut builder = reqwest::Client::builder()
                 .timeout(w.timeout)
-                .connect_timeout(Duration::from_secs(5))
+                .connect_timeout(Duration::from_secs(5));
+            if let Some(pem) = ca_pem {
+                for cert in reqwest::Certificate::from_pem_bundle(pem)
+                    .map_err(|e| format!("notify.ca_file: {e}"))?
+                {
+                    builder = builder.add_root_certificate(cert);
+                }
+            }
+            let client = builder
                 .build()
                 .map_err(|e| format!("webhook client: {e}"))?;
             return Ok(Channel::Webhook {
@@ -39,12 +53,19 @@ impl Channel {
                 config: w.clone(),
             });
         }
-        let builder = if smtp.starttls {
-            AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.host)
-                .map_err(|e| format!("smtp {}: {e}", smtp.host))?
-        } else {
-            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
-        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host);
+        if smtp.starttls {
+            let mut tls = TlsParameters::builder(smtp.host.clone());
+            if let Some(pem) = ca_pem {
+                tls = tls.add_root_certificate(
+                    Certificate::from_pem(pem).map_err(|e| format!("notify.ca_file: {e}"))?,
+                );
+            }
+            let tls = tls
+                .build()
+                .map_err(|e| format!("smtp {}: {e}", smtp.host))?;
+            builder = builder.tls(Tls::Required(tls));
+        }
         let mut builder = builder
             .port(smtp.port)
             .timeout(Some(Duration::from_secs(15)));
@@ -99,10 +120,27 @@ impl Channel {
                     .send(message)
                     .await
                     .map(|_| ())
-                    .map_err(|e| format!("smtp: {e}"))
+                    .map_err(|e| format!("smtp: {}", with_causes(&e)))
             }
         }
     }
+}
+
+/// An error with what caused it: a client's own text is often only "error sending request",
+/// and the person reading the delivery's last error needs "invalid peer certificate:
+/// UnknownIssuer".
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// The key a request of `items` carries: the notification's own, or for a digest one made
@@ -154,7 +192,7 @@ async fn webhook(
         .body(body)
         .send()
         .await
-        .map_err(|e| format!("webhook {}: {e}", config.url))?;
+        .map_err(|e| format!("webhook {}: {}", config.url, with_causes(&e)))?;
     let status = response.status();
     if status.is_success() {
         Ok(())

@@ -23,6 +23,7 @@
 //! past windows change nothing (the lifecycle runs in event-time order).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::{filter_record_batch, kernels::cmp::eq};
@@ -60,7 +61,8 @@ impl<F: Fn(&str) -> bool + Sync> DeviceInfo for F {
 
 /// The operator's state (module docs).
 pub struct Alerts {
-    rules: Vec<Compiled>,
+    /// Shared, so evaluating a window can walk them while it updates the instances.
+    rules: Arc<[Compiled]>,
     /// By rule, then instance key.
     instances: HashMap<String, HashMap<String, InstanceState>>,
     /// The latest window start evaluated in order, by (rule, device).
@@ -185,7 +187,7 @@ fn int_column(batch: &RecordBatch, name: &str) -> Vec<i64> {
 impl Alerts {
     pub fn new(rules: Vec<Compiled>, notify_max_age_ms: i64) -> Alerts {
         Alerts {
-            rules,
+            rules: rules.into(),
             instances: HashMap::new(),
             last_window: HashMap::new(),
             notify_max_age_ms,
@@ -320,13 +322,8 @@ impl Alerts {
         version: &mut (dyn FnMut() -> u64 + Send),
         out: &mut Vec<AlertTransition>,
     ) -> Result<(), DataFusionError> {
-        let rules: Vec<Compiled> = self
-            .rules
-            .iter()
-            .filter(|r| r.input == input)
-            .cloned()
-            .collect();
-        for rule in &rules {
+        let rules = self.rules.clone();
+        for rule in rules.iter().filter(|r| r.input == input) {
             let name = &rule.config.name;
             let held: BTreeMap<String, Instance> = rules::evaluate(ctx, &rule.config)
                 .await?
@@ -528,7 +525,7 @@ impl Alerts {
             }
         }
         out.sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
-        self.rules = rules;
+        self.rules = rules.into();
         out
     }
 
@@ -746,23 +743,21 @@ mod tests {
                 .unwrap_or_else(|| panic!("no built-in rule {name}"));
         }
         let duration = |k: &str| d.get(k).map(|v| humantime::parse_duration(v).unwrap());
+        let field = |k: &str, default: &str| d.get(k).map_or(default, String::as_str).to_string();
         RuleConfig {
-            name: d.get("name").cloned().unwrap_or_else(|| "rule".into()),
-            category: d.get("category").cloned().unwrap_or_else(|| "air".into()),
-            severity: d.get("severity").cloned().unwrap_or_else(|| "minor".into()),
-            sql,
             clear_sql: d.get("clear").cloned(),
             for_: duration("for"),
             keep_firing_for: duration("keep_firing_for"),
-            renotify: None,
             labels: d
                 .get("labels")
                 .map(|l| l.split(',').map(|s| s.trim().to_string()).collect())
                 .unwrap_or_default(),
-            message: String::new(),
-            recipients: Vec::new(),
-            escalate_after: None,
-            escalate_to: Vec::new(),
+            ..RuleConfig::new(
+                &field("name", "rule"),
+                &field("category", "air"),
+                &field("severity", "minor"),
+                sql,
+            )
         }
     }
 

@@ -782,11 +782,11 @@ pub(crate) struct Step<'a> {
 }
 
 impl Step<'_> {
-    /// Retries `op` until it succeeds; false if shutdown came first.
+    /// Retries `op` until it succeeds; `None` if shutdown came first.
     pub(crate) async fn retry<T, E: std::fmt::Display, F, Fut>(
         &self,
         what: &str,
-        mut op: F,
+        op: F,
     ) -> Option<T>
     where
         F: FnMut() -> Fut,
@@ -798,21 +798,8 @@ impl Step<'_> {
                 return None;
             }
         }
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match op().await {
-                Ok(v) => return Some(v),
-                Err(e) => {
-                    self.metrics.store_retries.inc();
-                    tracing::error!(error = %e, retry_in = ?backoff, "{what} failed; retrying (offsets stay where they were checkpointed)");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = self.shutdown.cancelled() => return None,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
+        ioc_bus::retry::until_shutdown(self.shutdown, what, || self.metrics.store_retries.inc(), op)
+            .await
     }
 
     /// One batch of bus records of `topic`, at processing time `now`: drops what was decided

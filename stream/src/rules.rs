@@ -452,21 +452,7 @@ mod tests {
     use super::*;
 
     fn rule(name: &str, sql: &str) -> RuleConfig {
-        RuleConfig {
-            name: name.into(),
-            category: "air".into(),
-            severity: "major".into(),
-            sql: sql.into(),
-            clear_sql: None,
-            for_: None,
-            keep_firing_for: None,
-            renotify: None,
-            labels: Vec::new(),
-            message: String::new(),
-            recipients: Vec::new(),
-            escalate_after: None,
-            escalate_to: Vec::new(),
-        }
+        RuleConfig::new(name, "air", "major", sql)
     }
 
     fn aqi(device: &str, start: i64, aqi: Option<u32>) -> AqiRow {

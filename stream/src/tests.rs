@@ -864,3 +864,49 @@ async fn readings_per_second_with_and_without_rollups() {
         (median(3) / median(2) - 1.0) * 100.0,
     );
 }
+
+/// A station that flags its readings as calibrating (TT10 status `01`: suspect) may send any
+/// value: suspect readings never reach a window, so they raise no alert and notify no one. The
+/// same values measured raise the QCVN 40 alert, so the test can tell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calibrating_readings_raise_no_alert_where_measured_ones_do() {
+    for (quality, name) in [
+        (Quality::Suspect, "calibrating"),
+        (Quality::Good, "measured"),
+    ] {
+        let h = Harness::with_devices(name, &[("ww-1", 300.0)]);
+        // Ten hours at three times the COD limit, every 5 minutes, with a little variation (a
+        // constant value is a stuck sensor, another alert).
+        let messages: Vec<ReadingBatch> = (0..10 * 12)
+            .map(|i| {
+                let ts = DAY0 + 8 * 3_600_000 + i * 300_000 + 10_000;
+                let mut r = reading("ww-1", "cod", ts, 3.0 * COD_LIMIT + (i % 3) as f64, quality);
+                if quality == Quality::Suspect {
+                    r.quality_reason = "station calibrating (status 01)".into();
+                }
+                ReadingBatch { readings: vec![r] }
+            })
+            .collect();
+        h.run(&messages, &mut Rng(7), false).await;
+        let alerts = h
+            .history
+            .query::<ioc_history::AlertRow>(&HistoryFilter {
+                from: 0,
+                to: i64::MAX,
+                limit: usize::MAX,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let qcvn: Vec<_> = alerts
+            .iter()
+            .filter(|a| a.rule == ioc_config::rules::QCVN_WATER_RULE)
+            .collect();
+        if quality == Quality::Suspect {
+            assert!(alerts.is_empty(), "calibrating raised {alerts:#?}");
+        } else {
+            assert_eq!(qcvn.len(), 1, "{alerts:#?}");
+        }
+        h.shutdown.cancel();
+    }
+}

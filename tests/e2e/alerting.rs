@@ -2,8 +2,9 @@
 //! one webhook delivery (signed) and one email to a real SMTP server (aiosmtpd); a reminder
 //! while unacknowledged; two people acknowledge at once (one wins, one 409) and the reminders
 //! stop; back within limits → resolved, one resolution notice. Meanwhile a second webhook is
-//! down for its first 60 s: it receives everything once it is back, and the healthy one's
-//! deliveries are not delayed (measured).
+//! down for its first 60 s: it receives everything once it is back (though the notify stage is
+//! killed with SIGKILL meanwhile), and the healthy one's deliveries are not delayed (measured);
+//! unacknowledged past `escalate_after`, the alert is escalated once.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use serde_json::{json, Value};
 
 use crate::access::{call, issue};
 use crate::harness::{free_port, Env, TOKEN};
-use crate::pipeline::start_pipeline;
+use crate::pipeline::{register_sim_fleet, start_pipeline};
 
 const ICT: i64 = 7 * 3_600_000;
 const HOUR: i64 = 3_600_000;
@@ -81,8 +82,8 @@ impl Hooks {
     }
 }
 
-/// Two webhooks: `/healthy`, and `/down`, which fails until [`Hooks::down_until`] (at first:
-/// for an hour).
+/// Three webhooks: `/healthy`, `/chief` (escalations), and `/down`, which fails until
+/// [`Hooks::down_until`] (at first: for an hour).
 async fn start_hooks() -> Result<(u16, Hooks)> {
     let hooks = Hooks {
         received: Arc::default(),
@@ -118,7 +119,8 @@ async fn start_hooks() -> Result<(u16, Hooks)> {
     };
     let app = axum::Router::new()
         .route("/healthy", axum::routing::post(record("healthy")))
-        .route("/down", axum::routing::post(record("down")));
+        .route("/down", axum::routing::post(record("down")))
+        .route("/chief", axum::routing::post(record("chief")));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     tokio::spawn(async move {
@@ -222,6 +224,8 @@ sql = {sql}
 labels = ["metric", "regulation", "period"]
 message = {message}
 renotify = "10s"
+escalate_after = "15s"
+escalate_to = ["chief"]
 
 [notify]
 min_interval = "1s"
@@ -231,6 +235,7 @@ recipients = [
   {{ name = "ops", webhook = {{ url = "http://127.0.0.1:{hook_port}/healthy", secret = "{SECRET}" }} }},
   {{ name = "flaky", webhook = {{ url = "http://127.0.0.1:{hook_port}/down" }} }},
   {{ name = "officer", email = ["officer@stnmt.daklak.gov.vn"] }},
+  {{ name = "chief", webhook = {{ url = "http://127.0.0.1:{hook_port}/chief" }} }},
 ]
 
 [notify.smtp]
@@ -355,12 +360,44 @@ from = "ioc@daklak.gov.vn"
         "the flaky endpoint is still down while the healthy one is served"
     );
 
-    // Unacknowledged: a reminder after 10 s.
+    // kill -9 of the notify stage once the firing is sent to the healthy endpoint and the
+    // officer (recorded as sent) while the flaky endpoint's copy waits: it restarts with that
+    // delivery pending and its reminder and escalation clocks where they were.
+    let deliveries_path = format!("/api/v1/alerts/{id}");
+    env.eventually(
+        "the firing recorded as sent to ops and officer",
+        Duration::from_secs(30),
+        || async {
+            let d = env.get_json(&deliveries_path).await?;
+            let sent = |recipient: &str| {
+                d["deliveries"].as_array().is_some_and(|ds| {
+                    ds.iter()
+                        .any(|d| d["recipient"] == recipient && d["status"] == "sent")
+                })
+            };
+            Ok((sent("ops") && sent("officer")).then_some(()))
+        },
+    )
+    .await?;
+    notify.kill();
+    notify = env.ioc("notify-restarted", &["notify"])?;
+
+    // Unacknowledged: a reminder 10 s after the firing went out, and at 15 s one escalation.
     let reminder = format!("{id}/renotify-1");
     env.eventually("a reminder", Duration::from_secs(30), || async {
         Ok(hooks.keys("healthy").contains(&reminder).then_some(()))
     })
     .await?;
+    let escalated = format!("{id}/escalated");
+    env.eventually("the escalation", Duration::from_secs(30), || async {
+        Ok(hooks.keys("chief").contains(&escalated).then_some(()))
+    })
+    .await?;
+    let escalated_after = hooks.of("chief")[0].at.saturating_duration_since(first.at);
+    assert!(
+        escalated_after >= Duration::from_secs(14),
+        "escalated {escalated_after:?} after the first notification"
+    );
 
     // Two people acknowledge at once: one stands, the other is told who was first.
     let lan = issue(http, &base, TOKEN, "environment", "officer-lan").await?;
@@ -464,6 +501,8 @@ from = "ioc@daklak.gov.vn"
         1,
         "one email of the firing"
     );
+    // The chief heard of it once, when nobody had acknowledged it in time, and of nothing else.
+    assert_eq!(hooks.keys("chief"), vec![escalated.clone()]);
 
     // One alert for the episode, its transitions and deliveries on it.
     let all = env.get_json(&alerts_path).await?;
@@ -868,5 +907,418 @@ async fn a_rules_file_reloads_without_restart_and_an_invalid_one_is_refused() ->
         "{audit}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Alert latency under load (ignored: `cargo test --release --workspace --test e2e --
+/// --ignored alert_latency_under_load --nocapture`; `IOC_BENCH_SIM_RATE`, default 400
+/// messages/s, `IOC_BENCH_AIR`, default 200 simulated stations). Probe stations publish live
+/// PM2.5 above the built-in rule's limit on even minutes and below it on odd ones, so every
+/// even minute each probe has a new alert. A 1-minute window can close once the stream has
+/// seen event time `allowed_lateness` past its end; the latency is from that moment to the
+/// webhook request. Phases: the probes alone, then with the simulator publishing beside them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn alert_latency_under_load() -> Result<()> {
+    const PROBES: usize = 20;
+    const PHASE_MINUTES: i64 = 4;
+    let var = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (sim_rate, air) = (var("IOC_BENCH_SIM_RATE", 400), var("IOC_BENCH_AIR", 200));
+    let (hook_port, hooks) = start_hooks().await?;
+    let env = Env::new(
+        "alertbench",
+        &format!(
+            r#"
+[sim]
+air_quality = {air}
+wastewater = 20
+traffic_counters = 20
+senml_air = 0
+flat_gateways = 0
+cameras = 0
+
+[notify]
+min_interval = "10ms"
+default_recipients = ["ops"]
+recipients = [{{ name = "ops", webhook = {{ url = "http://127.0.0.1:{hook_port}/healthy" }} }}]
+"#
+        ),
+    )?;
+    env.insert_config("ingest", "device_rate_limit = 0.0")?;
+    let lateness = ioc_config::load(Some(&env.config_path), Vec::<(String, String)>::new())?
+        .stream
+        .allowed_lateness
+        .as_millis() as i64;
+    let (_api, stream, _ingest) = start_pipeline(&env).await?;
+    let _notify = env.ioc("notify", &["notify"])?;
+    register_sim_fleet(&env)?;
+    for i in 0..PROBES {
+        env.register(&format!("probe-{i:02}"), "air_quality")
+            .await?;
+    }
+    env.wait_ingest_knows_registered().await?;
+    let (mqtt, _poll) = env.mqtt_client("bench-alert-probes");
+    let probes = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let now = ioc_contract::time::now_ms();
+            let high = (now / 60_000) % 2 == 0;
+            for i in 0..PROBES {
+                let pm25 = if high { 120 + i } else { 10 + i };
+                let body = format!(r#"{{"ts":{now},"values":{{"pm25":{pm25}}}}}"#);
+                let topic = ioc_contract::telemetry_topic(&format!("probe-{i:02}"));
+                let _ = mqtt.publish(topic, QoS::AtLeastOnce, false, body).await;
+            }
+        }
+    });
+    let cpu = |pid: u32| -> f64 {
+        // utime + stime, in seconds (clock ticks of 100 Hz).
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let f: Vec<&str> = s.rsplit(')').next()?.split_whitespace().collect();
+                Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+            })
+            .unwrap_or(0.0)
+    };
+    let mut rows = Vec::new();
+    let mut sim = None;
+    for phase in ["probes alone", "with the simulator"] {
+        if phase == "with the simulator" {
+            sim = Some(env.ioc(
+                "sim",
+                &[
+                    "sim",
+                    "--count",
+                    "100000000",
+                    "--rate",
+                    &sim_rate.to_string(),
+                ],
+            )?);
+        }
+        // Whole minutes: from the next even minute on, PHASE_MINUTES of them.
+        let now = ioc_contract::time::now_ms();
+        let first = (now / 120_000 + 1) * 120_000;
+        let until = first + PHASE_MINUTES * 60_000;
+        let cpu_before = cpu(stream.child.id());
+        let wall_before = Instant::now();
+        env.eventually(
+            "the phase's windows notified",
+            Duration::from_secs((until - now) as u64 / 1000 + 90),
+            || async {
+                let fired = fired_probe_windows(&hooks, first, until);
+                Ok((fired.len() >= PROBES * (PHASE_MINUTES as usize / 2)).then_some(fired))
+            },
+        )
+        .await?;
+        let stream_cpu =
+            (cpu(stream.child.id()) - cpu_before) / wall_before.elapsed().as_secs_f64();
+        let fired = fired_probe_windows(&hooks, first, until);
+        let mut latencies: Vec<i64> = fired
+            .iter()
+            .map(|(window_end, received)| received - (window_end + lateness))
+            .collect();
+        latencies.sort_unstable();
+        let pct =
+            |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+        rows.push(format!(
+            "| {phase} | {} | {} | {} | {} | {:.0} % |",
+            latencies.len(),
+            pct(0.5),
+            pct(0.99),
+            latencies.last().copied().unwrap_or(0),
+            stream_cpu * 100.0
+        ));
+    }
+    probes.abort();
+    drop(sim);
+    println!(
+        "simulator: {sim_rate} messages/s over {air} air, 20 wastewater and 20 traffic devices"
+    );
+    println!("| phase | alerts | p50 ms | p99 ms | max ms | stream CPU |");
+    println!("|---|---|---|---|---|---|");
+    for r in rows {
+        println!("{r}");
+    }
+    Ok(())
+}
+
+/// Each probe window of the PM2.5 rule that fired in `[from, until)`: its end and when its
+/// first notification reached the webhook (epoch ms).
+fn fired_probe_windows(hooks: &Hooks, from: i64, until: i64) -> Vec<(i64, i64)> {
+    let mut first: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+    let wall_now = ioc_contract::time::now_ms();
+    for r in hooks.of("healthy") {
+        let received = wall_now - r.at.elapsed().as_millis() as i64;
+        let items = match r.body["notifications"].as_array() {
+            Some(items) => items.clone(),
+            None => vec![r.body.clone()],
+        };
+        for n in items {
+            let a = &n["alert"];
+            let device = a["device_id"].as_str().unwrap_or_default();
+            if n["event"] != "fired"
+                || !device.starts_with("probe-")
+                || a["rule"] != ioc_config::rules::PM25_RULE
+            {
+                continue;
+            }
+            let Some(end) = a["fired_at"].as_i64() else {
+                continue;
+            };
+            if end <= from || end > until {
+                continue;
+            }
+            let id = a["alert_id"].as_str().unwrap_or_default().to_string();
+            let e = first.entry(id).or_insert((end, received));
+            e.1 = e.1.min(received);
+        }
+    }
+    first.into_values().collect()
+}
+
+/// A CA of the province's own, and a certificate it signed for 127.0.0.1 (openssl): the CA's
+/// PEM, and the server's certificate and key.
+fn provincial_ca(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let (cert, key, csr) = (
+        dir.join("server.pem"),
+        dir.join("server.key"),
+        dir.join("server.csr"),
+    );
+    let ext = dir.join("server.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )?;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    for args in [
+        [
+            &["req", "-x509"][..],
+            &ec[..],
+            &["-keyout", &s(&ca_key), "-out", &s(&ca), "-days", "2"],
+            &[
+                "-subj",
+                "/CN=Dak Lak IOC test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        ]
+        .concat(),
+        [
+            &["req"][..],
+            &ec[..],
+            &[
+                "-keyout",
+                &s(&key),
+                "-out",
+                &s(&csr),
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            &s(&csr),
+            "-CA",
+            &s(&ca),
+            "-CAkey",
+            &s(&ca_key),
+            "-CAcreateserial",
+            "-out",
+            &s(&cert),
+            "-days",
+            "2",
+            "-extfile",
+            &s(&ext),
+        ],
+    ] {
+        let out = std::process::Command::new("openssl")
+            .args(&args)
+            .output()
+            .context("openssl (Debian's openssl package)")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((ca, cert, key))
+}
+
+/// Notifications over TLS under a CA of the province's own: an https webhook and SMTP that
+/// requires STARTTLS (aiosmtpd). Without `notify.ca_file` both fail on the certificate, the
+/// reason recorded on the delivery; with it, both arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_go_over_tls_to_servers_of_a_provincial_ca() -> Result<()> {
+    let (hook_port, smtp_port) = (free_port(), free_port());
+    let extra = format!(
+        r#"
+[notify]
+min_interval = "1s"
+default_recipients = ["secure-hook", "secure-mail"]
+recipients = [
+  {{ name = "secure-hook", webhook = {{ url = "https://127.0.0.1:{hook_port}/ioc" }} }},
+  {{ name = "secure-mail", email = ["officer@stnmt.daklak.gov.vn"] }},
+]
+
+[notify.smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+from = "ioc@daklak.gov.vn"
+starttls = true
+"#
+    );
+    let env = Env::new("alerting_tls", &extra)?;
+    let (ca, cert, key) = provincial_ca(&env.dir)?;
+    let received = env.dir.join("hook.jsonl");
+    let hook_log = std::fs::File::create(env.dir.join("hook.log"))?;
+    let mut hook = std::process::Command::new("python3")
+        .arg(crate::harness::repo_root().join("tests/data/https_hook.py"))
+        .args([hook_port.to_string()])
+        .args([&cert, &key, &received])
+        .stdout(hook_log.try_clone()?)
+        .stderr(hook_log)
+        .spawn()?;
+    let maildir = env.dir.join("maildir");
+    let smtp_log = std::fs::File::create(env.dir.join("smtpd.log"))?;
+    let mut smtpd = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            &format!("127.0.0.1:{smtp_port}"),
+        ])
+        .arg("--tlscert")
+        .arg(&cert)
+        .arg("--tlskey")
+        .arg(&key)
+        .args(["-c", "aiosmtpd.handlers.Mailbox"])
+        .arg(&maildir)
+        .stdout(smtp_log.try_clone()?)
+        .stderr(smtp_log)
+        .spawn()?;
+    crate::harness::wait_port(hook_port, Duration::from_secs(20))?;
+    crate::harness::wait_port(smtp_port, Duration::from_secs(20))?;
+    env.insert_config("ingest", "device_rate_limit = 0.0")?;
+    env.insert_config("stream", "notify_max_age = \"30d\"")?;
+    let (_api, _stream, _ingest) = start_pipeline(&env).await?;
+    let mut notify = env.ioc("notify", &["notify"])?;
+    env.register("aq-tls", "air_quality").await?;
+    env.wait_ingest_knows_registered().await?;
+
+    // A minute of PM2.5 above the built-in limit, a day ago, then a reading past it.
+    let (mqtt, _poll) = env.mqtt_client("test-alerting-tls");
+    let minute = (ioc_contract::time::now_ms() - 86_400_000) / 60_000 * 60_000;
+    for (ts, pm25) in [
+        (minute + 5_000, 80.0),
+        (minute + 35_000, 90.0),
+        (minute + 125_000, 10.0),
+    ] {
+        let body = format!(r#"{{"ts":{ts},"values":{{"pm25":{pm25}}}}}"#);
+        mqtt.publish(
+            ioc_contract::telemetry_topic("aq-tls"),
+            QoS::AtLeastOnce,
+            false,
+            body,
+        )
+        .await?;
+    }
+    let path = format!(
+        "/api/v1/alerts?device_id=aq-tls&rule={}&from={}",
+        ioc_config::rules::PM25_RULE,
+        minute - 60_000
+    );
+    let id = env
+        .eventually("the PM2.5 alert", Duration::from_secs(120), || async {
+            let a = env.get_json(&path).await?;
+            Ok(a["alerts"][0]["alert_id"].as_str().map(String::from))
+        })
+        .await?;
+
+    // The public roots do not know the province's CA: both deliveries fail on the certificate.
+    let detail_path = format!("/api/v1/alerts/{id}");
+    let errors = env
+        .eventually(
+            "both deliveries failing on the certificate",
+            Duration::from_secs(60),
+            || async {
+                let d = env.get_json(&detail_path).await?;
+                let errors: Vec<(String, String)> = d["deliveries"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|d| d["status"] == "pending" && d["attempts"].as_u64() >= Some(1))
+                    .map(|d| {
+                        (
+                            d["recipient"].as_str().unwrap_or_default().to_string(),
+                            d["last_error"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect();
+                Ok((errors.len() == 2).then_some(errors))
+            },
+        )
+        .await?;
+    for (recipient, error) in &errors {
+        assert!(
+            error.to_lowercase().contains("certificate"),
+            "{recipient}: the reason names the certificate: {error}"
+        );
+    }
+    assert!(!received.exists() || std::fs::read_to_string(&received)?.is_empty());
+
+    // Trusting the province's CA, the stage delivers both: the webhook over https, the email
+    // after STARTTLS (aiosmtpd refuses mail without it).
+    notify.kill();
+    notify = env.ioc_with_env(
+        "notify-ca",
+        &["notify"],
+        &[("IOC_NOTIFY__CA_FILE", ca.to_string_lossy().into_owned())],
+    )?;
+    let fired = format!("{id}/fired");
+    env.eventually("the https webhook", Duration::from_secs(60), || async {
+        let text = std::fs::read_to_string(&received).unwrap_or_default();
+        Ok(text.contains(&fired).then_some(()))
+    })
+    .await?;
+    env.eventually(
+        "the email over STARTTLS",
+        Duration::from_secs(60),
+        || async {
+            let found = std::fs::read_dir(maildir.join("new"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .any(|m| m.replace("=\r\n", "").replace("=\n", "").contains(&fired));
+            Ok(found.then_some(()))
+        },
+    )
+    .await?;
+    assert!(notify.is_running());
+    let _ = hook.kill();
+    let _ = smtpd.kill();
+    let _ = (hook.wait(), smtpd.wait());
     Ok(())
 }
