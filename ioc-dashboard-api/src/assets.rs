@@ -161,6 +161,56 @@ mod tests {
         assert_eq!(escape_attribute("a\"<b>&"), "a&quot;&lt;b&gt;&amp;");
     }
 
+    /// The keys of one language's block of `i18n.js` (`  vi: {` … `  },`).
+    fn words(lang: &str) -> std::collections::BTreeSet<String> {
+        let text = include_str!("web/i18n.js");
+        let start = text
+            .find(&format!("\n  {lang}: {{"))
+            .expect("the language's block");
+        let block = &text[start..];
+        let block = &block[..block.find("\n  },").expect("its end")];
+        block
+            .split(['\n', ','])
+            .filter_map(|part| {
+                let (key, _) = part.trim().split_once(": \"")?;
+                key.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    .then(|| key.to_string())
+            })
+            .collect()
+    }
+
+    /// Every word the page asks for (`data-i18n="key"` in the page, `t("key")` in its script)
+    /// is there in both languages, and neither language has a word the other lacks.
+    #[test]
+    fn every_word_of_the_page_is_in_vietnamese_and_english() {
+        let (vi, en) = (words("vi"), words("en"));
+        assert!(vi.len() > 50, "{vi:?}");
+        assert_eq!(
+            vi.symmetric_difference(&en).collect::<Vec<_>>(),
+            Vec::<&String>::new(),
+            "in one language only"
+        );
+        let mut asked = Vec::new();
+        for (text, open) in [
+            (include_str!("web/index.html"), "data-i18n=\""),
+            (include_str!("web/app.js"), "t(\""),
+        ] {
+            for (at, _) in text.match_indices(open) {
+                // `t("` alone, not the end of `split("` or `set("`.
+                let before = text[..at].chars().next_back();
+                if open == "t(\"" && before.is_some_and(|c| c.is_alphanumeric() || c == '.') {
+                    continue;
+                }
+                let rest = &text[at + open.len()..];
+                asked.push(rest[..rest.find('"').unwrap_or(0)].to_string());
+            }
+        }
+        let missing: Vec<&String> = asked.iter().filter(|k| !vi.contains(*k)).collect();
+        assert!(asked.len() > 50, "{asked:?}");
+        assert!(missing.is_empty(), "words with no translation: {missing:?}");
+    }
+
     #[test]
     fn a_file_is_gzipped_only_for_a_client_that_takes_it() {
         let asks = |v: &str| {

@@ -34,7 +34,10 @@ pub enum Status {
 pub struct Item {
     pub item: &'static str,
     pub status: Status,
+    /// What it was judged on, in English and in Vietnamese (the installer's page shows the one
+    /// of its language; rejection reasons from the decoders stay in English in both).
     pub evidence: String,
+    pub evidence_vi: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -49,12 +52,18 @@ pub struct Checklist {
 /// Messages needed before the reporting interval is judged.
 const INTERVAL_SAMPLE: usize = 3;
 
-fn item(item: &'static str, status: Status, evidence: String) -> Item {
+fn item(item: &'static str, status: Status, (evidence, evidence_vi): (String, String)) -> Item {
     Item {
         item,
         status,
         evidence,
+        evidence_vi,
     }
+}
+
+/// The same evidence in English and Vietnamese.
+fn both(en: impl Into<String>, vi: impl Into<String>) -> (String, String) {
+    (en.into(), vi.into())
 }
 
 /// The checklist of `device`. `connection` is `None` when the broker reports no connections;
@@ -72,50 +81,72 @@ pub fn checklist(
     let mut items = Vec::new();
 
     items.push(match (connection, &last_seen) {
-        (Some(Some(c)), _) if c.is_connected() => item(
-            "connected",
-            Status::Pass,
-            format!(
-                "client {id} connected at {} from {}{}",
-                format_ms(c.connected_at.unwrap_or_default()),
-                c.address.as_deref().unwrap_or("?"),
-                c.username
-                    .map(|u| format!(" as user {u}"))
-                    .unwrap_or_default()
-            ),
-        ),
+        (Some(Some(c)), _) if c.is_connected() => {
+            let at = format_ms(c.connected_at.unwrap_or_default());
+            let from = c.address.as_deref().unwrap_or("?");
+            let user = c.username.as_deref();
+            item(
+                "connected",
+                Status::Pass,
+                both(
+                    format!(
+                        "client {id} connected at {at} from {from}{}",
+                        user.map(|u| format!(" as user {u}")).unwrap_or_default()
+                    ),
+                    format!(
+                        "thiết bị {id} kết nối lúc {at} từ {from}{}",
+                        user.map(|u| format!(", tài khoản {u}")).unwrap_or_default()
+                    ),
+                ),
+            )
+        }
         // Gone since its latest message (or before any): a message from it since then would
         // mean it is back (through a gateway, say).
-        (Some(Some(c)), _) if c.disconnected_at > activity.last_seen => item(
-            "connected",
-            Status::Fail,
-            format!(
-                "client {id} disconnected at {}; check power, network and credentials",
-                format_ms(c.disconnected_at.unwrap_or_default())
-            ),
-        ),
+        (Some(Some(c)), _) if c.disconnected_at > activity.last_seen => {
+            let at = format_ms(c.disconnected_at.unwrap_or_default());
+            item(
+                "connected",
+                Status::Fail,
+                both(
+                    format!("client {id} disconnected at {at}; check power, network and credentials"),
+                    format!("thiết bị {id} mất kết nối lúc {at}; kiểm tra nguồn điện, mạng và tài khoản"),
+                ),
+            )
+        }
         (_, Some(last)) => item(
             "connected",
             Status::Pass,
-            format!("its messages arrive (latest received {last})"),
+            both(
+                format!("its messages arrive (latest received {last})"),
+                format!("tin nhắn đang đến (mới nhất lúc {last})"),
+            ),
         ),
         (Some(_), None) => item(
             "connected",
             Status::Pending,
-            format!("no MQTT client with id {id} has connected yet"),
-        ),
-        (None, None) if login.is_some() => item(
-            "connected",
-            Status::Pass,
-            format!(
-                "client {id} logged in at {} (this broker reports logins, not disconnections)",
-                format_ms(login.unwrap_or_default())
+            both(
+                format!("no MQTT client with id {id} has connected yet"),
+                format!("chưa có thiết bị MQTT nào với mã {id} kết nối"),
             ),
         ),
+        (None, None) if login.is_some() => {
+            let at = format_ms(login.unwrap_or_default());
+            item(
+                "connected",
+                Status::Pass,
+                both(
+                    format!("client {id} logged in at {at} (this broker reports logins, not disconnections)"),
+                    format!("thiết bị {id} đăng nhập lúc {at} (broker này chỉ báo đăng nhập, không báo mất kết nối)"),
+                ),
+            )
+        }
         (None, None) => item(
             "connected",
             Status::Pending,
-            "no login or message yet (this broker reports logins, not disconnections)".into(),
+            both(
+                "no login or message yet (this broker reports logins, not disconnections)",
+                "chưa đăng nhập hay gửi tin nhắn nào (broker này chỉ báo đăng nhập, không báo mất kết nối)",
+            ),
         ),
     });
 
@@ -124,22 +155,30 @@ pub fn checklist(
         (Some(first), Some(latest)) => item(
             "first_message",
             Status::Pass,
-            format!("first received {}; latest {latest}", format_ms(first)),
+            both(
+                format!("first received {}; latest {latest}", format_ms(first)),
+                format!(
+                    "nhận lần đầu lúc {}; mới nhất lúc {latest}",
+                    format_ms(first)
+                ),
+            ),
         ),
-        _ => item("first_message", Status::Pending, "no message yet".into()),
+        _ => item("first_message", Status::Pending, no_message()),
     });
 
     items.push(match last {
-        None => item("decoding", Status::Pending, "no message yet".into()),
-        Some(m) if m.rejections.is_empty() => item(
-            "decoding",
-            Status::Pass,
-            format!(
-                "latest message ({}) decoded into {} readings",
-                format_ms(m.received_at),
-                m.readings.len()
-            ),
-        ),
+        None => item("decoding", Status::Pending, no_message()),
+        Some(m) if m.rejections.is_empty() => {
+            let (at, n) = (format_ms(m.received_at), m.readings.len());
+            item(
+                "decoding",
+                Status::Pass,
+                both(
+                    format!("latest message ({at}) decoded into {n} readings"),
+                    format!("tin nhắn mới nhất ({at}) giải mã được {n} giá trị"),
+                ),
+            )
+        }
         Some(m) => {
             let reasons: Vec<String> = m
                 .rejections
@@ -149,24 +188,27 @@ pub fn checklist(
                     None => format!("{}: {}", r.code.as_str(), r.reason),
                 })
                 .collect();
+            let (at, reasons) = (format_ms(m.received_at), reasons.join("; "));
             item(
                 "decoding",
                 Status::Fail,
-                format!(
-                    "latest message ({}) rejected: {}",
-                    format_ms(m.received_at),
-                    reasons.join("; ")
+                both(
+                    format!("latest message ({at}) rejected: {reasons}"),
+                    format!("tin nhắn mới nhất ({at}) bị từ chối: {reasons}"),
                 ),
             )
         }
     });
 
     items.push(match last.map(|m| &m.readings) {
-        None => item("values_in_range", Status::Pending, "no message yet".into()),
+        None => item("values_in_range", Status::Pending, no_message()),
         Some(readings) if readings.is_empty() => item(
             "values_in_range",
             Status::Pending,
-            "the latest message gave no values".into(),
+            both(
+                "the latest message gave no values",
+                "tin nhắn mới nhất không có giá trị nào",
+            ),
         ),
         Some(readings) => {
             let show = |r: &ioc_contract::Reading| {
@@ -177,49 +219,78 @@ pub fn checklist(
                 };
                 format!("{}{channel}={} {}", r.metric, r.value, r.unit)
             };
-            let bad: Vec<String> = readings
+            let bad: Vec<&ioc_contract::Reading> = readings
                 .iter()
                 .filter(|r| r.quality != Quality::Good)
-                .map(|r| format!("{} is {}: {}", show(r), r.quality, r.quality_reason))
                 .collect();
             if bad.is_empty() {
-                let all: Vec<String> = readings.iter().map(show).collect();
-                item("values_in_range", Status::Pass, all.join(", "))
+                let all = readings.iter().map(show).collect::<Vec<_>>().join(", ");
+                item("values_in_range", Status::Pass, both(all.clone(), all))
             } else {
-                item("values_in_range", Status::Fail, bad.join("; "))
+                let quality_vi = |q: Quality| match q {
+                    Quality::Good => "tốt",
+                    Quality::Suspect => "đáng ngờ",
+                    Quality::Bad => "sai",
+                };
+                item(
+                    "values_in_range",
+                    Status::Fail,
+                    both(
+                        bad.iter()
+                            .map(|r| format!("{} is {}: {}", show(r), r.quality, r.quality_reason))
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                        bad.iter()
+                            .map(|r| {
+                                format!(
+                                    "{} {}: {}",
+                                    show(r),
+                                    quality_vi(r.quality),
+                                    r.quality_reason
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    ),
+                )
             }
         }
     });
 
     let mut missing = Vec::new();
-    if !config.in_service_area(device.lat, device.lon) {
+    let (lat, lon) = (device.lat, device.lon);
+    if !config.in_service_area(lat, lon) {
         let [s, w, n, e] = config.service_area;
-        missing.push(format!(
-            "lat {}, lon {} is outside the service area ({s}..{n} N, {w}..{e} E)",
-            device.lat, device.lon
+        missing.push(both(
+            format!("lat {lat}, lon {lon} is outside the service area ({s}..{n} N, {w}..{e} E)"),
+            format!("vĩ độ {lat}, kinh độ {lon} nằm ngoài vùng phục vụ ({s}..{n} B, {w}..{e} Đ)"),
         ));
     }
     if device.commune.is_none() {
-        missing.push("commune not set".into());
+        missing.push(both("commune not set", "chưa có xã/phường"));
     }
+    let commune = device.commune.as_deref().unwrap_or_default();
     items.push(if missing.is_empty() {
         item(
             "location_set",
             Status::Pass,
-            format!(
-                "lat {}, lon {}, {}",
-                device.lat,
-                device.lon,
-                device.commune.as_deref().unwrap_or_default()
+            both(
+                format!("lat {lat}, lon {lon}, {commune}"),
+                format!("vĩ độ {lat}, kinh độ {lon}, {commune}"),
             ),
         )
     } else {
+        let en: Vec<&str> = missing.iter().map(|m| m.0.as_str()).collect();
+        let vi: Vec<&str> = missing.iter().map(|m| m.1.as_str()).collect();
         item(
             "location_set",
             Status::Fail,
-            format!(
-                "{} (correct it with PATCH /api/v1/devices/{id})",
-                missing.join("; ")
+            both(
+                format!(
+                    "{} (correct it with PATCH /api/v1/devices/{id})",
+                    en.join("; ")
+                ),
+                format!("{} (sửa bằng PATCH /api/v1/devices/{id})", vi.join("; ")),
             ),
         )
     });
@@ -228,12 +299,13 @@ pub fn checklist(
     let mut recent: Vec<i64> = activity.recent.iter().map(|(at, _)| *at).collect();
     recent.sort_unstable();
     items.push(if recent.len() < INTERVAL_SAMPLE {
+        let n = recent.len();
         item(
             "reporting_interval",
             Status::Pending,
-            format!(
-                "{} of the {INTERVAL_SAMPLE} messages needed to judge (expected every {expected} s)",
-                recent.len()
+            both(
+                format!("{n} of the {INTERVAL_SAMPLE} messages needed to judge (expected every {expected} s)"),
+                format!("đã có {n} trong {INTERVAL_SAMPLE} tin nhắn cần để đánh giá (dự kiến mỗi {expected} giây)"),
             ),
         )
     } else {
@@ -244,28 +316,32 @@ pub fn checklist(
         gaps.sort_by(f64::total_cmp);
         let median = gaps[gaps.len() / 2];
         let silent = (now - recent[recent.len() - 1]) as f64 / 1000.0;
+        let n = recent.len();
         if silent > 3.0 * expected {
             item(
                 "reporting_interval",
                 Status::Fail,
-                format!("silent for {silent:.0} s (expected every {expected} s)"),
+                both(
+                    format!("silent for {silent:.0} s (expected every {expected} s)"),
+                    format!("không gửi gì trong {silent:.0} giây (dự kiến mỗi {expected} giây)"),
+                ),
             )
         } else if (0.5 * expected..=1.5 * expected).contains(&median) {
             item(
                 "reporting_interval",
                 Status::Pass,
-                format!(
-                    "median gap {median:.1} s over the latest {} messages (expected {expected} s)",
-                    recent.len()
+                both(
+                    format!("median gap {median:.1} s over the latest {n} messages (expected {expected} s)"),
+                    format!("khoảng cách trung vị {median:.1} giây qua {n} tin nhắn gần nhất (dự kiến {expected} giây)"),
                 ),
             )
         } else {
             item(
                 "reporting_interval",
                 Status::Fail,
-                format!(
-                    "median gap {median:.1} s over the latest {} messages, expected {expected} s: check the device's reporting period or correct expected_interval_s",
-                    recent.len()
+                both(
+                    format!("median gap {median:.1} s over the latest {n} messages, expected {expected} s: check the device's reporting period or correct expected_interval_s"),
+                    format!("khoảng cách trung vị {median:.1} giây qua {n} tin nhắn gần nhất, dự kiến {expected} giây: kiểm tra chu kỳ gửi của thiết bị hoặc sửa expected_interval_s"),
                 ),
             )
         }
@@ -285,6 +361,10 @@ pub fn checklist(
         items,
         checked_at: format_ms(now),
     }
+}
+
+fn no_message() -> (String, String) {
+    both("no message yet", "chưa có tin nhắn")
 }
 
 pub async fn commissioning(
@@ -453,6 +533,27 @@ mod tests {
         assert_eq!(s, Status::Fail);
         assert!(
             evidence.contains("outside the service area") && evidence.contains("commune not set")
+        );
+        // The same in Vietnamese, for the installer's page.
+        let vi = &list
+            .items
+            .iter()
+            .find(|i| i.item == "location_set")
+            .unwrap()
+            .evidence_vi;
+        assert!(
+            vi.contains("nằm ngoài vùng phục vụ") && vi.contains("chưa có xã/phường"),
+            "{vi}"
+        );
+        let values = list
+            .items
+            .iter()
+            .find(|i| i.item == "values_in_range")
+            .unwrap();
+        assert!(
+            values.evidence_vi.contains("pm25=-40 µg/m³ sai"),
+            "{}",
+            values.evidence_vi
         );
         let (s, evidence) = status(&list, "reporting_interval");
         assert_eq!(s, Status::Fail);

@@ -725,6 +725,82 @@ pub(crate) async fn get_device(
         .ok_or_else(|| not_found_device(&id))
 }
 
+/// `GET /api/v1/devices/{id}/limits`: what a station is held to today: an air station the
+/// ambient table's limits for each averaging period, a wastewater station its discharge's
+/// (column A or B, times Kq × Kf where the regulation says so). Other kinds have none.
+pub(crate) async fn limits(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    authorize(&state, bearer(&headers), Permission::ReadTelemetry)?;
+    let d = state
+        .registry
+        .get(&id)
+        .ok_or_else(|| not_found_device(&id))?;
+    let limits = &state.regulation.limits;
+    let unit = |metric: &str| ioc_contract::catalogue::lookup(metric).map_or("", |m| m.unit);
+    let shown = |l: ioc_regulation::qcvn::Limit| match l {
+        ioc_regulation::qcvn::Limit::Max(max) => json!({ "max": max }),
+        ioc_regulation::qcvn::Limit::Band { low, high } => json!({ "low": low, "high": high }),
+    };
+    let (regulation, rows): (String, Vec<serde_json::Value>) = match d.kind.as_str() {
+        "air_quality" => {
+            let today =
+                chrono::DateTime::from_timestamp_millis(now_ms() + state.ingest.utc_offset_ms())
+                    .unwrap_or_default()
+                    .date_naive();
+            let mut keys: Vec<(String, ioc_regulation::qcvn::Period)> = limits
+                .ambient
+                .limits
+                .iter()
+                .map(|l| (l.metric.clone(), l.period))
+                .collect();
+            keys.dedup();
+            let rows = keys
+                .iter()
+                .filter_map(|(metric, period)| {
+                    let max = limits.ambient.limit(metric, *period, today)?;
+                    Some(json!({
+                        "channel": "", "metric": metric, "period": period.as_str(),
+                        "unit": unit(metric), "limit": { "max": max },
+                    }))
+                })
+                .collect();
+            (limits.ambient.regulation.clone(), rows)
+        }
+        "wastewater" => {
+            let discharge = d.discharge();
+            let column = match discharge.column {
+                ioc_contract::Qcvn40Column::A => ioc_regulation::qcvn::Column::A,
+                ioc_contract::Qcvn40Column::B => ioc_regulation::qcvn::Column::B,
+            };
+            let rows = limits
+                .wastewater(&discharge.regulation)
+                .map(|table| {
+                    table
+                        .limits
+                        .iter()
+                        .filter_map(|l| {
+                            let limit =
+                                table.limit(&l.metric, column, discharge.kq, discharge.kf)?;
+                            Some(json!({
+                                "channel": discharge.channel, "metric": l.metric, "period": "1h",
+                                "unit": unit(&l.metric), "limit": shown(limit),
+                            }))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (discharge.regulation.clone(), rows)
+        }
+        _ => (String::new(), Vec::new()),
+    };
+    Ok(Json(json!({
+        "device_id": d.device_id, "regulation": regulation, "limits": rows,
+    })))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

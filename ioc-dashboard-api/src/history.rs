@@ -367,6 +367,33 @@ pub(crate) async fn aqi(
     Ok(answer("aqi", &aqi, csv))
 }
 
+/// `GET /api/v1/aqi/bands`: the six bands of Decision 1459 with the values they cover, their
+/// names and colours, and their health advice for the public and for sensitive groups.
+pub(crate) async fn aqi_bands(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    authorize(&state, bearer(&headers), Permission::ReadTelemetry)?;
+    let bands: Vec<serde_json::Value> = ioc_regulation::aqi::bands()
+        .into_iter()
+        .map(|(from, to, band)| {
+            let a = ioc_regulation::aqi::advice(band.level);
+            json!({
+                "level": band.level, "from": from, "to": to,
+                "vi": band.vi, "en": band.en, "colour": band.colour,
+                "advice": {
+                    "general": {"vi": a.general_vi, "en": a.general_en},
+                    "sensitive": {"vi": a.sensitive_vi, "en": a.sensitive_en},
+                },
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "source": "Quyết định 1459/QĐ-TCMT (2019), Tổng cục Môi trường",
+        "bands": bands,
+    })))
+}
+
 /// `GET /api/v1/exceedances?device_id=&regulation=&from=&to=`: QCVN exceedances (and their
 /// withdrawals) whose period starts in the range.
 pub(crate) async fn exceedances(

@@ -247,6 +247,35 @@ pub fn router(state: AppState) -> Router {
         )
         .add(
             Op::get(
+                "/api/v1/devices/{id}/limits",
+                "deviceLimits",
+                "The QCVN limits a station is held to today",
+            )
+            .token(ReadTelemetry)
+            .params(&[ID])
+            .reply(
+                200,
+                Reply::Json(|| {
+                    schema::object(&[
+                        ("device_id", schema::string()),
+                        ("regulation", schema::string()),
+                        (
+                            "limits",
+                            serde_json::json!({"type": "array", "items": schema::object(&[
+                                ("channel", schema::string()),
+                                ("metric", schema::string()),
+                                ("period", schema::string()),
+                                ("unit", schema::string()),
+                                ("limit", schema::any_object()),
+                            ])}),
+                        ),
+                    ])
+                }),
+            ),
+            devices::limits,
+        )
+        .add(
+            Op::get(
                 "/api/v1/devices/{id}/live",
                 "deviceLive",
                 "Websocket: a device's checklist, then what ingest makes of its messages",
@@ -327,6 +356,41 @@ pub fn router(state: AppState) -> Router {
                 ])
                 .reply(200, Reply::JsonOrCsv(|| schema::list("aqi", schema::aqi()))),
             history::aqi,
+        )
+        .add(
+            Op::get(
+                "/api/v1/aqi/bands",
+                "aqiBands",
+                "VN_AQI bands: values, names, colours and health advice",
+            )
+            .token(ReadTelemetry)
+            .reply(
+                200,
+                Reply::Json(|| {
+                    let text = || {
+                        schema::object(&[("vi", schema::string()), ("en", schema::string())])
+                    };
+                    schema::object(&[
+                        ("source", schema::string()),
+                        (
+                            "bands",
+                            serde_json::json!({"type": "array", "items": schema::object(&[
+                                ("level", schema::integer()),
+                                ("from", schema::integer()),
+                                ("to", schema::integer()),
+                                ("vi", schema::string()),
+                                ("en", schema::string()),
+                                ("colour", schema::string()),
+                                ("advice", schema::object(&[
+                                    ("general", text()),
+                                    ("sensitive", text()),
+                                ])),
+                            ])}),
+                        ),
+                    ])
+                }),
+            ),
+            history::aqi_bands,
         )
         .add(
             Op::get("/api/v1/exceedances", "exceedances", "QCVN exceedances")

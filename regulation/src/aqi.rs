@@ -302,6 +302,73 @@ pub fn band(aqi: u32) -> Band {
         .map_or(BANDS[5].1, |(_, band)| *band)
 }
 
+/// Every band with the AQI values it covers (from, to; the last is open above 500).
+pub fn bands() -> Vec<(u32, u32, Band)> {
+    let mut from = 0;
+    BANDS
+        .iter()
+        .map(|(upper, band)| {
+            let row = (from, *upper, *band);
+            from = upper + 1;
+            row
+        })
+        .collect()
+}
+
+/// What a band means for health, for the public and for sensitive groups (the elderly,
+/// children, people with respiratory or heart disease), in Vietnamese and English.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Advice {
+    pub general_vi: &'static str,
+    pub general_en: &'static str,
+    pub sensitive_vi: &'static str,
+    pub sensitive_en: &'static str,
+}
+
+/// The health advice of a band (level 1–6), after Decision 1459's table of recommendations:
+/// from 151 the public is affected, from 201 everyone should keep outdoor activity to a
+/// minimum, from 301 stay indoors.
+pub fn advice(level: u8) -> Advice {
+    const FREE_VI: &str = "Tự do thực hiện các hoạt động ngoài trời.";
+    const FREE_EN: &str = "Enjoy outdoor activities freely.";
+    const INDOORS_VI: &str = "Mọi người nên ở trong nhà, đóng cửa ra vào và cửa sổ. Nếu cần thiết phải ra ngoài, hãy đeo khẩu trang đạt tiêu chuẩn.";
+    const INDOORS_EN: &str = "Everyone should stay indoors with doors and windows closed. If you must go out, wear a certified mask.";
+    let (general_vi, general_en, sensitive_vi, sensitive_en) = match level {
+        0 | 1 => (FREE_VI, FREE_EN, FREE_VI, FREE_EN),
+        2 => (
+            FREE_VI,
+            FREE_EN,
+            "Nên theo dõi các triệu chứng như ho hoặc khó thở, nhưng vẫn có thể hoạt động bên ngoài.",
+            "Watch for symptoms such as coughing or shortness of breath, but outdoor activity is still fine.",
+        ),
+        3 => (
+            "Những người thấy có triệu chứng đau mắt, ho hoặc đau họng nên cân nhắc giảm các hoạt động ngoài trời.",
+            "People with sore eyes, a cough or a sore throat should consider doing less outdoors.",
+            "Nên giảm các hoạt động mạnh và giảm thời gian hoạt động ngoài trời. Những người mắc bệnh hen suyễn có thể cần sử dụng thuốc thường xuyên hơn.",
+            "Reduce strenuous activity and time spent outdoors. People with asthma may need their medicine more often.",
+        ),
+        4 => (
+            "Mọi người nên giảm các hoạt động mạnh khi ở ngoài trời, tránh tập thể dục kéo dài và nghỉ ngơi nhiều hơn trong nhà.",
+            "Everyone should reduce strenuous activity outdoors, avoid prolonged exercise and rest indoors more.",
+            "Nên ở trong nhà và giảm hoạt động mạnh. Nếu cần thiết phải ra ngoài, hãy đeo khẩu trang đạt tiêu chuẩn.",
+            "Stay indoors and reduce strenuous activity. If you must go out, wear a certified mask.",
+        ),
+        5 => (
+            "Mọi người hạn chế tối đa các hoạt động ngoài trời và chuyển tất cả các hoạt động vào trong nhà. Nếu cần thiết phải ra ngoài, hãy đeo khẩu trang đạt tiêu chuẩn.",
+            "Everyone should keep outdoor activity to a minimum and move all activities indoors. If you must go out, wear a certified mask.",
+            "Nên ở trong nhà và giảm hoạt động mạnh.",
+            "Stay indoors and reduce strenuous activity.",
+        ),
+        _ => (INDOORS_VI, INDOORS_EN, INDOORS_VI, INDOORS_EN),
+    };
+    Advice {
+        general_vi,
+        general_en,
+        sensitive_vi,
+        sensitive_en,
+    }
+}
+
 /// Sub-indices of one hour or day; `None` where there was no data (or, for O3 8h, the
 /// 8-hour column does not apply).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -647,6 +714,23 @@ mod tests {
             assert_eq!(level(aqi), expected, "AQI {aqi}");
         }
         assert_eq!(band(42).vi, "Tốt");
+        let ranges: Vec<(u32, u32)> = super::bands().iter().map(|b| (b.0, b.1)).collect();
+        assert_eq!(
+            ranges,
+            [
+                (0, 50),
+                (51, 100),
+                (101, 150),
+                (151, 200),
+                (201, 300),
+                (301, 500)
+            ]
+        );
+        // The public is affected from 151; from 301 everyone stays indoors.
+        assert!(advice(3).general_vi.contains("cân nhắc"));
+        assert!(advice(4).general_en.starts_with("Everyone"));
+        assert_eq!(advice(6).general_vi, advice(6).sensitive_vi);
+        assert!(advice(6).general_en.contains("stay indoors"));
         assert_eq!(band(42).colour, "#00e400");
         assert_eq!(band(120).en, "Poor");
         assert_eq!(band(250).colour, "#8f3f97");

@@ -1,6 +1,6 @@
 // The environment officer's view of one station in Debian's headless Chromium: its AQI with the
-// band's name, its QCVN exceedances, the chart of its hourly means over the last 7 days and the
-// CSV of what the chart shows; the language switch; axe-core. Prints one JSON line; saves a
+// band's name and health advice, its QCVN exceedances, the chart of its hourly means over the last 7 days and the
+// CSV of what the chart shows, the station's 1-hour limit drawn on it; the language switch; axe-core. Prints one JSON line; saves a
 // screenshot. Usage: node environment.js URL STATION SCREENSHOT.png
 "use strict";
 const fs = require("fs");
@@ -28,11 +28,14 @@ const { launch } = require("./chromium");
     const seen = {
       aqi_1h: await text("#env-aqi-1h .big"),
       band_1h: await text("#env-aqi-1h .band"),
+      advice_general_1h: await text('#env-aqi-1h [data-advice="general"]'),
+      advice_sensitive_1h: await text('#env-aqi-1h [data-advice="sensitive"]'),
       aqi_1d: await text("#env-aqi-1d .big"),
       band_1d: await text("#env-aqi-1d .band"),
       exceedances: await page.$$eval("#env-exceedances tbody tr[data-status]", (rs) => rs.map((r) => [...r.cells].map((c) => c.textContent))),
       metric: await page.inputValue("#env-metric"),
       points: await page.$eval("#chart", (c) => Number(c.dataset.points)),
+      limit: await page.$eval("#chart", (c) => c.dataset.limit || ""),
       canvas: await page.$$eval("#chart canvas", (cs) => cs.length),
     };
     const [download] = await Promise.all([page.waitForEvent("download"), page.click("#env-csv")]);

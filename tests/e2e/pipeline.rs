@@ -726,6 +726,19 @@ async fn a_backdated_day_rolls_up_and_a_late_reading_revises_every_resolution() 
         ["Tốt", "Trung bình", "Kém", "Xấu", "Rất xấu", "Nguy hại"].contains(&band),
         "the band's name as Decision 1459 gives it: {air}"
     );
+    // With the band's health advice, for the public and for sensitive groups.
+    let bands = env.get_json("/api/v1/aqi/bands").await?;
+    let shown = bands["bands"]
+        .as_array()
+        .context("bands")?
+        .iter()
+        .find(|b| b["vi"] == band)
+        .context("the shown band among the bands")?;
+    for who in ["general", "sensitive"] {
+        let text = shown["advice"][who]["vi"].as_str().unwrap_or_default();
+        assert!(!text.is_empty(), "{shown}");
+        assert_eq!(air[format!("advice_{who}_1h")], text, "{air}");
+    }
     assert_eq!(air["metric"], "pm25", "{air}");
     assert!(
         air["points"].as_u64().is_some_and(|n| n >= 20),
@@ -750,9 +763,81 @@ async fn a_backdated_day_rolls_up_and_a_late_reading_revises_every_resolution() 
             .any(|r| r[0] == "no2" && r[3].as_str().is_some_and(|l| l.contains("200"))),
         "the 1-hour NO2 exceedance with its limit: {no2}"
     );
+    assert_eq!(no2["metric"], "no2", "{no2}");
+    assert_eq!(
+        no2["limit"], "200",
+        "QCVN 05's 1-hour NO2 limit drawn on the chart: {no2}"
+    );
+    let limits = env.get_json("/api/v1/devices/ww-day/limits").await?;
+    let cod = limits["limits"]
+        .as_array()
+        .context("limits")?
+        .iter()
+        .find(|l| l["metric"] == "cod")
+        .context("a COD limit")?;
+    assert_eq!(limits["regulation"], "QCVN 40:2011/BTNMT", "{limits}");
+    assert_eq!(cod["unit"], "mg/L", "{limits}");
+    assert!(cod["limit"]["max"].as_f64().is_some(), "{limits}");
     for seen in [&air, &no2] {
         let serious = crate::harness::serious_violations(seen)?;
         assert!(serious.is_empty(), "axe-core: {serious:?}");
     }
+
+    // An environment officer's inbox: ww-day's QCVN 40 alert (its last hour's COD stands above
+    // the limit), its transitions, resolved by hand with a comment (refused on the page
+    // without one).
+    let officer =
+        crate::access::issue(&env.http, &env.api(""), TOKEN, "environment", "officer-hoa").await?;
+    let comment = "Đã kiểm tra: nhà máy tạm dừng xả thải";
+    let out = tokio::process::Command::new("node")
+        .arg(crate::harness::repo_root().join("tests/browser/inbox.js"))
+        .arg(format!("{}?token={officer}", env.api("/")))
+        .arg("ww-day")
+        .arg(comment)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the inbox: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inbox: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let id = inbox["alert"].as_str().context("alert")?;
+    assert_eq!(inbox["before"][0], "fired", "{inbox}");
+    assert!(
+        inbox["refused"]
+            .as_str()
+            .is_some_and(|m| m.contains("ghi chú")),
+        "no resolve without a comment: {inbox}"
+    );
+    assert!(
+        [200, 202].contains(&inbox["status"].as_u64().unwrap_or(0)),
+        "{inbox}"
+    );
+    let resolved = inbox["after"]
+        .as_array()
+        .context("after")?
+        .iter()
+        .find(|t| t["kind"] == "resolved")
+        .context("a resolved transition")?;
+    let text = resolved["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("officer-hoa") && text.contains(comment),
+        "who and why: {inbox}"
+    );
+    assert_eq!(inbox["buttons_left"], 0, "{inbox}");
+    assert!(
+        inbox["resolved_filter"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty() && s.iter().all(|s| s == "resolved")),
+        "{inbox}"
+    );
+    let stored = env.get_json(&format!("/api/v1/alerts/{id}")).await?;
+    assert_eq!(stored["alert"]["state"], "resolved", "{stored}");
+    assert_eq!(stored["alert"]["resolve_reason"], "manual", "{stored}");
+    assert_eq!(
+        stored["alert"]["resolved_by"]["by"], "officer-hoa",
+        "{stored}"
+    );
     Ok(())
 }

@@ -23,6 +23,7 @@
     devices: new Map(), // device_id -> {device_id, kind, lat, lon, status, online}
     latest: new Map(), // device_id -> Map(key -> {value, unit})
     aqi: new Map(), // device_id -> {aqi, band}
+    bands: [], // Decision 1459's bands with their health advice (/api/v1/aqi/bands)
     alerts: new Map(), // alert_id -> alert (open ones)
     statuses: new Map(), // device_id -> status
     epoch: null,
@@ -85,6 +86,7 @@
     sessionStorage.setItem("ioc.token", token);
     $("#login").hidden = true;
     $("#views").hidden = false;
+    state.bands = (await (await api("/api/v1/aqi/bands")).json()).bands || [];
     const asked = location.hash.replace("#", "");
     showView(VIEWS.includes(asked) ? asked : VIEWS.includes(me.view) ? me.view : "operator");
     await start();
@@ -249,6 +251,7 @@
     } else if (name === "environment") {
       fillStations();
       loadEnvironment().catch(() => {});
+      loadInbox().catch(() => {});
     }
   }
 
@@ -318,7 +321,7 @@
     verdict.dataset.verdict = list.verdict;
     verdict.textContent = t(list.verdict);
     $("#checklist").replaceChildren(...list.items.map((i) =>
-      el("li", { "data-item": i.item, "data-status": i.status, text: `${t(i.item)} — ${t(i.status)}: ${i.evidence}` })));
+      el("li", { "data-item": i.item, "data-status": i.status, text: `${t(i.item)} — ${t(i.status)}: ${(state.lang === "vi" && i.evidence_vi) || i.evidence}` })));
   }
 
   function showMessage(m) {
@@ -366,13 +369,28 @@
     card.querySelector(".small").textContent = latest
       ? `${t("dominant")}: ${latest.dominant || "–"} · ${time(latest.window_end)}`
       : t("no_aqi");
+    // The band's health advice, for the public and for sensitive groups.
+    const advice = card.querySelector(".advice");
+    advice.replaceChildren();
+    const known = latest && latest.band && state.bands.find((b) => b.level === latest.band.level);
+    if (known) {
+      for (const who of ["general", "sensitive"]) {
+        advice.append(el("dt", { text: t(`advice_${who}`) }),
+          el("dd", { "data-advice": who, text: known.advice[who][state.lang] || known.advice[who].vi }));
+      }
+    }
   }
 
   let chart = null;
   let windows = [];
+  let limits = { regulation: "", limits: [] };
+  // Loads overlap when the officer switches station quickly: only the latest may draw.
+  let environmentLoad = 0;
   async function loadEnvironment() {
     const id = $("#env-station").value;
     if (!id) return;
+    const mine = ++environmentLoad;
+    const stale = () => mine !== environmentLoad;
     const from = rangeFrom();
     const q = (path) => api(`${path}${path.includes("?") ? "&" : "?"}device_id=${encodeURIComponent(id)}&from=${from}`).then((r) => r.json());
     const d = state.devices.get(id);
@@ -382,10 +400,12 @@
         q("/api/v1/aqi?resolution=1h"),
         api(`/api/v1/aqi?resolution=1d&device_id=${encodeURIComponent(id)}&from=${Date.now() - 8 * 24 * HOUR}`).then((r) => r.json()),
       ]);
+      if (stale()) return;
       showAqi("#env-aqi-1h", hourly.aqi || []);
       showAqi("#env-aqi-1d", daily.aqi || []);
     }
     const exceedances = (await q("/api/v1/exceedances")).exceedances || [];
+    if (stale()) return;
     const body = $("#env-exceedances tbody");
     body.replaceChildren();
     if (!exceedances.length) body.append(el("tr", {}, el("td", { colspan: "8", text: t("no_exceedances") })));
@@ -396,7 +416,14 @@
         el("td", { text: `× ${number(e.multiple, 2)}` }), el("td", { text: time(e.window_start) }),
         el("td", { text: t(e.status) })));
     }
-    windows = (await q("/api/v1/aggregates?resolution=1h")).aggregates || [];
+    const [means, held] = await Promise.all([
+      q("/api/v1/aggregates?resolution=1h"),
+      api(`/api/v1/devices/${encodeURIComponent(id)}/limits`).then((r) => r.json())
+        .catch(() => ({ regulation: "", limits: [] })),
+    ]);
+    if (stale()) return;
+    windows = means.aggregates || [];
+    limits = held;
     const metrics = [...new Set(windows.map((w) => w.metric))].sort();
     const pick = $("#env-metric");
     const chosen = metrics.includes(pick.value) ? pick.value : metrics[0];
@@ -422,6 +449,13 @@
     if (!rows.length) { box.append(el("p", { text: t("no_data") })); return; }
     const xs = rows.map((w) => Date.parse(w.window_start) / 1000);
     const unit = rows[0].unit;
+    // The station's 1-hour limit for the metric, drawn as a line (two for a band, as pH's).
+    const limit = (limits.limits || []).find((l) => l.metric === metric && l.period === "1h" &&
+      (!l.channel || l.channel === rows[0].channel));
+    const lines = [];
+    if (limit && limit.limit.max != null) lines.push(["≤", limit.limit.max]);
+    if (limit && limit.limit.low != null) lines.push(["≥", limit.limit.low], ["≤", limit.limit.high]);
+    box.dataset.limit = lines.map((l) => l[1]).join(",");
     chart = new uPlot({
       width: Math.max(300, box.clientWidth || 800), height: 300,
       tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), ZONE),
@@ -435,8 +469,13 @@
         { label: `${metric} (${unit})`, stroke: "#123c69", width: 2, value: (u, v) => (v == null ? "–" : number(v)) },
         { label: "min", stroke: "#9aa5b1", dash: [4, 4] },
         { label: "max", stroke: "#b3261e", dash: [4, 4] },
+        ...lines.map(([sign, v]) => ({
+          label: `${limits.regulation} ${t("limit").toLowerCase()} ${sign} ${number(v)}`,
+          stroke: "#7e0023", width: 2, dash: [10, 5], points: { show: false }, value: () => number(v),
+        })),
       ],
-    }, [xs, rows.map((w) => w.mean), rows.map((w) => w.min), rows.map((w) => w.max)], box);
+    }, [xs, rows.map((w) => w.mean), rows.map((w) => w.min), rows.map((w) => w.max),
+      ...lines.map(([, v]) => xs.map(() => v))], box);
   }
 
   async function downloadCsv() {
@@ -465,6 +504,149 @@
   function onAlert(a) {
     if (a.state === "resolved") state.alerts.delete(a.alert_id);
     else state.alerts.set(a.alert_id, a);
+    onInboxAlert(a);
+  }
+
+  // The environment officer's alert inbox: filters, acknowledge or resolve with a comment, and
+  // each alert's transitions. Rows stay put when their alert changes state under the officer's
+  // eyes (the row shows the new state); a reload of the filter drops what no longer matches.
+  const inbox = new Map(); // alert_id -> alert
+  const opened = new Set(); // alert ids whose transitions are shown
+  function inboxQuery() {
+    const q = new URLSearchParams();
+    const add = (k, v) => { if (v) q.set(k, v); };
+    add("state", $("#inbox-state").value);
+    add("severity", $("#inbox-severity").value);
+    add("category", $("#inbox-category").value);
+    if ($("#inbox-this-station").checked) add("device_id", $("#env-station").value);
+    q.set("from", String(Date.now() - 30 * 24 * HOUR));
+    q.set("limit", "200");
+    return q;
+  }
+
+  function inboxWants(a) {
+    const q = inboxQuery();
+    const within = (k, v) => !q.get(k) || q.get(k).split(",").includes(v);
+    return within("state", a.state) && within("severity", a.severity) && within("category", a.category) &&
+      within("device_id", a.device_id);
+  }
+
+  let inboxLoad = 0;
+  async function loadInbox() {
+    const mine = ++inboxLoad;
+    const r = await api(`/api/v1/alerts?${inboxQuery()}`);
+    if (!r.ok) return;
+    const alerts = (await r.json()).alerts || [];
+    if (mine !== inboxLoad) return; // a newer filter's answer draws instead
+    inbox.clear();
+    for (const a of alerts) inbox.set(a.alert_id, a);
+    await renderInbox();
+  }
+
+  function onInboxAlert(a) {
+    if ($("#environment").hidden) return;
+    if (inbox.has(a.alert_id) || inboxWants(a)) {
+      inbox.set(a.alert_id, a);
+      renderInbox().catch(() => {});
+    }
+  }
+
+  function reasonText(r) {
+    return r ? t(`reason_${r}`) : "";
+  }
+
+  async function transitionsOf(id) {
+    const r = await api(`/api/v1/alerts/${encodeURIComponent(id)}`);
+    if (!r.ok) return el("td", { colspan: "6", text: t("no_data") });
+    const detail = await r.json();
+    const list = el("ol", { class: "transitions" });
+    for (const x of detail.transitions || []) {
+      const parts = [`${time(x.at)} · ${t(`transition_${x.transition}`)}`];
+      if (x.by) parts.push(`${t("by")} ${x.by}`);
+      if (x.comment) parts.push(`“${x.comment}”`);
+      if (x.reason) parts.push(`${t("reason")}: ${reasonText(x.reason)}`);
+      list.append(el("li", { "data-transition": x.transition, text: parts.join(" · ") }));
+    }
+    return el("td", { colspan: "6" }, list);
+  }
+
+  let inboxRendering = Promise.resolve();
+  function renderInbox() {
+    inboxRendering = inboxRendering.then(drawInbox, drawInbox);
+    return inboxRendering;
+  }
+
+  async function drawInbox() {
+    const body = $("#inbox tbody");
+    const rows = [...inbox.values()].sort((a, b) => (a.fired_at < b.fired_at ? 1 : -1));
+    const out = [];
+    if (!rows.length) out.push(el("tr", {}, el("td", { colspan: "6", text: t("no_inbox") })));
+    for (const a of rows) {
+      const device = state.devices.get(a.device_id);
+      const tr = el("tr", { "data-alert": a.alert_id, "data-device": a.device_id, "data-state": a.state, "data-severity": a.severity },
+        el("td", { text: t(a.severity) }),
+        el("td", { class: "state", text: t(a.state) }),
+        el("td", { text: device && device.name ? `${device.name} (${a.device_id})` : a.device_id }),
+        el("td", { text: a.message }),
+        el("td", { text: time(a.fired_at) }));
+      const actions = el("td", { class: "actions" });
+      if (a.state !== "resolved") {
+        const comment = el("input", { type: "text", "aria-label": `${t("comment")} ${a.alert_id}`, placeholder: t("comment"), maxlength: "2000", "data-comment": a.alert_id });
+        actions.append(comment);
+        if (a.state === "firing") {
+          const ack = el("button", { type: "button", "data-inbox-ack": a.alert_id, text: t("acknowledge") });
+          ack.addEventListener("click", () => act(a.alert_id, "ack", comment.value).catch(() => {}));
+          actions.append(ack);
+        }
+        const resolve = el("button", { type: "button", "data-inbox-resolve": a.alert_id, text: t("resolve") });
+        resolve.addEventListener("click", () => act(a.alert_id, "resolve", comment.value).catch(() => {}));
+        actions.append(resolve);
+      }
+      const more = el("button", { type: "button", "data-details": a.alert_id, "aria-expanded": String(opened.has(a.alert_id)),
+        text: opened.has(a.alert_id) ? t("hide_details") : t("details") });
+      more.addEventListener("click", () => {
+        if (opened.has(a.alert_id)) opened.delete(a.alert_id); else opened.add(a.alert_id);
+        renderInbox().catch(() => {});
+      });
+      actions.append(more);
+      tr.append(actions);
+      out.push(tr);
+      if (opened.has(a.alert_id)) out.push(el("tr", { class: "detail", "data-detail": a.alert_id }, await transitionsOf(a.alert_id)));
+    }
+    // Keep what the officer is typing: a comment survives a redraw.
+    const typed = new Map([...body.querySelectorAll("input[data-comment]")].map((i) => [i.dataset.comment, i.value]));
+    const focused = document.activeElement && document.activeElement.dataset ? document.activeElement.dataset.comment : null;
+    body.replaceChildren(...out);
+    for (const i of body.querySelectorAll("input[data-comment]")) {
+      if (typed.has(i.dataset.comment)) i.value = typed.get(i.dataset.comment);
+      if (focused && i.dataset.comment === focused) i.focus();
+    }
+  }
+
+  // Acknowledge or resolve from the inbox: the answer says what happened (200 the new state,
+  // 409 who was first, 202 not yet answered, 4xx why not).
+  async function act(id, action, comment) {
+    const say = $("#inbox-message");
+    if (action === "resolve" && !comment.trim()) {
+      say.textContent = t("comment_needed");
+      return;
+    }
+    const r = await api(`/api/v1/alerts/${encodeURIComponent(id)}/${action}`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ comment }),
+    });
+    const body = await r.json().catch(() => ({}));
+    if (body.alert) {
+      say.textContent = `${id}: ${t(body.alert.state)}`;
+      onAlert(body.alert);
+      inbox.set(id, body.alert);
+    } else if (r.status === 202) {
+      say.textContent = t("pending_reply");
+    } else {
+      say.textContent = body.message || String(r.status);
+    }
+    await renderInbox();
   }
 
   // The fleet (positions, online) from the map route; online is a matter of time, so it is
@@ -601,9 +783,15 @@
         showView(b.dataset.view);
       });
     }
-    $("#env-station").addEventListener("change", () => loadEnvironment().catch(() => {}));
+    $("#env-station").addEventListener("change", () => {
+      loadEnvironment().catch(() => {});
+      if ($("#inbox-this-station").checked) loadInbox().catch(() => {});
+    });
     $("#env-range").addEventListener("change", () => loadEnvironment().catch(() => {}));
     $("#env-metric").addEventListener("change", drawChart);
+    for (const f of ["#inbox-state", "#inbox-severity", "#inbox-category", "#inbox-this-station"]) {
+      $(f).addEventListener("change", () => loadInbox().catch(() => {}));
+    }
     $("#env-csv").addEventListener("click", () => downloadCsv().catch(() => {}));
     $("#register").addEventListener("submit", (e) => register(e).catch(() => {}));
     $("#watch-form").addEventListener("submit", (e) => {

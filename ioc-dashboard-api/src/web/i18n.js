@@ -1,5 +1,5 @@
 // The dashboard's words in Vietnamese (the default) and English. Band names and health advice
-// come from the server, as Decision 1459 gives them.
+// come from the server (/api/v1/aqi/bands), after Decision 1459.
 "use strict";
 window.IOC_I18N = {
   vi: {
@@ -23,6 +23,17 @@ window.IOC_I18N = {
     from_time: "Bắt đầu", state: "Trạng thái", exceeded: "Vượt", withdrawn: "Đã rút lại",
     no_exceedances: "Không có lần vượt quy chuẩn", hourly_means: "Trung bình giờ",
     download_csv: "Tải CSV", no_data: "Chưa có dữ liệu",
+    advice_general: "Người bình thường", advice_sensitive: "Người nhạy cảm",
+    inbox: "Hộp cảnh báo", open: "Đang mở", all: "Tất cả", severity: "Mức độ", category: "Lĩnh vực",
+    air_and_water: "Không khí và nước", category_air: "Không khí", category_water: "Nước thải",
+    this_station_only: "Chỉ trạm đang chọn", message: "Nội dung", fired_at: "Kích hoạt lúc",
+    actions: "Thao tác", comment: "Ghi chú", resolve: "Đóng cảnh báo", details: "Chi tiết",
+    hide_details: "Ẩn chi tiết", comment_needed: "Cần ghi chú lý do khi đóng cảnh báo.",
+    pending_reply: "Đã gửi; hệ thống sẽ thực hiện khi xử lý xong.", no_inbox: "Không có cảnh báo phù hợp",
+    transition_fired: "Kích hoạt", transition_acknowledged: "Xác nhận", transition_resolved: "Đóng",
+    by: "bởi", reason: "lý do",
+    reason_cleared: "hết vượt ngưỡng", reason_manual: "đóng thủ công", reason_revised: "dữ liệu được hiệu chỉnh",
+    reason_decommissioned: "thiết bị ngừng sử dụng", reason_rule_removed: "quy tắc bị gỡ bỏ",
     title: "Trung tâm điều hành thông minh Đắk Lắk",
     connecting: "Đang kết nối", live: "Trực tiếp", reconnecting: "Đang kết nối lại",
     language: "Ngôn ngữ", token: "Mã truy cập", sign_in: "Đăng nhập",
@@ -63,6 +74,17 @@ window.IOC_I18N = {
     from_time: "From", state: "State", exceeded: "Exceeded", withdrawn: "Withdrawn",
     no_exceedances: "No exceedances", hourly_means: "Hourly means",
     download_csv: "Download CSV", no_data: "No data yet",
+    advice_general: "General public", advice_sensitive: "Sensitive groups",
+    inbox: "Alert inbox", open: "Open", all: "All", severity: "Severity", category: "Category",
+    air_and_water: "Air and water", category_air: "Air", category_water: "Wastewater",
+    this_station_only: "This station only", message: "Message", fired_at: "Fired at",
+    actions: "Actions", comment: "Comment", resolve: "Resolve", details: "Details",
+    hide_details: "Hide details", comment_needed: "Resolving by hand needs a comment saying why.",
+    pending_reply: "Sent; it takes effect once the stream has it.", no_inbox: "No alerts match",
+    transition_fired: "Fired", transition_acknowledged: "Acknowledged", transition_resolved: "Resolved",
+    by: "by", reason: "reason",
+    reason_cleared: "back within the limit", reason_manual: "resolved by hand", reason_revised: "data revised",
+    reason_decommissioned: "device decommissioned", reason_rule_removed: "rule removed",
     title: "Đắk Lắk Intelligent Operations Center",
     connecting: "Connecting", live: "Live", reconnecting: "Reconnecting",
     language: "Language", token: "Access token", sign_in: "Sign in",
