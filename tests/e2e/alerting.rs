@@ -913,8 +913,8 @@ async fn a_rules_file_reloads_without_restart_and_an_invalid_one_is_refused() ->
 /// Alert latency under load (ignored: `cargo test --release --workspace --test e2e --
 /// --ignored alert_latency_under_load --nocapture`; `IOC_BENCH_SIM_RATE`, default 400
 /// messages/s, `IOC_BENCH_AIR`, default 200 simulated stations). Probe stations publish live
-/// PM2.5 above the built-in rule's limit on even minutes and below it on odd ones, so every
-/// even minute each probe has a new alert. A 1-minute window can close once the stream has
+/// PM2.5 above the built-in rule's limit every other minute and below it between (half of them
+/// on even minutes, half on odd), so every minute half the probes have a new alert. A 1-minute window can close once the stream has
 /// seen event time `allowed_lateness` past its end; the latency is from that moment to the
 /// webhook request. Phases: the probes alone, then with the simulator publishing beside them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -964,12 +964,15 @@ recipients = [{{ name = "ops", webhook = {{ url = "http://127.0.0.1:{hook_port}/
     env.wait_ingest_knows_registered().await?;
     let (mqtt, _poll) = env.mqtt_client("bench-alert-probes");
     let probes = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        // 237 ms: not a divisor of a minute, so where the tick falls after a window's end
+        // varies from minute to minute.
+        let mut tick = tokio::time::interval(Duration::from_millis(237));
         loop {
             tick.tick().await;
             let now = ioc_contract::time::now_ms();
-            let high = (now / 60_000) % 2 == 0;
             for i in 0..PROBES {
+                // Half the probes high on even minutes, the other half on odd ones.
+                let high = (now / 60_000 + i as i64) % 2 == 0;
                 let pm25 = if high { 120 + i } else { 10 + i };
                 let body = format!(r#"{{"ts":{now},"values":{{"pm25":{pm25}}}}}"#);
                 let topic = ioc_contract::telemetry_topic(&format!("probe-{i:02}"));
@@ -1002,9 +1005,9 @@ recipients = [{{ name = "ops", webhook = {{ url = "http://127.0.0.1:{hook_port}/
                 ],
             )?);
         }
-        // Whole minutes: from the next even minute on, PHASE_MINUTES of them.
+        // Whole minutes, from the next on, PHASE_MINUTES of them.
         let now = ioc_contract::time::now_ms();
-        let first = (now / 120_000 + 1) * 120_000;
+        let first = (now / 60_000 + 1) * 60_000;
         let until = first + PHASE_MINUTES * 60_000;
         let cpu_before = cpu(stream.child.id());
         let wall_before = Instant::now();
@@ -1013,7 +1016,7 @@ recipients = [{{ name = "ops", webhook = {{ url = "http://127.0.0.1:{hook_port}/
             Duration::from_secs((until - now) as u64 / 1000 + 90),
             || async {
                 let fired = fired_probe_windows(&hooks, first, until);
-                Ok((fired.len() >= PROBES * (PHASE_MINUTES as usize / 2)).then_some(fired))
+                Ok((fired.len() >= PROBES * PHASE_MINUTES as usize / 2).then_some(fired))
             },
         )
         .await?;
@@ -1025,6 +1028,11 @@ recipients = [{{ name = "ops", webhook = {{ url = "http://127.0.0.1:{hook_port}/
             .map(|(window_end, received)| received - (window_end + lateness))
             .collect();
         latencies.sort_unstable();
+        let windows: std::collections::BTreeSet<i64> = fired.iter().map(|f| f.0).collect();
+        println!(
+            "{phase}: {} windows, latencies {latencies:?}",
+            windows.len()
+        );
         let pct =
             |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
         rows.push(format!(
