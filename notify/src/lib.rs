@@ -438,13 +438,15 @@ impl Stage<'_> {
     ) -> Vec<DeliveryRow> {
         let event = match t.kind {
             TransitionKind::Fired => {
-                open.insert(
-                    t.alert_id.clone(),
-                    Open {
-                        alert: t.alert.clone(),
-                        sent: Sent::new(now),
-                    },
-                );
+                // A firing read again after a restart keeps the clocks restored from its
+                // deliveries, and the newer state if it was acknowledged since.
+                let o = open.entry(t.alert_id.clone()).or_insert_with(|| Open {
+                    alert: t.alert.clone(),
+                    sent: Sent::new(now),
+                });
+                if t.alert.version >= o.alert.version {
+                    o.alert = t.alert.clone();
+                }
                 "fired"
             }
             TransitionKind::Acknowledged => {
