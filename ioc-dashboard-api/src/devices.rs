@@ -683,6 +683,8 @@ pub(crate) async fn map(
                     latest.remove(&d.device_id).unwrap_or_default(),
                     aqi.get(&d.device_id),
                     alerts.get(&d.device_id).copied().unwrap_or(0),
+                    (d.kind == "traffic_camera")
+                        .then(|| state.activity.events_in_last_hour(&d.device_id, now)),
                 ])
             })
         })
@@ -696,7 +698,7 @@ fn is_online(d: &Device, last_seen: Option<i64>, now: i64) -> bool {
 }
 
 /// The columns of `/api/v1/map`'s rows.
-pub const MAP_FIELDS: [&str; 9] = [
+pub const MAP_FIELDS: [&str; 10] = [
     "device_id",
     "kind",
     "lat",
@@ -706,6 +708,7 @@ pub const MAP_FIELDS: [&str; 9] = [
     "latest",
     "aqi_1h",
     "open_alerts",
+    "violations_1h",
 ];
 
 pub(crate) fn round6(x: f64) -> f64 {

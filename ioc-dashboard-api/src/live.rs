@@ -11,7 +11,7 @@ use axum::extract::ws::Utf8Bytes;
 
 use ioc_bus::registry::RegistryView;
 use ioc_bus::{Bus, Consumer, StartAt};
-use ioc_contract::time::format_ms;
+use ioc_contract::time::{format_ms, now_ms};
 use ioc_contract::{
     Aggregate, Alert, DeadLetter, Device, Reading, ReadingBatch, RegistryEvent, RejectCode,
     Resolution, TapRecord,
@@ -562,6 +562,10 @@ pub struct DeviceActivity {
     pub last_message: Option<MessageOutcome>,
 }
 
+/// The window of [`Activity::events_in_last_hour`], and how many events a camera keeps at most.
+pub const EVENTS_WINDOW_MS: i64 = 3_600_000;
+const EVENTS_KEPT: usize = 10_000;
+
 /// How many receipt times [`DeviceActivity::recent`] keeps.
 pub const RECENT_MESSAGES: usize = 10;
 
@@ -587,6 +591,9 @@ pub struct MessageOutcome {
 #[derive(Debug, Clone, Default)]
 pub struct Activity {
     inner: Arc<RwLock<HashMap<String, DeviceActivity>>>,
+    /// Per camera, its events of the last hour (event time, event id), in event-time order; a
+    /// resend counts once. Only counts are shown (no pseudonym is kept).
+    events: Arc<RwLock<HashMap<String, VecDeque<(i64, String)>>>>,
 }
 
 impl Activity {
@@ -635,6 +642,35 @@ impl Activity {
         if let Some(rejection) = rejection {
             entry.last_rejection = Some(rejection);
         }
+    }
+
+    /// Notes a camera's event (its time and id), keeping the last hour's.
+    pub fn event(&self, device_id: &str, ts: i64, event_id: &str, now: i64) {
+        let mut map = self.events.write().unwrap_or_else(|e| e.into_inner());
+        let events = map.entry(device_id.to_string()).or_default();
+        while events
+            .front()
+            .is_some_and(|(t, _)| *t <= now - EVENTS_WINDOW_MS)
+            || events.len() >= EVENTS_KEPT
+        {
+            events.pop_front();
+        }
+        if ts > now - EVENTS_WINDOW_MS && !events.iter().any(|(_, id)| id == event_id) {
+            // In event-time order: a late event goes where it belongs.
+            let at = events.partition_point(|(t, _)| *t <= ts);
+            events.insert(at, (ts, event_id.to_string()));
+        }
+    }
+
+    /// How many events `device_id` had in the hour before `now`.
+    pub fn events_in_last_hour(&self, device_id: &str, now: i64) -> usize {
+        let map = self.events.read().unwrap_or_else(|e| e.into_inner());
+        map.get(device_id).map_or(0, |events| {
+            events
+                .iter()
+                .filter(|(t, _)| *t > now - EVENTS_WINDOW_MS && *t <= now)
+                .count()
+        })
     }
 
     /// Notes a readings record (one message's readings; one device's in practice).
@@ -869,6 +905,7 @@ pub async fn tail(
                 // A camera's accepted event: only that it was seen (no pseudonym is kept).
                 if let Ok(e) = serde_json::from_slice::<ioc_contract::Event>(payload) {
                     activity.note(&e.device_id, &e.message_id, e.received_at, Vec::new(), None);
+                    activity.event(&e.device_id, e.ts, &e.event_id, now_ms());
                 }
             }
         }
@@ -890,6 +927,25 @@ async fn recv(consumer: &mut Consumer) -> Option<ioc_bus::Record> {
 mod tests {
     use super::*;
     use ioc_contract::Quality;
+
+    #[test]
+    fn a_camera_counts_the_last_hours_events_once_each() {
+        let a = Activity::default();
+        let now = 10 * EVENTS_WINDOW_MS;
+        for (ts, id) in [
+            (now - 60_000, "e1"),
+            (now - 60_000, "e1"), // a resend
+            (now - 2 * EVENTS_WINDOW_MS, "old"),
+            (now - 30_000, "e2"),
+            (now - 90_000, "late"), // arrives after newer ones
+        ] {
+            a.event("cam-1", ts, id, now);
+        }
+        assert_eq!(a.events_in_last_hour("cam-1", now), 3);
+        assert_eq!(a.events_in_last_hour("cam-2", now), 0);
+        // An hour on, they have all aged out.
+        assert_eq!(a.events_in_last_hour("cam-1", now + EVENTS_WINDOW_MS), 0);
+    }
 
     fn reading(message: &str, at: i64) -> Reading {
         Reading {

@@ -208,7 +208,8 @@ async fn two_api_instances_give_the_same_positions_and_a_client_resumes_on_the_o
             "online",
             "latest",
             "aqi_1h",
-            "open_alerts"
+            "open_alerts",
+            "violations_1h"
         ],
         "{map}"
     );

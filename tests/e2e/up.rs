@@ -649,6 +649,38 @@ async fn up_with_sim_shows_live_devices_in_a_browser() -> Result<()> {
         Ok((d["devices"].as_array().map(Vec::len) == Some(17)).then_some(()))
     })
     .await?;
+    // The cameras' violations of the last hour, counted from their events (each once).
+    up.eventually(
+        "a camera's violations on the map",
+        Duration::from_secs(60),
+        || async {
+            let map = up.get("/api/v1/map").await?;
+            let fields: Vec<&str> = map["fields"]
+                .as_array()
+                .context("fields")?
+                .iter()
+                .filter_map(|f| f.as_str())
+                .collect();
+            let at = |name: &str| fields.iter().position(|f| *f == name);
+            let (kind, violations) = (
+                at("kind").context("kind")?,
+                at("violations_1h").context("violations_1h")?,
+            );
+            let rows = map["devices"].as_array().context("devices")?;
+            for r in rows.iter().filter(|r| r[kind] != "traffic_camera") {
+                anyhow::ensure!(
+                    r[violations].is_null(),
+                    "only cameras count violations: {r}"
+                );
+            }
+            Ok(rows
+                .iter()
+                .filter(|r| r[kind] == "traffic_camera")
+                .any(|r| r[violations].as_u64().is_some_and(|n| n > 0))
+                .then_some(()))
+        },
+    )
+    .await?;
     let screenshot = up.dir.join("operator.png");
     let seen = dashboard_page(&format!("{}?token={}", up.url("/"), up.token), &screenshot).await?;
     assert!(seen["status"].is_string(), "{seen}");

@@ -130,6 +130,12 @@
       const open = [...state.alerts.values()].some((x) => x.device_id === d.device_id && x.category === "water");
       return open ? { colour: "#b3261e", label: t("water_alert") } : { colour: "#1f9d55", label: t("water_ok") };
     }
+    if (d.kind === "traffic_camera" && d.online && d.violations_1h != null) {
+      // Cameras by their violations in the last hour: none, some, many.
+      const n = d.violations_1h;
+      const colour = n === 0 ? "#1f9d55" : n < 20 ? "#ff7e00" : "#b3261e";
+      return { colour, label: `${number(n, 0)} ${t("violations_1h")}` };
+    }
     return d.online ? { colour: "#2b6cb0", label: t("online") } : { colour: "#9aa5b1", label: t("offline") };
   }
 
