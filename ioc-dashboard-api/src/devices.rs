@@ -759,6 +759,7 @@ pub(crate) async fn limits(
                 .iter()
                 .map(|l| (l.metric.clone(), l.period))
                 .collect();
+            keys.sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
             keys.dedup();
             let rows = keys
                 .iter()

@@ -651,11 +651,13 @@ impl Activity {
         while events
             .front()
             .is_some_and(|(t, _)| *t <= now - EVENTS_WINDOW_MS)
-            || events.len() >= EVENTS_KEPT
         {
             events.pop_front();
         }
         if ts > now - EVENTS_WINDOW_MS && !events.iter().any(|(_, id)| id == event_id) {
+            if events.len() >= EVENTS_KEPT {
+                events.pop_front();
+            }
             // In event-time order: a late event goes where it belongs.
             let at = events.partition_point(|(t, _)| *t <= ts);
             events.insert(at, (ts, event_id.to_string()));

@@ -138,6 +138,32 @@ impl Sent {
     }
 }
 
+/// Folds one recorded delivery into what is known to be recorded and what was sent of its
+/// alert. The reminder clock counts firings and reminders only (an escalation does not reset
+/// it, as it does not while running).
+fn remember(
+    d: &DeliveryRow,
+    known: &mut HashSet<(String, String, String)>,
+    sent: &mut HashMap<String, Sent>,
+) {
+    known.insert((d.alert_id.clone(), d.event.clone(), d.recipient.clone()));
+    let entry = sent
+        .entry(d.alert_id.clone())
+        .or_insert(Sent::new(d.created_at));
+    entry.first_at = entry.first_at.min(d.created_at);
+    if d.event != "escalated" {
+        entry.last_at = entry.last_at.max(d.created_at);
+    }
+    if let Some(n) = d
+        .event
+        .strip_prefix("renotify-")
+        .and_then(|n| n.parse().ok())
+    {
+        entry.reminders = entry.reminders.max(n);
+    }
+    entry.escalated |= d.event == "escalated";
+}
+
 fn now_ms() -> i64 {
     ioc_contract::time::now_ms()
 }
@@ -208,20 +234,7 @@ pub async fn run(
     let mut known: HashSet<(String, String, String)> = HashSet::new();
     let mut sent: HashMap<String, Sent> = HashMap::new();
     for d in recent {
-        known.insert((d.alert_id.clone(), d.event.clone(), d.recipient.clone()));
-        let entry = sent
-            .entry(d.alert_id.clone())
-            .or_insert(Sent::new(d.created_at));
-        entry.first_at = entry.first_at.min(d.created_at);
-        entry.last_at = entry.last_at.max(d.created_at);
-        if let Some(n) = d
-            .event
-            .strip_prefix("renotify-")
-            .and_then(|n| n.parse().ok())
-        {
-            entry.reminders = entry.reminders.max(n);
-        }
-        entry.escalated |= d.event == "escalated";
+        remember(&d, &mut known, &mut sent);
         if d.status == "pending" {
             if let Some(q) = queues.get(&d.recipient) {
                 q.push([d]);
@@ -229,7 +242,7 @@ pub async fn run(
         }
     }
     let mut open: HashMap<String, Open> = HashMap::new();
-    let open_rows = history
+    let open_rows: Vec<Alert> = history
         .query::<AlertRow>(&HistoryFilter {
             from: 0,
             to: i64::MAX,
@@ -237,8 +250,32 @@ pub async fn run(
             any_of: vec![("status", vec!["firing".into(), "acknowledged".into()])],
             ..Default::default()
         })
-        .await?;
-    for a in open_rows.into_iter().map(Alert::from) {
+        .await?
+        .into_iter()
+        .map(Alert::from)
+        .collect();
+    // Alerts open for longer than the window read above: their deliveries from their start,
+    // so a restart neither escalates them again nor restarts their reminders' count.
+    let older: Vec<&Alert> = open_rows
+        .iter()
+        .filter(|a| !sent.contains_key(&a.alert_id))
+        .collect();
+    if let Some(from) = older.iter().map(|a| a.started_at.min(a.fired_at)).min() {
+        let ids = older.iter().map(|a| a.alert_id.clone()).collect();
+        let rows = history
+            .query::<DeliveryRow>(&HistoryFilter {
+                from: from - 86_400_000,
+                to: since,
+                limit: usize::MAX,
+                any_of: vec![("alert_id", ids)],
+                ..Default::default()
+            })
+            .await?;
+        for d in &rows {
+            remember(d, &mut known, &mut sent);
+        }
+    }
+    for a in open_rows {
         let sent = sent.get(&a.alert_id).copied().unwrap_or(Sent::new(now));
         open.insert(a.alert_id.clone(), Open { alert: a, sent });
     }

@@ -39,8 +39,13 @@ const { launch } = require("./chromium");
     const after = await page.$$eval(`tr[data-detail="${id}"] li`, (ls) => ls.map((l) => ({ kind: l.dataset.transition, text: l.textContent })));
     const buttons = await page.$$(`${sel} button[data-inbox-resolve], ${sel} button[data-inbox-ack]`);
 
+    const reloaded = page.waitForResponse((r) => r.url().includes("/api/v1/alerts?") && r.url().includes("state=resolved"), { timeout: 30000 });
     await page.selectOption("#inbox-state", "resolved");
-    await page.waitForSelector(`${sel}[data-state="resolved"]`, { timeout: 30000 });
+    await reloaded;
+    await page.waitForFunction((id) => {
+      const rows = [...document.querySelectorAll("#inbox tbody tr[data-alert]")];
+      return rows.some((r) => r.dataset.alert === id) && rows.every((r) => r.dataset.state === "resolved");
+    }, id, { timeout: 30000 });
     const resolvedFilter = await page.$$eval("#inbox tbody tr[data-alert]", (rs) => rs.map((r) => r.dataset.state));
     console.log(JSON.stringify({ alert: id, listed, before, refused, status, after, buttons_left: buttons.length, resolved_filter: resolvedFilter }));
   } finally {

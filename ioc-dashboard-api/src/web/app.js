@@ -46,7 +46,10 @@
     for (const e of document.querySelectorAll("[data-i18n]")) e.textContent = t(e.dataset.i18n);
     setStatus($("#status").dataset.state);
     render();
-    if (view === "environment" && !$("#environment").hidden) loadEnvironment().catch(() => {});
+    if (view === "environment" && !$("#environment").hidden) {
+      loadEnvironment().catch(() => {});
+      renderInbox().catch(() => {});
+    }
   }
 
   function setStatus(s) {
@@ -86,7 +89,7 @@
     sessionStorage.setItem("ioc.token", token);
     $("#login").hidden = true;
     $("#views").hidden = false;
-    state.bands = (await (await api("/api/v1/aqi/bands")).json()).bands || [];
+    state.bands = await api("/api/v1/aqi/bands").then((r) => r.json()).then((b) => b.bands || [], () => []);
     const asked = location.hash.replace("#", "");
     showView(VIEWS.includes(asked) ? asked : VIEWS.includes(me.view) ? me.view : "operator");
     await start();
@@ -544,16 +547,34 @@
     if (!r.ok) return;
     const alerts = (await r.json()).alerts || [];
     if (mine !== inboxLoad) return; // a newer filter's answer draws instead
+    const live = new Map(inbox);
     inbox.clear();
-    for (const a of alerts) inbox.set(a.alert_id, a);
+    for (const a of alerts) {
+      // A live update that came while the list was being read stays.
+      const seen = live.get(a.alert_id);
+      inbox.set(a.alert_id, seen && (RANK[seen.state] ?? 0) > (RANK[a.state] ?? 0) ? seen : a);
+    }
     await renderInbox();
   }
 
+  // An alert only moves on (firing, acknowledged, resolved): an answer that arrives late never
+  // takes a row back.
+  const RANK = { firing: 0, acknowledged: 1, resolved: 2 };
+  function newer(a) {
+    const had = inbox.get(a.alert_id);
+    return !had || (RANK[a.state] ?? 0) >= (RANK[had.state] ?? 0);
+  }
+
+  let inboxPending = false;
   function onInboxAlert(a) {
     if ($("#environment").hidden) return;
-    if (inbox.has(a.alert_id) || inboxWants(a)) {
+    if ((inbox.has(a.alert_id) || inboxWants(a)) && newer(a)) {
       inbox.set(a.alert_id, a);
-      renderInbox().catch(() => {});
+      // A snapshot brings many at once: draw once for them.
+      if (!inboxPending) {
+        inboxPending = true;
+        setTimeout(() => { inboxPending = false; renderInbox().catch(() => {}); }, 250);
+      }
     }
   }
 
@@ -646,7 +667,7 @@
     if (body.alert) {
       say.textContent = `${id}: ${t(body.alert.state)}`;
       onAlert(body.alert);
-      inbox.set(id, body.alert);
+      if (newer(body.alert)) inbox.set(id, body.alert);
     } else if (r.status === 202) {
       say.textContent = t("pending_reply");
     } else {
@@ -745,7 +766,11 @@
       if (frame.op === "subscribed") {
         state.epoch = frame.epoch;
         state.positions[frame.stream] = frame.position;
-        if (!frame.recovered && frame.stream === "alerts") state.alerts.clear();
+        if (!frame.recovered && frame.stream === "alerts") {
+          state.alerts.clear();
+          // What changed while the page was away is not in a fresh snapshot: read it again.
+          if (!$("#environment").hidden) loadInbox().catch(() => {});
+        }
         for (const f of frame.snapshot || frame.missed || []) onData(f);
         state.retry = 0;
         setStatus("live");
