@@ -20,7 +20,7 @@ use serde_json::json;
 
 use crate::auth::{authorize, bearer, Permission};
 use crate::error::{not_found_device, ApiFailure, ApiResult, FieldProblem};
-use crate::live::{DeviceActivity, StreamName};
+use crate::live::{DeviceActivity, StreamName, EVENTS_WINDOW_MS};
 use crate::AppState;
 use crate::{accounts, params};
 
@@ -689,7 +689,12 @@ pub(crate) async fn map(
             })
         })
         .collect();
-    Ok(Json(json!({ "fields": MAP_FIELDS, "devices": rows })))
+    Ok(Json(json!({
+        "fields": MAP_FIELDS,
+        "devices": rows,
+        // Cameras' counts cover the last hour only once this instance has read events that long.
+        "violations_since": format_ms(state.activity.events_since().max(now - EVENTS_WINDOW_MS)),
+    })))
 }
 
 /// Seen within three of its expected intervals.

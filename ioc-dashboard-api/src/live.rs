@@ -594,6 +594,9 @@ pub struct Activity {
     /// Per camera, its events of the last hour (event time, event id), in event-time order; a
     /// resend counts once. Only counts are shown (no pseudonym is kept).
     events: Arc<RwLock<HashMap<String, VecDeque<(i64, String)>>>>,
+    /// When the tail began reading events (it reads them from their end): counts cover the
+    /// last hour only once it has read for an hour.
+    events_since: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Activity {
@@ -662,6 +665,11 @@ impl Activity {
             let at = events.partition_point(|(t, _)| *t <= ts);
             events.insert(at, (ts, event_id.to_string()));
         }
+    }
+
+    /// When this instance began counting events (epoch ms; 0 before its tail started).
+    pub fn events_since(&self) -> i64 {
+        self.events_since.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many events `device_id` had in the hour before `now`.
@@ -762,6 +770,9 @@ pub async fn tail(
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, ioc_bus::BusError> {
     let topics = bus.topics().clone();
+    activity
+        .events_since
+        .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
     // Watermarks and partition counts are blocking look-ups.
     let starts = {
         let bus = bus.clone();

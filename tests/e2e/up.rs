@@ -655,6 +655,13 @@ async fn up_with_sim_shows_live_devices_in_a_browser() -> Result<()> {
         Duration::from_secs(60),
         || async {
             let map = up.get("/api/v1/map").await?;
+            // This instance began counting moments ago, and says so.
+            let since = map["violations_since"].as_str().unwrap_or_default();
+            anyhow::ensure!(
+                ioc_contract::time::parse_rfc3339_ms(since)
+                    .is_some_and(|t| t > ioc_contract::time::now_ms() - 3_000_000),
+                "{map}"
+            );
             let fields: Vec<&str> = map["fields"]
                 .as_array()
                 .context("fields")?

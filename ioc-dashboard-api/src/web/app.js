@@ -137,7 +137,11 @@
       // Cameras by their violations in the last hour: none, some, many.
       const n = d.violations_1h;
       const colour = n === 0 ? "#1f9d55" : n < 20 ? "#ff7e00" : "#b3261e";
-      return { colour, label: `${number(n, 0)} ${t("violations_1h")}` };
+      // An instance that began counting less than an hour ago says since when.
+      const partial = state.violationsSince > Date.now() - HOUR + 60000;
+      return { colour, label: partial
+        ? `${number(n, 0)} ${t("violations_since")} ${time(new Date(state.violationsSince).toISOString())}`
+        : `${number(n, 0)} ${t("violations_1h")}` };
     }
     return d.online ? { colour: "#2b6cb0", label: t("online") } : { colour: "#9aa5b1", label: t("offline") };
   }
@@ -681,7 +685,8 @@
   async function loadFleet() {
     const r = await api("/api/v1/map");
     if (!r.ok) return;
-    const { fields, devices } = await r.json();
+    const { fields, devices, violations_since: since } = await r.json();
+    state.violationsSince = since ? Date.parse(since) : 0;
     const listed = await (await api("/api/v1/devices")).json();
     const names = new Map(listed.devices.map((d) => [d.device_id, d.name]));
     for (const row of devices) {

@@ -52,7 +52,7 @@ window.IOC_I18N = {
     commissioning: "Đang lắp đặt", active: "Hoạt động", maintenance: "Bảo trì",
     decommissioned: "Ngừng sử dụng",
     water_alert: "Có cảnh báo nước thải", water_ok: "Trong giới hạn", no_band: "Không có AQI",
-    violations_1h: "vi phạm trong 1 giờ qua",
+    violations_1h: "vi phạm trong 1 giờ qua", violations_since: "vi phạm từ",
   },
   en: {
     view_installer: "Installation", register_device: "Register a device", device_id: "Device id",
@@ -104,6 +104,6 @@ window.IOC_I18N = {
     commissioning: "Commissioning", active: "Active", maintenance: "Maintenance",
     decommissioned: "Decommissioned",
     water_alert: "Wastewater alert open", water_ok: "Within limits", no_band: "No AQI",
-    violations_1h: "violations in the last hour",
+    violations_1h: "violations in the last hour", violations_since: "violations since",
   },
 };
