@@ -403,8 +403,14 @@ async fn an_installer_sees_a_new_device_go_from_nothing_to_ready() -> Result<()>
             "the faulty device's message",
             Duration::from_secs(20),
             || async {
+                // The message's rejection and its readings come on different topics, in
+                // either order: wait for both.
                 let list = checklist("aq-bad").await?;
-                Ok((items(&list)["decoding"].0 == "fail").then_some(list))
+                let seen = items(&list);
+                Ok(
+                    (seen["decoding"].0 == "fail" && seen["values_in_range"].0 != "pending")
+                        .then_some(list),
+                )
             },
         )
         .await?;
