@@ -629,7 +629,12 @@ pub mod schema {
 
     /// `{name: [item...]}`.
     pub fn list(name: &str, item: Value) -> Value {
-        object(&[(name, json!({"type": "array", "items": item}))])
+        object(&[(name, array(item))])
+    }
+
+    /// `[item...]`.
+    pub fn array(item: Value) -> Value {
+        json!({"type": "array", "items": item})
     }
 
     pub fn string() -> Value {
@@ -708,10 +713,10 @@ pub mod schema {
             ("channel", string()),
             ("metric", string()),
             ("unit", string()),
-            ("points", json!({"type": "array", "items": bucket})),
+            ("points", array(bucket)),
         ]);
         object(&[
-            ("series", json!({"type": "array", "items": series})),
+            ("series", array(series)),
             ("bucket_ms", integer()),
             ("truncated", boolean()),
         ])

@@ -80,10 +80,10 @@ const FIWARE_FILTERS: [Param; 7] = [DEVICE_ID, FROM, TO, LIMIT, ANY_RESOLUTION, 
 
 /// FIWARE entities in keyValues form: a JSON array.
 fn entities() -> serde_json::Value {
-    json!({"type": "array", "items": schema::object(&[
+    schema::array(schema::object(&[
         ("id", schema::string()),
         ("type", schema::string()),
-    ])})
+    ]))
 }
 
 fn with_alert() -> serde_json::Value {
@@ -261,13 +261,13 @@ pub fn router(state: AppState) -> Router {
                         ("regulation", schema::string()),
                         (
                             "limits",
-                            serde_json::json!({"type": "array", "items": schema::object(&[
+                            schema::array(schema::object(&[
                                 ("channel", schema::string()),
                                 ("metric", schema::string()),
                                 ("period", schema::string()),
                                 ("unit", schema::string()),
                                 ("limit", schema::any_object()),
-                            ])}),
+                            ])),
                         ),
                     ])
                 }),
@@ -298,11 +298,11 @@ pub fn router(state: AppState) -> Router {
                     schema::object(&[
                         (
                             "fields",
-                            json!({"type": "array", "items": {"type": "string"}}),
+                            schema::array(schema::string()),
                         ),
                         (
                             "devices",
-                            json!({"type": "array", "items": {"type": "array"}}),
+                            schema::array(json!({"type": "array"})),
                         ),
                     ])
                 }),
@@ -374,7 +374,7 @@ pub fn router(state: AppState) -> Router {
                         ("source", schema::string()),
                         (
                             "bands",
-                            serde_json::json!({"type": "array", "items": schema::object(&[
+                            schema::array(schema::object(&[
                                 ("level", schema::integer()),
                                 ("from", schema::integer()),
                                 ("to", schema::integer()),
@@ -385,7 +385,7 @@ pub fn router(state: AppState) -> Router {
                                     ("general", text()),
                                     ("sensitive", text()),
                                 ])),
-                            ])}),
+                            ])),
                         ),
                     ])
                 }),
@@ -608,7 +608,7 @@ pub fn router(state: AppState) -> Router {
                         schema::object(&[
                             (
                                 "entries",
-                                json!({"type": "array", "items": schema::audit_entry()}),
+                                schema::array(schema::audit_entry()),
                             ),
                             ("truncated", schema::boolean()),
                         ])

@@ -674,23 +674,31 @@ pub fn serious_violations(seen: &serde_json::Value) -> Result<Vec<serde_json::Va
         .collect())
 }
 
+/// Runs the browser check `tests/browser/<script>` with `args` and returns the JSON line it
+/// printed; fails with what it wrote to stderr.
+pub async fn browser_check(
+    script: &str,
+    args: &[&dyn AsRef<std::ffi::OsStr>],
+) -> Result<serde_json::Value> {
+    let mut command = tokio::process::Command::new("node");
+    command.arg(repo_root().join("tests/browser").join(script));
+    for a in args {
+        command.arg(a);
+    }
+    let out = command.output().await?;
+    if !out.status.success() {
+        bail!(
+            "browser check {script} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
 /// Opens the dashboard at `url` in headless Chromium (tests/browser/dashboard.js) and returns
 /// what it saw; saves a screenshot at `screenshot`.
 pub async fn dashboard_page(url: &str, screenshot: &Path) -> Result<serde_json::Value> {
-    let browser = tokio::process::Command::new("node")
-        .arg(repo_root().join("tests/browser/dashboard.js"))
-        .arg(url)
-        .arg(screenshot)
-        .arg("30")
-        .output()
-        .await?;
-    if !browser.status.success() {
-        bail!(
-            "browser check failed: {}",
-            String::from_utf8_lossy(&browser.stderr)
-        );
-    }
-    Ok(serde_json::from_slice(&browser.stdout)?)
+    browser_check("dashboard.js", &[&url, &screenshot, &"30"]).await
 }
 
 /// MQTT options of a device logging in with the account its registration returned (`mqtt`:

@@ -474,18 +474,8 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
         },
     )
     .await?;
-    let out = tokio::process::Command::new("node")
-        .arg(crate::harness::repo_root().join("tests/browser/acknowledge.js"))
-        .arg(format!("{}?token={TOKEN}", env.api("/")))
-        .arg("đã gọi nhà máy")
-        .output()
-        .await?;
-    anyhow::ensure!(
-        out.status.success(),
-        "acknowledging in the browser: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let acked: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let url = format!("{}?token={TOKEN}", env.api("/"));
+    let acked = crate::harness::browser_check("acknowledge.js", &[&url, &"đã gọi nhà máy"]).await?;
     // Whichever of the device's firing alerts the keyboard reached first.
     let firing = acked["alert"].as_str().context("the alert acknowledged")?;
     assert!(firing.contains(":aq-alert:"), "{acked}");
@@ -692,18 +682,8 @@ async fn a_backdated_day_rolls_up_and_a_late_reading_revises_every_resolution() 
         let url = format!("{}?token={TOKEN}", env.api("/"));
         let shot = env.dir.join(format!("environment-{station}.png"));
         async move {
-            let out = tokio::process::Command::new("node")
-                .arg(crate::harness::repo_root().join("tests/browser/environment.js"))
-                .arg(url)
-                .arg(station)
-                .arg(&shot)
-                .output()
-                .await?;
-            anyhow::ensure!(
-                out.status.success(),
-                "the environment view of {station}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let seen =
+                crate::harness::browser_check("environment.js", &[&url, &station, &shot]).await?;
             if let Some(dir) = std::env::var_os("IOC_ARTIFACTS") {
                 std::fs::create_dir_all(&dir)?;
                 std::fs::copy(
@@ -711,7 +691,7 @@ async fn a_backdated_day_rolls_up_and_a_late_reading_revises_every_resolution() 
                     std::path::Path::new(&dir).join(shot.file_name().unwrap()),
                 )?;
             }
-            Ok::<serde_json::Value, anyhow::Error>(serde_json::from_slice(&out.stdout)?)
+            Ok::<serde_json::Value, anyhow::Error>(seen)
         }
     };
     let air = view("aq-day").await?;
@@ -789,19 +769,8 @@ async fn a_backdated_day_rolls_up_and_a_late_reading_revises_every_resolution() 
     let officer =
         crate::access::issue(&env.http, &env.api(""), TOKEN, "environment", "officer-hoa").await?;
     let comment = "Đã kiểm tra: nhà máy tạm dừng xả thải";
-    let out = tokio::process::Command::new("node")
-        .arg(crate::harness::repo_root().join("tests/browser/inbox.js"))
-        .arg(format!("{}?token={officer}", env.api("/")))
-        .arg("ww-day")
-        .arg(comment)
-        .output()
-        .await?;
-    anyhow::ensure!(
-        out.status.success(),
-        "the inbox: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let inbox: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let url = format!("{}?token={officer}", env.api("/"));
+    let inbox = crate::harness::browser_check("inbox.js", &[&url, &"ww-day", &comment]).await?;
     let id = inbox["alert"].as_str().context("alert")?;
     assert_eq!(inbox["before"][0], "fired", "{inbox}");
     assert!(

@@ -586,7 +586,21 @@
     return r ? t(`reason_${r}`) : "";
   }
 
-  async function transitionsOf(id) {
+  // Each shown alert's transitions, read again only when its state moves (a redraw for another
+  // alert's update reads nothing). Kept only once they include the transition to that state.
+  const transitionsRead = new Map(); // alert_id -> { state, lang, cell }
+  const REACHED_BY = { firing: "fired", acknowledged: "acknowledged", resolved: "resolved" };
+  async function transitionsOf(a) {
+    const had = transitionsRead.get(a.alert_id);
+    if (had && had.state === a.state && had.lang === state.lang) return had.cell;
+    const cell = await readTransitions(a.alert_id);
+    if (cell.querySelector(`li[data-transition="${REACHED_BY[a.state]}"]`)) {
+      transitionsRead.set(a.alert_id, { state: a.state, lang: state.lang, cell });
+    }
+    return cell;
+  }
+
+  async function readTransitions(id) {
     const r = await api(`/api/v1/alerts/${encodeURIComponent(id)}`);
     if (!r.ok) return el("td", { colspan: "6", text: t("no_data") });
     const detail = await r.json();
@@ -636,13 +650,18 @@
       const more = el("button", { type: "button", "data-details": a.alert_id, "aria-expanded": String(opened.has(a.alert_id)),
         text: opened.has(a.alert_id) ? t("hide_details") : t("details") });
       more.addEventListener("click", () => {
-        if (opened.has(a.alert_id)) opened.delete(a.alert_id); else opened.add(a.alert_id);
+        if (opened.has(a.alert_id)) {
+          opened.delete(a.alert_id);
+          transitionsRead.delete(a.alert_id);
+        } else {
+          opened.add(a.alert_id);
+        }
         renderInbox().catch(() => {});
       });
       actions.append(more);
       tr.append(actions);
       out.push(tr);
-      if (opened.has(a.alert_id)) out.push(el("tr", { class: "detail", "data-detail": a.alert_id }, await transitionsOf(a.alert_id)));
+      if (opened.has(a.alert_id)) out.push(el("tr", { class: "detail", "data-detail": a.alert_id }, await transitionsOf(a)));
     }
     // Keep what the officer is typing: a comment survives a redraw.
     const typed = new Map([...body.querySelectorAll("input[data-comment]")].map((i) => [i.dataset.comment, i.value]));
