@@ -13,6 +13,7 @@
 //! Nothing here does I/O. Every stage depends on this crate; no stage depends on another stage.
 
 pub mod catalogue;
+pub mod quality;
 pub mod rate;
 pub mod readings_json;
 pub mod registry;
@@ -733,9 +734,28 @@ pub struct Device {
     /// [`Discharge`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discharge: Option<Discharge>,
+    /// The metrics it owes (what the quality score "complete" counts against); `None` is its
+    /// kind's default ([`quality::default_expected_metrics`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_metrics: Option<Vec<String>>,
+    /// The unit answerable for its data (a department, a district, a company): quality scores
+    /// are rolled up per agency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agency: Option<String>,
 }
 
 impl Device {
+    /// The metrics it owes: as registered, else its kind's default.
+    pub fn expected_metrics(&self) -> Vec<String> {
+        match &self.expected_metrics {
+            Some(m) => m.clone(),
+            None => quality::default_expected_metrics(&self.kind)
+                .iter()
+                .map(|m| m.to_string())
+                .collect(),
+        }
+    }
+
     /// Its grade: as registered, else `reference` for air-quality and wastewater stations
     /// (certified automatic stations, the common case) and `indicative` for anything else.
     pub fn grade(&self) -> Grade {
@@ -914,6 +934,10 @@ pub struct DeviceChanges {
     pub kf: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regulation: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_metrics: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agency: Option<String>,
 }
 
 impl DeviceChanges {
@@ -935,6 +959,7 @@ impl DeviceChanges {
             (&mut device.commune, &self.commune),
             (&mut device.address, &self.address),
             (&mut device.installer, &self.installer),
+            (&mut device.agency, &self.agency),
         ] {
             if value.is_some() {
                 field.clone_from(value);
@@ -942,6 +967,9 @@ impl DeviceChanges {
         }
         device.installed_at = self.installed_at.or(device.installed_at);
         device.grade = self.grade.or(device.grade);
+        if self.expected_metrics.is_some() {
+            device.expected_metrics.clone_from(&self.expected_metrics);
+        }
         let touches_discharge = self.discharge_channel.is_some()
             || self.qcvn40_column.is_some()
             || self.kq.is_some()
@@ -1187,6 +1215,9 @@ pub struct Topics {
     pub aqi: String,
     /// QCVN exceedances and their withdrawals (`ioc_history::ExceedanceRow`).
     pub exceedances: String,
+    /// Data-quality counts per device, channel, metric and minute (`ioc_history::QualityRow`),
+    /// each time a minute is counted.
+    pub quality: String,
     pub events: String,
     /// Camera events' personal data (plates, image references), apart from everything else.
     pub evidence: String,
@@ -1216,6 +1247,7 @@ impl Topics {
             alerts: format!("{prefix}alerts"),
             aqi: format!("{prefix}aqi"),
             exceedances: format!("{prefix}exceedances"),
+            quality: format!("{prefix}quality"),
             events: format!("{prefix}events"),
             evidence: format!("{prefix}evidence"),
             quarantine: format!("{prefix}quarantine"),
@@ -1229,7 +1261,7 @@ impl Topics {
         }
     }
 
-    pub fn all(&self) -> [&str; 16] {
+    pub fn all(&self) -> [&str; 17] {
         [
             &self.readings,
             &self.deadletter,
@@ -1247,6 +1279,7 @@ impl Topics {
             &self.rules,
             &self.audit,
             &self.tap,
+            &self.quality,
         ]
     }
 }

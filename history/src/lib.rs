@@ -27,10 +27,13 @@ use crate::record::{Keeping, Table};
 
 /// Every table of history: what ClickHouse creates and the embedded store opens and compacts.
 /// A new record type is defined with `record!` and listed here.
-pub(crate) fn tables() -> [Table; 12] {
+pub(crate) fn tables() -> [Table; 15] {
     [
         Table::of::<ReadingRow>(Keeping::Files),
         Table::of::<AggregateRow>(Keeping::Files),
+        Table::of::<QualityRow>(Keeping::Files),
+        Table::of::<CopyRow>(Keeping::Files),
+        Table::of::<DeadLetterRow>(Keeping::Files),
         Table::of::<AqiRow>(Keeping::Files),
         Table::of::<ExceedanceRow>(Keeping::Files),
         Table::of::<AlertRow>(Keeping::Files),
@@ -582,6 +585,108 @@ impl From<&DeadLetter> for QuarantineRow {
             device_id: d.device_id.clone().unwrap_or_default(),
             received_at: d.received_at,
             raw_base64: d.raw_base64.clone(),
+            version: d.received_at.max(0) as u64,
+        }
+    }
+}
+
+record! {
+    /// What one series (device, channel, metric) sent in one minute, by measurement time, and
+    /// how it fared: the counts the quality scores are made from (`ioc_contract::quality`).
+    /// Computed by the stream from the stored raw readings when the minute's windows close, and
+    /// again, with a higher version, when a late reading lands in it or in the minutes its
+    /// judgements look back over. Also the `quality` topic's record.
+    pub struct QualityRow in "quality", key(device_id: String, channel: String, metric: String, window_start: i64),
+        time(window_start) {
+        pub device_id: String,
+        pub channel: String,
+        pub metric: String,
+        pub window_start: i64,
+        pub window_end: i64,
+        /// Readings received, each key once, of any quality.
+        pub received: u32,
+        pub good: u32,
+        pub suspect: u32,
+        pub bad: u32,
+        /// Good readings that were the `stream.stuck_after`-th or later of a run of one value.
+        pub stuck: u32,
+        /// Good readings judged spikes against the readings before them.
+        pub spikes: u32,
+        /// Readings the device sent again in another message (each copy after the first).
+        pub resent: u32,
+        /// Readings received within `quality::TIMELY_MS` of their measurement.
+        pub timely: u32,
+        /// The delay from measurement to receipt, as counts per `quality::DELAY_BUCKETS_MS`
+        /// bucket, comma-separated.
+        pub delays: String,
+        /// The first and last measurement times in the minute (silences are the gaps between).
+        pub first_ts: i64,
+        pub last_ts: i64,
+        pub version: u64,
+    }
+}
+
+record! {
+    /// A message a reading's key came in, for keys that came in more than one: the device sent
+    /// the reading again (a broker's redelivery of the same message is one message). A key's
+    /// resends are its rows less one. Found by the stream and stored before the readings of its
+    /// batch, so a replay that finds its own copy stored finds these too; the quality counts
+    /// read them back.
+    pub struct CopyRow in "reading_copies", key(device_id: String, channel: String, metric: String, ts: i64, message: u64),
+        time(ts) {
+        pub device_id: String,
+        pub channel: String,
+        pub metric: String,
+        pub ts: i64,
+        /// The message id's hash (`ioc_stream::windows::message_hash`).
+        pub message: u64,
+        pub version: u64,
+    }
+}
+
+impl CopyRow {
+    /// The row of `r`'s key in the message hashed to `message`.
+    pub fn of(r: &Reading, message: u64) -> CopyRow {
+        CopyRow {
+            device_id: r.device_id.clone(),
+            channel: r.channel.clone(),
+            metric: r.metric.clone(),
+            ts: r.ts,
+            message,
+            version: 0,
+        }
+    }
+}
+
+record! {
+    /// A rejection of a device's message or value (the dead-letter topic, without the bytes,
+    /// which stay on the topic for replay): what the quality scores count as rejected and
+    /// rate-limited. One row per message id, code and metric.
+    pub struct DeadLetterRow in "deadletters", key(message_id: String, code: String, metric: String),
+        time(received_at) {
+        pub message_id: String,
+        pub code: String,
+        /// Empty where the message was rejected whole.
+        pub metric: String,
+        /// Empty where no device was named.
+        pub device_id: String,
+        pub reason: String,
+        pub topic: String,
+        pub received_at: i64,
+        pub version: u64,
+    }
+}
+
+impl From<&DeadLetter> for DeadLetterRow {
+    fn from(d: &DeadLetter) -> Self {
+        DeadLetterRow {
+            message_id: d.message_id.clone(),
+            code: d.code.as_str().to_string(),
+            metric: d.metric.clone().unwrap_or_default(),
+            device_id: d.device_id.clone().unwrap_or_default(),
+            reason: d.reason.clone(),
+            topic: d.topic.clone(),
+            received_at: d.received_at,
             version: d.received_at.max(0) as u64,
         }
     }

@@ -42,34 +42,125 @@ fn json_object(body: &[u8]) -> ApiResult<Fields> {
     }
 }
 
-/// The details of a device that can be given at registration and changed later, each checked
-/// when present. What each field must be, for the messages of both routes.
-const DETAILS: [(&str, &str); 15] = [
-    ("name", "1 to 200 characters"),
-    ("lat", "a number from -90 to 90"),
-    ("lon", "a number from -180 to 180"),
-    ("expected_interval_s", "a positive number of seconds"),
-    (
+/// A detail of a device that can be given at registration and changed later, checked when
+/// present: its name, what it must be (for the messages of both routes), and its JSON Schema
+/// (the OpenAPI document's registration and change bodies are made from this table).
+pub(crate) struct Detail {
+    pub field: &'static str,
+    pub expected: &'static str,
+    pub schema: fn() -> serde_json::Value,
+}
+
+const fn detail(
+    field: &'static str,
+    expected: &'static str,
+    schema: fn() -> serde_json::Value,
+) -> Detail {
+    Detail {
+        field,
+        expected,
+        schema,
+    }
+}
+
+/// The details, in the order their problems are reported. The first four are required at
+/// registration.
+pub(crate) const DETAILS: [Detail; 17] = [
+    detail("name", "1 to 200 characters", || text(200)),
+    detail(
+        "lat",
+        "a number from -90 to 90",
+        || json!({"type": "number", "minimum": -90, "maximum": 90}),
+    ),
+    detail(
+        "lon",
+        "a number from -180 to 180",
+        || json!({"type": "number", "minimum": -180, "maximum": 180}),
+    ),
+    detail(
+        "expected_interval_s",
+        "a positive number of seconds",
+        positive,
+    ),
+    detail(
         "status",
         "one of commissioning, active, maintenance, decommissioned",
+        || json!({"type": "string", "enum": ioc_contract::DEVICE_STATUSES}),
     ),
-    ("commune", "the commune or ward: 1 to 200 characters"),
-    ("address", "1 to 500 characters"),
-    (
+    detail(
+        "commune",
+        "the commune or ward: 1 to 200 characters",
+        || text(200),
+    ),
+    detail("address", "1 to 500 characters", || text(500)),
+    detail(
         "installed_at",
         "RFC 3339 with an offset, or epoch milliseconds",
+        || {
+            json!({"anyOf": [
+                {"type": "string", "pattern": crate::openapi::TIME_PATTERN},
+                {"type": "integer", "minimum": 0,
+                    "maximum": ioc_contract::time::MAX_PARAM_MS},
+            ]})
+        },
     ),
-    ("installer", "1 to 200 characters"),
-    ("grade", "reference or indicative"),
-    (
+    detail("installer", "1 to 200 characters", || text(200)),
+    detail(
+        "grade",
+        "reference or indicative",
+        || json!({"type": "string", "enum": ["reference", "indicative"]}),
+    ),
+    detail(
+        "expected_metrics",
+        "a list of distinct metrics of the catalogue (what the device owes; [] for none)",
+        || {
+            let names: Vec<&str> = ioc_contract::catalogue::CATALOGUE
+                .iter()
+                .map(|m| m.name)
+                .collect();
+            json!({"type": "array", "uniqueItems": true,
+                    "items": {"type": "string", "enum": names}})
+        },
+    ),
+    detail(
+        "agency",
+        "the unit answerable for its data: 1 to 200 characters",
+        || text(200),
+    ),
+    detail(
         "discharge_channel",
         "the channel of the station's outlet: up to 64 characters (empty: its only channel)",
+        || json!({"type": "string", "maxLength": 64}),
     ),
-    ("qcvn40_column", "A or B"),
-    ("kq", "a positive number (QCVN 40 receiving-water factor)"),
-    ("kf", "a positive number (QCVN 40 discharge-flow factor)"),
-    ("regulation", "a regulation with configured limits"),
+    detail(
+        "qcvn40_column",
+        "A or B",
+        || json!({"type": "string", "enum": ["A", "B"]}),
+    ),
+    detail(
+        "kq",
+        "a positive number (QCVN 40 receiving-water factor)",
+        positive,
+    ),
+    detail(
+        "kf",
+        "a positive number (QCVN 40 discharge-flow factor)",
+        positive,
+    ),
+    detail(
+        "regulation",
+        "a regulation with configured limits",
+        || json!({"type": "string"}),
+    ),
 ];
+
+fn text(max: u32) -> serde_json::Value {
+    json!({"type": "string", "minLength": 1, "maxLength": max})
+}
+
+fn positive() -> serde_json::Value {
+    json!({"type": "number", "exclusiveMinimum": 0})
+}
 
 /// The [`DETAILS`] fields that only a wastewater station has.
 const DISCHARGE_FIELDS: [&str; 5] = [
@@ -89,7 +180,10 @@ fn details(
     problems: &mut Vec<FieldProblem>,
 ) -> DeviceChanges {
     let mut changes = DeviceChanges::default();
-    for (field, expected) in DETAILS {
+    for &Detail {
+        field, expected, ..
+    } in &DETAILS
+    {
         let Some(value) = fields.get(field) else {
             continue;
         };
@@ -135,6 +229,8 @@ fn details(
                 .as_str()
                 .and_then(Grade::parse)
                 .map(|v| changes.grade = Some(v)),
+            "expected_metrics" => metric_list(value).map(|v| changes.expected_metrics = Some(v)),
+            "agency" => text(200).map(|v| changes.agency = Some(v)),
             "discharge_channel" => value
                 .as_str()
                 .filter(|c| c.chars().count() <= 64 && !c.chars().any(char::is_control))
@@ -160,6 +256,21 @@ fn details(
         }
     }
     changes
+}
+
+/// A list of distinct catalogue metrics, in the order given.
+fn metric_list(value: &serde_json::Value) -> Option<Vec<String>> {
+    let items = value.as_array()?;
+    let mut out: Vec<String> = Vec::with_capacity(items.len());
+    for item in items {
+        let name = item.as_str()?;
+        ioc_contract::catalogue::lookup(name)?;
+        if out.iter().any(|m| m == name) {
+            return None;
+        }
+        out.push(name.to_string());
+    }
+    Some(out)
 }
 
 /// Checks a registration, reporting every problem at once.
@@ -200,7 +311,10 @@ fn validate_registration(
             format!("required: one of {}", DEVICE_KINDS.join(", ")),
         );
     }
-    for &(field, expected) in &DETAILS[..4] {
+    for &Detail {
+        field, expected, ..
+    } in &DETAILS[..4]
+    {
         if !fields.contains_key(field) {
             problem(field, format!("required: {expected}"));
         }
@@ -286,12 +400,12 @@ fn validate_changes(body: &[u8], kind: &str, regulations: &[&str]) -> ApiResult<
     let mut problems = Vec::new();
     let changes = details(&fields, kind, regulations, &mut problems);
     for field in fields.keys() {
-        if !DETAILS.iter().any(|(known, _)| known == field) {
+        if !DETAILS.iter().any(|d| d.field == field) {
             problems.push(FieldProblem {
                 field: "body",
                 message: format!(
                     "{field:?} cannot be changed (ids, kind, external ids and decoder are fixed at registration); changeable: {}",
-                    DETAILS.map(|(f, _)| f).join(", ")
+                    DETAILS.map(|d| d.field).join(", ")
                 ),
             });
         }
@@ -336,6 +450,10 @@ pub(crate) struct ApiDevice {
     vendor_profile: Option<String>,
     /// `reference` or `indicative` (its kind's default unless registered otherwise).
     grade: &'static str,
+    /// What it owes (its kind's default unless registered otherwise).
+    expected_metrics: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agency: Option<String>,
     /// A wastewater station's discharge settings, defaults filled in.
     #[serde(skip_serializing_if = "Option::is_none")]
     discharge: Option<ApiDischarge>,
@@ -392,6 +510,8 @@ impl ApiDevice {
             decoder: d.decoder.clone(),
             vendor_profile: d.vendor_profile.clone(),
             grade: d.grade().as_str(),
+            expected_metrics: d.expected_metrics(),
+            agency: d.agency.clone(),
             discharge: (d.kind == "wastewater").then(|| {
                 let x = d.discharge();
                 ApiDischarge {

@@ -267,7 +267,7 @@ fn downsampled(series: Vec<Series>, width: i64, truncated: bool, csv: bool) -> R
     Json(json!({"series": series, "bucket_ms": width, "truncated": truncated})).into_response()
 }
 
-fn history_unavailable(e: ioc_history::HistoryError) -> ApiFailure {
+pub(crate) fn history_unavailable(e: ioc_history::HistoryError) -> ApiFailure {
     ApiFailure::unavailable("history is unavailable", e)
 }
 

@@ -44,6 +44,7 @@ pub mod live;
 pub mod open_data;
 pub mod openapi;
 pub mod params;
+pub mod quality;
 pub mod replay;
 pub mod routes;
 pub mod socket;
@@ -265,6 +266,12 @@ pub async fn run(
         replies,
         rules_view,
     };
+    let gauges = quality::keep_fleet_gauges(
+        state.clone(),
+        std::time::Duration::from_secs(60),
+        shutdown.clone(),
+    )
+    .expect("quality gauges register once");
     let app = routes::router(state);
     let result = axum::serve(
         listener,
@@ -275,5 +282,6 @@ pub async fn run(
     .map_err(ApiError::Serve);
     tail.abort();
     rules_follower.abort();
+    gauges.abort();
     result
 }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::alerts::{ApiAlert, ApiTransition};
 use crate::views::{ApiAggregate, ApiAqi, ApiExceedance, ApiReading};
-use ioc_history::{AqiRow, ExceedanceRow};
+use ioc_history::{AqiRow, ExceedanceRow, QualityRow};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -42,10 +42,12 @@ pub enum StreamName {
     /// Each device's registry status (commissioning, active, maintenance, decommissioned) and
     /// its changes; the whole registry is in its snapshot.
     Status,
+    /// Data-quality counts per device, channel, metric and minute, as each minute is counted.
+    Quality,
 }
 
 impl StreamName {
-    pub const ALL: [StreamName; 8] = [
+    pub const ALL: [StreamName; 9] = [
         StreamName::Readings,
         StreamName::Aggregates,
         StreamName::Alerts,
@@ -54,6 +56,7 @@ impl StreamName {
         StreamName::Exceedances,
         StreamName::AlertTransitions,
         StreamName::Status,
+        StreamName::Quality,
     ];
 
     /// The resolutions a subscription to the stream may name, its default first (none: the
@@ -77,6 +80,7 @@ impl StreamName {
             StreamName::Exceedances => &topics.exceedances,
             StreamName::AlertTransitions => &topics.alert_transitions,
             StreamName::Status => &topics.registry,
+            StreamName::Quality => &topics.quality,
         }
     }
 
@@ -89,6 +93,7 @@ impl StreamName {
                 | StreamName::Aggregates
                 | StreamName::Aqi
                 | StreamName::Exceedances
+                | StreamName::Quality
         )
     }
 }
@@ -219,6 +224,20 @@ impl LiveMessage {
                 pos,
                 &e.device_id,
                 &ApiExceedance::from(e),
+            )
+        }
+    }
+
+    /// One series' counts for one minute: snapshots keep each series' latest minute.
+    pub fn quality(q: &QualityRow, pos: Pos) -> LiveMessage {
+        LiveMessage {
+            metric: Some(q.metric.clone()),
+            key: Some(format!("{}/{}", q.channel, q.metric)),
+            ..LiveMessage::new(
+                StreamName::Quality,
+                pos,
+                &q.device_id,
+                &crate::quality::ApiMinute::from(q),
             )
         }
     }
@@ -857,6 +876,10 @@ pub async fn tail(
             } else if *topic == topics.exceedances {
                 if let Ok(e) = serde_json::from_slice::<ExceedanceRow>(payload) {
                     publish(LiveMessage::exceedance(&e, pos(0)));
+                }
+            } else if *topic == topics.quality {
+                if let Ok(q) = serde_json::from_slice::<QualityRow>(payload) {
+                    publish(LiveMessage::quality(&q, pos(0)));
                 }
             } else if *topic == topics.alerts {
                 if let Ok(a) = serde_json::from_slice::<Alert>(payload) {

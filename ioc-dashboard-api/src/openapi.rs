@@ -667,6 +667,7 @@ pub mod schema {
             ("status", string()),
             ("registered_at", string()),
             ("grade", string()),
+            ("expected_metrics", array(string())),
             ("online", boolean()),
         ])
     }
@@ -739,6 +740,43 @@ pub mod schema {
             ("aqi", nullable("integer")),
             ("dominant", nullable("string")),
             ("grade", string()),
+        ])
+    }
+
+    /// One record of `/api/v1/quality`.
+    pub fn quality() -> Value {
+        let score = || nullable("number");
+        object(&[
+            ("resolution", string()),
+            ("window_start", string()),
+            ("window_end", string()),
+            (
+                "scores",
+                object(&[
+                    ("correct", score()),
+                    ("complete", score()),
+                    ("clean", score()),
+                    ("live", score()),
+                ]),
+            ),
+            (
+                "counts",
+                object(&[
+                    ("expected_values", number()),
+                    ("received", integer()),
+                    ("good", integer()),
+                    ("suspect", integer()),
+                    ("bad", integer()),
+                    ("stuck", integer()),
+                    ("spikes", integer()),
+                    (
+                        "rejected",
+                        json!({"type": "object", "additionalProperties": {"type": "integer"}}),
+                    ),
+                    ("delay_p50_s", nullable("number")),
+                    ("longest_silence_s", number()),
+                ]),
+            ),
         ])
     }
 
@@ -818,55 +856,12 @@ pub mod schema {
     }
 
     /// The details a registration may give and a change may change (each checked when
-    /// present; the answer is 422 naming every field with a problem).
+    /// present; the answer is 422 naming every field with a problem): `devices::DETAILS`.
     fn details() -> serde_json::Map<String, Value> {
-        let text = |max: u32| json!({"type": "string", "minLength": 1, "maxLength": max});
-        let positive = || json!({"type": "number", "exclusiveMinimum": 0});
-        [
-            ("name", text(200)),
-            (
-                "lat",
-                json!({"type": "number", "minimum": -90, "maximum": 90}),
-            ),
-            (
-                "lon",
-                json!({"type": "number", "minimum": -180, "maximum": 180}),
-            ),
-            ("expected_interval_s", positive()),
-            (
-                "status",
-                json!({"type": "string", "enum": ioc_contract::DEVICE_STATUSES}),
-            ),
-            ("commune", text(200)),
-            ("address", text(500)),
-            (
-                "installed_at",
-                json!({"anyOf": [
-                    {"type": "string", "pattern": super::TIME_PATTERN},
-                    {"type": "integer", "minimum": 0,
-                        "maximum": ioc_contract::time::MAX_PARAM_MS},
-                ]}),
-            ),
-            ("installer", text(200)),
-            (
-                "grade",
-                json!({"type": "string", "enum": ["reference", "indicative"]}),
-            ),
-            (
-                "discharge_channel",
-                json!({"type": "string", "maxLength": 64}),
-            ),
-            (
-                "qcvn40_column",
-                json!({"type": "string", "enum": ["A", "B"]}),
-            ),
-            ("kq", positive()),
-            ("kf", positive()),
-            ("regulation", string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
+        crate::devices::DETAILS
+            .iter()
+            .map(|d| (d.field.to_string(), (d.schema)()))
+            .collect()
     }
 
     /// A device registration: what `POST /api/v1/devices` checks.

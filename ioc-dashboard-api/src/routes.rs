@@ -16,8 +16,8 @@ use crate::error::not_found;
 use crate::openapi::{schema, Kind, Op, Param, Reply, Routes};
 use crate::AppState;
 use crate::{
-    access, accounts, alerts, assets, commissioning, devices, fiware, history, open_data, replay,
-    socket,
+    access, accounts, alerts, assets, commissioning, devices, fiware, history, open_data, quality,
+    replay, socket,
 };
 
 const ID: Param = Param::path("id", Kind::DeviceId, "the device's id");
@@ -402,6 +402,38 @@ pub fn router(state: AppState) -> Router {
                     Reply::JsonOrCsv(|| schema::list("exceedances", schema::exceedance())),
                 ),
             history::exceedances,
+        )
+        .add(
+            Op::get(
+                "/api/v1/quality",
+                "quality",
+                "Data quality scores (đúng, đủ, sạch, sống) per hour or day",
+            )
+            .token(ReadTelemetry)
+            .params(&[
+                DEVICE_ID,
+                Param::query("commune", Kind::Text, "the devices of one commune or ward, rolled up"),
+                Param::query("agency", Kind::Text, "the devices of one agency, rolled up"),
+                Param::query(
+                    "by",
+                    Kind::OneOf(&["device", "commune", "agency", "kind"]),
+                    "group the records per device (default), commune, agency or kind of device",
+                ),
+                FROM,
+                TO,
+                HOURLY_OR_DAILY,
+            ])
+            .reply(
+                200,
+                Reply::Json(|| {
+                    schema::object(&[
+                        ("by", schema::string()),
+                        ("quality", schema::array(schema::quality())),
+                    ])
+                }),
+            )
+            .errors(&[404]),
+            quality::quality,
         )
         .add(
             Op::get(

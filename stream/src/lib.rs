@@ -5,7 +5,10 @@
 //! order, writes what they emitted, and checkpoints. The operators, each in its own file:
 //! - [`limit`]: the fleet-wide per-device rate limit, decided first for each record, with its
 //!   state checkpointed beside the offsets so a replay decides as before;
-//! - [`recent`]: counts resent readings;
+//! - [`recent`]: the duplicate-readings metric;
+//! - [`quality`]: data-quality counts per series and minute, from the stored readings of the
+//!   minutes whose windows closed (and of those a late reading lands in), and the resends
+//!   found as the window engine is fed;
 //! - [`windows`] and [`aggregate`]: 1-minute event-time windows, watermarks, lateness and the
 //!   commit rule (pure), and the DataFusion query that aggregates closed and late windows;
 //! - [`rollup`]: 5-minute, hourly and daily windows derived from the stored finer windows each
@@ -40,6 +43,7 @@ pub mod aqi;
 pub mod exceedance;
 pub mod lifecycle;
 pub mod limit;
+pub mod quality;
 pub mod recent;
 pub mod reload;
 pub mod rollup;
@@ -58,12 +62,12 @@ use ioc_bus::{Bus, Consumer, Producer, StartAt};
 use ioc_config::StreamConfig;
 use ioc_contract::rate::RateRule;
 use ioc_contract::{
-    Aggregate, AlertCommand, AlertReply, AlertTransition, DeadLetter, DeviceStatus, ReadingBatch,
-    RejectCode, Resolution, WINDOW_MS,
+    window_start, Aggregate, AlertCommand, AlertReply, AlertTransition, DeadLetter, DeviceStatus,
+    ReadingBatch, RejectCode, Resolution, WINDOW_MS,
 };
 use ioc_history::{
-    AggregateRow, AlertRow, AqiRow, ExceedanceRow, History, OffsetRow, Position, ReadingRow,
-    Record, TransitionRow, WatermarkRow,
+    AggregateRow, AlertRow, AqiRow, CopyRow, ExceedanceRow, History, OffsetRow, Position,
+    ReadingRow, Record, TransitionRow, WatermarkRow,
 };
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 use tokio_util::sync::CancellationToken;
@@ -348,6 +352,7 @@ pub async fn run(
         regulatory: true,
         alerting: true,
         regulation: RegulatorySettings::of(config, &fleet),
+        stuck_after: &config.stuck_after,
         #[cfg(test)]
         crash_after: None,
     };
@@ -519,6 +524,19 @@ pub(crate) struct Operators {
     versions: VersionClock,
 }
 
+/// What the window engine made of a batch's readings (`Step::observe`).
+struct Observations<'a> {
+    /// Windows that had closed when a reading for them came.
+    late: BTreeSet<WindowKey>,
+    /// Per device, the closed minutes whose quality counts are due again, with how far back
+    /// their judgements read.
+    quality: BTreeMap<String, (quality::Due, i64)>,
+    /// The messages of keys that came in an open window in more than one.
+    copies: Vec<CopyRow>,
+    /// Readings in no open window (late, or not good): their resends are looked up in history.
+    unwindowed: Vec<&'a ioc_contract::Reading>,
+}
+
 /// What the 1-minute windows operator emitted for one batch.
 #[derive(Default)]
 struct MinuteWindows {
@@ -532,6 +550,9 @@ struct MinuteWindows {
     closed_devices: Vec<(String, i64)>,
     /// What says which coarse windows are complete (`rollup::due`).
     marks: rollup::Marks,
+    /// Per device, the minutes whose quality counts are due (`quality.rs`), with how far back
+    /// its judgements read.
+    quality: BTreeMap<String, (quality::Due, i64)>,
 }
 
 /// Where `closed` left the devices it moved and those of `late` windows: their `closed_until`
@@ -556,6 +577,9 @@ fn marks_of<'a>(
     }
     marks
 }
+
+/// How far before its first closed window a device's quality is counted (`quality.rs`).
+const FIRST_QUALITY_SPAN_MS: i64 = 86_400_000;
 
 /// How often the rules over `devices` alone (a device's silence) run, in processing time.
 const DEVICE_CHECK_MS: i64 = 5_000;
@@ -776,6 +800,9 @@ pub(crate) struct Step<'a> {
     /// Whether alert rules run (likewise).
     alerting: bool,
     pub(crate) regulation: RegulatorySettings,
+    /// `stream.stuck_after`: when a run of one value is stuck, per metric (`default` for the
+    /// rest), for the quality counts (`quality.rs`).
+    pub(crate) stuck_after: &'a BTreeMap<String, u32>,
     /// Tests end the step at the Nth store read or write, as a SIGKILL would.
     #[cfg(test)]
     crash_after: Option<std::sync::Arc<std::sync::atomic::AtomicI64>>,
@@ -847,10 +874,24 @@ impl Step<'_> {
         if !self.limit_rate(&mut records, &mut ops.limiter).await {
             return false;
         }
+        let observed = self.observe(&records, ops, now);
+        let Some(copies) = self.copies(&observed).await else {
+            return false;
+        };
+        if !copies.is_empty()
+            && self
+                .retry("storing the messages of resent readings", || {
+                    self.history.insert(&copies)
+                })
+                .await
+                .is_none()
+        {
+            return false;
+        }
         if !self.store_readings(&records).await {
             return false;
         }
-        let Some(minutes) = self.minute_windows(&records, ops, now).await else {
+        let Some(minutes) = self.minute_windows(observed, ops, now).await else {
             return false;
         };
         let closed_devices = minutes.closed_devices;
@@ -859,10 +900,17 @@ impl Step<'_> {
         if minutes.in_order.is_empty()
             && minutes.reemitted.is_empty()
             && closed_devices.is_empty()
+            && minutes.quality.is_empty()
             && !devices_due
         {
             return true;
         }
+        let Some(quality) = self
+            .count_quality(&minutes.quality, &mut ops.versions)
+            .await
+        else {
+            return false;
+        };
         let runs = minutes.runs;
         let minutes: Vec<Aggregate> = minutes
             .in_order
@@ -914,6 +962,15 @@ impl Step<'_> {
         let published = self.publish(
             &self.bus.topics().aqi,
             aqi.iter().map(|a| (&a.device_id, serde_json::to_vec(a))),
+        );
+        if !published.await {
+            return false;
+        }
+        let published = self.publish(
+            &self.bus.topics().quality,
+            quality
+                .iter()
+                .map(|q| (&q.device_id, serde_json::to_vec(q))),
         );
         if !published.await {
             return false;
@@ -988,18 +1045,22 @@ impl Step<'_> {
         stored.is_some()
     }
 
-    /// The 1-minute windows operator: feeds the window engine, and aggregates with DataFusion
-    /// the windows that closed (from memory) and the late ones (from the stored rows, which now
-    /// include the late readings), so a re-emitted aggregate equals a recomputation from the
-    /// raw rows. `None` on shutdown mid-way.
-    async fn minute_windows(
+    /// Feeds the batch's readings to the window engine (before they are stored: the engine's
+    /// memory is rebuilt from the checkpoint after a crash, so its order against the store does
+    /// not matter): which windows are late, which minutes' quality counts are due again, and
+    /// which readings are copies of a key from another message (found in the key's open window,
+    /// or to be looked up in history: `Observations::unwindowed`).
+    fn observe<'r>(
         &self,
-        records: &[Consumed],
+        records: &'r [Consumed],
         ops: &mut Operators,
         now: i64,
-    ) -> Option<MinuteWindows> {
+    ) -> Observations<'r> {
         let engine = &mut ops.engine;
         let mut late: BTreeSet<WindowKey> = BTreeSet::new();
+        let mut quality_due: BTreeMap<String, (quality::Due, i64)> = BTreeMap::new();
+        let mut copies = Vec::new();
+        let mut unwindowed = Vec::new();
         for c in records {
             engine.mark_consumed(c.partition, c.offset);
             if let Some(first) = c.batch.as_ref().and_then(|b| b.readings.first()) {
@@ -1014,13 +1075,136 @@ impl Step<'_> {
                 if ops.recent.seen(crate::recent::reading_key(r)) {
                     self.metrics.duplicates.inc();
                 }
-                if let Observed::Late(key) = engine.observe(r, c.partition, c.offset, now) {
-                    self.metrics.late_readings.inc();
-                    late.insert(key);
+                // A reading of any quality in a minute already counted: count it again, and
+                // the minutes whose judgements read it.
+                if let Some(until) = engine.closed_until(&r.device_id) {
+                    if window_start(r.ts) + WINDOW_MS <= until {
+                        let (due, lookback) =
+                            quality_due.entry(r.device_id.clone()).or_insert_with(|| {
+                                (quality::Due::default(), self.lookback_ms(&r.device_id))
+                            });
+                        let (from, to) = quality::late_range(r.ts, *lookback, until);
+                        due.add(from, to);
+                    }
+                }
+                match engine.observe(r, c.partition, c.offset, now) {
+                    Observed::Late(key) => {
+                        self.metrics.late_readings.inc();
+                        late.insert(key);
+                        unwindowed.push(r);
+                    }
+                    Observed::NotAggregated => unwindowed.push(r),
+                    Observed::Resent(before) => {
+                        copies.push(CopyRow::of(r, before));
+                        copies.push(CopyRow::of(r, windows::message_hash(&r.message_id)));
+                    }
+                    Observed::Added | Observed::Duplicate => {}
                 }
             }
         }
+        Observations {
+            late,
+            quality: quality_due,
+            copies,
+            unwindowed,
+        }
+    }
+
+    /// The resends among readings in no open window (late, or not good): a stored reading of
+    /// the same key from another message, or an earlier one in this batch; with those found in
+    /// open windows, each as the rows of both messages (`CopyRow`). Looked up before the batch
+    /// is stored; stored before the readings, so a replay that finds its own copy stored finds
+    /// the rows too. `None` on shutdown mid-way.
+    async fn copies(&self, observed: &Observations<'_>) -> Option<Vec<CopyRow>> {
+        let mut out = observed.copies.clone();
+        if observed.unwindowed.is_empty() {
+            return Some(out);
+        }
+        let mut devices: Vec<String> = observed
+            .unwindowed
+            .iter()
+            .map(|r| r.device_id.clone())
+            .collect();
+        devices.sort_unstable();
+        devices.dedup();
+        let from = observed.unwindowed.iter().map(|r| r.ts).min().unwrap_or(0);
+        let to = observed.unwindowed.iter().map(|r| r.ts).max().unwrap_or(0) + 1;
+        let filter = ioc_history::HistoryFilter {
+            from,
+            to,
+            limit: usize::MAX,
+            any_of: vec![("device_id", devices)],
+            ..Default::default()
+        };
+        let stored = self
+            .retry("reading stored readings to find resends", || {
+                self.history.query::<ReadingRow>(&filter)
+            })
+            .await?;
+        let mut first: HashMap<(&str, &str, &str, i64), u64> = stored
+            .iter()
+            .map(|r| {
+                let key = (
+                    r.device_id.as_str(),
+                    r.channel.as_str(),
+                    r.metric.as_str(),
+                    r.ts,
+                );
+                (key, windows::message_hash(&r.message_id))
+            })
+            .collect();
+        for r in &observed.unwindowed {
+            let key = (
+                r.device_id.as_str(),
+                r.channel.as_str(),
+                r.metric.as_str(),
+                r.ts,
+            );
+            let message = windows::message_hash(&r.message_id);
+            match first.get(&key) {
+                Some(m) if *m != message => {
+                    out.push(CopyRow::of(r, *m));
+                    out.push(CopyRow::of(r, message));
+                }
+                Some(_) => {}
+                None => {
+                    first.insert(key, message);
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// The 1-minute windows operator: closes what the engine's watermarks let close, and aggregates with DataFusion
+    /// the windows that closed (from memory) and the late ones (from the stored rows, which now
+    /// include the late readings), so a re-emitted aggregate equals a recomputation from the
+    /// raw rows. `None` on shutdown mid-way.
+    async fn minute_windows(
+        &self,
+        observed: Observations<'_>,
+        ops: &mut Operators,
+        now: i64,
+    ) -> Option<MinuteWindows> {
+        let Observations {
+            late,
+            quality: mut quality_due,
+            ..
+        } = observed;
+        let engine = &mut ops.engine;
         let closed = engine.advance(now);
+        for (device, until) in &closed.devices {
+            // A device never closed before counts what it sent over the day before.
+            let before = closed
+                .before
+                .get(device)
+                .copied()
+                .filter(|b| *b > 0)
+                .unwrap_or(until - FIRST_QUALITY_SPAN_MS);
+            let (due, _) = quality_due
+                .entry(device.clone())
+                .or_insert_with(|| (quality::Due::default(), self.lookback_ms(device)));
+            due.add(before, *until);
+        }
         let marks = marks_of(engine, &closed, late.iter().map(|k| k.device_id.as_str()));
         let runs = ops.runs.follow(&closed.windows);
         if closed.windows.is_empty() && late.is_empty() {
@@ -1028,6 +1212,7 @@ impl Step<'_> {
                 closed_devices: closed.devices,
                 marks,
                 runs,
+                quality: quality_due,
                 ..MinuteWindows::default()
             });
         }
@@ -1104,7 +1289,79 @@ impl Step<'_> {
             reemitted,
             closed_devices: closed.devices,
             marks,
+            quality: quality_due,
         })
+    }
+
+    /// How far back a device's quality judgements read (`quality::lookback_ms`).
+    fn lookback_ms(&self, device_id: &str) -> i64 {
+        let longest = self.stuck_after.values().copied().max().unwrap_or(0);
+        quality::lookback_ms(longest, self.fleet.expected_interval_s(device_id))
+    }
+
+    /// The quality counts operator (`quality.rs`): counts the due minutes from the stored
+    /// readings (one read per span shared by devices) and stores them. `None` on shutdown
+    /// mid-way.
+    async fn count_quality(
+        &self,
+        due: &BTreeMap<String, (quality::Due, i64)>,
+        versions: &mut VersionClock,
+    ) -> Option<Vec<ioc_history::QualityRow>> {
+        let mut out = Vec::new();
+        if due.is_empty() {
+            return Some(out);
+        }
+        let version = versions.next();
+        let default = self.stuck_after.get("default").copied().unwrap_or(0);
+        let stuck_after = |metric: &str| self.stuck_after.get(metric).copied().unwrap_or(default);
+        for ((from, to), devices) in quality::reads(due) {
+            let filter = ioc_history::HistoryFilter {
+                from,
+                to,
+                limit: usize::MAX,
+                any_of: vec![("device_id", devices.clone())],
+                ..Default::default()
+            };
+            let rows = self
+                .retry("reading stored readings to count quality", || {
+                    self.history.query::<ReadingRow>(&filter)
+                })
+                .await?;
+            let resent = self
+                .retry("reading stored resends to count quality", || {
+                    self.history.query::<CopyRow>(&filter)
+                })
+                .await?;
+            let mut resent_of: HashMap<&str, Vec<CopyRow>> = HashMap::new();
+            for r in resent {
+                if let Some(d) = devices.iter().find(|d| **d == r.device_id) {
+                    resent_of.entry(d.as_str()).or_default().push(r);
+                }
+            }
+            let mut by_device: HashMap<&str, Vec<ReadingRow>> = HashMap::new();
+            for r in rows {
+                if let Some(d) = devices.iter().find(|d| **d == r.device_id) {
+                    by_device.entry(d.as_str()).or_default().push(r);
+                }
+            }
+            for (device, rows) in by_device {
+                let (d, lookback) = &due[device];
+                let resent = resent_of.get(device).map_or(&[][..], Vec::as_slice);
+                out.extend(quality::count(
+                    &rows,
+                    resent,
+                    d,
+                    *lookback,
+                    stuck_after,
+                    version,
+                ));
+            }
+        }
+        if !out.is_empty() {
+            self.retry("storing quality counts", || self.history.insert(&out))
+                .await?;
+        }
+        Some(out)
     }
 
     /// Stores the 1-minute windows, then derives and stores the coarser windows they, and the

@@ -1,5 +1,6 @@
 //! Record sinks: bus topics whose records are stored as they are. Camera events, their evidence
-//! (plates in clear, to its own table only) and quarantined camera messages. Each sink consumes
+//! (plates in clear, to its own table only), quarantined camera messages, and the dead letters
+//! of every other device (without their bytes: what the quality scores count as rejected). Each sink consumes
 //! its topic from its checkpoint, writes a batch idempotently (one row per event id or message
 //! id, highest version wins), then checkpoints the offsets after it: a crash between the two
 //! repeats the write, harmlessly.
@@ -15,7 +16,7 @@ use std::collections::HashMap;
 use ioc_bus::StartAt;
 use ioc_config::StreamConfig;
 use ioc_contract::{DeadLetter, Event, Evidence};
-use ioc_history::{EventRow, EvidenceRow, OffsetRow, QuarantineRow};
+use ioc_history::{DeadLetterRow, EventRow, EvidenceRow, OffsetRow, QuarantineRow};
 
 use crate::{Step, StreamError, VersionClock};
 
@@ -25,10 +26,16 @@ pub enum Sink {
     Events,
     Evidence,
     Quarantine,
+    DeadLetters,
 }
 
 impl Sink {
-    pub const ALL: [Sink; 3] = [Sink::Events, Sink::Evidence, Sink::Quarantine];
+    pub const ALL: [Sink; 4] = [
+        Sink::Events,
+        Sink::Evidence,
+        Sink::Quarantine,
+        Sink::DeadLetters,
+    ];
 
     /// The table it writes (the metric label).
     pub fn table(self) -> &'static str {
@@ -36,6 +43,7 @@ impl Sink {
             Sink::Events => "events",
             Sink::Evidence => "evidence",
             Sink::Quarantine => "camera_quarantine",
+            Sink::DeadLetters => "deadletters",
         }
     }
 
@@ -44,6 +52,7 @@ impl Sink {
             Sink::Events => &topics.events,
             Sink::Evidence => &topics.evidence,
             Sink::Quarantine => &topics.quarantine,
+            Sink::DeadLetters => &topics.deadletter,
         }
     }
 }
@@ -53,6 +62,7 @@ enum Parsed {
     Events(Vec<Event>),
     Evidence(Vec<Evidence>),
     Quarantine(Vec<DeadLetter>),
+    DeadLetters(Vec<DeadLetter>),
 }
 
 impl Parsed {
@@ -61,6 +71,7 @@ impl Parsed {
             Sink::Events => Parsed::Events(Vec::new()),
             Sink::Evidence => Parsed::Evidence(Vec::new()),
             Sink::Quarantine => Parsed::Quarantine(Vec::new()),
+            Sink::DeadLetters => Parsed::DeadLetters(Vec::new()),
         }
     }
 
@@ -69,7 +80,9 @@ impl Parsed {
         match self {
             Parsed::Events(v) => serde_json::from_slice(payload).map(|e| v.push(e)).is_ok(),
             Parsed::Evidence(v) => serde_json::from_slice(payload).map(|e| v.push(e)).is_ok(),
-            Parsed::Quarantine(v) => serde_json::from_slice(payload).map(|e| v.push(e)).is_ok(),
+            Parsed::Quarantine(v) | Parsed::DeadLetters(v) => {
+                serde_json::from_slice(payload).map(|e| v.push(e)).is_ok()
+            }
         }
     }
 
@@ -77,7 +90,7 @@ impl Parsed {
         match self {
             Parsed::Events(v) => v.len(),
             Parsed::Evidence(v) => v.len(),
-            Parsed::Quarantine(v) => v.len(),
+            Parsed::Quarantine(v) | Parsed::DeadLetters(v) => v.len(),
         }
     }
 }
@@ -102,7 +115,7 @@ pub(crate) async fn run(
     let mut next_expected = committed.clone();
     let rule = match sink {
         Sink::Events => step.fleet.limit.rule(),
-        Sink::Evidence | Sink::Quarantine => None,
+        Sink::Evidence | Sink::Quarantine | Sink::DeadLetters => None,
     };
     let mut limiter = crate::restored_limiter(rule, &topic, &positions);
     let mut consumer = step.bus.consumer_at(
@@ -199,6 +212,9 @@ pub(crate) async fn run(
                         }
                         Parsed::Quarantine(v) => {
                             step.history.insert(&rows_of::<_, QuarantineRow>(v)).await
+                        }
+                        Parsed::DeadLetters(v) => {
+                            step.history.insert(&rows_of::<_, DeadLetterRow>(v)).await
                         }
                     }
                 })

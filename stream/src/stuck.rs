@@ -103,6 +103,7 @@ mod tests {
         };
         let mut w = OpenWindow {
             values: HashMap::new(),
+            messages: HashMap::new(),
             unit: "µg/m³".into(),
             partition: 0,
             min_offset: 0,

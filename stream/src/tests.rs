@@ -15,7 +15,7 @@ use ioc_bus::Bus;
 use ioc_contract::{
     capture, Aggregate, Device, Quality, Reading, ReadingBatch, RegistryEvent, Resolution, Topics,
 };
-use ioc_history::{EmbeddedHistory, History, HistoryFilter};
+use ioc_history::{CopyRow, EmbeddedHistory, History, HistoryFilter, QualityRow};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
@@ -135,10 +135,17 @@ fn partition(rng: &mut Rng) -> Vec<ReadingBatch> {
                 }
                 // A gap that never fills.
                 2..=4 => ts += step * rng.below(90) as i64,
-                // A resend.
+                // A redelivery (the same message), or now and then a resend (the same
+                // readings in another message).
                 5..=7 => {
                     messages.push(batch.clone());
-                    messages.push(batch);
+                    let mut again = batch;
+                    if ts % 3 == 0 {
+                        for r in &mut again.readings {
+                            r.message_id = format!("{}-again", r.message_id);
+                        }
+                    }
+                    messages.push(again);
                 }
                 _ => messages.push(batch),
             }
@@ -300,6 +307,7 @@ impl Harness {
                 regulatory: true,
                 alerting: true,
                 regulation: RegulatorySettings::of(&self.config, &self.fleet),
+                stuck_after: &self.config.stuck_after,
                 crash_after: Some(budget),
             };
             let mut state = LoopState::restore_all(&self.config, &step, &topic).await;
@@ -439,6 +447,7 @@ async fn every_window_at_every_resolution_equals_a_recomputation_after_random_cr
             }
         }
 
+        quality_equals_a_count_of_the_final_rows(&h, &messages, seed).await;
         aqi_equals_ioc_aqi_over_the_recomputed_hours(&h, &raw, &expected_interval, seed).await;
         exceedances_equal_the_limits_over_the_recomputed_hours(
             &h,
@@ -455,6 +464,140 @@ async fn every_window_at_every_resolution_equals_a_recomputation_after_random_cr
         periods.into_iter().collect::<Vec<_>>(),
         vec!["1h", "24h", "8h"],
         "the data exceeds limits over every period"
+    );
+}
+
+/// The quality counts stored after random crashes are those of one count over the final raw
+/// rows (every minute before each device's last `closed_until` that has readings): a replay
+/// neither loses nor doubles a reading, a stuck run or a spike.
+async fn quality_equals_a_count_of_the_final_rows(
+    h: &Harness,
+    messages: &[ReadingBatch],
+    seed: u64,
+) {
+    let all = HistoryFilter {
+        from: 0,
+        to: i64::MAX,
+        limit: usize::MAX,
+        ..Default::default()
+    };
+    let raw: Vec<ReadingRow> = h.history.query::<ReadingRow>(&all).await.unwrap();
+    let resent: Vec<CopyRow> = h.history.query::<CopyRow>(&all).await.unwrap();
+    // Every key that came in more than one message has a row per message.
+    let mut messages_of: BTreeMap<(String, String, String, i64), std::collections::BTreeSet<u64>> =
+        BTreeMap::new();
+    for r in messages.iter().flat_map(|m| m.readings.iter()) {
+        messages_of
+            .entry((
+                r.device_id.clone(),
+                r.channel.clone(),
+                r.metric.clone(),
+                r.ts,
+            ))
+            .or_default()
+            .insert(windows::message_hash(&r.message_id));
+    }
+    let copies: std::collections::BTreeSet<_> = messages_of
+        .into_iter()
+        .filter(|(_, m)| m.len() > 1)
+        .flat_map(|((d, c, m, ts), messages)| {
+            messages
+                .into_iter()
+                .map(move |h| (d.clone(), c.clone(), m.clone(), ts, h))
+        })
+        .collect();
+    let found: std::collections::BTreeSet<_> = resent
+        .iter()
+        .map(|r| {
+            (
+                r.device_id.clone(),
+                r.channel.clone(),
+                r.metric.clone(),
+                r.ts,
+                r.message,
+            )
+        })
+        .collect();
+    assert_eq!(
+        found, copies,
+        "seed {seed}: a row for each message of each resent key"
+    );
+    assert!(!copies.is_empty(), "seed {seed}: the data has resends");
+    let closed: HashMap<String, i64> = h
+        .history
+        .closed_until()
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    let stuck_after = |m: &str| {
+        let c = &h.config.stuck_after;
+        c.get(m).or(c.get("default")).copied().unwrap_or(0)
+    };
+    let longest = h.config.stuck_after.values().copied().max().unwrap_or(0);
+    let mut want: BTreeMap<(String, String, String, i64), QualityRow> = BTreeMap::new();
+    for (device, interval) in [("aq-1", 60.0), ("ww-1", 300.0)] {
+        let rows: Vec<ReadingRow> = raw
+            .iter()
+            .filter(|r| r.device_id == device)
+            .cloned()
+            .collect();
+        let mut due = quality::Due::default();
+        due.add(i64::MIN / 2, closed[device]);
+        let lookback = quality::lookback_ms(longest, Some(interval));
+        let copies: Vec<CopyRow> = resent
+            .iter()
+            .filter(|r| r.device_id == device)
+            .cloned()
+            .collect();
+        for q in quality::count(&rows, &copies, &due, lookback, stuck_after, 0) {
+            want.insert(
+                (
+                    q.device_id.clone(),
+                    q.channel.clone(),
+                    q.metric.clone(),
+                    q.window_start,
+                ),
+                q,
+            );
+        }
+    }
+    let stored: Vec<QualityRow> = h.history.query::<QualityRow>(&all).await.unwrap();
+    let got: BTreeMap<_, _> = stored
+        .into_iter()
+        .map(|q| {
+            (
+                (
+                    q.device_id.clone(),
+                    q.channel.clone(),
+                    q.metric.clone(),
+                    q.window_start,
+                ),
+                QualityRow { version: 0, ..q },
+            )
+        })
+        .collect();
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "seed {seed}: the minutes counted are those with readings"
+    );
+    for (key, q) in &want {
+        assert_eq!(&got[key], q, "seed {seed}: minute {key:?}");
+    }
+    let totals = |f: fn(&QualityRow) -> u32| want.values().map(f).sum::<u32>();
+    assert!(
+        totals(|q| q.bad) > 0
+            && totals(|q| q.received) as usize
+                == raw
+                    .iter()
+                    .filter(|r| window_start(r.ts) + WINDOW_MS <= closed[&r.device_id])
+                    .count(),
+        "seed {seed}: every reading counted once"
+    );
+    assert!(
+        totals(|q| q.spikes) > 0,
+        "seed {seed}: the random values have spikes to judge"
     );
 }
 
@@ -808,6 +951,7 @@ async fn readings_per_second_with_and_without_rollups() {
                 regulatory: *regulatory,
                 alerting: *alerting,
                 regulation: RegulatorySettings::of(&h.config, &h.fleet),
+                stuck_after: &h.config.stuck_after,
                 crash_after: None,
             };
             let topic = h.bus.topics().readings.clone();

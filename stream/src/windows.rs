@@ -20,6 +20,15 @@ use std::collections::{BTreeSet, HashMap};
 
 use ioc_contract::{window_start, Quality, Reading, WINDOW_MS};
 
+/// A message id as a number, to tell a key's copies apart.
+pub fn message_hash(message_id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same in every process.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    message_id.hash(&mut h);
+    h.finish()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WindowKey {
     pub device_id: String,
@@ -33,6 +42,9 @@ pub struct WindowKey {
 pub struct OpenWindow {
     /// Value by event time: the reading key within this window.
     pub values: HashMap<i64, f64>,
+    /// The message each value came in (`message_hash`), by event time: a copy of a key in
+    /// another message is the device's resend.
+    pub messages: HashMap<i64, u64>,
     pub unit: String,
     pub partition: i32,
     /// Lowest Kafka offset among the readings in this window: commits must not pass it.
@@ -55,9 +67,12 @@ struct DeviceState {
 pub enum Observed {
     /// Added to an open window.
     Added,
-    /// Same key already in its open window; replaced, not added twice. (Resends are counted by
-    /// the caller, whatever became of them: `recent.rs`.)
+    /// Same key already in its open window from the same message (a redelivery); replaced,
+    /// not added twice.
     Duplicate,
+    /// Same key already in its open window from another message (its hash): the device sent
+    /// it again. Replaced, not added twice.
+    Resent(u64),
     /// Its window already closed: recompute that window from stored rows.
     Late(WindowKey),
     /// Not good quality: stored, but not aggregated.
@@ -141,15 +156,18 @@ impl WindowEngine {
             .insert((start, r.channel.clone(), r.metric.clone()));
         let window = self.windows.entry(key).or_insert_with(|| OpenWindow {
             values: HashMap::new(),
+            messages: HashMap::new(),
             unit: r.unit.clone(),
             partition,
             min_offset: offset,
         });
         window.min_offset = window.min_offset.min(offset);
-        if window.values.insert(r.ts, r.value).is_some() {
-            Observed::Duplicate
-        } else {
-            Observed::Added
+        let message = message_hash(&r.message_id);
+        window.values.insert(r.ts, r.value);
+        match window.messages.insert(r.ts, message) {
+            None => Observed::Added,
+            Some(before) if before == message => Observed::Duplicate,
+            Some(before) => Observed::Resent(before),
         }
     }
 
@@ -315,7 +333,14 @@ mod tests {
             e.observe(&reading("a", "pm25", T0 + 5_000, 1.0), 0, 7, 0),
             Observed::Duplicate
         );
-        e.observe(&reading("a", "pm25", T0 + 80_000, 1.0), 0, 8, 0);
+        // The device sends it again, in another message.
+        let mut resent = reading("a", "pm25", T0 + 5_000, 1.0);
+        resent.message_id = "m2".into();
+        assert_eq!(
+            e.observe(&resent, 0, 8, 0),
+            Observed::Resent(message_hash("m"))
+        );
+        e.observe(&reading("a", "pm25", T0 + 80_000, 1.0), 0, 9, 0);
         let closed = e.advance(0);
         assert_eq!(closed.windows[0].1.values.len(), 1);
     }

@@ -13,6 +13,7 @@ mod live;
 mod onboarding;
 mod openapi;
 mod pipeline;
+mod quality;
 mod rejections;
 mod rollups;
 mod up;

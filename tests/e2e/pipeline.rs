@@ -654,6 +654,7 @@ async fn a_backdated_day_rolls_up_and_a_late_reading_revises_every_resolution() 
     env.register("aq-day", "air_quality").await?;
     env.register("ww-day", "wastewater").await?;
     env.register("aq-05", "air_quality").await?;
+    env.register("aq-q", "air_quality").await?;
     env.wait_ingest_knows_registered().await?;
     let (mqtt, _poll) = env.mqtt_client("test-rollups");
     let api = crate::rollups::Api {
@@ -675,6 +676,7 @@ async fn a_backdated_day_rolls_up_and_a_late_reading_revises_every_resolution() 
     )
     .await?;
     crate::exceedances::an_air_day_exceeds_qcvn_05_hourly_and_daily(&api, &mqtt, "aq-05").await?;
+    crate::quality::a_backdated_hour_scores_what_its_faults_make(&api, &mqtt, "aq-q").await?;
 
     // The environment officer's view of the same stations in a browser: the AQI with its band's
     // name, the exceedances, the chart of hourly means and its CSV.

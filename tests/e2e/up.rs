@@ -1274,6 +1274,7 @@ async fn up_rolls_up_a_backdated_day_and_revises_it_for_a_late_reading() -> Resu
     up.register("aq-day").await?;
     up.register_kind("ww-day", "wastewater").await?;
     up.register("aq-05").await?;
+    up.register("aq-q").await?;
     let poll = |mut eventloop: rumqttc::EventLoop| {
         tokio::spawn(async move {
             loop {
@@ -1286,7 +1287,13 @@ async fn up_rolls_up_a_backdated_day_and_revises_it_for_a_late_reading() -> Resu
     let (client, eventloop) = up.mqtt("aq-day");
     let (station, station_events) = up.mqtt("ww-day");
     let (air, air_events) = up.mqtt("aq-05");
-    let polls = [poll(eventloop), poll(station_events), poll(air_events)];
+    let (scored, scored_events) = up.mqtt("aq-q");
+    let polls = [
+        poll(eventloop),
+        poll(station_events),
+        poll(air_events),
+        poll(scored_events),
+    ];
     let api = crate::rollups::Api {
         http: &up.http,
         base: up.url(""),
@@ -1306,7 +1313,9 @@ async fn up_rolls_up_a_backdated_day_and_revises_it_for_a_late_reading() -> Resu
             &api, &station, "ww-day",
         )
         .await?;
-        crate::exceedances::an_air_day_exceeds_qcvn_05_hourly_and_daily(&api, &air, "aq-05").await
+        crate::exceedances::an_air_day_exceeds_qcvn_05_hourly_and_daily(&api, &air, "aq-05")
+            .await?;
+        crate::quality::a_backdated_hour_scores_what_its_faults_make(&api, &scored, "aq-q").await
     }
     .await;
     for p in polls {
