@@ -532,7 +532,16 @@ pub fn keep_fleet_gauges(
             let hour = Resolution::Hour.start(now_ms(), 0) - 3_600_000;
             let all = state.registry.list();
             let fleet: Vec<&Device> = all.iter().map(|d| d.as_ref()).collect();
-            match score(&state, &fleet, By::Kind, Resolution::Hour, hour, hour + 3_600_000).await {
+            match score(
+                &state,
+                &fleet,
+                By::Kind,
+                Resolution::Hour,
+                hour,
+                hour + 3_600_000,
+            )
+            .await
+            {
                 Ok(records) => {
                     scores.reset();
                     devices.reset();

@@ -1192,14 +1192,25 @@ impl Step<'_> {
         } = observed;
         let engine = &mut ops.engine;
         let closed = engine.advance(now);
+        // A device never closed before counts from its first window (all of its good readings
+        // so far close now), or the day before, whichever is earlier.
+        let mut first_windows: HashMap<&str, i64> = HashMap::new();
+        for (key, _) in &closed.windows {
+            let first = first_windows.entry(&key.device_id).or_insert(key.start);
+            *first = (*first).min(key.start);
+        }
         for (device, until) in &closed.devices {
-            // A device never closed before counts what it sent over the day before.
             let before = closed
                 .before
                 .get(device)
                 .copied()
                 .filter(|b| *b > 0)
-                .unwrap_or(until - FIRST_QUALITY_SPAN_MS);
+                .unwrap_or_else(|| {
+                    let day = until - FIRST_QUALITY_SPAN_MS;
+                    first_windows
+                        .get(device.as_str())
+                        .map_or(day, |f| day.min(*f))
+                });
             let (due, _) = quality_due
                 .entry(device.clone())
                 .or_insert_with(|| (quality::Due::default(), self.lookback_ms(device)));

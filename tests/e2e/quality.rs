@@ -114,7 +114,12 @@ pub(crate) async fn a_backdated_hour_scores_what_its_faults_make(
             let body = api.get(&path).await?;
             let r = body["quality"][0].clone();
             let c = &r["counts"];
-            Ok((c["received"] == 180 && c["resent"] == 6).then_some(r))
+            // Not there yet is an error, so a time-out shows the last answer.
+            ensure!(
+                c["received"] == 180 && c["resent"] == 6,
+                "not all counted yet: {body}"
+            );
+            Ok(Some(r))
         },
     )
     .await?;
@@ -191,7 +196,11 @@ pub(crate) async fn a_backdated_hour_scores_what_its_faults_make(
         || async {
             let body = api.get(&path).await?;
             let c = &body["quality"][0]["counts"];
-            Ok((c["rejected"]["unknown_metric"] == 1).then_some(()))
+            ensure!(
+                c["rejected"]["unknown_metric"] == 1,
+                "not counted yet: {body}"
+            );
+            Ok(Some(()))
         },
     )
     .await?;
