@@ -351,6 +351,7 @@ pub async fn run(
         rollups: true,
         regulatory: true,
         alerting: true,
+        quality: true,
         regulation: RegulatorySettings::of(config, &fleet),
         stuck_after: &config.stuck_after,
         #[cfg(test)]
@@ -513,6 +514,9 @@ pub(crate) struct Operators {
     rollups: rollup::Recent,
     /// Runs of one value (`stuck.rs`).
     runs: stuck::Runs,
+    /// The stored readings of each device's look back, as its last quality count read them
+    /// (`quality.rs`).
+    quality: quality::Kept,
     /// The alert rules and their instances (`alerts.rs`).
     alerts: Alerts,
     /// When this process last received a reading of each device (processing time).
@@ -662,6 +666,7 @@ impl LoopState {
                 engine,
                 rollups: rollup::Recent::default(),
                 runs: stuck::Runs::default(),
+                quality: quality::Kept::default(),
                 alerts,
                 last_seen: HashMap::new(),
                 started_at: now,
@@ -799,6 +804,8 @@ pub(crate) struct Step<'a> {
     regulatory: bool,
     /// Whether alert rules run (likewise).
     alerting: bool,
+    /// Whether resends are found and data quality counted (likewise).
+    quality: bool,
     pub(crate) regulation: RegulatorySettings,
     /// `stream.stuck_after`: when a run of one value is stuck, per metric (`default` for the
     /// rest), for the quality counts (`quality.rs`).
@@ -875,8 +882,13 @@ impl Step<'_> {
             return false;
         }
         let observed = self.observe(&records, ops, now);
-        let Some(copies) = self.copies(&observed).await else {
-            return false;
+        let copies = if self.quality {
+            match self.copies(&observed).await {
+                Some(copies) => copies,
+                None => return false,
+            }
+        } else {
+            Vec::new()
         };
         if !copies.is_empty()
             && self
@@ -905,11 +917,16 @@ impl Step<'_> {
         {
             return true;
         }
-        let Some(quality) = self
-            .count_quality(&minutes.quality, &mut ops.versions)
-            .await
-        else {
-            return false;
+        let quality = if self.quality {
+            match self
+                .count_quality(&minutes.quality, &mut ops.quality, &mut ops.versions)
+                .await
+            {
+                Some(counted) => counted,
+                None => return false,
+            }
+        } else {
+            Vec::new()
         };
         let runs = minutes.runs;
         let minutes: Vec<Aggregate> = minutes
@@ -1311,11 +1328,13 @@ impl Step<'_> {
     }
 
     /// The quality counts operator (`quality.rs`): counts the due minutes from the stored
-    /// readings (one read per span shared by devices) and stores them. `None` on shutdown
-    /// mid-way.
+    /// readings (one read per span that devices share; a device that only moved on since its
+    /// last count reads only its new minutes, and takes the look back from what that count
+    /// kept) and stores them. `None` on shutdown mid-way.
     async fn count_quality(
         &self,
         due: &BTreeMap<String, (quality::Due, i64)>,
+        kept: &mut quality::Kept,
         versions: &mut VersionClock,
     ) -> Option<Vec<ioc_history::QualityRow>> {
         let mut out = Vec::new();
@@ -1325,12 +1344,23 @@ impl Step<'_> {
         let version = versions.next();
         let default = self.stuck_after.get("default").copied().unwrap_or(0);
         let stuck_after = |metric: &str| self.stuck_after.get(metric).copied().unwrap_or(default);
-        for ((from, to), devices) in quality::reads(due) {
+        let mut reads: BTreeMap<(i64, i64), Vec<&str>> = BTreeMap::new();
+        let mut from_kept: HashMap<&str, Vec<ReadingRow>> = HashMap::new();
+        for (device, (d, lookback)) in due {
+            let Some((range, kept_rows)) = kept.plan(device, d, *lookback) else {
+                continue;
+            };
+            if let Some(rows) = kept_rows {
+                from_kept.insert(device, rows);
+            }
+            reads.entry(range).or_default().push(device);
+        }
+        for ((from, to), devices) in reads {
             let filter = ioc_history::HistoryFilter {
                 from,
                 to,
                 limit: usize::MAX,
-                any_of: vec![("device_id", devices.clone())],
+                any_of: vec![("device_id", devices.iter().map(|d| d.to_string()).collect())],
                 ..Default::default()
             };
             let rows = self
@@ -1338,34 +1368,38 @@ impl Step<'_> {
                     self.history.query::<ReadingRow>(&filter)
                 })
                 .await?;
-            let resent = self
+            let copies = self
                 .retry("reading stored resends to count quality", || {
                     self.history.query::<CopyRow>(&filter)
                 })
                 .await?;
-            let mut resent_of: HashMap<&str, Vec<CopyRow>> = HashMap::new();
-            for r in resent {
-                if let Some(d) = devices.iter().find(|d| **d == r.device_id) {
-                    resent_of.entry(d.as_str()).or_default().push(r);
+            let mut copies_of: HashMap<&str, Vec<CopyRow>> =
+                devices.iter().map(|d| (*d, Vec::new())).collect();
+            for c in copies {
+                if let Some(v) = copies_of.get_mut(c.device_id.as_str()) {
+                    v.push(c);
                 }
             }
-            let mut by_device: HashMap<&str, Vec<ReadingRow>> = HashMap::new();
+            let mut rows_of: HashMap<&str, Vec<ReadingRow>> = devices
+                .iter()
+                .map(|d| (*d, from_kept.remove(d).unwrap_or_default()))
+                .collect();
             for r in rows {
-                if let Some(d) = devices.iter().find(|d| **d == r.device_id) {
-                    by_device.entry(d.as_str()).or_default().push(r);
+                if let Some(v) = rows_of.get_mut(r.device_id.as_str()) {
+                    v.push(r);
                 }
             }
-            for (device, rows) in by_device {
+            for (device, rows) in rows_of {
                 let (d, lookback) = &due[device];
-                let resent = resent_of.get(device).map_or(&[][..], Vec::as_slice);
                 out.extend(quality::count(
                     &rows,
-                    resent,
+                    &copies_of[device],
                     d,
                     *lookback,
                     stuck_after,
                     version,
                 ));
+                kept.keep(device, d, *lookback, rows);
             }
         }
         if !out.is_empty() {

@@ -17,7 +17,7 @@
 //! absolute deviation, unlike a standard deviation, is not inflated by the spikes it looks for;
 //! the two floors keep a flat series (deviation 0) from calling every small step a spike.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ioc_contract::quality::{delay_bucket, histogram_text, DELAY_BUCKETS_MS, TIMELY_MS};
 use ioc_contract::{window_start, Quality, WINDOW_MS};
@@ -224,16 +224,66 @@ pub fn late_range(ts: i64, lookback_ms: i64, closed_until: i64) -> (i64, i64) {
     (minute, (minute + lookback_ms + WINDOW_MS).min(closed_until))
 }
 
-/// The devices' due minutes grouped by the span of readings they read, so devices closing the
-/// same minutes share one read.
-pub fn reads<'a>(due: &'a BTreeMap<String, (Due, i64)>) -> BTreeMap<(i64, i64), Vec<String>> {
-    let mut out: BTreeMap<(i64, i64), Vec<String>> = BTreeMap::new();
-    for (device, (d, lookback)) in due {
-        if let Some(range) = d.read_range(*lookback) {
-            out.entry(range).or_default().push(device.clone());
+/// What each device's last count read of its stored readings before the end of its due
+/// minutes (its `closed_until`), as far back as its look back: the next count, if its due
+/// minutes start right there, reads only them and takes the rest from here. Stored readings
+/// before a device's `closed_until` change only by late readings, and a late reading makes its
+/// minutes due again, so that count reads everything again. Reading the look back every time
+/// cost more than all the other operators together. Empty after a restart.
+#[derive(Debug, Default)]
+pub struct Kept {
+    by_device: HashMap<String, KeptRows>,
+}
+
+#[derive(Debug)]
+struct KeptRows {
+    /// The rows are every stored reading of the device in `[until - lookback_ms, until)`.
+    until: i64,
+    lookback_ms: i64,
+    rows: Vec<ReadingRow>,
+}
+
+impl Kept {
+    /// The span to read for a device's due minutes, and the kept rows that stand for the rest
+    /// (taken out: the count gives them back with [`Kept::keep`]). `None` if nothing is due.
+    pub fn plan(
+        &mut self,
+        device_id: &str,
+        due: &Due,
+        lookback_ms: i64,
+    ) -> Option<((i64, i64), Option<Vec<ReadingRow>>)> {
+        let full = due.read_range(lookback_ms)?;
+        let kept = self.by_device.remove(device_id);
+        match (due.ranges.as_slice(), kept) {
+            ([(from, to)], Some(k)) if k.until == *from && k.lookback_ms == lookback_ms => {
+                Some(((*from, *to), Some(k.rows)))
+            }
+            _ => Some((full, None)),
         }
     }
-    out
+
+    /// Keeps what a count of `due` had (every stored reading of the device over the span it
+    /// read) for the next count of the device.
+    pub fn keep(
+        &mut self,
+        device_id: &str,
+        due: &Due,
+        lookback_ms: i64,
+        mut rows: Vec<ReadingRow>,
+    ) {
+        let Some(until) = due.ranges.iter().map(|r| r.1).max() else {
+            return;
+        };
+        rows.retain(|r| r.ts >= until - lookback_ms && r.ts < until);
+        self.by_device.insert(
+            device_id.to_string(),
+            KeptRows {
+                until,
+                lookback_ms,
+                rows,
+            },
+        );
+    }
 }
 
 #[cfg(test)]

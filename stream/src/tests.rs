@@ -306,6 +306,7 @@ impl Harness {
                 rollups: true,
                 regulatory: true,
                 alerting: true,
+                quality: true,
                 regulation: RegulatorySettings::of(&self.config, &self.fleet),
                 stuck_after: &self.config.stuck_after,
                 crash_after: Some(budget),
@@ -924,12 +925,20 @@ async fn readings_per_second_with_and_without_rollups() {
     }
     let readings: usize = messages.iter().map(|m| m.readings.len()).sum();
     let station_hours = (ids.len() as i64 * hours) as f64;
-    const MODES: [(&str, bool, bool, bool); 4] = [
-        ("1-minute only", false, false, false),
-        ("roll-ups", true, false, false),
-        ("roll-ups, AQI, exceedances", true, true, false),
+    const MODES: [(&str, bool, bool, bool, bool); 5] = [
+        ("1-minute only", false, false, false, false),
+        ("roll-ups", true, false, false, false),
+        ("roll-ups, AQI, exceedances", true, true, false, false),
         (
             "roll-ups, AQI, exceedances, built-in alert rules",
+            true,
+            true,
+            true,
+            false,
+        ),
+        (
+            "roll-ups, AQI, exceedances, built-in alert rules, data quality",
+            true,
             true,
             true,
             true,
@@ -937,7 +946,7 @@ async fn readings_per_second_with_and_without_rollups() {
     ];
     let mut results: Vec<(usize, f64)> = Vec::new();
     for round in 0..3 {
-        for (mode, (name, rollups, regulatory, alerting)) in MODES.iter().enumerate() {
+        for (mode, (name, rollups, regulatory, alerting, quality)) in MODES.iter().enumerate() {
             let h = Harness::with_devices(&format!("bench-{round}-{mode}"), &devices);
             let producer = h.bus.producer(Duration::from_millis(1)).unwrap();
             let step = Step {
@@ -950,6 +959,7 @@ async fn readings_per_second_with_and_without_rollups() {
                 rollups: *rollups,
                 regulatory: *regulatory,
                 alerting: *alerting,
+                quality: *quality,
                 regulation: RegulatorySettings::of(&h.config, &h.fleet),
                 stuck_after: &h.config.stuck_after,
                 crash_after: None,
@@ -1006,6 +1016,11 @@ async fn readings_per_second_with_and_without_rollups() {
         "median: with the built-in alert rules too {:.0} readings/s (+{:.1} % over roll-ups, AQI and exceedances)",
         rate(3),
         (median(3) / median(2) - 1.0) * 100.0,
+    );
+    println!(
+        "median: with data quality too {:.0} readings/s (+{:.1} % per reading over all of that)",
+        rate(4),
+        (median(4) / median(3) - 1.0) * 100.0,
     );
 }
 

@@ -38,6 +38,13 @@ const { launch } = require("./chromium");
     const markers = await page.$$eval("path.device-marker", (ps) => ps.map((p) => p.getAttribute("data-device")));
     const tiles = await page.$$eval(".tile", (ts) => Object.fromEntries(ts.map((t) => [t.id, t.querySelector(".big").textContent])));
     const outline = await page.$$eval("#map path:not(.device-marker)", (ps) => ps.length);
+    // A marker's popup: its latest values, and its data quality this hour.
+    await page.waitForSelector("body[data-quality-loaded]", { timeout: wait });
+    await page.$eval("path.device-marker", (p) => p.dispatchEvent(new MouseEvent("click", { bubbles: true })));
+    const popup = await page
+      .waitForSelector(".leaflet-popup-content .popup", { timeout: 5000 })
+      .then((e) => e.textContent(), () => null);
+    const quality = await page.$$eval("#quality tbody tr", (rows) => rows.length);
     const status = await page.textContent("#status");
     const label = () => page.textContent("#tile-aqi h2");
     const before = { lang: await page.getAttribute("html", "lang"), aqi: await label() };
@@ -56,7 +63,7 @@ const { launch } = require("./chromium");
       const r = await window.axe.run(document, { resultTypes: ["violations"] });
       return r.violations.map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.length, help: v.help }));
     });
-    console.log(JSON.stringify({ status, markers, tiles, outline, updated, before, after, violations, blocked, outside }));
+    console.log(JSON.stringify({ status, markers, tiles, outline, updated, before, after, popup, quality, violations, blocked, outside }));
   } finally {
     await browser.close();
   }

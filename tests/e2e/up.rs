@@ -743,6 +743,14 @@ async fn up_with_sim_shows_live_devices_in_a_browser() -> Result<()> {
     );
     let serious = crate::harness::serious_violations(&seen)?;
     assert!(serious.is_empty(), "axe-core: {serious:?}");
+    // A marker's popup gives the device's data quality this hour; the commune table has a row
+    // (the simulated fleet names no commune: "no data yet").
+    let popup = seen["popup"].as_str().unwrap_or_default();
+    assert!(
+        popup.contains("Chất lượng dữ liệu (giờ này)") && popup.contains("Đủ"),
+        "{seen}"
+    );
+    assert!(seen["quality"].as_u64().is_some_and(|n| n >= 1), "{seen}");
     assert!(
         seen["outline"].as_u64().is_some_and(|n| n >= 1),
         "the province's outline is drawn without tiles: {seen}"

@@ -26,6 +26,7 @@
     bands: [], // Decision 1459's bands with their health advice (/api/v1/aqi/bands)
     alerts: new Map(), // alert_id -> alert (open ones)
     statuses: new Map(), // device_id -> status
+    quality: new Map(), // device_id -> this hour's quality record (/api/v1/quality)
     epoch: null,
     positions: {}, // stream -> [[p, o, i], ...]
     socket: null,
@@ -159,8 +160,38 @@
       : t("no_values"));
     const open = [...state.alerts.values()].filter((a) => a.device_id === d.device_id);
     if (open.length) add(t("open_alerts"), open.map((a) => a.message).join("; "));
+    const q = state.quality.get(d.device_id);
+    if (q) add(t("data_quality"), scoreText(q.scores));
     box.append(dl);
     return box;
+  }
+
+  // Data quality ("đúng, đủ, sạch, sống") of this hour so far: per device for the popups, per
+  // commune for the table (worst first), read again every five minutes.
+  const SCORES = ["correct", "complete", "clean", "live"];
+  const scoreText = (s) => SCORES.map((k) => `${t(`score_${k}`)} ${s[k] == null ? "–" : number(s[k])}`).join(" · ");
+  async function loadQuality() {
+    const from = new Date(Math.floor(Date.now() / HOUR) * HOUR).toISOString();
+    const read = async (by) => {
+      const r = await api(`/api/v1/quality?by=${by}&from=${encodeURIComponent(from)}`);
+      return r.ok ? (await r.json()).quality : [];
+    };
+    state.quality = new Map((await read("device")).map((q) => [q.device_id, q]));
+    const communes = await read("commune");
+    const worst = (q) => Math.min(...SCORES.map((k) => (q.scores[k] == null ? 100 : q.scores[k])));
+    communes.sort((a, b) => worst(a) - worst(b));
+    const body = $("#quality tbody");
+    body.replaceChildren();
+    if (!communes.length) body.append(el("tr", {}, el("td", { colspan: "6", text: t("no_data") })));
+    for (const q of communes) {
+      const tr = el("tr", { "data-commune": q.commune }, el("td", { text: q.commune }), el("td", { text: number(q.devices, 0) }));
+      for (const k of SCORES) {
+        const v = q.scores[k];
+        tr.append(el("td", { class: v != null && v < 80 ? "low" : "", text: v == null ? "–" : number(v) }));
+      }
+      body.append(tr);
+    }
+    document.body.dataset.qualityLoaded = "1";
   }
 
   function renderMarkers() {
@@ -822,6 +853,8 @@
     makeMap();
     await loadFleet();
     setInterval(() => loadFleet().catch(() => {}), 30000);
+    loadQuality().catch(() => {});
+    setInterval(() => loadQuality().catch(() => {}), 300000);
     connect();
   }
 
