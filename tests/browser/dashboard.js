@@ -38,17 +38,17 @@ const { launch } = require("./chromium");
     const markers = await page.$$eval("path.device-marker", (ps) => ps.map((p) => p.getAttribute("data-device")));
     const tiles = await page.$$eval(".tile", (ts) => Object.fromEntries(ts.map((t) => [t.id, t.querySelector(".big").textContent])));
     const outline = await page.$$eval("#map path:not(.device-marker)", (ps) => ps.length);
-    // A marker's popup: its latest values, and its data quality this hour.
+    const status = await page.textContent("#status");
+    const label = () => page.textContent("#tile-aqi h2");
+    const before = { lang: await page.getAttribute("html", "lang"), aqi: await label() };
     await page.waitForSelector("body[data-quality-loaded]", { timeout: wait });
+    await page.screenshot({ path: screenshot, fullPage: true });
+    // A marker's popup: its latest values, and its data quality this hour.
     await page.$eval("path.device-marker", (p) => p.dispatchEvent(new MouseEvent("click", { bubbles: true })));
     const popup = await page
       .waitForSelector(".leaflet-popup-content .popup", { timeout: 5000 })
       .then((e) => e.textContent(), () => null);
     const quality = await page.$$eval("#quality tbody tr", (rows) => rows.length);
-    const status = await page.textContent("#status");
-    const label = () => page.textContent("#tile-aqi h2");
-    const before = { lang: await page.getAttribute("html", "lang"), aqi: await label() };
-    await page.screenshot({ path: screenshot, fullPage: true });
     await page.selectOption("#lang", "en");
     const after = { lang: await page.getAttribute("html", "lang"), aqi: await label(), status: await page.textContent("#status") };
 
