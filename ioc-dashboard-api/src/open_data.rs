@@ -1,5 +1,5 @@
 //! Open data for the province's portal (`/open/v1/`): the stations, their hourly and daily
-//! aggregates and VN_AQI, as JSON or CSV, with no token. Nothing personal is reachable here:
+//! aggregates, VN_AQI and data-quality scores, as JSON or CSV, with no token. Nothing personal is reachable here:
 //! only air-quality and wastewater stations (no cameras, no traffic events, no plates or
 //! pseudonyms, no credentials or external ids). Rate limited per client address
 //! (`api.open_data.rate`, `burst`) and switched off with `api.open_data.enabled = false`.
@@ -198,6 +198,50 @@ pub(crate) async fn aqi(
         .map(|r| serde_json::to_value(ApiAqi::from(r)).expect("views serialize"))
         .collect();
     Ok(list("aqi", rows, csv))
+}
+
+/// `GET /open/v1/quality?resolution=1h|1d&device_id=&from=&to=&commune=&bbox=&format=`: each
+/// open station's data-quality scores and counts per hour or day (`/api/v1/quality`), so a
+/// portal can publish them beside the station's data.
+pub(crate) async fn quality(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    gate(&state, addr)?;
+    let csv = params::csv(&q, &headers)?;
+    let filter = open_filter(&state, &q)?;
+    let stations = open_stations(&state);
+    let wanted = |d: &ioc_contract::Device| {
+        filter
+            .device_id
+            .as_ref()
+            .is_none_or(|id| *id == d.device_id)
+            && filter
+                .any_of
+                .iter()
+                .all(|(_, ids)| ids.contains(&d.device_id))
+    };
+    let devices: Vec<&ioc_contract::Device> = stations
+        .iter()
+        .map(|d| d.as_ref())
+        .filter(|d| wanted(d))
+        .collect();
+    let records = crate::quality::score(
+        &state,
+        &devices,
+        crate::quality::By::Device,
+        filter.resolution,
+        filter.from,
+        filter.to,
+    )
+    .await?;
+    let rows = records
+        .iter()
+        .map(|r| serde_json::to_value(r).expect("views serialize"))
+        .collect();
+    Ok(list("quality", rows, csv))
 }
 
 #[cfg(test)]

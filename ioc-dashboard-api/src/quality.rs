@@ -28,6 +28,13 @@ type Histogram = [u64; DELAY_BUCKETS_MS.len() + 1];
 /// list's `online` says).
 const ONLINE_INTERVALS: f64 = 3.0;
 
+/// Per-minute counts one request sums at most (estimated from the range and each device's
+/// expected metrics): a day of a thousand stations of eight metrics, or a month of thirty.
+const READ_BUDGET: usize = 12_000_000;
+
+/// Per-minute counts read at once (about 30 MB).
+const CHUNK_ROWS: usize = 200_000;
+
 /// One device's counts over `[from, to)`: `rows` are its per-minute counts from at least
 /// [`ONLINE_INTERVALS`] expected intervals before `from` (a reading just before the period keeps
 /// it online at its start), `letters` its dead letters received in the period.
@@ -389,89 +396,107 @@ pub async fn score(
         .max()
         .unwrap_or(0)
         .clamp(0, 86_400_000);
-    let ids: Vec<String> = devices.iter().map(|d| d.device_id.clone()).collect();
-    let limit = state.config.query_limit;
-    let rows = state
-        .history
-        .query::<QualityRow>(&HistoryFilter {
-            from: from - look_back,
-            to,
-            limit,
-            any_of: vec![("device_id", ids.clone())],
-            ..Default::default()
-        })
-        .await
-        .map_err(history_unavailable)?;
-    if rows.len() >= limit {
+    // Read a chunk of devices at a time, so what is held stays bounded whatever the range;
+    // refuse what would read too much (until hourly counts are stored, the per-minute ones are
+    // summed here).
+    let minutes = ((to - from + look_back) / 60_000).max(1) as usize;
+    let estimate = |d: &Device| minutes * d.expected_metrics().len().max(1);
+    let total: usize = devices.iter().map(|d| estimate(d)).sum();
+    if total > READ_BUDGET {
         return Err(ApiFailure::new(
             StatusCode::BAD_REQUEST,
             "too_many_rows",
             format!(
-                "the range holds more than {limit} per-minute counts (api.query_limit): narrow it, or ask for fewer devices"
+                "the range and devices hold about {total} per-minute counts, more than the {READ_BUDGET} one request sums: narrow the range, or ask for fewer devices"
             ),
         ));
     }
-    let letters = state
-        .history
-        .query::<DeadLetterRow>(&HistoryFilter {
-            from,
-            to,
-            limit,
-            any_of: vec![("device_id", ids)],
-            ..Default::default()
-        })
-        .await
-        .map_err(history_unavailable)?;
+    let mut chunks: Vec<Vec<&Device>> = vec![Vec::new()];
+    let mut in_chunk = 0;
+    for d in &devices {
+        if in_chunk + estimate(d) > CHUNK_ROWS && !chunks[chunks.len() - 1].is_empty() {
+            chunks.push(Vec::new());
+            in_chunk = 0;
+        }
+        in_chunk += estimate(d);
+        let last = chunks.len() - 1;
+        chunks[last].push(d);
+    }
     let now = now_ms();
-    let mut rows_of: HashMap<&str, Vec<&QualityRow>> = HashMap::new();
-    for r in &rows {
-        rows_of.entry(&r.device_id).or_default().push(r);
-    }
-    let mut letters_of: HashMap<&str, Vec<&DeadLetterRow>> = HashMap::new();
-    for l in &letters {
-        letters_of.entry(&l.device_id).or_default().push(l);
-    }
     // Per group and window: the devices' counts, scores and merged delays.
     type Group = (QualityCounts, Histogram, Vec<Scores>);
     let mut groups: BTreeMap<(String, i64), Group> = BTreeMap::new();
-    let mut window = from;
-    while window < to.min(now) {
-        let end = window + resolution.ms();
-        for d in &devices {
-            let Some(group) = by.of(d) else { continue };
-            if owed_from(d) >= end {
-                continue;
-            }
-            let cover = (ONLINE_INTERVALS * d.expected_interval_s * 1000.0).ceil() as i64;
-            let rows: Vec<&QualityRow> = rows_of
-                .get(d.device_id.as_str())
-                .into_iter()
-                .flatten()
-                .filter(|r| r.last_ts >= window - cover && r.window_start < end)
-                .copied()
-                .collect();
-            let letters: Vec<&DeadLetterRow> = letters_of
-                .get(d.device_id.as_str())
-                .into_iter()
-                .flatten()
-                .filter(|l| l.received_at >= window && l.received_at < end)
-                .copied()
-                .collect();
-            let (counts, histogram) = device_counts(d, &rows, &letters, window, end, now);
-            let g = groups.entry((group, window)).or_insert_with(|| {
-                (
-                    QualityCounts::default(),
-                    [0; DELAY_BUCKETS_MS.len() + 1],
-                    Vec::new(),
-                )
-            });
-            g.2.push(counts.scores());
-            g.0.add(&counts);
-            for (slot, n) in g.1.iter_mut().zip(histogram) {
-                *slot += n;
-            }
+    for chunk in chunks.iter().filter(|c| !c.is_empty()) {
+        let ids: Vec<String> = chunk.iter().map(|d| d.device_id.clone()).collect();
+        let rows = state
+            .history
+            .query::<QualityRow>(&HistoryFilter {
+                from: from - look_back,
+                to,
+                limit: usize::MAX,
+                any_of: vec![("device_id", ids.clone())],
+                ..Default::default()
+            })
+            .await
+            .map_err(history_unavailable)?;
+        let letters = state
+            .history
+            .query::<DeadLetterRow>(&HistoryFilter {
+                from,
+                to,
+                limit: usize::MAX,
+                any_of: vec![("device_id", ids)],
+                ..Default::default()
+            })
+            .await
+            .map_err(history_unavailable)?;
+        let mut rows_of: HashMap<&str, Vec<&QualityRow>> = HashMap::new();
+        for r in &rows {
+            rows_of.entry(&r.device_id).or_default().push(r);
         }
-        window = end;
+        let mut letters_of: HashMap<&str, Vec<&DeadLetterRow>> = HashMap::new();
+        for l in &letters {
+            letters_of.entry(&l.device_id).or_default().push(l);
+        }
+        let mut window = from;
+        while window < to.min(now) {
+            let end = window + resolution.ms();
+            for d in chunk {
+                let Some(group) = by.of(d) else { continue };
+                if owed_from(d) >= end {
+                    continue;
+                }
+                let cover = (ONLINE_INTERVALS * d.expected_interval_s * 1000.0).ceil() as i64;
+                let rows: Vec<&QualityRow> = rows_of
+                    .get(d.device_id.as_str())
+                    .into_iter()
+                    .flatten()
+                    .filter(|r| r.last_ts >= window - cover && r.window_start < end)
+                    .copied()
+                    .collect();
+                let letters: Vec<&DeadLetterRow> = letters_of
+                    .get(d.device_id.as_str())
+                    .into_iter()
+                    .flatten()
+                    .filter(|l| l.received_at >= window && l.received_at < end)
+                    .copied()
+                    .collect();
+                let (counts, histogram) = device_counts(d, &rows, &letters, window, end, now);
+                let g = groups.entry((group, window)).or_insert_with(|| {
+                    (
+                        QualityCounts::default(),
+                        [0; DELAY_BUCKETS_MS.len() + 1],
+                        Vec::new(),
+                    )
+                });
+                g.2.push(counts.scores());
+                g.0.add(&counts);
+                for (slot, n) in g.1.iter_mut().zip(histogram) {
+                    *slot += n;
+                }
+            }
+            window = end;
+        }
     }
     Ok(groups
         .into_iter()

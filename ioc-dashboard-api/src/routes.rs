@@ -734,6 +734,20 @@ pub fn router(state: AppState) -> Router {
         )
         .add(
             Op::get(
+                "/open/v1/quality",
+                "openQuality",
+                "Open data: the stations' data quality scores (đúng, đủ, sạch, sống) per hour or day",
+            )
+            .params(&[DEVICE_ID, FROM, TO, HOURLY_OR_DAILY, COMMUNE, BBOX, FORMAT])
+            .reply(
+                200,
+                Reply::JsonOrCsv(|| schema::list("quality", schema::quality())),
+            )
+            .errors(&[404, 429]),
+            open_data::quality,
+        )
+        .add(
+            Op::get(
                 "/open/v1/fiware",
                 "openFiware",
                 "Open data: the stations as FIWARE Smart Data Models entities (keyValues)",

@@ -621,6 +621,53 @@ pub async fn aggregates_vs_recomputation(env: &Env) -> Result<(Vec<String>, Vec<
     ))
 }
 
+/// The stored quality counts per series and minute (received, good, suspect, bad, resent), and
+/// the same counted again from the stored readings and reading copies, for every minute before
+/// its device's `closed_until` (the minutes the stream has counted), one line each.
+pub async fn quality_vs_recount(env: &Env) -> Result<(Vec<String>, Vec<String>)> {
+    let closed: std::collections::HashMap<String, i64> = env
+        .clickhouse("SELECT device_id, max(closed_until) FROM stream_watermarks GROUP BY device_id")
+        .await?
+        .into_iter()
+        .filter_map(|r| Some((r.first()?.clone(), r.get(1)?.parse().ok()?)))
+        .collect();
+    let stored = env
+        .clickhouse(
+            "SELECT device_id, channel, metric, window_start, received, good, suspect, bad, resent \
+             FROM quality FINAL ORDER BY device_id, channel, metric, window_start",
+        )
+        .await?;
+    let counted = env
+        .clickhouse(
+            "SELECT device_id, channel, metric, intDiv(ts, 60000) * 60000 AS ws, count(), \
+             countIf(quality = 'good'), countIf(quality = 'suspect'), countIf(quality = 'bad') \
+             FROM readings FINAL GROUP BY device_id, channel, metric, ws \
+             ORDER BY device_id, channel, metric, ws",
+        )
+        .await?;
+    let copies: std::collections::HashMap<String, String> = env
+        .clickhouse(
+            "SELECT device_id, channel, metric, intDiv(ts, 60000) * 60000 AS ws, \
+             count() - uniqExact(ts) FROM reading_copies FINAL GROUP BY device_id, channel, metric, ws",
+        )
+        .await?
+        .into_iter()
+        .map(|r| (r[..4].join(" "), r[4].clone()))
+        .collect();
+    let recounted = counted
+        .into_iter()
+        .filter(|r| {
+            let minute: i64 = r[3].parse().unwrap_or(i64::MAX);
+            closed.get(&r[0]).is_some_and(|c| minute + 60_000 <= *c)
+        })
+        .map(|r| {
+            let resent = copies.get(&r[..4].join(" ")).cloned().unwrap_or("0".into());
+            format!("{} {resent}", r.join(" "))
+        })
+        .collect();
+    Ok((stored.into_iter().map(|r| r.join(" ")).collect(), recounted))
+}
+
 /// GETs `url` with a bearer `token`; an answer other than 2xx is an error naming it.
 pub async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> Result<serde_json::Value> {
     let r = http.get(url).bearer_auth(token).send().await?;

@@ -584,6 +584,32 @@ async fn sigkill_of_ingest_and_stream_loses_nothing_and_doubles_nothing() -> Res
         .await;
     let (stored, recomputed) = aggregates_vs_recomputation(&env).await?;
     assert_same_aggregates(&stored, &recomputed);
+    // The quality counts of every minute counted: each reading once, whatever the kills. (The
+    // stream checkpoints a device's `closed_until` last in a batch: wait for it.)
+    let _ = env
+        .eventually(
+            "quality counts to equal a recount after the kills",
+            Duration::from_secs(30),
+            || async {
+                let (s, r) = crate::harness::quality_vs_recount(&env).await?;
+                Ok((!s.is_empty() && s == r).then_some(()))
+            },
+        )
+        .await;
+    let (stored, recounted) = crate::harness::quality_vs_recount(&env).await?;
+    assert!(!stored.is_empty(), "quality was counted");
+    let differs: Vec<_> = stored
+        .iter()
+        .zip(&recounted)
+        .filter(|(s, r)| s != r)
+        .take(5)
+        .collect();
+    assert!(
+        stored.len() == recounted.len() && differs.is_empty(),
+        "{} minutes counted, {} recounted; first differences (stored, recounted): {differs:?}",
+        stored.len(),
+        recounted.len()
+    );
     assert!(ingest.is_running() && stream.is_running());
     Ok(())
 }

@@ -205,6 +205,24 @@ pub(crate) async fn a_backdated_hour_scores_what_its_faults_make(
     )
     .await?;
 
+    // Open data publishes the same scores beside the station's data, with no token.
+    let open: serde_json::Value = api
+        .http
+        .get(format!(
+            "{}/open/v1/quality?device_id={device}&from={hour}&to={}",
+            api.base,
+            hour + 3_600_000
+        ))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    ensure!(
+        open["quality"][0]["scores"] == want_scores,
+        "open data's scores: {open}"
+    );
+
     // Rolled up by agency, the station is its agency's one device.
     let body = api
         .get(&format!(
