@@ -346,17 +346,7 @@ pub(crate) async fn aqi(
 ) -> ApiResult<Response> {
     authorize(&state, bearer(&headers), Permission::ReadTelemetry)?;
     let csv = params::csv(&q, &headers)?;
-    let resolution = match q.get("resolution").map(String::as_str) {
-        None | Some("1h") => Resolution::Hour,
-        Some("1d") => Resolution::Day,
-        Some(r) => {
-            return Err(ApiFailure::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("resolution {r:?} is not 1h or 1d"),
-            ))
-        }
-    };
+    let resolution = params::hourly_or_daily(&q)?;
     let filter = windows_filter(&state, &q, resolution)?;
     let rows = state
         .history

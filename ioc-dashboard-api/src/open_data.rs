@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ioc_contract::rate::RateRule;
 use ioc_contract::time::now_ms;
-use ioc_contract::{Aggregate, Resolution};
+use ioc_contract::Aggregate;
 use ioc_history::{AggregateRow, AqiRow, HistoryFilter};
 use serde_json::json;
 
@@ -128,16 +128,7 @@ pub(crate) fn cors(mut response: Response) -> Response {
 /// The filter of an open history query: the history routes' parameters, a resolution of `1h`
 /// (default) or `1d`, and only open stations.
 fn open_filter(state: &AppState, q: &HashMap<String, String>) -> ApiResult<HistoryFilter> {
-    let bad = |m: String| ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", m);
-    let resolution = match q.get("resolution").map(String::as_str) {
-        None | Some("1h") => Resolution::Hour,
-        Some("1d") => Resolution::Day,
-        Some(r) => {
-            return Err(bad(format!(
-                "open data is hourly (1h) or daily (1d), not {r:?}"
-            )))
-        }
-    };
+    let resolution = params::hourly_or_daily(q)?;
     let mut filter = crate::history::windows_filter(state, q, resolution)?;
     let stations: Vec<String> = open_stations(state)
         .iter()

@@ -1,4 +1,4 @@
-//! Query parameters the routes share: `bbox` and `format`. (Unknown ones are refused before a
+//! Query parameters the routes share: `bbox`, `format` and an hourly-or-daily `resolution`. (Unknown ones are refused before a
 //! handler runs, by the guard of the route's op: [`crate::openapi`].)
 
 use std::collections::HashMap;
@@ -9,6 +9,18 @@ use crate::error::{ApiFailure, ApiResult};
 
 fn bad(message: String) -> ApiFailure {
     ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+/// `resolution=1h` (the default) or `1d`, for the routes of hourly and daily records (AQI,
+/// data quality, open data).
+pub fn hourly_or_daily(q: &HashMap<String, String>) -> ApiResult<ioc_contract::Resolution> {
+    match q.get("resolution").map(String::as_str) {
+        None | Some("1h") => Ok(ioc_contract::Resolution::Hour),
+        Some("1d") => Ok(ioc_contract::Resolution::Day),
+        Some(r) => Err(bad(format!(
+            "resolution {r:?} is not 1h (hourly) or 1d (daily)"
+        ))),
+    }
 }
 
 /// `bbox=south,west,north,east` in degrees.

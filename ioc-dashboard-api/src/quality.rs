@@ -314,11 +314,7 @@ pub(crate) async fn quality(
 ) -> ApiResult<Json<serde_json::Value>> {
     authorize(&state, bearer(&headers), Permission::ReadTelemetry)?;
     let bad = |m: String| ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", m);
-    let resolution = match q.get("resolution").map(String::as_str) {
-        None | Some("1h") => Resolution::Hour,
-        Some("1d") => Resolution::Day,
-        Some(r) => return Err(bad(format!("resolution {r:?} is not 1h or 1d"))),
-    };
+    let resolution = crate::params::hourly_or_daily(&q)?;
     let named: Vec<&str> = ["device_id", "commune", "agency"]
         .into_iter()
         .filter(|k| q.contains_key(*k))
