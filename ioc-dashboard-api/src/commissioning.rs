@@ -52,6 +52,28 @@ pub struct Checklist {
 /// Messages needed before the reporting interval is judged.
 const INTERVAL_SAMPLE: usize = 3;
 
+/// What a rejection code means, in Vietnamese, for the installer's page.
+fn code_vi(code: ioc_contract::RejectCode) -> &'static str {
+    use ioc_contract::RejectCode as C;
+    match code {
+        C::PayloadTooLarge => "tin nhắn quá lớn",
+        C::BadTopic => "chủ đề (topic) không hợp lệ",
+        C::Malformed => "sai định dạng, không đọc được",
+        C::MissingTs => "thiếu thời điểm đo (ts)",
+        C::InvalidTs => "thời điểm đo không hợp lệ",
+        C::InvalidField => "trường dữ liệu không hợp lệ",
+        C::NoValues => "không có giá trị đo nào",
+        C::UnknownDevice => "thiết bị chưa đăng ký",
+        C::UnknownMetric => "thông số không có trong danh mục",
+        C::NotANumber => "giá trị không phải là số",
+        C::UnknownUnit => "đơn vị đo không xác định",
+        C::WrongFormat => "khác định dạng đã đăng ký cho thiết bị",
+        C::NotConfigured => "thiếu cấu hình cần để đọc tin nhắn",
+        C::RateLimited => "gửi quá nhanh, vượt giới hạn tần suất",
+        C::Decommissioned => "thiết bị đã ngừng sử dụng",
+    }
+}
+
 fn item(item: &'static str, status: Status, (evidence, evidence_vi): (String, String)) -> Item {
     Item {
         item,
@@ -180,21 +202,42 @@ pub fn checklist(
             )
         }
         Some(m) => {
+            // The decoders' reasons are English; in Vietnamese each is named first, the
+            // decoder's detail kept beside it.
+            let on = |metric: &Option<String>| {
+                metric
+                    .as_ref()
+                    .map(|m| format!("{m}: "))
+                    .unwrap_or_default()
+            };
             let reasons: Vec<String> = m
                 .rejections
                 .iter()
-                .map(|r| match &r.metric {
-                    Some(metric) => format!("{metric}: {}: {}", r.code.as_str(), r.reason),
-                    None => format!("{}: {}", r.code.as_str(), r.reason),
+                .map(|r| format!("{}{}: {}", on(&r.metric), r.code.as_str(), r.reason))
+                .collect();
+            let reasons_vi: Vec<String> = m
+                .rejections
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}{} ({}: {})",
+                        on(&r.metric),
+                        code_vi(r.code),
+                        r.code.as_str(),
+                        r.reason
+                    )
                 })
                 .collect();
-            let (at, reasons) = (format_ms(m.received_at), reasons.join("; "));
+            let at = format_ms(m.received_at);
             item(
                 "decoding",
                 Status::Fail,
                 both(
-                    format!("latest message ({at}) rejected: {reasons}"),
-                    format!("tin nhắn mới nhất ({at}) bị từ chối: {reasons}"),
+                    format!("latest message ({at}) rejected: {}", reasons.join("; ")),
+                    format!(
+                        "tin nhắn mới nhất ({at}) bị từ chối: {}",
+                        reasons_vi.join("; ")
+                    ),
                 ),
             )
         }
@@ -523,6 +566,16 @@ mod tests {
         let (s, evidence) = status(&list, "decoding");
         assert_eq!(s, Status::Fail);
         assert!(evidence.contains("xyz: unknown_metric"), "{evidence}");
+        let decoding_vi = &list
+            .items
+            .iter()
+            .find(|i| i.item == "decoding")
+            .unwrap()
+            .evidence_vi;
+        assert!(
+            decoding_vi.contains("xyz: thông số không có trong danh mục (unknown_metric: "),
+            "{decoding_vi}"
+        );
         let (s, evidence) = status(&list, "values_in_range");
         assert_eq!(s, Status::Fail);
         assert!(
