@@ -167,7 +167,7 @@
   }
 
   // Data quality ("đúng, đủ, sạch, sống") of this hour so far: per device for the popups, per
-  // commune for the table (worst first), read again every five minutes.
+  // commune for the table (worst first), read again every minute.
   const SCORES = ["correct", "complete", "clean", "live"];
   const scoreText = (s) => SCORES.map((k) => `${t(`score_${k}`)} ${s[k] == null ? "–" : number(s[k])}`).join(" · ");
   async function loadQuality() {
@@ -854,7 +854,7 @@
     await loadFleet();
     setInterval(() => loadFleet().catch(() => {}), 30000);
     loadQuality().catch(() => {});
-    setInterval(() => loadQuality().catch(() => {}), 300000);
+    setInterval(() => loadQuality().catch(() => {}), 60000);
     connect();
   }
 
