@@ -488,6 +488,9 @@ pub struct ApiConfig {
     /// device accounts, so on Mosquitto it is a dynamic-security admin.
     pub mqtt_username: String,
     pub mqtt_password: String,
+    /// How often the fleet's data-quality gauges on `/metrics` are computed again.
+    #[serde(with = "humantime_serde")]
+    pub quality_gauges_every: Duration,
 }
 
 /// The websocket's limits (`[api.ws]`): what a client may ask for, how far back it may resume,
@@ -1319,6 +1322,9 @@ pub fn validate(c: &Config) -> Vec<Problem> {
             "must be a positive number of requests per second, with api.open_data.burst at least 1"
                 .into(),
         );
+    }
+    if c.api.quality_gauges_every < Duration::from_secs(1) {
+        bad("api.quality_gauges_every", "must be at least 1s".into());
     }
     let ws = &c.api.ws;
     if ws.queue_bytes < 4096 {

@@ -268,7 +268,7 @@ pub async fn run(
     };
     let gauges = quality::keep_fleet_gauges(
         state.clone(),
-        std::time::Duration::from_secs(60),
+        state.config.quality_gauges_every,
         shutdown.clone(),
     )
     .expect("quality gauges register once");

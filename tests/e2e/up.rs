@@ -1277,6 +1277,7 @@ async fn up_rolls_up_a_backdated_day_and_revises_it_for_a_late_reading() -> Resu
     let env = [
         ("IOC_INGEST__DEVICE_RATE_LIMIT", "0"),
         ("IOC_STREAM__IDLE_TIMEOUT", "3s"),
+        ("IOC_API__QUALITY_GAUGES_EVERY", "1s"),
     ];
     let (mut proc, _) = up.start(&[], &env).await?;
     up.register("aq-day").await?;
@@ -1323,7 +1324,26 @@ async fn up_rolls_up_a_backdated_day_and_revises_it_for_a_late_reading() -> Resu
         .await?;
         crate::exceedances::an_air_day_exceeds_qcvn_05_hourly_and_daily(&api, &air, "aq-05")
             .await?;
-        crate::quality::a_backdated_hour_scores_what_its_faults_make(&api, &scored, "aq-q").await
+        crate::quality::a_backdated_hour_scores_what_its_faults_make(&api, &scored, "aq-q").await?;
+        // The fleet's gauges: of the air stations, only aq-q (installed four days ago) owed
+        // anything in the last complete hour, and it sent nothing then.
+        let metrics = up.url("/metrics");
+        eventually(
+            "the fleet's quality gauges",
+            Duration::from_secs(30),
+            &up.dir,
+            || async {
+                let text = up.http.get(&metrics).send().await?.text().await?;
+                Ok(
+                    (text.contains("ioc_api_quality_devices{kind=\"air_quality\"} 1")
+                        && text.contains(
+                            "ioc_api_quality_score{kind=\"air_quality\",score=\"complete\"} 0",
+                        ))
+                    .then_some(()),
+                )
+            },
+        )
+        .await
     }
     .await;
     for p in polls {
