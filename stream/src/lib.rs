@@ -537,7 +537,7 @@ struct Observations<'a> {
     quality: BTreeMap<String, (quality::Due, i64)>,
     /// The messages of keys that came in an open window in more than one.
     copies: Vec<CopyRow>,
-    /// Readings in no open window (late, or not good): their resends are looked up in history.
+    /// Good readings for windows already closed: their resends are looked up in history.
     unwindowed: Vec<&'a ioc_contract::Reading>,
 }
 
@@ -1110,7 +1110,10 @@ impl Step<'_> {
                         late.insert(key);
                         unwindowed.push(r);
                     }
-                    Observed::NotAggregated => unwindowed.push(r),
+                    // Resends are found among good readings only: a bad or suspect copy is in
+                    // no window, so whether it met its other copy in one would depend on how
+                    // the records were batched (and a replay batches them otherwise).
+                    Observed::NotAggregated => {}
                     Observed::Resent(before) => {
                         copies.push(CopyRow::of(r, before));
                         copies.push(CopyRow::of(r, windows::message_hash(&r.message_id)));
@@ -1127,8 +1130,8 @@ impl Step<'_> {
         }
     }
 
-    /// The resends among readings in no open window (late, or not good): a stored reading of
-    /// the same key from another message, or an earlier one in this batch; with those found in
+    /// The resends among late good readings: a stored reading of the same key from another
+    /// message, or an earlier one in this batch; with those found in
     /// open windows, each as the rows of both messages (`CopyRow`). Looked up before the batch
     /// is stored; stored before the readings, so a replay that finds its own copy stored finds
     /// the rows too. `None` on shutdown mid-way.

@@ -484,10 +484,15 @@ async fn quality_equals_a_count_of_the_final_rows(
     };
     let raw: Vec<ReadingRow> = h.history.query::<ReadingRow>(&all).await.unwrap();
     let resent: Vec<CopyRow> = h.history.query::<CopyRow>(&all).await.unwrap();
-    // Every key that came in more than one message has a row per message.
+    // Every good reading's key that came in more than one message has a row per message
+    // (resends are found among good readings: README).
     let mut messages_of: BTreeMap<(String, String, String, i64), std::collections::BTreeSet<u64>> =
         BTreeMap::new();
-    for r in messages.iter().flat_map(|m| m.readings.iter()) {
+    for r in messages
+        .iter()
+        .flat_map(|m| m.readings.iter())
+        .filter(|r| r.quality == Quality::Good)
+    {
         messages_of
             .entry((
                 r.device_id.clone(),
