@@ -254,6 +254,8 @@
 
   function renderAlerts() {
     const list = $("#alerts");
+    // Live updates redraw the feed: keep the keyboard's place on an Acknowledge button.
+    const focused = document.activeElement && document.activeElement.dataset.ack;
     list.replaceChildren();
     const open = [...state.alerts.values()].sort((a, b) => (a.fired_at < b.fired_at ? 1 : -1));
     if (!open.length) list.append(el("li", { class: "none", text: t("no_alerts") }));
@@ -270,6 +272,10 @@
         li.append(b);
       }
       list.append(li);
+    }
+    if (focused) {
+      const again = list.querySelector(`button[data-ack="${CSS.escape(focused)}"]`);
+      if (again) again.focus();
     }
   }
 
