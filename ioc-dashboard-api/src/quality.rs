@@ -344,15 +344,12 @@ pub(crate) async fn quality(
         window_q.remove(k);
     }
     let filter = windows_filter(&state, &window_q, resolution)?;
-    let all = state.registry.list();
+    let all = match q.get("device_id") {
+        Some(id) => vec![state.registry.get(id).ok_or_else(|| not_found_device(id))?],
+        None => state.registry.list(),
+    };
     let devices: Vec<&Device> = match (q.get("device_id"), q.get("commune"), q.get("agency")) {
-        (Some(id), _, _) => {
-            let d = all
-                .iter()
-                .find(|d| d.device_id == *id)
-                .ok_or_else(|| not_found_device(id))?;
-            vec![d.as_ref()]
-        }
+        (Some(_), _, _) => all.iter().map(|d| d.as_ref()).collect(),
         (_, Some(c), _) => all
             .iter()
             .filter(|d| d.commune.as_ref() == Some(c))

@@ -70,10 +70,6 @@ impl Due {
         let to = self.ranges.iter().map(|r| r.1).max()?;
         Some((from - lookback_ms, to))
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
-    }
 }
 
 /// Counts the due minutes of one device that have readings, from `rows`: its stored readings
@@ -194,17 +190,13 @@ fn is_spike(before: &[(i64, f64)], value: f64, range: f64) -> bool {
         return false;
     }
     let mut values: Vec<f64> = baseline.iter().map(|(_, v)| *v).collect();
-    let median = median(&mut values);
+    let median = median_of(&mut values);
     let mut deviations: Vec<f64> = values.iter().map(|v| (v - median).abs()).collect();
     let mad = median_of(&mut deviations);
     let threshold = (SPIKE_Z * 1.4826 * mad)
         .max(0.5 * median.abs())
         .max(0.01 * range);
     (value - median).abs() > threshold
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    median_of(values)
 }
 
 fn median_of(values: &mut [f64]) -> f64 {
@@ -373,7 +365,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lone_spike_is_one_spike_and_a_step_is_a_few() {
+    fn a_lone_spike_is_one_spike_and_nothing_stuck() {
         let mut rows: Vec<ReadingRow> = (0..30)
             .map(|i| reading("pm25", T0 + i * 10_000, noisy(i), "good", 500))
             .collect();
