@@ -2,10 +2,15 @@
 //! per-device watermarks, when windows close, which readings are late, and how far Kafka
 //! offsets may be committed.
 //!
-//! - A device's watermark is its newest good reading's time minus the allowed lateness. Windows
+//! - A device's watermark is its newest reading's time minus the allowed lateness. Windows
 //!   that end at or before the watermark close. So do all of a device's windows when it has sent
-//!   no good reading for the idle timeout (processing time, passed in as `now`, so tests need no
+//!   no reading for the idle timeout (processing time, passed in as `now`, so tests need no
 //!   sleeping).
+//! - Readings that are not good are in no window, but their minutes are *held* as if they were
+//!   open windows: they close the same way (so their data quality is counted, even for a sensor
+//!   that sends nothing good), and a commit waits for them. A reading stamped ahead of its
+//!   receipt (a clock ahead, suspect) holds nothing and moves no watermark: closing past its
+//!   minute would make the device's present readings late.
 //! - `closed_until` (per device) is the end of the last closed window; it only grows, and it is
 //!   what the stream checkpoints. A good reading for a window ending at or before it is *late*:
 //!   the caller stores it and recomputes that window from stored rows.
@@ -16,7 +21,7 @@
 //!   to a window, that window is closed and emitted. After a crash the stream resumes there and
 //!   rebuilds every open window completely.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ioc_contract::{window_start, Quality, Reading, WINDOW_MS};
 
@@ -60,6 +65,9 @@ struct DeviceState {
     last_seen: i64,
     /// Open windows, as (start, channel, metric).
     open: BTreeSet<(i64, String, String)>,
+    /// Minutes of readings that are not good, as (start, partition), with the lowest offset of
+    /// one (see the module's note).
+    held: BTreeMap<(i64, i32), i64>,
 }
 
 /// What [`WindowEngine::observe`] did with a reading.
@@ -135,10 +143,19 @@ impl WindowEngine {
     pub fn observe(&mut self, r: &Reading, partition: i32, offset: i64, now: i64) -> Observed {
         let next = self.consumed.entry(partition).or_insert(offset + 1);
         *next = (*next).max(offset + 1);
+        let start = window_start(r.ts);
         if r.quality != Quality::Good {
+            if r.ts - r.received_at <= WINDOW_MS {
+                let device = self.devices.entry(r.device_id.clone()).or_default();
+                if start + WINDOW_MS > device.closed_until {
+                    device.max_ts = Some(device.max_ts.map_or(r.ts, |m| m.max(r.ts)));
+                    device.last_seen = device.last_seen.max(now);
+                    let held = device.held.entry((start, partition)).or_insert(offset);
+                    *held = (*held).min(offset);
+                }
+            }
             return Observed::NotAggregated;
         }
-        let start = window_start(r.ts);
         let device = self.devices.entry(r.device_id.clone()).or_default();
         let key = WindowKey {
             device_id: r.device_id.clone(),
@@ -185,13 +202,12 @@ impl WindowEngine {
             if let Some(max_ts) = device.max_ts {
                 until = until.max(window_start(max_ts - self.lateness_ms));
             }
-            if !device.open.is_empty() && now - device.last_seen >= self.idle_ms {
-                let newest = device
-                    .open
-                    .iter()
-                    .next_back()
-                    .map(|(s, _, _)| *s)
-                    .unwrap_or(i64::MIN);
+            let newest = device
+                .open
+                .last()
+                .map(|(s, _, _)| *s)
+                .max(device.held.last_key_value().map(|((s, _), _)| *s));
+            if let Some(newest) = newest.filter(|_| now - device.last_seen >= self.idle_ms) {
                 until = until.max(newest + WINDOW_MS);
             }
             if until == device.closed_until {
@@ -200,6 +216,9 @@ impl WindowEngine {
             closed.before.insert(device_id.clone(), device.closed_until);
             device.closed_until = until;
             closed.devices.push((device_id.clone(), until));
+            device
+                .held
+                .retain(|(start, _), _| start + WINDOW_MS > until);
             while let Some(first) = device.open.first() {
                 if first.0 + WINDOW_MS > until {
                     break;
@@ -223,9 +242,14 @@ impl WindowEngine {
     /// Per partition, the offset up to which (exclusive) a commit is safe now.
     pub fn committable(&self) -> HashMap<i32, i64> {
         let mut out = self.consumed.clone();
-        for w in self.windows.values() {
-            if let Some(o) = out.get_mut(&w.partition) {
-                *o = (*o).min(w.min_offset);
+        let held = self
+            .devices
+            .values()
+            .flat_map(|d| d.held.iter().map(|((_, p), o)| (*p, *o)));
+        let open = self.windows.values().map(|w| (w.partition, w.min_offset));
+        for (partition, offset) in open.chain(held) {
+            if let Some(o) = out.get_mut(&partition) {
+                *o = (*o).min(offset);
             }
         }
         out
@@ -356,11 +380,51 @@ mod tests {
         e.observe(&reading("a", "pm25", T0 + 75_000, 1.0), 0, 13, 0);
         e.advance(0);
         assert_eq!(e.committable(), HashMap::from([(0, 13), (1, 4)]));
-        // Bad readings are stored, never windowed, and do not hold commits back.
+        // A bad reading is never windowed, but its minute holds commits until it closes.
         let mut bad = reading("c", "pm25", T0, 1.0);
         bad.quality = Quality::Bad;
-        assert_eq!(e.observe(&bad, 1, 5, 0), Observed::NotAggregated);
-        assert_eq!(e.committable()[&1], 4);
+        assert_eq!(e.observe(&bad, 2, 5, 0), Observed::NotAggregated);
+        assert_eq!(e.committable()[&2], 5);
+    }
+
+    #[test]
+    fn minutes_of_readings_that_are_not_good_close_like_windows_and_hold_commits() {
+        let mut e = engine();
+        let not_good = |ts: i64, quality: Quality| {
+            let mut r = reading("a", "ph", ts, 15.0);
+            r.quality = quality;
+            r
+        };
+        // A pH probe failed into out-of-range values: nothing good, minute after minute.
+        for (i, m) in (0..3).enumerate() {
+            let r = not_good(T0 + m * 60_000 + 1_000, Quality::Bad);
+            assert_eq!(e.observe(&r, 0, i as i64, T0), Observed::NotAggregated);
+        }
+        // Its own newest time moves its watermark: the first minute closes.
+        let closed = e.advance(T0);
+        assert!(closed.windows.is_empty());
+        assert_eq!(closed.devices, vec![("a".to_string(), T0 + 60_000)]);
+        assert_eq!(
+            e.committable()[&0],
+            1,
+            "the second minute holds its reading"
+        );
+        // Then silence: the rest closes at the idle timeout, and nothing holds commits.
+        assert!(e.advance(T0 + 59_999).devices.is_empty());
+        e.advance(T0 + 60_000);
+        assert_eq!(e.closed_until("a"), Some(T0 + 180_000));
+        assert_eq!(e.committable()[&0], 3);
+        // A reading of that device's clock hours ahead (suspect) holds nothing and moves
+        // nothing: the present is not made late.
+        let mut ahead = not_good(T0 + 5 * 3_600_000, Quality::Suspect);
+        ahead.received_at = T0 + 200_000;
+        e.observe(&ahead, 0, 3, T0 + 200_000);
+        assert!(e.advance(T0 + 10 * 3_600_000).devices.is_empty());
+        assert_eq!(e.committable()[&0], 4);
+        assert_eq!(
+            e.observe(&reading("a", "ph", T0 + 200_000, 7.0), 0, 4, T0 + 200_000),
+            Observed::Added
+        );
     }
 
     #[test]
