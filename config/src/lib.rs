@@ -602,6 +602,9 @@ pub struct SimConfig {
     pub cameras: u32,
     pub rate: f64,
     pub seed: u64,
+    /// Put before every device id, station code and camera id, so that several simulators can
+    /// share one deployment (empty: none).
+    pub id_prefix: String,
     /// The simulator's broker account (empty: none). It publishes as every device of its fleet,
     /// so on a broker with per-device accounts it needs one allowed to publish on their topics.
     pub username: String,
@@ -1359,6 +1362,18 @@ pub fn validate(c: &Config) -> Vec<Problem> {
     }
     if c.sim.devices() == 0 {
         bad("sim", "the fleet needs at least one device".into());
+    }
+    // The longest id the fleet makes is "aqf-" and three digits.
+    if !c.sim.id_prefix.is_empty()
+        && !ioc_contract::valid_device_id(&format!("{}aqf-000", c.sim.id_prefix))
+    {
+        bad(
+            "sim.id_prefix",
+            format!(
+                "{:?} would make device ids that are not 1 to 64 characters of A-Z a-z 0-9 _ - .",
+                c.sim.id_prefix
+            ),
+        );
     }
     p
 }

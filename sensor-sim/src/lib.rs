@@ -244,9 +244,11 @@ fn applies(fault: Fault, format: Format) -> bool {
     }
 }
 
-/// A 15-digit IMEI with its Luhn check digit.
-fn imei(rng: &mut SmallRng) -> String {
-    let body = format!("861234{:08}", rng.random_range(0..100_000_000u32));
+/// A 15-digit IMEI with its Luhn check digit; `salt` (from an id prefix) moves the serial
+/// number, so that fleets with the same seed and other prefixes have other sensors.
+fn imei(rng: &mut SmallRng, salt: u32) -> String {
+    let serial = (rng.random_range(0..100_000_000u32) + salt) % 100_000_000;
+    let body = format!("861234{serial:08}");
     let sum: u32 = body
         .bytes()
         .rev()
@@ -300,8 +302,13 @@ impl Fleet {
                 last: None,
             });
         };
+        let prefix = &config.id_prefix;
+        let salt = prefix
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+            % 100_000_000;
         for i in 1..=config.air_quality {
-            let id = format!("aq-{i:03}");
+            let id = format!("{prefix}aq-{i:03}");
             let topic = format!("ioc/v1/devices/{id}/telemetry");
             add(
                 Kind::AirQuality,
@@ -316,13 +323,13 @@ impl Fleet {
         for i in 1..=config.wastewater {
             // Hòa Phú (Buôn Ma Thuột) and Hòa Hiệp (the Phú Yên side) industrial zones.
             let zone = if i % 2 == 1 { "HP" } else { "HH" };
-            let code = format!("DLK_{zone}_{i:03}");
+            let code = format!("{prefix}DLK_{zone}_{i:03}");
             let topic = format!("ioc/v1/stations/{code}/file");
             let ext = Some(ExternalId::StationCode(code));
             add(
                 Kind::Wastewater,
                 Format::Tt10Station,
-                format!("ww-{i:03}"),
+                format!("{prefix}ww-{i:03}"),
                 i as usize,
                 ext,
                 topic,
@@ -330,7 +337,7 @@ impl Fleet {
             );
         }
         for i in 1..=config.traffic_counters {
-            let id = format!("tc-{i:03}");
+            let id = format!("{prefix}tc-{i:03}");
             let topic = format!("ioc/v1/devices/{id}/counts");
             add(
                 Kind::TrafficCounter,
@@ -343,7 +350,7 @@ impl Fleet {
             );
         }
         for i in 1..=config.senml_air {
-            let id = format!("aqs-{i:03}");
+            let id = format!("{prefix}aqs-{i:03}");
             let topic = format!("ioc/v1/devices/{id}/senml");
             add(
                 Kind::AirQuality,
@@ -361,17 +368,17 @@ impl Fleet {
             for _ in 0..config.flat_sensors_per_gateway {
                 n += 1;
                 let imei = loop {
-                    let candidate = imei(&mut rng);
+                    let candidate = imei(&mut rng, salt);
                     if imeis.insert(candidate.clone()) {
                         break candidate;
                     }
                 };
-                let topic = format!("ioc/v1/gateways/gw-{g:03}/flat");
+                let topic = format!("ioc/v1/gateways/{prefix}gw-{g:03}/flat");
                 let ext = Some(ExternalId::Imei(imei));
                 add(
                     Kind::AirQuality,
                     Format::VendorFlat,
-                    format!("aqf-{n:03}"),
+                    format!("{prefix}aqf-{n:03}"),
                     n,
                     ext,
                     topic,
@@ -380,13 +387,13 @@ impl Fleet {
             }
         }
         for i in 1..=config.cameras {
-            let camera = format!("CAM-BMT-{i:03}");
+            let camera = format!("{prefix}CAM-BMT-{i:03}");
             let topic = format!("ioc/v1/cameras/{camera}/events");
             let ext = Some(ExternalId::CameraId(camera));
             add(
                 Kind::TrafficCamera,
                 Format::CameraEvent,
-                format!("cam-{i:03}"),
+                format!("{prefix}cam-{i:03}"),
                 i as usize,
                 ext,
                 topic,
@@ -407,6 +414,44 @@ impl Fleet {
 
     pub fn faults(&self) -> &Faults {
         &self.faults
+    }
+
+    /// An air station's hourly PM2.5 means (µg/m³, one decimal) as its minute readings make
+    /// them, with no faults: `hours` hours from the hour starting at `from_ms`. None for a
+    /// device that is not an air station of this fleet. For forecasts' backtests.
+    pub fn hourly_pm25(&self, device_id: &str, from_ms: i64, hours: usize) -> Option<Vec<f64>> {
+        let i = self.devices.iter().position(|d| d.device_id == device_id)?;
+        let d = &self.devices[i];
+        if d.kind != Kind::AirQuality {
+            return None;
+        }
+        let mut rng = SmallRng::seed_from_u64(self.seed ^ (i as u64).rotate_left(32));
+        let start = from_ms - from_ms.rem_euclid(3_600_000);
+        Some(
+            (0..hours as i64)
+                .map(|h| {
+                    let sum: f64 = (0..60)
+                        .map(|m| {
+                            let ts = start + h * 3_600_000 + m * 60_000 + 30_000;
+                            match signals::air(self.seed, i, d.level, ts, &mut rng) {
+                                Sample::Values(v) => {
+                                    v.iter().find(|x| x.metric == "pm25").map_or(0.0, |x| x.v)
+                                }
+                                Sample::Violation(_) => 0.0,
+                            }
+                        })
+                        .sum();
+                    (sum / 60.0 * 10.0).round() / 10.0
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether the next message is the rest of a burst.
+    pub fn burst_pending(&self) -> bool {
+        self.pending
+            .front()
+            .is_some_and(|m| m.fault == Some(Fault::Burst))
     }
 
     /// The next message. Devices take turns; a device whose format writes whole seconds waits
@@ -440,9 +485,8 @@ impl Fleet {
                     self.devices[i].silent_for = Some(self.rng.random_range(3..=10));
                     continue;
                 }
-                Some(Fault::Duplicate) if self.devices[i].last.is_some() => {
-                    if let Some(mut m) = self.devices[i].last.clone() {
-                        m.fault = Some(Fault::Duplicate);
+                Some(Fault::Duplicate) => {
+                    if let Some(m) = self.resend(i) {
                         return m;
                     }
                 }
@@ -504,6 +548,29 @@ impl Fleet {
         Some(options[self.rng.random_range(0..options.len())])
     }
 
+    /// The device sends its last message's readings again. One that numbers its messages
+    /// (ioc-json's `seq`) sends them as a new message, the next number: its own resend, which the
+    /// pipeline counts against it. The other formats have nothing that tells a resend from the
+    /// first send, so theirs are the same bytes, which the pipeline takes for a redelivery of one
+    /// message (as it does a camera's event sent again: the same event id). None before a first
+    /// message.
+    fn resend(&mut self, i: usize) -> Option<SimMessage> {
+        let d = &mut self.devices[i];
+        let mut m = d.last.clone()?;
+        m.fault = Some(Fault::Duplicate);
+        if d.format == Format::IocJson {
+            // A garbled message stays garbled: it has no number to change.
+            if let Ok(serde_json::Value::Object(mut body)) =
+                serde_json::from_slice::<serde_json::Value>(&m.payload)
+            {
+                d.seq += 1;
+                body.insert("seq".into(), json!(d.seq));
+                m.payload = serde_json::to_vec(&body).expect("a JSON object serializes");
+            }
+        }
+        Some(m)
+    }
+
     /// The device is back: it sends what its logger kept, oldest first, from hours to two days
     /// ago and below anything it has sent before (so a later backlog is older than an earlier
     /// one: it can never land on a timestamp already used).
@@ -537,9 +604,9 @@ impl Fleet {
         let d = &mut self.devices[i];
         d.seq += 1;
         let mut sample = match d.format {
-            Format::IocJson | Format::Senml => signals::air(seed, d.level, ts, rng),
+            Format::IocJson | Format::Senml => signals::air(seed, i, d.level, ts, rng),
             Format::VendorFlat => {
-                let mut s = signals::air(seed, d.level, ts, rng);
+                let mut s = signals::air(seed, i, d.level, ts, rng);
                 // Low-cost sensors: no SO2 or O3 cell.
                 if let Sample::Values(v) = &mut s {
                     v.retain(|x| !matches!(x.metric, "so2" | "o3"));
@@ -710,17 +777,23 @@ pub async fn run(
     let start = Instant::now();
     let mut last_progress = Instant::now();
     let mut last_progress_count = 0u64;
+    // Messages sent on the rate's clock (the rest of a burst goes out at once, as a device
+    // flushing its buffer sends it).
+    let mut paced = 0u64;
     while options.count.is_none_or(|c| report.messages < c) && !shutdown.is_cancelled() {
-        let due = (start.elapsed().as_secs_f64() * options.rate).floor() as u64 + 1;
-        if report.messages >= due {
-            let wait = Duration::from_secs_f64(
-                ((report.messages as f64) / options.rate - start.elapsed().as_secs_f64()).max(0.0),
-            );
-            tokio::select! {
-                _ = tokio::time::sleep(wait.min(Duration::from_millis(50))) => {}
-                _ = shutdown.cancelled() => break,
+        if !fleet.burst_pending() {
+            let due = (start.elapsed().as_secs_f64() * options.rate).floor() as u64 + 1;
+            if paced >= due {
+                let wait = Duration::from_secs_f64(
+                    ((paced as f64) / options.rate - start.elapsed().as_secs_f64()).max(0.0),
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(wait.min(Duration::from_millis(50))) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
             }
-            continue;
+            paced += 1;
         }
         let now = chrono::Utc::now().timestamp_millis();
         let message = fleet.next_message(now);
@@ -836,6 +909,7 @@ mod tests {
             cameras: 2,
             rate: 10.0,
             seed,
+            id_prefix: String::new(),
             username: String::new(),
             password: String::new(),
         }
@@ -1190,23 +1264,60 @@ mod tests {
     }
 
     #[test]
-    fn duplicates_are_byte_identical_resends() {
+    fn duplicates_resend_readings_as_a_new_message_where_the_format_numbers_them() {
         let messages = faulty(
             Faults::only(&[Fault::Duplicate]).with_rate(0.2).unwrap(),
             2000,
         );
         let mut sent = HashSet::new();
-        let mut resends = 0;
+        let mut last: HashMap<String, &SimMessage> = HashMap::new();
+        let (mut new_messages, mut same_bytes) = (0, 0);
         for (_, m) in &messages {
             let bytes = (m.topic.clone(), m.payload.clone());
             if m.fault == Some(Fault::Duplicate) {
-                assert!(sent.contains(&bytes), "{m:?}");
-                resends += 1;
+                let before = last[&m.device_id];
+                if m.format == Format::IocJson {
+                    // The same readings under the next number: another message.
+                    assert!(!sent.contains(&bytes), "{m:?}");
+                    let (a, b): (Json, Json) = (
+                        serde_json::from_slice(&m.payload).unwrap(),
+                        serde_json::from_slice(&before.payload).unwrap(),
+                    );
+                    assert_eq!(a["seq"], b["seq"].as_u64().unwrap() + 1, "{m:?}");
+                    assert_eq!((&a["ts"], &a["values"]), (&b["ts"], &b["values"]));
+                    new_messages += 1;
+                } else {
+                    assert_eq!(m.payload, before.payload, "{m:?}");
+                    same_bytes += 1;
+                }
             } else {
                 assert!(sent.insert(bytes), "only resends repeat");
             }
+            sent.insert((m.topic.clone(), m.payload.clone()));
+            last.insert(m.device_id.clone(), m);
         }
-        assert!(resends > 50);
+        assert!(
+            new_messages > 10 && same_bytes > 30,
+            "{new_messages} {same_bytes}"
+        );
+    }
+
+    #[test]
+    fn a_prefix_names_every_device_and_external_id() {
+        let plain = Fleet::new(&config(3));
+        let prefixed = Fleet::new(&SimConfig {
+            id_prefix: "b-".into(),
+            ..config(3)
+        });
+        for (a, b) in plain.devices.iter().zip(&prefixed.devices) {
+            assert_eq!(b.device_id, format!("b-{}", a.device_id));
+            match (&a.external_id, &b.external_id) {
+                (Some(ExternalId::Imei(x)), Some(ExternalId::Imei(y))) => assert_ne!(x, y),
+                (Some(x), Some(y)) => assert_eq!(y.value(), format!("b-{}", x.value())),
+                (None, None) => {}
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

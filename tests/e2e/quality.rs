@@ -242,3 +242,313 @@ pub(crate) async fn a_backdated_hour_scores_what_its_faults_make(
     );
     Ok(())
 }
+
+/// When a fault's effect shows.
+#[derive(PartialEq)]
+enum Shows {
+    /// In the run's own period: these scores fall below the clean group's, the others stay.
+    Now(&'static [&'static str]),
+    /// In the hours its readings were measured, hours to days before the run: they are live 0
+    /// (none came in time) and still correct and clean.
+    Late,
+}
+
+/// The simulator's faults and where each shows (README, "Data quality"); the first group is
+/// clean. Every group is three ioc-json stations of their own seed.
+const FAULT_GROUPS: [(Option<sensor_sim::Fault>, Shows); 9] = {
+    use sensor_sim::Fault;
+    [
+        (None, Shows::Now(&[])),
+        // Runs of one value from the `stuck_after`-th on.
+        (Some(Fault::Stuck), Shows::Now(&["correct"])),
+        // A value outside the metric's range: bad.
+        (Some(Fault::Spike), Shows::Now(&["correct"])),
+        // Hours behind: late where they were measured (hours ahead is suspect, in minutes to
+        // come).
+        (Some(Fault::ClockSkew), Shows::Late),
+        // The same readings in a new message.
+        (Some(Fault::Duplicate), Shows::Now(&["clean"])),
+        // A logger's backlog from hours to days ago, after a short outage.
+        (Some(Fault::Backfill), Shows::Late),
+        // Sent at once, past the device's rate limit: rejected.
+        (Some(Fault::Burst), Shows::Now(&["clean"])),
+        (Some(Fault::Malformed), Shows::Now(&["clean"])),
+        (Some(Fault::WrongUnit), Shows::Now(&["clean"])),
+    ]
+};
+
+const SCORES: [&str; 4] = ["correct", "complete", "clean", "live"];
+
+/// How long the simulated fleets publish.
+const FAULT_RUN: Duration = Duration::from_secs(60);
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Runs a fleet of three stations per fault of [`FAULT_GROUPS`] through a deployment started
+/// with `stream.stuck_after.pm25` 5, a device rate limit of 2 messages a second with bursts of
+/// 5 (each station sends one a second, and owes one a minute), and `mqtt` a broker account that
+/// may publish as any device; then asserts that each fault shows where [`Shows`] says.
+pub(crate) async fn each_simulated_fault_moves_its_own_score(
+    api: &Api<'_>,
+    mqtt: &ioc_config::MqttConfig,
+) -> Result<()> {
+    use sensor_sim::{Faults, Fleet, RunOptions};
+    // One local day's record per device: start after local midnight if it is about to pass.
+    let until_midnight = DAY_MS - (ioc_contract::time::now_ms() + ICT).rem_euclid(DAY_MS);
+    if until_midnight < 4 * 60_000 {
+        tokio::time::sleep(Duration::from_millis(until_midnight as u64 + 1000)).await;
+    }
+    let mut fleets = Vec::new();
+    for (k, (fault, _)) in FAULT_GROUPS.iter().enumerate() {
+        let config = ioc_config::SimConfig {
+            air_quality: 3,
+            wastewater: 0,
+            traffic_counters: 0,
+            senml_air: 0,
+            flat_gateways: 0,
+            flat_sensors_per_gateway: 0,
+            cameras: 0,
+            rate: 3.0,
+            seed: 100 + k as u64,
+            id_prefix: format!("f{k}-"),
+            username: mqtt.username.clone(),
+            password: mqtt.password.clone(),
+        };
+        let faults = match fault {
+            Some(f) => Faults::only(&[*f]).with_rate(0.2)?,
+            None => Faults::none(),
+        };
+        let fleet = Fleet::with_faults(&config, faults);
+        sensor_sim::register_fleet(&fleet, &api.base, &api.token).await?;
+        fleets.push(fleet);
+    }
+    // The stations owe from the same moment, just before they all start; those whose faults
+    // show late, from three days before (their late readings are owed where they land).
+    let installed = ioc_contract::time::now_ms();
+    for (fleet, (_, shows)) in fleets.iter().zip(&FAULT_GROUPS) {
+        let at = if *shows == Shows::Late {
+            installed - 3 * DAY_MS
+        } else {
+            installed
+        };
+        for d in &fleet.devices {
+            api.http
+                .patch(format!("{}/api/v1/devices/{}", api.base, d.device_id))
+                .bearer_auth(&api.token)
+                .json(&serde_json::json!({ "installed_at": at }))
+                .send()
+                .await?
+                .error_for_status()?;
+        }
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let runs: Vec<_> = fleets
+        .into_iter()
+        .enumerate()
+        .map(|(k, mut fleet)| {
+            let (mqtt, stop) = (mqtt.clone(), stop.clone());
+            tokio::spawn(async move {
+                let options = RunOptions {
+                    count: None,
+                    rate: 3.0,
+                    client_id: format!("faults-{k}"),
+                    progress: false,
+                };
+                let report = sensor_sim::run(&mqtt, &mut fleet, &options, stop).await;
+                (fleet, report)
+            })
+        })
+        .collect();
+    tokio::time::sleep(FAULT_RUN).await;
+    stop.cancel();
+    let mut devices = Vec::new();
+    for (k, run) in runs.into_iter().enumerate() {
+        let (fleet, report) = run.await?;
+        let report = report?;
+        if let Some(fault) = FAULT_GROUPS[k].0 {
+            ensure!(
+                report
+                    .by_format
+                    .values()
+                    .any(|t| t.faults.get(fault.name()).is_some_and(|n| *n >= 5)),
+                "group {k} shows its fault: {report:?}"
+            );
+        }
+        devices.extend(fleet.devices.iter().map(|d| d.device_id.clone()));
+    }
+
+    // A last reading from every station, after all it sent: once its minute is counted,
+    // everything before it is.
+    let (client, mut events) = rumqttc::AsyncClient::new(
+        {
+            let mut o = rumqttc::MqttOptions::new("faults-last", &mqtt.host, mqtt.port);
+            o.set_credentials(&mqtt.username, &mqtt.password);
+            o
+        },
+        100,
+    );
+    let poller = tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let last = ioc_contract::time::now_ms();
+    for d in &devices {
+        client
+            .publish(
+                format!("ioc/v1/devices/{d}/telemetry"),
+                QoS::AtLeastOnce,
+                false,
+                format!(r#"{{"ts":{last},"values":{{"pm25":10.0}}}}"#),
+            )
+            .await?;
+    }
+    let minute = last - last.rem_euclid(60_000);
+    let path = format!(
+        "/api/v1/quality?by=device&from={minute}&to={}",
+        minute + 60_000
+    );
+    eventually(
+        "every station's last minute counted",
+        Duration::from_secs(90),
+        api.logs,
+        || async {
+            let body = api.get(&path).await?;
+            let counted = body["quality"]
+                .as_array()
+                .context("records")?
+                .iter()
+                .filter(|r| r["counts"]["received"].as_u64().unwrap_or(0) > 0)
+                .count();
+            ensure!(counted == devices.len(), "{counted} counted: {body}");
+            Ok(Some(()))
+        },
+    )
+    .await?;
+    poller.abort();
+
+    // The run: each group's mean scores over it (one local day's record per station).
+    let body = api
+        .get(&format!(
+            "/api/v1/quality?by=device&resolution=1d&from={installed}&to={minute}"
+        ))
+        .await?;
+    let records = body["quality"].as_array().context("records")?;
+    let of_group = |k: usize| -> Vec<&serde_json::Value> {
+        let prefix = format!("f{k}-");
+        records
+            .iter()
+            .filter(|r| {
+                r["device_id"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with(&prefix))
+            })
+            .collect()
+    };
+    let mut means = Vec::new();
+    let mut lines = Vec::new();
+    for (k, (fault, _)) in FAULT_GROUPS.iter().enumerate() {
+        let group = of_group(k);
+        ensure!(group.len() == 3, "group {k}: {group:?}");
+        let mean: Vec<f64> = SCORES
+            .iter()
+            .map(|s| {
+                group
+                    .iter()
+                    .filter_map(|r| r["scores"][s].as_f64())
+                    .sum::<f64>()
+                    / 3.0
+            })
+            .collect();
+        let sum = |c: &str| -> f64 { group.iter().filter_map(|r| r["counts"][c].as_f64()).sum() };
+        lines.push(format!(
+            "{:12} {:6.1} {:6.1} {:6.1} {:6.1}   {:5} {:4} {:4} {:4} {:4} {:5}",
+            fault.map_or("none", |f| f.name()),
+            mean[0],
+            mean[1],
+            mean[2],
+            mean[3],
+            sum("received"),
+            sum("bad"),
+            sum("stuck"),
+            sum("resent"),
+            group
+                .iter()
+                .map(|r| r["counts"]["rejected"]
+                    .as_object()
+                    .map_or(0, |o| o.values().filter_map(|v| v.as_u64()).sum::<u64>()))
+                .sum::<u64>(),
+            sum("timely"),
+        ));
+        means.push(mean);
+    }
+    let table = format!(
+        "fault        correct complete clean live  received  bad stuck resent rejected timely\n{}",
+        lines.join("\n")
+    );
+    eprintln!("{table}");
+    let clean = &means[0];
+    ensure!(
+        clean[0] >= 99.0 && clean[1] == 100.0 && clean[2] == 100.0 && clean[3] >= 97.0,
+        "the clean group scores about 100:\n{table}"
+    );
+    for (k, (fault, shows)) in FAULT_GROUPS.iter().enumerate().skip(1) {
+        let Shows::Now(moved) = shows else { continue };
+        let name = fault.map_or("none", |f| f.name());
+        for (s, score) in SCORES.iter().enumerate() {
+            let (got, base) = (means[k][s], clean[s]);
+            // A second is 1.7 % of a one-minute run: live varies that much with when each
+            // station's first message went.
+            let tolerance = if *score == "live" { 2.0 } else { 0.6 };
+            if moved.contains(score) {
+                ensure!(got <= base - 1.0, "{name} should lower {score}:\n{table}");
+            } else {
+                ensure!(
+                    (got - base).abs() <= tolerance,
+                    "{name} should leave {score} alone:\n{table}"
+                );
+            }
+        }
+    }
+
+    // The late faults: hourly records of the three days before the run.
+    let run_hour = installed - (installed + ICT).rem_euclid(3_600_000);
+    let body = api
+        .get(&format!(
+            "/api/v1/quality?by=device&from={}&to={run_hour}",
+            installed - 3 * DAY_MS
+        ))
+        .await?;
+    let records = body["quality"].as_array().context("records")?;
+    for (k, (fault, shows)) in FAULT_GROUPS.iter().enumerate() {
+        if *shows != Shows::Late {
+            continue;
+        }
+        let name = fault.map_or("none", |f| f.name());
+        let prefix = format!("f{k}-");
+        let late: Vec<&serde_json::Value> = records
+            .iter()
+            .filter(|r| {
+                r["device_id"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with(&prefix))
+                    && r["counts"]["received"].as_u64().unwrap_or(0) > 0
+            })
+            .collect();
+        ensure!(!late.is_empty(), "{name}: no hour holds its late readings");
+        for r in &late {
+            let s = &r["scores"];
+            ensure!(
+                s["live"] == 0.0
+                    && s["correct"] == 100.0
+                    && s["clean"] == 100.0
+                    && r["counts"]["timely"] == 0
+                    && r["counts"]["delay_p50_s"]
+                        .as_f64()
+                        .is_some_and(|d| d >= 3600.0),
+                "{name}: an hour of late readings is not live, and still correct and clean: {r}"
+            );
+        }
+        eprintln!(
+            "{name}: {} hours of late readings, each live 0, correct and clean 100",
+            late.len()
+        );
+    }
+    Ok(())
+}

@@ -1269,6 +1269,40 @@ fn up_names_a_busy_port_and_the_flag_to_change_it_and_creates_nothing() {
     }
 }
 
+/// The simulator's faults on `ioc up`, a group of stations per fault beside a clean group: each
+/// fault moves the data-quality score it should and no other (`quality.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn up_scores_each_simulated_fault_on_its_own_score() -> Result<()> {
+    let mut up = Up::new("faults")?;
+    let password = format!("faults-{}-{}", std::process::id(), up.http_port);
+    let env = [
+        ("IOC_SIM__USERNAME", "faults-sim"),
+        ("IOC_SIM__PASSWORD", password.as_str()),
+        ("IOC_STREAM__IDLE_TIMEOUT", "3s"),
+        ("IOC_STREAM__STUCK_AFTER", "{ default = 30, pm25 = 5 }"),
+        ("IOC_INGEST__DEVICE_RATE_LIMIT", "2"),
+        ("IOC_INGEST__DEVICE_BURST", "5"),
+    ];
+    let (mut proc, _) = up.start(&[], &env).await?;
+    let api = crate::rollups::Api {
+        http: &up.http,
+        base: up.url(""),
+        token: up.token.clone(),
+        logs: &up.dir,
+    };
+    let mqtt = ioc_config::MqttConfig {
+        host: "127.0.0.1".into(),
+        port: up.mqtt_port,
+        username: "faults-sim".into(),
+        password: password.clone(),
+    };
+    let checked = crate::quality::each_simulated_fault_moves_its_own_score(&api, &mqtt).await;
+    stop_cleanly(&mut proc);
+    checked?;
+    let _ = std::fs::remove_dir_all(&up.dir);
+    Ok(())
+}
+
 /// Roll-ups, the VN_AQI and QCVN 40 exceedances on `ioc up`, as on the distributed pipeline
 /// (`rollups.rs`, `aqi.rs`, `exceedances.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
