@@ -128,6 +128,21 @@ enum Command {
         #[arg(long)]
         daily: bool,
     },
+    /// PM2.5 forecasts from the same CSV as `ioc aqi`: for every origin hour (rolling: each
+    /// forecast sees only the hours up to its origin) one JSON object per station, origin and
+    /// hour ahead, with an 80 % band and the forecast VN_AQI; or with --backtest the errors per
+    /// hour ahead of the model, persistence and the diurnal profile.
+    Forecast {
+        /// The CSV file, or - for standard input.
+        #[arg(long, value_name = "FILE.csv")]
+        input: PathBuf,
+        /// Hours ahead, 1 to 6.
+        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u8).range(1..=6))]
+        horizon: u8,
+        /// RMSE and MAE per hour ahead instead of the forecasts.
+        #[arg(long)]
+        backtest: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -200,6 +215,14 @@ fn main() -> ExitCode {
     if let Command::Aqi { input, daily } = &cli.command {
         return aqi_command(&config, input, *daily);
     }
+    if let Command::Forecast {
+        input,
+        horizon,
+        backtest,
+    } = &cli.command
+    {
+        return forecast_command(input, usize::from(*horizon), *backtest);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -215,8 +238,13 @@ fn main() -> ExitCode {
 
 /// `ioc aqi`: exit 0 with the report on standard output; 1 when the file is malformed (the
 /// error names the line); 2 when it cannot be read.
-fn aqi_command(config: &Config, input: &std::path::Path, daily: bool) -> ExitCode {
-    use std::io::{Read, Write};
+/// The rows of an `ioc aqi` file (`-`: standard input), or the exit code after saying why not
+/// (2: it could not be read; 1: it is not such a file).
+fn hourly_csv(
+    command: &str,
+    input: &std::path::Path,
+) -> Result<Vec<ioc_regulation::csv::StationHour>, ExitCode> {
+    use std::io::Read;
     let mut text = String::new();
     let read = if input.as_os_str() == "-" {
         std::io::stdin().read_to_string(&mut text)
@@ -224,15 +252,58 @@ fn aqi_command(config: &Config, input: &std::path::Path, daily: bool) -> ExitCod
         std::fs::File::open(input).and_then(|mut f| f.read_to_string(&mut text))
     };
     if let Err(e) = read {
-        eprintln!("ioc aqi: reading {}: {e}", input.display());
-        return ExitCode::from(2);
+        eprintln!("ioc {command}: reading {}: {e}", input.display());
+        return Err(ExitCode::from(2));
     }
-    let rows = match ioc_regulation::csv::parse_hourly_csv(&text) {
-        Ok(rows) => rows,
-        Err(e) => {
-            eprintln!("ioc aqi: {}: {e}", input.display());
+    ioc_regulation::csv::parse_hourly_csv(&text).map_err(|e| {
+        eprintln!("ioc {command}: {}: {e}", input.display());
+        ExitCode::FAILURE
+    })
+}
+
+/// Prints each line of JSON; fails when one could not be made or standard output fails.
+fn print_json_lines(lines: impl IntoIterator<Item = serde_json::Result<String>>) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        let Ok(line) = line else {
+            return ExitCode::FAILURE;
+        };
+        if writeln!(out, "{line}").is_err() {
             return ExitCode::FAILURE;
         }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `ioc forecast`: the forecasts of every origin, or the backtest.
+fn forecast_command(input: &std::path::Path, horizon: usize, backtest: bool) -> ExitCode {
+    use ioc_regulation::forecast;
+    let rows = match hourly_csv("forecast", input) {
+        Ok(rows) => rows,
+        Err(code) => return code,
+    };
+    let series = forecast::series_of(&rows);
+    if backtest {
+        print_json_lines(
+            forecast::backtest(&series, horizon)
+                .iter()
+                .map(serde_json::to_string),
+        )
+    } else {
+        print_json_lines(
+            forecast::report(&series, horizon)
+                .iter()
+                .map(serde_json::to_string),
+        )
+    }
+}
+
+fn aqi_command(config: &Config, input: &std::path::Path, daily: bool) -> ExitCode {
+    use std::io::Write;
+    let rows = match hourly_csv("aqi", input) {
+        Ok(rows) => rows,
+        Err(code) => return code,
     };
     let lines: Vec<String> = if daily {
         ioc_regulation::csv::daily_report(&rows, config.stream.min_day_hours)
@@ -824,7 +895,10 @@ async fn run(command: Command, config: Config, config_path: Option<PathBuf>) -> 
             }
             println!("{}", serde_json::to_string(&report)?);
         }
-        Command::CheckConfig { .. } | Command::Decode { .. } | Command::Aqi { .. } => {
+        Command::CheckConfig { .. }
+        | Command::Decode { .. }
+        | Command::Aqi { .. }
+        | Command::Forecast { .. } => {
             unreachable!("handled before the runtime starts")
         }
     }

@@ -212,7 +212,7 @@ fn parse_value(cell: &str, column: &'static str, line: usize) -> Result<Option<f
     }
 }
 
-fn format_time(time: DateTime<FixedOffset>) -> String {
+pub(crate) fn format_time(time: DateTime<FixedOffset>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Secs, false)
 }
 

@@ -94,28 +94,72 @@ fn rush(l: &Local) -> f64 {
     1.0 + weekend * (0.8 * bump(l.hour, 7.5, 1.0) + 0.7 * bump(l.hour, 17.5, 1.2))
 }
 
-/// Regional smoke from dry-season burning, in µg/m³ of PM2.5 added: episodes over 3-hour blocks,
-/// each rising and falling inside its block, neighbouring blocks chaining into longer ones.
+/// How far back smoke episodes still add anything (their decay is at most 24 hours per e-fold).
+const SMOKE_REACH_H: i64 = 144;
+
+/// Regional smoke from dry-season burning, in µg/m³ of PM2.5 added. Episodes start at random
+/// hours (most often February to April), build up over 6 to 18 hours to a peak of 40 to 160 and
+/// decay by e every 8 to 24 hours, as regional haze does; they overlap. Each is drawn from a hash of the seed and its
+/// starting hour, so the value at any time is a sum over the episodes begun in the 6 days
+/// before it, with no state.
 pub(crate) fn smoke(seed: u64, ts_ms: i64) -> f64 {
-    let block_ms = 3 * HOUR_MS;
+    const MAX_START: f64 = 0.011;
     let t = ts_ms + LOCAL_OFFSET_MS;
-    let block = t.div_euclid(block_ms);
-    let l = local(ts_ms);
-    let p = match l.month {
-        2..=4 => 0.30,
-        11 | 12 | 1 => 0.12,
-        _ => 0.02,
-    };
-    if unit_hash(seed, &[1, block]) >= p {
-        return 0.0;
+    let hour = t.div_euclid(HOUR_MS);
+    let mut total = 0.0;
+    for start in hour - SMOKE_REACH_H..=hour {
+        let draw = unit_hash(seed, &[1, start]);
+        if draw >= MAX_START {
+            continue;
+        }
+        let p = match local(start * HOUR_MS - LOCAL_OFFSET_MS).month {
+            2..=4 => MAX_START,
+            11 | 12 | 1 => 0.0045,
+            _ => 0.0008,
+        };
+        if draw >= p {
+            continue;
+        }
+        let peak = 40.0 + 120.0 * unit_hash(seed, &[2, start]);
+        let rise = 6.0 + 12.0 * unit_hash(seed, &[7, start]);
+        let decay = 8.0 + 16.0 * unit_hash(seed, &[8, start]);
+        let age = (t - start * HOUR_MS) as f64 / HOUR_MS as f64;
+        total += if age < rise {
+            peak * (std::f64::consts::FRAC_PI_2 * age / rise).sin().powi(2)
+        } else {
+            peak * (-(age - rise) / decay).exp()
+        };
     }
-    let peak = 40.0 + 120.0 * unit_hash(seed, &[2, block]);
-    let frac = t.rem_euclid(block_ms) as f64 / block_ms as f64;
-    peak * (std::f64::consts::PI * frac).sin().max(0.0).sqrt()
+    total
+}
+
+/// How long the weather remembers: a shock's effect halves in about 6.6 hours.
+const WEATHER_PHI: f64 = 0.9;
+const WEATHER_REACH_H: i64 = 48;
+
+/// The weather's hold on particles (wind, mixing height) as a log factor: a first-order
+/// autoregressive process over hours, AR(1) with φ = 0.9 and standard deviation `sd`, made of
+/// hashed hourly shocks of the last two days (so any time has its value with no state) and
+/// interpolated between hours. `place` 0 is the province's; others are a station's own.
+pub(crate) fn weather(seed: u64, place: i64, sd: f64, ts_ms: i64) -> f64 {
+    let t = ts_ms + LOCAL_OFFSET_MS;
+    let hour = t.div_euclid(HOUR_MS);
+    // Uniform shocks of this spread give the process a standard deviation of `sd`.
+    let spread = sd * (1.0 - WEATHER_PHI * WEATHER_PHI).sqrt() * 12f64.sqrt();
+    let shock = |h: i64| (unit_hash(seed, &[6, place, h]) - 0.5) * spread;
+    let mut at_hour = 0.0;
+    let mut weight = 1.0;
+    for k in 0..WEATHER_REACH_H {
+        at_hour += weight * shock(hour - k);
+        weight *= WEATHER_PHI;
+    }
+    let next = WEATHER_PHI * at_hour + shock(hour + 1);
+    let frac = t.rem_euclid(HOUR_MS) as f64 / HOUR_MS as f64;
+    at_hour + (next - at_hour) * frac
 }
 
 /// An air-quality station: PM, gases, temperature and humidity.
-pub(crate) fn air(seed: u64, level: f64, ts_ms: i64, rng: &mut SmallRng) -> Sample {
+pub(crate) fn air(seed: u64, station: usize, level: f64, ts_ms: i64, rng: &mut SmallRng) -> Sample {
     let l = local(ts_ms);
     let mut noise = |s: f64| rng.random_range(-s..s);
     let r = rush(&l);
@@ -128,8 +172,12 @@ pub(crate) fn air(seed: u64, level: f64, ts_ms: i64, rng: &mut SmallRng) -> Samp
     } else {
         0.0
     };
+    // Particles linger with the weather: the province's and the station's own, hours long.
+    let held =
+        (weather(seed, 0, 0.3, ts_ms) + weather(seed, 1 + station as i64, 0.15, ts_ms)).exp();
     let pm25 =
-        (14.0 * level * season * inversion + 9.0 * level * (r - 1.0) + smoke + noise(3.0)).max(2.0);
+        ((14.0 * level * season * inversion + 9.0 * level * (r - 1.0)) * held + smoke + noise(3.0))
+            .max(2.0);
     let pm10 = pm25 * 1.65 + 10.0 * level * (r - 1.0) + noise(4.0).abs();
     let o3 = (30.0 + 110.0 * sun * if dry(l.month) { 1.2 } else { 0.9 } - 8.0 * (r - 1.0)
         + noise(5.0))
@@ -468,7 +516,7 @@ mod tests {
     #[test]
     fn air_has_rush_hour_peaks_midday_ozone_and_a_smoky_dry_season() {
         let mut rng = SmallRng::seed_from_u64(1);
-        let mut station = |ts| values(air(7, 1.0, ts, &mut rng));
+        let mut station = |ts| values(air(7, 0, 1.0, ts, &mut rng));
         let days = 28;
         // The day's shape, in July when little smoke hides it.
         let pm25_rush = mean(JULY, days, "pm25", between(7.0, 8.0), &mut station);
@@ -504,22 +552,55 @@ mod tests {
 
     #[test]
     fn smoke_episodes_come_in_the_burning_season_and_rise_and_fall() {
-        let blocks = |start: i64| {
-            (0..28 * 8)
-                .filter(|b| smoke(7, start + b * 3 * HOUR_MS + 90 * 60_000) > 0.0)
-                .count() as f64
-                / (28.0 * 8.0)
+        let hours = |start: i64| -> Vec<f64> {
+            (0..28 * 24)
+                .map(|h| smoke(7, start + h * HOUR_MS + 30 * 60_000))
+                .collect()
         };
-        let (march, july) = (blocks(MARCH), blocks(JULY));
-        assert!((0.18..0.42).contains(&march), "{march}");
-        assert!(july < 0.06, "{july}");
-        // Inside an episode: low at the block's edges, highest in its middle.
-        let block = (0..28 * 8)
-            .map(|b| MARCH + b * 3 * HOUR_MS)
-            .find(|t| smoke(7, t + 90 * 60_000) > 0.0)
-            .unwrap();
-        let (edge, middle) = (smoke(7, block + 60_000), smoke(7, block + 90 * 60_000));
-        assert!(middle >= 40.0 && edge < 0.3 * middle, "{edge} {middle}");
+        let smoky = |h: &[f64]| h.iter().filter(|v| **v > 10.0).count() as f64 / h.len() as f64;
+        let (march, july) = (hours(MARCH), hours(JULY));
+        assert!((0.2..0.8).contains(&smoky(&march)), "{}", smoky(&march));
+        assert!(smoky(&july) < 0.1, "{}", smoky(&july));
+        // An episode builds for hours, then decays for longer: find a peak above 40 with a
+        // rise over the 3 hours before it and a fall over the 6 after.
+        let peak = (3..march.len() - 6)
+            .find(|&i| {
+                march[i] > 40.0
+                    && (i - 3..i).all(|k| march[k] < march[k + 1])
+                    && (i..i + 6).all(|k| march[k] > march[k + 1])
+            })
+            .expect("an episode that rises and falls");
+        assert!(march[peak + 6] > 0.2 * march[peak], "it decays over hours");
+    }
+
+    #[test]
+    fn the_weather_remembers_hours_and_forgets_days() {
+        let series: Vec<f64> = (0..60 * 24)
+            .map(|h| weather(7, 0, 0.3, MARCH + h * HOUR_MS + 20 * 60_000))
+            .collect();
+        let n = series.len() as f64;
+        let mean = series.iter().sum::<f64>() / n;
+        let var = series.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+        let lag = |k: usize| {
+            series
+                .windows(k + 1)
+                .map(|w| (w[0] - mean) * (w[k] - mean))
+                .sum::<f64>()
+                / (n - k as f64)
+                / var
+        };
+        assert!((0.2..0.4).contains(&var.sqrt()), "sd {}", var.sqrt());
+        assert!(
+            lag(1) > 0.8 && lag(6) > 0.35 && lag(48) < 0.2,
+            "{} {} {}",
+            lag(1),
+            lag(6),
+            lag(48)
+        );
+        // Continuous within an hour: no steps between minutes.
+        let a = weather(7, 0, 0.3, MARCH + 59 * 60_000);
+        let b = weather(7, 0, 0.3, MARCH + 60 * 60_000);
+        assert!((a - b).abs() < 0.02, "{a} {b}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod bus;
 mod exceedances;
 mod fanout;
 mod fiware;
+mod forecast;
 mod harness;
 mod live;
 mod onboarding;
