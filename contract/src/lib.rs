@@ -1218,6 +1218,9 @@ pub struct Topics {
     /// Data-quality counts per device, channel, metric and minute (`ioc_history::QualityRow`),
     /// each time a minute is counted.
     pub quality: String,
+    /// PM2.5 forecasts per air-quality station, origin hour and hour ahead
+    /// (`ioc_history::ForecastRow`), each time a station's hour is stored.
+    pub forecast: String,
     pub events: String,
     /// Camera events' personal data (plates, image references), apart from everything else.
     pub evidence: String,
@@ -1248,6 +1251,7 @@ impl Topics {
             aqi: format!("{prefix}aqi"),
             exceedances: format!("{prefix}exceedances"),
             quality: format!("{prefix}quality"),
+            forecast: format!("{prefix}forecast"),
             events: format!("{prefix}events"),
             evidence: format!("{prefix}evidence"),
             quarantine: format!("{prefix}quarantine"),
@@ -1261,7 +1265,7 @@ impl Topics {
         }
     }
 
-    pub fn all(&self) -> [&str; 17] {
+    pub fn all(&self) -> [&str; 18] {
         [
             &self.readings,
             &self.deadletter,
@@ -1280,6 +1284,7 @@ impl Topics {
             &self.audit,
             &self.tap,
             &self.quality,
+            &self.forecast,
         ]
     }
 }

@@ -27,7 +27,7 @@ use crate::record::{Keeping, Table};
 
 /// Every table of history: what ClickHouse creates and the embedded store opens and compacts.
 /// A new record type is defined with `record!` and listed here.
-pub(crate) fn tables() -> [Table; 15] {
+pub(crate) fn tables() -> [Table; 16] {
     [
         Table::of::<ReadingRow>(Keeping::Files),
         Table::of::<AggregateRow>(Keeping::Files),
@@ -35,6 +35,7 @@ pub(crate) fn tables() -> [Table; 15] {
         Table::of::<CopyRow>(Keeping::Files),
         Table::of::<DeadLetterRow>(Keeping::Files),
         Table::of::<AqiRow>(Keeping::Files),
+        Table::of::<ForecastRow>(Keeping::Files),
         Table::of::<ExceedanceRow>(Keeping::Files),
         Table::of::<AlertRow>(Keeping::Files),
         Table::of::<TransitionRow>(Keeping::Files),
@@ -250,6 +251,37 @@ record! {
         pub grade: String,
         /// Pollutants whose hour (for `1h`) had too little capture to count, comma-separated.
         pub low_capture: String,
+        pub version: u64,
+    }
+}
+
+record! {
+    /// A PM2.5 forecast of one air-quality station for one hour ahead of one origin hour
+    /// (`ioc_regulation::forecast`, the code `ioc forecast` runs), made when the station's
+    /// origin hour is stored and made again, with a higher version, when that hour is revised.
+    /// Also the `forecast` topic's record.
+    pub struct ForecastRow in "forecasts", key(device_id: String, origin: i64, horizon_h: u32),
+        time(origin) {
+        pub device_id: String,
+        /// The end of the last observed hour the forecast uses (epoch ms).
+        pub origin: i64,
+        /// The end of the forecast hour: `origin` + `horizon_h` hours.
+        pub target: i64,
+        pub horizon_h: u32,
+        /// µg/m³, one decimal; the band is the 10th to 90th percentile of the fit's errors.
+        pub pm25: f64,
+        pub pm25_low: f64,
+        pub pm25_high: f64,
+        /// The forecast hour's VN_AQI: the PM2.5 sub-index of the NowCast over the observed
+        /// and forecast hours.
+        pub aqi: Option<u32>,
+        /// The mean PM2.5 of the target's local day over its observed hours and the forecast
+        /// ones up to the target, when those are at least `stream.min_day_hours_qcvn`; and the
+        /// QCVN 05 24-hour limit it is held to that day.
+        pub day_pm25: Option<f64>,
+        pub day_pm25_limit: Option<f64>,
+        /// `reference` or `indicative`, as the station's AQI.
+        pub grade: String,
         pub version: u64,
     }
 }

@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::auth::{authorize, bearer, Permission};
 use crate::error::{not_found_device, ApiFailure, ApiResult};
 use crate::params;
-use crate::views::{ApiAggregate, ApiAqi, ApiExceedance, ApiReading};
+use crate::views::{ApiAggregate, ApiAqi, ApiExceedance, ApiForecast, ApiReading};
 use crate::AppState;
 
 /// Parses `device_id`, `metric`, `from`, `to` (RFC 3339 or epoch ms; default: the last hour)
@@ -355,6 +355,61 @@ pub(crate) async fn aqi(
         .map_err(history_unavailable)?;
     let aqi: Vec<ApiAqi> = rows.iter().map(ApiAqi::from).collect();
     Ok(answer("aqi", &aqi, csv))
+}
+
+/// How far back `GET /api/v1/forecast` looks for a station's latest forecast.
+const LATEST_FORECAST_WITHIN_MS: i64 = 2 * 86_400_000;
+
+/// `GET /api/v1/forecast?device_id=`: the station's latest PM2.5 forecast (made at its newest
+/// origin in the last two days), one record per hour ahead; with `from`/`to`, every forecast
+/// whose origin is in the range.
+pub(crate) async fn forecast(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    authorize(&state, bearer(&headers), Permission::ReadTelemetry)?;
+    let csv = params::csv(&q, &headers)?;
+    let bad = |m: String| ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", m);
+    let device = q
+        .get("device_id")
+        .ok_or_else(|| bad("device_id is required: the station to forecast".into()))?;
+    if state.registry.get(device).is_none() {
+        return Err(not_found_device(device));
+    }
+    let time = |name: &str| -> ApiResult<Option<i64>> {
+        q.get(name)
+            .map(|v| {
+                parse_param_ms(v).ok_or_else(|| {
+                    bad(format!(
+                        "{name} {v:?} is not RFC 3339 or epoch milliseconds"
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let (from, to) = (time("from")?, time("to")?);
+    let latest = from.is_none() && to.is_none();
+    let now = now_ms();
+    let rows = state
+        .history
+        .query::<ioc_history::ForecastRow>(&HistoryFilter {
+            device_id: Some(device.clone()),
+            from: from.unwrap_or(now - LATEST_FORECAST_WITHIN_MS),
+            to: to.unwrap_or(now + 1),
+            limit: usize::MAX,
+            ..Default::default()
+        })
+        .await
+        .map_err(history_unavailable)?;
+    let newest = rows.iter().map(|r| r.origin).max();
+    let mut forecasts: Vec<ApiForecast> = rows
+        .iter()
+        .filter(|r| !latest || Some(r.origin) == newest)
+        .map(ApiForecast::from)
+        .collect();
+    forecasts.sort_by(|a, b| (&a.origin, a.horizon_h).cmp(&(&b.origin, b.horizon_h)));
+    Ok(answer("forecasts", &forecasts, csv))
 }
 
 /// `GET /api/v1/aqi/bands`: the six bands of Decision 1459 with the values they cover, their

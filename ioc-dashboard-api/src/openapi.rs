@@ -743,6 +743,23 @@ pub mod schema {
         ])
     }
 
+    /// One record of `/api/v1/forecast`.
+    pub fn forecast() -> Value {
+        object(&[
+            ("device_id", string()),
+            ("origin", string()),
+            ("target", string()),
+            ("horizon_h", integer()),
+            ("pm25", number()),
+            ("pm25_low", number()),
+            ("pm25_high", number()),
+            ("aqi", nullable("integer")),
+            ("day_pm25", nullable("number")),
+            ("day_pm25_limit", nullable("number")),
+            ("grade", string()),
+        ])
+    }
+
     /// One record of `/api/v1/quality`.
     pub fn quality() -> Value {
         let score = || nullable("number");

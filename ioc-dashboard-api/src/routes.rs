@@ -359,6 +359,25 @@ pub fn router(state: AppState) -> Router {
         )
         .add(
             Op::get(
+                "/api/v1/forecast",
+                "forecast",
+                "A station's PM2.5 forecast, 1 to 6 hours ahead",
+            )
+            .token(ReadTelemetry)
+            .params(&[
+                Param::query("device_id", Kind::DeviceId, "the air-quality station").required(),
+                Param::query("from", Kind::Time, "origins from (default: the latest forecast only)"),
+                Param::query("to", Kind::Time, "origins before"),
+                FORMAT,
+            ])
+            .reply(
+                200,
+                Reply::JsonOrCsv(|| schema::list("forecasts", schema::forecast())),
+            ),
+            history::forecast,
+        )
+        .add(
+            Op::get(
                 "/api/v1/aqi/bands",
                 "aqiBands",
                 "VN_AQI bands: values, names, colours and health advice",

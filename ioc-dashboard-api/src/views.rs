@@ -100,6 +100,50 @@ pub struct ApiAqi {
     pub version: u64,
 }
 
+/// One hour ahead of a station's PM2.5 forecast.
+#[derive(Debug, Serialize)]
+pub struct ApiForecast {
+    pub device_id: String,
+    /// The end of the last observed hour the forecast uses.
+    pub origin: String,
+    /// The end of the forecast hour.
+    pub target: String,
+    pub horizon_h: u32,
+    /// µg/m³, to 1 decimal; the band is the fit's 10th to 90th percentile error (80 %).
+    pub pm25: f64,
+    pub pm25_low: f64,
+    pub pm25_high: f64,
+    /// The forecast hour's VN_AQI (PM2.5 NowCast over the observed and forecast hours).
+    pub aqi: Option<u32>,
+    pub band: Option<ioc_regulation::aqi::Band>,
+    /// The target's local day: its mean PM2.5 over the observed and forecast hours (when there
+    /// are enough of them) and the QCVN 05 24-hour limit.
+    pub day_pm25: Option<f64>,
+    pub day_pm25_limit: Option<f64>,
+    pub grade: String,
+    pub version: u64,
+}
+
+impl From<&ioc_history::ForecastRow> for ApiForecast {
+    fn from(f: &ioc_history::ForecastRow) -> Self {
+        ApiForecast {
+            device_id: f.device_id.clone(),
+            origin: format_ms(f.origin),
+            target: format_ms(f.target),
+            horizon_h: f.horizon_h,
+            pm25: f.pm25,
+            pm25_low: f.pm25_low,
+            pm25_high: f.pm25_high,
+            aqi: f.aqi,
+            band: f.aqi.map(ioc_regulation::aqi::band),
+            day_pm25: f.day_pm25,
+            day_pm25_limit: f.day_pm25_limit,
+            grade: f.grade.clone(),
+            version: f.version,
+        }
+    }
+}
+
 impl From<&AqiRow> for ApiAqi {
     fn from(a: &AqiRow) -> Self {
         use ioc_regulation::csv::round1;

@@ -17,6 +17,8 @@
 //!   windows each time one is stored (no state);
 //! - [`exceedance`]: QCVN 05 ambient and QCVN 40 wastewater exceedances over their averaging
 //!   periods, judged again from the stored hourly windows each time one is stored (no state);
+//! - [`forecast`]: each air station's PM2.5 for the 6 hours after its newest stored hour, from
+//!   its stored hourly windows (no state);
 //! - [`stuck`]: runs of one value per series, from the 1-minute windows closed in order;
 //! - [`alerts`]: the alert rules in force (`rules.rs`, built-in and configured), evaluated
 //!   window by window over everything the batch emitted, each instance through its lifecycle
@@ -24,9 +26,10 @@
 //!   applies the acknowledgements and manual resolutions the API sends for them.
 //!
 //! Per batch, in this order: rate limit; store raw readings; 1-minute windows; store them, then
-//! derive and store each coarser resolution from the one stored before it; the AQI and the
-//! exceedances of the stations whose hours were stored; alert rules over all of it (and the
-//! devices' silence); publish the windows, AQI and exceedances, then store the exceedances;
+//! derive and store each coarser resolution from the one stored before it; the AQI, the
+//! exceedances and the forecasts of the stations whose hours were stored; alert rules over all
+//! of it (and the devices' silence); publish the windows, AQI, forecasts, quality counts and
+//! exceedances, then store the exceedances;
 //! store, then publish, the alerts' transitions;
 //! checkpoint each moved device's `closed_until`; checkpoint offsets up to what stored rows and
 //! closed windows cover. A crash between any two steps repeats work idempotently and loses none.
@@ -41,6 +44,7 @@ pub mod aggregate;
 pub mod alerts;
 pub mod aqi;
 pub mod exceedance;
+pub mod forecast;
 pub mod lifecycle;
 pub mod limit;
 pub mod quality;
@@ -66,8 +70,8 @@ use ioc_contract::{
     ReadingBatch, RejectCode, Resolution, WINDOW_MS,
 };
 use ioc_history::{
-    AggregateRow, AlertRow, AqiRow, CopyRow, ExceedanceRow, History, OffsetRow, Position,
-    ReadingRow, Record, TransitionRow, WatermarkRow,
+    AggregateRow, AlertRow, AqiRow, CopyRow, ExceedanceRow, ForecastRow, History, OffsetRow,
+    Position, ReadingRow, Record, TransitionRow, WatermarkRow,
 };
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 use tokio_util::sync::CancellationToken;
@@ -592,6 +596,8 @@ const DEVICE_CHECK_MS: i64 = 5_000;
 #[derive(Default)]
 struct Regulatory {
     aqi: Vec<AqiRow>,
+    /// PM2.5 forecasts made at the stations' newest stored hours.
+    forecasts: Vec<ForecastRow>,
     /// Exceedance records to store and publish (changes only).
     exceedances: Vec<ExceedanceRow>,
     /// Every period judged, within its limit or not: what alert rules read.
@@ -950,6 +956,7 @@ impl Step<'_> {
         };
         let Regulatory {
             aqi,
+            forecasts,
             exceedances,
             judged,
         } = regulatory;
@@ -979,6 +986,15 @@ impl Step<'_> {
         let published = self.publish(
             &self.bus.topics().aqi,
             aqi.iter().map(|a| (&a.device_id, serde_json::to_vec(a))),
+        );
+        if !published.await {
+            return false;
+        }
+        let published = self.publish(
+            &self.bus.topics().forecast,
+            forecasts
+                .iter()
+                .map(|f| (&f.device_id, serde_json::to_vec(f))),
         );
         if !published.await {
             return false;
@@ -1484,7 +1500,10 @@ impl Step<'_> {
         );
         let station = |d: &str| registry.get(d).and_then(|d| exceedance::Station::of(&d));
         let judged_due = exceedance::due(stored, station, &self.fleet.limits, offset);
-        if aqi_due.is_empty() && judged_due.is_empty() {
+        let forecast_due = forecast::due(stored, |d| {
+            registry.get(d).is_some_and(|d| d.kind == "air_quality")
+        });
+        if aqi_due.is_empty() && judged_due.is_empty() && forecast_due.is_empty() {
             return Some(Regulatory::default());
         }
         // One read of hourly windows per station over what both need; stations due over the
@@ -1567,8 +1586,44 @@ impl Step<'_> {
             self.retry("storing AQI", || self.history.insert(&aqi))
                 .await?;
         }
+        // Forecasts read weeks of hours: their own read, shared by stations at one origin.
+        let mut forecast_reads: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+        for (device, origin) in &forecast_due {
+            forecast_reads
+                .entry(*origin)
+                .or_default()
+                .push(device.clone());
+        }
+        let mut forecasts = Vec::new();
+        for (origin, devices) in forecast_reads {
+            let (from, to) = forecast::range(origin);
+            let read = self
+                .retry("reading hourly windows for forecasts", || {
+                    self.history.windows(Resolution::Hour, &devices, from, to)
+                })
+                .await?;
+            for device in &devices {
+                let grade = registry
+                    .get(device)
+                    .map_or(ioc_contract::Grade::Reference, |d| d.grade());
+                forecasts.extend(forecast::derive(
+                    device,
+                    grade,
+                    origin,
+                    &read,
+                    &self.fleet.limits.ambient,
+                    self.regulation,
+                    version,
+                ));
+            }
+        }
+        if !forecasts.is_empty() {
+            self.retry("storing forecasts", || self.history.insert(&forecasts))
+                .await?;
+        }
         Some(Regulatory {
             aqi,
+            forecasts,
             exceedances,
             judged,
         })

@@ -202,3 +202,142 @@ fn ioc_forecast_prints_every_origins_hours_and_the_backtest() -> Result<()> {
     ensure!(!ok && err.contains("horizon"), "{err}");
     Ok(())
 }
+
+/// Four backdated days of one station's hourly PM2.5 (one reading an hour, owed hourly), the
+/// last six hours building: once its newest hour is stored, `GET /api/v1/forecast` gives the
+/// 6 hours after it, each exactly what `ioc forecast` makes of the same hours, the haze still
+/// building (the forecast above the last hour, its AQI Kém or worse) and the day's mean held to
+/// QCVN 05's 45 µg/m³.
+pub(crate) async fn a_station_gets_the_forecast_ioc_forecast_makes_of_its_hours(
+    api: &crate::rollups::Api<'_>,
+    mqtt: &rumqttc::AsyncClient,
+    device: &str,
+) -> Result<()> {
+    use std::time::Duration;
+    let hour_ms = 3_600_000;
+    let changed = api
+        .http
+        .patch(format!("{}/api/v1/devices/{device}", api.base))
+        .bearer_auth(&api.token)
+        .json(&serde_json::json!({ "expected_interval_s": 3600 }))
+        .send()
+        .await?;
+    ensure!(
+        changed.status().is_success(),
+        "PATCH: {}",
+        changed.text().await?
+    );
+    let now = ioc_contract::time::now_ms();
+    let last_end = now - now.rem_euclid(hour_ms) - hour_ms;
+    let hours = 4 * 24;
+    let value = |k: i64| -> f64 {
+        // k = 0 is the last hour; the day's shape, then haze building over the last 6 hours.
+        let end = last_end - k * hour_ms;
+        let hod = ((end / hour_ms) + 7).rem_euclid(24) as f64;
+        let shape = 25.0 + 8.0 * ((hod - 7.0) / 24.0 * std::f64::consts::TAU).cos();
+        let haze = if k < 6 { 12.0 * (6 - k) as f64 } else { 0.0 };
+        ((shape + haze + ((k * 7) % 5) as f64) * 10.0).round() / 10.0
+    };
+    let mut csv = String::from("station_id,time,pm25,pm10,o3,no2,so2,co\n");
+    let ict = chrono::FixedOffset::east_opt(7 * 3600).context("offset")?;
+    for k in (0..hours).rev() {
+        let end = last_end - k * hour_ms;
+        let v = value(k);
+        mqtt.publish(
+            format!("ioc/v1/devices/{device}/telemetry"),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            format!(r#"{{"ts":{},"values":{{"pm25":{v}}}}}"#, end - hour_ms / 2),
+        )
+        .await?;
+        let time = chrono::DateTime::from_timestamp_millis(end)
+            .context("time")?
+            .with_timezone(&ict);
+        csv.push_str(&format!("{device},{},{v},,,,,\n", time.to_rfc3339()));
+    }
+    let path = format!("/api/v1/forecast?device_id={device}");
+    let origin = ioc_contract::time::format_ms(last_end);
+    let forecasts = crate::harness::eventually(
+        "the station's forecast at its newest hour",
+        Duration::from_secs(90),
+        api.logs,
+        || async {
+            let body = api.get(&path).await?;
+            let f = body["forecasts"].as_array().context("forecasts")?.clone();
+            ensure!(
+                f.len() == 6 && f[0]["origin"] == origin.as_str(),
+                "not yet: {body}"
+            );
+            Ok(Some(f))
+        },
+    )
+    .await?;
+
+    let file =
+        std::env::temp_dir().join(format!("ioc-forecast-{device}-{}.csv", std::process::id()));
+    std::fs::write(&file, csv)?;
+    let out = Command::new(env!("CARGO_BIN_EXE_ioc"))
+        .args(["forecast", "--input", file.to_str().context("path")?])
+        .output()?;
+    let _ = std::fs::remove_file(&file);
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let origin_local = chrono::DateTime::from_timestamp_millis(last_end)
+        .context("time")?
+        .with_timezone(&ict)
+        .to_rfc3339();
+    let cli: Vec<serde_json::Value> = String::from_utf8(out.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<Vec<serde_json::Value>, _>>()?
+        .into_iter()
+        .filter(|l| l["origin"] == origin_local.as_str())
+        .collect();
+    ensure!(cli.len() == 6, "ioc forecast at {origin_local}: {cli:?}");
+    for (api_row, cli_row) in forecasts.iter().zip(&cli) {
+        for k in ["horizon_h", "pm25", "pm25_low", "pm25_high", "aqi"] {
+            ensure!(
+                api_row[k] == cli_row[k],
+                "{k}: the stream's {api_row} and ioc forecast's {cli_row}"
+            );
+        }
+        ensure!(
+            api_row["day_pm25_limit"] == 45.0 && api_row["target"].is_string(),
+            "{api_row}"
+        );
+    }
+    let first = &forecasts[0];
+    ensure!(
+        first["pm25"].as_f64().is_some_and(|p| p > value(0))
+            && first["aqi"].as_u64().is_some_and(|a| a >= 101)
+            && first["band"]["vi"].is_string(),
+        "the haze still building, Kém or worse: {first}"
+    );
+    // Asked wrongly, it says so.
+    let missing = api
+        .http
+        .get(format!("{}/api/v1/forecast", api.base))
+        .bearer_auth(&api.token)
+        .send()
+        .await?;
+    ensure!(
+        missing.status() == 400,
+        "no device_id: {}",
+        missing.status()
+    );
+    let unknown = api
+        .http
+        .get(format!("{}/api/v1/forecast?device_id=aq-none", api.base))
+        .bearer_auth(&api.token)
+        .send()
+        .await?;
+    ensure!(
+        unknown.status() == 404,
+        "an unknown station: {}",
+        unknown.status()
+    );
+    Ok(())
+}

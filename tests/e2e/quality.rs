@@ -423,10 +423,12 @@ pub(crate) async fn each_simulated_fault_moves_its_own_score(
     .await?;
     poller.abort();
 
-    // The run: each group's mean scores over it (one local day's record per station).
+    // The run: each group's mean scores over it, to the last reading (one local day's record
+    // per station; the last reading adds one to each alike).
     let body = api
         .get(&format!(
-            "/api/v1/quality?by=device&resolution=1d&from={installed}&to={minute}"
+            "/api/v1/quality?by=device&resolution=1d&from={installed}&to={}",
+            last + 1
         ))
         .await?;
     let records = body["quality"].as_array().context("records")?;

@@ -1318,6 +1318,7 @@ async fn up_rolls_up_a_backdated_day_and_revises_it_for_a_late_reading() -> Resu
     up.register_kind("ww-day", "wastewater").await?;
     up.register("aq-05").await?;
     up.register("aq-q").await?;
+    up.register("aq-fc").await?;
     let poll = |mut eventloop: rumqttc::EventLoop| {
         tokio::spawn(async move {
             loop {
@@ -1331,11 +1332,13 @@ async fn up_rolls_up_a_backdated_day_and_revises_it_for_a_late_reading() -> Resu
     let (station, station_events) = up.mqtt("ww-day");
     let (air, air_events) = up.mqtt("aq-05");
     let (scored, scored_events) = up.mqtt("aq-q");
+    let (forecast, forecast_events) = up.mqtt("aq-fc");
     let polls = [
         poll(eventloop),
         poll(station_events),
         poll(air_events),
         poll(scored_events),
+        poll(forecast_events),
     ];
     let api = crate::rollups::Api {
         http: &up.http,
@@ -1359,6 +1362,10 @@ async fn up_rolls_up_a_backdated_day_and_revises_it_for_a_late_reading() -> Resu
         crate::exceedances::an_air_day_exceeds_qcvn_05_hourly_and_daily(&api, &air, "aq-05")
             .await?;
         crate::quality::a_backdated_hour_scores_what_its_faults_make(&api, &scored, "aq-q").await?;
+        crate::forecast::a_station_gets_the_forecast_ioc_forecast_makes_of_its_hours(
+            &api, &forecast, "aq-fc",
+        )
+        .await?;
         // The fleet's gauges: of the air stations, only aq-q (installed four days ago) owed
         // anything in the last complete hour, and it sent nothing then.
         let metrics = up.url("/metrics");
