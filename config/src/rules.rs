@@ -12,6 +12,7 @@ pub const QCVN_AIR_RULE: &str = "qcvn05_exceedance";
 pub const QCVN_WATER_RULE: &str = "qcvn40_exceedance";
 pub const OFFLINE_RULE: &str = "device_offline";
 pub const STUCK_RULE: &str = "sensor_stuck";
+pub const FORECAST_RULE: &str = "forecast_poor_air";
 
 /// The built-in rules (README, "Alert rules"), from the settings they read.
 pub fn builtin(config: &StreamConfig) -> Vec<RuleConfig> {
@@ -98,6 +99,25 @@ pub fn builtin(config: &StreamConfig) -> Vec<RuleConfig> {
                 ),
             )
         },
+        RuleConfig {
+            // Clears at a forecast that sees every hour below 91 and the day within its limit.
+            clear_sql: Some(
+                "SELECT device_id FROM forecast GROUP BY device_id \
+                 HAVING MAX(COALESCE(aqi, 0)) < 91 \
+                 AND MAX(CASE WHEN day_pm25 > day_pm25_limit THEN 1 ELSE 0 END) = 0"
+                    .into(),
+            ),
+            message: "Forecast for {device_id}: VN_AQI up to {value} within 6 hours (PM2.5 up to {pm25} µg/m³), or the day's PM2.5 mean {day_pm25} µg/m³ above QCVN 05's {day_pm25_limit}".into(),
+            ..RuleConfig::new(
+                FORECAST_RULE,
+                "air",
+                "warning",
+                "SELECT device_id, COALESCE(MAX(aqi), 0) AS value, MAX(pm25) AS pm25, \
+                 MAX(day_pm25) AS day_pm25, MAX(day_pm25_limit) AS day_pm25_limit, \
+                 101 AS \"limit\" FROM forecast \
+                 WHERE aqi >= 101 OR day_pm25 > day_pm25_limit GROUP BY device_id",
+            )
+        },
     ];
     if stuck_default > 0 || !stuck_cases.is_empty() {
         rules.push(RuleConfig {
@@ -129,7 +149,7 @@ pub fn in_force(config: &StreamConfig) -> Vec<RuleConfig> {
 }
 
 /// Names of the built-in rules.
-pub const BUILTIN: [&str; 7] = [
+pub const BUILTIN: [&str; 8] = [
     PM25_RULE,
     AQI_POOR_RULE,
     AQI_VERY_BAD_RULE,
@@ -137,6 +157,7 @@ pub const BUILTIN: [&str; 7] = [
     QCVN_WATER_RULE,
     OFFLINE_RULE,
     STUCK_RULE,
+    FORECAST_RULE,
 ];
 
 /// A record of the `rules` topic: every stream and API process follows it, so all of them

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::alerts::{ApiAlert, ApiTransition};
 use crate::views::{ApiAggregate, ApiAqi, ApiExceedance, ApiReading};
-use ioc_history::{AqiRow, ExceedanceRow, QualityRow};
+use ioc_history::{AqiRow, ExceedanceRow, ForecastRow, QualityRow};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -44,10 +44,12 @@ pub enum StreamName {
     Status,
     /// Data-quality counts per device, channel, metric and minute, as each minute is counted.
     Quality,
+    /// PM2.5 forecasts of air-quality stations, each hour ahead as it is made.
+    Forecast,
 }
 
 impl StreamName {
-    pub const ALL: [StreamName; 9] = [
+    pub const ALL: [StreamName; 10] = [
         StreamName::Readings,
         StreamName::Aggregates,
         StreamName::Alerts,
@@ -57,6 +59,7 @@ impl StreamName {
         StreamName::AlertTransitions,
         StreamName::Status,
         StreamName::Quality,
+        StreamName::Forecast,
     ];
 
     /// The resolutions a subscription to the stream may name, its default first (none: the
@@ -81,6 +84,7 @@ impl StreamName {
             StreamName::AlertTransitions => &topics.alert_transitions,
             StreamName::Status => &topics.registry,
             StreamName::Quality => &topics.quality,
+            StreamName::Forecast => &topics.forecast,
         }
     }
 
@@ -94,6 +98,7 @@ impl StreamName {
                 | StreamName::Aqi
                 | StreamName::Exceedances
                 | StreamName::Quality
+                | StreamName::Forecast
         )
     }
 }
@@ -238,6 +243,21 @@ impl LiveMessage {
                 pos,
                 &q.device_id,
                 &crate::quality::ApiMinute::from(q),
+            )
+        }
+    }
+
+    /// One hour ahead of a station's forecast: snapshots keep each hour ahead's latest.
+    pub fn forecast(f: &ForecastRow, pos: Pos) -> LiveMessage {
+        LiveMessage {
+            metric: Some("pm25".into()),
+            key: Some(f.horizon_h.to_string()),
+            value: Some(f.pm25),
+            ..LiveMessage::new(
+                StreamName::Forecast,
+                pos,
+                &f.device_id,
+                &crate::views::ApiForecast::from(f),
             )
         }
     }
@@ -880,6 +900,10 @@ pub async fn tail(
             } else if *topic == topics.quality {
                 if let Ok(q) = serde_json::from_slice::<QualityRow>(payload) {
                     publish(LiveMessage::quality(&q, pos(0)));
+                }
+            } else if *topic == topics.forecast {
+                if let Ok(f) = serde_json::from_slice::<ForecastRow>(payload) {
+                    publish(LiveMessage::forecast(&f, pos(0)));
                 }
             } else if *topic == topics.alerts {
                 if let Ok(a) = serde_json::from_slice::<Alert>(payload) {

@@ -373,7 +373,8 @@ pub fn router(state: AppState) -> Router {
             .reply(
                 200,
                 Reply::JsonOrCsv(|| schema::list("forecasts", schema::forecast())),
-            ),
+            )
+            .errors(&[404]),
             history::forecast,
         )
         .add(

@@ -778,6 +778,11 @@ mod tests {
                 "so2": null, "co": null, "nowcast_pm25": null, "nowcast_pm10": null,
                 "valid_hours": null, "grade": "reference", "low_capture": "", "version": 1
             }),
+            "forecast" => serde_json::json!({
+                "device_id": "", "origin": 0, "target": 0, "horizon_h": 1, "pm25": 0.0,
+                "pm25_low": 0.0, "pm25_high": 0.0, "aqi": null, "day_pm25": null,
+                "day_pm25_limit": 45.0, "grade": "reference", "version": 1
+            }),
             "exceedances" => serde_json::json!({
                 "device_id": "", "channel": "outlet", "metric": "cod",
                 "regulation": "QCVN 40:2011/BTNMT", "period": "1h", "window_start": 0,
@@ -811,6 +816,12 @@ mod tests {
         }
         let start = v["window_start"].as_i64().unwrap();
         v["window_end"] = serde_json::json!(start + length);
+        if input == "forecast" {
+            // The origin hour is the window.
+            let hours = v["horizon_h"].as_i64().unwrap();
+            v["origin"] = serde_json::json!(start + length);
+            v["target"] = serde_json::json!(start + length + hours * 60 * MIN);
+        }
         v
     }
 
@@ -825,6 +836,15 @@ mod tests {
         match input {
             "aqi_1h" | "aqi_1d" => rows_of::<AqiRow>(rows),
             "exceedances" => rows_of::<ExceedanceRow>(rows),
+            "forecast" => {
+                let rows: Vec<ioc_history::ForecastRow> = rows
+                    .iter()
+                    .map(|r| {
+                        serde_json::from_value(r.clone()).unwrap_or_else(|e| panic!("{r}: {e}"))
+                    })
+                    .collect();
+                rules::forecast_batch(&rows).unwrap()
+            }
             "runs" => {
                 let runs: Vec<crate::stuck::Run> = rows
                     .iter()
@@ -1002,6 +1022,7 @@ mod tests {
         assert_eq!(inputs[ioc_config::rules::QCVN_WATER_RULE], "exceedances");
         assert_eq!(inputs[ioc_config::rules::OFFLINE_RULE], "devices");
         assert_eq!(inputs[ioc_config::rules::STUCK_RULE], "runs");
+        assert_eq!(inputs[ioc_config::rules::FORECAST_RULE], "forecast");
     }
 
     async fn offline_alerts() -> (Alerts, Vec<Compiled>) {

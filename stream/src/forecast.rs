@@ -1,6 +1,6 @@
-//! The forecast operator: when a batch stores an hourly PM2.5 window of an air-quality station,
-//! the station's forecast for the 1 to 6 hours after the newest such hour is made from its
-//! stored hourly windows up to that hour (`ioc_regulation::forecast::forecast_at`, the code
+//! The forecast operator: when a batch stores hourly PM2.5 windows of an air-quality station,
+//! the station's forecast for the 1 to 6 hours after each of them (back to 6 hours before the
+//! newest) is made from its stored hourly windows up to that hour (`ioc_regulation::forecast::forecast_at`, the code
 //! `ioc forecast` runs, so a published forecast can be made again from a CSV of the same
 //! hours). No state: a replay, or a revision of the hour, makes it again with a higher version.
 //!
@@ -9,7 +9,7 @@
 //! hours and the forecast ones up to it, when those are at least `stream.min_day_hours_qcvn`,
 //! with the QCVN 05 24-hour limit of that day: what the built-in warning rule compares.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, FixedOffset};
 use ioc_contract::{Aggregate, Grade, Resolution};
@@ -22,28 +22,37 @@ use crate::RegulatorySettings as Settings;
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 86_400_000;
 
-/// The stations a batch's stored windows make due, each with its origin: the end of the
-/// newest hourly PM2.5 window stored for it.
-pub fn due(stored: &[Aggregate], is_air: impl Fn(&str) -> bool) -> BTreeMap<String, i64> {
-    let mut due: BTreeMap<String, i64> = BTreeMap::new();
+/// The stations a batch's stored windows make due, each with its origins: the ends of its
+/// hourly PM2.5 windows stored, from the newest back [`MAX_HORIZON`] hours (an older origin's
+/// forecast is past: a station's backfill is forecast only at its last hours).
+pub fn due(stored: &[Aggregate], is_air: impl Fn(&str) -> bool) -> BTreeMap<String, BTreeSet<i64>> {
+    let mut due: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
     for w in stored {
         if w.resolution != Resolution::Hour || w.metric != "pm25" {
             continue;
         }
-        if let Some(origin) = due.get_mut(&w.device_id) {
-            *origin = (*origin).max(w.window_end);
+        if let Some(origins) = due.get_mut(&w.device_id) {
+            origins.insert(w.window_end);
         } else if is_air(&w.device_id) {
-            due.insert(w.device_id.clone(), w.window_end);
+            due.insert(w.device_id.clone(), BTreeSet::from([w.window_end]));
         }
+    }
+    for origins in due.values_mut() {
+        let newest = origins.last().copied().unwrap_or(0);
+        origins.retain(|o| *o > newest - MAX_HORIZON as i64 * HOUR_MS);
     }
     due
 }
 
-/// The stored hourly windows a forecast at `origin` reads: `[from, to)` of window starts.
-pub fn range(origin: i64) -> (i64, i64) {
+/// The stored hourly windows forecasts at `origins` read: `[from, to)` of window starts.
+pub fn range(origins: &BTreeSet<i64>) -> (i64, i64) {
     let days = FIT_DAYS.max(PROFILE_DAYS);
+    let (first, last) = (
+        origins.first().copied().unwrap_or(0),
+        origins.last().copied().unwrap_or(0),
+    );
     // The fit's first hours read the 3 before them.
-    (origin - days * DAY_MS - 4 * HOUR_MS, origin)
+    (first - days * DAY_MS - 4 * HOUR_MS, last)
 }
 
 /// The forecast records of one station at `origin` from its stored hourly windows; none when
@@ -182,7 +191,7 @@ mod tests {
     }
 
     #[test]
-    fn the_newest_pm25_hour_of_each_air_station_is_due() {
+    fn the_last_six_pm25_hours_of_each_air_station_are_due() {
         let mut stored = days(1);
         stored.push(Aggregate {
             metric: "no2".into(),
@@ -194,10 +203,8 @@ mod tests {
             ..stored[3].clone()
         });
         let due = due(&stored, |d| d.starts_with("aq"));
-        assert_eq!(
-            due,
-            BTreeMap::from([("aq-1".to_string(), T0 + 24 * HOUR_MS)])
-        );
+        let last_six: BTreeSet<i64> = (19..=24).map(|h| T0 + h * HOUR_MS).collect();
+        assert_eq!(due, BTreeMap::from([("aq-1".to_string(), last_six)]));
     }
 
     #[test]

@@ -17,8 +17,8 @@
 //!   windows each time one is stored (no state);
 //! - [`exceedance`]: QCVN 05 ambient and QCVN 40 wastewater exceedances over their averaging
 //!   periods, judged again from the stored hourly windows each time one is stored (no state);
-//! - [`forecast`]: each air station's PM2.5 for the 6 hours after its newest stored hour, from
-//!   its stored hourly windows (no state);
+//! - [`forecast`]: each air station's PM2.5 for the 6 hours after each of its last stored
+//!   hours, from its stored hourly windows (no state);
 //! - [`stuck`]: runs of one value per series, from the 1-minute windows closed in order;
 //! - [`alerts`]: the alert rules in force (`rules.rs`, built-in and configured), evaluated
 //!   window by window over everything the batch emitted, each instance through its lifecycle
@@ -596,7 +596,7 @@ const DEVICE_CHECK_MS: i64 = 5_000;
 #[derive(Default)]
 struct Regulatory {
     aqi: Vec<AqiRow>,
-    /// PM2.5 forecasts made at the stations' newest stored hours.
+    /// PM2.5 forecasts made at the stations' last stored hours.
     forecasts: Vec<ForecastRow>,
     /// Exceedance records to store and publish (changes only).
     exceedances: Vec<ExceedanceRow>,
@@ -964,7 +964,16 @@ impl Step<'_> {
             Vec::new()
         } else {
             match self
-                .evaluate_rules(ops, owner, &aggregates, &aqi, &judged, &runs, now)
+                .evaluate_rules(
+                    ops,
+                    owner,
+                    &aggregates,
+                    &aqi,
+                    &forecasts,
+                    &judged,
+                    &runs,
+                    now,
+                )
                 .await
             {
                 Ok(t) => t,
@@ -1586,17 +1595,17 @@ impl Step<'_> {
             self.retry("storing AQI", || self.history.insert(&aqi))
                 .await?;
         }
-        // Forecasts read weeks of hours: their own read, shared by stations at one origin.
-        let mut forecast_reads: BTreeMap<i64, Vec<String>> = BTreeMap::new();
-        for (device, origin) in &forecast_due {
+        // Forecasts read weeks of hours: their own read, shared by stations due at the same
+        // origins (the common case: all at the current hour).
+        let mut forecast_reads: BTreeMap<(i64, i64), Vec<String>> = BTreeMap::new();
+        for (device, origins) in &forecast_due {
             forecast_reads
-                .entry(*origin)
+                .entry(forecast::range(origins))
                 .or_default()
                 .push(device.clone());
         }
         let mut forecasts = Vec::new();
-        for (origin, devices) in forecast_reads {
-            let (from, to) = forecast::range(origin);
+        for ((from, to), devices) in forecast_reads {
             let read = self
                 .retry("reading hourly windows for forecasts", || {
                     self.history.windows(Resolution::Hour, &devices, from, to)
@@ -1606,15 +1615,17 @@ impl Step<'_> {
                 let grade = registry
                     .get(device)
                     .map_or(ioc_contract::Grade::Reference, |d| d.grade());
-                forecasts.extend(forecast::derive(
-                    device,
-                    grade,
-                    origin,
-                    &read,
-                    &self.fleet.limits.ambient,
-                    self.regulation,
-                    version,
-                ));
+                for origin in &forecast_due[device] {
+                    forecasts.extend(forecast::derive(
+                        device,
+                        grade,
+                        *origin,
+                        &read,
+                        &self.fleet.limits.ambient,
+                        self.regulation,
+                        version,
+                    ));
+                }
             }
         }
         if !forecasts.is_empty() {
@@ -1637,6 +1648,7 @@ impl Step<'_> {
         owner: &Owner,
         aggregates: &[Aggregate],
         aqi: &[AqiRow],
+        forecasts: &[ForecastRow],
         judged: &[ExceedanceRow],
         runs: &[stuck::Run],
         now: i64,
@@ -1676,6 +1688,9 @@ impl Step<'_> {
         }
         if !runs.is_empty() {
             tables.push(("runs", stuck::to_batch(runs).map_err(arrow)?));
+        }
+        if !forecasts.is_empty() {
+            tables.push(("forecast", rules::forecast_batch(forecasts).map_err(arrow)?));
         }
         let devices: Vec<_> = self
             .fleet

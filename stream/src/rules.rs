@@ -6,8 +6,10 @@
 //! The inputs are the history records themselves (`ioc_history::Record`: one definition of a
 //! row, its Arrow schema and codec), so a rule reads the columns the API and the tables have:
 //! `aggregates_1m`, `aggregates_5m`, `aggregates_1h`, `aggregates_1d` (`AggregateRow`),
-//! `aqi_1h`, `aqi_1d` (`AqiRow`), `exceedances` (`ExceedanceRow`), and `devices` (the
-//! registry: `device_id`, `kind`, `status`, `grade`, `commune`, `expected_interval_s`).
+//! `aqi_1h`, `aqi_1d` (`AqiRow`), `exceedances` (`ExceedanceRow`), `forecast` (`ForecastRow`,
+//! with the origin hour as its window: `window_start` an hour before `origin`, `window_end`
+//! the origin), and `devices` (the registry: `device_id`, `kind`, `status`, `grade`,
+//! `commune`, `expected_interval_s`).
 //!
 //! [`check`] plans every rule against empty inputs: a query that does not parse, names an
 //! unknown input or column, is not a query (DDL and DML are refused), or lacks `device_id`, a
@@ -25,7 +27,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::SessionContext;
 use ioc_config::RuleConfig;
-use ioc_history::{AggregateRow, AqiRow, ExceedanceRow, Record};
+use ioc_history::{AggregateRow, AqiRow, ExceedanceRow, ForecastRow, Record};
 
 /// The registry as a rule reads it.
 pub fn devices_schema() -> SchemaRef {
@@ -91,6 +93,7 @@ pub fn inputs() -> Vec<(&'static str, SchemaRef)> {
         ("aqi_1h", AqiRow::arrow_schema()),
         ("aqi_1d", AqiRow::arrow_schema()),
         ("exceedances", ExceedanceRow::arrow_schema()),
+        ("forecast", forecast_schema()),
         ("runs", runs_schema()),
         ("devices", devices_schema()),
     ]
@@ -98,6 +101,34 @@ pub fn inputs() -> Vec<(&'static str, SchemaRef)> {
 
 /// Runs of one value (`stuck`): per series, at the end of each 1-minute window, how many
 /// readings in a row have had the same value.
+/// The `forecast` input: the forecast records, and their origin hour as the window a rule is
+/// evaluated in.
+pub fn forecast_schema() -> SchemaRef {
+    let mut fields: Vec<Field> = ForecastRow::arrow_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("window_start", DataType::Int64, false));
+    fields.push(Field::new("window_end", DataType::Int64, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// The `forecast` input of `rows`.
+pub fn forecast_batch(
+    rows: &[ForecastRow],
+) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    use datafusion::arrow::array::Int64Array;
+    let batch = ForecastRow::to_batch(rows)?;
+    let mut columns = batch.columns().to_vec();
+    let origins = || rows.iter().map(|r| r.origin);
+    columns.push(Arc::new(Int64Array::from_iter_values(
+        origins().map(|o| o - 3_600_000),
+    )));
+    columns.push(Arc::new(Int64Array::from_iter_values(origins())));
+    RecordBatch::try_new(forecast_schema(), columns)
+}
+
 pub fn runs_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("device_id", DataType::Utf8, false),
@@ -162,7 +193,7 @@ pub fn instance_key(device_id: &str, channel: &str, labels: &[String]) -> String
 
 /// The inputs whose rows come in windows: each rule is driven by exactly one of them, and
 /// evaluated once per window of it (`devices` alone: once per check of the fleet).
-pub const WINDOWED: [&str; 8] = [
+pub const WINDOWED: [&str; 9] = [
     "aggregates_1m",
     "aggregates_5m",
     "aggregates_1h",
@@ -170,6 +201,7 @@ pub const WINDOWED: [&str; 8] = [
     "aqi_1h",
     "aqi_1d",
     "exceedances",
+    "forecast",
     "runs",
 ];
 

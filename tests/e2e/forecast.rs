@@ -316,6 +316,58 @@ pub(crate) async fn a_station_gets_the_forecast_ioc_forecast_makes_of_its_hours(
             && first["band"]["vi"].is_string(),
         "the haze still building, Kém or worse: {first}"
     );
+    // The websocket's `forecast` stream: its snapshot holds the station's latest per hour ahead.
+    let ws_url = format!(
+        "{}/api/v1/ws?token={}",
+        api.base.replacen("http://", "ws://", 1),
+        api.token
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await?;
+    use futures::{SinkExt, StreamExt};
+    let subscribe =
+        serde_json::json!({"op": "subscribe", "stream": "forecast", "device_ids": [device]});
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        subscribe.to_string().into(),
+    ))
+    .await?;
+    // The snapshot, then live messages (the bus reaches the API a moment after the store),
+    // until the six hours ahead of the latest origin are seen.
+    let mut seen: std::collections::BTreeMap<u64, serde_json::Value> = Default::default();
+    let mut last_frame = serde_json::Value::Null;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(frame) = ws.next().await {
+            if let tokio_tungstenite::tungstenite::Message::Text(text) = frame? {
+                let v: serde_json::Value = serde_json::from_str(&text)?;
+                ensure!(v["op"] != "error", "{v}");
+                let messages = match v["snapshot"].as_array() {
+                    Some(snapshot) => snapshot.clone(),
+                    None => vec![v.clone()],
+                };
+                for m in messages {
+                    if m["stream"] == "forecast" && m["data"]["origin"] == origin.as_str() {
+                        let h = m["data"]["horizon_h"].as_u64().unwrap_or(0);
+                        seen.insert(h, m["data"].clone());
+                    }
+                }
+                last_frame = v;
+                if seen.len() == 6 {
+                    return anyhow::Ok(());
+                }
+            }
+        }
+        anyhow::bail!("the socket closed")
+    })
+    .await
+    .with_context(|| {
+        format!("the six hours ahead on the forecast stream; last frame {last_frame}")
+    })??;
+    ensure!(
+        seen.values()
+            .zip(&forecasts)
+            .all(|(m, f)| m["pm25"] == f["pm25"]),
+        "the stream gives what the API does: {seen:?}"
+    );
+    let _ = ws.close(None).await;
     // Asked wrongly, it says so.
     let missing = api
         .http
@@ -339,5 +391,155 @@ pub(crate) async fn a_station_gets_the_forecast_ioc_forecast_makes_of_its_hours(
         "an unknown station: {}",
         unknown.status()
     );
+    Ok(())
+}
+
+/// The simulator's smoke reaching a station (aq-001, seed 42, February), found with the code the
+/// stream runs: the first hour whose VN_AQI reaches 101 after half a day below it, at least
+/// four days in, that a forecast in the 6 hours before saw coming. Returns the station's hourly
+/// means up to an hour after it, their hour ends (ms), and the index of that hour.
+fn a_forecast_smoke_episode() -> Result<(Vec<f64>, Vec<i64>, usize)> {
+    use ioc_regulation::aqi::{self, Column};
+    let config = ioc_config::load_str(None, std::iter::empty())?.sim;
+    let fleet = sensor_sim::Fleet::new(&config);
+    let values = fleet
+        .hourly_pm25("aq-001", FEBRUARY, 40 * 24)
+        .context("aq-001 is an air station")?;
+    let ends: Vec<i64> = (0..values.len() as i64)
+        .map(|i| FEBRUARY + (i + 1) * 3_600_000)
+        .collect();
+    let observed = |i: usize| -> Option<u32> {
+        let hours: Vec<Option<f64>> = (0..12)
+            .map(|k| i.checked_sub(k).map(|j| values[j]))
+            .collect();
+        aqi::nowcast(&hours).and_then(|c| aqi::sub_index(Column::Pm25, c))
+    };
+    let series_to = |i: usize| Series {
+        station_id: "aq-001".into(),
+        offset_s: 7 * 3600,
+        values: (0..=i).map(|j| (ends[j] / 1000, values[j])).collect(),
+    };
+    for p in 96..values.len() - 1 {
+        let poor = |i: usize| observed(i).is_some_and(|a| a >= 101);
+        // Half a day below Kém, and an hour below 91 in it (an earlier AQI alert cleared).
+        let clear = |i: usize| observed(i).is_some_and(|a| a < 91);
+        if !poor(p) || (p - 12..p).any(poor) || !(p - 12..p).any(clear) {
+            continue;
+        }
+        let warned = (p - 6..p).any(|o| {
+            forecast::forecast_at(&series_to(o), ends[o] / 1000, 6)
+                .is_some_and(|f| f.iter().any(|h| h.aqi.is_some_and(|a| a >= 101)))
+        });
+        if warned {
+            return Ok((values[..=p + 1].to_vec(), ends[..=p + 1].to_vec(), p));
+        }
+    }
+    anyhow::bail!("no forecast smoke episode in the simulator's February")
+}
+
+/// End to end on `ioc up`: the simulated station's hours up to a smoke episode, sent hourly
+/// (the last hours one at a time, as they come): the built-in `forecast_poor_air` warning fires
+/// at an earlier hour than `aqi_1h_poor`, which fires when the observed AQI reaches Kém.
+pub(crate) async fn a_smoke_episode_is_warned_before_it_arrives(
+    api: &crate::rollups::Api<'_>,
+    mqtt: &rumqttc::AsyncClient,
+    device: &str,
+) -> Result<()> {
+    use std::time::Duration;
+    let (values, ends, peak) = a_forecast_smoke_episode()?;
+    let changed = api
+        .http
+        .patch(format!("{}/api/v1/devices/{device}", api.base))
+        .bearer_auth(&api.token)
+        .json(&serde_json::json!({ "expected_interval_s": 3600 }))
+        .send()
+        .await?;
+    ensure!(
+        changed.status().is_success(),
+        "PATCH: {}",
+        changed.text().await?
+    );
+    let publish = |i: usize| {
+        let body = format!(
+            r#"{{"ts":{},"values":{{"pm25":{}}}}}"#,
+            ends[i] - 1_800_000,
+            values[i]
+        );
+        let topic = format!("ioc/v1/devices/{device}/telemetry");
+        async move {
+            mqtt.publish(topic, rumqttc::QoS::AtLeastOnce, false, body)
+                .await
+        }
+    };
+    let forecast_at = |i: usize| {
+        let path = format!(
+            "/api/v1/forecast?device_id={device}&from={}&to={}",
+            ends[i],
+            ends[i] + 1
+        );
+        async move {
+            crate::harness::eventually(
+                "the forecast at the hour",
+                Duration::from_secs(60),
+                api.logs,
+                || async {
+                    let body = api.get(&path).await?;
+                    ensure!(
+                        body["forecasts"].as_array().is_some_and(|f| f.len() == 6),
+                        "not yet: {body}"
+                    );
+                    Ok(Some(()))
+                },
+            )
+            .await
+        }
+    };
+    // Four days of history at once (their last 6 hours forecast), then hour by hour: each hour
+    // closes when the next one's reading comes.
+    let first = peak - 100;
+    for i in first..peak - 6 {
+        publish(i).await?;
+    }
+    for i in peak - 6..values.len() {
+        publish(i).await?;
+        forecast_at(i - 1).await?;
+    }
+    // The episode's AQI alert fires at its hour's end; a forecast warning was in force then,
+    // raised before it.
+    let arrived = ioc_contract::time::format_ms(ends[peak]);
+    let (warned, poor) = crate::harness::eventually(
+        "the forecast warning and the AQI alert",
+        Duration::from_secs(60),
+        api.logs,
+        || async {
+            let body = api
+                .get(&format!(
+                    "/api/v1/alerts?device_id={device}&from={}&to={}",
+                    ends[first],
+                    ends[peak] + 3_600_000
+                ))
+                .await?;
+            let all = body["alerts"].as_array().context("alerts")?;
+            let poor = all
+                .iter()
+                .find(|a| a["rule"] == "aqi_1h_poor" && a["fired_at"] == arrived.as_str());
+            let warned = all.iter().find(|a| {
+                a["rule"] == "forecast_poor_air"
+                    && a["fired_at"].as_str().is_some_and(|f| f < arrived.as_str())
+                    && a["resolved_at"]
+                        .as_str()
+                        .is_none_or(|r| r >= arrived.as_str())
+            });
+            match (warned, poor) {
+                (Some(w), Some(p)) => Ok(Some((
+                    w["fired_at"].as_str().unwrap_or_default().to_string(),
+                    p["fired_at"].as_str().unwrap_or_default().to_string(),
+                ))),
+                _ => anyhow::bail!("not yet (the episode arrives at {arrived}): {body}"),
+            }
+        },
+    )
+    .await?;
+    eprintln!("smoke episode: warned at {warned}, AQI Kém at {poor}");
     Ok(())
 }

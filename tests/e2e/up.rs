@@ -1319,6 +1319,7 @@ async fn up_rolls_up_a_backdated_day_and_revises_it_for_a_late_reading() -> Resu
     up.register("aq-05").await?;
     up.register("aq-q").await?;
     up.register("aq-fc").await?;
+    up.register("aq-smoke").await?;
     let poll = |mut eventloop: rumqttc::EventLoop| {
         tokio::spawn(async move {
             loop {
@@ -1333,12 +1334,14 @@ async fn up_rolls_up_a_backdated_day_and_revises_it_for_a_late_reading() -> Resu
     let (air, air_events) = up.mqtt("aq-05");
     let (scored, scored_events) = up.mqtt("aq-q");
     let (forecast, forecast_events) = up.mqtt("aq-fc");
+    let (smoke, smoke_events) = up.mqtt("aq-smoke");
     let polls = [
         poll(eventloop),
         poll(station_events),
         poll(air_events),
         poll(scored_events),
         poll(forecast_events),
+        poll(smoke_events),
     ];
     let api = crate::rollups::Api {
         http: &up.http,
@@ -1366,6 +1369,8 @@ async fn up_rolls_up_a_backdated_day_and_revises_it_for_a_late_reading() -> Resu
             &api, &forecast, "aq-fc",
         )
         .await?;
+        crate::forecast::a_smoke_episode_is_warned_before_it_arrives(&api, &smoke, "aq-smoke")
+            .await?;
         // The fleet's gauges: of the air stations, only aq-q (installed four days ago) owed
         // anything in the last complete hour, and it sent nothing then.
         let metrics = up.url("/metrics");

@@ -1,0 +1,3 @@
+-- A forecast hour at VN_AQI 101 or more, or a day's mean above QCVN 05, warns; a forecast that
+-- sees every hour below 91 and the day within its limit clears it.
+-- builtin: forecast_poor_air
