@@ -107,14 +107,17 @@ pub fn builtin(config: &StreamConfig) -> Vec<RuleConfig> {
                  AND MAX(CASE WHEN day_pm25 > day_pm25_limit THEN 1 ELSE 0 END) = 0"
                     .into(),
             ),
-            message: "Forecast for {device_id}: VN_AQI up to {value} within 6 hours (PM2.5 up to {pm25} µg/m³), or the day's PM2.5 mean {day_pm25} µg/m³ above QCVN 05's {day_pm25_limit}".into(),
+            message: "Forecast for {device_id}: {why}".into(),
             ..RuleConfig::new(
                 FORECAST_RULE,
                 "air",
                 "warning",
-                "SELECT device_id, COALESCE(MAX(aqi), 0) AS value, MAX(pm25) AS pm25, \
-                 MAX(day_pm25) AS day_pm25, MAX(day_pm25_limit) AS day_pm25_limit, \
-                 101 AS \"limit\" FROM forecast \
+                "SELECT device_id, COALESCE(MAX(aqi), 0) AS value, \
+                 CASE WHEN MAX(aqi) >= 101 THEN 'VN_AQI up to ' || CAST(MAX(aqi) AS VARCHAR) \
+                 || ' (Kém or worse) within 6 hours, PM2.5 up to ' || CAST(MAX(pm25) AS VARCHAR) \
+                 || ' µg/m³' ELSE 'the day''s PM2.5 mean ' || CAST(MAX(day_pm25) AS VARCHAR) \
+                 || ' µg/m³ above QCVN 05''s ' || CAST(MAX(day_pm25_limit) AS VARCHAR) || ' µg/m³' \
+                 END AS why, 101 AS \"limit\" FROM forecast \
                  WHERE aqi >= 101 OR day_pm25 > day_pm25_limit GROUP BY device_id",
             )
         },

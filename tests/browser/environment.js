@@ -1,6 +1,6 @@
 // The environment officer's view of one station in Debian's headless Chromium: its AQI with the
 // band's name and health advice, its QCVN exceedances, the chart of its hourly means over the last 7 days and the
-// CSV of what the chart shows, the station's 1-hour limit drawn on it; the language switch; axe-core. Prints one JSON line; saves a
+// CSV of what the chart shows, the station's 1-hour limit drawn on it, its PM2.5 forecast with its band; the language switch; axe-core. Prints one JSON line; saves a
 // screenshot. Usage: node environment.js URL STATION SCREENSHOT.png
 "use strict";
 const fs = require("fs");
@@ -36,6 +36,8 @@ const { launch } = require("./chromium");
       metric: await page.inputValue("#env-metric"),
       points: await page.$eval("#chart", (c) => Number(c.dataset.points)),
       limit: await page.$eval("#chart", (c) => c.dataset.limit || ""),
+      forecast: await page.$eval("#chart", (c) => Number(c.dataset.forecast || 0)),
+      legend: await page.$$eval("#chart .u-legend th", (ts) => ts.map((t) => t.textContent.trim())),
       canvas: await page.$$eval("#chart canvas", (cs) => cs.length),
     };
     const [download] = await Promise.all([page.waitForEvent("download"), page.click("#env-csv")]);

@@ -531,10 +531,18 @@ pub(crate) async fn a_smoke_episode_is_warned_before_it_arrives(
                         .is_none_or(|r| r >= arrived.as_str())
             });
             match (warned, poor) {
-                (Some(w), Some(p)) => Ok(Some((
-                    w["fired_at"].as_str().unwrap_or_default().to_string(),
-                    p["fired_at"].as_str().unwrap_or_default().to_string(),
-                ))),
+                (Some(w), Some(p)) => {
+                    let says = w["message"].as_str().unwrap_or_default();
+                    ensure!(
+                        says.contains("VN_AQI up to") || says.contains("PM2.5 mean"),
+                        "the warning says why, every field filled: {w}"
+                    );
+                    ensure!(!says.contains('{'), "an unfilled field: {w}");
+                    Ok(Some((
+                        w["fired_at"].as_str().unwrap_or_default().to_string(),
+                        p["fired_at"].as_str().unwrap_or_default().to_string(),
+                    )))
+                }
                 _ => anyhow::bail!("not yet (the episode arrives at {arrived}): {body}"),
             }
         },

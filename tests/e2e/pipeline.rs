@@ -681,6 +681,7 @@ async fn a_backdated_day_rolls_up_and_a_late_reading_revises_every_resolution() 
     env.register("ww-day", "wastewater").await?;
     env.register("aq-05", "air_quality").await?;
     env.register("aq-q", "air_quality").await?;
+    env.register("aq-fc", "air_quality").await?;
     env.wait_ingest_knows_registered().await?;
     let (mqtt, _poll) = env.mqtt_client("test-rollups");
     let api = crate::rollups::Api {
@@ -703,6 +704,10 @@ async fn a_backdated_day_rolls_up_and_a_late_reading_revises_every_resolution() 
     .await?;
     crate::exceedances::an_air_day_exceeds_qcvn_05_hourly_and_daily(&api, &mqtt, "aq-05").await?;
     crate::quality::a_backdated_hour_scores_what_its_faults_make(&api, &mqtt, "aq-q").await?;
+    crate::forecast::a_station_gets_the_forecast_ioc_forecast_makes_of_its_hours(
+        &api, &mqtt, "aq-fc",
+    )
+    .await?;
 
     // The environment officer's view of the same stations in a browser: the AQI with its band's
     // name, the exceedances, the chart of hourly means and its CSV.
@@ -722,6 +727,16 @@ async fn a_backdated_day_rolls_up_and_a_late_reading_revises_every_resolution() 
             Ok::<serde_json::Value, anyhow::Error>(seen)
         }
     };
+    // A station with a forecast: its PM2.5 chart goes on into the six forecast hours, with the
+    // band between their low and high.
+    let ahead = view("aq-fc").await?;
+    let legend = ahead["legend"].to_string();
+    assert!(
+        ahead["forecast"] == 6
+            && legend.contains("Dự báo")
+            && legend.contains("Khoảng dự báo 80 %"),
+        "{ahead}"
+    );
     let air = view("aq-day").await?;
     assert!(
         air["aqi_1h"]

@@ -434,6 +434,8 @@
   let chart = null;
   let windows = [];
   let limits = { regulation: "", limits: [] };
+  // The air station's latest PM2.5 forecast (none for other stations).
+  let forecast = [];
   // Loads overlap when the officer switches station quickly: only the latest may draw.
   let environmentLoad = 0;
   async function loadEnvironment() {
@@ -445,12 +447,16 @@
     const q = (path) => api(`${path}${path.includes("?") ? "&" : "?"}device_id=${encodeURIComponent(id)}&from=${from}`).then((r) => r.json());
     const d = state.devices.get(id);
     $("#env-aqi").hidden = !d || d.kind !== "air_quality";
+    forecast = [];
     if (d && d.kind === "air_quality") {
-      const [hourly, daily] = await Promise.all([
+      const [hourly, daily, ahead] = await Promise.all([
         q("/api/v1/aqi?resolution=1h"),
         api(`/api/v1/aqi?resolution=1d&device_id=${encodeURIComponent(id)}&from=${Date.now() - 8 * 24 * HOUR}`).then((r) => r.json()),
+        api(`/api/v1/forecast?device_id=${encodeURIComponent(id)}`).then((r) => r.json())
+          .catch(() => ({ forecasts: [] })),
       ]);
       if (stale()) return;
+      forecast = ahead.forecasts || [];
       showAqi("#env-aqi-1h", hourly.aqi || []);
       showAqi("#env-aqi-1d", daily.aqi || []);
     }
@@ -497,7 +503,14 @@
     box.replaceChildren();
     box.dataset.points = String(rows.length);
     if (!rows.length) { box.append(el("p", { text: t("no_data") })); return; }
-    const xs = rows.map((w) => Date.parse(w.window_start) / 1000);
+    // PM2.5's forecast hours follow the observed ones, joined at the last, with their band.
+    const ahead = metric === "pm25" ? forecast : [];
+    const observed = rows.length;
+    const xs = rows.map((w) => Date.parse(w.window_start) / 1000)
+      .concat(ahead.map((f) => Date.parse(f.target) / 1000 - HOUR / 1000));
+    box.dataset.forecast = String(ahead.length);
+    const pad = (values) => values.concat(ahead.map(() => null));
+    const joined = (pick) => rows.map((w, i) => (i === observed - 1 ? w.mean : null)).concat(ahead.map(pick));
     const unit = rows[0].unit;
     // The station's 1-hour limit for the metric, drawn as a line (two for a band, as pH's).
     const limit = (limits.limits || []).find((l) => l.metric === metric && l.period === "1h" &&
@@ -523,9 +536,17 @@
           label: `${limits.regulation} ${t("limit").toLowerCase()} ${sign} ${number(v)}`,
           stroke: "#7e0023", width: 2, dash: [10, 5], points: { show: false }, value: () => number(v),
         })),
+        ...(ahead.length ? [
+          { label: t("forecast"), stroke: "#c75000", width: 2, dash: [2, 3], value: (u, v) => (v == null ? "–" : number(v)) },
+          { label: `${t("forecast_band")} ↓`, stroke: "#f0a868", value: (u, v) => (v == null ? "–" : number(v)) },
+          { label: `${t("forecast_band")} ↑`, stroke: "#f0a868", value: (u, v) => (v == null ? "–" : number(v)) },
+        ] : []),
       ],
-    }, [xs, rows.map((w) => w.mean), rows.map((w) => w.min), rows.map((w) => w.max),
-      ...lines.map(([, v]) => xs.map(() => v))], box);
+      // The band between the forecast's low and high lines.
+      bands: ahead.length ? [{ series: [5 + lines.length + 1, 5 + lines.length], fill: "rgba(199, 80, 0, 0.15)" }] : [],
+    }, [xs, pad(rows.map((w) => w.mean)), pad(rows.map((w) => w.min)), pad(rows.map((w) => w.max)),
+      ...lines.map(([, v]) => xs.map(() => v)),
+      ...(ahead.length ? [joined((f) => f.pm25), joined((f) => f.pm25_low), joined((f) => f.pm25_high)] : [])], box);
   }
 
   async function downloadCsv() {
