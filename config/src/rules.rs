@@ -112,12 +112,16 @@ pub fn builtin(config: &StreamConfig) -> Vec<RuleConfig> {
                 FORECAST_RULE,
                 "air",
                 "warning",
-                "SELECT device_id, COALESCE(MAX(aqi), 0) AS value, \
+                // The value and limit of what fired: the AQI, else the day's mean.
+                "SELECT device_id, \
+                 CASE WHEN MAX(aqi) >= 101 THEN CAST(MAX(aqi) AS DOUBLE) ELSE MAX(day_pm25) END AS value, \
+                 CASE WHEN MAX(aqi) >= 101 THEN 101.0 ELSE MAX(day_pm25_limit) END AS \"limit\", \
+                 CASE WHEN MAX(aqi) >= 101 THEN 'VN_AQI' ELSE 'µg/m³' END AS unit, \
                  CASE WHEN MAX(aqi) >= 101 THEN 'VN_AQI up to ' || CAST(MAX(aqi) AS VARCHAR) \
                  || ' (Kém or worse) within 6 hours, PM2.5 up to ' || CAST(MAX(pm25) AS VARCHAR) \
                  || ' µg/m³' ELSE 'the day''s PM2.5 mean ' || CAST(MAX(day_pm25) AS VARCHAR) \
                  || ' µg/m³ above QCVN 05''s ' || CAST(MAX(day_pm25_limit) AS VARCHAR) || ' µg/m³' \
-                 END AS why, 101 AS \"limit\" FROM forecast \
+                 END AS why FROM forecast \
                  WHERE aqi >= 101 OR day_pm25 > day_pm25_limit GROUP BY device_id",
             )
         },

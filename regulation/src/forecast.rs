@@ -14,7 +14,9 @@
 //!   hours' direction carries on (an episode building or clearing); a missing earlier hour takes
 //!   the origin's value;
 //! - the band: the 10th and 90th percentiles of that fit's errors at horizon k, added to ŷ (an
-//!   80 % interval), never below 0.
+//!   80 % interval), never below 0. (The fit's rows use the profile as of T, which for its last
+//!   14 days holds their own targets at a weight of about 1/14: the in-sample errors, and so the
+//!   band, are a little narrower than out of sample.)
 //!
 //! Why this and not a library's model (README, "Forecast"): the backtest, and the fit. It cuts
 //! persistence's error by a fifth to a third at 1 to 4 hours on the simulator and by 16 % and

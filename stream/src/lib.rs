@@ -1611,7 +1611,15 @@ impl Step<'_> {
                     self.history.windows(Resolution::Hour, &devices, from, to)
                 })
                 .await?;
+            // Each station's PM2.5 hours once, not the whole read per station and origin.
+            let mut pm25: HashMap<&str, Vec<Aggregate>> = HashMap::new();
+            for w in read.iter().filter(|w| w.metric == "pm25") {
+                pm25.entry(w.device_id.as_str())
+                    .or_default()
+                    .push(w.clone());
+            }
             for device in &devices {
+                let hours = pm25.get(device.as_str()).map_or(&[][..], Vec::as_slice);
                 let grade = registry
                     .get(device)
                     .map_or(ioc_contract::Grade::Reference, |d| d.grade());
@@ -1620,7 +1628,7 @@ impl Step<'_> {
                         device,
                         grade,
                         *origin,
-                        &read,
+                        hours,
                         &self.fleet.limits.ambient,
                         self.regulation,
                         version,

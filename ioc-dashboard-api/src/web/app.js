@@ -503,14 +503,18 @@
     box.replaceChildren();
     box.dataset.points = String(rows.length);
     if (!rows.length) { box.append(el("p", { text: t("no_data") })); return; }
-    // PM2.5's forecast hours follow the observed ones, joined at the last, with their band.
-    const ahead = metric === "pm25" ? forecast : [];
+    // PM2.5's forecast hours after the observed ones, with their band; joined to the last
+    // observed hour when that hour is the forecast's origin (an origin can be older: an hour
+    // with too little capture makes no forecast, and the two answers can cross an hour).
+    const lastEnd = Date.parse(rows[rows.length - 1].window_end);
+    const ahead = metric === "pm25" ? forecast.filter((f) => Date.parse(f.target) > lastEnd) : [];
+    const join = ahead.length > 0 && Date.parse(ahead[0].origin) === lastEnd;
     const observed = rows.length;
     const xs = rows.map((w) => Date.parse(w.window_start) / 1000)
       .concat(ahead.map((f) => Date.parse(f.target) / 1000 - HOUR / 1000));
     box.dataset.forecast = String(ahead.length);
     const pad = (values) => values.concat(ahead.map(() => null));
-    const joined = (pick) => rows.map((w, i) => (i === observed - 1 ? w.mean : null)).concat(ahead.map(pick));
+    const joined = (pick) => rows.map((w, i) => (join && i === observed - 1 ? w.mean : null)).concat(ahead.map(pick));
     const unit = rows[0].unit;
     // The station's 1-hour limit for the metric, drawn as a line (two for a band, as pH's).
     const limit = (limits.limits || []).find((l) => l.metric === metric && l.period === "1h" &&
