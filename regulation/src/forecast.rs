@@ -87,7 +87,9 @@ pub fn series_of(rows: &[StationHour]) -> Vec<Series> {
 /// One hour ahead of an origin.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Forecast {
-    /// The origin: the end of the last observed hour used (epoch seconds).
+    /// The origin: the end of the last observed hour used (epoch seconds; `ioc forecast`
+    /// writes it as a local time).
+    #[serde(skip)]
     pub origin: i64,
     pub horizon_h: u32,
     /// µg/m³, one decimal.
@@ -104,9 +106,10 @@ pub struct Forecast {
 const FEATURES: usize = 7;
 const LAGS: usize = 4;
 
-/// What an origin's fit found: per horizon (index k − 1), the coefficients and the 10th and
-/// 90th percentile errors.
+/// What an origin's fit found: the profile, and per horizon (index k − 1) the coefficients
+/// and the 10th and 90th percentile errors.
 struct Fit {
+    profile: [f64; 24],
     horizons: Vec<([f64; FEATURES], f64, f64)>,
 }
 
@@ -178,7 +181,7 @@ fn fit(series: &Series, origin: i64, horizon: usize) -> Option<Fit> {
         errors.sort_by(f64::total_cmp);
         horizons.push((c, quantile(&errors, 0.1), quantile(&errors, 0.9)));
     }
-    Some(Fit { horizons })
+    Some(Fit { profile, horizons })
 }
 
 fn dot(c: &[f64; FEATURES], x: &[f64; FEATURES]) -> f64 {
@@ -239,14 +242,13 @@ pub fn forecast_at(series: &Series, origin: i64, horizon: usize) -> Option<Vec<F
     let horizon = horizon.clamp(1, MAX_HORIZON);
     let now = series.at(origin)?;
     let fit = fit(series, origin, horizon)?;
-    let profile = profile(series, origin)?;
     // NowCast hours, newest first: the forecasts go in front as they are made.
     let mut hours: Vec<Option<f64>> = (0..NOWCAST_HOURS as i64)
         .map(|k| series.at(origin - k * HOUR_S))
         .collect();
     let mut out = Vec::with_capacity(horizon);
     for (k, (c, low, high)) in fit.horizons.iter().enumerate() {
-        let x = features(series, &profile, origin, k as i64 + 1, now, false)?;
+        let x = features(series, &fit.profile, origin, k as i64 + 1, now, false)?;
         let point = dot(c, &x).max(0.0);
         hours.insert(0, Some(point));
         hours.truncate(NOWCAST_HOURS);
@@ -279,11 +281,8 @@ pub struct ForecastOut {
     pub station_id: String,
     /// The origin hour's end, RFC 3339 in the station's offset (as its rows were written).
     pub origin: String,
-    pub horizon_h: u32,
-    pub pm25: f64,
-    pub pm25_low: f64,
-    pub pm25_high: f64,
-    pub aqi: Option<u32>,
+    #[serde(flatten)]
+    pub forecast: Forecast,
 }
 
 /// Every station's forecasts at every origin (rolling), station by station in time order.
@@ -301,11 +300,7 @@ pub fn report(series: &[Series], horizon: usize) -> Vec<ForecastOut> {
                 out.push(ForecastOut {
                     station_id: s.station_id.clone(),
                     origin: crate::csv::format_time(origin.with_timezone(&offset)),
-                    horizon_h: f.horizon_h,
-                    pm25: f.pm25,
-                    pm25_low: f.pm25_low,
-                    pm25_high: f.pm25_high,
-                    aqi: f.aqi,
+                    forecast: f,
                 });
             }
         }
@@ -438,7 +433,7 @@ mod tests {
     }
 
     #[test]
-    fn an_anomaly_decays_toward_the_profile_and_the_band_holds_the_point() {
+    fn a_departure_from_the_days_shape_is_followed_and_the_band_holds_the_point() {
         let s = shaped(21);
         // 07:00 of the last day: an hour after its kick.
         let origin = T0 + (20 * 24 + 7) * HOUR_S;

@@ -18,7 +18,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, NaiveDate};
 use ioc_config::RegulationConfig;
 use ioc_contract::{Aggregate, Device, Discharge, Grade, Qcvn40Column, Resolution};
 use ioc_history::ExceedanceRow;
@@ -197,11 +196,7 @@ pub fn derive_judged(
             .insert(w.window_start, valid.then_some(w.mean));
         units.insert((&w.channel, &w.metric), &w.unit);
     }
-    let date = |start: i64| -> NaiveDate {
-        DateTime::from_timestamp_millis(start + settings.utc_offset_ms)
-            .unwrap_or_default()
-            .date_naive()
-    };
+    let date = |start: i64| settings.local_date(start);
     let mut judged: Vec<Judged> = Vec::new();
     for (&(channel, metric), by_hour) in &hours {
         let unit = units[&(channel, metric)].to_string();
@@ -425,6 +420,8 @@ fn same(a: &ExceedanceRow, b: &ExceedanceRow) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use chrono::{DateTime, NaiveDate};
+
     use super::*;
 
     const OFFSET: i64 = 7 * HOUR_MS;

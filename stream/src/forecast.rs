@@ -11,9 +11,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, FixedOffset};
 use ioc_contract::{Aggregate, Grade, Resolution};
 use ioc_history::ForecastRow;
+use ioc_regulation::csv::round1;
 use ioc_regulation::forecast::{self, Series, FIT_DAYS, MAX_HORIZON, PROFILE_DAYS};
 use ioc_regulation::qcvn::{AmbientLimits, Period};
 
@@ -113,13 +113,6 @@ pub fn derive(
             let hours: Vec<f64> = observed.chain(predicted).collect();
             let day_pm25 = (hours.len() >= settings.min_day_hours_qcvn)
                 .then(|| round1(hours.iter().sum::<f64>() / hours.len() as f64));
-            let date = DateTime::from_timestamp_millis(day + DAY_MS / 2)
-                .unwrap_or_default()
-                .with_timezone(
-                    &FixedOffset::east_opt(offset_s)
-                        .unwrap_or(FixedOffset::east_opt(0).expect("0 is valid")),
-                )
-                .date_naive();
             ForecastRow {
                 device_id: device_id.to_string(),
                 origin,
@@ -130,16 +123,12 @@ pub fn derive(
                 pm25_high: f.pm25_high,
                 aqi: f.aqi,
                 day_pm25,
-                day_pm25_limit: limits.limit("pm25", Period::Day, date),
+                day_pm25_limit: limits.limit("pm25", Period::Day, settings.local_date(day)),
                 grade: grade.as_str().to_string(),
                 version,
             }
         })
         .collect()
-}
-
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
 }
 
 #[cfg(test)]

@@ -260,6 +260,13 @@ impl RegulatorySettings {
             utc_offset_ms: fleet.utc_offset_ms,
         }
     }
+
+    /// The local calendar date of an instant (epoch ms): what a limit's `from` applies on.
+    pub fn local_date(&self, ms: i64) -> chrono::NaiveDate {
+        chrono::DateTime::from_timestamp_millis(ms + self.utc_offset_ms)
+            .unwrap_or_default()
+            .date_naive()
+    }
 }
 
 /// The per-device rate limit the stream holds the whole fleet to: `ingest.device_rate_limit`

@@ -162,15 +162,9 @@ pub(crate) async fn a_wastewater_day_exceeds_qcvn_40_and_a_late_hour_withdraws_i
     assert_eq!(after[1], before[1], "the pH exceedance is as it was");
 
     // The station's settings change by PATCH, shown with the device and audited.
-    let patched = api
-        .http
-        .patch(format!("{}/api/v1/devices/{device}", api.base))
-        .bearer_auth(&api.token)
-        .json(&serde_json::json!({"qcvn40_column": "A", "kq": 0.9}))
-        .send()
+    let shown = api
+        .patch_device(device, serde_json::json!({"qcvn40_column": "A", "kq": 0.9}))
         .await?;
-    anyhow::ensure!(patched.status() == 200, "PATCH: {}", patched.text().await?);
-    let shown: serde_json::Value = patched.json().await?;
     assert_eq!(
         shown["discharge"],
         serde_json::json!({"discharge_channel": "outlet", "qcvn40_column": "A", "kq": 0.9,

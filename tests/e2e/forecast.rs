@@ -215,18 +215,8 @@ pub(crate) async fn a_station_gets_the_forecast_ioc_forecast_makes_of_its_hours(
 ) -> Result<()> {
     use std::time::Duration;
     let hour_ms = 3_600_000;
-    let changed = api
-        .http
-        .patch(format!("{}/api/v1/devices/{device}", api.base))
-        .bearer_auth(&api.token)
-        .json(&serde_json::json!({ "expected_interval_s": 3600 }))
-        .send()
+    api.patch_device(device, serde_json::json!({ "expected_interval_s": 3600 }))
         .await?;
-    ensure!(
-        changed.status().is_success(),
-        "PATCH: {}",
-        changed.text().await?
-    );
     let now = ioc_contract::time::now_ms();
     let last_end = now - now.rem_euclid(hour_ms) - hour_ms;
     let hours = 4 * 24;
@@ -447,18 +437,8 @@ pub(crate) async fn a_smoke_episode_is_warned_before_it_arrives(
 ) -> Result<()> {
     use std::time::Duration;
     let (values, ends, peak) = a_forecast_smoke_episode()?;
-    let changed = api
-        .http
-        .patch(format!("{}/api/v1/devices/{device}", api.base))
-        .bearer_auth(&api.token)
-        .json(&serde_json::json!({ "expected_interval_s": 3600 }))
-        .send()
+    api.patch_device(device, serde_json::json!({ "expected_interval_s": 3600 }))
         .await?;
-    ensure!(
-        changed.status().is_success(),
-        "PATCH: {}",
-        changed.text().await?
-    );
     let publish = |i: usize| {
         let body = format!(
             r#"{{"ts":{},"values":{{"pm25":{}}}}}"#,

@@ -46,22 +46,15 @@ pub(crate) async fn a_backdated_hour_scores_what_its_faults_make(
     let now = ioc_contract::time::now_ms();
     let hour = Resolution::Hour.start(now, ICT) - 3 * 86_400_000;
     // What the station owes, from its installation four days ago.
-    let changed = api
-        .http
-        .patch(format!("{}/api/v1/devices/{device}", api.base))
-        .bearer_auth(&api.token)
-        .json(&serde_json::json!({
+    api.patch_device(
+        device,
+        serde_json::json!({
             "expected_metrics": ["pm25", "pm10", "o3", "no2"],
             "agency": "Sở Nông nghiệp và Môi trường",
             "installed_at": now - 4 * 86_400_000,
-        }))
-        .send()
-        .await?;
-    ensure!(
-        changed.status().is_success(),
-        "PATCH: {}",
-        changed.text().await?
-    );
+        }),
+    )
+    .await?;
     let shown = api.get(&format!("/api/v1/devices/{device}")).await?;
     ensure!(
         shown["expected_metrics"] == serde_json::json!(["pm25", "pm10", "o3", "no2"])
@@ -332,13 +325,8 @@ pub(crate) async fn each_simulated_fault_moves_its_own_score(
             installed
         };
         for d in &fleet.devices {
-            api.http
-                .patch(format!("{}/api/v1/devices/{}", api.base, d.device_id))
-                .bearer_auth(&api.token)
-                .json(&serde_json::json!({ "installed_at": at }))
-                .send()
-                .await?
-                .error_for_status()?;
+            api.patch_device(&d.device_id, serde_json::json!({ "installed_at": at }))
+                .await?;
         }
     }
     let stop = tokio_util::sync::CancellationToken::new();

@@ -27,6 +27,28 @@ impl Api<'_> {
     pub(crate) async fn get(&self, path: &str) -> Result<serde_json::Value> {
         crate::harness::get_json(self.http, &format!("{}{path}", self.base), &self.token).await
     }
+
+    /// Changes `device`'s registry details by `PATCH`; the device as the API shows it after.
+    pub(crate) async fn patch_device(
+        &self,
+        device: &str,
+        changes: serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        let r = self
+            .http
+            .patch(format!("{}/api/v1/devices/{device}", self.base))
+            .bearer_auth(&self.token)
+            .json(&changes)
+            .send()
+            .await?;
+        let status = r.status();
+        anyhow::ensure!(
+            status.is_success(),
+            "PATCH {device}: {status} {}",
+            r.text().await?
+        );
+        Ok(r.json().await?)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
