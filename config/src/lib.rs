@@ -389,6 +389,20 @@ pub struct StreamConfig {
     /// Windows older than this raise and resolve alerts as usual but notify no one (a backfill).
     #[serde(with = "humantime_serde")]
     pub notify_max_age: Duration,
+    /// Where a traffic counter's congestion levels begin (`[stream.congestion]`).
+    pub congestion: CongestionConfig,
+}
+
+/// A traffic counter's congestion level is the worse of two: its count-weighted speed against
+/// its free-flow speed, and its occupancy. Each list holds where `moderate`, `heavy` and
+/// `jammed` begin.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CongestionConfig {
+    /// Speed ÷ free-flow speed below each: falling, each in (0, 1].
+    pub speed_ratio: [f64; 3],
+    /// Occupancy (%) at or above each: rising, each in (0, 100].
+    pub occupancy_pct: [f64; 3],
 }
 
 /// One alert rule: a SQL query whose every result row is a firing instance (`ioc_stream::rules`).
@@ -1112,6 +1126,20 @@ pub fn validate(c: &Config) -> Vec<Problem> {
         bad(
             "stream.pm25_alert.limit",
             "must be a positive number of µg/m³".into(),
+        );
+    }
+    let [r1, r2, r3] = c.stream.congestion.speed_ratio;
+    if !(r1 <= 1.0 && r1 > r2 && r2 > r3 && r3 > 0.0) {
+        bad(
+            "stream.congestion.speed_ratio",
+            format!("must fall from at most 1 to above 0, as [0.7, 0.5, 0.3] does (got [{r1}, {r2}, {r3}])"),
+        );
+    }
+    let [o1, o2, o3] = c.stream.congestion.occupancy_pct;
+    if !(o1 > 0.0 && o1 < o2 && o2 < o3 && o3 <= 100.0) {
+        bad(
+            "stream.congestion.occupancy_pct",
+            format!("must rise from above 0 to at most 100 %, as [20, 30, 45] does (got [{o1}, {o2}, {o3}])"),
         );
     }
     if !(0.0..=1.0).contains(&c.stream.min_hour_capture) {

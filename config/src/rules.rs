@@ -13,6 +13,7 @@ pub const QCVN_WATER_RULE: &str = "qcvn40_exceedance";
 pub const OFFLINE_RULE: &str = "device_offline";
 pub const STUCK_RULE: &str = "sensor_stuck";
 pub const FORECAST_RULE: &str = "forecast_poor_air";
+pub const CONGESTION_RULE: &str = "traffic_jammed";
 
 /// The built-in rules (README, "Alert rules"), from the settings they read.
 pub fn builtin(config: &StreamConfig) -> Vec<RuleConfig> {
@@ -125,6 +126,29 @@ pub fn builtin(config: &StreamConfig) -> Vec<RuleConfig> {
                  WHERE aqi >= 101 OR day_pm25 > day_pm25_limit GROUP BY device_id",
             )
         },
+        RuleConfig {
+            // Once per episode: fires when a counter's 5 minutes are jammed and stays firing
+            // through heavy traffic (a jam easing into the rush hour behind it), clearing only
+            // at moderate or free; 10 minutes at that before it resolves.
+            clear_sql: Some(
+                "SELECT device_id FROM traffic_5m WHERE level IN ('free', 'moderate')".into(),
+            ),
+            keep_firing_for: Some(std::time::Duration::from_secs(600)),
+            message: "Traffic jammed on {road_segment} ({device_id}): {why}".into(),
+            ..RuleConfig::new(
+                CONGESTION_RULE,
+                "traffic",
+                "warning",
+                "SELECT device_id, COALESCE(occupancy_pct, 0.0) AS value, '%' AS unit, \
+                 CASE WHEN road_segment = '' THEN 'its road segment' ELSE road_segment END AS road_segment, \
+                 CONCAT_WS(', ', \
+                   CAST(speed_kmh AS VARCHAR) || ' km/h' \
+                   || COALESCE(' against ' || CAST(free_flow_speed_kmh AS VARCHAR) || ' km/h free flow', ''), \
+                   'occupancy ' || CAST(occupancy_pct AS VARCHAR) || ' %', \
+                   CAST(CAST(flow_vph AS BIGINT) AS VARCHAR) || ' vehicles/h') AS why \
+                 FROM traffic_5m WHERE level = 'jammed'",
+            )
+        },
     ];
     if stuck_default > 0 || !stuck_cases.is_empty() {
         rules.push(RuleConfig {
@@ -156,7 +180,7 @@ pub fn in_force(config: &StreamConfig) -> Vec<RuleConfig> {
 }
 
 /// Names of the built-in rules.
-pub const BUILTIN: [&str; 8] = [
+pub const BUILTIN: [&str; 9] = [
     PM25_RULE,
     AQI_POOR_RULE,
     AQI_VERY_BAD_RULE,
@@ -165,6 +189,7 @@ pub const BUILTIN: [&str; 8] = [
     OFFLINE_RULE,
     STUCK_RULE,
     FORECAST_RULE,
+    CONGESTION_RULE,
 ];
 
 /// A record of the `rules` topic: every stream and API process follows it, so all of them

@@ -742,6 +742,13 @@ pub struct Device {
     /// are rolled up per agency.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agency: Option<String>,
+    /// A traffic counter's road segment (its lanes are its channels), by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub road_segment: Option<String>,
+    /// A traffic counter's free-flow speed (km/h): what its congestion level holds the
+    /// measured speed against. Absent: the level is judged by occupancy alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_flow_speed_kmh: Option<f64>,
 }
 
 impl Device {
@@ -938,6 +945,10 @@ pub struct DeviceChanges {
     pub expected_metrics: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agency: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub road_segment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_flow_speed_kmh: Option<f64>,
 }
 
 impl DeviceChanges {
@@ -960,6 +971,7 @@ impl DeviceChanges {
             (&mut device.address, &self.address),
             (&mut device.installer, &self.installer),
             (&mut device.agency, &self.agency),
+            (&mut device.road_segment, &self.road_segment),
         ] {
             if value.is_some() {
                 field.clone_from(value);
@@ -967,6 +979,7 @@ impl DeviceChanges {
         }
         device.installed_at = self.installed_at.or(device.installed_at);
         device.grade = self.grade.or(device.grade);
+        device.free_flow_speed_kmh = self.free_flow_speed_kmh.or(device.free_flow_speed_kmh);
         if self.expected_metrics.is_some() {
             device.expected_metrics.clone_from(&self.expected_metrics);
         }
@@ -1221,6 +1234,9 @@ pub struct Topics {
     /// PM2.5 forecasts per air-quality station, origin hour and hour ahead
     /// (`ioc_history::ForecastRow`), each time a station's hour is stored.
     pub forecast: String,
+    /// Traffic counters' flow, speed, occupancy and congestion per 5 minutes and hour, and
+    /// cameras' violations per type and hour (`ioc_history::TrafficRecord`).
+    pub traffic: String,
     pub events: String,
     /// Camera events' personal data (plates, image references), apart from everything else.
     pub evidence: String,
@@ -1252,6 +1268,7 @@ impl Topics {
             exceedances: format!("{prefix}exceedances"),
             quality: format!("{prefix}quality"),
             forecast: format!("{prefix}forecast"),
+            traffic: format!("{prefix}traffic"),
             events: format!("{prefix}events"),
             evidence: format!("{prefix}evidence"),
             quarantine: format!("{prefix}quarantine"),
@@ -1265,7 +1282,7 @@ impl Topics {
         }
     }
 
-    pub fn all(&self) -> [&str; 18] {
+    pub fn all(&self) -> [&str; 19] {
         [
             &self.readings,
             &self.deadletter,
@@ -1285,6 +1302,7 @@ impl Topics {
             &self.tap,
             &self.quality,
             &self.forecast,
+            &self.traffic,
         ]
     }
 }

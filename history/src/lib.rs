@@ -27,7 +27,7 @@ use crate::record::{Keeping, Table};
 
 /// Every table of history: what ClickHouse creates and the embedded store opens and compacts.
 /// A new record type is defined with `record!` and listed here.
-pub(crate) fn tables() -> [Table; 16] {
+pub(crate) fn tables() -> [Table; 18] {
     [
         Table::of::<ReadingRow>(Keeping::Files),
         Table::of::<AggregateRow>(Keeping::Files),
@@ -36,6 +36,8 @@ pub(crate) fn tables() -> [Table; 16] {
         Table::of::<DeadLetterRow>(Keeping::Files),
         Table::of::<AqiRow>(Keeping::Files),
         Table::of::<ForecastRow>(Keeping::Files),
+        Table::of::<TrafficRow>(Keeping::Files),
+        Table::of::<ViolationRow>(Keeping::Files),
         Table::of::<ExceedanceRow>(Keeping::Files),
         Table::of::<AlertRow>(Keeping::Files),
         Table::of::<TransitionRow>(Keeping::Files),
@@ -283,6 +285,75 @@ record! {
         /// `reference` or `indicative`, as the station's AQI.
         pub grade: String,
         pub version: u64,
+    }
+}
+
+record! {
+    /// A traffic counter's road segment over 5 minutes (`5m`) or an hour (`1h`): flow,
+    /// count-weighted speed, occupancy and congestion level, derived from its stored 1-minute
+    /// windows (lanes are channels) and derived again, with a higher version, when one of them
+    /// is. Also the `traffic` topic's record (as [`TrafficRecord::Flow`]).
+    pub struct TrafficRow in "traffic", key(device_id: String, resolution: String, window_start: i64),
+        time(window_start) {
+        pub device_id: String,
+        /// `5m` or `1h`.
+        pub resolution: String,
+        pub window_start: i64,
+        pub window_end: i64,
+        /// The segment's name in the registry when the window was derived (empty: none).
+        pub road_segment: String,
+        /// Lanes with a reading in the window.
+        pub lanes: u32,
+        /// Vehicles counted, all lanes.
+        pub vehicles: u64,
+        /// Vehicles per hour, all lanes: each lane's count over the time its counts cover.
+        pub flow_vph: Option<f64>,
+        /// km/h, one decimal: each lane-minute's mean speed weighted by its count.
+        pub speed_kmh: Option<f64>,
+        /// %, one decimal: the mean of the lanes' minute occupancies.
+        pub occupancy_pct: Option<f64>,
+        /// As registered when the window was derived.
+        pub free_flow_speed_kmh: Option<f64>,
+        /// The share of the lanes' expected counts that arrived.
+        pub capture: Option<f64>,
+        /// `free`, `moderate`, `heavy` or `jammed` (`stream.congestion`); empty without a
+        /// speed or an occupancy to judge.
+        pub level: String,
+        pub version: u64,
+    }
+}
+
+record! {
+    /// A traffic camera's violations of one type in one hour, counted from the stored camera
+    /// events (one per event id), each time an event of that hour is stored. No pseudonym:
+    /// counts only. Also the `traffic` topic's record (as [`TrafficRecord::Violations`]).
+    pub struct ViolationRow in "violations", key(device_id: String, window_start: i64, violation: String),
+        time(window_start) {
+        pub device_id: String,
+        pub window_start: i64,
+        pub window_end: i64,
+        /// One of `CAMERA_EVENT_TYPES` (`red_light`, `no_helmet`, ...).
+        pub violation: String,
+        pub count: u64,
+        pub version: u64,
+    }
+}
+
+/// A record of the `traffic` topic: a counter's window or a camera's hourly count of one
+/// violation type, told apart by `"record": "flow"` or `"violations"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+pub enum TrafficRecord {
+    Flow(TrafficRow),
+    Violations(ViolationRow),
+}
+
+impl TrafficRecord {
+    pub fn device_id(&self) -> &str {
+        match self {
+            TrafficRecord::Flow(f) => &f.device_id,
+            TrafficRecord::Violations(v) => &v.device_id,
+        }
     }
 }
 

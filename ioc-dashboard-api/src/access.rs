@@ -208,7 +208,7 @@ pub async fn audit(
 }
 
 /// Writes the audit entry of a personal-data read, durably, before the read.
-async fn audit_read(
+pub(crate) async fn audit_read(
     state: &AppState,
     by: Actor,
     action: &str,

@@ -22,6 +22,9 @@ pub enum Permission {
     ReadEvents,
     /// The cleartext evidence store (plates, images): enforcement only. Every read is audited.
     ReadEvidence,
+    /// Violations counted per plate pseudonym (who offends again, where): enforcement only.
+    /// Every read is audited.
+    ReadRepeats,
     /// Tokens and the audit log: admin.
     Administer,
     /// Acknowledge and resolve alerts: admin, operator, and environment (for the `air` and
@@ -50,7 +53,7 @@ impl Permission {
             Permission::ManageDevices => &[Role::Admin, Role::Installer],
             Permission::ActOnAlerts => &[Role::Admin, Role::Operator, Role::Environment],
             Permission::ReadEvents => &[Role::Admin, Role::Enforcement],
-            Permission::ReadEvidence => &[Role::Enforcement],
+            Permission::ReadEvidence | Permission::ReadRepeats => &[Role::Enforcement],
             Permission::Administer => &[Role::Admin],
         }
     }

@@ -65,7 +65,7 @@ const fn detail(
 
 /// The details, in the order their problems are reported. The first four are required at
 /// registration.
-pub(crate) const DETAILS: [Detail; 17] = [
+pub(crate) const DETAILS: [Detail; 19] = [
     detail("name", "1 to 200 characters", || text(200)),
     detail(
         "lat",
@@ -128,6 +128,16 @@ pub(crate) const DETAILS: [Detail; 17] = [
         || text(200),
     ),
     detail(
+        "road_segment",
+        "the road segment it counts: 1 to 200 characters",
+        || text(200),
+    ),
+    detail(
+        "free_flow_speed_kmh",
+        "a speed in km/h from 5 to 200 (the segment's speed with no congestion)",
+        || json!({"type": "number", "minimum": 5, "maximum": 200}),
+    ),
+    detail(
         "discharge_channel",
         "the channel of the station's outlet: up to 64 characters (empty: its only channel)",
         || json!({"type": "string", "maxLength": 64}),
@@ -171,6 +181,9 @@ const DISCHARGE_FIELDS: [&str; 5] = [
     "regulation",
 ];
 
+/// The [`DETAILS`] fields that only a traffic counter has.
+const ROAD_FIELDS: [&str; 2] = ["road_segment", "free_flow_speed_kmh"];
+
 /// Reads the [`DETAILS`] fields present in `fields` into changes for a device of `kind`,
 /// noting each problem. `regulations`: those with configured wastewater limits.
 fn details(
@@ -191,6 +204,13 @@ fn details(
             problems.push(FieldProblem {
                 field,
                 message: format!("only a wastewater station has it (this is {kind})"),
+            });
+            continue;
+        }
+        if ROAD_FIELDS.contains(&field) && kind != "traffic_counter" {
+            problems.push(FieldProblem {
+                field,
+                message: format!("only a traffic counter has it (this is {kind})"),
             });
             continue;
         }
@@ -231,6 +251,10 @@ fn details(
                 .map(|v| changes.grade = Some(v)),
             "expected_metrics" => metric_list(value).map(|v| changes.expected_metrics = Some(v)),
             "agency" => text(200).map(|v| changes.agency = Some(v)),
+            "road_segment" => text(200).map(|v| changes.road_segment = Some(v)),
+            "free_flow_speed_kmh" => {
+                number(5.0..=200.0).map(|v| changes.free_flow_speed_kmh = Some(v))
+            }
             "discharge_channel" => value
                 .as_str()
                 .filter(|c| c.chars().count() <= 64 && !c.chars().any(char::is_control))
@@ -454,6 +478,11 @@ pub(crate) struct ApiDevice {
     expected_metrics: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     agency: Option<String>,
+    /// A traffic counter's road segment and free-flow speed, where registered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    road_segment: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    free_flow_speed_kmh: Option<f64>,
     /// A wastewater station's discharge settings, defaults filled in.
     #[serde(skip_serializing_if = "Option::is_none")]
     discharge: Option<ApiDischarge>,
@@ -512,6 +541,8 @@ impl ApiDevice {
             grade: d.grade().as_str(),
             expected_metrics: d.expected_metrics(),
             agency: d.agency.clone(),
+            road_segment: d.road_segment.clone(),
+            free_flow_speed_kmh: d.free_flow_speed_kmh,
             discharge: (d.kind == "wastewater").then(|| {
                 let x = d.discharge();
                 ApiDischarge {
@@ -754,7 +785,8 @@ pub(crate) async fn list_devices(
 
 /// `GET /api/v1/map`: the whole fleet for a map in one small answer: per device its position,
 /// status, whether it is online, its latest values (`channel/metric` → value, as the live feed
-/// last had them), its hourly AQI and its open alerts, as rows of [`MAP_FIELDS`]. Takes the
+/// last had them), its hourly AQI, its open alerts, a camera's violations in the last hour and a
+/// traffic counter's latest 5-minute congestion level, as rows of [`MAP_FIELDS`]. Takes the
 /// device list's filters.
 pub(crate) async fn map(
     State(state): State<AppState>,
@@ -779,6 +811,13 @@ pub(crate) async fn map(
         .iter()
         .filter(|m| m.resolution == Some(ioc_contract::Resolution::Hour))
         .filter_map(|m| Some((m.device_id.clone(), m.value?)))
+        .collect();
+    let congestion: HashMap<String, String> = state
+        .live
+        .latest(StreamName::Traffic)
+        .iter()
+        .filter(|m| m.resolution == Some(ioc_contract::Resolution::FiveMinutes))
+        .filter_map(|m| Some((m.device_id.clone(), m.level.clone()?)))
         .collect();
     let mut alerts: HashMap<String, u32> = HashMap::new();
     for m in state.live.latest(StreamName::Alerts) {
@@ -805,6 +844,7 @@ pub(crate) async fn map(
                     alerts.get(&d.device_id).copied().unwrap_or(0),
                     (d.kind == "traffic_camera")
                         .then(|| state.activity.events_in_last_hour(&d.device_id, now)),
+                    congestion.get(&d.device_id),
                 ])
             })
         })
@@ -823,7 +863,7 @@ fn is_online(d: &Device, last_seen: Option<i64>, now: i64) -> bool {
 }
 
 /// The columns of `/api/v1/map`'s rows.
-pub const MAP_FIELDS: [&str; 10] = [
+pub const MAP_FIELDS: [&str; 11] = [
     "device_id",
     "kind",
     "lat",
@@ -834,6 +874,7 @@ pub const MAP_FIELDS: [&str; 10] = [
     "aqi_1h",
     "open_alerts",
     "violations_1h",
+    "congestion",
 ];
 
 pub(crate) fn round6(x: f64) -> f64 {
@@ -1015,6 +1056,50 @@ mod tests {
         assert!(p[0].1.contains("only a wastewater station"), "{p:?}");
         air.as_object_mut().unwrap().remove("kf");
         assert_eq!(register(air).unwrap().grade(), Grade::Reference);
+    }
+
+    #[test]
+    fn a_traffic_counter_names_its_road_segment_and_free_flow_speed() {
+        let mut d = Device {
+            kind: "traffic_counter".into(),
+            ..Default::default()
+        };
+        let changes = validate_changes(
+            r#"{"road_segment": "Lê Duẩn, Buôn Ma Thuột", "free_flow_speed_kmh": 45}"#.as_bytes(),
+            "traffic_counter",
+            &REGULATIONS,
+        )
+        .unwrap();
+        changes.apply_to(&mut d);
+        assert_eq!(
+            (d.road_segment.as_deref(), d.free_flow_speed_kmh),
+            (Some("Lê Duẩn, Buôn Ma Thuột"), Some(45.0))
+        );
+        // A change of one keeps the other.
+        validate_changes(
+            br#"{"free_flow_speed_kmh": 50}"#,
+            "traffic_counter",
+            &REGULATIONS,
+        )
+        .unwrap()
+        .apply_to(&mut d);
+        assert_eq!(d.road_segment.as_deref(), Some("Lê Duẩn, Buôn Ma Thuột"));
+        assert_eq!(d.free_flow_speed_kmh, Some(50.0));
+        let p = problems(
+            validate_changes(
+                br#"{"free_flow_speed_kmh": 1, "road_segment": ""}"#,
+                "traffic_counter",
+                &REGULATIONS,
+            )
+            .unwrap_err(),
+        );
+        let fields: Vec<&str> = p.iter().map(|(f, _)| *f).collect();
+        assert_eq!(fields, ["road_segment", "free_flow_speed_kmh"], "{p:?}");
+        let p = problems(
+            validate_changes(br#"{"road_segment": "QL14"}"#, "air_quality", &REGULATIONS)
+                .unwrap_err(),
+        );
+        assert!(p[0].1.contains("only a traffic counter"), "{p:?}");
     }
 
     #[test]

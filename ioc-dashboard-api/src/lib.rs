@@ -48,6 +48,7 @@ pub mod quality;
 pub mod replay;
 pub mod routes;
 pub mod socket;
+pub mod traffic;
 pub mod views;
 pub mod ws;
 

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::alerts::{ApiAlert, ApiTransition};
 use crate::views::{ApiAggregate, ApiAqi, ApiExceedance, ApiReading};
-use ioc_history::{AqiRow, ExceedanceRow, ForecastRow, QualityRow};
+use ioc_history::{AqiRow, ExceedanceRow, ForecastRow, QualityRow, TrafficRecord};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -46,10 +46,13 @@ pub enum StreamName {
     Quality,
     /// PM2.5 forecasts of air-quality stations, each hour ahead as it is made.
     Forecast,
+    /// Traffic counters' 5-minute and hourly flow, speed, occupancy and congestion, and
+    /// cameras' violations per type and hour, as each is derived.
+    Traffic,
 }
 
 impl StreamName {
-    pub const ALL: [StreamName; 10] = [
+    pub const ALL: [StreamName; 11] = [
         StreamName::Readings,
         StreamName::Aggregates,
         StreamName::Alerts,
@@ -60,6 +63,7 @@ impl StreamName {
         StreamName::Status,
         StreamName::Quality,
         StreamName::Forecast,
+        StreamName::Traffic,
     ];
 
     /// The resolutions a subscription to the stream may name, its default first (none: the
@@ -68,6 +72,7 @@ impl StreamName {
         match self {
             StreamName::Aggregates => &Resolution::ALL,
             StreamName::Aqi => &[Resolution::Hour, Resolution::Day],
+            StreamName::Traffic => &[Resolution::FiveMinutes, Resolution::Hour],
             _ => &[],
         }
     }
@@ -85,6 +90,7 @@ impl StreamName {
             StreamName::Status => &topics.registry,
             StreamName::Quality => &topics.quality,
             StreamName::Forecast => &topics.forecast,
+            StreamName::Traffic => &topics.traffic,
         }
     }
 
@@ -99,6 +105,7 @@ impl StreamName {
                 | StreamName::Exceedances
                 | StreamName::Quality
                 | StreamName::Forecast
+                | StreamName::Traffic
         )
     }
 }
@@ -140,6 +147,8 @@ pub struct LiveMessage {
     pub retire: bool,
     /// Its value, for the fleet map (a reading's, an aggregate's mean, an AQI).
     pub value: Option<f64>,
+    /// A word for the fleet map (a traffic counter's congestion level).
+    pub level: Option<String>,
     pub pos: Pos,
     pub json: Utf8Bytes,
 }
@@ -168,6 +177,7 @@ impl LiveMessage {
             key: None,
             retire: false,
             value: None,
+            level: None,
             pos,
             json: json.into(),
         }
@@ -259,6 +269,35 @@ impl LiveMessage {
                 &f.device_id,
                 &crate::views::ApiForecast::from(f),
             )
+        }
+    }
+
+    /// A counter's window (snapshots keep each resolution's latest) or a camera's count of one
+    /// violation type in an hour (snapshots keep each type's latest hour).
+    pub fn traffic(t: &TrafficRecord, pos: Pos) -> LiveMessage {
+        match t {
+            TrafficRecord::Flow(f) => LiveMessage {
+                resolution: Resolution::parse(&f.resolution),
+                key: Some(f.resolution.clone()),
+                value: f.flow_vph,
+                level: (!f.level.is_empty()).then(|| f.level.clone()),
+                ..LiveMessage::new(
+                    StreamName::Traffic,
+                    pos,
+                    &f.device_id,
+                    &crate::views::ApiTraffic::from(f),
+                )
+            },
+            TrafficRecord::Violations(v) => LiveMessage {
+                key: Some(format!("violations/{}", v.violation)),
+                value: Some(v.count as f64),
+                ..LiveMessage::new(
+                    StreamName::Traffic,
+                    pos,
+                    &v.device_id,
+                    &crate::views::ApiViolations::from(v),
+                )
+            },
         }
     }
 
@@ -904,6 +943,10 @@ pub async fn tail(
             } else if *topic == topics.forecast {
                 if let Ok(f) = serde_json::from_slice::<ForecastRow>(payload) {
                     publish(LiveMessage::forecast(&f, pos(0)));
+                }
+            } else if *topic == topics.traffic {
+                if let Ok(t) = serde_json::from_slice::<TrafficRecord>(payload) {
+                    publish(LiveMessage::traffic(&t, pos(0)));
                 }
             } else if *topic == topics.alerts {
                 if let Ok(a) = serde_json::from_slice::<Alert>(payload) {

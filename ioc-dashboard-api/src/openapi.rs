@@ -288,6 +288,8 @@ impl Op {
             "/api/v1/exceedances",
             "/api/v1/annual",
             "/api/v1/fiware",
+            "/api/v1/forecast",
+            "/api/v1/traffic",
         ]) {
             "history"
         } else if under(&["/api/v1/ws"]) {
@@ -757,6 +759,55 @@ pub mod schema {
             ("day_pm25", nullable("number")),
             ("day_pm25_limit", nullable("number")),
             ("grade", string()),
+        ])
+    }
+
+    /// A traffic counter's window of `/api/v1/traffic`.
+    pub fn traffic() -> Value {
+        object(&[
+            ("record", string()),
+            ("device_id", string()),
+            ("resolution", string()),
+            ("window_start", string()),
+            ("window_end", string()),
+            ("road_segment", nullable("string")),
+            ("lanes", integer()),
+            ("vehicles", integer()),
+            ("flow_vph", nullable("number")),
+            ("speed_kmh", nullable("number")),
+            ("occupancy_pct", nullable("number")),
+            ("free_flow_speed_kmh", nullable("number")),
+            ("capture", nullable("number")),
+            ("level", nullable("string")),
+            ("version", integer()),
+        ])
+    }
+
+    /// A camera's count of one violation type in one hour, of `/api/v1/traffic`.
+    pub fn violations() -> Value {
+        object(&[
+            ("record", string()),
+            ("device_id", string()),
+            ("window_start", string()),
+            ("window_end", string()),
+            ("violation", string()),
+            ("count", integer()),
+            ("version", integer()),
+        ])
+    }
+
+    /// One plate pseudonym's violations, of `/api/v1/traffic/repeats`.
+    pub fn repeat() -> Value {
+        object(&[
+            ("plate_pseudonym", string()),
+            ("violations", integer()),
+            (
+                "by_type",
+                json!({"type": "object", "additionalProperties": {"type": "integer"}}),
+            ),
+            ("cameras", array(string())),
+            ("first_at", string()),
+            ("last_at", string()),
         ])
     }
 

@@ -10,14 +10,14 @@ use ioc_contract::{DEVICE_KINDS, DEVICE_STATUSES};
 use serde_json::json;
 
 use crate::auth::Permission::{
-    ActOnAlerts, Administer, ManageDevices, ReadEvents, ReadEvidence, ReadTelemetry,
+    ActOnAlerts, Administer, ManageDevices, ReadEvents, ReadEvidence, ReadRepeats, ReadTelemetry,
 };
 use crate::error::not_found;
 use crate::openapi::{schema, Kind, Op, Param, Reply, Routes};
 use crate::AppState;
 use crate::{
     access, accounts, alerts, assets, commissioning, devices, fiware, history, open_data, quality,
-    replay, socket,
+    replay, socket, traffic,
 };
 
 const ID: Param = Param::path("id", Kind::DeviceId, "the device's id");
@@ -376,6 +376,73 @@ pub fn router(state: AppState) -> Router {
             )
             .errors(&[404]),
             history::forecast,
+        )
+        .add(
+            Op::get(
+                "/api/v1/traffic",
+                "traffic",
+                "Road segments' flow, speed, occupancy and congestion; cameras' violations per type and hour",
+            )
+            .token(ReadTelemetry)
+            .params(&[
+                Param::query(
+                    "device_id",
+                    Kind::DeviceId,
+                    "one traffic counter or camera (default: every one of the area or province)",
+                ),
+                FROM,
+                TO,
+                LIMIT,
+                Param::query(
+                    "resolution",
+                    Kind::OneOf(&["5m", "1h"]),
+                    "the counters' windows: 5 minutes or an hour (default 1h); cameras count per hour",
+                ),
+                COMMUNE,
+                BBOX,
+            ])
+            .reply(
+                200,
+                Reply::Json(|| {
+                    schema::object(&[
+                        ("traffic", schema::array(schema::traffic())),
+                        ("violations", schema::array(schema::violations())),
+                    ])
+                }),
+            )
+            .errors(&[404]),
+            traffic::traffic,
+        )
+        .add(
+            Op::get(
+                "/api/v1/traffic/repeats",
+                "trafficRepeats",
+                "Violations per plate pseudonym: who offends again (personal data: each read is audited)",
+            )
+            .token(ReadRepeats)
+            .params(&[
+                Param::query("device_id", Kind::DeviceId, "one camera (default: every camera)"),
+                Param::query("from", Kind::Time, "start (inclusive; default: 7 days before to)"),
+                TO,
+                Param::query(
+                    "min_violations",
+                    Kind::Int { min: 1, max: 10_000 },
+                    "only pseudonyms with at least this many violations (default 2)",
+                ),
+            ])
+            .reply(
+                200,
+                Reply::Json(|| {
+                    schema::object(&[
+                        ("from", schema::string()),
+                        ("to", schema::string()),
+                        ("min_violations", schema::integer()),
+                        ("repeats", schema::array(schema::repeat())),
+                    ])
+                }),
+            )
+            .errors(&[404]),
+            traffic::repeat_offenders,
         )
         .add(
             Op::get(

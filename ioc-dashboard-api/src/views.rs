@@ -230,3 +230,75 @@ impl From<&ExceedanceRow> for ApiExceedance {
         }
     }
 }
+
+/// A traffic counter's road segment over 5 minutes or an hour (`"record": "flow"`).
+#[derive(Debug, Serialize)]
+pub struct ApiTraffic {
+    pub record: &'static str,
+    pub device_id: String,
+    pub resolution: String,
+    pub window_start: String,
+    pub window_end: String,
+    pub road_segment: Option<String>,
+    pub lanes: u32,
+    pub vehicles: u64,
+    /// Vehicles per hour, all lanes.
+    pub flow_vph: Option<f64>,
+    /// Count-weighted mean speed, km/h.
+    pub speed_kmh: Option<f64>,
+    pub occupancy_pct: Option<f64>,
+    pub free_flow_speed_kmh: Option<f64>,
+    pub capture: Option<f64>,
+    /// `free`, `moderate`, `heavy` or `jammed`; none without a speed or occupancy to judge.
+    pub level: Option<String>,
+    pub version: u64,
+}
+
+impl From<&ioc_history::TrafficRow> for ApiTraffic {
+    fn from(t: &ioc_history::TrafficRow) -> Self {
+        let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        ApiTraffic {
+            record: "flow",
+            device_id: t.device_id.clone(),
+            resolution: t.resolution.clone(),
+            window_start: format_ms(t.window_start),
+            window_end: format_ms(t.window_end),
+            road_segment: text(&t.road_segment),
+            lanes: t.lanes,
+            vehicles: t.vehicles,
+            flow_vph: t.flow_vph,
+            speed_kmh: t.speed_kmh,
+            occupancy_pct: t.occupancy_pct,
+            free_flow_speed_kmh: t.free_flow_speed_kmh,
+            capture: t.capture,
+            level: text(&t.level),
+            version: t.version,
+        }
+    }
+}
+
+/// A traffic camera's violations of one type in one hour (`"record": "violations"`).
+#[derive(Debug, Serialize)]
+pub struct ApiViolations {
+    pub record: &'static str,
+    pub device_id: String,
+    pub window_start: String,
+    pub window_end: String,
+    pub violation: String,
+    pub count: u64,
+    pub version: u64,
+}
+
+impl From<&ioc_history::ViolationRow> for ApiViolations {
+    fn from(v: &ioc_history::ViolationRow) -> Self {
+        ApiViolations {
+            record: "violations",
+            device_id: v.device_id.clone(),
+            window_start: format_ms(v.window_start),
+            window_end: format_ms(v.window_end),
+            violation: v.violation.clone(),
+            count: v.count,
+            version: v.version,
+        }
+    }
+}

@@ -214,6 +214,28 @@ pub struct SimDevice {
     silent_for: Option<u32>,
     /// What it sent last, for a resend.
     last: Option<SimMessage>,
+    /// A traffic counter's newest count's end: the next count is over the time since.
+    counted_until: i64,
+}
+
+impl SimDevice {
+    /// How busy it is against its kind's typical (0.6 to 1.6): a station's pollution, a road's
+    /// traffic.
+    pub fn level(&self) -> f64 {
+        self.level
+    }
+
+    /// The seconds a traffic counter's count ending at `ts` is over: the time since its
+    /// previous count (however fast the simulator sends), from 1 s to 5 minutes; a minute for
+    /// its first and for one stamped before the newest (a backfill, a clock behind).
+    fn count_interval_s(&self, ts: i64) -> i64 {
+        let since = (ts - self.counted_until) / 1000;
+        if self.counted_until == 0 || since < 1 {
+            60
+        } else {
+            since.min(300)
+        }
+    }
 }
 
 /// The simulated fleet.
@@ -300,6 +322,7 @@ impl Fleet {
                 stuck: None,
                 silent_for: None,
                 last: None,
+                counted_until: 0,
             });
         };
         let prefix = &config.id_prefix;
@@ -445,6 +468,62 @@ impl Fleet {
                 })
                 .collect(),
         )
+    }
+
+    /// A traffic counter's messages with no faults, one a minute, each a minute's counts
+    /// stamped at its end: `minutes` of them, the first ending a minute after `from_ms`. None
+    /// for a device that is not a counter of this fleet. For tests that need hours of traffic
+    /// (rush hours, incidents) at once.
+    pub fn counter_minutes(
+        &self,
+        device_id: &str,
+        from_ms: i64,
+        minutes: usize,
+    ) -> Option<Vec<SimMessage>> {
+        let i = self.devices.iter().position(|d| d.device_id == device_id)?;
+        let d = &self.devices[i];
+        if d.kind != Kind::TrafficCounter {
+            return None;
+        }
+        let mut rng = SmallRng::seed_from_u64(self.seed ^ (i as u64).rotate_left(32));
+        let start = from_ms - from_ms.rem_euclid(60_000);
+        Some(
+            (1..=minutes as i64)
+                .map(|m| {
+                    let ts = start + m * 60_000;
+                    let sample =
+                        signals::traffic(self.seed, i, d.level, d.lanes, ts, 60.0, &mut rng);
+                    let frame = Frame {
+                        format: d.format,
+                        device_id: &d.device_id,
+                        style: d.style,
+                        external_id: d.external_id.as_ref().map(ExternalId::value),
+                        ts,
+                        seq: m as u64,
+                        bogus_unit: None,
+                        interval_s: 60,
+                    };
+                    let (payload, readings) = wire::encode(&frame, &sample);
+                    SimMessage {
+                        topic: d.topic.clone(),
+                        payload,
+                        format: d.format,
+                        device_id: d.device_id.clone(),
+                        fault: None,
+                        readings,
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether a traffic counter of this fleet has an incident (its lanes jammed for a
+    /// quarter of an hour) at `ts_ms`.
+    pub fn incident_at(&self, device_id: &str, ts_ms: i64) -> bool {
+        self.devices
+            .iter()
+            .position(|d| d.device_id == device_id && d.kind == Kind::TrafficCounter)
+            .is_some_and(|i| signals::incident(self.seed, i, ts_ms))
     }
 
     /// Whether the next message is the rest of a burst.
@@ -614,7 +693,15 @@ impl Fleet {
                 s
             }
             Format::Tt10Station => signals::wastewater(seed, i, d.level, ts, rng),
-            Format::TrafficCounter => signals::traffic(seed, i, d.level, d.lanes, ts, rng),
+            Format::TrafficCounter => signals::traffic(
+                seed,
+                i,
+                d.level,
+                d.lanes,
+                ts,
+                d.count_interval_s(ts) as f64,
+                rng,
+            ),
             Format::CameraEvent => signals::violation(&self.plates, rng),
         };
         let mut label = fault;
@@ -649,7 +736,11 @@ impl Fleet {
             ts,
             seq: d.seq,
             bogus_unit,
+            interval_s: d.count_interval_s(ts),
         };
+        if d.format == Format::TrafficCounter && ts > d.counted_until {
+            d.counted_until = ts;
+        }
         let (mut payload, mut readings) = wire::encode(&frame, &sample);
         if fault == Some(Fault::Malformed) {
             payload = wire::garble(d.format, &payload, rng);
@@ -861,6 +952,10 @@ pub async fn register_fleet(fleet: &Fleet, api_url: &str, token: &str) -> Result
         });
         if let Some(ext) = &d.external_id {
             body["external_ids"] = json!({ ext.key(): ext.value() });
+        }
+        if d.kind == Kind::TrafficCounter {
+            body["road_segment"] = json!(signals::road_segment(d.style));
+            body["free_flow_speed_kmh"] = json!(signals::free_flow_kmh(d.lanes));
         }
         let response = http
             .post(format!("{}/api/v1/devices", api_url.trim_end_matches('/')))
@@ -1183,7 +1278,13 @@ mod tests {
                     assert_eq!(m.topic, format!("ioc/v1/devices/{}/counts", m.device_id));
                     let b = body.unwrap();
                     assert_eq!(b["sensor"], json!(m.device_id));
-                    assert_eq!(b["interval_s"], json!(60));
+                    // Each count is over the time since the counter's previous one.
+                    assert!(
+                        b["interval_s"]
+                            .as_i64()
+                            .is_some_and(|s| (1..=300).contains(&s)),
+                        "{b}"
+                    );
                     assert!(values.iter().all(|v| v.ts == aligned));
                     assert_eq!(values.len(), m.readings);
                 }

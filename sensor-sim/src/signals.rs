@@ -277,14 +277,66 @@ pub(crate) fn wastewater(
     Sample::Values(values)
 }
 
-/// A per-lane traffic counter over one minute; incidents (15-minute blocks) drop speeds and
-/// raise occupancy.
+/// The road segment the `style`-th traffic counter counts: main roads of Buôn Ma Thuột and
+/// Tuy Hòa.
+pub(crate) fn road_segment(style: usize) -> String {
+    const ROADS: [&str; 8] = [
+        "Lê Duẩn, Buôn Ma Thuột",
+        "Nguyễn Tất Thành, Buôn Ma Thuột",
+        "Phan Bội Châu, Buôn Ma Thuột",
+        "Quốc lộ 14, Hòa Thắng",
+        "Quốc lộ 26, Ea Kao",
+        "Lê Thánh Tông, Buôn Ma Thuột",
+        "Hùng Vương, Tuy Hòa",
+        "Trần Hưng Đạo, Tuy Hòa",
+    ];
+    let road = ROADS[style.saturating_sub(1) % ROADS.len()];
+    match style.saturating_sub(1) / ROADS.len() {
+        0 => road.to_string(),
+        n => format!("{road} ({})", n + 1),
+    }
+}
+
+/// The free-flow speed (km/h) of a counter with `lanes` lanes: the count-weighted speed
+/// [`traffic`] gives with next to no traffic (its lanes' free speeds less what a few percent
+/// of occupancy takes), rounded to whole km/h.
+pub(crate) fn free_flow_kmh(lanes: u8) -> f64 {
+    let (weights, speeds): (f64, f64) = (1..=lanes)
+        .map(lane_mix)
+        .fold((0.0, 0.0), |(w, s), (share, free)| {
+            (w + share, s + share * free)
+        });
+    (speeds / weights * (1.0 - 3.5 / 60.0)).round()
+}
+
+/// A lane's share of the traffic and its free speed: lane 1 carries the motorbikes, more of
+/// them and slower.
+fn lane_mix(lane: u8) -> (f64, f64) {
+    match lane {
+        1 => (1.2, 40.0),
+        2 => (1.0, 48.0),
+        _ => (0.7, 55.0),
+    }
+}
+
+/// Whether the `device`-th counter has an incident (a 15-minute block of jammed lanes) at
+/// `ts_ms`: about 3 % of blocks.
+pub(crate) fn incident(seed: u64, device: usize, ts_ms: i64) -> bool {
+    let block = (ts_ms + LOCAL_OFFSET_MS).div_euclid(HOUR_MS / 4);
+    unit_hash(seed, &[7, device as i64, block]) < 0.03
+}
+
+/// A per-lane traffic counter's counts over the `interval_s` seconds ending at `ts_ms`, with
+/// the lanes' mean speed and occupancy; incidents (15-minute blocks) drop speeds and raise
+/// occupancy. Counts are whole vehicles, rounded at random so that short intervals add up to
+/// the flow of long ones.
 pub(crate) fn traffic(
     seed: u64,
     device: usize,
     level: f64,
     lanes: u8,
     ts_ms: i64,
+    interval_s: f64,
     rng: &mut SmallRng,
 ) -> Sample {
     let l = local(ts_ms);
@@ -296,19 +348,14 @@ pub(crate) fn traffic(
     };
     let demand =
         0.08 + day + weekend * (0.9 * bump(l.hour, 7.3, 0.9) + 0.8 * bump(l.hour, 17.4, 1.1));
-    let block = (ts_ms + LOCAL_OFFSET_MS).div_euclid(HOUR_MS / 4);
-    let incident = unit_hash(seed, &[7, device as i64, block]) < 0.03;
+    let incident = incident(seed, device, ts_ms);
     let mut values = Vec::with_capacity(lanes as usize * 3);
     for lane in 1..=lanes {
-        // Lane 1 carries the motorbikes: more of them, slower.
-        let (share, free_speed) = match lane {
-            1 => (1.2, 40.0),
-            2 => (1.0, 48.0),
-            _ => (0.7, 55.0),
-        };
+        let (share, free_speed) = lane_mix(lane);
         let mut occupancy =
             (2.0 + 22.0 * demand * level * share / 1.2 + rng.random_range(-1.5..1.5))
                 .clamp(0.5, 100.0);
+        // Vehicles a minute.
         let mut count = (45.0 * level * demand * share + rng.random_range(-3.0..3.0)).max(0.0);
         let mut speed =
             (free_speed * (1.0 - occupancy / 60.0) + rng.random_range(-3.0..3.0)).max(5.0);
@@ -317,8 +364,10 @@ pub(crate) fn traffic(
             occupancy = rng.random_range(55.0..85.0);
             count *= 0.45;
         }
+        let expected = count * interval_s / 60.0;
+        let whole = expected.floor() + f64::from(u8::from(rng.random_bool(expected.fract())));
         for (metric, v) in [
-            ("vehicle_count", count.round()),
+            ("vehicle_count", whole),
             ("avg_speed", speed),
             ("occupancy", occupancy),
         ] {
@@ -647,9 +696,35 @@ mod tests {
     }
 
     #[test]
+    fn counts_over_short_intervals_add_up_to_the_flow_of_a_minute() {
+        let mut rng = SmallRng::seed_from_u64(5);
+        let count = |interval: f64, rng: &mut SmallRng| -> f64 {
+            (0..4000)
+                .map(|k| {
+                    let ts = MARCH + 8 * 3_600_000 + (k % 30) * 60_000;
+                    values(traffic(7, 0, 1.0, 2, ts, interval, rng))
+                        .iter()
+                        .filter(|v| v.metric == "vehicle_count")
+                        .map(|v| v.v)
+                        .sum::<f64>()
+                })
+                .sum()
+        };
+        let minute = count(60.0, &mut rng);
+        let quarter = count(15.0, &mut rng) * 4.0;
+        assert!(
+            (quarter / minute - 1.0).abs() < 0.03,
+            "{quarter} vehicles in quarter-minutes against {minute} in minutes"
+        );
+        assert_eq!(free_flow_kmh(2), 41.0);
+        assert_eq!(free_flow_kmh(3), 44.0);
+        assert_eq!(road_segment(9), "Lê Duẩn, Buôn Ma Thuột (2)");
+    }
+
+    #[test]
     fn traffic_peaks_at_rush_hour_and_incidents_jam_it() {
         let mut rng = SmallRng::seed_from_u64(3);
-        let mut counter = |ts| values(traffic(7, 0, 1.0, 2, ts, &mut rng));
+        let mut counter = |ts| values(traffic(7, 0, 1.0, 2, ts, 60.0, &mut rng));
         let days = 28;
         let rush = mean(
             MARCH,

@@ -77,6 +77,8 @@ pub(crate) struct Frame<'a> {
     pub seq: u64,
     /// Index of a value to send with a unit nobody knows (the wrong-units fault).
     pub bogus_unit: Option<usize>,
+    /// The seconds a traffic counter's counts are over.
+    pub interval_s: i64,
 }
 
 fn round(v: f64, decimals: i32) -> f64 {
@@ -304,7 +306,7 @@ fn counter(frame: &Frame, values: &[Value]) -> (Vec<u8>, usize) {
     let body = json!({
         "sensor": frame.device_id,
         "end": frame.ts.div_euclid(1000),
-        "interval_s": 60,
+        "interval_s": frame.interval_s,
         "lanes": lanes,
     });
     (serde_json::to_vec(&body).unwrap_or_default(), values.len())

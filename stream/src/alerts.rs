@@ -766,7 +766,7 @@ mod tests {
     fn row_json(input: &str, fields: &str) -> serde_json::Value {
         let length = match input {
             "aggregates_1m" | "runs" => MIN,
-            "aggregates_5m" => 5 * MIN,
+            "aggregates_5m" | "traffic_5m" => 5 * MIN,
             "aggregates_1d" | "aqi_1d" => 1440 * MIN,
             _ => 60 * MIN,
         };
@@ -782,6 +782,12 @@ mod tests {
                 "device_id": "", "origin": 0, "target": 0, "horizon_h": 1, "pm25": 0.0,
                 "pm25_low": 0.0, "pm25_high": 0.0, "aqi": null, "day_pm25": null,
                 "day_pm25_limit": 45.0, "grade": "reference", "version": 1
+            }),
+            "traffic_5m" | "traffic_1h" => serde_json::json!({
+                "device_id": "", "resolution": if input == "traffic_5m" { "5m" } else { "1h" },
+                "window_start": 0, "window_end": 0, "road_segment": "Lê Duẩn", "lanes": 2,
+                "vehicles": 100, "flow_vph": 1200.0, "speed_kmh": 40.0, "occupancy_pct": 10.0,
+                "free_flow_speed_kmh": 45.0, "capture": 1.0, "level": "free", "version": 1
             }),
             "exceedances" => serde_json::json!({
                 "device_id": "", "channel": "outlet", "metric": "cod",
@@ -836,6 +842,7 @@ mod tests {
         match input {
             "aqi_1h" | "aqi_1d" => rows_of::<AqiRow>(rows),
             "exceedances" => rows_of::<ExceedanceRow>(rows),
+            "traffic_5m" | "traffic_1h" => rows_of::<ioc_history::TrafficRow>(rows),
             "forecast" => {
                 let rows: Vec<ioc_history::ForecastRow> = rows
                     .iter()

@@ -56,6 +56,8 @@ pub mod sink;
 pub mod stuck;
 #[cfg(test)]
 mod tests;
+pub mod traffic;
+pub mod violations;
 pub mod windows;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -71,7 +73,7 @@ use ioc_contract::{
 };
 use ioc_history::{
     AggregateRow, AlertRow, AqiRow, CopyRow, ExceedanceRow, ForecastRow, History, OffsetRow,
-    Position, ReadingRow, Record, TransitionRow, WatermarkRow,
+    Position, ReadingRow, Record, TrafficRecord, TrafficRow, TransitionRow, WatermarkRow,
 };
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 use tokio_util::sync::CancellationToken;
@@ -365,6 +367,7 @@ pub async fn run(
         quality: true,
         regulation: RegulatorySettings::of(config, &fleet),
         stuck_after: &config.stuck_after,
+        congestion: &config.congestion,
         #[cfg(test)]
         crash_after: None,
     };
@@ -599,6 +602,28 @@ const FIRST_QUALITY_SPAN_MS: i64 = 86_400_000;
 /// How often the rules over `devices` alone (a device's silence) run, in processing time.
 const DEVICE_CHECK_MS: i64 = 5_000;
 
+/// A record to publish: its topic, its key (a device id) and its JSON.
+pub(crate) struct Outgoing<'a> {
+    topic: &'a str,
+    key: &'a str,
+    payload: Vec<u8>,
+}
+
+impl<'a> Outgoing<'a> {
+    pub(crate) fn json(
+        topic: &'a str,
+        key: &'a str,
+        record: &impl serde::Serialize,
+    ) -> Outgoing<'a> {
+        Outgoing {
+            topic,
+            key,
+            // The records are plain structs: serializing them cannot fail.
+            payload: serde_json::to_vec(record).expect("records serialize"),
+        }
+    }
+}
+
 /// What the AQI and exceedance operators derived for one batch.
 #[derive(Default)]
 struct Regulatory {
@@ -823,6 +848,8 @@ pub(crate) struct Step<'a> {
     /// `stream.stuck_after`: when a run of one value is stuck, per metric (`default` for the
     /// rest), for the quality counts (`quality.rs`).
     pub(crate) stuck_after: &'a BTreeMap<String, u32>,
+    /// `stream.congestion`: where traffic counters' congestion levels begin.
+    pub(crate) congestion: &'a ioc_config::CongestionConfig,
     /// Tests end the step at the Nth store read or write, as a SIGKILL would.
     #[cfg(test)]
     crash_after: Option<std::sync::Arc<std::sync::atomic::AtomicI64>>,
@@ -967,6 +994,14 @@ impl Step<'_> {
             exceedances,
             judged,
         } = regulatory;
+        let traffic = if self.regulatory {
+            match self.derive_traffic(&aggregates, &mut ops.versions).await {
+                Some(derived) => derived,
+                None => return false,
+            }
+        } else {
+            Vec::new()
+        };
         let transitions = if !self.alerting {
             Vec::new()
         } else {
@@ -977,6 +1012,7 @@ impl Step<'_> {
                     &aggregates,
                     &aqi,
                     &forecasts,
+                    &traffic,
                     &judged,
                     &runs,
                     now,
@@ -990,47 +1026,42 @@ impl Step<'_> {
                 }
             }
         };
-        let published = self.publish(
-            &self.bus.topics().aggregates,
+        // What the batch derived, to the topics its readers follow (aggregates, AQI,
+        // forecasts, traffic, quality counts, exceedances), all sent at once.
+        let topics = self.bus.topics();
+        let mut out: Vec<Outgoing> = Vec::new();
+        out.extend(
             aggregates
                 .iter()
-                .map(|a| (&a.device_id, serde_json::to_vec(a))),
+                .map(|a| Outgoing::json(&topics.aggregates, &a.device_id, a)),
         );
-        if !published.await {
-            return false;
-        }
-        let published = self.publish(
-            &self.bus.topics().aqi,
-            aqi.iter().map(|a| (&a.device_id, serde_json::to_vec(a))),
+        out.extend(
+            aqi.iter()
+                .map(|a| Outgoing::json(&topics.aqi, &a.device_id, a)),
         );
-        if !published.await {
-            return false;
-        }
-        let published = self.publish(
-            &self.bus.topics().forecast,
+        out.extend(
             forecasts
                 .iter()
-                .map(|f| (&f.device_id, serde_json::to_vec(f))),
+                .map(|f| Outgoing::json(&topics.forecast, &f.device_id, f)),
         );
-        if !published.await {
-            return false;
-        }
-        let published = self.publish(
-            &self.bus.topics().quality,
+        let traffic_records: Vec<TrafficRecord> =
+            traffic.iter().cloned().map(TrafficRecord::Flow).collect();
+        out.extend(
+            traffic_records
+                .iter()
+                .map(|t| Outgoing::json(&topics.traffic, t.device_id(), t)),
+        );
+        out.extend(
             quality
                 .iter()
-                .map(|q| (&q.device_id, serde_json::to_vec(q))),
+                .map(|q| Outgoing::json(&topics.quality, &q.device_id, q)),
         );
-        if !published.await {
-            return false;
-        }
-        let published = self.publish(
-            &self.bus.topics().exceedances,
+        out.extend(
             exceedances
                 .iter()
-                .map(|e| (&e.device_id, serde_json::to_vec(e))),
+                .map(|e| Outgoing::json(&topics.exceedances, &e.device_id, e)),
         );
-        if !published.await {
+        if !self.publish_each(out).await {
             return false;
         }
         if !exceedances.is_empty()
@@ -1655,6 +1686,65 @@ impl Step<'_> {
         })
     }
 
+    /// The traffic operator (`traffic.rs`): the flow, speed, occupancy and congestion of the
+    /// traffic counters whose 5-minute and hourly windows were just stored, from their stored
+    /// 1-minute windows, stored before they are returned. `None` on shutdown mid-way.
+    async fn derive_traffic(
+        &self,
+        stored: &[Aggregate],
+        versions: &mut VersionClock,
+    ) -> Option<Vec<TrafficRow>> {
+        let registry = &self.fleet.registry;
+        let due = traffic::due(stored, |d| {
+            registry.get(d).is_some_and(|d| d.kind == "traffic_counter")
+        });
+        if due.is_empty() {
+            return Some(Vec::new());
+        }
+        // One read of 1-minute windows per range, shared by the counters due over it (the
+        // common case: all of them at the same 5 minutes or hour).
+        let mut reads: BTreeMap<(i64, i64), Vec<String>> = BTreeMap::new();
+        for (device, windows) in &due {
+            reads
+                .entry(traffic::range(windows))
+                .or_default()
+                .push(device.clone());
+        }
+        let version = versions.next();
+        let mut rows = Vec::new();
+        for ((from, to), devices) in reads {
+            let minutes = self
+                .retry("reading 1-minute windows for traffic", || {
+                    self.history.windows(Resolution::Minute, &devices, from, to)
+                })
+                .await?;
+            let mut by_device: HashMap<&str, Vec<Aggregate>> = HashMap::new();
+            for w in minutes {
+                if let Some((d, _)) = due.get_key_value(w.device_id.as_str()) {
+                    by_device.entry(d.as_str()).or_default().push(w);
+                }
+            }
+            for device in &devices {
+                let Some(d) = registry.get(device) else {
+                    continue;
+                };
+                let minutes = by_device
+                    .get(device.as_str())
+                    .map_or(&[][..], Vec::as_slice);
+                rows.extend(
+                    due[device]
+                        .iter()
+                        .filter_map(|w| traffic::derive(&d, *w, minutes, self.congestion, version)),
+                );
+            }
+        }
+        if !rows.is_empty() {
+            self.retry("storing traffic", || self.history.insert(&rows))
+                .await?;
+        }
+        Some(rows)
+    }
+
     /// The alerts operator (`alerts.rs`) over what the batch emitted; the transitions in order.
     #[allow(clippy::too_many_arguments)]
     async fn evaluate_rules(
@@ -1664,6 +1754,7 @@ impl Step<'_> {
         aggregates: &[Aggregate],
         aqi: &[AqiRow],
         forecasts: &[ForecastRow],
+        traffic: &[TrafficRow],
         judged: &[ExceedanceRow],
         runs: &[stuck::Run],
         now: i64,
@@ -1693,6 +1784,16 @@ impl Step<'_> {
                 .collect();
             if !rows.is_empty() {
                 tables.push((name, AqiRow::to_batch(&rows).map_err(arrow)?));
+            }
+        }
+        for (name, resolution) in [("traffic_5m", "5m"), ("traffic_1h", "1h")] {
+            let rows: Vec<TrafficRow> = traffic
+                .iter()
+                .filter(|t| t.resolution == resolution)
+                .cloned()
+                .collect();
+            if !rows.is_empty() {
+                tables.push((name, TrafficRow::to_batch(&rows).map_err(arrow)?));
             }
         }
         if !judged.is_empty() {
@@ -2031,15 +2132,28 @@ impl Step<'_> {
     /// Publishes JSON records keyed by device id and waits for every confirmation.
     async fn publish<'r>(
         &self,
-        topic: &str,
+        topic: &'r str,
         records: impl Iterator<Item = (&'r String, Result<Vec<u8>, serde_json::Error>)>,
     ) -> bool {
-        let records: Vec<(&String, Vec<u8>)> = records
-            .filter_map(|(k, v)| v.ok().map(|v| (k, v)))
-            .collect();
-        let sends = records.iter().map(|(key, payload)| {
+        self.publish_each(
+            records
+                .filter_map(|(key, v)| {
+                    v.ok().map(|payload| Outgoing {
+                        topic,
+                        key,
+                        payload,
+                    })
+                })
+                .collect(),
+        )
+        .await
+    }
+
+    /// Publishes records, each to its topic, and waits for every confirmation.
+    pub(crate) async fn publish_each(&self, records: Vec<Outgoing<'_>>) -> bool {
+        let sends = records.iter().map(|r| {
             self.retry("publishing to the bus", move || async move {
-                self.producer.send(topic, key.as_str(), payload).await
+                self.producer.send(r.topic, r.key, &r.payload).await
             })
         });
         futures::future::join_all(sends)

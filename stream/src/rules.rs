@@ -8,7 +8,8 @@
 //! `aggregates_1m`, `aggregates_5m`, `aggregates_1h`, `aggregates_1d` (`AggregateRow`),
 //! `aqi_1h`, `aqi_1d` (`AqiRow`), `exceedances` (`ExceedanceRow`), `forecast` (`ForecastRow`,
 //! with the origin hour as its window: `window_start` an hour before `origin`, `window_end`
-//! the origin), and `devices` (the registry: `device_id`, `kind`, `status`, `grade`,
+//! the origin), `traffic_5m`, `traffic_1h` (`TrafficRow`: a traffic counter's flow, speed,
+//! occupancy and congestion level), and `devices` (the registry: `device_id`, `kind`, `status`, `grade`,
 //! `commune`, `expected_interval_s`).
 //!
 //! [`check`] plans every rule against empty inputs: a query that does not parse, names an
@@ -27,7 +28,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::SessionContext;
 use ioc_config::RuleConfig;
-use ioc_history::{AggregateRow, AqiRow, ExceedanceRow, ForecastRow, Record};
+use ioc_history::{AggregateRow, AqiRow, ExceedanceRow, ForecastRow, Record, TrafficRow};
 
 /// The registry as a rule reads it.
 pub fn devices_schema() -> SchemaRef {
@@ -94,6 +95,8 @@ pub fn inputs() -> Vec<(&'static str, SchemaRef)> {
         ("aqi_1d", AqiRow::arrow_schema()),
         ("exceedances", ExceedanceRow::arrow_schema()),
         ("forecast", forecast_schema()),
+        ("traffic_5m", TrafficRow::arrow_schema()),
+        ("traffic_1h", TrafficRow::arrow_schema()),
         ("runs", runs_schema()),
         ("devices", devices_schema()),
     ]
@@ -193,7 +196,7 @@ pub fn instance_key(device_id: &str, channel: &str, labels: &[String]) -> String
 
 /// The inputs whose rows come in windows: each rule is driven by exactly one of them, and
 /// evaluated once per window of it (`devices` alone: once per check of the fleet).
-pub const WINDOWED: [&str; 9] = [
+pub const WINDOWED: [&str; 11] = [
     "aggregates_1m",
     "aggregates_5m",
     "aggregates_1h",
@@ -202,6 +205,8 @@ pub const WINDOWED: [&str; 9] = [
     "aqi_1d",
     "exceedances",
     "forecast",
+    "traffic_5m",
+    "traffic_1h",
     "runs",
 ];
 

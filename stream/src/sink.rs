@@ -5,18 +5,23 @@
 //! id, highest version wins), then checkpoints the offsets after it: a crash between the two
 //! repeats the write, harmlessly.
 //!
+//! After each batch of camera events is stored, the violations of the hours it touched are
+//! counted per camera and type (`violations.rs`), stored and published on `traffic`.
+//!
 //! Camera events are held to the fleet-wide rate like readings (`limit.rs`, state checkpointed
 //! in the same offset row): an event over it is quarantined (`rate_limited`, the event record as
 //! its bytes) instead of stored. Its evidence is stored all the same, in the restricted table
 //! where a rejected camera message's bytes, plate included, also go: the two topics interleave
 //! two ingest processes' records differently, so no single decision could cover both.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ioc_bus::StartAt;
 use ioc_config::StreamConfig;
 use ioc_contract::{DeadLetter, Event, Evidence};
-use ioc_history::{DeadLetterRow, EventRow, EvidenceRow, OffsetRow, QuarantineRow};
+use ioc_history::{
+    DeadLetterRow, EventRow, EvidenceRow, HistoryFilter, OffsetRow, QuarantineRow, TrafficRecord,
+};
 
 use crate::{Step, StreamError, VersionClock};
 
@@ -136,6 +141,7 @@ pub(crate) async fn run(
     let mut versions = VersionClock(0);
     // Event ids remembered to count resends: the last 50 000 to 100 000 events.
     let mut recent = crate::recent::Recent::new(50_000);
+    let mut violations = crate::violations::Kept::default();
     while !step.shutdown.is_cancelled() {
         let mut parsed = Parsed::new(sink);
         let mut limited = Vec::new();
@@ -224,6 +230,11 @@ pub(crate) async fn run(
             }
             stored.inc_by(n as u64);
         }
+        if let Parsed::Events(events) = &parsed {
+            if !count_violations(step, events, &mut violations, &mut versions).await {
+                return Ok(()); // shut down mid-retry; nothing was checkpointed for it
+            }
+        }
         let version = versions.next();
         let rows: Vec<OffsetRow> = next
             .into_iter()
@@ -253,6 +264,66 @@ pub(crate) async fn run(
         committed.extend(rows.iter().map(|r| (r.partition, r.next_offset)));
     }
     Ok(())
+}
+
+/// Counts the violations of the camera-hours `events` (just stored) touch
+/// (`violations.rs`), reading the hours not kept from the stored events, then stores the counts
+/// and publishes them on the `traffic` topic. False on shutdown mid-way.
+async fn count_violations(
+    step: &Step<'_>,
+    events: &[Event],
+    kept: &mut crate::violations::Kept,
+    versions: &mut VersionClock,
+) -> bool {
+    use crate::violations::Kept;
+    if events.is_empty() {
+        return true;
+    }
+    let touched = kept.touched(events);
+    // One read per range, shared by the cameras whose untouched hours are the same.
+    let mut reads: BTreeMap<(i64, i64), Vec<String>> = BTreeMap::new();
+    for (device, range) in Kept::to_read(&touched) {
+        reads.entry(range).or_default().push(device);
+    }
+    let mut stored = Vec::new();
+    for ((from, to), devices) in reads {
+        let filter = HistoryFilter {
+            from,
+            to,
+            limit: usize::MAX,
+            any_of: vec![("device_id", devices)],
+            ..Default::default()
+        };
+        let Some(rows) = step
+            .retry("reading stored camera events to count violations", || {
+                step.history.query::<EventRow>(&filter)
+            })
+            .await
+        else {
+            return false;
+        };
+        stored.extend(rows);
+    }
+    let rows = kept.count(&touched, &stored, events, versions.next());
+    if rows.is_empty() {
+        return true;
+    }
+    if step
+        .retry("storing violation counts", || step.history.insert(&rows))
+        .await
+        .is_none()
+    {
+        return false;
+    }
+    let topic = &step.bus.topics().traffic;
+    let records: Vec<TrafficRecord> = rows.into_iter().map(TrafficRecord::Violations).collect();
+    step.publish_each(
+        records
+            .iter()
+            .map(|r| crate::Outgoing::json(topic, r.device_id(), r))
+            .collect(),
+    )
+    .await
 }
 
 /// History rows of bus records.

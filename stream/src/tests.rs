@@ -82,10 +82,32 @@ fn reading(device: &str, metric: &str, ts: i64, value: f64, quality: Quality) ->
     }
 }
 
-/// One message's readings: ww-1's outlet COD, or aq-1's PM2.5 (of `quality`) with every other
-/// AQI pollutant: CO over its 8-hour limit about half the time, O3 above it always and often
-/// dominant, its 8-hour means either side of 400.
+/// One message's readings: ww-1's outlet COD; tc-1's two lanes' counts, speeds and
+/// occupancies (the first lane's count of `quality`), from free to jammed; or aq-1's PM2.5 (of
+/// `quality`) with every other AQI pollutant: CO over its 8-hour limit about half the time, O3
+/// above it always and often dominant, its 8-hour means either side of 400.
 fn readings_of(device: &str, ts: i64, value: f64, quality: Quality) -> Vec<Reading> {
+    if device == "tc-1" {
+        let mut out = Vec::new();
+        for (lane, share) in [("lane-1", 1.0), ("lane-2", 0.6)] {
+            for (metric, v) in [
+                ("vehicle_count", (value / 8.0 * share).round()),
+                ("avg_speed", 60.0 - value / 4.0 * share),
+                ("occupancy", value / 2.2 * share),
+            ] {
+                let q = if lane == "lane-1" && metric == "vehicle_count" {
+                    quality
+                } else {
+                    Quality::Good
+                };
+                out.push(Reading {
+                    channel: lane.into(),
+                    ..reading(device, metric, ts, v, q)
+                });
+            }
+        }
+        return out;
+    }
     if device != "aq-1" {
         return vec![reading(device, "cod", ts, value, quality)];
     }
@@ -108,7 +130,7 @@ fn readings_of(device: &str, ts: i64, value: f64, quality: Quality) -> Vec<Readi
 fn partition(rng: &mut Rng) -> Vec<ReadingBatch> {
     let mut messages: Vec<ReadingBatch> = Vec::new();
     let span = 36 * 3_600_000;
-    for (device, step) in [("aq-1", 60_000), ("ww-1", 300_000)] {
+    for (device, step) in [("aq-1", 60_000), ("ww-1", 300_000), ("tc-1", 60_000)] {
         let mut ts = DAY0 + 20 * 3_600_000 + rng.below(step as u64) as i64;
         let mut backfill = Vec::new();
         while ts < DAY0 + 20 * 3_600_000 + span {
@@ -214,7 +236,7 @@ struct Harness {
 
 impl Harness {
     fn new(name: &str) -> Harness {
-        Harness::with_devices(name, &[("aq-1", 60.0), ("ww-1", 300.0)])
+        Harness::with_devices(name, &[("aq-1", 60.0), ("ww-1", 300.0), ("tc-1", 60.0)])
     }
 
     fn with_devices(name: &str, devices: &[(&str, f64)]) -> Harness {
@@ -238,12 +260,14 @@ impl Harness {
             registry.apply(RegistryEvent::Registered {
                 device: Device {
                     device_id: id.into(),
-                    kind: if id.starts_with("aq-") {
-                        "air_quality".into()
-                    } else {
-                        "wastewater".into()
+                    kind: match &id[..3] {
+                        "aq-" => "air_quality".into(),
+                        "tc-" => "traffic_counter".into(),
+                        _ => "wastewater".into(),
                     },
                     expected_interval_s: interval,
+                    road_segment: id.starts_with("tc-").then(|| "Lê Duẩn".into()),
+                    free_flow_speed_kmh: id.starts_with("tc-").then_some(55.0),
                     ..Default::default()
                 },
             });
@@ -316,6 +340,7 @@ impl Harness {
                 quality: true,
                 regulation: RegulatorySettings::of(&self.config, &self.fleet),
                 stuck_after: &self.config.stuck_after,
+                congestion: &self.config.congestion,
                 crash_after: Some(budget),
             };
             let mut state = LoopState::restore_all(&self.config, &step, &topic).await;
@@ -383,7 +408,7 @@ async fn every_window_at_every_resolution_equals_a_recomputation_after_random_cr
             .into_iter()
             .map(|r| r.into_reading())
             .collect();
-        let expected_interval = HashMap::from([("aq-1", 60.0), ("ww-1", 300.0)]);
+        let expected_interval = HashMap::from([("aq-1", 60.0), ("ww-1", 300.0), ("tc-1", 60.0)]);
         for resolution in Resolution::ALL {
             let want = recompute(&raw, resolution, &expected_interval);
             let stored: Vec<Aggregate> = h
@@ -455,6 +480,8 @@ async fn every_window_at_every_resolution_equals_a_recomputation_after_random_cr
             }
         }
 
+        traffic_equals_a_derivation_from_the_recomputed_minutes(&h, &raw, &expected_interval, seed)
+            .await;
         quality_equals_a_count_of_the_final_rows(&h, &messages, seed).await;
         aqi_equals_ioc_aqi_over_the_recomputed_hours(&h, &raw, &expected_interval, seed).await;
         exceedances_equal_the_limits_over_the_recomputed_hours(
@@ -549,7 +576,7 @@ async fn quality_equals_a_count_of_the_final_rows(
     };
     let longest = h.config.stuck_after.values().copied().max().unwrap_or(0);
     let mut want: BTreeMap<(String, String, String, i64), QualityRow> = BTreeMap::new();
-    for (device, interval) in [("aq-1", 60.0), ("ww-1", 300.0)] {
+    for (device, interval) in [("aq-1", 60.0), ("ww-1", 300.0), ("tc-1", 60.0)] {
         let rows: Vec<ReadingRow> = raw
             .iter()
             .filter(|r| r.device_id == device)
@@ -775,6 +802,114 @@ async fn exceedances_equal_the_limits_over_the_recomputed_hours(
     }
 }
 
+/// The stored traffic of tc-1 is, for every 5-minute and hourly window holding its minutes,
+/// the traffic operator's derivation from the 1-minute windows recomputed from the final raw
+/// rows (so a late minute's revision reached it), and the `traffic` topic carries one content
+/// per window and version.
+async fn traffic_equals_a_derivation_from_the_recomputed_minutes(
+    h: &Harness,
+    raw: &[Reading],
+    expected_interval: &HashMap<&str, f64>,
+    seed: u64,
+) {
+    let minutes: Vec<Aggregate> = recompute(raw, Resolution::Minute, expected_interval)
+        .into_iter()
+        .filter(|((device, ..), _)| device == "tc-1")
+        .map(
+            |((device_id, channel, metric, start), (count, sum, min, max, capture))| Aggregate {
+                device_id,
+                channel,
+                metric,
+                resolution: Resolution::Minute,
+                window_start: start,
+                window_end: start + 60_000,
+                count,
+                sum,
+                min,
+                max,
+                mean: sum / count as f64,
+                capture,
+                unit: String::new(),
+                version: 0,
+            },
+        )
+        .collect();
+    let device = h.fleet.registry.get("tc-1").unwrap();
+    let mut want = Vec::new();
+    for resolution in [Resolution::FiveMinutes, Resolution::Hour] {
+        let starts: std::collections::BTreeSet<i64> = minutes
+            .iter()
+            .map(|m| resolution.start(m.window_start, ICT))
+            .collect();
+        for start in starts {
+            let window = (resolution, start, start + resolution.ms());
+            want.extend(crate::traffic::derive(
+                &device,
+                window,
+                &minutes,
+                &h.config.congestion,
+                0,
+            ));
+        }
+    }
+    let all = HistoryFilter {
+        from: 0,
+        to: i64::MAX,
+        limit: usize::MAX,
+        ..Default::default()
+    };
+    let mut got: Vec<ioc_history::TrafficRow> = Vec::new();
+    for resolution in [Resolution::FiveMinutes, Resolution::Hour] {
+        got.extend(
+            h.history
+                .query::<ioc_history::TrafficRow>(&HistoryFilter {
+                    resolution,
+                    ..all.clone()
+                })
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|t| ioc_history::TrafficRow { version: 0, ..t }),
+        );
+    }
+    let key = |t: &ioc_history::TrafficRow| (t.resolution.clone(), t.window_start);
+    got.sort_by_key(key);
+    want.sort_by_key(key);
+    assert!(
+        want.len() > 100,
+        "seed {seed}: {} traffic windows",
+        want.len()
+    );
+    let levels: std::collections::BTreeSet<&str> = want.iter().map(|t| t.level.as_str()).collect();
+    assert!(
+        levels.len() >= 3,
+        "seed {seed}: the data reaches several levels: {levels:?}"
+    );
+    // Sums in another order may differ in the last bit: compare at the records' rounding.
+    let rounded = |t: &ioc_history::TrafficRow| format!("{t:?}");
+    assert_eq!(
+        got.iter().map(rounded).collect::<Vec<_>>(),
+        want.iter().map(rounded).collect::<Vec<_>>(),
+        "seed {seed}: the stored traffic is the derivation from the recomputed minutes"
+    );
+    let mut seen: HashMap<(String, i64, u64), String> = HashMap::new();
+    for record in h.bus.read_all(&h.bus.topics().traffic).await.unwrap() {
+        let Ok(TrafficRecord::Flow(t)) = serde_json::from_slice(&record.payload) else {
+            panic!("seed {seed}: a traffic record of a counter");
+        };
+        let content = format!("{t:?}");
+        if let Some(before) = seen.insert(
+            (t.resolution.clone(), t.window_start, t.version),
+            content.clone(),
+        ) {
+            assert_eq!(
+                before, content,
+                "seed {seed}: one window, one version, two contents"
+            );
+        }
+    }
+}
+
 /// The stored hourly and daily AQI equal what `ioc aqi` gives for a CSV of the hourly means
 /// recomputed from the final raw rows (an hour below the capture threshold as empty cells), and
 /// the `aqi` topic carries one content per record and version.
@@ -970,6 +1105,7 @@ async fn readings_per_second_with_and_without_rollups() {
                 quality: *quality,
                 regulation: RegulatorySettings::of(&h.config, &h.fleet),
                 stuck_after: &h.config.stuck_after,
+                congestion: &h.config.congestion,
                 crash_after: None,
             };
             let topic = h.bus.topics().readings.clone();

@@ -1,6 +1,6 @@
 // Opens the dashboard in Debian's headless Chromium, as an IOC operator would, and reports as one
 // JSON line what a person would see: the connection status, the map's device markers, the
-// summary tiles, whether live data arrived without a reload, the labels before and after the
+// summary tiles, the markers' colours and the legend, whether live data arrived without a reload, the labels before and after the
 // language switch, and axe-core's accessibility violations. Saves a screenshot.
 // Usage: node dashboard.js URL SCREENSHOT.png [seconds-to-wait]
 "use strict";
@@ -36,6 +36,9 @@ const { launch } = require("./chromium");
     }
     await page.waitForTimeout(500);
     const markers = await page.$$eval("path.device-marker", (ps) => ps.map((p) => p.getAttribute("data-device")));
+    // Each marker's colour, and the levels the legend names.
+    const fills = await page.$$eval("path.device-marker", (ps) => Object.fromEntries(ps.map((p) => [p.getAttribute("data-device"), p.getAttribute("fill")])));
+    const legend = await page.$$eval("#legend li", (ls) => ls.map((l) => l.textContent));
     const tiles = await page.$$eval(".tile", (ts) => Object.fromEntries(ts.map((t) => [t.id, t.querySelector(".big").textContent])));
     const outline = await page.$$eval("#map path:not(.device-marker)", (ps) => ps.length);
     const status = await page.textContent("#status");
@@ -63,7 +66,7 @@ const { launch } = require("./chromium");
       const r = await window.axe.run(document, { resultTypes: ["violations"] });
       return r.violations.map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.length, help: v.help }));
     });
-    console.log(JSON.stringify({ status, markers, tiles, outline, updated, before, after, popup, quality, violations, blocked, outside }));
+    console.log(JSON.stringify({ status, markers, fills, legend, tiles, outline, updated, before, after, popup, quality, violations, blocked, outside }));
   } finally {
     await browser.close();
   }

@@ -281,6 +281,26 @@ async fn plates_are_read_only_by_enforcement_audited_and_found_nowhere_else() ->
         }
     })
     .await?;
+    // The violations per camera, type and hour, counted by the stream as the events came
+    // (resends among them), are the stored events counted once each.
+    let by_hour =
+        "SELECT device_id, intDiv(ts, 3600000) * 3600000 AS h, kind, count() FROM events FINAL \
+                   GROUP BY device_id, h, kind ORDER BY device_id, h, kind";
+    let counted = "SELECT device_id, window_start, violation, count FROM violations FINAL \
+                   ORDER BY device_id, window_start, violation";
+    env.eventually(
+        "violations counted as stored",
+        Duration::from_secs(60),
+        || async {
+            let (events, violations) = (
+                env.clickhouse(by_hour).await?,
+                env.clickhouse(counted).await?,
+            );
+            Ok((!events.is_empty() && events == violations).then_some(()))
+        },
+    )
+    .await
+    .context("the violations table against the events table")?;
     watcher.disconnect().await.ok();
     let plates = collector.await?;
     assert!(

@@ -209,7 +209,8 @@ async fn two_api_instances_give_the_same_positions_and_a_client_resumes_on_the_o
             "latest",
             "aqi_1h",
             "open_alerts",
-            "violations_1h"
+            "violations_1h",
+            "congestion"
         ],
         "{map}"
     );

@@ -17,6 +17,7 @@ mod pipeline;
 mod quality;
 mod rejections;
 mod rollups;
+mod traffic;
 mod up;
 mod zoo;
 

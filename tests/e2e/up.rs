@@ -1303,6 +1303,39 @@ async fn up_scores_each_simulated_fault_on_its_own_score() -> Result<()> {
     Ok(())
 }
 
+/// Traffic on `ioc up`: a simulated counter's weekday morning and a camera's violations
+/// (`traffic.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn up_derives_traffic_levels_jam_alerts_and_violation_counts() -> Result<()> {
+    let mut up = Up::new("traffic")?;
+    let password = format!("traffic-{}-{}", std::process::id(), up.http_port);
+    let env = [
+        ("IOC_SIM__USERNAME", "traffic-sim"),
+        ("IOC_SIM__PASSWORD", password.as_str()),
+        ("IOC_STREAM__IDLE_TIMEOUT", "3s"),
+        ("IOC_INGEST__DEVICE_RATE_LIMIT", "0"),
+    ];
+    let (mut proc, _) = up.start(&[], &env).await?;
+    let api = crate::rollups::Api {
+        http: &up.http,
+        base: up.url(""),
+        token: up.token.clone(),
+        logs: &up.dir,
+    };
+    let mqtt = ioc_config::MqttConfig {
+        host: "127.0.0.1".into(),
+        port: up.mqtt_port,
+        username: "traffic-sim".into(),
+        password: password.clone(),
+    };
+    let checked =
+        crate::traffic::a_morning_of_traffic_shows_its_rush_hour_and_incidents(&api, &mqtt).await;
+    stop_cleanly(&mut proc);
+    checked?;
+    let _ = std::fs::remove_dir_all(&up.dir);
+    Ok(())
+}
+
 /// Roll-ups, the VN_AQI and QCVN 40 exceedances on `ioc up`, as on the distributed pipeline
 /// (`rollups.rs`, `aqi.rs`, `exceedances.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

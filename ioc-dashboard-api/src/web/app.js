@@ -23,6 +23,7 @@
     devices: new Map(), // device_id -> {device_id, kind, lat, lon, status, online}
     latest: new Map(), // device_id -> Map(key -> {value, unit})
     aqi: new Map(), // device_id -> {aqi, band}
+    traffic: new Map(), // traffic counter's device_id -> its latest 5-minute window
     bands: [], // Decision 1459's bands with their health advice (/api/v1/aqi/bands)
     alerts: new Map(), // alert_id -> alert (open ones)
     statuses: new Map(), // device_id -> status
@@ -121,6 +122,9 @@
   }
 
   const BAND_NONE = { level: 0, colour: "#9aa5b1" };
+  // Congestion levels, green to red as the AQI bands run.
+  const LEVELS = ["free", "moderate", "heavy", "jammed"];
+  const LEVEL_COLOURS = { free: "#1f9d55", moderate: "#f2c200", heavy: "#ff7e00", jammed: "#b3261e" };
   // What a marker shows: air stations by their hourly AQI band, wastewater stations by whether
   // a water alert is open, the others by being online.
   function look(d) {
@@ -133,6 +137,15 @@
     if (d.kind === "wastewater") {
       const open = [...state.alerts.values()].some((x) => x.device_id === d.device_id && x.category === "water");
       return open ? { colour: "#b3261e", label: t("water_alert") } : { colour: "#1f9d55", label: t("water_ok") };
+    }
+    if (d.kind === "traffic_counter") {
+      // Counters by their latest 5 minutes' congestion level, the level named beside it.
+      const w = state.traffic.get(d.device_id);
+      if (!w || !w.level) return { colour: BAND_NONE.colour, label: t("no_level") };
+      const parts = [t(`level_${w.level}`)];
+      if (w.speed_kmh != null) parts.push(`${number(w.speed_kmh)} km/h`);
+      if (w.flow_vph != null) parts.push(`${number(w.flow_vph, 0)} ${t("vehicles_h")}`);
+      return { colour: LEVEL_COLOURS[w.level], label: parts.join(" · ") };
     }
     if (d.kind === "traffic_camera" && d.online && d.violations_1h != null) {
       // Cameras by their violations in the last hour: none, some, many.
@@ -153,6 +166,7 @@
     const dl = el("dl");
     const add = (k, v) => dl.append(el("dt", { text: k }), el("dd", { text: v }));
     add(t(d.kind), `${t(state.statuses.get(d.device_id) || d.status)} · ${d.online ? t("online") : t("offline")}`);
+    if (d.road_segment) add(t("road_segment"), d.road_segment);
     add("", look(d).label);
     const values = state.latest.get(d.device_id);
     add(t("latest"), values && values.size
@@ -221,6 +235,12 @@
       const sw = el("span", { class: "swatch" });
       sw.style.background = band.colour;
       legend.append(el("li", {}, sw, band[state.lang] || band.vi));
+    }
+    const levels = new Set([...state.traffic.values()].map((w) => w.level));
+    for (const level of LEVELS.filter((l) => levels.has(l))) {
+      const sw = el("span", { class: "swatch" });
+      sw.style.background = LEVEL_COLOURS[level];
+      legend.append(el("li", { "data-level": level }, sw, t(`level_${level}`)));
     }
   }
 
@@ -769,10 +789,13 @@
     const { fields, devices, violations_since: since } = await r.json();
     state.violationsSince = since ? Date.parse(since) : 0;
     const listed = await (await api("/api/v1/devices")).json();
-    const names = new Map(listed.devices.map((d) => [d.device_id, d.name]));
+    const details = new Map(listed.devices.map((d) => [d.device_id, d]));
     for (const row of devices) {
       const d = Object.fromEntries(fields.map((f, i) => [f, row[i]]));
-      d.name = names.get(d.device_id);
+      const shown = details.get(d.device_id) || {};
+      d.name = shown.name;
+      d.road_segment = shown.road_segment;
+      if (d.congestion && !state.traffic.has(d.device_id)) state.traffic.set(d.device_id, { level: d.congestion });
       state.devices.set(d.device_id, d);
       if (!state.latest.has(d.device_id)) {
         state.latest.set(d.device_id, new Map(Object.entries(d.latest || {}).map(([k, v]) => [k, { value: v }])));
@@ -791,6 +814,7 @@
     { stream: "aqi", resolution: "1h" },
     { stream: "alerts" },
     { stream: "status" },
+    { stream: "traffic", resolution: "5m" },
   ];
 
   function onData(frame) {
@@ -810,6 +834,12 @@
         break;
       case "status":
         state.statuses.set(d.device_id, d.status);
+        break;
+      case "traffic":
+        if (d.record === "flow") {
+          const had = state.traffic.get(d.device_id);
+          if (!had || !had.window_start || had.window_start <= d.window_start) state.traffic.set(d.device_id, d);
+        }
         break;
     }
   }

@@ -57,6 +57,8 @@ window.IOC_I18N = {
     decommissioned: "Ngừng sử dụng",
     water_alert: "Có cảnh báo nước thải", water_ok: "Trong giới hạn", no_band: "Không có AQI",
     violations_1h: "vi phạm trong 1 giờ qua", violations_since: "vi phạm từ",
+    level_free: "Thông thoáng", level_moderate: "Đông", level_heavy: "Ùn ứ", level_jammed: "Tắc nghẽn",
+    no_level: "Chưa có mức ùn tắc", vehicles_h: "xe/giờ", road_segment: "Đoạn đường",
   },
   en: {
     view_installer: "Installation", register_device: "Register a device", device_id: "Device id",
@@ -113,5 +115,7 @@ window.IOC_I18N = {
     decommissioned: "Decommissioned",
     water_alert: "Wastewater alert open", water_ok: "Within limits", no_band: "No AQI",
     violations_1h: "violations in the last hour", violations_since: "violations since",
+    level_free: "Free flow", level_moderate: "Moderate", level_heavy: "Heavy", level_jammed: "Jammed",
+    no_level: "No congestion level yet", vehicles_h: "vehicles/h", road_segment: "Road segment",
   },
 };

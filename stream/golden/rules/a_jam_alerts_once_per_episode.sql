@@ -1,0 +1,4 @@
+-- A counter's 5 minutes jammed fire the built-in traffic alert; heavy traffic after it (the
+-- rush hour behind an incident) keeps it firing; it clears at moderate or free, 10 minutes
+-- later. The next jam is a new episode.
+-- builtin: traffic_jammed
