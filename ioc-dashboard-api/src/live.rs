@@ -149,6 +149,10 @@ pub struct LiveMessage {
     pub value: Option<f64>,
     /// A word for the fleet map (a traffic counter's congestion level).
     pub level: Option<String>,
+    /// When the value is for (a reading's time, a window's start, a forecast's origin):
+    /// snapshots keep the newest per key, so a late or backfilled value does not hide the
+    /// current one.
+    pub at: Option<i64>,
     pub pos: Pos,
     pub json: Utf8Bytes,
 }
@@ -178,6 +182,7 @@ impl LiveMessage {
             retire: false,
             value: None,
             level: None,
+            at: None,
             pos,
             json: json.into(),
         }
@@ -188,6 +193,7 @@ impl LiveMessage {
             metric: Some(r.metric.clone()),
             key: Some(format!("{}/{}", r.channel, r.metric)),
             value: Some(r.value),
+            at: Some(r.ts),
             ..LiveMessage::new(
                 StreamName::Readings,
                 pos,
@@ -208,6 +214,7 @@ impl LiveMessage {
                 a.channel,
                 a.metric
             )),
+            at: Some(a.window_start),
             ..LiveMessage::new(
                 StreamName::Aggregates,
                 pos,
@@ -223,6 +230,7 @@ impl LiveMessage {
             resolution: Resolution::parse(&a.resolution),
             key: Some(a.resolution.clone()),
             value: a.aqi.map(f64::from),
+            at: Some(a.window_start),
             ..LiveMessage::new(StreamName::Aqi, pos, &a.device_id, &ApiAqi::from(a))
         }
     }
@@ -248,6 +256,7 @@ impl LiveMessage {
         LiveMessage {
             metric: Some(q.metric.clone()),
             key: Some(format!("{}/{}", q.channel, q.metric)),
+            at: Some(q.window_start),
             ..LiveMessage::new(
                 StreamName::Quality,
                 pos,
@@ -263,6 +272,7 @@ impl LiveMessage {
             metric: Some("pm25".into()),
             key: Some(f.horizon_h.to_string()),
             value: Some(f.pm25),
+            at: Some(f.origin),
             ..LiveMessage::new(
                 StreamName::Forecast,
                 pos,
@@ -281,6 +291,7 @@ impl LiveMessage {
                 key: Some(f.resolution.clone()),
                 value: f.flow_vph,
                 level: (!f.level.is_empty()).then(|| f.level.clone()),
+                at: Some(f.window_start),
                 ..LiveMessage::new(
                     StreamName::Traffic,
                     pos,
@@ -291,6 +302,7 @@ impl LiveMessage {
             TrafficRecord::Violations(v) => LiveMessage {
                 key: Some(format!("violations/{}", v.violation)),
                 value: Some(v.count as f64),
+                at: Some(v.window_start),
                 ..LiveMessage::new(
                     StreamName::Traffic,
                     pos,
@@ -503,9 +515,14 @@ impl LiveHub {
         s.head[p] = message.pos;
         if let Some(key) = &message.key {
             let entry = (message.device_id.clone(), key.clone());
+            let held_newer = s
+                .latest
+                .get(&entry)
+                .and_then(|held| held.at)
+                .is_some_and(|held| message.at.is_some_and(|at| at < held));
             if message.retire {
                 s.latest.remove(&entry);
-            } else {
+            } else if !held_newer {
                 s.latest.insert(entry, message.clone());
             }
         }

@@ -407,6 +407,7 @@ pub fn router(state: AppState) -> Router {
                     schema::object(&[
                         ("traffic", schema::array(schema::traffic())),
                         ("violations", schema::array(schema::violations())),
+                        ("truncated", schema::boolean()),
                     ])
                 }),
             )

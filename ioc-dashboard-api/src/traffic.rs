@@ -51,7 +51,8 @@ pub(crate) async fn traffic(
             )))
         }
     };
-    if let Some(id) = q.get("device_id") {
+    let mut filter = windows_filter(&state, &q, resolution)?;
+    if let Some(id) = &filter.device_id {
         let device = state.registry.get(id).ok_or_else(|| not_found_device(id))?;
         if !TRAFFIC_KINDS.contains(&device.kind.as_str()) {
             return Err(bad(format!(
@@ -61,7 +62,6 @@ pub(crate) async fn traffic(
             )));
         }
     }
-    let mut filter = windows_filter(&state, &q, resolution)?;
     if filter.device_id.is_none() {
         // The area's traffic devices, or the province's.
         let area = filter.any_of.iter().find(|(c, _)| *c == "device_id");

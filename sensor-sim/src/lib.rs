@@ -218,6 +218,11 @@ pub struct SimDevice {
     counted_until: i64,
 }
 
+/// Whether a message's time is off the device's running clock (a backfill, a skewed clock).
+fn off_clock(fault: Option<Fault>) -> bool {
+    matches!(fault, Some(Fault::ClockSkew | Fault::Backfill))
+}
+
 impl SimDevice {
     /// How busy it is against its kind's typical (0.6 to 1.6): a station's pollution, a road's
     /// traffic.
@@ -227,10 +232,11 @@ impl SimDevice {
 
     /// The seconds a traffic counter's count ending at `ts` is over: the time since its
     /// previous count (however fast the simulator sends), from 1 s to 5 minutes; a minute for
-    /// its first and for one stamped before the newest (a backfill, a clock behind).
-    fn count_interval_s(&self, ts: i64) -> i64 {
+    /// its first, for one stamped before the newest, and for one off the device's clock (a
+    /// backfill, a clock skewed either way, which also leaves the next count's start alone).
+    fn count_interval_s(&self, ts: i64, fault: Option<Fault>) -> i64 {
         let since = (ts - self.counted_until) / 1000;
-        if self.counted_until == 0 || since < 1 {
+        if self.counted_until == 0 || since < 1 || off_clock(fault) {
             60
         } else {
             since.min(300)
@@ -693,15 +699,10 @@ impl Fleet {
                 s
             }
             Format::Tt10Station => signals::wastewater(seed, i, d.level, ts, rng),
-            Format::TrafficCounter => signals::traffic(
-                seed,
-                i,
-                d.level,
-                d.lanes,
-                ts,
-                d.count_interval_s(ts) as f64,
-                rng,
-            ),
+            Format::TrafficCounter => {
+                let interval = d.count_interval_s(ts, fault) as f64;
+                signals::traffic(seed, i, d.level, d.lanes, ts, interval, rng)
+            }
             Format::CameraEvent => signals::violation(&self.plates, rng),
         };
         let mut label = fault;
@@ -736,9 +737,9 @@ impl Fleet {
             ts,
             seq: d.seq,
             bogus_unit,
-            interval_s: d.count_interval_s(ts),
+            interval_s: d.count_interval_s(ts, fault),
         };
-        if d.format == Format::TrafficCounter && ts > d.counted_until {
+        if d.format == Format::TrafficCounter && !off_clock(fault) && ts > d.counted_until {
             d.counted_until = ts;
         }
         let (mut payload, mut readings) = wire::encode(&frame, &sample);

@@ -1688,7 +1688,7 @@ impl Step<'_> {
 
     /// The traffic operator (`traffic.rs`): the flow, speed, occupancy and congestion of the
     /// traffic counters whose 5-minute and hourly windows were just stored, from their stored
-    /// 1-minute windows, stored before they are returned. `None` on shutdown mid-way.
+    /// readings, stored before they are returned. `None` on shutdown mid-way.
     async fn derive_traffic(
         &self,
         stored: &[Aggregate],
@@ -1701,7 +1701,7 @@ impl Step<'_> {
         if due.is_empty() {
             return Some(Vec::new());
         }
-        // One read of 1-minute windows per range, shared by the counters due over it (the
+        // One read of the raw readings per range, shared by the counters due over it (the
         // common case: all of them at the same 5 minutes or hour).
         let mut reads: BTreeMap<(i64, i64), Vec<String>> = BTreeMap::new();
         for (device, windows) in &due {
@@ -1713,28 +1713,38 @@ impl Step<'_> {
         let version = versions.next();
         let mut rows = Vec::new();
         for ((from, to), devices) in reads {
-            let minutes = self
-                .retry("reading 1-minute windows for traffic", || {
-                    self.history.windows(Resolution::Minute, &devices, from, to)
+            let filter = ioc_history::HistoryFilter {
+                from,
+                to,
+                limit: usize::MAX,
+                any_of: vec![
+                    ("device_id", devices.clone()),
+                    ("metric", traffic::METRICS.map(String::from).to_vec()),
+                ],
+                ..Default::default()
+            };
+            let readings = self
+                .retry("reading traffic counts", || {
+                    self.history.query::<ReadingRow>(&filter)
                 })
                 .await?;
-            let mut by_device: HashMap<&str, Vec<Aggregate>> = HashMap::new();
-            for w in minutes {
-                if let Some((d, _)) = due.get_key_value(w.device_id.as_str()) {
-                    by_device.entry(d.as_str()).or_default().push(w);
+            let mut by_device: HashMap<&str, Vec<ReadingRow>> = HashMap::new();
+            for r in readings {
+                if let Some((d, _)) = due.get_key_value(r.device_id.as_str()) {
+                    by_device.entry(d.as_str()).or_default().push(r);
                 }
             }
             for device in &devices {
                 let Some(d) = registry.get(device) else {
                     continue;
                 };
-                let minutes = by_device
+                let readings = by_device
                     .get(device.as_str())
                     .map_or(&[][..], Vec::as_slice);
                 rows.extend(
-                    due[device]
-                        .iter()
-                        .filter_map(|w| traffic::derive(&d, *w, minutes, self.congestion, version)),
+                    due[device].iter().filter_map(|w| {
+                        traffic::derive(&d, *w, readings, self.congestion, version)
+                    }),
                 );
             }
         }

@@ -480,8 +480,7 @@ async fn every_window_at_every_resolution_equals_a_recomputation_after_random_cr
             }
         }
 
-        traffic_equals_a_derivation_from_the_recomputed_minutes(&h, &raw, &expected_interval, seed)
-            .await;
+        traffic_equals_a_derivation_from_the_final_rows(&h, &raw, seed).await;
         quality_equals_a_count_of_the_final_rows(&h, &messages, seed).await;
         aqi_equals_ioc_aqi_over_the_recomputed_hours(&h, &raw, &expected_interval, seed).await;
         exceedances_equal_the_limits_over_the_recomputed_hours(
@@ -802,51 +801,29 @@ async fn exceedances_equal_the_limits_over_the_recomputed_hours(
     }
 }
 
-/// The stored traffic of tc-1 is, for every 5-minute and hourly window holding its minutes,
-/// the traffic operator's derivation from the 1-minute windows recomputed from the final raw
-/// rows (so a late minute's revision reached it), and the `traffic` topic carries one content
-/// per window and version.
-async fn traffic_equals_a_derivation_from_the_recomputed_minutes(
-    h: &Harness,
-    raw: &[Reading],
-    expected_interval: &HashMap<&str, f64>,
-    seed: u64,
-) {
-    let minutes: Vec<Aggregate> = recompute(raw, Resolution::Minute, expected_interval)
-        .into_iter()
-        .filter(|((device, ..), _)| device == "tc-1")
-        .map(
-            |((device_id, channel, metric, start), (count, sum, min, max, capture))| Aggregate {
-                device_id,
-                channel,
-                metric,
-                resolution: Resolution::Minute,
-                window_start: start,
-                window_end: start + 60_000,
-                count,
-                sum,
-                min,
-                max,
-                mean: sum / count as f64,
-                capture,
-                unit: String::new(),
-                version: 0,
-            },
-        )
+/// The stored traffic of tc-1 is, for every 5-minute and hourly window holding its good
+/// readings, the traffic operator's derivation from the final raw rows (so a late reading's
+/// revision reached it), and the `traffic` topic carries one content per window and version.
+async fn traffic_equals_a_derivation_from_the_final_rows(h: &Harness, raw: &[Reading], seed: u64) {
+    let readings: Vec<ReadingRow> = raw
+        .iter()
+        .filter(|r| r.device_id == "tc-1")
+        .map(ReadingRow::from)
         .collect();
     let device = h.fleet.registry.get("tc-1").unwrap();
     let mut want = Vec::new();
     for resolution in [Resolution::FiveMinutes, Resolution::Hour] {
-        let starts: std::collections::BTreeSet<i64> = minutes
+        let starts: std::collections::BTreeSet<i64> = readings
             .iter()
-            .map(|m| resolution.start(m.window_start, ICT))
+            .filter(|r| r.quality == "good")
+            .map(|r| resolution.start(r.ts, ICT))
             .collect();
         for start in starts {
             let window = (resolution, start, start + resolution.ms());
             want.extend(crate::traffic::derive(
                 &device,
                 window,
-                &minutes,
+                &readings,
                 &h.config.congestion,
                 0,
             ));

@@ -393,38 +393,51 @@ async fn a_cameras_violations_are_counted_per_type_and_hour(
         subscribe.into(),
     ))
     .await?;
-    let snapshot = tokio::time::timeout(Duration::from_secs(30), async {
+    // The snapshot, then live frames (the bus reaches the API a moment after the store), until
+    // each type's latest count is the stored one.
+    let mut latest: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    let mut last_frame = Value::Null;
+    let seen = |latest: &std::collections::BTreeMap<(String, String), u64>| {
+        latest
+            .iter()
+            .map(|((h, v), n)| (h.clone(), v.clone(), *n))
+            .collect::<Vec<_>>()
+    };
+    tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(frame) = ws.next().await {
             if let tokio_tungstenite::tungstenite::Message::Text(text) = frame? {
                 let v: Value = serde_json::from_str(&text)?;
                 ensure!(v["op"] != "error", "{v}");
-                if let Some(s) = v["snapshot"].as_array() {
-                    return anyhow::Ok(s.clone());
+                let messages = match v["snapshot"].as_array() {
+                    Some(snapshot) => snapshot.clone(),
+                    None => vec![v.clone()],
+                };
+                for m in messages.iter().filter(|m| m["stream"] == "traffic") {
+                    let d = &m["data"];
+                    ensure!(d["record"] == "violations", "a camera's record: {m}");
+                    latest.insert(
+                        (
+                            d["window_start"].as_str().unwrap_or_default().to_string(),
+                            d["violation"].as_str().unwrap_or_default().to_string(),
+                        ),
+                        d["count"].as_u64().unwrap_or(0),
+                    );
+                }
+                last_frame = v;
+                if seen(&latest) == expected {
+                    return anyhow::Ok(());
                 }
             }
         }
         anyhow::bail!("the socket closed")
     })
-    .await??;
-    let mut live: Vec<(String, String, u64)> = snapshot
-        .iter()
-        .filter(|m| m["stream"] == "traffic")
-        .map(|m| {
-            (
-                m["data"]["window_start"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                m["data"]["violation"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                m["data"]["count"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect();
-    live.sort();
-    ensure!(live == expected, "the websocket's snapshot: {snapshot:?}");
+    .await
+    .with_context(|| {
+        format!(
+            "the websocket's counts {:?}; last frame {last_frame}",
+            seen(&latest)
+        )
+    })??;
     let _ = ws.close(None).await;
 
     // Repeat counts: enforcement only, audited.

@@ -139,7 +139,9 @@
       return open ? { colour: "#b3261e", label: t("water_alert") } : { colour: "#1f9d55", label: t("water_ok") };
     }
     if (d.kind === "traffic_counter") {
-      // Counters by their latest 5 minutes' congestion level, the level named beside it.
+      // Counters by their latest 5 minutes' congestion level, the level named beside it; a
+      // counter that stopped reporting shows as offline, not as its last level.
+      if (!d.online) return { colour: "#9aa5b1", label: t("offline") };
       const w = state.traffic.get(d.device_id);
       if (!w || !w.level) return { colour: BAND_NONE.colour, label: t("no_level") };
       const parts = [t(`level_${w.level}`)];
