@@ -95,11 +95,11 @@ pub(crate) async fn traffic(
         .take(limit.saturating_sub(counters.len()))
         .map(ApiViolations::from)
         .collect();
-    let mut answer = json!({ "traffic": counters, "violations": violations });
-    if truncated {
-        answer["truncated"] = json!(true);
-    }
-    Ok(Json(answer))
+    Ok(Json(json!({
+        "traffic": counters,
+        "violations": violations,
+        "truncated": truncated,
+    })))
 }
 
 /// The longest range `GET /api/v1/traffic/repeats` counts over.
