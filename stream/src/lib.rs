@@ -1857,27 +1857,14 @@ impl Step<'_> {
         Ok(out)
     }
 
-    /// Stores the alerts' new states and their transitions, then publishes both: a crash
-    /// between repeats them with the same keys. False on shutdown mid-way.
+    /// Publishes the alerts' new states and their transitions, then stores both. In that
+    /// order, as exceedances are: a crash in between finds them unstored, so the replay makes
+    /// them again (same alert ids and kinds) and publishes them again; stored first, a crash
+    /// before the publish left the restored state past them and the bus without them. False on
+    /// shutdown mid-way.
     async fn emit_transitions(&self, transitions: &[AlertTransition]) -> bool {
         if transitions.is_empty() {
             return true;
-        }
-        let alerts: Vec<AlertRow> = transitions
-            .iter()
-            .map(|t| AlertRow::from(&t.alert))
-            .collect();
-        let rows: Vec<TransitionRow> = transitions.iter().map(TransitionRow::from).collect();
-        if self
-            .retry("storing alerts", || self.history.insert(&alerts))
-            .await
-            .is_none()
-            || self
-                .retry("storing alert transitions", || self.history.insert(&rows))
-                .await
-                .is_none()
-        {
-            return false;
         }
         let topics = self.bus.topics();
         if !self
@@ -1896,6 +1883,22 @@ impl Step<'_> {
                         .map(|t| (&t.alert.device_id, serde_json::to_vec(t))),
                 )
                 .await
+        {
+            return false;
+        }
+        let alerts: Vec<AlertRow> = transitions
+            .iter()
+            .map(|t| AlertRow::from(&t.alert))
+            .collect();
+        let rows: Vec<TransitionRow> = transitions.iter().map(TransitionRow::from).collect();
+        if self
+            .retry("storing alerts", || self.history.insert(&alerts))
+            .await
+            .is_none()
+            || self
+                .retry("storing alert transitions", || self.history.insert(&rows))
+                .await
+                .is_none()
         {
             return false;
         }
