@@ -119,32 +119,38 @@ pub struct Repeat {
 /// The pseudonyms with at least `min` violations among `events`, most first (then by
 /// pseudonym, for a stable order).
 pub fn repeats(events: &[EventRow], min: u64) -> Vec<Repeat> {
-    let mut by_plate: BTreeMap<String, (u64, BTreeMap<String, u64>, BTreeSet<String>, i64, i64)> =
-        BTreeMap::new();
+    /// One pseudonym's violations so far, and when the first and last were.
+    struct Tally(Repeat, i64, i64);
+    let mut by_plate: BTreeMap<String, Tally> = BTreeMap::new();
     for e in events {
         let attributes: serde_json::Value = serde_json::from_str(&e.attributes).unwrap_or_default();
         let Some(plate) = attributes["plate_pseudonym"].as_str() else {
             continue;
         };
-        let entry = by_plate
-            .entry(plate.to_string())
-            .or_insert_with(|| (0, BTreeMap::new(), BTreeSet::new(), e.ts, e.ts));
-        entry.0 += 1;
-        *entry.1.entry(e.kind.clone()).or_default() += 1;
-        entry.2.insert(e.device_id.clone());
-        entry.3 = entry.3.min(e.ts);
-        entry.4 = entry.4.max(e.ts);
+        let Tally(r, first, last) = by_plate.entry(plate.to_string()).or_insert_with(|| {
+            let r = Repeat {
+                plate_pseudonym: plate.to_string(),
+                violations: 0,
+                by_type: BTreeMap::new(),
+                cameras: BTreeSet::new(),
+                first_at: String::new(),
+                last_at: String::new(),
+            };
+            Tally(r, e.ts, e.ts)
+        });
+        r.violations += 1;
+        *r.by_type.entry(e.kind.clone()).or_default() += 1;
+        r.cameras.insert(e.device_id.clone());
+        *first = (*first).min(e.ts);
+        *last = (*last).max(e.ts);
     }
     let mut out: Vec<Repeat> = by_plate
-        .into_iter()
-        .filter(|(_, (n, ..))| *n >= min)
-        .map(|(plate, (n, by_type, cameras, first, last))| Repeat {
-            plate_pseudonym: plate,
-            violations: n,
-            by_type,
-            cameras,
+        .into_values()
+        .filter(|Tally(r, ..)| r.violations >= min)
+        .map(|Tally(r, first, last)| Repeat {
             first_at: format_ms(first),
             last_at: format_ms(last),
+            ..r
         })
         .collect();
     out.sort_by(|a, b| {

@@ -230,6 +230,37 @@ impl SimDevice {
         self.level
     }
 
+    /// `sample` at `ts` in the device's wire format, on its topic.
+    fn message(
+        &self,
+        ts: i64,
+        seq: u64,
+        bogus_unit: Option<usize>,
+        interval_s: i64,
+        sample: &Sample,
+        fault: Option<Fault>,
+    ) -> SimMessage {
+        let frame = Frame {
+            format: self.format,
+            device_id: &self.device_id,
+            style: self.style,
+            external_id: self.external_id.as_ref().map(ExternalId::value),
+            ts,
+            seq,
+            bogus_unit,
+            interval_s,
+        };
+        let (payload, readings) = wire::encode(&frame, sample);
+        SimMessage {
+            topic: self.topic.clone(),
+            payload,
+            format: self.format,
+            device_id: self.device_id.clone(),
+            fault,
+            readings,
+        }
+    }
+
     /// The seconds a traffic counter's count ending at `ts` is over: the time since its
     /// previous count (however fast the simulator sends), from 1 s to 5 minutes; a minute for
     /// its first, for one stamped before the newest, and for one off the device's clock (a
@@ -499,25 +530,7 @@ impl Fleet {
                     let ts = start + m * 60_000;
                     let sample =
                         signals::traffic(self.seed, i, d.level, d.lanes, ts, 60.0, &mut rng);
-                    let frame = Frame {
-                        format: d.format,
-                        device_id: &d.device_id,
-                        style: d.style,
-                        external_id: d.external_id.as_ref().map(ExternalId::value),
-                        ts,
-                        seq: m as u64,
-                        bogus_unit: None,
-                        interval_s: 60,
-                    };
-                    let (payload, readings) = wire::encode(&frame, &sample);
-                    SimMessage {
-                        topic: d.topic.clone(),
-                        payload,
-                        format: d.format,
-                        device_id: d.device_id.clone(),
-                        fault: None,
-                        readings,
-                    }
+                    d.message(ts, m as u64, None, 60, &sample, None)
                 })
                 .collect(),
         )
@@ -729,32 +742,15 @@ impl Fleet {
             }
             _ => {}
         }
-        let frame = Frame {
-            format: d.format,
-            device_id: &d.device_id,
-            style: d.style,
-            external_id: d.external_id.as_ref().map(ExternalId::value),
-            ts,
-            seq: d.seq,
-            bogus_unit,
-            interval_s: d.count_interval_s(ts, fault),
-        };
+        let interval_s = d.count_interval_s(ts, fault);
+        let mut message = d.message(ts, d.seq, bogus_unit, interval_s, &sample, label);
         if d.format == Format::TrafficCounter && !off_clock(fault) && ts > d.counted_until {
             d.counted_until = ts;
         }
-        let (mut payload, mut readings) = wire::encode(&frame, &sample);
         if fault == Some(Fault::Malformed) {
-            payload = wire::garble(d.format, &payload, rng);
-            readings = 0;
+            message.payload = wire::garble(d.format, &message.payload, rng);
+            message.readings = 0;
         }
-        let message = SimMessage {
-            topic: d.topic.clone(),
-            payload,
-            format: d.format,
-            device_id: d.device_id.clone(),
-            fault: label,
-            readings,
-        };
         d.last = Some(message.clone());
         message
     }

@@ -307,57 +307,20 @@ pub(crate) async fn a_station_gets_the_forecast_ioc_forecast_makes_of_its_hours(
         "the haze still building, Kém or worse: {first}"
     );
     // The websocket's `forecast` stream: its snapshot holds the station's latest per hour ahead.
-    let ws_url = format!(
-        "{}/api/v1/ws?token={}",
-        api.base.replacen("http://", "ws://", 1),
-        api.token
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await?;
-    use futures::{SinkExt, StreamExt};
-    let subscribe =
-        serde_json::json!({"op": "subscribe", "stream": "forecast", "device_ids": [device]});
-    ws.send(tokio_tungstenite::tungstenite::Message::Text(
-        subscribe.to_string().into(),
-    ))
-    .await?;
-    // The snapshot, then live messages (the bus reaches the API a moment after the store),
-    // until the six hours ahead of the latest origin are seen.
     let mut seen: std::collections::BTreeMap<u64, serde_json::Value> = Default::default();
-    let mut last_frame = serde_json::Value::Null;
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(frame) = ws.next().await {
-            if let tokio_tungstenite::tungstenite::Message::Text(text) = frame? {
-                let v: serde_json::Value = serde_json::from_str(&text)?;
-                ensure!(v["op"] != "error", "{v}");
-                let messages = match v["snapshot"].as_array() {
-                    Some(snapshot) => snapshot.clone(),
-                    None => vec![v.clone()],
-                };
-                for m in messages {
-                    if m["stream"] == "forecast" && m["data"]["origin"] == origin.as_str() {
-                        let h = m["data"]["horizon_h"].as_u64().unwrap_or(0);
-                        seen.insert(h, m["data"].clone());
-                    }
-                }
-                last_frame = v;
-                if seen.len() == 6 {
-                    return anyhow::Ok(());
-                }
-            }
+    api.watch("forecast", device, "the six hours ahead", |d| {
+        if d["origin"] == origin.as_str() {
+            seen.insert(d["horizon_h"].as_u64().unwrap_or(0), d.clone());
         }
-        anyhow::bail!("the socket closed")
+        Ok(seen.len() == 6)
     })
-    .await
-    .with_context(|| {
-        format!("the six hours ahead on the forecast stream; last frame {last_frame}")
-    })??;
+    .await?;
     ensure!(
         seen.values()
             .zip(&forecasts)
             .all(|(m, f)| m["pm25"] == f["pm25"]),
         "the stream gives what the API does: {seen:?}"
     );
-    let _ = ws.close(None).await;
     // Asked wrongly, it says so.
     let missing = api
         .http

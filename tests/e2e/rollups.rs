@@ -28,6 +28,56 @@ impl Api<'_> {
         crate::harness::get_json(self.http, &format!("{}{path}", self.base), &self.token).await
     }
 
+    /// Subscribes to the websocket's `stream` for `device` and hands each data frame's `data`,
+    /// the snapshot's then the live ones (the bus reaches the API a moment after the store),
+    /// to `seen` until it says it has seen enough; fails after 30 s with `what` and the last
+    /// frame.
+    pub(crate) async fn watch(
+        &self,
+        stream: &str,
+        device: &str,
+        what: &str,
+        mut seen: impl FnMut(&serde_json::Value) -> Result<bool>,
+    ) -> Result<()> {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let url = format!(
+            "{}/api/v1/ws?token={}",
+            self.base.replacen("http://", "ws://", 1),
+            self.token
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+        let subscribe =
+            serde_json::json!({"op": "subscribe", "stream": stream, "device_ids": [device]});
+        ws.send(Message::Text(subscribe.to_string().into())).await?;
+        let mut last_frame = serde_json::Value::Null;
+        let watched = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while let Some(frame) = ws.next().await {
+                if let Message::Text(text) = frame? {
+                    let v: serde_json::Value = serde_json::from_str(&text)?;
+                    anyhow::ensure!(v["op"] != "error", "{v}");
+                    let frames = match v["snapshot"].as_array() {
+                        Some(snapshot) => snapshot.clone(),
+                        None => vec![v.clone()],
+                    };
+                    last_frame = v;
+                    for f in frames.iter().filter(|f| f["stream"] == stream) {
+                        if seen(&f["data"])? {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            anyhow::bail!("the socket closed")
+        })
+        .await;
+        let _ = ws.close(None).await;
+        watched
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r)
+            .with_context(|| format!("{what} on the {stream} stream; last frame {last_frame}"))
+    }
+
     /// Changes `device`'s registry details by `PATCH`; the device as the API shows it after.
     pub(crate) async fn patch_device(
         &self,

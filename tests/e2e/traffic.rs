@@ -380,65 +380,21 @@ async fn a_cameras_violations_are_counted_per_type_and_hour(
     )
     .await?;
     // The websocket's `traffic` stream holds the camera's latest count per type.
-    let ws_url = format!(
-        "{}/api/v1/ws?token={}",
-        api.base.replacen("http://", "ws://", 1),
-        api.token
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await?;
-    use futures::{SinkExt, StreamExt};
-    let subscribe =
-        json!({"op": "subscribe", "stream": "traffic", "device_ids": [device]}).to_string();
-    ws.send(tokio_tungstenite::tungstenite::Message::Text(
-        subscribe.into(),
-    ))
-    .await?;
-    // The snapshot, then live frames (the bus reaches the API a moment after the store), until
-    // each type's latest count is the stored one.
     let mut latest: std::collections::BTreeMap<(String, String), u64> = Default::default();
-    let mut last_frame = Value::Null;
-    let seen = |latest: &std::collections::BTreeMap<(String, String), u64>| {
-        latest
+    api.watch("traffic", device, "each type's stored count", |d| {
+        ensure!(d["record"] == "violations", "a camera's record: {d}");
+        let key = (
+            d["window_start"].as_str().unwrap_or_default().to_string(),
+            d["violation"].as_str().unwrap_or_default().to_string(),
+        );
+        latest.insert(key, d["count"].as_u64().unwrap_or(0));
+        let seen: Vec<(String, String, u64)> = latest
             .iter()
             .map(|((h, v), n)| (h.clone(), v.clone(), *n))
-            .collect::<Vec<_>>()
-    };
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(frame) = ws.next().await {
-            if let tokio_tungstenite::tungstenite::Message::Text(text) = frame? {
-                let v: Value = serde_json::from_str(&text)?;
-                ensure!(v["op"] != "error", "{v}");
-                let messages = match v["snapshot"].as_array() {
-                    Some(snapshot) => snapshot.clone(),
-                    None => vec![v.clone()],
-                };
-                for m in messages.iter().filter(|m| m["stream"] == "traffic") {
-                    let d = &m["data"];
-                    ensure!(d["record"] == "violations", "a camera's record: {m}");
-                    latest.insert(
-                        (
-                            d["window_start"].as_str().unwrap_or_default().to_string(),
-                            d["violation"].as_str().unwrap_or_default().to_string(),
-                        ),
-                        d["count"].as_u64().unwrap_or(0),
-                    );
-                }
-                last_frame = v;
-                if seen(&latest) == expected {
-                    return anyhow::Ok(());
-                }
-            }
-        }
-        anyhow::bail!("the socket closed")
+            .collect();
+        Ok(seen == expected)
     })
-    .await
-    .with_context(|| {
-        format!(
-            "the websocket's counts {:?}; last frame {last_frame}",
-            seen(&latest)
-        )
-    })??;
-    let _ = ws.close(None).await;
+    .await?;
 
     // Repeat counts: enforcement only, audited.
     let officer =

@@ -168,6 +168,33 @@ impl Up {
         rumqttc::AsyncClient::new(options, 1000)
     }
 
+    /// The deployment's API, as the admin.
+    fn api(&self) -> crate::rollups::Api<'_> {
+        crate::rollups::Api {
+            http: &self.http,
+            base: self.url(""),
+            token: self.token.clone(),
+            logs: &self.dir,
+        }
+    }
+
+    /// A simulator account `name` (`sim.username`, `sim.password`): the variables that give
+    /// `ioc up` it, and the login a test publishes every device's messages with.
+    fn sim_account(&self, name: &str) -> ([(&'static str, String); 2], ioc_config::MqttConfig) {
+        let password = format!("{name}-{}-{}", std::process::id(), self.http_port);
+        let env = [
+            ("IOC_SIM__USERNAME", name.to_string()),
+            ("IOC_SIM__PASSWORD", password.clone()),
+        ];
+        let login = ioc_config::MqttConfig {
+            host: "127.0.0.1".into(),
+            port: self.mqtt_port,
+            username: name.into(),
+            password,
+        };
+        (env, login)
+    }
+
     fn mqtt_options(&self, device: &str) -> rumqttc::MqttOptions {
         let login = self.logins.lock().unwrap()[device].clone();
         device_login(&login, self.mqtt_port).expect("a device account")
@@ -1274,28 +1301,17 @@ fn up_names_a_busy_port_and_the_flag_to_change_it_and_creates_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn up_scores_each_simulated_fault_on_its_own_score() -> Result<()> {
     let mut up = Up::new("faults")?;
-    let password = format!("faults-{}-{}", std::process::id(), up.http_port);
+    let (sim, mqtt) = up.sim_account("faults-sim");
     let env = [
-        ("IOC_SIM__USERNAME", "faults-sim"),
-        ("IOC_SIM__PASSWORD", password.as_str()),
+        (sim[0].0, sim[0].1.as_str()),
+        (sim[1].0, sim[1].1.as_str()),
         ("IOC_STREAM__IDLE_TIMEOUT", "3s"),
         ("IOC_STREAM__STUCK_AFTER", "{ default = 30, pm25 = 5 }"),
         ("IOC_INGEST__DEVICE_RATE_LIMIT", "2"),
         ("IOC_INGEST__DEVICE_BURST", "5"),
     ];
     let (mut proc, _) = up.start(&[], &env).await?;
-    let api = crate::rollups::Api {
-        http: &up.http,
-        base: up.url(""),
-        token: up.token.clone(),
-        logs: &up.dir,
-    };
-    let mqtt = ioc_config::MqttConfig {
-        host: "127.0.0.1".into(),
-        port: up.mqtt_port,
-        username: "faults-sim".into(),
-        password: password.clone(),
-    };
+    let api = up.api();
     let checked = crate::quality::each_simulated_fault_moves_its_own_score(&api, &mqtt).await;
     stop_cleanly(&mut proc);
     checked?;
@@ -1308,26 +1324,15 @@ async fn up_scores_each_simulated_fault_on_its_own_score() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn up_derives_traffic_levels_jam_alerts_and_violation_counts() -> Result<()> {
     let mut up = Up::new("traffic")?;
-    let password = format!("traffic-{}-{}", std::process::id(), up.http_port);
+    let (sim, mqtt) = up.sim_account("traffic-sim");
     let env = [
-        ("IOC_SIM__USERNAME", "traffic-sim"),
-        ("IOC_SIM__PASSWORD", password.as_str()),
+        (sim[0].0, sim[0].1.as_str()),
+        (sim[1].0, sim[1].1.as_str()),
         ("IOC_STREAM__IDLE_TIMEOUT", "3s"),
         ("IOC_INGEST__DEVICE_RATE_LIMIT", "0"),
     ];
     let (mut proc, _) = up.start(&[], &env).await?;
-    let api = crate::rollups::Api {
-        http: &up.http,
-        base: up.url(""),
-        token: up.token.clone(),
-        logs: &up.dir,
-    };
-    let mqtt = ioc_config::MqttConfig {
-        host: "127.0.0.1".into(),
-        port: up.mqtt_port,
-        username: "traffic-sim".into(),
-        password: password.clone(),
-    };
+    let api = up.api();
     let checked =
         crate::traffic::a_morning_of_traffic_shows_its_rush_hour_and_incidents(&api, &mqtt).await;
     stop_cleanly(&mut proc);
@@ -1376,12 +1381,7 @@ async fn up_rolls_up_a_backdated_day_and_revises_it_for_a_late_reading() -> Resu
         poll(forecast_events),
         poll(smoke_events),
     ];
-    let api = crate::rollups::Api {
-        http: &up.http,
-        base: up.url(""),
-        token: up.token.clone(),
-        logs: &up.dir,
-    };
+    let api = up.api();
     let checked = async {
         let day = crate::rollups::a_backdated_day_rolls_up_and_a_late_reading_revises_it(
             &api, &client, "aq-day",
