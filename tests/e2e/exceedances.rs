@@ -3,8 +3,9 @@
 //! 09:00–10:00, pH 9.5 through 14:00–15:00; its inlet at 900 mg/L, which is not judged). The API
 //! gives exactly the two exceedances QCVN 40:2011 column B gives; then a late hour of low COD
 //! brings 09:00's mean to 125, and that exceedance is re-emitted as withdrawn with a higher
-//! version, the pH one untouched. An air-quality station's day of NO2 gives its QCVN 05 hour and
-//! day.
+//! version, the pH one untouched; the station's settings change to column A and its next hour
+//! is judged against the new limit. An air-quality station's day of NO2 gives its QCVN 05 hour
+//! and day.
 
 use std::time::Duration;
 
@@ -180,6 +181,38 @@ pub(crate) async fn a_wastewater_day_exceeds_qcvn_40_and_a_late_hour_withdraws_i
     assert!(
         detail.contains("qcvn40_column") && detail.contains("0.9"),
         "the change is in the audit: {audit}"
+    );
+
+    // The new settings judge the station's next hour: its COD of 100 stands above column A's
+    // 75 × Kq 0.9 × Kf 1 = 67.5 mg/L, and no later hour clears it (the officer's inbox in the
+    // pipeline test finds its alert firing). One reading a minute into the hour after closes it
+    // in event time (not after the idle timeout); that one reading is too few to judge its own
+    // hour.
+    let next = day + 24 * HOUR;
+    for minute in 0..=61i64 {
+        if minute == 60 {
+            continue;
+        }
+        let ts = next + minute * 60_000 + 10_000;
+        let body = format!(r#"{{"ts":{ts},"channel":"outlet","values":{{"cod":100.0,"ph":7.2}}}}"#);
+        mqtt.publish(&topic, QoS::AtLeastOnce, false, body).await?;
+    }
+    let judged = eventually(
+        "the next hour's COD judged against column A",
+        Duration::from_secs(120),
+        api.logs,
+        || async {
+            let got = stored(api, device, next).await?;
+            Ok(got
+                .into_iter()
+                .find(|e| e.metric == "cod" && e.start == next))
+        },
+    )
+    .await?;
+    let limit = judged.limit["max"].as_f64().unwrap_or(f64::NAN);
+    assert!(
+        judged.status == "exceeded" && judged.value == 100.0 && (limit - 67.5).abs() < 1e-9,
+        "{judged:?}"
     );
     Ok(())
 }

@@ -806,9 +806,24 @@ async fn a_backdated_day_rolls_up_and_a_late_reading_revises_every_resolution() 
         assert!(serious.is_empty(), "axe-core: {serious:?}");
     }
 
-    // An environment officer's inbox: ww-day's QCVN 40 alert (its last hour's COD stands above
-    // the limit), its transitions, resolved by hand with a comment (refused on the page
-    // without one).
+    // An environment officer's inbox: ww-day's QCVN 40 alert (its hour after the day stands
+    // above column A's COD limit), its transitions, resolved by hand with a comment (refused on
+    // the page without one). The page reads the history once: the alert is there first.
+    env.eventually(
+        "ww-day's firing QCVN 40 alert in the history",
+        Duration::from_secs(60),
+        || async {
+            // From 30 days back, as the page reads.
+            let from = ioc_contract::time::now_ms() - 30 * 86_400_000;
+            let got = env
+                .get_json(&format!(
+                    "/api/v1/alerts?device_id=ww-day&rule=qcvn40_exceedance&state=firing&from={from}"
+                ))
+                .await?;
+            Ok(got["alerts"].as_array().filter(|a| !a.is_empty()).cloned())
+        },
+    )
+    .await?;
     let officer =
         crate::access::issue(&env.http, &env.api(""), TOKEN, "environment", "officer-hoa").await?;
     let comment = "Đã kiểm tra: nhà máy tạm dừng xả thải";
