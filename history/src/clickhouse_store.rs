@@ -295,20 +295,27 @@ impl ClickHouseHistory {
         &self,
         resolution: Resolution,
         devices: &[String],
+        metrics: &[&str],
         from: i64,
         to: i64,
     ) -> Result<Vec<Aggregate>, HistoryError> {
         // `IN` a subquery, so the primary key (device first) narrows the read; 18.16 takes no
         // array on the right of IN.
+        let of_metrics = if metrics.is_empty() {
+            ""
+        } else {
+            " AND metric IN (SELECT arrayJoin(?))"
+        };
         let sql = format!(
-            "SELECT ?fields FROM {} FINAL WHERE device_id IN (SELECT arrayJoin(?)) \
+            "SELECT ?fields FROM {} FINAL WHERE device_id IN (SELECT arrayJoin(?)){of_metrics} \
              AND window_start >= ? AND window_start < ?",
             aggregates_table(resolution)
         );
-        let rows = self
-            .client
-            .query(&sql)
-            .bind(devices)
+        let mut query = self.client.query(&sql).bind(devices);
+        if !metrics.is_empty() {
+            query = query.bind(metrics);
+        }
+        let rows = query
             .bind(from)
             .bind(to)
             .fetch_all::<AggregateRow>()

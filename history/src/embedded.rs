@@ -592,13 +592,17 @@ impl EmbeddedHistory {
         &self,
         resolution: Resolution,
         devices: &[String],
+        metrics: &[&str],
         from: i64,
         to: i64,
     ) -> Result<Vec<Aggregate>, StoreError> {
         let devices: std::collections::HashSet<String> = devices.iter().cloned().collect();
+        let metrics: std::collections::HashSet<String> =
+            metrics.iter().map(|m| m.to_string()).collect();
         let rows = self
             .scan::<AggregateRow>(from, to, resolution as u8, move |r| {
                 devices.contains(&r.device_id)
+                    && (metrics.is_empty() || metrics.contains(&r.metric))
             })
             .await?;
         Ok(rows.into_iter().map(Aggregate::from).collect())
@@ -1004,13 +1008,42 @@ mod tests {
             vec![(Resolution::Day, 101, Some(0.5))]
         );
         let minutes = h
-            .windows(Resolution::Minute, &["aq-1".into()], day, day + 86_400_000)
+            .windows(
+                Resolution::Minute,
+                &["aq-1".into()],
+                &[],
+                day,
+                day + 86_400_000,
+            )
             .await
             .unwrap();
         assert_eq!(minutes.len(), 1);
         assert_eq!(minutes[0].resolution, Resolution::Minute);
+        // Only the metrics asked for, when some are.
+        let of = |metric: &'static str| {
+            let h = &h;
+            async move {
+                h.windows(
+                    Resolution::Minute,
+                    &["aq-1".into()],
+                    &[metric],
+                    day,
+                    day + 86_400_000,
+                )
+                .await
+                .unwrap()
+                .len()
+            }
+        };
+        assert_eq!((of("pm25").await, of("no2").await), (1, 0));
         assert!(h
-            .windows(Resolution::Minute, &["aq-2".into()], day, day + 86_400_000)
+            .windows(
+                Resolution::Minute,
+                &["aq-2".into()],
+                &[],
+                day,
+                day + 86_400_000
+            )
             .await
             .unwrap()
             .is_empty());

@@ -951,17 +951,19 @@ impl History {
     }
 
     /// The stored windows of `resolution` of the given devices starting in `[from, to)`,
-    /// deduplicated: what a coarser window is derived from.
+    /// deduplicated: what a coarser window is derived from. Only those of `metrics`, unless it
+    /// is empty.
     pub async fn windows(
         &self,
         resolution: Resolution,
         devices: &[String],
+        metrics: &[&str],
         from: i64,
         to: i64,
     ) -> Result<Vec<Aggregate>, HistoryError> {
         match self {
-            History::ClickHouse(h) => h.windows(resolution, devices, from, to).await,
-            History::Embedded(h) => Ok(h.windows(resolution, devices, from, to).await?),
+            History::ClickHouse(h) => h.windows(resolution, devices, metrics, from, to).await,
+            History::Embedded(h) => Ok(h.windows(resolution, devices, metrics, from, to).await?),
         }
     }
 

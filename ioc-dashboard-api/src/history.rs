@@ -561,7 +561,7 @@ pub(crate) async fn annual(
     }
     let hours = state
         .history
-        .windows(Resolution::Hour, &[device_id.clone()], from, to)
+        .windows(Resolution::Hour, &[device_id.clone()], &[], from, to)
         .await
         .map_err(history_unavailable)?;
     let ambient = &state.regulation.limits.ambient;

@@ -1506,7 +1506,7 @@ impl Step<'_> {
                 children.extend(
                     self.retry("reading stored windows to roll up", || {
                         self.history
-                            .windows(resolution, &read.devices, read.from, read.to)
+                            .windows(resolution, &read.devices, &[], read.from, read.to)
                     })
                     .await?,
                 );
@@ -1572,7 +1572,8 @@ impl Step<'_> {
         for ((from, to), devices) in reads {
             let read = self
                 .retry("reading hourly windows for AQI and exceedances", || {
-                    self.history.windows(Resolution::Hour, &devices, from, to)
+                    self.history
+                        .windows(Resolution::Hour, &devices, &[], from, to)
                 })
                 .await?;
             for w in read {
@@ -1646,12 +1647,13 @@ impl Step<'_> {
         for ((from, to), devices) in forecast_reads {
             let read = self
                 .retry("reading hourly windows for forecasts", || {
-                    self.history.windows(Resolution::Hour, &devices, from, to)
+                    self.history
+                        .windows(Resolution::Hour, &devices, &["pm25"], from, to)
                 })
                 .await?;
             // Each station's PM2.5 hours once, not the whole read per station and origin.
             let mut pm25: HashMap<&str, Vec<Aggregate>> = HashMap::new();
-            for w in read.iter().filter(|w| w.metric == "pm25") {
+            for w in &read {
                 pm25.entry(w.device_id.as_str())
                     .or_default()
                     .push(w.clone());
