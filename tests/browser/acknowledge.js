@@ -1,12 +1,13 @@
-// Two operators have the dashboard open. The first reaches a firing alert's Acknowledge button
-// with the keyboard alone (Tab), presses Enter and gives a comment; the second session must see
-// the alert turn acknowledged, by whom and why, without a reload. Prints one JSON line.
-// Usage: node acknowledge.js URL COMMENT
+// Two operators have the dashboard open. The first reaches the Acknowledge button of a firing
+// alert of DEVICE with the keyboard alone (Tab, past other devices' alerts), presses Enter and
+// gives a comment; the second session must see the alert turn acknowledged, by whom and why,
+// without a reload. Prints one JSON line.
+// Usage: node acknowledge.js URL DEVICE COMMENT
 "use strict";
 const { launch } = require("./chromium");
 
 (async () => {
-  const [url, comment] = process.argv.slice(2);
+  const [url, device, comment] = process.argv.slice(2);
   const browser = await launch();
   try {
     const open = async () => {
@@ -16,14 +17,18 @@ const { launch } = require("./chromium");
       return page;
     };
     const [first, second] = [await open(), await open()];
-    await first.waitForSelector("#alerts button[data-ack]", { timeout: 60000 });
+    // Alert ids are rule:device:started_at:hash.
+    const of = (id) => id && id.split(":")[1] === device;
+    await first.waitForFunction(
+      (device) => [...document.querySelectorAll("#alerts button[data-ack]")].some((b) => b.dataset.ack.split(":")[1] === device),
+      device, { timeout: 60000 });
     first.on("dialog", (d) => d.accept(comment));
     let id = null;
-    for (let i = 0; i < 80 && !id; i++) {
+    for (let i = 0; i < 120 && !of(id); i++) {
       await first.keyboard.press("Tab");
       id = await first.evaluate(() => document.activeElement && document.activeElement.dataset.ack || null);
     }
-    if (!id) throw new Error("no Acknowledge button is reachable with Tab");
+    if (!of(id)) throw new Error(`no Acknowledge button of ${device} is reachable with Tab`);
     await second.waitForSelector(`#alerts li[data-alert="${id}"]`, { timeout: 30000 });
     const before = await second.getAttribute(`#alerts li[data-alert="${id}"]`, "data-state");
     const answer = first.waitForResponse((r) => r.url().includes("/ack"), { timeout: 30000 });

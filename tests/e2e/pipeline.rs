@@ -475,7 +475,10 @@ async fn readings_flow_exactly_once_with_aggregates_alerts_and_live_feed() -> Re
     )
     .await?;
     let url = format!("{}?token={TOKEN}", env.api("/"));
-    let acked = crate::harness::browser_check("acknowledge.js", &[&url, &"đã gọi nhà máy"]).await?;
+    // The simulated fleet's counter may be jammed at this hour: its alert is passed over.
+    let acked =
+        crate::harness::browser_check("acknowledge.js", &[&url, &"aq-alert", &"đã gọi nhà máy"])
+            .await?;
     // Whichever of the device's firing alerts the keyboard reached first.
     let firing = acked["alert"].as_str().context("the alert acknowledged")?;
     assert!(firing.contains(":aq-alert:"), "{acked}");
