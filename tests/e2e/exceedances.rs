@@ -70,6 +70,20 @@ async fn stored_of(
     Ok(out)
 }
 
+/// Publishes one message of the station's `channel` at `ts`; `values` is the inside of its
+/// values object.
+async fn send(
+    mqtt: &rumqttc::AsyncClient,
+    topic: &str,
+    ts: i64,
+    channel: &str,
+    values: &str,
+) -> Result<()> {
+    let body = format!(r#"{{"ts":{ts},"channel":"{channel}","values":{{{values}}}}}"#);
+    mqtt.publish(topic, QoS::AtLeastOnce, false, body).await?;
+    Ok(())
+}
+
 async fn stored(api: &Api<'_>, device: &str, day: i64) -> Result<Vec<Exceedance>> {
     stored_of(api, device, "QCVN 40:2011/BTNMT", "outlet", day).await
 }
@@ -87,12 +101,16 @@ pub(crate) async fn a_wastewater_day_exceeds_qcvn_40_and_a_late_hour_withdraws_i
         let ts = day + minute * 60_000 + 10_000;
         let cod = if hour == 9 { 200.0 } else { 100.0 };
         let ph = if hour == 14 { 9.5 } else { 7.2 };
-        let body =
-            format!(r#"{{"ts":{ts},"channel":"outlet","values":{{"cod":{cod},"ph":{ph}}}}}"#);
-        mqtt.publish(&topic, QoS::AtLeastOnce, false, body).await?;
+        send(
+            mqtt,
+            &topic,
+            ts,
+            "outlet",
+            &format!(r#""cod":{cod},"ph":{ph}"#),
+        )
+        .await?;
         if hour == 9 {
-            let body = format!(r#"{{"ts":{ts},"channel":"inlet","values":{{"cod":900}}}}"#);
-            mqtt.publish(&topic, QoS::AtLeastOnce, false, body).await?;
+            send(mqtt, &topic, ts, "inlet", r#""cod":900"#).await?;
         }
     }
     let nine = day + 9 * HOUR;
@@ -135,8 +153,7 @@ pub(crate) async fn a_wastewater_day_exceeds_qcvn_40_and_a_late_hour_withdraws_i
     // An hour of late COD readings between the others: 09:00's mean becomes 125.
     for minute in 9 * 60..10 * 60i64 {
         let ts = day + minute * 60_000 + 40_000;
-        let body = format!(r#"{{"ts":{ts},"channel":"outlet","values":{{"cod":50}}}}"#);
-        mqtt.publish(&topic, QoS::AtLeastOnce, false, body).await?;
+        send(mqtt, &topic, ts, "outlet", r#""cod":50"#).await?;
     }
     // Withdrawn as soon as the mean falls below 150 with part of the late hour in; then kept
     // up to date until all of it is.
@@ -189,13 +206,9 @@ pub(crate) async fn a_wastewater_day_exceeds_qcvn_40_and_a_late_hour_withdraws_i
     // in event time (not after the idle timeout); that one reading is too few to judge its own
     // hour.
     let next = day + 24 * HOUR;
-    for minute in 0..=61i64 {
-        if minute == 60 {
-            continue;
-        }
+    for minute in (0..60i64).chain([61]) {
         let ts = next + minute * 60_000 + 10_000;
-        let body = format!(r#"{{"ts":{ts},"channel":"outlet","values":{{"cod":100.0,"ph":7.2}}}}"#);
-        mqtt.publish(&topic, QoS::AtLeastOnce, false, body).await?;
+        send(mqtt, &topic, ts, "outlet", r#""cod":100.0,"ph":7.2"#).await?;
     }
     let judged = eventually(
         "the next hour's COD judged against column A",
